@@ -4,8 +4,9 @@ Every error derives from :class:`ShmfsError` and, where one fits, from the built
 would already catch, so ``except KeyError`` around ``seg[i]`` keeps working::
 
     ShmfsError (Exception)
-    ├── InvalidKey (ValueError)             bad segment key or variable index
-    │   └── InvalidKeyType (TypeError)      ...of the wrong type
+    ├── InvalidArgument (ValueError)        a bad argument: size, perm, codec name...
+    │   └── InvalidKey                      bad segment key or variable index
+    │       └── InvalidKeyType (TypeError)  ...of the wrong type
     ├── VariableNotFound (KeyError)         get/remove of an absent index
     ├── SegmentNotFound (LookupError)       destroyed, or in another IPC namespace
     ├── SegmentFull (MemoryError)           over the segment's size, or the filesystem is full
@@ -28,6 +29,7 @@ from typing import Any
 __all__ = [
     "BackendUnavailable",
     "CorruptSegment",
+    "InvalidArgument",
     "InvalidKey",
     "InvalidKeyType",
     "LockTimeout",
@@ -62,7 +64,11 @@ class ShmfsError(Exception):
         return self.message
 
 
-class InvalidKey(ShmfsError, ValueError):
+class InvalidArgument(ShmfsError, ValueError):
+    """An argument is invalid (a size, a perm, a codec name); nothing was touched."""
+
+
+class InvalidKey(InvalidArgument):
     """A segment key or variable index is out of range; nothing was touched."""
 
 

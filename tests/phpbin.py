@@ -32,8 +32,17 @@ def run_php(
     ``display_errors`` goes to stderr so warnings never mix with the script's output.
     """
     return subprocess.run(
-        [php_binary(), "-d", "display_errors=stderr", "-d", "error_reporting=E_ALL", "-r",
-         code.removeprefix("<?php"), "--", *args],
+        [
+            php_binary(),
+            "-d",
+            "display_errors=stderr",
+            "-d",
+            "error_reporting=E_ALL",
+            "-r",
+            code.removeprefix("<?php"),
+            "--",
+            *args,
+        ],
         input=stdin,
         capture_output=True,
         timeout=timeout,

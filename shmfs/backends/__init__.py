@@ -1,0 +1,183 @@
+"""The backend seam: what a storage backend must do, and the name -> class registry.
+
+A backend moves framed bytes (see :mod:`shmfs.codecs`) between a segment's variables and the
+caller. It does not validate keys, encode values, check trust rules or manage handle lifecycles:
+:class:`shmfs.segment.Segment` does all of that once, for every backend. The only backend-specific
+knowledge the segment needs is carried by class attributes here (``native_codec``,
+``lock_free_reads``), never by testing a backend's name.
+
+Backends are imported lazily, so the ``sysv`` and ``redis`` extras are only needed by their users.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, Self
+
+from shmfs.errors import InvalidArgument, SegmentFull
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "SegmentInfo",
+    "backend_class",
+    "segment_full",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """What ``stats()`` and ``shmfs.segments()`` report about one segment."""
+
+    key: int
+    backend: str
+    size: int
+    used: int
+    variables: int
+    perm: int
+    owner: int
+    location: str
+    created: float | None = None
+    creator_pid: int | None = None
+
+    @property
+    def free(self) -> int:
+        """Bytes still available for values."""
+        return max(self.size - self.used, 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as a plain dict, ``free`` included, for ``--json`` and ``stats()``."""
+        return {
+            "key": self.key,
+            "backend": self.backend,
+            "size": self.size,
+            "used": self.used,
+            "free": self.free,
+            "variables": self.variables,
+            "perm": self.perm,
+            "owner": self.owner,
+            "location": self.location,
+            "created": self.created,
+            "creator_pid": self.creator_pid,
+        }
+
+
+class Backend(Protocol):
+    """One open segment on some storage: framed bytes in, framed bytes out.
+
+    Mutating methods (``write``, ``delete``, ``clear``, ``destroy``) are called with the segment
+    lock held (``acquire``); ``read`` may be called without it where ``lock_free_reads`` is true.
+    A backend that finds its segment destroyed raises ``SegmentNotFound``.
+    """
+
+    #: The registry name.
+    name: ClassVar[str]
+    #: A codec whose bare payloads (no shmfs frame) the backend may hold, or ``None``.
+    native_codec: ClassVar[str | None]
+    #: Whether ``read`` is consistent without the lock (else the segment takes it for reads).
+    lock_free_reads: ClassVar[bool]
+
+    key: int
+    size: int
+    perm: int
+
+    @classmethod
+    def open(
+        cls, key: int, size: int, perm: int, *, root: str | None, trust_uids: frozenset[int]
+    ) -> Self:
+        """Open the segment ``key``, creating it with ``size`` and ``perm`` if absent."""
+        ...
+
+    @classmethod
+    def list_segments(cls, root: str | None) -> list[SegmentInfo]:
+        """Report every segment this backend can see under ``root``."""
+        ...
+
+    def read(self, index: int) -> bytes | None:
+        """Return the stored bytes of ``index``, or ``None`` if it holds no value."""
+        ...
+
+    def write(self, index: int, data: bytes) -> None:
+        """Store ``data`` at ``index``, atomically; ``SegmentFull`` leaves the old value."""
+        ...
+
+    def delete(self, index: int) -> bool:
+        """Remove ``index``, zeroing its bytes first; return whether it existed."""
+        ...
+
+    def indices(self) -> list[int]:
+        """Return the indices that hold values, ascending."""
+        ...
+
+    def count(self) -> int:
+        """Return the number of variables."""
+        ...
+
+    def trusted(self, index: int) -> bool:
+        """Whether only trusted uids can have written the bytes ``read(index)`` returned."""
+        ...
+
+    def acquire(self, timeout: float | None) -> None:
+        """Take the segment lock (re-entrant for the calling thread)."""
+        ...
+
+    def release(self) -> None:
+        """Release the segment lock."""
+        ...
+
+    def lock_held(self) -> bool:
+        """Whether the calling thread holds the segment lock."""
+        ...
+
+    def info(self) -> SegmentInfo:
+        """Report on the segment."""
+        ...
+
+    def close(self) -> None:
+        """Release this handle's resources; the segment stays. Idempotent."""
+        ...
+
+    def destroy(self) -> None:
+        """Wipe and remove the segment for every process."""
+        ...
+
+
+#: Registry: backend name -> "module:Class", imported on first use.
+BACKENDS: dict[str, str] = {
+    "tmpfs": "shmfs.backends.tmpfs:TmpfsBackend",
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    """Return the backend class registered as ``name``.
+
+    Raises:
+        InvalidArgument: no backend has that name.
+    """
+    try:
+        target = BACKENDS[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(BACKENDS))
+        raise InvalidArgument(f"unknown backend {name!r}; choose one of: {known}") from None
+    module_name, _, class_name = target.partition(":")
+    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def segment_full(
+    key: int, index: int, needed: int, size: int, used: int, *, extra: Iterable[str] = ()
+) -> SegmentFull:
+    """Build the error for a value that does not fit in a segment's ``size``."""
+    hint = " ".join(extra)
+    return SegmentFull(
+        f"segment {key}: a {needed}-byte value does not fit at index {index} "
+        f"({used} of {size} bytes used); attach with a bigger size= or remove variables"
+        + (f" {hint}" if hint else ""),
+        key=key,
+        index=index,
+        needed=needed,
+        size=size,
+        used=used,
+    )

@@ -1,0 +1,95 @@
+"""Safe filesystem steps for the tmpfs backend: directories opened without following symlinks,
+owners and modes checked, and ``OSError`` translated into shmfs errors.
+
+``/dev/shm`` is world-writable and, on the machines we target, ``fs.protected_symlinks`` may be 0,
+so the kernel does not stop us from following a link planted there (reliability.md, part e).
+Every path below is opened relative to a directory descriptor we verified, with ``O_NOFOLLOW``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Final
+
+from shmfs.errors import (
+    BackendUnavailable,
+    SegmentFull,
+    SegmentNotFound,
+    ShmfsError,
+    UnsafeSegment,
+)
+
+__all__ = ["dir_mode", "file_mode", "open_dir", "translate", "verify_owner"]
+
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def file_mode(perm: int) -> int:
+    """Mode of a variable or metadata file for a segment's ``perm``."""
+    return perm & 0o666
+
+
+def dir_mode(perm: int) -> int:
+    """Mode of a segment directory: ``perm`` plus search permission wherever it grants read."""
+    mode = perm & 0o666
+    return mode | ((mode & 0o444) >> 2)
+
+
+def open_dir(name: str, dir_fd: int | None = None) -> int:
+    """Open a directory without following a symlink at its last component.
+
+    Raises:
+        FileNotFoundError: it does not exist.
+        UnsafeSegment: it is a symlink or not a directory.
+    """
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except (NotADirectoryError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
+            # O_DIRECTORY|O_NOFOLLOW on a symlink gives ENOTDIR, not ELOOP (reliability.md, e).
+            raise UnsafeSegment(f"{name} is a symlink or not a directory; refusing it") from exc
+        raise translate(exc, f"cannot open {name}") from exc
+
+
+def verify_owner(st: os.stat_result, trust_uids: frozenset[int], what: str) -> None:
+    """Refuse ``what`` unless a trusted uid owns it.
+
+    Raises:
+        UnsafeSegment: another user owns it (squatting).
+    """
+    if st.st_uid not in trust_uids:
+        raise UnsafeSegment(
+            f"{what} is owned by uid {st.st_uid}, which is not trusted "
+            f"(trusted: {sorted(trust_uids)}); refusing it (pass trust_uids= to allow)",
+            owner=st.st_uid,
+        )
+
+
+def writable_by_others(st: os.stat_result) -> bool:
+    """Whether group or others may write ``st``'s file (and so plant or change values)."""
+    return bool(stat.S_IMODE(st.st_mode) & 0o022)
+
+
+def translate(exc: OSError, what: str) -> ShmfsError:
+    """Turn an ``OSError`` into the shmfs error a caller can act on."""
+    code = exc.errno
+    reason = exc.strerror or str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return SegmentFull(
+            f"{what}: the filesystem is full ({reason}). Free space in it, or give it more: "
+            "docker run --shm-size=256m, or an emptyDir with a bigger sizeLimit",
+            errno=code,
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return UnsafeSegment(f"{what}: {reason}", errno=code)
+    if code == errno.ELOOP:
+        return UnsafeSegment(f"{what}: a symlink is in the way; refusing it", errno=code)
+    if code == errno.ENOENT:
+        return SegmentNotFound(f"{what}: {reason}", errno=code)
+    if code in (errno.EROFS, errno.ENODEV, errno.ENOSYS):
+        return BackendUnavailable(f"{what}: {reason}", errno=code)
+    return ShmfsError(f"{what}: {reason}", errno=code)

@@ -1,0 +1,219 @@
+"""One variable on tmpfs: a pre-allocated file with two slots, written in place, read without locks.
+
+Why this layout. The obvious design, a new file per put published with ``rename()``, is crash-safe
+but costs 26-42 us per put here (open, write, rename, close and the dentry work), and a reader
+must open the new file every time. Writing in place into an existing mapping costs 3-5 us, but
+a writer killed half way leaves a torn value, and a file truncated or grown under a reader's
+mapping, or written through a sparse mapping on a full tmpfs, kills that reader with SIGBUS
+(reliability.md, experiments a and d). So each variable file is allocated once with
+``posix_fallocate`` (ENOSPC surfaces there, as an error, never later as SIGBUS), is never
+truncated, and holds two slots::
+
+    offset  word  field
+         0     0  magic      b"SHMFSVAR"
+         8     1  version    VERSION
+        16     2  capacity   K, bytes per slot
+        24     3  control    generation g; slot g & 1 holds the current value; bit 63: retired
+        32     4  seq[0]     odd while slot 0 is being written
+        40     5  seq[1]
+        48     6  length[0]  bytes in slot 0
+        56     7  length[1]
+        64        slot 0     K bytes
+    64 + K        slot 1     K bytes
+
+A writer (holding the segment lock) fills the slot that is *not* current, bracketed by its
+sequence word going odd then even, and then publishes it by storing ``g + 1`` into the control
+word: one aligned 8-byte store, which readers see whole or not at all. A writer killed at any
+instant leaves the control word pointing at the old, untouched slot. Readers take no lock: they
+read the control word, copy the current slot and check that its sequence word did not move
+(a seqlock); if it moved, a writer reused the slot mid-copy and they copy again. The frame's
+checksum (shmfs.codecs) is a second line of defence on CPUs that reorder loads.
+
+A value that outgrows its slot gets a new, bigger file, published with ``rename()``; the old file
+is then marked retired (control bit 63) so that processes still mapping it reopen by name, and
+its slots are zeroed. Files are at least one page, so values up to about 2 KiB never need that.
+
+Words are written with single stores through ``memoryview.cast("Q")``, never ``struct.pack_into``,
+which writes byte by byte where a concurrent reader could see a half-written word.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import sys
+from typing import Final
+
+from shmfs.errors import CorruptSegment
+
+__all__ = ["HEADER_SIZE", "VarFile", "capacity_for", "create", "read_length"]
+
+HEADER_SIZE: Final = 64
+MAGIC: Final = int.from_bytes(b"SHMFSVAR", "little")
+VERSION: Final = 1
+RETIRED: Final = 1 << 63
+PAGE: Final = mmap.PAGESIZE
+_CONTROL, _SEQ, _LENGTH = 3, 4, 6
+# Lock-free read attempts before the caller falls back to reading under the lock; a writer
+# reusing the slot being copied twice in a row is already rare.
+_SPINS: Final = 8
+# Before 3.13 every mmap object keeps a dup of its file descriptor; 3.13 lets us drop it.
+_NO_FD_DUP: Final[dict[str, bool]] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+#: Returned by :meth:`VarFile.read` when the file was retired: reopen it by name.
+REOPEN: Final = None
+#: Returned by :meth:`VarFile.read` when writers kept overtaking the copy: read under the lock.
+CONTENDED: Final = b""
+
+
+def capacity_for(length: int, current: int = 0) -> int:
+    """Slot capacity for a ``length``-byte value growing out of ``current``: the file is whole
+    pages, and growth is at least 1.5x so a value that keeps growing is not copied on every put."""
+    wanted = max(length, current + current // 2)
+    pages = -(-(HEADER_SIZE + 2 * wanted) // PAGE)
+    return (pages * PAGE - HEADER_SIZE) // 2 // 8 * 8
+
+
+def create(dir_fd: int, name: str, data: bytes, mode: int, capacity: int) -> None:
+    """Write a complete new variable file ``name`` holding ``data`` in slot 0.
+
+    The caller publishes it with ``rename()``; until then nobody sees it.
+
+    Raises:
+        OSError: from the filesystem (ENOSPC from ``posix_fallocate`` included).
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, mode, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, mode)  # the umask must not decide who can read a value
+        os.posix_fallocate(fd, 0, HEADER_SIZE + 2 * capacity)
+        header = memoryview(bytearray(HEADER_SIZE)).cast("Q")
+        header[0], header[1], header[2] = MAGIC, VERSION, capacity
+        header[_CONTROL], header[_SEQ], header[_LENGTH] = 0, 2, len(data)
+        _write_all(fd, [header.tobytes(), data], 0)
+    except BaseException:
+        os.close(fd)
+        os.unlink(name, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+
+
+def _write_all(fd: int, parts: list[bytes], offset: int) -> None:
+    """``pwritev`` until every byte is written: short writes happen (RLIMIT_FSIZE, signals)."""
+    views = [memoryview(part) for part in parts]
+    while views:
+        written = os.pwritev(fd, views, offset)
+        offset += written
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def read_length(fd: int) -> int:
+    """Length of the current value of an unmapped variable file (for recounting)."""
+    words = memoryview(os.pread(fd, HEADER_SIZE, 0)).cast("Q")
+    if len(words) < 8 or words[0] != MAGIC:
+        return 0
+    return int(words[_LENGTH + (words[_CONTROL] & 1)])
+
+
+class VarFile:
+    """A mapped variable file.
+
+    Args:
+        fd: An open descriptor of the file; the mapping keeps its own.
+        writable: Map it for writing (the segment lock must be held to write).
+        trusted: Whether only trusted uids can have written it (see ``Backend.trusted``).
+    """
+
+    __slots__ = ("_mm", "_words", "capacity", "trusted", "writable")
+
+    def __init__(self, fd: int, *, writable: bool, trusted: bool) -> None:
+        st = os.fstat(fd)
+        size = st.st_size
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptSegment("variable is not a regular file")
+        if size < HEADER_SIZE + 16 or size % 8:
+            raise CorruptSegment(f"variable file is {size} bytes, not a shmfs variable")
+        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+        self._mm = mmap.mmap(fd, size, access=access, **_NO_FD_DUP)
+        self._words = memoryview(self._mm).cast("Q")
+        magic, version, capacity = self._words[0], self._words[1], self._words[2]
+        if magic != MAGIC or version != VERSION or HEADER_SIZE + 2 * capacity != size:
+            self.close()
+            if magic == MAGIC and version > VERSION:
+                raise CorruptSegment(
+                    f"variable file has format version {version}; this shmfs reads {VERSION}"
+                )
+            raise CorruptSegment("variable file has a bad header (magic, version or capacity)")
+        self.capacity = int(capacity)
+        self.writable = writable
+        self.trusted = trusted
+
+    @property
+    def retired(self) -> bool:
+        """Whether the file was replaced or removed since it was mapped."""
+        return bool(self._words[_CONTROL] & RETIRED)
+
+    @property
+    def length(self) -> int:
+        """Length of the current value (read it under the lock to rely on it)."""
+        return int(self._words[_LENGTH + (self._words[_CONTROL] & 1)])
+
+    def read(self) -> bytes | None:
+        """Copy the current value; ``REOPEN`` if retired, ``CONTENDED`` if writers kept winning."""
+        words, mm, capacity = self._words, self._mm, self.capacity
+        try:
+            for _ in range(_SPINS):
+                control = words[_CONTROL]
+                if control & RETIRED:
+                    return REOPEN
+                slot = control & 1
+                seq = words[_SEQ + slot]
+                length = words[_LENGTH + slot]
+                if seq & 1 or length > capacity:
+                    continue
+                start = HEADER_SIZE + slot * capacity
+                data = mm[start : start + length]
+                if words[_SEQ + slot] == seq:
+                    return data
+        except ValueError:  # another thread closed this mapping (cache eviction): reopen
+            return REOPEN
+        return CONTENDED
+
+    def write(self, data: bytes) -> None:
+        """Publish ``data`` through the slot that is not current. Segment lock held."""
+        words = self._words
+        control = words[_CONTROL]
+        slot = (control + 1) & 1
+        odd = (words[_SEQ + slot] | 1) + 2
+        words[_SEQ + slot] = odd
+        start = HEADER_SIZE + slot * self.capacity
+        self._mm[start : start + len(data)] = data
+        words[_LENGTH + slot] = len(data)
+        words[_SEQ + slot] = odd + 1
+        words[_CONTROL] = control + 1
+
+    def retire_and_scrub(self) -> None:
+        """Send readers elsewhere, then zero both slots. Segment lock held.
+
+        Retiring first means a reader never waits on a file that is going away; bumping each
+        sequence word to an odd value before zeroing means no reader accepts a half-zeroed copy.
+        """
+        words = self._words
+        words[_CONTROL] = words[_CONTROL] | RETIRED
+        for slot in (0, 1):
+            words[_SEQ + slot] = (words[_SEQ + slot] | 1) + 2
+            start = HEADER_SIZE + slot * self.capacity
+            self._mm[start : start + self.capacity] = bytes(self.capacity)
+            words[_LENGTH + slot] = 0
+
+    def close(self) -> None:
+        """Unmap; safe to call twice, and harmless while another thread still reads."""
+        try:
+            self._words.release()
+            self._mm.close()
+        except (BufferError, ValueError):
+            pass  # a reader in another thread still holds it; the GC unmaps it later

@@ -1,0 +1,26 @@
+"""A counter that changes in every child process, so handles know to reopen after ``fork``.
+
+Asking ``os.getpid()`` on every call would cost a system call on each get and put (glibc stopped
+caching the pid in 2.25); a module-level counter bumped by ``os.register_at_fork`` costs a load.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["fork_epoch"]
+
+_epoch = 0
+
+
+def _bump() -> None:
+    global _epoch  # noqa: PLW0603  # one process-wide counter is the point
+    _epoch += 1
+
+
+os.register_at_fork(after_in_child=_bump)
+
+
+def fork_epoch() -> int:
+    """The current epoch: it differs in a forked child from what the parent saw."""
+    return _epoch

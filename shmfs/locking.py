@@ -1,0 +1,144 @@
+"""The segment lock: one per segment, shared by threads and processes. The one place portalocker
+is imported.
+
+The lock is an exclusive ``flock(2)`` on a file that is never replaced (a segment's ``.segment``
+file), taken through portalocker, whose default locker on Linux is ``fcntl.flock``. flock rather
+than ``lockf``/``fcntl`` record locks because a record lock silently vanishes when *any*
+descriptor of the file is closed in the process (sqlite.org/howtocorrupt.html §2.2), and because
+the kernel frees an flock the instant its holder dies, SIGKILL included.
+
+flock locks belong to an open file description, so two threads of one process would both "hold"
+it: a ``threading.RLock`` in front gives exclusion between threads and lets the holding thread
+re-enter (``with seg.lock(): seg.put(...)``). Only the outermost acquire touches the kernel.
+
+The uncontended path calls the same ``fcntl.flock`` portalocker would, with ``LOCK_NB``:
+portalocker's wrapper costs about 5 us per lock/unlock pair against 0.8 us for the bare system
+call, on a path every put takes. Contended and timed waits go through ``portalocker.lock``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+
+import portalocker
+
+from shmfs.errors import LockTimeout, ShmfsError
+
+__all__ = ["SegmentLock", "lock_holder_pid"]
+
+# Backoff for timed waits: flock has no timeout of its own, and a blocking flock cannot be
+# interrupted from another thread, so timed waits poll. Start short so a lock released within a
+# millisecond is picked up at once; cap the interval so a long wait costs little CPU.
+_FIRST_POLL = 0.0002
+_MAX_POLL = 0.02
+
+
+class SegmentLock:
+    """A re-entrant lock, exclusive across threads and processes, on an open descriptor.
+
+    Args:
+        fd: An open descriptor of a file that is never replaced; the lock does not own it.
+        name: What the lock guards, for error messages.
+    """
+
+    def __init__(self, fd: int, name: str) -> None:
+        self._fd = fd
+        self._name = name
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+
+    @property
+    def held(self) -> bool:
+        """Whether the calling thread holds the lock."""
+        return self._depth > 0 and self._thread_lock._is_owned()  # type: ignore[attr-defined]  # RLock's own ownership test, stable since 3.2
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Take the lock, waiting at most ``timeout`` seconds (``None``: for ever).
+
+        Raises:
+            LockTimeout: the lock was not had in time; ``holder_pid`` names the holder if known.
+        """
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        got = (
+            self._thread_lock.acquire()
+            if timeout is None
+            else self._thread_lock.acquire(timeout=max(timeout, 0.0))
+        )
+        if not got:
+            raise self._timeout(timeout)
+        if self._depth == 0:
+            try:
+                self._lock_file(deadline, timeout)
+            except BaseException:
+                self._thread_lock.release()
+                raise
+        self._depth += 1
+
+    def release(self) -> None:
+        """Give the lock back; the kernel lock goes with the outermost release."""
+        self._depth -= 1
+        if self._depth == 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def _lock_file(self, deadline: float | None, timeout: float | None) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise ShmfsError(f"cannot lock {self._name}: {exc.strerror}") from exc
+        try:
+            if deadline is None:
+                portalocker.lock(self._fd, portalocker.LockFlags.EXCLUSIVE)
+                return
+            poll = _FIRST_POLL
+            while True:
+                try:
+                    portalocker.lock(
+                        self._fd,
+                        portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING,
+                    )
+                    return
+                except portalocker.AlreadyLocked:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise self._timeout(timeout) from None
+                    time.sleep(min(poll, remaining))
+                    poll = min(poll * 2, _MAX_POLL)
+        except portalocker.LockException as exc:
+            raise ShmfsError(f"cannot lock {self._name}: {exc}") from exc
+
+    def _timeout(self, timeout: float | None) -> LockTimeout:
+        pid = lock_holder_pid(self._fd)
+        holder = f"held by pid {pid}" if pid is not None else "held by another thread or process"
+        return LockTimeout(
+            f"{self._name}: lock not acquired within {timeout} s ({holder})",
+            holder_pid=pid,
+            timeout=timeout,
+        )
+
+
+def lock_holder_pid(fd: int) -> int | None:
+    """Return the pid holding an flock on ``fd``'s file, from ``/proc/locks``, or ``None``.
+
+    A holder in another PID namespace shows as pid 0 or not at all; we report ``None`` then.
+    """
+    try:
+        st = os.fstat(fd)
+        with open("/proc/locks", encoding="ascii") as locks:
+            lines = locks.readlines()
+    except OSError:
+        return None
+    # "1: FLOCK  ADVISORY  WRITE 13850 00:1b:6745 0 EOF"; waiters carry "->" and are skipped.
+    target = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == target:
+            pid = int(fields[4])
+            return pid if pid > 0 else None
+    return None

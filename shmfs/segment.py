@@ -1,0 +1,592 @@
+"""``attach()`` and ``Segment``: the rules every backend shares.
+
+A backend moves framed bytes (``shmfs.backends``). Everything else happens here, once: checking
+keys and indices, encoding and framing values, deciding whether bytes may be unpickled, taking
+the segment lock around writes and read-modify-writes, translating errors, and the handle's
+lifecycle (detach, destroy, pickling by reference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from types import TracebackType
+from typing import Any, Final
+
+from shmfs import codecs
+from shmfs.backends import Backend, backend_class
+from shmfs.errors import (
+    CorruptSegment,
+    InvalidArgument,
+    InvalidKey,
+    InvalidKeyType,
+    SegmentDetached,
+    SegmentNotFound,
+    UnsafeSegment,
+    VariableNotFound,
+)
+
+__all__ = ["Segment", "attach", "segments"]
+
+_MISSING: Final[Any] = object()  # "no default given"
+_ABSENT: Final[Any] = object()  # "the index holds no value", inside read-modify-write
+_INDEX_MIN: Final = -(1 << 63)
+_INDEX_MAX: Final = (1 << 63) - 1
+_KEY_MIN: Final = -(1 << 31)
+_KEY_MAX: Final = (1 << 31) - 1
+
+
+def _as_int(value: object, what: str) -> int:
+    """``value`` as an int, or ``InvalidKeyType``; bools are refused, numpy ints accepted."""
+    if isinstance(value, bool):
+        raise InvalidKeyType(f"{what} must be an int, not bool ({value!r})")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]  # TypeError is the check
+    except TypeError:
+        raise InvalidKeyType(f"{what} must be an int, not {type(value).__name__}") from None
+
+
+def check_key(key: object) -> int:
+    """Validate a segment key: a System V ``key_t``, signed 32-bit and non-zero.
+
+    Raises:
+        InvalidKeyType: ``key`` is not an int.
+        InvalidKey: ``key`` is 0 (``IPC_PRIVATE``) or outside 32 bits.
+    """
+    number = _as_int(key, "segment key")
+    if number == 0:
+        raise InvalidKey("segment key 0 is IPC_PRIVATE and names no shared segment", key=0)
+    if not _KEY_MIN <= number <= _KEY_MAX:
+        raise InvalidKey(
+            f"segment key {number} is out of range: keys are signed 32-bit (System V key_t)",
+            key=number,
+        )
+    return number
+
+
+def check_index(index: object) -> int:
+    """Validate a variable index: a signed 64-bit int.
+
+    Raises:
+        InvalidKeyType: ``index`` is not an int.
+        InvalidKey: ``index`` is outside 64 bits.
+    """
+    if type(index) is int and _INDEX_MIN <= index <= _INDEX_MAX:
+        return index
+    number = _as_int(index, "variable index")
+    if not _INDEX_MIN <= number <= _INDEX_MAX:
+        raise InvalidKey(f"variable index {number} is out of range: signed 64-bit", index=number)
+    return number
+
+
+def _check_options(size: Any, perm: Any, lock_timeout: Any) -> tuple[int, int]:
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise InvalidArgument(f"size must be a positive int, not {size!r}")
+    if isinstance(perm, bool) or not isinstance(perm, int) or not 0 <= perm <= 0o777:
+        raise InvalidArgument(f"perm must be an int from 0 to 0o777, not {perm!r}")
+    if lock_timeout is not None and (
+        isinstance(lock_timeout, bool)
+        or not isinstance(lock_timeout, int | float)
+        or lock_timeout < 0
+    ):
+        raise InvalidArgument(f"lock_timeout must be None or >= 0 seconds, not {lock_timeout!r}")
+    return size, perm
+
+
+def _trusted(trust_uids: Iterable[int] | None) -> frozenset[int]:
+    uids = {os.geteuid(), 0}
+    for uid in trust_uids or ():
+        uids.add(_as_int(uid, "trust_uids entry"))
+    return frozenset(uids)
+
+
+def attach(
+    key: int,
+    size: int = 10000,
+    perm: int = 0o600,
+    *,
+    backend: str | None = None,
+    root: str | None = None,
+    codec: str = "cloudpickle",
+    lock_timeout: float | None = None,
+    secret: bytes | str | None = None,
+    trust_uids: Iterable[int] | None = None,
+) -> Segment:
+    """Attach the segment ``key``, creating it if absent (PHP: ``shm_attach``).
+
+    Args:
+        key: The segment's System V key: signed 32-bit, non-zero (see :func:`shmfs.ftok`).
+        size: Capacity in bytes when creating; an existing segment keeps its own.
+        perm: Permission bits when creating (files ``perm & 0o666``); the umask is ignored.
+        backend: ``"tmpfs"`` (default), ``"sysv"`` or ``"redis"``; default ``$SHMFS_BACKEND``.
+        root: Where segments live; default ``$SHMFS_ROOT`` or the backend's own default.
+        codec: How this handle encodes values: ``cloudpickle``, ``pickle``, ``json``, ``raw``,
+            ``php``. Reading decodes whatever codec the writer used.
+        lock_timeout: Seconds to wait for the segment lock on writes; ``None`` waits for ever.
+        secret: Sign every value with HMAC-SHA256 and refuse values not signed with it.
+        trust_uids: Users, besides this one and root, whose pickled values may be decoded.
+
+    Returns:
+        A :class:`Segment` handle.
+
+    Raises:
+        InvalidKeyType: ``key`` is not an int.
+        InvalidKey: ``key`` is 0 or out of range.
+        InvalidArgument: a bad ``size``, ``perm``, ``codec``, ``backend`` or ``lock_timeout``.
+        UnsafeSegment: a symlink, a foreign owner or an unsafe root is in the way.
+        BackendUnavailable: the backend cannot be reached.
+        SegmentFull: the filesystem has no room for the segment.
+        CorruptSegment: the existing segment's metadata is damaged.
+    """
+    key = check_key(key)
+    size, perm = _check_options(size, perm, lock_timeout)
+    backend_name = backend or os.environ.get("SHMFS_BACKEND") or "tmpfs"
+    chosen = codecs.get_codec(codec)
+    if isinstance(secret, str):
+        secret = secret.encode()
+    trusted = _trusted(trust_uids)
+    opened = backend_class(backend_name).open(key, size, perm, root=root, trust_uids=trusted)
+    spec = {
+        "key": key,
+        "size": size,
+        "perm": perm,
+        "backend": backend_name,
+        "root": root,
+        "codec": codec,
+        "lock_timeout": lock_timeout,
+        "secret": secret,
+        "trust_uids": sorted(trusted),
+    }
+    return Segment(opened, chosen, secret, lock_timeout, spec)
+
+
+def segments(*, backend: str | None = None, root: str | None = None) -> list[dict[str, Any]]:
+    """List the segments of ``backend`` under ``root`` (for ``shmfs ls``).
+
+    Returns:
+        One dict per segment, as :meth:`Segment.stats` reports it, by ascending key.
+
+    Raises:
+        InvalidArgument: no such backend.
+        UnsafeSegment: the root is unsafe.
+    """
+    cls = backend_class(backend or os.environ.get("SHMFS_BACKEND") or "tmpfs")
+    return [info.as_dict() for info in cls.list_segments(root)]
+
+
+def _reattach(spec: dict[str, Any]) -> Segment:
+    return attach(**spec)
+
+
+class _Locked:
+    """``with seg.lock():`` — a plain class, since a generator-based context costs ~1 us."""
+
+    __slots__ = ("_backend", "_timeout")
+
+    def __init__(self, backend: Backend, timeout: float | None) -> None:
+        self._backend = backend
+        self._timeout = timeout
+
+    def __enter__(self) -> None:
+        self._backend.acquire(self._timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        self._backend.release()
+
+
+class Segment(MutableMapping[int, Any]):
+    """A handle on one shared segment: variables indexed by int, shared by every process.
+
+    Use :func:`attach` to get one. A ``Segment`` is a ``MutableMapping[int, Any]`` whose
+    iteration is in ascending index order. Handles pickle as a reference and attach again in
+    the receiving process; after ``fork`` they reopen what they share with the parent.
+    """
+
+    # Class-level defaults so detach() and __del__ work after a failed __init__.
+    _backend: Backend | None = None
+    _destroyed = False
+
+    def __init__(
+        self,
+        backend: Backend,
+        codec: codecs.Codec,
+        secret: bytes | None,
+        lock_timeout: float | None,
+        spec: dict[str, Any],
+    ) -> None:
+        self._codec = codec
+        self._secret = secret
+        self._lock_timeout = lock_timeout
+        self._spec = spec
+        self._backend = backend
+
+    # ------------------------------------------------------------------- properties
+
+    @property
+    def key(self) -> int:
+        """The segment key."""
+        return int(self._spec["key"])
+
+    @property
+    def backend(self) -> str:
+        """The backend's name."""
+        return str(self._spec["backend"])
+
+    @property
+    def size(self) -> int:
+        """The segment's capacity in bytes (the existing segment's, not the one asked for)."""
+        return self._open().size
+
+    @property
+    def perm(self) -> int:
+        """The segment's permission bits."""
+        return self._open().perm
+
+    def _open(self) -> Backend:
+        backend = self._backend
+        if backend is None:
+            raise self._closed_error()
+        return backend
+
+    def _closed_error(self) -> Exception:
+        key = self._spec["key"] if hasattr(self, "_spec") else None
+        if self._destroyed:
+            return SegmentNotFound(f"segment {key} was destroyed", key=key)
+        return SegmentDetached(f"segment {key}: this handle was detached", key=key)
+
+    # ----------------------------------------------------------------- reading
+
+    def get(self, index: int, default: Any = _MISSING) -> Any:
+        """Return the value at ``index`` (PHP: ``shm_get_var``).
+
+        Unlike ``dict.get``, a missing index without ``default`` raises, as PHP fails there.
+
+        Raises:
+            VariableNotFound: no value at ``index`` and no ``default``.
+            InvalidKeyType: ``index`` is not an int.
+            InvalidKey: ``index`` is out of range.
+            CorruptSegment: the stored bytes fail their checks.
+            SerializationError: the codec cannot decode the stored bytes.
+            UnsafeSegment: an untrusted user could have written these pickled bytes, or the
+                signature does not match ``secret=``.
+            SegmentDetached: the handle was detached.
+            SegmentNotFound: the segment was destroyed.
+        """
+        backend = self._backend
+        if backend is None:
+            raise self._closed_error()
+        index = check_index(index)
+        data = backend.read(index) if backend.lock_free_reads else self._read_locked(index)
+        if data is None:
+            if default is _MISSING:
+                raise VariableNotFound(
+                    f"Variable key {index} doesn't exist in segment {self._spec['key']}",
+                    key=self._spec["key"],
+                    index=index,
+                )
+            return default
+        try:
+            return self._decode(backend, index, data)
+        except CorruptSegment:
+            if not backend.lock_free_reads:
+                raise
+            # A lock-free copy that fails its checksum may have raced a writer on a CPU that
+            # reorders loads; under the lock no writer runs, so a second failure is real damage.
+            data = self._read_locked(index)
+            if data is None:
+                return self.get(index, default)
+            return self._decode(backend, index, data)
+
+    def _read_locked(self, index: int) -> bytes | None:
+        backend = self._open()
+        backend.acquire(self._lock_timeout)
+        try:
+            return backend.read(index)
+        finally:
+            backend.release()
+
+    def _decode(self, backend: Backend, index: int, data: bytes) -> Any:
+        if backend.native_codec is not None and data[:4] != codecs.MAGIC and self._secret is None:
+            native = codecs.get_codec(backend.native_codec)
+            return codecs.decode_payload(native, memoryview(data))
+        codec, payload = codecs.decode(data, self._secret)
+        if codec.executes_code and self._secret is None and not backend.trusted(index):
+            raise UnsafeSegment(
+                f"segment {self._spec['key']} index {index}: refusing to unpickle a value that "
+                "a user outside trust_uids could have written (use json/raw/php, secret=, "
+                "or trust_uids=)",
+                key=self._spec["key"],
+                index=index,
+            )
+        return codecs.decode_payload(codec, payload)
+
+    def has(self, index: int) -> bool:
+        """Whether ``index`` holds a value (PHP: ``shm_has_var``).
+
+        Raises:
+            InvalidKeyType: ``index`` is not an int.
+            InvalidKey: ``index`` is out of range.
+            SegmentDetached: the handle was detached.
+            SegmentNotFound: the segment was destroyed.
+        """
+        backend = self._open()
+        index = check_index(index)
+        data = backend.read(index) if backend.lock_free_reads else self._read_locked(index)
+        return data is not None
+
+    # ----------------------------------------------------------------- writing
+
+    def put(self, index: int, value: Any) -> None:
+        """Store ``value`` at ``index``, replacing any old value (PHP: ``shm_put_var``).
+
+        The value is encoded before anything is touched; if it cannot be stored the old value
+        stays (PHP 8.2 loses it).
+
+        Raises:
+            InvalidKeyType: ``index`` is not an int.
+            InvalidKey: ``index`` is out of range.
+            SerializationError: the codec cannot encode ``value``.
+            SegmentFull: the value does not fit in ``size``, or the filesystem is full.
+            LockTimeout: the segment lock was not had within ``lock_timeout``.
+            UnsafeSegment: no permission to write.
+            SegmentDetached: the handle was detached.
+            SegmentNotFound: the segment was destroyed.
+        """
+        backend = self._backend
+        if backend is None:
+            raise self._closed_error()
+        index = check_index(index)
+        data = codecs.encode(self._codec, value, self._secret)
+        backend.acquire(self._lock_timeout)
+        try:
+            backend.write(index, data)
+        finally:
+            backend.release()
+
+    def remove(self, index: int) -> None:
+        """Remove ``index``, zeroing its bytes (PHP: ``shm_remove_var``).
+
+        Raises:
+            VariableNotFound: ``index`` holds no value.
+            InvalidKeyType: ``index`` is not an int.
+            InvalidKey: ``index`` is out of range.
+            LockTimeout: the segment lock was not had within ``lock_timeout``.
+            SegmentDetached: the handle was detached.
+            SegmentNotFound: the segment was destroyed.
+        """
+        backend = self._open()
+        index = check_index(index)
+        backend.acquire(self._lock_timeout)
+        try:
+            found = backend.delete(index)
+        finally:
+            backend.release()
+        if not found:
+            raise VariableNotFound(
+                f"Variable key {index} doesn't exist in segment {self._spec['key']}",
+                key=self._spec["key"],
+                index=index,
+            )
+
+    # ---------------------------------------------------------------- atomic ops
+
+    def lock(self, timeout: float | None = None) -> _Locked:
+        """Hold the segment's cross-process lock: ``with seg.lock(): ...``.
+
+        Calls on this handle from the same thread inside the block do not deadlock. A holder
+        that dies frees the lock at once.
+
+        Args:
+            timeout: Seconds to wait; ``None`` uses the handle's ``lock_timeout``.
+
+        Raises:
+            LockTimeout: not had in time (on entering the block).
+            SegmentDetached: the handle was detached.
+        """
+        return _Locked(self._open(), self._lock_timeout if timeout is None else timeout)
+
+    def add(self, index: int, value: Any) -> bool:
+        """Store ``value`` only if ``index`` is empty, atomically; return whether it did.
+
+        Raises:
+            The errors of :meth:`put`.
+        """
+        backend = self._open()
+        index = check_index(index)
+        data = codecs.encode(self._codec, value, self._secret)
+        backend.acquire(self._lock_timeout)
+        try:
+            if backend.read(index) is not None:
+                return False
+            backend.write(index, data)
+            return True
+        finally:
+            backend.release()
+
+    # DESIGN.md makes update(i, fn) a read-modify-write; update(mapping) still works as dict's.
+    def update(self, index: Any, fn: Any = _MISSING, /, default: Any = _MISSING) -> Any:
+        """Replace the value at ``index`` with ``fn(old)`` under the lock; return the new value.
+
+        ``seg.update(mapping)`` (one argument) stores every item, as ``dict.update`` does.
+
+        Args:
+            index: The variable, or a mapping/iterable of pairs to store.
+            fn: Computes the new value from the old one.
+            default: The old value to use when ``index`` is empty.
+
+        Raises:
+            VariableNotFound: ``index`` is empty and no ``default`` was given.
+            The errors of :meth:`get` and :meth:`put`.
+        """
+        if fn is _MISSING:
+            pairs = index.items() if isinstance(index, Mapping) else index
+            with self.lock():
+                for key, value in pairs:
+                    self.put(key, value)
+            return None
+        return self._modify(index, lambda old: (True, fn(self._present(index, old))), default)
+
+    def incr(self, index: int, delta: Any = 1, default: Any = 0) -> Any:
+        """Add ``delta`` to the value at ``index`` (``default`` if empty), atomically.
+
+        Returns:
+            The new value.
+
+        Raises:
+            The errors of :meth:`get` and :meth:`put`.
+        """
+        return self._modify(index, lambda old: (True, self._present(index, old) + delta), default)
+
+    def cas(self, index: int, expected: Any, new: Any) -> bool:
+        """Store ``new`` if the value at ``index`` equals ``expected``, atomically.
+
+        An empty index never matches. Returns whether ``new`` was stored.
+
+        Raises:
+            The errors of :meth:`get` and :meth:`put`.
+        """
+        swapped = False
+
+        def swap(old: Any) -> tuple[bool, Any]:
+            nonlocal swapped
+            swapped = old is not _MISSING and bool(old == expected)
+            return swapped, new
+
+        self._modify(index, swap, _MISSING)
+        return swapped
+
+    def _present(self, index: int, old: Any) -> Any:
+        """``old`` unless it is the absent marker, which becomes ``VariableNotFound``."""
+        if old is _MISSING:
+            raise VariableNotFound(
+                f"Variable key {index} doesn't exist in segment {self._spec['key']}",
+                key=self._spec["key"],
+                index=index,
+            )
+        return old
+
+    def _modify(self, index: int, change: Callable[[Any], tuple[bool, Any]], default: Any) -> Any:
+        """Read, ``change``, write back, all under the lock; ``change`` sees ``_MISSING`` for
+        an empty index without a ``default``."""
+        backend = self._open()
+        index = check_index(index)
+        backend.acquire(self._lock_timeout)
+        try:
+            old = self.get(index, _ABSENT)
+            write, new = change(default if old is _ABSENT else old)
+            if write:
+                backend.write(index, codecs.encode(self._codec, new, self._secret))
+            return new
+        finally:
+            backend.release()
+
+    # ------------------------------------------------------------- mapping protocol
+
+    def __getitem__(self, index: int) -> Any:
+        return self.get(index)
+
+    def __setitem__(self, index: int, value: Any) -> None:
+        self.put(index, value)
+
+    def __delitem__(self, index: int) -> None:
+        self.remove(index)
+
+    def __contains__(self, index: object) -> bool:
+        return self.has(index)  # type: ignore[arg-type]  # has() refuses non-ints clearly
+
+    def __len__(self) -> int:
+        return self._open().count()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._open().indices())
+
+    def clear(self) -> None:
+        """Remove every variable, atomically with respect to other writers."""
+        backend = self._open()
+        backend.acquire(self._lock_timeout)
+        try:
+            for index in backend.indices():
+                backend.delete(index)
+        finally:
+            backend.release()
+
+    # --------------------------------------------------------------- lifecycle
+
+    def stats(self) -> dict[str, Any]:
+        """Report key, backend, size, used, free, variables, perm, owner and location.
+
+        Raises:
+            SegmentDetached: the handle was detached.
+            SegmentNotFound: the segment was destroyed.
+        """
+        return self._open().info().as_dict()
+
+    def detach(self) -> None:
+        """Close this handle; the segment and its data stay (PHP: ``shm_detach``). Idempotent."""
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+
+    def destroy(self) -> None:
+        """Wipe and remove the segment for every process (PHP: ``shm_remove``).
+
+        Other handles on it raise ``SegmentNotFound`` from then on; attaching the key again
+        creates a fresh, empty segment.
+
+        Raises:
+            LockTimeout: the segment lock was not had within ``lock_timeout``.
+            SegmentDetached: the handle was detached.
+            SegmentNotFound: the segment was already destroyed.
+        """
+        backend = self._open()
+        backend.acquire(self._lock_timeout)
+        try:
+            backend.destroy()
+        finally:
+            backend.release()
+        self._destroyed = True
+        self.detach()
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.detach()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # a finalizer must never raise
+            self.detach()
+
+    def __reduce__(self) -> tuple[Callable[[dict[str, Any]], Segment], tuple[dict[str, Any]]]:
+        return _reattach, (self._spec,)
+
+    def __repr__(self) -> str:
+        state = "open" if self._backend is not None else "closed"
+        return f"<shmfs.Segment key={self._spec['key']} backend={self.backend} {state}>"

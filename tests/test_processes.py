@@ -1,0 +1,162 @@
+"""Real processes on one segment: exact counts, no torn reads, SIGKILLed writers.
+
+Children are started with ``spawn`` (a clean interpreter, as an unrelated process would be) or,
+for the many short-lived writers of the kill test, ``forkserver`` with shmfs preloaded: a clean
+start too, without paying an interpreter start per round. Ordering is by Event handshakes; every
+wait has a ceiling. The one random sleep picks *when* to kill, never the order of events.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+from typing import Any
+
+import pytest
+
+import shmfs
+from tests.conftest import segment_ref
+from tests.workers import (
+    Children,
+    hold_lock,
+    hold_lock_forever,
+    incr_many,
+    is_intact,
+    read_while,
+    write_count,
+    write_forever,
+)
+
+WAIT = 60
+
+
+@pytest.fixture(scope="module")
+def forkserver() -> Any:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["shmfs", "tests.workers"])
+    return ctx
+
+
+def test_concurrent_incr_is_exact(seg: shmfs.Segment, spawn_ctx: Any) -> None:
+    start = spawn_ctx.Event()
+    children = Children(spawn_ctx)
+    try:
+        for _ in range(6):
+            children.start(incr_many, segment_ref(seg), 1, 500, start)
+        start.set()
+        pids = children.results(WAIT)
+    finally:
+        children.stop()
+    assert len(set(pids)) == 6
+    assert seg[1] == 3000
+
+
+def test_readers_never_see_torn_or_older_values(seg: shmfs.Segment, spawn_ctx: Any) -> None:
+    ref = segment_ref(seg)
+    stop, started = spawn_ctx.Event(), spawn_ctx.Event()
+    readies = [spawn_ctx.Event() for _ in range(2)]
+    children = Children(spawn_ctx)
+    try:
+        for ready in readies:
+            children.start(read_while, ref, 1, stop, ready)
+        for ready in readies:
+            assert ready.wait(WAIT)
+        writer = Children(spawn_ctx)
+        writer.start(write_count, ref, 1, 3000, started)
+        try:
+            assert writer.results(WAIT) == [3000]
+        finally:
+            stop.set()
+            writer.stop()
+        counts = children.results(WAIT)
+    finally:
+        stop.set()
+        children.stop()
+    for count in counts:
+        assert count["bad"] == 0, counts
+        assert count["backwards"] == 0, counts
+    assert sum(count["intact"] for count in counts) > 100, counts
+    assert is_intact(seg[1]) and seg[1]["seq"] == 3000
+
+
+def _kill_writer_rounds(seg: shmfs.Segment, ctx: Any, rounds: int) -> dict[str, int]:
+    ref = segment_ref(seg)
+    location = seg.stats()["location"]
+    seen = {"old": 0, "new": 0}
+    last_seq = -1
+    for round_no in range(rounds):
+        started = ctx.Event()
+        first = (round_no + 1) * 1_000_000
+        writer = ctx.Process(target=write_forever, args=(ref, 1, first, started))
+        writer.start()
+        try:
+            assert started.wait(WAIT), "writer never started"
+            time.sleep(random.uniform(0, 0.004))  # a random instant in the write loop
+        finally:
+            os.kill(writer.pid, signal.SIGKILL)
+            writer.join(WAIT)
+        assert writer.exitcode == -signal.SIGKILL
+        with seg.lock(timeout=5):  # free at once: the kernel dropped the dead holder's flock
+            value = seg[1]
+            litter = [name for name in os.listdir(location) if name.startswith(".tmp-")]
+        assert is_intact(value), f"round {round_no}: torn value"
+        assert value["seq"] >= first > last_seq
+        seen["new" if value["seq"] > first else "old"] += 1
+        last_seq = value["seq"]
+        assert litter == [], f"round {round_no}: dead writer's files left: {litter}"
+        assert seg.stats()["variables"] == 1
+    return seen
+
+
+def test_sigkilled_writers_leave_old_or_new_value(seg: shmfs.Segment, forkserver: Any) -> None:
+    seen = _kill_writer_rounds(seg, forkserver, 50)
+    assert sum(seen.values()) == 50
+
+
+@pytest.mark.stress
+def test_sigkilled_writers_stress(seg: shmfs.Segment, forkserver: Any) -> None:
+    seen = _kill_writer_rounds(seg, forkserver, 500)
+    assert sum(seen.values()) == 500
+
+
+def test_lock_timeout_names_the_holder(seg: shmfs.Segment, spawn_ctx: Any) -> None:
+    held, release = spawn_ctx.Event(), spawn_ctx.Event()
+    holder = spawn_ctx.Process(target=hold_lock, args=(segment_ref(seg), held, release))
+    holder.start()
+    try:
+        assert held.wait(WAIT)
+        began = time.monotonic()
+        with pytest.raises(shmfs.LockTimeout) as info, seg.lock(timeout=0.2):
+            pass
+        assert time.monotonic() - began >= 0.2
+        assert info.value.holder_pid == holder.pid
+        assert str(holder.pid) in str(info.value)
+        assert isinstance(info.value, TimeoutError)
+        timed = shmfs.attach(seg.key, backend=seg.backend, root=seg._spec["root"], lock_timeout=0.1)
+        with timed, pytest.raises(shmfs.LockTimeout):
+            timed[1] = "blocked"
+        assert 1 not in seg
+    finally:
+        release.set()
+        holder.join(WAIT)
+    seg[1] = "free again"
+
+
+def test_lock_of_a_killed_holder_is_free_at_once(seg: shmfs.Segment, spawn_ctx: Any) -> None:
+    held = spawn_ctx.Event()
+    holder = spawn_ctx.Process(target=hold_lock_forever, args=(segment_ref(seg), held))
+    holder.start()
+    try:
+        assert held.wait(WAIT)
+        with pytest.raises(shmfs.LockTimeout):
+            seg.lock(timeout=0.05).__enter__()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(WAIT)
+    began = time.monotonic()
+    with seg.lock(timeout=5):
+        pass
+    assert time.monotonic() - began < 1

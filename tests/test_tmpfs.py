@@ -1,0 +1,281 @@
+"""tmpfs-only behaviour: files, modes, symlinks, owners and damaged files on disk.
+
+These poke at the directory layout on purpose (corrupting files, planting symlinks), which only
+means something for the tmpfs backend.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import shmfs
+from shmfs.backends import tmpfs
+from shmfs.backends.varfile import HEADER_SIZE
+
+NOBODY = 65534
+
+
+def mode(path: str) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@pytest.fixture
+def umask() -> Iterator[Any]:
+    old = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o022, 0o077])
+@pytest.mark.parametrize(
+    ("perm", "file_mode", "dir_mode"), [(0o600, 0o600, 0o700), (0o640, 0o640, 0o750)]
+)
+def test_modes_ignore_umask(
+    root: str, key: int, umask: Any, mask: int, perm: int, file_mode: int, dir_mode: int
+) -> None:
+    umask(mask)
+    with shmfs.attach(key, 1 << 20, perm, root=root) as seg:
+        seg[1] = "x"
+        seg[2] = "y" * 10_000  # a second file made on the grow path
+    path = os.path.join(root, str(key))
+    assert mode(path) == dir_mode
+    for name in os.listdir(path):
+        assert mode(os.path.join(path, name)) == file_mode, name
+    shmfs.attach(key, root=root).destroy()
+
+
+def test_default_root_is_per_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SHMFS_ROOT", raising=False)
+    assert tmpfs.default_root() == f"/dev/shm/shmfs-{os.geteuid()}"
+    monkeypatch.setenv("SHMFS_ROOT", "/dev/shm/elsewhere")
+    assert tmpfs.default_root() == "/dev/shm/elsewhere"
+
+
+def test_root_from_environment(root: str, key: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHMFS_ROOT", root)
+    with shmfs.attach(key) as seg:
+        seg[1] = 1
+        assert seg.stats()["location"] == os.path.join(root, str(key))
+        seg.destroy()
+
+
+def test_missing_root_is_created_private(root: str, key: int) -> None:
+    nested = os.path.join(root, "new")
+    with shmfs.attach(key, root=nested) as seg:
+        seg.destroy()
+    assert mode(nested) == 0o700
+    os.rmdir(nested)
+
+
+def test_root_without_parent_is_unavailable(key: int) -> None:
+    with pytest.raises(shmfs.BackendUnavailable):
+        shmfs.attach(key, root="/nonexistent-shmfs-parent/root")
+
+
+def test_unsafe_roots_refused(root: str, key: int) -> None:
+    open_root = os.path.join(root, "open")
+    os.mkdir(open_root)
+    os.chmod(open_root, 0o777)
+    link = os.path.join(root, "link")
+    os.symlink(open_root, link)
+    try:
+        for bad in (open_root, link):
+            with pytest.raises(shmfs.UnsafeSegment):
+                shmfs.attach(key, root=bad)
+        os.chmod(open_root, 0o700)
+        os.chown(open_root, NOBODY, NOBODY)
+        with pytest.raises(shmfs.UnsafeSegment):
+            shmfs.attach(key, root=open_root)
+        assert os.listdir(open_root) == []
+    finally:
+        os.unlink(link)
+        os.rmdir(open_root)
+
+
+def test_symlinked_segment_refused(root: str, key: int, tmp_path: Any) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    os.symlink(victim, os.path.join(root, str(key)))
+    try:
+        with pytest.raises(shmfs.UnsafeSegment):
+            shmfs.attach(key, root=root)
+        assert list(victim.iterdir()) == []
+    finally:
+        os.unlink(os.path.join(root, str(key)))
+
+
+def test_squatted_segment_refused(root: str, key: int) -> None:
+    squat = os.path.join(root, str(key))
+    os.mkdir(squat, 0o777)
+    os.chown(squat, NOBODY, NOBODY)
+    try:
+        with pytest.raises(shmfs.UnsafeSegment) as info:
+            shmfs.attach(key, root=root)
+        assert info.value.owner == NOBODY
+        assert os.listdir(squat) == []
+    finally:
+        os.rmdir(squat)
+
+
+def test_symlinked_variable_refused_and_victim_untouched(
+    root: str, key: int, tmp_path: Any
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"IMPORTANT CONTENT" * 500)
+    with shmfs.attach(key, 1 << 20, root=root) as seg:
+        os.symlink(victim, os.path.join(root, str(key), "7"))
+        with pytest.raises(shmfs.UnsafeSegment):
+            seg.get(7)
+        with pytest.raises(shmfs.UnsafeSegment):
+            seg.put(7, "overwrite")
+        os.unlink(os.path.join(root, str(key), "7"))
+        seg.destroy()
+    assert victim.read_bytes() == b"IMPORTANT CONTENT" * 500
+
+
+def test_value_from_untrusted_user_not_unpickled(root: str, key: int) -> None:
+    with shmfs.attach(key, 1 << 20, root=root) as seg:
+        seg[1] = {"pickled": True}
+        seg[2] = {"pickled": "by me"}
+    with shmfs.attach(key, root=root, codec="json") as seg:
+        seg[3] = {"json": True}
+    for name in ("1", "3"):
+        os.chown(os.path.join(root, str(key), name), NOBODY, NOBODY)
+    with shmfs.attach(key, root=root) as seg:
+        with pytest.raises(shmfs.UnsafeSegment):
+            seg.get(1)
+        assert seg[3] == {"json": True}  # json runs no code: readable from anyone
+        assert seg[2] == {"pickled": "by me"}
+    with shmfs.attach(key, root=root, trust_uids=[NOBODY]) as seg:
+        assert seg[1] == {"pickled": True}
+        seg.destroy()
+
+
+def test_destroy_zeroes_what_observers_map(root: str, key: int) -> None:
+    seg = shmfs.attach(key, 1 << 20, root=root)
+    seg[1] = b"TOP-SECRET" * 100
+    path = os.path.join(root, str(key), "1")
+    with open(path, "rb") as observer:
+        view = mmap.mmap(observer.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        assert b"TOP-SECRET" in view[:]
+        seg.destroy()
+        assert b"TOP-SECRET" not in view[:]
+        assert not os.path.exists(os.path.join(root, str(key)))
+    finally:
+        view.close()
+
+
+def test_remove_zeroes_what_observers_map(seg: shmfs.Segment) -> None:
+    seg[1] = b"TOP-SECRET" * 100
+    path = os.path.join(seg.stats()["location"], "1")
+    with open(path, "rb") as observer:
+        view = mmap.mmap(observer.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        seg.remove(1)
+        assert b"TOP-SECRET" not in view[:]
+    finally:
+        view.close()
+
+
+def _damage(seg: shmfs.Segment, index: int, offset: int, data: bytes) -> None:
+    path = os.path.join(seg.stats()["location"], str(index))
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("offset", "data", "message"),
+    [
+        (0, b"NOTSHMFS", "header"),  # variable file magic
+        (8, (2).to_bytes(8, "little"), "version"),  # a future variable-file format
+        (HEADER_SIZE, b"\x00\x00\x00\x00", "magic"),  # the frame's magic
+        (HEADER_SIZE + 4, b"\x09", "version"),  # a future frame format
+        (HEADER_SIZE + 30, b"\xff\xfe", "checksum"),  # a flipped payload byte
+        (48, (1 << 40).to_bytes(8, "little"), "corrupt"),  # slot length beyond the slot
+    ],
+)
+def test_damaged_files_raise_corrupt_segment(
+    attach: Any, key: int, offset: int, data: bytes, message: str
+) -> None:
+    seg = attach(key, 1 << 20)
+    seg[1] = "a value long enough to damage in the middle"
+    _damage(seg, 1, offset, data)
+    reader = attach(key)
+    with pytest.raises(shmfs.CorruptSegment):
+        reader.get(1)
+    reader[2] = "the rest of the segment still works"
+    assert reader[2] == "the rest of the segment still works"
+
+
+def test_truncated_and_foreign_files_raise_corrupt_segment(attach: Any, key: int) -> None:
+    seg = attach(key, 1 << 20)
+    seg.put(1, "x")
+    location = seg.stats()["location"]
+    seg.detach()  # a truncated file must not be mapped by a live reader (SIGBUS)
+    os.truncate(os.path.join(location, "1"), 10)
+    with open(os.path.join(location, "2"), "wb") as foreign:
+        foreign.write(os.urandom(4096))
+    reader = attach(key)
+    for index in (1, 2):
+        with pytest.raises(shmfs.CorruptSegment):
+            reader.get(index)
+
+
+def test_signed_values(attach: Any, key: int) -> None:
+    signer = attach(key, 1 << 20, secret=b"k1")
+    signer[1] = {"signed": 1}
+    assert signer[1] == {"signed": 1}
+    with pytest.raises(shmfs.UnsafeSegment):
+        attach(key)[1]  # no secret: refuses a signed value
+    with pytest.raises(shmfs.UnsafeSegment):
+        attach(key, secret="other")[1]
+    attach(key)[2] = "unsigned"
+    with pytest.raises(shmfs.UnsafeSegment):
+        signer[2]
+    _damage(signer, 1, HEADER_SIZE + 40, b"\x00")
+    with pytest.raises((shmfs.UnsafeSegment, shmfs.CorruptSegment)):
+        attach(key, secret=b"k1")[1]
+
+
+def test_mappings_are_bounded(seg: shmfs.Segment) -> None:
+    count = tmpfs.MAX_MAPPINGS + 100
+    for index in range(count):
+        seg[index] = index
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        assert all(seg[index] == index for index in range(count))
+    # At most one descriptor per kept mapping (none from Python 3.13), never one per variable.
+    assert len(os.listdir("/proc/self/fd")) <= before + tmpfs.MAX_MAPPINGS + 2
+    assert len(seg) == count
+
+
+def test_dead_writer_litter_is_cleaned_on_attach(attach: Any, key: int) -> None:
+    seg = attach(key, 1 << 20)
+    seg[1] = "x"
+    location = seg.stats()["location"]
+    with open(os.path.join(location, ".tmp-999999-0"), "wb") as litter:
+        litter.write(b"half a value")
+    meta = os.path.join(location, tmpfs.META_NAME)
+    fd = os.open(meta, os.O_RDWR)
+    try:  # what a writer killed between setting and clearing DIRTY leaves
+        state = int.from_bytes(os.pread(fd, 8, 8 * 5), "little")
+        os.pwrite(fd, (state | tmpfs.DIRTY).to_bytes(8, "little"), 8 * 5)
+        os.pwrite(fd, (12345).to_bytes(8, "little"), 8 * 6)  # a wrong "used" count
+    finally:
+        os.close(fd)
+    fresh = attach(key)
+    assert sorted(os.listdir(location)) == [tmpfs.META_NAME, "1"]
+    assert fresh.stats()["used"] == seg.stats()["used"] < 100
+    assert fresh[1] == "x"

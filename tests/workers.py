@@ -1,0 +1,155 @@
+"""Targets for child processes (spawned, so they live in an importable module).
+
+Each takes the segment's reference (key, backend, root) and hands results back as data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+
+import shmfs
+
+
+def open_seg(ref: dict[str, Any], **kwargs: Any) -> shmfs.Segment:
+    return shmfs.attach(ref["key"], backend=ref["backend"], root=ref["root"], **kwargs)
+
+
+def incr_many(ref: dict[str, Any], index: int, times: int, start: Any) -> int:
+    """Wait for ``start``, then increment ``index`` ``times`` times; return the pid."""
+    with open_seg(ref) as seg:
+        start.wait(30)
+        for _ in range(times):
+            seg.incr(index)
+    return os.getpid()
+
+
+def checked_value(seq: int, size: int) -> dict[str, Any]:
+    """A value that proves its own integrity: a payload and its digest."""
+    payload = (str(seq).encode() * (size // max(len(str(seq)), 1) + 1))[:size]
+    return {"seq": seq, "payload": payload, "digest": hashlib.sha256(payload).hexdigest()}
+
+
+def is_intact(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and hashlib.sha256(value["payload"]).hexdigest() == value["digest"]
+        and value["payload"] == checked_value(value["seq"], len(value["payload"]))["payload"]
+    )
+
+
+SIZES = (1, 100, 3000, 70_000, 300_000, 5)
+
+
+def write_forever(ref: dict[str, Any], index: int, first: int, started: Any) -> None:
+    """Write ever-newer checked values of varying sizes until killed."""
+    with open_seg(ref) as seg:
+        seq = first
+        while True:
+            seg.put(index, checked_value(seq, SIZES[seq % len(SIZES)]))
+            if seq == first:
+                started.set()
+            seq += 1
+
+
+def write_count(ref: dict[str, Any], index: int, count: int, started: Any) -> int:
+    """Write ``count`` checked values of varying sizes, then return."""
+    with open_seg(ref) as seg:
+        started.set()
+        for seq in range(1, count + 1):
+            seg.put(index, checked_value(seq, SIZES[seq % len(SIZES)]))
+    return count
+
+
+def read_while(ref: dict[str, Any], index: int, stop: Any, ready: Any) -> dict[str, int]:
+    """Read ``index`` until ``stop`` is set; count intact reads and anything else."""
+    counts = {"intact": 0, "bad": 0, "backwards": 0, "missing": 0}
+    last = 0
+    with open_seg(ref) as seg:
+        ready.set()
+        while not stop.is_set():
+            value = seg.get(index, None)
+            if value is None:
+                counts["missing"] += 1
+            elif not is_intact(value):
+                counts["bad"] += 1
+            else:
+                counts["intact"] += 1
+                if value["seq"] < last:
+                    counts["backwards"] += 1
+                last = value["seq"]
+    return counts
+
+
+def hold_lock(ref: dict[str, Any], held: Any, release: Any) -> None:
+    """Hold the segment lock until ``release`` is set (or for 30 s)."""
+    with open_seg(ref) as seg, seg.lock():
+        held.set()
+        release.wait(30)
+
+
+def hold_lock_forever(ref: dict[str, Any], held: Any) -> None:
+    """Take the segment lock and keep it until killed."""
+    seg = open_seg(ref)
+    with seg.lock():
+        held.set()
+        while True:
+            time.sleep(1)
+
+
+def attach_and_get(ref: dict[str, Any], index: int) -> Any:
+    with open_seg(ref) as seg:
+        return seg.get(index)
+
+
+def get_from_pickled(seg: shmfs.Segment, index: int) -> Any:
+    """Receive a pickled Segment and read through it."""
+    try:
+        return seg.get(index)
+    finally:
+        seg.detach()
+
+
+def _report(queue: Any, slot: int, target: Any, args: tuple[Any, ...]) -> None:
+    try:
+        queue.put((slot, True, target(*args)))
+    except BaseException as exc:
+        queue.put((slot, False, repr(exc)))
+        raise
+
+
+class Children:
+    """Processes running ``target(*args)``; ``results()`` returns what each returned.
+
+    Unlike a Pool, its children inherit Events and Queues, so they can take part in handshakes.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+        self._queue = ctx.Queue()
+        self._procs: list[Any] = []
+
+    def start(self, target: Any, *args: Any) -> Any:
+        proc = self._ctx.Process(target=_report, args=(self._queue, len(self._procs), target, args))
+        proc.start()
+        self._procs.append(proc)
+        return proc
+
+    def results(self, timeout: float = 60) -> list[Any]:
+        found: dict[int, Any] = {}
+        deadline = time.monotonic() + timeout
+        while len(found) < len(self._procs):
+            slot, ok, value = self._queue.get(timeout=max(deadline - time.monotonic(), 0.1))
+            if not ok:
+                raise AssertionError(f"child {slot} failed: {value}")
+            found[slot] = value
+        return [found[slot] for slot in range(len(self._procs))]
+
+    def stop(self) -> None:
+        for proc in self._procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
