@@ -1,119 +1,43 @@
 """The tmpfs backend: a segment is a directory, each variable a mapped file in it.
 
-Layout under the root (default ``/dev/shm/shmfs-<uid>``, mode 0700)::
+The directory layout and its lifecycle are in ``segdir.py``; the variable file format, and why
+it is written in place, in ``varfile.py``. This module ties them to the Backend protocol: it
+caches mappings, keeps the metadata page's counters, and recovers after a writer that died.
 
-    <root>/<key>/.segment        metadata page (below) and the target of the segment's flock
-    <root>/<key>/<index>         one file per variable (see varfile.py)
-    <root>/<key>/.tmp-<pid>-<n>  a value being written into a new file; gone once renamed
-
-``.segment`` is one page of 8-byte words: magic, version, key, size, perm, state, used bytes,
-variable count, creation time, creator pid, generation. Writers update it under the lock; it is
-never replaced, which is why the lock lives on it (locking a file that ``rename()`` replaces loses
-updates: reliability.md, "Lost updates").
-
-A segment is created whole in a hidden directory and published with one ``rename()``, so nobody
-ever opens a half-made segment. A writer sets the DIRTY bit before it changes anything and clears
-it after; a writer killed in between leaves it set, and the next process to take the lock removes
-the dead writer's temporary files and recounts. ``destroy()`` marks the segment DESTROYED (every
-open handle checks it), renames the directory away, then retires, zeroes and unlinks each file.
+A writer sets the DIRTY bit in the metadata before it changes anything and clears it after; a
+writer killed in between leaves it set, and the next process to take the lock removes the dead
+writer's temporary files and recounts. ``destroy()`` marks the segment DESTROYED (every handle
+checks it), renames the directory away, then retires, zeroes and unlinks each file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import mmap
 import os
-import time
 from typing import Final, Self
 
 from shmfs.backends import SegmentInfo, segment_full
-from shmfs.backends.fsutil import (
-    dir_mode,
-    file_mode,
-    open_dir,
-    translate,
-    verify_owner,
-    writable_by_others,
-)
+from shmfs.backends import segdir as sd
+from shmfs.backends.fsutil import file_mode, open_dir, translate, verify_owner, writable_by_others
 from shmfs.backends.varfile import CONTENDED, PAGE, VarFile, capacity_for, create, read_length
-from shmfs.errors import BackendUnavailable, CorruptSegment, SegmentNotFound, UnsafeSegment
+from shmfs.errors import CorruptSegment, SegmentNotFound, ShmfsError, UnsafeSegment
 from shmfs.forking import fork_epoch
 from shmfs.locking import SegmentLock
 
-__all__ = ["TmpfsBackend", "default_root"]
+__all__ = ["MAX_MAPPINGS", "TmpfsBackend", "default_root"]
 
-META_NAME: Final = ".segment"
-META_MAGIC: Final = int.from_bytes(b"SHMFSSEG", "little")
-META_VERSION: Final = 1
-(_MAGIC, _VERSION, _KEY, _SIZE, _PERM, _STATE, _USED, _COUNT, _CREATED, _CREATOR, _GENERATION) = (
-    range(11)
-)
-DESTROYED: Final = 1
-DIRTY: Final = 2
 # Mappings kept open per segment handle. Each is an entry in vm.max_map_count (65530) and, before
 # Python 3.13 (mmap's trackfd=False), a file descriptor too; past this, the oldest are unmapped
 # and reopened on demand (about 8 us).
 MAX_MAPPINGS: Final = 256
-# A value shrinking below a quarter of a slot this large gets a smaller file, so one huge value
-# does not pin its memory after it is replaced by a small one.
-_SHRINK_ABOVE: Final = 64 * 1024
-_OPEN_RW: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
-_OPEN_RO: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_tokens = itertools.count()
+# Attempts to open a segment that keeps being destroyed under us before giving up.
+_OPEN_ATTEMPTS: Final = 100
 
 
 def default_root() -> str:
     """The root used when neither ``root=`` nor ``SHMFS_ROOT`` names one."""
     return os.environ.get("SHMFS_ROOT") or f"/dev/shm/shmfs-{os.geteuid()}"
-
-
-def _signed(word: int) -> int:
-    return word - (1 << 64) if word >= 1 << 63 else word
-
-
-def _index_of(name: str) -> int | None:
-    if not name or name[0] == ".":
-        return None
-    try:
-        return int(name)
-    except ValueError:
-        return None
-
-
-def _open_root(root: str) -> int:
-    """Open (creating it 0700 if absent) and verify the root directory."""
-    try:
-        fd = open_dir(root)
-    except FileNotFoundError:
-        try:
-            os.mkdir(root, 0o700)
-            os.chmod(root, 0o700, follow_symlinks=False)
-        except FileExistsError:
-            pass  # another process created it first; verified below like any other
-        except FileNotFoundError as exc:
-            raise BackendUnavailable(
-                f"cannot create the shmfs root {root}: its parent does not exist "
-                "(no /dev/shm here? set SHMFS_ROOT or root= to a tmpfs directory)"
-            ) from exc
-        except OSError as exc:
-            raise translate(exc, f"cannot create the shmfs root {root}") from exc
-        fd = open_dir(root)
-    try:
-        st = os.fstat(fd)
-        if st.st_uid not in (os.geteuid(), 0):
-            raise UnsafeSegment(
-                f"shmfs root {root} is owned by uid {st.st_uid}; refusing it", owner=st.st_uid
-            )
-        if writable_by_others(st):
-            raise UnsafeSegment(
-                f"shmfs root {root} is writable by group or others (mode "
-                f"{st.st_mode & 0o7777:04o}); use a private root (chmod 700) or another root="
-            )
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 class TmpfsBackend:
@@ -129,11 +53,12 @@ class TmpfsBackend:
     _meta_fd = -1
     _meta_mm: mmap.mmap | None = None
     _lock: SegmentLock | None = None
+    _vars: dict[int, VarFile] = {}  # noqa: RUF012  # replaced per instance before any use
 
     def __init__(
         self, key: int, root: str, root_fd: int, dir_fd: int, trust_uids: frozenset[int]
     ) -> None:
-        self._vars: dict[int, VarFile] = {}
+        self._vars = {}
         self.key = key
         self.root = root
         self.path = os.path.join(root, str(key))
@@ -142,13 +67,13 @@ class TmpfsBackend:
         self._trust_uids = trust_uids
         self._epoch = fork_epoch()
         self._open_meta()
-        self.size = int(self._meta[_SIZE])
-        self.perm = int(self._meta[_PERM])
+        self.size = int(self._meta[sd.SIZE])
+        self.perm = int(self._meta[sd.PERM])
         dir_st = os.fstat(dir_fd)
         self.owner = dir_st.st_uid
         self._dir_trusted = dir_st.st_uid in trust_uids and not writable_by_others(dir_st)
 
-    # ----------------------------------------------------------------- opening and creating
+    # ------------------------------------------------------------ opening and closing
 
     @classmethod
     def open(
@@ -156,10 +81,10 @@ class TmpfsBackend:
     ) -> Self:
         """Open segment ``key`` under ``root``, creating it if absent."""
         root = root or default_root()
-        root_fd = _open_root(root)
+        root_fd = sd.open_root(root)
         try:
-            for _ in range(100):
-                dir_fd = cls._open_or_create_dir(root_fd, key, size, perm, trust_uids)
+            for _ in range(_OPEN_ATTEMPTS):
+                dir_fd = _open_or_create_dir(root_fd, key, size, perm, trust_uids)
                 if dir_fd is None:
                     continue  # lost a race with a destroy; try again
                 try:
@@ -170,39 +95,22 @@ class TmpfsBackend:
                 except BaseException:
                     os.close(dir_fd)
                     raise
-                backend._recover_if_dirty()
+                try:
+                    backend._recover_if_dirty()
+                except BaseException:
+                    backend.close()
+                    raise
                 return backend
-            raise CorruptSegment(f"segment {key}: could not open it after 100 attempts")
+            raise CorruptSegment(f"segment {key}: could not open it after {_OPEN_ATTEMPTS} tries")
         except BaseException:
-            os.close(root_fd)
+            if root_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(root_fd)
             raise
-
-    @staticmethod
-    def _open_or_create_dir(
-        root_fd: int, key: int, size: int, perm: int, trust_uids: frozenset[int]
-    ) -> int | None:
-        name = str(key)
-        try:
-            fd = open_dir(name, root_fd)
-        except FileNotFoundError:
-            fd = None
-        if fd is None:
-            if _publish_new_segment(root_fd, key, size, perm):
-                return open_dir(name, root_fd)
-            try:
-                fd = open_dir(name, root_fd)
-            except FileNotFoundError:
-                return None
-        try:
-            verify_owner(os.fstat(fd), trust_uids, f"segment {key} directory")
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
 
     def _open_meta(self) -> None:
         try:
-            fd = os.open(META_NAME, _OPEN_RW, dir_fd=self._dir_fd)
+            fd = os.open(sd.META_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
         except FileNotFoundError:
             raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key) from None
         except OSError as exc:
@@ -214,36 +122,37 @@ class TmpfsBackend:
             raise CorruptSegment(f"segment {self.key}: metadata is {st.st_size} bytes, not {PAGE}")
         self._meta_mm = mmap.mmap(fd, PAGE)
         self._meta = memoryview(self._meta_mm).cast("Q")
-        if self._meta[_MAGIC] != META_MAGIC:
+        if self._meta[sd.MAGIC] != sd.META_MAGIC:
             raise CorruptSegment(f"segment {self.key}: metadata has a bad magic number")
-        if self._meta[_VERSION] != META_VERSION:
+        if self._meta[sd.VERSION] != sd.META_VERSION:
             raise CorruptSegment(
-                f"segment {self.key}: metadata version {self._meta[_VERSION]}; "
-                f"this shmfs reads {META_VERSION} (upgrade shmfs)"
+                f"segment {self.key}: metadata version {self._meta[sd.VERSION]}; "
+                f"this shmfs reads {sd.META_VERSION} (upgrade shmfs)"
             )
-        if self._meta[_STATE] & DESTROYED:
+        if self._meta[sd.STATE] & sd.DESTROYED:
             raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
         self._lock = SegmentLock(fd, f"segment {self.key}")
-
-    # ------------------------------------------------------------------------ lifecycle
 
     def _check(self) -> None:
         """Reopen what a fork shares with the parent; refuse a destroyed segment."""
         if self._epoch != fork_epoch():
             self._after_fork()
-        if self._meta[_STATE] & DESTROYED:
+        if self._meta[sd.STATE] & sd.DESTROYED:
             raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
 
     def _after_fork(self) -> None:
         # The child shares the parent's open file descriptions: an flock on them is the
         # parent's lock, and LOCK_UN from the child would release it. Open our own, and only
         # close (never unlock) the inherited ones. Mappings stay valid across fork.
-        old_dir, old_meta = self._dir_fd, self._meta_fd
-        self._dir_fd = open_dir(".", old_dir)
-        self._meta_fd = os.open(META_NAME, _OPEN_RW, dir_fd=self._dir_fd)
+        inherited = (self._dir_fd, self._meta_fd, self._root_fd)
+        try:
+            self._dir_fd = open_dir(".", inherited[0])
+            self._meta_fd = os.open(sd.META_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
+            self._root_fd = open_dir(".", inherited[2])
+        except OSError as exc:
+            raise translate(exc, f"segment {self.key}: cannot reopen after fork") from exc
         self._lock = SegmentLock(self._meta_fd, f"segment {self.key}")
-        self._root_fd = open_dir(".", self._root_fd)
-        for fd in (old_dir, old_meta):
+        for fd in inherited:
             os.close(fd)
         self._epoch = fork_epoch()
 
@@ -251,7 +160,7 @@ class TmpfsBackend:
         """Unmap and close everything this handle opened. Idempotent."""
         for var in self._vars.values():
             var.close()
-        self._vars.clear()
+        self._vars = {}
         if self._meta_mm is not None:
             try:
                 self._meta.release()
@@ -262,57 +171,43 @@ class TmpfsBackend:
         for attr in ("_meta_fd", "_dir_fd", "_root_fd"):
             fd = getattr(self, attr)
             if fd >= 0:
-                os.close(fd)
                 setattr(self, attr, -1)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def destroy(self) -> None:
         """Mark destroyed, unpublish, then zero and remove every file. Lock held."""
         self._check()
-        self._meta[_STATE] = self._meta[_STATE] | DESTROYED
-        grave = f".dead-{self.key}-{os.getpid()}-{next(_tokens)}"
+        self._meta[sd.STATE] = self._meta[sd.STATE] | sd.DESTROYED
+        grave = f".dead-{self.key}-{sd.token()}"
         try:
-            os.rename(str(self.key), grave, src_dir_fd=self._root_fd, dst_dir_fd=self._root_fd)
-        except FileNotFoundError:
-            pass  # already unpublished by a destroy that died part way
+            with contextlib.suppress(FileNotFoundError):  # a destroy that died got that far
+                os.rename(str(self.key), grave, src_dir_fd=self._root_fd, dst_dir_fd=self._root_fd)
+            sd.wipe_dir(self._dir_fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(grave, dir_fd=self._root_fd)
         except OSError as exc:
-            raise translate(exc, f"cannot destroy segment {self.key}") from exc
-        for name in os.listdir(self._dir_fd):
-            if name == META_NAME:
-                continue
-            if _index_of(name) is not None:
-                self._scrub_file(name)
-            os.unlink(name, dir_fd=self._dir_fd)
-        os.unlink(META_NAME, dir_fd=self._dir_fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(grave, dir_fd=self._root_fd)
+            # Already unpublished and marked: what is left is swept like a dead destroyer's.
+            raise translate(exc, f"cannot finish destroying segment {self.key}") from exc
+        self._vars = {}
 
-    def _scrub_file(self, name: str) -> None:
-        try:
-            fd = os.open(name, _OPEN_RW, dir_fd=self._dir_fd)
-        except FileNotFoundError:
-            return
-        try:
-            var = VarFile(fd, writable=True, trusted=False)
-        except CorruptSegment:
-            return  # not ours to understand; it is unlinked all the same
-        finally:
-            os.close(fd)
-        var.retire_and_scrub()
-        var.close()
-
-    # --------------------------------------------------------------------------- locking
+    # ------------------------------------------------------------------------ locking
 
     def acquire(self, timeout: float | None) -> None:
         """Take the segment lock; refuse a destroyed segment; repair after a dead writer."""
         self._check()
         assert self._lock is not None
         self._lock.acquire(timeout)
-        state = self._meta[_STATE]
-        if state & DESTROYED:
+        state = self._meta[sd.STATE]
+        if state & sd.DESTROYED:
             self._lock.release()
             raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
-        if state & DIRTY:
-            self._recover()
+        if state & sd.DIRTY:
+            try:
+                self._recover()
+            except BaseException:
+                self._lock.release()
+                raise
 
     def release(self) -> None:
         """Release the segment lock."""
@@ -324,28 +219,34 @@ class TmpfsBackend:
         return self._lock is not None and self._lock.held
 
     def _recover_if_dirty(self) -> None:
-        if self._meta[_STATE] & DIRTY:
+        if self._meta[sd.STATE] & sd.DIRTY:
             self.acquire(None)  # acquire() repairs
             self.release()
 
     def _recover(self) -> None:
-        """A writer died holding the lock: drop its temp files, recount. Lock held."""
+        """A writer died (or failed) mid-change: drop temp files, recount. Lock held."""
         used = count = 0
-        for name in os.listdir(self._dir_fd):
-            if name.startswith(".tmp-"):
-                os.unlink(name, dir_fd=self._dir_fd)
-            elif _index_of(name) is not None:
-                fd = os.open(name, _OPEN_RO, dir_fd=self._dir_fd)
-                try:
-                    used += read_length(fd)
-                finally:
-                    os.close(fd)
-                count += 1
-        self._meta[_USED] = used
-        self._meta[_COUNT] = count
-        self._meta[_STATE] = self._meta[_STATE] & ~DIRTY
+        try:
+            for name in os.listdir(self._dir_fd):
+                if name.startswith(".tmp-"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=self._dir_fd)
+                elif sd.index_of(name) is not None:
+                    fd = os.open(name, sd.OPEN_RO, dir_fd=self._dir_fd)
+                    try:
+                        used += read_length(fd)
+                    finally:
+                        os.close(fd)
+                    count += 1
+        except OSError as exc:
+            raise translate(
+                exc, f"segment {self.key}: cannot recover after a failed write"
+            ) from exc
+        self._meta[sd.USED] = used
+        self._meta[sd.COUNT] = count
+        self._meta[sd.STATE] = self._meta[sd.STATE] & ~sd.DIRTY
 
-    # ------------------------------------------------------------------------- variables
+    # ---------------------------------------------------------------------- variables
 
     def _var(self, index: int) -> VarFile | None:
         """The mapping of ``index``, opened (and cached) if needed; ``None`` if absent."""
@@ -355,20 +256,21 @@ class TmpfsBackend:
         if var is not None:
             del self._vars[index]
             var.close()
+        try:
+            return self._map(index)
+        except OSError as exc:
+            raise translate(exc, f"segment {self.key}: cannot open index {index}") from exc
+
+    def _map(self, index: int) -> VarFile | None:
         name = str(index)
         writable = True
         try:
-            fd = os.open(name, _OPEN_RW, dir_fd=self._dir_fd)
+            fd = os.open(name, sd.OPEN_RW, dir_fd=self._dir_fd)
         except FileNotFoundError:
             return None
         except PermissionError:
-            writable = False  # another trusted user's segment we may only read
-            try:
-                fd = os.open(name, _OPEN_RO, dir_fd=self._dir_fd)
-            except OSError as exc:
-                raise translate(exc, f"segment {self.key}: cannot open index {index}") from exc
-        except OSError as exc:
-            raise translate(exc, f"segment {self.key}: cannot open index {index}") from exc
+            writable = False  # another trusted user's segment that we may only read
+            fd = os.open(name, sd.OPEN_RO, dir_fd=self._dir_fd)
         try:
             st = os.fstat(fd)
             trusted = (
@@ -378,8 +280,7 @@ class TmpfsBackend:
         finally:
             os.close(fd)
         if len(self._vars) >= MAX_MAPPINGS:
-            oldest = next(iter(self._vars))
-            self._vars.pop(oldest).close()
+            self._vars.pop(next(iter(self._vars))).close()
         self._vars[index] = var
         return var
 
@@ -423,36 +324,41 @@ class TmpfsBackend:
         meta = self._meta
         var = self._var(index)
         old = var.length if var is not None else 0
-        used = meta[_USED]
+        used = meta[sd.USED]
         if used - old + len(data) > self.size:
             raise segment_full(self.key, index, len(data), self.size, used - old)
         if var is not None and not var.writable:
             raise UnsafeSegment(f"segment {self.key}: no write permission for index {index}")
-        meta[_STATE] = meta[_STATE] | DIRTY
+        meta[sd.STATE] = meta[sd.STATE] | sd.DIRTY
         if var is not None and _fits(var.capacity, len(data)):
             var.write(data)
         else:
             self._replace(index, data, var)
-        meta[_USED] = used - old + len(data)
+        meta[sd.USED] = used - old + len(data)
         if var is None:
-            meta[_COUNT] = meta[_COUNT] + 1
-        meta[_GENERATION] = meta[_GENERATION] + 1
-        meta[_STATE] = meta[_STATE] & ~DIRTY
+            meta[sd.COUNT] = meta[sd.COUNT] + 1
+        meta[sd.GENERATION] = meta[sd.GENERATION] + 1
+        meta[sd.STATE] = meta[sd.STATE] & ~sd.DIRTY
 
     def _replace(self, index: int, data: bytes, old: VarFile | None) -> None:
         """Publish ``data`` in a new file, then retire and zero the old one. Lock held."""
         capacity = capacity_for(len(data), old.capacity if old is not None else 0)
         if old is not None and len(data) * 4 < old.capacity:
             capacity = capacity_for(len(data))
-        tmp = f".tmp-{os.getpid()}-{next(_tokens)}"
+        tmp = f".tmp-{sd.token()}"
         try:
             create(self._dir_fd, tmp, data, file_mode(self.perm), capacity)
             os.rename(tmp, str(index), src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         except OSError as exc:
-            self._meta[_STATE] = self._meta[_STATE] & ~DIRTY  # nothing changed
+            self._after_failure()
             raise translate(exc, f"segment {self.key}: cannot store index {index}") from exc
         if old is not None:
             old.retire_and_scrub()
+
+    def _after_failure(self) -> None:
+        """Nothing was published; tidy now, or leave DIRTY for the next lock holder."""
+        with contextlib.suppress(ShmfsError):
+            self._recover()
 
     def delete(self, index: int) -> bool:
         """Unlink, retire and zero ``index``'s file; whether it existed. Lock held."""
@@ -461,28 +367,35 @@ class TmpfsBackend:
         if var is None:
             return False
         meta = self._meta
-        meta[_STATE] = meta[_STATE] | DIRTY
         length = var.length
-        os.unlink(str(index), dir_fd=self._dir_fd)
+        try:
+            os.unlink(str(index), dir_fd=self._dir_fd)
+        except OSError as exc:
+            raise translate(exc, f"segment {self.key}: cannot remove index {index}") from exc
+        meta[sd.STATE] = meta[sd.STATE] | sd.DIRTY
         var.retire_and_scrub()
-        del self._vars[index]
+        self._vars.pop(index, None)
         var.close()
-        meta[_USED] = meta[_USED] - length
-        meta[_COUNT] = meta[_COUNT] - 1
-        meta[_GENERATION] = meta[_GENERATION] + 1
-        meta[_STATE] = meta[_STATE] & ~DIRTY
+        meta[sd.USED] = meta[sd.USED] - length
+        meta[sd.COUNT] = meta[sd.COUNT] - 1
+        meta[sd.GENERATION] = meta[sd.GENERATION] + 1
+        meta[sd.STATE] = meta[sd.STATE] & ~sd.DIRTY
         return True
 
     def indices(self) -> list[int]:
         """Indices holding values, ascending."""
         self._check()
-        found = (_index_of(name) for name in os.listdir(self._dir_fd))
+        try:
+            names = os.listdir(self._dir_fd)
+        except OSError as exc:
+            raise translate(exc, f"segment {self.key}: cannot list") from exc
+        found = (sd.index_of(name) for name in names)
         return sorted(index for index in found if index is not None)
 
     def count(self) -> int:
         """Number of variables."""
         self._check()
-        return int(self._meta[_COUNT])
+        return int(self._meta[sd.COUNT])
 
     def info(self) -> SegmentInfo:
         """Report on the segment."""
@@ -492,13 +405,13 @@ class TmpfsBackend:
             key=self.key,
             backend=self.name,
             size=self.size,
-            used=int(meta[_USED]),
-            variables=int(meta[_COUNT]),
+            used=int(meta[sd.USED]),
+            variables=int(meta[sd.COUNT]),
             perm=self.perm,
             owner=self.owner,
             location=self.path,
-            created=meta[_CREATED] / 1e9,
-            creator_pid=int(meta[_CREATOR]),
+            created=meta[sd.CREATED] / 1e9,
+            creator_pid=int(meta[sd.CREATOR]),
         )
 
     @classmethod
@@ -509,18 +422,16 @@ class TmpfsBackend:
             root_fd = open_dir(root)
         except FileNotFoundError:
             return []
-        found = []
         try:
-            for name in sorted(os.listdir(root_fd)):
-                key = _index_of(name)
-                if key is None:
-                    continue
-                info = _peek(root_fd, root, name, key)
-                if info is not None:
-                    found.append(info)
+            names = os.listdir(root_fd)
+            found = [
+                sd.peek(root_fd, root, name) for name in names if sd.index_of(name) is not None
+            ]
+        except OSError as exc:
+            raise translate(exc, f"cannot list segments in {root}") from exc
         finally:
             os.close(root_fd)
-        return sorted(found, key=lambda info: info.key)
+        return sorted((info for info in found if info is not None), key=lambda info: info.key)
 
 
 def _fits(capacity: int, length: int) -> bool:
@@ -528,78 +439,28 @@ def _fits(capacity: int, length: int) -> bool:
     return length <= capacity and not (capacity > _SHRINK_ABOVE and length * 4 < capacity)
 
 
-def _publish_new_segment(root_fd: int, key: int, size: int, perm: int) -> bool:
-    """Build segment ``key`` in a hidden directory and rename it into place.
+# A value shrinking below a quarter of a slot this large gets a smaller file, so one huge value
+# does not pin its memory after it is replaced by a small one.
+_SHRINK_ABOVE: Final = 64 * 1024
 
-    Returns whether we published it (``False``: another process got there first).
-    """
-    hidden = f".new-{key}-{os.getpid()}-{next(_tokens)}"
+
+def _open_or_create_dir(
+    root_fd: int, key: int, size: int, perm: int, trust_uids: frozenset[int]
+) -> int | None:
+    """A verified descriptor of segment ``key``'s directory, created if absent; ``None`` when a
+    concurrent destroy removed it between our steps."""
+    name = str(key)
     try:
-        os.mkdir(hidden, 0o700, dir_fd=root_fd)
-        fd = open_dir(hidden, root_fd)
-    except OSError as exc:
-        raise translate(exc, f"cannot create segment {key}") from exc
+        fd = open_dir(name, root_fd)
+    except FileNotFoundError:
+        sd.publish_new_segment(root_fd, key, size, perm)
+        try:
+            fd = open_dir(name, root_fd)
+        except FileNotFoundError:
+            return None
     try:
-        meta_fd = os.open(META_NAME, _OPEN_RW | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=fd)
-        try:
-            os.fchmod(meta_fd, file_mode(perm))
-            os.posix_fallocate(meta_fd, 0, PAGE)
-            words = memoryview(bytearray(PAGE)).cast("Q")
-            words[_VERSION], words[_KEY], words[_SIZE], words[_PERM] = (
-                META_VERSION,
-                key & ((1 << 64) - 1),
-                size,
-                perm,
-            )
-            words[_CREATED], words[_CREATOR] = time.time_ns(), os.getpid()
-            words[_MAGIC] = META_MAGIC
-            os.pwrite(meta_fd, words.tobytes(), 0)
-        finally:
-            os.close(meta_fd)
-        os.fchmod(fd, dir_mode(perm))
-        try:
-            os.rename(hidden, str(key), src_dir_fd=root_fd, dst_dir_fd=root_fd)
-            return True
-        except OSError:
-            # ENOTEMPTY/EEXIST: someone published this key first; theirs wins.
-            os.unlink(META_NAME, dir_fd=fd)
-            os.rmdir(hidden, dir_fd=root_fd)
-            return False
-    except OSError as exc:
-        raise translate(exc, f"cannot create segment {key}") from exc
-    finally:
+        verify_owner(os.fstat(fd), trust_uids, f"segment {key} directory")
+    except BaseException:
         os.close(fd)
-
-
-def _peek(root_fd: int, root: str, name: str, key: int) -> SegmentInfo | None:
-    """Read a segment's metadata without attaching; ``None`` if it cannot be read."""
-    try:
-        dir_fd = open_dir(name, root_fd)
-    except (OSError, UnsafeSegment):
-        return None
-    try:
-        st = os.fstat(dir_fd)
-        fd = os.open(META_NAME, _OPEN_RO, dir_fd=dir_fd)
-        try:
-            raw = os.pread(fd, PAGE, 0)
-        finally:
-            os.close(fd)
-    except OSError:
-        return None
-    finally:
-        os.close(dir_fd)
-    words = memoryview(raw).cast("Q") if len(raw) == PAGE else None
-    if words is None or words[_MAGIC] != META_MAGIC or words[_STATE] & DESTROYED:
-        return None
-    return SegmentInfo(
-        key=_signed(words[_KEY]),
-        backend=TmpfsBackend.name,
-        size=int(words[_SIZE]),
-        used=int(words[_USED]),
-        variables=int(words[_COUNT]),
-        perm=int(words[_PERM]),
-        owner=st.st_uid,
-        location=os.path.join(root, name),
-        created=words[_CREATED] / 1e9,
-        creator_pid=int(words[_CREATOR]),
-    )
+        raise
+    return fd

@@ -1,0 +1,262 @@
+"""Segment directories on tmpfs: the root, the metadata page, creating, peeking and wiping.
+
+Layout under the root (default ``/dev/shm/shmfs-<uid>``, mode 0700)::
+
+    <root>/<key>/.segment         metadata page (below); the segment lock is an flock on it
+    <root>/<key>/<index>          one file per variable (varfile.py)
+    <root>/<key>/.tmp-<pid>-<n>   a value being written to a new file, until renamed
+    <root>/.new-<key>-<pid>-<n>   a segment being created, until renamed to <key>
+    <root>/.dead-<key>-<pid>-<n>  a destroyed segment being wiped
+
+``.segment`` is one page of 8-byte words: magic, version, key, size, perm, state, used bytes,
+variable count, creation time, creator pid, generation. It is never replaced, which is why the
+lock lives on it: locking a file that ``rename()`` replaces loses updates (reliability.md, "Lost
+updates"). A segment is built whole in a hidden ``.new-`` directory and published with one
+``rename()``, so nobody opens a half-made segment; it is unpublished the same way before it is
+wiped, so nobody opens a half-wiped one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import time
+from typing import Final
+
+from shmfs.backends import SegmentInfo
+from shmfs.backends.fsutil import dir_mode, file_mode, open_dir, translate, writable_by_others
+from shmfs.backends.varfile import PAGE, VarFile
+from shmfs.errors import BackendUnavailable, CorruptSegment, UnsafeSegment
+
+__all__ = [
+    "META_NAME",
+    "index_of",
+    "open_root",
+    "peek",
+    "publish_new_segment",
+    "sweep_root",
+    "wipe_dir",
+]
+
+META_NAME: Final = ".segment"
+META_MAGIC: Final = int.from_bytes(b"SHMFSSEG", "little")
+META_VERSION: Final = 1
+(MAGIC, VERSION, KEY, SIZE, PERM, STATE, USED, COUNT, CREATED, CREATOR, GENERATION) = range(11)
+DESTROYED: Final = 1
+DIRTY: Final = 2
+OPEN_RW: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+OPEN_RO: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Hidden directories of a creator or destroyer that died are removed once their process is gone
+# and they are this old; the age guards a live process in another PID namespace (a container
+# sharing /dev/shm), whose pid we cannot see.
+STALE_AFTER: Final = 60.0
+_tokens = itertools.count()
+
+
+def token() -> str:
+    """A name part no other live process or earlier call of ours uses."""
+    return f"{os.getpid()}-{next(_tokens)}"
+
+
+def index_of(name: str) -> int | None:
+    """The index (or key) a directory entry names, or ``None`` for our hidden files."""
+    if not name or name[0] == ".":
+        return None
+    try:
+        return int(name)
+    except ValueError:
+        return None
+
+
+def open_root(root: str) -> int:
+    """Open (creating it 0700 if absent) and verify the root directory.
+
+    Raises:
+        UnsafeSegment: a symlink, another user's, or writable by group or others.
+        BackendUnavailable: its parent does not exist (no /dev/shm here).
+    """
+    try:
+        fd = open_dir(root)
+    except FileNotFoundError:
+        try:
+            os.mkdir(root, 0o700)
+            os.chmod(root, 0o700, follow_symlinks=False)  # the umask must not widen it
+        except FileExistsError:
+            pass  # created by someone else meanwhile: verified below like any other
+        except FileNotFoundError as exc:
+            raise BackendUnavailable(
+                f"cannot create the shmfs root {root}: its parent does not exist "
+                "(no /dev/shm here? set SHMFS_ROOT or root= to a directory on tmpfs)"
+            ) from exc
+        except OSError as exc:
+            raise translate(exc, f"cannot create the shmfs root {root}") from exc
+        fd = open_dir(root)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid not in (os.geteuid(), 0):
+            raise UnsafeSegment(
+                f"shmfs root {root} is owned by uid {st.st_uid}; refusing it", owner=st.st_uid
+            )
+        if writable_by_others(st):
+            raise UnsafeSegment(
+                f"shmfs root {root} is writable by group or others (mode "
+                f"{st.st_mode & 0o7777:04o}); use a private root (chmod 700) or another root="
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def publish_new_segment(root_fd: int, key: int, size: int, perm: int) -> bool:
+    """Build segment ``key`` in a hidden directory and rename it into place.
+
+    Returns whether we published it (``False``: another process got there first).
+
+    Raises:
+        SegmentFull: the filesystem is full.
+        UnsafeSegment: no permission.
+    """
+    sweep_root(root_fd)
+    hidden = f".new-{key}-{token()}"
+    try:
+        os.mkdir(hidden, 0o700, dir_fd=root_fd)
+        fd = open_dir(hidden, root_fd)
+    except OSError as exc:
+        raise translate(exc, f"cannot create segment {key}") from exc
+    try:
+        _write_meta(fd, key, size, perm)
+        os.fchmod(fd, dir_mode(perm))
+        try:
+            os.rename(hidden, str(key), src_dir_fd=root_fd, dst_dir_fd=root_fd)
+            return True
+        except OSError:
+            pass  # ENOTEMPTY/EEXIST: someone published this key first; theirs wins
+        wipe_dir(fd)
+        os.rmdir(hidden, dir_fd=root_fd)
+        return False
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            wipe_dir(fd)
+            os.rmdir(hidden, dir_fd=root_fd)
+        raise translate(exc, f"cannot create segment {key}") from exc
+    finally:
+        os.close(fd)
+
+
+def _write_meta(dir_fd: int, key: int, size: int, perm: int) -> None:
+    fd = os.open(META_NAME, OPEN_RW | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, file_mode(perm))
+        os.posix_fallocate(fd, 0, PAGE)
+        words = memoryview(bytearray(PAGE)).cast("Q")
+        words[VERSION], words[KEY], words[SIZE], words[PERM] = (
+            META_VERSION,
+            key & ((1 << 64) - 1),
+            size,
+            perm,
+        )
+        words[CREATED], words[CREATOR] = time.time_ns(), os.getpid()
+        words[MAGIC] = META_MAGIC
+        if os.pwrite(fd, words.tobytes(), 0) != PAGE:
+            raise OSError(28, "short write of segment metadata")
+    finally:
+        os.close(fd)
+
+
+def wipe_dir(dir_fd: int) -> None:
+    """Zero every variable file in a segment directory, then unlink everything in it."""
+    for name in os.listdir(dir_fd):
+        if index_of(name) is not None:
+            _scrub(dir_fd, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+
+
+def _scrub(dir_fd: int, name: str) -> None:
+    """Retire and zero one variable file, so a process still mapping it sees zeros."""
+    try:
+        fd = os.open(name, OPEN_RW, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    try:
+        var = VarFile(fd, writable=True, trusted=False)
+    except CorruptSegment:
+        return  # not a variable file we understand; it is unlinked all the same
+    finally:
+        os.close(fd)
+    var.retire_and_scrub()
+    var.close()
+
+
+def sweep_root(root_fd: int) -> list[str]:
+    """Remove hidden directories left by creators and destroyers that died; return their names."""
+    removed = []
+    now = time.time()
+    for name in os.listdir(root_fd):
+        if not name.startswith((".new-", ".dead-")):
+            continue
+        try:
+            pid = int(name.rsplit("-", 2)[1])
+            age = now - os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_mtime
+        except (ValueError, IndexError, OSError):
+            continue
+        if age < STALE_AFTER or _alive(pid):
+            continue
+        with contextlib.suppress(OSError, UnsafeSegment):
+            fd = open_dir(name, root_fd)
+            try:
+                wipe_dir(fd)
+            finally:
+                os.close(fd)
+            os.rmdir(name, dir_fd=root_fd)
+            removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def peek(root_fd: int, root: str, name: str) -> SegmentInfo | None:
+    """Read a segment's metadata without attaching; ``None`` if it cannot be read."""
+    try:
+        dir_fd = open_dir(name, root_fd)
+    except (OSError, UnsafeSegment):
+        return None
+    try:
+        st = os.fstat(dir_fd)
+        fd = os.open(META_NAME, OPEN_RO, dir_fd=dir_fd)
+        try:
+            raw = os.pread(fd, PAGE, 0)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    if len(raw) != PAGE:
+        return None
+    words = memoryview(raw).cast("Q")
+    if words[MAGIC] != META_MAGIC or words[STATE] & DESTROYED:
+        return None
+    key = words[KEY] - (1 << 64) if words[KEY] >= 1 << 63 else words[KEY]
+    return SegmentInfo(
+        key=int(key),
+        backend="tmpfs",
+        size=int(words[SIZE]),
+        used=int(words[USED]),
+        variables=int(words[COUNT]),
+        perm=int(words[PERM]),
+        owner=st.st_uid,
+        location=os.path.join(root, name),
+        created=words[CREATED] / 1e9,
+        creator_pid=int(words[CREATOR]),
+    )
