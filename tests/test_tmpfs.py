@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import shmfs
-from shmfs.backends import tmpfs
+from shmfs.backends import segdir, tmpfs
 from shmfs.backends.varfile import HEADER_SIZE
 
 NOBODY = 65534
@@ -267,15 +267,15 @@ def test_dead_writer_litter_is_cleaned_on_attach(attach: Any, key: int) -> None:
     location = seg.stats()["location"]
     with open(os.path.join(location, ".tmp-999999-0"), "wb") as litter:
         litter.write(b"half a value")
-    meta = os.path.join(location, tmpfs.META_NAME)
+    meta = os.path.join(location, segdir.META_NAME)
     fd = os.open(meta, os.O_RDWR)
     try:  # what a writer killed between setting and clearing DIRTY leaves
         state = int.from_bytes(os.pread(fd, 8, 8 * 5), "little")
-        os.pwrite(fd, (state | tmpfs.DIRTY).to_bytes(8, "little"), 8 * 5)
+        os.pwrite(fd, (state | segdir.DIRTY).to_bytes(8, "little"), 8 * 5)
         os.pwrite(fd, (12345).to_bytes(8, "little"), 8 * 6)  # a wrong "used" count
     finally:
         os.close(fd)
     fresh = attach(key)
-    assert sorted(os.listdir(location)) == [tmpfs.META_NAME, "1"]
+    assert sorted(os.listdir(location)) == [segdir.META_NAME, "1"]
     assert fresh.stats()["used"] == seg.stats()["used"] < 100
     assert fresh[1] == "x"
