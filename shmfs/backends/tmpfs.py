@@ -306,12 +306,23 @@ class TmpfsBackend:
         return self._read_locked(index)
 
     def _read_locked(self, index: int) -> bytes | None:
+        """Read with no writer running: anything but a value or absence is damage."""
         self.acquire(None)
         try:
             var = self._var(index)
-            return None if var is None else var.read()
+            if var is None:
+                return None
+            data = var.read()
         finally:
             self.release()
+        if not data:
+            raise CorruptSegment(
+                f"segment {self.key} index {index}: the variable file's sequence or length "
+                "words are inconsistent",
+                key=self.key,
+                index=index,
+            )
+        return data
 
     def trusted(self, index: int) -> bool:
         """Whether only trusted uids could have written ``index``'s current file."""

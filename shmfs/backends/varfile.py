@@ -13,8 +13,9 @@ truncated, and holds two slots::
          0     0  magic      b"SHMFSVAR"
          8     1  version    VERSION
         16     2  capacity   K, bytes per slot
-        24     3  control    generation g; slot g & 1 holds the current value; bit 63: retired
-        32     4  seq[0]     odd while slot 0 is being written
+        24     3  control    high half: generation g (31 bits) and the retired flag;
+                             low half: a check of the high half. Slot g & 1 is current.
+        32     4  seq[0]     2g once slot 0 holds generation g; odd while it is being written
         40     5  seq[1]
         48     6  length[0]  bytes in slot 0
         56     7  length[1]
@@ -22,12 +23,17 @@ truncated, and holds two slots::
     64 + K        slot 1     K bytes
 
 A writer (holding the segment lock) fills the slot that is *not* current, bracketed by its
-sequence word going odd then even, and then publishes it by storing ``g + 1`` into the control
-word: one aligned 8-byte store, which readers see whole or not at all. A writer killed at any
-instant leaves the control word pointing at the old, untouched slot. Readers take no lock: they
-read the control word, copy the current slot and check that its sequence word did not move
-(a seqlock); if it moved, a writer reused the slot mid-copy and they copy again. The frame's
-checksum (shmfs.codecs) is a second line of defence on CPUs that reorder loads.
+sequence word going to ``2(g+1) - 1`` then ``2(g+1)``, and then publishes it by storing the sealed
+``g + 1`` into the control word: one aligned 8-byte store, which readers see whole or not at all.
+A writer killed at any instant leaves the control word pointing at the old, untouched slot.
+Readers take no lock: they read the control word, copy the current slot and check that its
+sequence word is ``2g`` before and after the copy (a seqlock); if not, a writer reused the slot
+mid-copy and they copy again. The frame's checksum (shmfs.codecs) is a second line of defence on
+CPUs that reorder loads.
+
+The control word carries a check of itself, and each slot's sequence word names the generation
+it holds, so damage to either is reported as ``CorruptSegment`` instead of silently serving the
+other slot's older value.
 
 A value that outgrows its slot gets a new, bigger file, published with ``rename()``; the old file
 is then marked retired (control bit 63) so that processes still mapping it reopen by name, and
@@ -52,8 +58,11 @@ __all__ = ["HEADER_SIZE", "VarFile", "capacity_for", "create", "read_length"]
 HEADER_SIZE: Final = 64
 MAGIC: Final = int.from_bytes(b"SHMFSVAR", "little")
 VERSION: Final = 1
-RETIRED: Final = 1 << 63
 PAGE: Final = mmap.PAGESIZE
+_RETIRED: Final = 0x8000_0000
+_GENERATIONS: Final = 0x7FFF_FFFF
+_LOW: Final = 0xFFFF_FFFF
+_WORD: Final = (1 << 64) - 1
 _CONTROL, _SEQ, _LENGTH = 3, 4, 6
 # Lock-free read attempts before the caller falls back to reading under the lock; a writer
 # reusing the slot being copied twice in a row is already rare.
@@ -64,6 +73,24 @@ _NO_FD_DUP: Final[dict[str, bool]] = {"trackfd": False} if sys.version_info >= (
 REOPEN: Final = None
 #: Returned by :meth:`VarFile.read` when writers kept overtaking the copy: read under the lock.
 CONTENDED: Final = b""
+
+
+def _check(high: int) -> int:
+    """A check of the control word's high half; the constant makes an all-zero word invalid."""
+    return ((high * 0x9E37_79B1) & _LOW) ^ 0x5BD1_E995
+
+
+def _seal(generation: int, *, retired: bool = False) -> int:
+    high = (generation & _GENERATIONS) | (_RETIRED if retired else 0)
+    return (high << 32) | _check(high)
+
+
+def _generation(control: int) -> int:
+    """The generation a control word publishes; ``CorruptSegment`` if it fails its check."""
+    high = control >> 32
+    if control & _LOW != _check(high):
+        raise CorruptSegment("variable file's control word fails its check")
+    return high
 
 
 def capacity_for(length: int, current: int = 0) -> int:
@@ -89,7 +116,7 @@ def create(dir_fd: int, name: str, data: bytes, mode: int, capacity: int) -> Non
         os.posix_fallocate(fd, 0, HEADER_SIZE + 2 * capacity)
         header = memoryview(bytearray(HEADER_SIZE)).cast("Q")
         header[0], header[1], header[2] = MAGIC, VERSION, capacity
-        header[_CONTROL], header[_SEQ], header[_LENGTH] = 0, 2, len(data)
+        header[_CONTROL], header[_SEQ], header[_LENGTH] = _seal(0), 0, len(data)
         _write_all(fd, [header.tobytes(), data], 0)
     except BaseException:
         os.close(fd)
@@ -113,10 +140,16 @@ def _write_all(fd: int, parts: list[bytes], offset: int) -> None:
 
 def read_length(fd: int) -> int:
     """Length of the current value of an unmapped variable file (for recounting)."""
-    words = memoryview(os.pread(fd, HEADER_SIZE, 0)).cast("Q")
-    if len(words) < 8 or words[0] != MAGIC:
+    raw = os.pread(fd, HEADER_SIZE, 0)
+    if len(raw) < HEADER_SIZE:
         return 0
-    return int(words[_LENGTH + (words[_CONTROL] & 1)])
+    words = memoryview(raw).cast("Q")
+    if words[0] != MAGIC:
+        return 0
+    try:
+        return int(words[_LENGTH + (_generation(words[_CONTROL]) & 1)])
+    except CorruptSegment:
+        return 0
 
 
 class VarFile:
@@ -155,25 +188,29 @@ class VarFile:
     @property
     def retired(self) -> bool:
         """Whether the file was replaced or removed since it was mapped."""
-        return bool(self._words[_CONTROL] & RETIRED)
+        return bool(self._words[_CONTROL] >> 32 & _RETIRED)
 
     @property
     def length(self) -> int:
         """Length of the current value (read it under the lock to rely on it)."""
-        return int(self._words[_LENGTH + (self._words[_CONTROL] & 1)])
+        return int(self._words[_LENGTH + (_generation(self._words[_CONTROL]) & 1)])
 
     def read(self) -> bytes | None:
-        """Copy the current value; ``REOPEN`` if retired, ``CONTENDED`` if writers kept winning."""
+        """Copy the current value; ``REOPEN`` if retired, ``CONTENDED`` if writers kept winning.
+
+        Raises:
+            CorruptSegment: the control word fails its check.
+        """
         words, mm, capacity = self._words, self._mm, self.capacity
         try:
             for _ in range(_SPINS):
-                control = words[_CONTROL]
-                if control & RETIRED:
+                generation = _generation(words[_CONTROL])
+                if generation & _RETIRED:
                     return REOPEN
-                slot = control & 1
-                seq = words[_SEQ + slot]
+                slot = generation & 1
+                seq = generation * 2
                 length = words[_LENGTH + slot]
-                if seq & 1 or length > capacity:
+                if words[_SEQ + slot] != seq or length > capacity:
                     continue
                 start = HEADER_SIZE + slot * capacity
                 data = mm[start : start + length]
@@ -184,28 +221,31 @@ class VarFile:
         return CONTENDED
 
     def write(self, data: bytes) -> None:
-        """Publish ``data`` through the slot that is not current. Segment lock held."""
+        """Publish ``data`` through the slot that is not current. Segment lock held.
+
+        Raises:
+            CorruptSegment: the control word fails its check (nothing is written).
+        """
         words = self._words
-        control = words[_CONTROL]
-        slot = (control + 1) & 1
-        odd = (words[_SEQ + slot] | 1) + 2
-        words[_SEQ + slot] = odd
+        generation = (_generation(words[_CONTROL]) + 1) & _GENERATIONS
+        slot = generation & 1
+        words[_SEQ + slot] = (generation * 2 - 1) & _WORD
         start = HEADER_SIZE + slot * self.capacity
         self._mm[start : start + len(data)] = data
         words[_LENGTH + slot] = len(data)
-        words[_SEQ + slot] = odd + 1
-        words[_CONTROL] = control + 1
+        words[_SEQ + slot] = generation * 2
+        words[_CONTROL] = _seal(generation)
 
     def retire_and_scrub(self) -> None:
         """Send readers elsewhere, then zero both slots. Segment lock held.
 
-        Retiring first means a reader never waits on a file that is going away; bumping each
+        Retiring first means a reader never waits on a file that is going away; setting each
         sequence word to an odd value before zeroing means no reader accepts a half-zeroed copy.
         """
         words = self._words
-        words[_CONTROL] = words[_CONTROL] | RETIRED
+        words[_CONTROL] = _seal(0, retired=True)
         for slot in (0, 1):
-            words[_SEQ + slot] = (words[_SEQ + slot] | 1) + 2
+            words[_SEQ + slot] = 1
             start = HEADER_SIZE + slot * self.capacity
             self._mm[start : start + self.capacity] = bytes(self.capacity)
             words[_LENGTH + slot] = 0
