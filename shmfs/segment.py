@@ -9,97 +9,26 @@ lifecycle (detach, destroy, pickling by reference).
 from __future__ import annotations
 
 import contextlib
-import operator
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, MutableMapping
 from types import TracebackType
 from typing import Any, Final
 
-from shmfs import codecs
+from shmfs import codecs, waiting
 from shmfs.backends import Backend, backend_class
 from shmfs.errors import (
     CorruptSegment,
-    InvalidArgument,
-    InvalidKey,
-    InvalidKeyType,
     SegmentDetached,
     SegmentNotFound,
     UnsafeSegment,
     VariableNotFound,
 )
+from shmfs.validate import check_index, check_key, check_options, trusted_uids
 
 __all__ = ["Segment", "attach", "segments"]
 
 _MISSING: Final[Any] = object()  # "no default given"
 _ABSENT: Final[Any] = object()  # "the index holds no value", inside read-modify-write
-_INDEX_MIN: Final = -(1 << 63)
-_INDEX_MAX: Final = (1 << 63) - 1
-_KEY_MIN: Final = -(1 << 31)
-_KEY_MAX: Final = (1 << 31) - 1
-
-
-def _as_int(value: object, what: str) -> int:
-    """``value`` as an int, or ``InvalidKeyType``; bools are refused, numpy ints accepted."""
-    if isinstance(value, bool):
-        raise InvalidKeyType(f"{what} must be an int, not bool ({value!r})")
-    try:
-        return operator.index(value)  # type: ignore[arg-type]  # TypeError is the check
-    except TypeError:
-        raise InvalidKeyType(f"{what} must be an int, not {type(value).__name__}") from None
-
-
-def check_key(key: object) -> int:
-    """Validate a segment key: a System V ``key_t``, signed 32-bit and non-zero.
-
-    Raises:
-        InvalidKeyType: ``key`` is not an int.
-        InvalidKey: ``key`` is 0 (``IPC_PRIVATE``) or outside 32 bits.
-    """
-    number = _as_int(key, "segment key")
-    if number == 0:
-        raise InvalidKey("segment key 0 is IPC_PRIVATE and names no shared segment", key=0)
-    if not _KEY_MIN <= number <= _KEY_MAX:
-        raise InvalidKey(
-            f"segment key {number} is out of range: keys are signed 32-bit (System V key_t)",
-            key=number,
-        )
-    return number
-
-
-def check_index(index: object) -> int:
-    """Validate a variable index: a signed 64-bit int.
-
-    Raises:
-        InvalidKeyType: ``index`` is not an int.
-        InvalidKey: ``index`` is outside 64 bits.
-    """
-    if type(index) is int and _INDEX_MIN <= index <= _INDEX_MAX:
-        return index
-    number = _as_int(index, "variable index")
-    if not _INDEX_MIN <= number <= _INDEX_MAX:
-        raise InvalidKey(f"variable index {number} is out of range: signed 64-bit", index=number)
-    return number
-
-
-def _check_options(size: Any, perm: Any, lock_timeout: Any) -> tuple[int, int]:
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise InvalidArgument(f"size must be a positive int, not {size!r}")
-    if isinstance(perm, bool) or not isinstance(perm, int) or not 0 <= perm <= 0o777:
-        raise InvalidArgument(f"perm must be an int from 0 to 0o777, not {perm!r}")
-    if lock_timeout is not None and (
-        isinstance(lock_timeout, bool)
-        or not isinstance(lock_timeout, int | float)
-        or lock_timeout < 0
-    ):
-        raise InvalidArgument(f"lock_timeout must be None or >= 0 seconds, not {lock_timeout!r}")
-    return size, perm
-
-
-def _trusted(trust_uids: Iterable[int] | None) -> frozenset[int]:
-    uids = {os.geteuid(), 0}
-    for uid in trust_uids or ():
-        uids.add(_as_int(uid, "trust_uids entry"))
-    return frozenset(uids)
 
 
 def attach(
@@ -141,12 +70,12 @@ def attach(
         CorruptSegment: the existing segment's metadata is damaged.
     """
     key = check_key(key)
-    size, perm = _check_options(size, perm, lock_timeout)
+    size, perm = check_options(size, perm, lock_timeout)
     backend_name = backend or os.environ.get("SHMFS_BACKEND") or "tmpfs"
     chosen = codecs.get_codec(codec)
     if isinstance(secret, str):
         secret = secret.encode()
-    trusted = _trusted(trust_uids)
+    trusted = trusted_uids(trust_uids)
     opened = backend_class(backend_name).open(key, size, perm, root=root, trust_uids=trusted)
     spec = {
         "key": key,
@@ -531,6 +460,61 @@ class Segment(MutableMapping[int, Any]):
                 backend.delete(index)
         finally:
             backend.release()
+
+    # ----------------------------------------------------------------- waiting
+
+    def wait(self, index: int, timeout: float | None = None) -> Any:
+        """Block until ``index`` is written again, and return the new value.
+
+        Sleeps without polling; wakes within about a millisecond of a write in any process.
+
+        Args:
+            index: The variable to wait on.
+            timeout: Seconds to wait at most; ``None`` waits for ever.
+
+        Raises:
+            WaitTimeout: no new value within ``timeout``.
+            InvalidKeyType: ``index`` is not an int.
+            InvalidKey: ``index`` is out of range.
+            SegmentDetached: the handle was detached.
+            SegmentNotFound: the segment was destroyed.
+        """
+        backend = self._open()
+        return waiting.wait_next(backend, self.get, check_index(index), timeout)
+
+    def watch(self, index: int, timeout: float | None = None) -> Iterator[Any]:
+        """Yield each new value of ``index`` as it is written (the progress-bar case).
+
+        A reader slower than the writer gets the newest value, not every one in between.
+
+        Args:
+            index: The variable to watch.
+            timeout: Seconds to wait at most for each new value; ``None`` waits for ever.
+
+        Raises:
+            WaitTimeout: no new value within ``timeout``.
+            The errors of :meth:`wait`.
+        """
+        backend = self._open()
+        return waiting.watch(backend, self.get, check_index(index), timeout)
+
+    async def wait_async(self, index: int, timeout: float | None = None) -> Any:
+        """:meth:`wait` for asyncio: the event loop watches a descriptor, no thread is used.
+
+        Raises:
+            The errors of :meth:`wait`.
+        """
+        backend = self._open()
+        return await waiting.wait_async(backend, self.get, check_index(index), timeout)
+
+    def watch_async(self, index: int, timeout: float | None = None) -> AsyncIterator[Any]:
+        """:meth:`watch` for asyncio: ``async for value in seg.watch_async(i): ...``.
+
+        Raises:
+            The errors of :meth:`watch`.
+        """
+        backend = self._open()
+        return waiting.watch_async(backend, self.get, check_index(index), timeout)
 
     # --------------------------------------------------------------- lifecycle
 

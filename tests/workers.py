@@ -153,3 +153,15 @@ class Children:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
+
+
+def write_when_told(ref: dict[str, Any], index: int, values: list[Any], go: Any, ack: Any) -> int:
+    """For each value: wait for ``go``, write it, stamp the time at index+1."""
+    with open_seg(ref) as seg:
+        for value in values:
+            if not go.get(timeout=30):
+                break
+            seg[index + 1] = time.monotonic()
+            seg[index] = value
+            ack.put(True)
+    return len(values)

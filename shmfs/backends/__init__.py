@@ -22,6 +22,7 @@ __all__ = [
     "BACKENDS",
     "Backend",
     "SegmentInfo",
+    "Watcher",
     "backend_class",
     "segment_full",
 ]
@@ -62,6 +63,26 @@ class SegmentInfo:
             "created": self.created,
             "creator_pid": self.creator_pid,
         }
+
+
+class Watcher(Protocol):
+    """A registration as a waiter on one segment, made by ``Backend.watcher()``."""
+
+    def fileno(self) -> int | None:
+        """A descriptor that turns readable on a change, or ``None`` if the backend polls."""
+        ...
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a change may have happened, or ``timeout`` seconds."""
+        ...
+
+    def drain(self) -> None:
+        """Forget wake-ups already delivered (after the descriptor was readable)."""
+        ...
+
+    def close(self) -> None:
+        """Stop waiting; idempotent."""
+        ...
 
 
 class Backend(Protocol):
@@ -117,6 +138,14 @@ class Backend(Protocol):
 
     def trusted(self, index: int) -> bool:
         """Whether only trusted uids can have written the bytes ``read(index)`` returned."""
+        ...
+
+    def version(self, index: int) -> object:
+        """A token that changes whenever ``index`` is written or removed; ``None`` if absent."""
+        ...
+
+    def watcher(self) -> Watcher:
+        """Register as a waiter, so that writers wake this process on their next change."""
         ...
 
     def acquire(self, timeout: float | None) -> None:

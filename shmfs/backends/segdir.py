@@ -3,17 +3,21 @@
 Layout under the root (default ``/dev/shm/shmfs-<uid>``, mode 0700)::
 
     <root>/<key>/.segment         metadata page (below); the segment lock is an flock on it
+    <root>/<key>/.notify          written when someone waits for a change (notify.py)
     <root>/<key>/<index>          one file per variable (varfile.py)
     <root>/<key>/.tmp-<pid>-<n>   a value being written to a new file, until renamed
     <root>/.new-<key>-<pid>-<n>   a segment being created, until renamed to <key>
     <root>/.dead-<key>-<pid>-<n>  a destroyed segment being wiped
 
 ``.segment`` is one page of 8-byte words: magic, version, key, size, perm, state, used bytes,
-variable count, creation time, creator pid, generation. It is never replaced, which is why the
-lock lives on it: locking a file that ``rename()`` replaces loses updates (reliability.md, "Lost
-updates"). A segment is built whole in a hidden ``.new-`` directory and published with one
-``rename()``, so nobody opens a half-made segment; it is unpublished the same way before it is
-wiped, so nobody opens a half-wiped one.
+variable count, creation time, creator pid, generation, number of waiters, and from word 16 a
+table of the waiting processes' pids (so that waiters that died can be told from live ones).
+It is never replaced, which is why the lock lives on it: locking a file that ``rename()``
+replaces loses updates (reliability.md, "Lost updates").
+
+A segment is built whole in a hidden ``.new-`` directory and published with one ``rename()``, so
+nobody opens a half-made segment; it is unpublished the same way before it is wiped, so nobody
+opens a half-wiped one.
 """
 
 from __future__ import annotations
@@ -42,7 +46,11 @@ __all__ = [
 META_NAME: Final = ".segment"
 META_MAGIC: Final = int.from_bytes(b"SHMFSSEG", "little")
 META_VERSION: Final = 1
-(MAGIC, VERSION, KEY, SIZE, PERM, STATE, USED, COUNT, CREATED, CREATOR, GENERATION) = range(11)
+(MAGIC, VERSION, KEY, SIZE, PERM, STATE, USED, COUNT, CREATED, CREATOR, GENERATION, WAITERS) = (
+    range(12)
+)
+WAITER_TABLE: Final = range(16, 16 + 64)
+NOTIFY_NAME: Final = ".notify"
 DESTROYED: Final = 1
 DIRTY: Final = 2
 OPEN_RW: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -163,6 +171,12 @@ def _write_meta(dir_fd: int, key: int, size: int, perm: int) -> None:
             raise OSError(28, "short write of segment metadata")
     finally:
         os.close(fd)
+    fd = os.open(NOTIFY_NAME, OPEN_RW | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, file_mode(perm))
+        os.posix_fallocate(fd, 0, 8)
+    finally:
+        os.close(fd)
 
 
 def wipe_dir(dir_fd: int) -> None:
@@ -202,7 +216,7 @@ def sweep_root(root_fd: int) -> list[str]:
             age = now - os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_mtime
         except (ValueError, IndexError, OSError):
             continue
-        if age < STALE_AFTER or _alive(pid):
+        if age < STALE_AFTER or alive(pid):
             continue
         with contextlib.suppress(OSError, UnsafeSegment):
             fd = open_dir(name, root_fd)
@@ -215,7 +229,8 @@ def sweep_root(root_fd: int) -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process with this pid exists (in our PID namespace)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -24,6 +24,7 @@ from shmfs.backends.varfile import CONTENDED, PAGE, VarFile, capacity_for, creat
 from shmfs.errors import CorruptSegment, SegmentNotFound, ShmfsError, UnsafeSegment
 from shmfs.forking import fork_epoch
 from shmfs.locking import SegmentLock
+from shmfs.notify import FileWatch
 
 __all__ = ["MAX_MAPPINGS", "TmpfsBackend", "default_root"]
 
@@ -51,6 +52,7 @@ class TmpfsBackend:
     _root_fd = -1
     _dir_fd = -1
     _meta_fd = -1
+    _notify_fd = -1
     _meta_mm: mmap.mmap | None = None
     _lock: SegmentLock | None = None
     _vars: dict[int, VarFile] = {}  # noqa: RUF012  # replaced per instance before any use
@@ -144,7 +146,7 @@ class TmpfsBackend:
         # The child shares the parent's open file descriptions: an flock on them is the
         # parent's lock, and LOCK_UN from the child would release it. Open our own, and only
         # close (never unlock) the inherited ones. Mappings stay valid across fork.
-        inherited = (self._dir_fd, self._meta_fd, self._root_fd)
+        inherited = (self._dir_fd, self._meta_fd, self._root_fd, self._notify_fd)
         try:
             self._dir_fd = open_dir(".", inherited[0])
             self._meta_fd = os.open(sd.META_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
@@ -152,8 +154,10 @@ class TmpfsBackend:
         except OSError as exc:
             raise translate(exc, f"segment {self.key}: cannot reopen after fork") from exc
         self._lock = SegmentLock(self._meta_fd, f"segment {self.key}")
+        self._notify_fd = -1
         for fd in inherited:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         self._epoch = fork_epoch()
 
     def close(self) -> None:
@@ -168,7 +172,7 @@ class TmpfsBackend:
             except BufferError:
                 pass  # another thread still reads it; the GC unmaps it
             self._meta_mm = None
-        for attr in ("_meta_fd", "_dir_fd", "_root_fd"):
+        for attr in ("_notify_fd", "_meta_fd", "_dir_fd", "_root_fd"):
             fd = getattr(self, attr)
             if fd >= 0:
                 setattr(self, attr, -1)
@@ -179,6 +183,7 @@ class TmpfsBackend:
         """Mark destroyed, unpublish, then zero and remove every file. Lock held."""
         self._check()
         self._meta[sd.STATE] = self._meta[sd.STATE] | sd.DESTROYED
+        self._notify()  # waiters wake up and find the segment gone
         grave = f".dead-{self.key}-{sd.token()}"
         try:
             with contextlib.suppress(FileNotFoundError):  # a destroy that died got that far
@@ -350,6 +355,8 @@ class TmpfsBackend:
             meta[sd.COUNT] = meta[sd.COUNT] + 1
         meta[sd.GENERATION] = meta[sd.GENERATION] + 1
         meta[sd.STATE] = meta[sd.STATE] & ~sd.DIRTY
+        if meta[sd.WAITERS]:
+            self._notify()
 
     def _replace(self, index: int, data: bytes, old: VarFile | None) -> None:
         """Publish ``data`` in a new file, then retire and zero the old one. Lock held."""
@@ -391,7 +398,53 @@ class TmpfsBackend:
         meta[sd.COUNT] = meta[sd.COUNT] - 1
         meta[sd.GENERATION] = meta[sd.GENERATION] + 1
         meta[sd.STATE] = meta[sd.STATE] & ~sd.DIRTY
+        if meta[sd.WAITERS]:
+            self._notify()
         return True
+
+    def version(self, index: int) -> object:
+        """The file's inode and control word: any write or removal changes one of them."""
+        var = self._var(index)
+        return None if var is None else var.version
+
+    def watcher(self) -> TmpfsWatcher:
+        """Register as a waiter and watch ``.notify``."""
+        self._check()
+        return TmpfsWatcher(self)
+
+    def _notify(self) -> None:
+        """Wake waiters: a write to ``.notify`` is an inotify event; mapped writes raise none."""
+        try:
+            if self._notify_fd < 0:
+                self._notify_fd = os.open(sd.NOTIFY_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
+            os.pwrite(self._notify_fd, self._meta[sd.GENERATION].to_bytes(8, "little"), 0)
+        except OSError:
+            pass  # waiters also re-check on their own every second; a lost wake-up only delays
+
+    def _set_waiter(self, pid: int, *, register: bool) -> None:
+        """Add or remove ``pid`` in the waiter table, dropping waiters that died. Lock held.
+
+        ``WAITERS`` counts the table's entries plus any waiters beyond its 64 slots, which are
+        counted without a pid and so never pruned.
+        """
+        meta, table = self._meta, sd.WAITER_TABLE
+        overflow = max(meta[sd.WAITERS] - sum(1 for word in table if meta[word]), 0)
+        for word in table:
+            if meta[word] and not sd.alive(meta[word]):
+                meta[word] = 0
+        if register:
+            free = next((word for word in table if not meta[word]), None)
+            if free is None:
+                overflow += 1
+            else:
+                meta[free] = pid
+        else:
+            mine = next((word for word in table if meta[word] == pid), None)
+            if mine is None:
+                overflow = max(overflow - 1, 0)
+            else:
+                meta[mine] = 0
+        meta[sd.WAITERS] = overflow + sum(1 for word in table if meta[word])
 
     def indices(self) -> list[int]:
         """Indices holding values, ascending."""
@@ -475,3 +528,47 @@ def _open_or_create_dir(
         os.close(fd)
         raise
     return fd
+
+
+class TmpfsWatcher:
+    """A waiter on a tmpfs segment: listed in the metadata so writers notify, and watching
+    ``.notify``."""
+
+    def __init__(self, backend: TmpfsBackend) -> None:
+        self._backend: TmpfsBackend | None = None
+        self._watch = FileWatch(backend._dir_fd, sd.NOTIFY_NAME)
+        try:
+            backend.acquire(None)
+            try:
+                backend._set_waiter(os.getpid(), register=True)
+            finally:
+                backend.release()
+        except BaseException:
+            self._watch.close()
+            raise
+        self._backend = backend
+
+    def fileno(self) -> int | None:
+        """The inotify descriptor."""
+        return self._watch.fileno()
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until ``.notify`` is written or ``timeout`` passes."""
+        self._watch.wait(timeout)
+
+    def drain(self) -> None:
+        """Forget delivered wake-ups."""
+        self._watch.drain()
+
+    def close(self) -> None:
+        """Leave the waiter table and stop watching. Idempotent."""
+        backend, self._backend = self._backend, None
+        self._watch.close()
+        if backend is None or backend._meta_mm is None:
+            return  # the handle was closed (or the segment destroyed) first: nothing to undo
+        with contextlib.suppress(ShmfsError):
+            backend.acquire(None)
+            try:
+                backend._set_waiter(os.getpid(), register=False)
+            finally:
+                backend.release()

@@ -161,7 +161,7 @@ class VarFile:
         trusted: Whether only trusted uids can have written it (see ``Backend.trusted``).
     """
 
-    __slots__ = ("_mm", "_words", "capacity", "trusted", "writable")
+    __slots__ = ("_mm", "_words", "capacity", "inode", "trusted", "writable")
 
     def __init__(self, fd: int, *, writable: bool, trusted: bool) -> None:
         st = os.fstat(fd)
@@ -182,6 +182,7 @@ class VarFile:
                 )
             raise CorruptSegment("variable file has a bad header (magic, version or capacity)")
         self.capacity = int(capacity)
+        self.inode = st.st_ino
         self.writable = writable
         self.trusted = trusted
 
@@ -189,6 +190,11 @@ class VarFile:
     def retired(self) -> bool:
         """Whether the file was replaced or removed since it was mapped."""
         return bool(self._words[_CONTROL] >> 32 & _RETIRED)
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes on every write, and when the file is replaced."""
+        return (self.inode, int(self._words[_CONTROL]))
 
     @property
     def length(self) -> int:

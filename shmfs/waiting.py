@@ -1,0 +1,167 @@
+"""Waiting for a variable's next value: ``wait``/``watch`` and their asyncio forms.
+
+A waiter registers with the backend (so writers know to wake it), notes the variable's version,
+and sleeps on the backend's watcher until the version changes. Nothing spins: a sync waiter sleeps
+in ``select`` on the watcher's descriptor, an async waiter hands that descriptor to the event loop.
+Even so, waiters re-check at least once a second, so a wake-up lost to an I/O error only delays.
+
+``watch`` yields the latest value each time the variable changes. A reader slower than the writer
+sees the newest value, not every intermediate one (values are not queued); a removal is not a
+value, so waiters keep waiting through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Final
+
+from shmfs.backends import Backend, Watcher
+from shmfs.errors import WaitTimeout
+
+__all__ = ["wait_async", "wait_next", "watch", "watch_async"]
+
+# Longest sleep between checks of our own, whatever the watcher says.
+_RECHECK: Final = 1.0
+# Poll interval for backends with no descriptor to wait on.
+_POLL: Final = 0.001
+
+Getter = Callable[[int, Any], Any]
+_ABSENT: Final[Any] = object()
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + max(timeout, 0.0)
+
+
+def _remaining(deadline: float | None, index: int, timeout: float | None) -> float:
+    if deadline is None:
+        return _RECHECK
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise WaitTimeout(
+            f"no new value at index {index} within {timeout} s", index=index, timeout=timeout
+        )
+    return min(left, _RECHECK)
+
+
+def _changed(backend: Backend, get: Getter, index: int, base: object) -> tuple[Any, object]:
+    """``(value, version)`` if ``index`` holds a value newer than ``base``, else
+    ``(_ABSENT, version)``. The version is read on both sides of the get, so the value returned
+    is never older than the version recorded for it."""
+    while True:
+        before = backend.version(index)
+        if before is None or before == base:
+            return _ABSENT, before
+        value = get(index, _ABSENT)
+        after = backend.version(index)
+        if value is not _ABSENT and after == before:
+            return value, after
+        # Written again (or removed) between our reads: look again rather than pair them wrongly.
+
+
+def _next(
+    backend: Backend,
+    watcher: Watcher,
+    get: Getter,
+    index: int,
+    base: object,
+    *,
+    timeout: float | None,
+) -> tuple[Any, object]:
+    deadline = _deadline(timeout)
+    while True:
+        value, version = _changed(backend, get, index, base)
+        if value is not _ABSENT:
+            return value, version
+        if version is None:
+            base = None  # removed: whatever is stored next is new
+        watcher.wait(_remaining(deadline, index, timeout))
+
+
+def wait_next(backend: Backend, get: Getter, index: int, timeout: float | None) -> Any:
+    """Block until ``index`` gets a new value; return it."""
+    watcher = backend.watcher()
+    try:
+        return _next(backend, watcher, get, index, backend.version(index), timeout=timeout)[0]
+    finally:
+        watcher.close()
+
+
+def watch(backend: Backend, get: Getter, index: int, timeout: float | None) -> Iterator[Any]:
+    """Yield each new value of ``index``; ``timeout`` bounds each wait."""
+    watcher = backend.watcher()
+    try:
+        base = backend.version(index)
+        while True:
+            value, base = _next(backend, watcher, get, index, base, timeout=timeout)
+            yield value
+    finally:
+        watcher.close()
+
+
+async def _sleep_on(watcher: Watcher, timeout: float) -> None:
+    fd = watcher.fileno()
+    if fd is None:
+        await asyncio.sleep(min(_POLL, timeout))
+        return
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await asyncio.wait_for(ready, timeout)
+    except TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(fd)
+        watcher.drain()
+
+
+async def _next_async(
+    backend: Backend,
+    watcher: Watcher,
+    get: Getter,
+    index: int,
+    base: object,
+    *,
+    timeout: float | None,
+) -> tuple[Any, object]:
+    deadline = _deadline(timeout)
+    while True:
+        value, version = _changed(backend, get, index, base)
+        if value is not _ABSENT:
+            return value, version
+        if version is None:
+            base = None
+        await _sleep_on(watcher, _remaining(deadline, index, timeout))
+
+
+async def wait_async(backend: Backend, get: Getter, index: int, timeout: float | None) -> Any:
+    """``wait_next`` for asyncio: the loop polls the watcher's descriptor, no thread is used."""
+    watcher = backend.watcher()
+    try:
+        return (
+            await _next_async(backend, watcher, get, index, backend.version(index), timeout=timeout)
+        )[0]
+    finally:
+        watcher.close()
+
+
+async def watch_async(
+    backend: Backend, get: Getter, index: int, timeout: float | None
+) -> AsyncIterator[Any]:
+    """``watch`` for asyncio."""
+    watcher = backend.watcher()
+    try:
+        base = backend.version(index)
+        while True:
+            value, base = await _next_async(backend, watcher, get, index, base, timeout=timeout)
+            yield value
+    finally:
+        watcher.close()
