@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -482,10 +482,12 @@ class Segment(MutableMapping[int, Any]):
         backend = self._open()
         return waiting.wait_next(backend, self.get, check_index(index), timeout)
 
-    def watch(self, index: int, timeout: float | None = None) -> Iterator[Any]:
+    def watch(self, index: int, timeout: float | None = None) -> waiting.Watch:
         """Yield each new value of ``index`` as it is written (the progress-bar case).
 
-        A reader slower than the writer gets the newest value, not every one in between.
+        Watching starts when ``watch()`` returns, so a value written before the first ``next()``
+        is not missed. A reader slower than the writer gets the newest value, not every one in
+        between. Close the iterator (or use it in ``with``) to stop watching.
 
         Args:
             index: The variable to watch.
@@ -496,7 +498,7 @@ class Segment(MutableMapping[int, Any]):
             The errors of :meth:`wait`.
         """
         backend = self._open()
-        return waiting.watch(backend, self.get, check_index(index), timeout)
+        return waiting.Watch(backend, self.get, check_index(index), timeout)
 
     async def wait_async(self, index: int, timeout: float | None = None) -> Any:
         """:meth:`wait` for asyncio: the event loop watches a descriptor, no thread is used.
@@ -507,14 +509,14 @@ class Segment(MutableMapping[int, Any]):
         backend = self._open()
         return await waiting.wait_async(backend, self.get, check_index(index), timeout)
 
-    def watch_async(self, index: int, timeout: float | None = None) -> AsyncIterator[Any]:
+    def watch_async(self, index: int, timeout: float | None = None) -> waiting.AsyncWatch:
         """:meth:`watch` for asyncio: ``async for value in seg.watch_async(i): ...``.
 
         Raises:
             The errors of :meth:`watch`.
         """
         backend = self._open()
-        return waiting.watch_async(backend, self.get, check_index(index), timeout)
+        return waiting.AsyncWatch(backend, self.get, check_index(index), timeout)
 
     # --------------------------------------------------------------- lifecycle
 

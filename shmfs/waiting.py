@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 
 from shmfs.backends import Backend, Watcher
 from shmfs.errors import WaitTimeout
 
-__all__ = ["wait_async", "wait_next", "watch", "watch_async"]
+__all__ = ["AsyncWatch", "Watch", "wait_async", "wait_next"]
 
 # Longest sleep between checks of our own, whatever the watcher says.
 _RECHECK: Final = 1.0
@@ -89,16 +89,46 @@ def wait_next(backend: Backend, get: Getter, index: int, timeout: float | None) 
         watcher.close()
 
 
-def watch(backend: Backend, get: Getter, index: int, timeout: float | None) -> Iterator[Any]:
-    """Yield each new value of ``index``; ``timeout`` bounds each wait."""
-    watcher = backend.watcher()
-    try:
-        base = backend.version(index)
-        while True:
-            value, base = _next(backend, watcher, get, index, base, timeout=timeout)
-            yield value
-    finally:
-        watcher.close()
+class Watch:
+    """The iterator ``Segment.watch`` returns. It registers and notes the current version when
+    it is made, not on the first ``next()``, so nothing written after ``watch()`` returns is
+    missed."""
+
+    def __init__(self, backend: Backend, get: Getter, index: int, timeout: float | None) -> None:
+        self._backend, self._get, self._index, self._timeout = backend, get, index, timeout
+        self._watcher: Watcher | None = backend.watcher()
+        self._base = backend.version(index)
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> Any:
+        if self._watcher is None:
+            raise StopIteration
+        value, self._base = _next(
+            self._backend,
+            self._watcher,
+            self._get,
+            self._index,
+            self._base,
+            timeout=self._timeout,
+        )
+        return value
+
+    def close(self) -> None:
+        """Stop watching; idempotent."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.close()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 async def _sleep_on(watcher: Watcher, timeout: float) -> None:
@@ -153,15 +183,39 @@ async def wait_async(backend: Backend, get: Getter, index: int, timeout: float |
         watcher.close()
 
 
-async def watch_async(
-    backend: Backend, get: Getter, index: int, timeout: float | None
-) -> AsyncIterator[Any]:
-    """``watch`` for asyncio."""
-    watcher = backend.watcher()
-    try:
-        base = backend.version(index)
-        while True:
-            value, base = await _next_async(backend, watcher, get, index, base, timeout=timeout)
-            yield value
-    finally:
-        watcher.close()
+class AsyncWatch:
+    """The async iterator ``Segment.watch_async`` returns; registered when made, like Watch."""
+
+    def __init__(self, backend: Backend, get: Getter, index: int, timeout: float | None) -> None:
+        self._backend, self._get, self._index, self._timeout = backend, get, index, timeout
+        self._watcher: Watcher | None = backend.watcher()
+        self._base = backend.version(index)
+
+    def __aiter__(self) -> AsyncWatch:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._watcher is None:
+            raise StopAsyncIteration
+        value, self._base = await _next_async(
+            self._backend,
+            self._watcher,
+            self._get,
+            self._index,
+            self._base,
+            timeout=self._timeout,
+        )
+        return value
+
+    def close(self) -> None:
+        """Stop watching; idempotent."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.close()
+
+    async def aclose(self) -> None:
+        """Stop watching (the async generator protocol's name for it)."""
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()

@@ -50,11 +50,12 @@ def test_watch_sees_every_value_of_a_slower_writer(seg: shmfs.Segment, writer: A
 def test_wait_wakes_fast_and_idles_cheaply(seg: shmfs.Segment, writer: Any) -> None:
     go, ack = writer(list(range(40)))
     latencies = []
-    for expected in range(40):
-        go.put(True)
-        assert seg.wait(1, timeout=WAIT) == expected
-        latencies.append(time.monotonic() - seg[2])
-        ack.get(timeout=WAIT)
+    with seg.watch(1, timeout=WAIT) as watching:
+        for expected in range(40):
+            go.put(True)
+            assert next(watching) == expected
+            latencies.append(time.monotonic() - seg[2])
+            ack.get(timeout=WAIT)
     # Loose bounds for a shared CI machine; bench/ measures the real figures.
     assert statistics.median(latencies) < 0.05, latencies
     began = time.process_time()
@@ -118,11 +119,10 @@ def test_async_wait_and_watch(seg: shmfs.Segment, writer: Any) -> None:
     go, _ = writer(["a", "b", "c"])
 
     async def main() -> list[Any]:
+        seen = []
+        watching = seg.watch_async(1, timeout=WAIT)
         go.put(True)
-        first = await seg.wait_async(1, timeout=WAIT)
-        seen = [first]
-        go.put(True)
-        async for value in seg.watch_async(1, timeout=WAIT):
+        async for value in watching:
             seen.append(value)
             if len(seen) == 3:
                 break
@@ -130,6 +130,19 @@ def test_async_wait_and_watch(seg: shmfs.Segment, writer: Any) -> None:
         return seen
 
     assert asyncio.run(main()) == ["a", "b", "c"]
+
+
+def test_async_wait_returns_next_value(seg: shmfs.Segment) -> None:
+    seg[1] = "old"
+
+    async def run() -> Any:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_task(seg.wait_async(1, timeout=WAIT))
+        await asyncio.sleep(0)  # the task runs up to its first await: registered by then
+        seg[1] = "new"
+        return await waiter
+
+    assert asyncio.run(run()) == "new"
 
 
 def test_async_wait_timeout(seg: shmfs.Segment) -> None:
