@@ -54,7 +54,7 @@ __all__ = [
 
 MAGIC: Final = b"\x93SHF"
 FORMAT_VERSION: Final = 1
-HEADER: Final = struct.Struct("<4sBBBxQII")
+HEADER: Final = struct.Struct("<4sBBBBQII")
 FULL_CHECK_LIMIT: Final = 64 * 1024
 _EDGE: Final = FULL_CHECK_LIMIT // 2
 _FLAG_SIGNED: Final = 1
@@ -201,7 +201,7 @@ def encode(codec: Codec, value: Any, secret: bytes | None = None) -> bytes:
             codec=codec.name,
         ) from exc
     flags = _FLAG_SIGNED if secret is not None else 0
-    head = HEADER.pack(MAGIC, FORMAT_VERSION, codec.id, flags, len(payload), 0, 0)
+    head = HEADER.pack(MAGIC, FORMAT_VERSION, codec.id, flags, 0, len(payload), 0, 0)
     head = head[:16] + struct.pack("<I", _crc(head, payload)) + head[20:]
     if secret is None:
         return head + payload
@@ -218,13 +218,15 @@ def decode(data: bytes | memoryview, secret: bytes | None = None) -> tuple[Codec
     view = memoryview(data)
     if len(view) < HEADER.size or view[:4].tobytes() != MAGIC:
         raise CorruptSegment("stored bytes are not a shmfs value (bad magic or too short)")
-    _, version, codec_id, flags, length, crc, _ = HEADER.unpack_from(view)
+    _, version, codec_id, flags, reserved, length, crc, reserved_word = HEADER.unpack_from(view)
     if version != FORMAT_VERSION:
         raise CorruptSegment(
             f"value has format version {version}; this shmfs reads version {FORMAT_VERSION}"
             " (written by a newer shmfs? upgrade it)",
             version=version,
         )
+    if reserved or reserved_word or flags & ~_FLAG_SIGNED:
+        raise CorruptSegment("value header has unknown flags or non-zero reserved bytes")
     codec = _BY_ID.get(codec_id)
     if codec is None:
         raise CorruptSegment(f"value names unknown codec id {codec_id}")
