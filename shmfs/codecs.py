@@ -185,8 +185,9 @@ def _crc(head: bytes | memoryview, payload: bytes | memoryview) -> int:
     return zlib.crc32(last, zlib.crc32(first, zlib.crc32(head[:16])))
 
 
-def encode(codec: Codec, value: Any, secret: bytes | None = None) -> bytes:
-    """Encode ``value`` with ``codec`` and frame it.
+def encode(codec: Codec, value: Any, secret: bytes | None = None, *, framed: bool = True) -> bytes:
+    """Encode ``value`` with ``codec`` and frame it (``framed=False``: the codec's bytes alone,
+    for a backend whose native format they are, such as PHP's on sysv).
 
     Raises:
         SerializationError: the codec cannot encode the value; nothing was written.
@@ -200,6 +201,8 @@ def encode(codec: Codec, value: Any, secret: bytes | None = None) -> bytes:
             f"cannot encode a {type(value).__name__} with the {codec.name} codec: {exc}",
             codec=codec.name,
         ) from exc
+    if not framed:
+        return payload
     flags = _FLAG_SIGNED if secret is not None else 0
     head = HEADER.pack(MAGIC, FORMAT_VERSION, codec.id, flags, 0, len(payload), 0, 0)
     head = head[:16] + struct.pack("<I", _crc(head, payload)) + head[20:]

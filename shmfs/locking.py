@@ -22,12 +22,13 @@ import fcntl
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import portalocker
 
 from shmfs.errors import LockTimeout, ShmfsError
 
-__all__ = ["SegmentLock", "lock_holder_pid"]
+__all__ = ["ReentrantLock", "SegmentLock", "lock_holder_pid"]
 
 # Backoff for timed waits: flock has no timeout of its own, and a blocking flock cannot be
 # interrupted from another thread, so timed waits poll. Start short so a lock released within a
@@ -36,17 +37,22 @@ _FIRST_POLL = 0.0002
 _MAX_POLL = 0.02
 
 
-class SegmentLock:
-    """A re-entrant lock, exclusive across threads and processes, on an open descriptor.
+class ReentrantLock:
+    """A lock exclusive across threads and processes, re-entrant for the holding thread.
 
     Args:
-        fd: An open descriptor of a file that is never replaced; the lock does not own it.
         name: What the lock guards, for error messages.
+        take: Takes the process-level lock within a timeout (``None``: for ever), or raises
+            ``LockTimeout``.
+        give: Releases the process-level lock.
     """
 
-    def __init__(self, fd: int, name: str) -> None:
-        self._fd = fd
+    def __init__(
+        self, name: str, take: Callable[[float | None], None], give: Callable[[], None]
+    ) -> None:
         self._name = name
+        self._take = take
+        self._give = give
         self._thread_lock = threading.RLock()
         self._depth = 0
 
@@ -68,23 +74,46 @@ class SegmentLock:
             else self._thread_lock.acquire(timeout=max(timeout, 0.0))
         )
         if not got:
-            raise self._timeout(timeout)
+            raise LockTimeout(
+                f"{self._name}: lock not acquired within {timeout} s "
+                "(held by another thread of this process)",
+                holder_pid=os.getpid(),
+                timeout=timeout,
+            )
         if self._depth == 0:
             try:
-                self._lock_file(deadline, timeout)
+                self._take(None if deadline is None else max(deadline - time.monotonic(), 0.0))
             except BaseException:
                 self._thread_lock.release()
                 raise
         self._depth += 1
 
     def release(self) -> None:
-        """Give the lock back; the kernel lock goes with the outermost release."""
+        """Give the lock back; the process-level lock goes with the outermost release."""
         self._depth -= 1
-        if self._depth == 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._thread_lock.release()
+        try:
+            if self._depth == 0:
+                self._give()
+        finally:
+            self._thread_lock.release()
 
-    def _lock_file(self, deadline: float | None, timeout: float | None) -> None:
+
+class SegmentLock(ReentrantLock):
+    """:class:`ReentrantLock` over an exclusive ``flock`` on an open descriptor.
+
+    Args:
+        fd: An open descriptor of a file that is never replaced; the lock does not own it.
+        name: What the lock guards, for error messages.
+    """
+
+    def __init__(self, fd: int, name: str) -> None:
+        super().__init__(name, self._lock_file, self._unlock_file)
+        self._fd = fd
+
+    def _unlock_file(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _lock_file(self, timeout: float | None) -> None:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
@@ -93,9 +122,10 @@ class SegmentLock:
         except OSError as exc:
             raise ShmfsError(f"cannot lock {self._name}: {exc.strerror}") from exc
         try:
-            if deadline is None:
+            if timeout is None:
                 portalocker.lock(self._fd, portalocker.LockFlags.EXCLUSIVE)
                 return
+            deadline = time.monotonic() + timeout
             poll = _FIRST_POLL
             while True:
                 try:
@@ -115,7 +145,7 @@ class SegmentLock:
 
     def _timeout(self, timeout: float | None) -> LockTimeout:
         pid = lock_holder_pid(self._fd)
-        holder = f"held by pid {pid}" if pid is not None else "held by another thread or process"
+        holder = f"held by pid {pid}" if pid is not None else "held by another process"
         return LockTimeout(
             f"{self._name}: lock not acquired within {timeout} s ({holder})",
             holder_pid=pid,

@@ -149,6 +149,8 @@ class Segment(MutableMapping[int, Any]):
         self._secret = secret
         self._lock_timeout = lock_timeout
         self._spec = spec
+        # The backend's native codec is stored bare, so its other users (PHP) can read it.
+        self._framed = not (codec.name == backend.native_codec and secret is None)
         self._backend = backend
 
     # ------------------------------------------------------------------- properties
@@ -251,6 +253,9 @@ class Segment(MutableMapping[int, Any]):
             )
         return codecs.decode_payload(codec, payload)
 
+    def _encode(self, value: Any) -> bytes:
+        return codecs.encode(self._codec, value, self._secret, framed=self._framed)
+
     def has(self, index: int) -> bool:
         """Whether ``index`` holds a value (PHP: ``shm_has_var``).
 
@@ -287,7 +292,7 @@ class Segment(MutableMapping[int, Any]):
         if backend is None:
             raise self._closed_error()
         index = check_index(index)
-        data = codecs.encode(self._codec, value, self._secret)
+        data = self._encode(value)
         backend.acquire(self._lock_timeout)
         try:
             backend.write(index, data)
@@ -344,7 +349,7 @@ class Segment(MutableMapping[int, Any]):
         """
         backend = self._open()
         index = check_index(index)
-        data = codecs.encode(self._codec, value, self._secret)
+        data = self._encode(value)
         backend.acquire(self._lock_timeout)
         try:
             if backend.read(index) is not None:
@@ -426,7 +431,7 @@ class Segment(MutableMapping[int, Any]):
             old = self.get(index, _ABSENT)
             write, new = change(default if old is _ABSENT else old)
             if write:
-                backend.write(index, codecs.encode(self._codec, new, self._secret))
+                backend.write(index, self._encode(new))
             return new
         finally:
             backend.release()

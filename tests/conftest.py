@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,7 +17,33 @@ import pytest
 
 import shmfs
 
-BACKENDS = ["tmpfs"]
+BACKENDS = ["tmpfs", "sysv"]
+# SysV keys for tests come from this range, so the leak guard can tell ours from anyone else's.
+TEST_KEYS = range(0x5E000000, 0x5EFFFFFF)
+
+
+def sysv_objects() -> set[tuple[str, int, int]]:
+    """(kind, key, id) of every SysV segment and semaphore set with a test key."""
+    found = set()
+    for kind in ("shm", "sem"):
+        with open(f"/proc/sysvipc/{kind}", encoding="ascii") as table:
+            for line in table.readlines()[1:]:
+                fields = line.split()
+                key = int(fields[0]) & 0xFFFFFFFF
+                if key in TEST_KEYS:
+                    found.add((kind, key, int(fields[1])))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def sysv_leak_guard() -> Iterator[None]:
+    """Fail a test that leaves a System V segment or semaphore set with a test key behind."""
+    before = sysv_objects()
+    yield
+    leaked = sysv_objects() - before
+    for kind, _, ident in leaked:
+        subprocess.run(["ipcrm", "-m" if kind == "shm" else "-s", str(ident)], check=False)
+    assert not leaked, f"test leaked System V objects: {sorted(leaked)}"
 
 
 @pytest.fixture
@@ -36,7 +63,7 @@ def root() -> Iterator[str]:
 def key() -> int:
     """A segment key no other test uses (tests get private roots, so this only needs to be
     unlikely to collide for backends without roots)."""
-    return random.randrange(0x10000000, 0x7FFFFFFF)
+    return random.randrange(TEST_KEYS.start, TEST_KEYS.stop - 16)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -130,7 +130,7 @@ def test_large_value(seg: shmfs.Segment, attach: Any, key: int) -> None:
     assert big[1] == value
     big[1] = b"small now"
     assert big[1] == b"small now"
-    assert big.stats()["used"] < 100
+    assert big.stats()["used"] < 200
 
 
 @pytest.mark.parametrize("codec", ["cloudpickle", "pickle", "json", "raw"])
@@ -272,7 +272,7 @@ def test_stats(seg: shmfs.Segment, key: int) -> None:
     assert stats["backend"] == seg.backend
     assert stats["size"] == 1 << 20
     assert stats["variables"] == 1
-    assert 0 < stats["used"] < 100
+    assert 0 < stats["used"] < 200
     assert stats["free"] == stats["size"] - stats["used"]
     assert stats["perm"] == 0o600
     assert stats["owner"] == os.geteuid()

@@ -20,6 +20,13 @@ import pytest
 
 import shmfs
 
+
+@pytest.fixture
+def backend() -> str:
+    """These tests reach into tmpfs files: they run on the tmpfs backend only."""
+    return "tmpfs"
+
+
 FAULTABLE = (
     "open",
     "fstat",

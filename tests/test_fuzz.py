@@ -14,6 +14,13 @@ from hypothesis import strategies as st
 import shmfs
 from shmfs import codecs
 
+
+@pytest.fixture
+def backend() -> str:
+    """These tests reach into tmpfs files: they run on the tmpfs backend only."""
+    return "tmpfs"
+
+
 FLIP_EXAMPLES = int(os.environ.get("SHMFS_FUZZ_EXAMPLES", "1500"))
 COMMON = dict(
     deadline=None,

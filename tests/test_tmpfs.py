@@ -18,6 +18,13 @@ import shmfs
 from shmfs.backends import segdir, tmpfs
 from shmfs.backends.varfile import HEADER_SIZE
 
+
+@pytest.fixture
+def backend() -> str:
+    """These tests reach into tmpfs files: they run on the tmpfs backend only."""
+    return "tmpfs"
+
+
 NOBODY = 65534
 
 
@@ -279,3 +286,13 @@ def test_dead_writer_litter_is_cleaned_on_attach(attach: Any, key: int) -> None:
     assert sorted(os.listdir(location)) == [segdir.NOTIFY_NAME, segdir.META_NAME, "1"]
     assert fresh.stats()["used"] == seg.stats()["used"] < 100
     assert fresh[1] == "x"
+
+
+def test_waiters_are_unregistered(seg: shmfs.Segment) -> None:
+    location = seg.stats()["location"]
+    for _ in range(3):
+        with pytest.raises(shmfs.WaitTimeout):
+            seg.wait(1, timeout=0.01)
+    with open(f"{location}/.segment", "rb") as meta:
+        words = meta.read(8 * 12)
+    assert int.from_bytes(words[88:96], "little") == 0  # the WAITERS word

@@ -151,13 +151,3 @@ def test_async_wait_timeout(seg: shmfs.Segment) -> None:
 
     with pytest.raises(shmfs.WaitTimeout):
         asyncio.run(main())
-
-
-def test_waiters_are_unregistered(seg: shmfs.Segment) -> None:
-    location = seg.stats()["location"]
-    for _ in range(3):
-        with pytest.raises(shmfs.WaitTimeout):
-            seg.wait(1, timeout=0.01)
-    with open(f"{location}/.segment", "rb") as meta:
-        words = meta.read(8 * 12)
-    assert int.from_bytes(words[88:96], "little") == 0  # the WAITERS word

@@ -176,6 +176,7 @@ class Backend(Protocol):
 #: Registry: backend name -> "module:Class", imported on first use.
 BACKENDS: dict[str, str] = {
     "tmpfs": "shmfs.backends.tmpfs:TmpfsBackend",
+    "sysv": "shmfs.backends.sysv:SysvBackend",
 }
 
 

@@ -1,0 +1,497 @@
+"""The sysv backend: one System V segment per key, laid out exactly as PHP's ``ext/sysvshm``.
+
+A PHP process and a Python process can share the segment: values stored with the ``php`` codec
+(and no ``secret``) are bare PHP ``serialize()`` bytes, readable by ``shm_get_var``; values of
+other codecs carry the shmfs frame, whose first byte no PHP value starts with. The layout is in
+``php_layout.py``; the undo journal that makes changes survive a SIGKILLed writer, in
+``journal.py``; the system calls, in ``sysvipc.py``.
+
+**Locking with PHP.** PHP's sysvshm takes no lock; PHP code guards a segment with
+``sem_get($key)``/``sem_acquire``. This backend takes the same 3-semaphore set (key: the segment's
+key unless ``SHMFS_SEM_KEY`` says otherwise) with PHP's registration protocol (php-sysvshm.md §4),
+and ``SEM_UNDO`` on every operation, so the kernel releases the lock of a process that dies.
+
+**Reads take the lock**: PHP writers move chunks with ``memmove``, so no lock-free read is safe.
+
+**Size.** ``size`` is PHP's: the header's ``total``, 40 bytes of which are the header. When
+shmfs creates the segment it asks the kernel for twice that plus a little, and keeps the journal
+past ``total``; PHP never looks there. An existing segment keeps the size its header declares.
+
+**Waiting** polls: writes to a System V segment raise no event anyone can wait on. A waiter
+checks every 5 ms (about 200 cheap wake-ups a second, well under 1% of a core), so a change is
+seen within 5 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from typing import Final, Self
+
+from shmfs.backends import SegmentInfo
+from shmfs.backends import php_layout as layout
+from shmfs.backends import sysvipc as ipc
+from shmfs.backends.journal import OVERHEAD, Journal
+from shmfs.errors import (
+    BackendUnavailable,
+    CorruptSegment,
+    LockTimeout,
+    SegmentFull,
+    SegmentNotFound,
+    ShmfsError,
+    UnsafeSegment,
+)
+from shmfs.forking import fork_epoch
+from shmfs.locking import ReentrantLock
+
+__all__ = ["SysvBackend", "ipc_namespace"]
+
+_SEM_USE, _SEM_USERS, _SEM_GATE = 0, 1, 2  # PHP's SYSVSEM_SEM, SYSVSEM_USAGE, SYSVSEM_SETVAL
+_POLL: Final = 0.005
+_OPEN_ATTEMPTS: Final = 100
+
+
+def _declared_total(buf: memoryview, key: int) -> int:
+    """The ``total`` an initialised PHP header declares, checked against the kernel's size."""
+    with buf[: layout.HEADER_SIZE].cast("q") as words:
+        total = words[4]
+    if not layout.HEADER_SIZE <= total <= len(buf):
+        raise CorruptSegment(
+            f"segment {key}: header declares {total} bytes in a {len(buf)}-byte segment", key=key
+        )
+    return int(total)
+
+
+def ipc_namespace() -> str:
+    """This process's IPC namespace, for messages about segments another namespace holds."""
+    try:
+        return os.readlink("/proc/self/ns/ipc")
+    except OSError:
+        return "unknown"
+
+
+def _translate(exc: OSError, what: str, key: int) -> ShmfsError:
+    code = exc.errno
+    if code == errno.EINVAL:
+        return SegmentFull(
+            f"{what}: the kernel refused the size (over kernel.shmmax, or smaller than an "
+            f"existing segment's) ({exc.strerror})",
+            key=key,
+            errno=code,
+        )
+    if code in (errno.ENOSPC, errno.ENOMEM):
+        return SegmentFull(
+            f"{what}: System V limits reached ({exc.strerror}): raise kernel.shmmni/shmall, "
+            "or remove unused segments (shmfs ls --backend sysv; ipcs -m)",
+            key=key,
+            errno=code,
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return UnsafeSegment(f"{what}: {exc.strerror}", key=key, errno=code)
+    if code in (errno.EIDRM, errno.ENOENT):
+        return SegmentNotFound(
+            f"{what}: segment {key} was removed, or lives in another IPC namespace than ours "
+            f"({ipc_namespace()})",
+            key=key,
+            errno=code,
+        )
+    if code == errno.ENOSYS:
+        return BackendUnavailable(f"{what}: System V IPC is not available here", errno=code)
+    return ShmfsError(f"{what}: {exc.strerror}", key=key, errno=code)
+
+
+def _verify(stat: ipc.IpcStat, trust_uids: frozenset[int], what: str) -> None:
+    for uid in (stat.uid, stat.cuid):
+        if uid not in trust_uids:
+            raise UnsafeSegment(
+                f"{what} belongs to uid {uid}, which is not trusted "
+                f"(trusted: {sorted(trust_uids)}); refusing it (pass trust_uids= to allow)",
+                owner=uid,
+            )
+
+
+class _PhpSemaphore:
+    """PHP's sysvsem set for one key: registration, acquire and release (php-sysvshm.md §4)."""
+
+    def __init__(self, key: int, perm: int, trust_uids: frozenset[int]) -> None:
+        self.key = key
+        self.semid = self._open(key, perm, trust_uids)
+        self.register()
+
+    @staticmethod
+    def _open(key: int, perm: int, trust_uids: frozenset[int]) -> int:
+        for _ in range(_OPEN_ATTEMPTS):
+            try:
+                semid = ipc.semget(key, 3, 0)
+            except FileNotFoundError:
+                try:
+                    return ipc.semget(key, 3, perm | ipc.IPC_CREAT | ipc.IPC_EXCL)
+                except FileExistsError:
+                    continue  # created meanwhile by someone else: open theirs
+            _verify(ipc.sem_stat(semid), trust_uids, f"semaphore set {key:#x}")
+            return semid
+        raise ShmfsError(f"semaphore set {key:#x}: could not open it")
+
+    def register(self) -> None:
+        """PHP's ``sem_get``: count ourselves a user; the first user sets the lock's value."""
+        undo = ipc.SEM_UNDO
+        ipc.semop(self.semid, [(_SEM_GATE, 0, 0), (_SEM_GATE, 1, undo), (_SEM_USERS, 1, undo)])
+        try:
+            if ipc.semctl_getval(self.semid, _SEM_USERS) == 1:
+                ipc.semctl_setval(self.semid, _SEM_USE, 1)
+        finally:
+            ipc.semop(self.semid, [(_SEM_GATE, -1, undo)])
+
+    def take(self, timeout: float | None) -> None:
+        """``sem_acquire``, with a timeout PHP does not have."""
+        try:
+            ipc.semop(self.semid, [(_SEM_USE, -1, ipc.SEM_UNDO)], timeout)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise _translate(exc, "cannot take the segment lock", self.key) from exc
+            pid = None
+            with contextlib.suppress(OSError):
+                pid = ipc.semctl_getpid(self.semid, _SEM_USE) or None
+            raise LockTimeout(
+                f"segment {self.key}: lock not acquired within {timeout} s "
+                f"({f'held by pid {pid}' if pid else 'held by another process'})",
+                holder_pid=pid,
+                timeout=timeout,
+            ) from None
+
+    def give(self) -> None:
+        """``sem_release``."""
+        ipc.semop(self.semid, [(_SEM_USE, 1, ipc.SEM_UNDO)])
+
+    def unregister(self) -> int:
+        """Stop counting ourselves a user; return how many users remain."""
+        ipc.semop(self.semid, [(_SEM_USERS, -1, ipc.SEM_UNDO)])
+        return ipc.semctl_getval(self.semid, _SEM_USERS)
+
+
+class SysvBackend:
+    """A segment in one System V shared memory segment, shared with PHP."""
+
+    name = "sysv"
+    native_codec = "php"
+    lock_free_reads = False
+
+    # Class-level defaults so close() works on an instance whose __init__ failed part way.
+    _attachment: ipc.Attachment | None = None
+    _semaphore: _PhpSemaphore | None = None
+    _journal: Journal | None = None
+    _lock: ReentrantLock | None = None
+    _destroyed = False
+
+    def __init__(self, key: int, shmid: int, trust_uids: frozenset[int], *, created: int) -> None:
+        self.key = key
+        self.shmid = shmid
+        self._trust_uids = trust_uids
+        self._epoch = fork_epoch()
+        stat = ipc.shm_stat(shmid)
+        _verify(stat, trust_uids, f"System V segment {key:#x}")
+        self.perm = stat.mode
+        self.owner = stat.uid
+        self._trusted = not stat.mode & 0o022
+        self._attachment = ipc.Attachment(shmid, stat.size)
+        self._buf = self._attachment.view
+        sem_key = int(os.environ.get("SHMFS_SEM_KEY", "0"), 0) or key
+        self._semaphore = _PhpSemaphore(sem_key, stat.mode, trust_uids)
+        self._lock = ReentrantLock(f"segment {key}", self._semaphore.take, self._semaphore.give)
+        if created or not layout.is_initialised(self._buf):
+            self._lock.acquire(None)  # a segment nobody uses yet: the wait is short
+            try:
+                self._prepare(created)
+            finally:
+                self._lock.release()
+        else:
+            # ``total`` never changes once written, so no lock is needed to read it, and a
+            # holder busy for a long time does not hold up attaching (its lock_timeout
+            # applies to the first operation instead). A dead writer's journal is undone by
+            # the next acquire().
+            self.size = _declared_total(self._buf, key)
+            self._journal = Journal.find(self._buf, self.size)
+
+    def _prepare(self, created: int) -> None:
+        """Initialise a new or foreign segment and lay out its journal. Lock held."""
+        buf = self._buf
+        if created:
+            layout.initialise(buf[:created])
+            self._journal = Journal.format(buf, created)
+        elif not layout.is_initialised(buf):
+            layout.initialise(buf)  # a foreign segment: PHP would do the same
+        self.size = layout.read_header(buf).total
+        if self._journal is None:
+            self._journal = Journal.find(buf, self.size)
+
+    @classmethod
+    def open(
+        cls, key: int, size: int, perm: int, *, root: str | None, trust_uids: frozenset[int]
+    ) -> Self:
+        """Attach System V segment ``key``, creating it (with room for the journal) if absent."""
+        del root  # System V keys name segments machine-wide (per IPC namespace): no root
+        if size < layout.HEADER_SIZE + 32:
+            raise SegmentFull(
+                f"segment {key}: size {size} is too small for PHP's layout (minimum 72)", key=key
+            )
+        for _ in range(_OPEN_ATTEMPTS):
+            created = 0
+            try:
+                shmid = ipc.shmget(key, 0, 0)
+            except FileNotFoundError:
+                kernel_size = size + ((-size) % 8) + OVERHEAD + size
+                try:
+                    shmid = ipc.shmget(key, kernel_size, perm | ipc.IPC_CREAT | ipc.IPC_EXCL)
+                    created = size
+                except FileExistsError:
+                    continue
+                except OSError as exc:
+                    raise _translate(exc, f"cannot create segment {key}", key) from exc
+            except OSError as exc:
+                raise _translate(exc, f"cannot open segment {key}", key) from exc
+            try:
+                return cls(key, shmid, trust_uids, created=created)
+            except OSError as exc:
+                if exc.errno in (errno.EIDRM, errno.EINVAL):
+                    continue  # removed between shmget and shmat: attach creates a fresh one
+                raise _translate(exc, f"cannot attach segment {key}", key) from exc
+        raise ShmfsError(f"segment {key}: could not attach it after {_OPEN_ATTEMPTS} tries")
+
+    def _check(self) -> memoryview:
+        """The segment's bytes; reregisters after fork; refuses a destroyed segment."""
+        if self._attachment is None:
+            raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
+        if self._epoch != fork_epoch():
+            # SEM_UNDO adjustments are not inherited: the child counts itself a user afresh,
+            # and gets a lock object of its own (a parent thread may hold the old one).
+            assert self._semaphore is not None
+            self._semaphore.register()
+            self._lock = ReentrantLock(
+                f"segment {self.key}", self._semaphore.take, self._semaphore.give
+            )
+            self._epoch = fork_epoch()
+        return self._buf
+
+    def _live(self) -> memoryview:
+        """Like ``_check``, under the lock: a header zeroed by ``destroy()`` means gone."""
+        buf = self._check()
+        if not layout.is_initialised(buf):
+            raise SegmentNotFound(
+                f"segment {self.key} was destroyed (its bytes were wiped)", key=self.key
+            )
+        return buf
+
+    # --------------------------------------------------------------------- locking
+
+    def acquire(self, timeout: float | None) -> None:
+        """Take PHP's semaphore for the segment; undo a dead writer's change."""
+        self._check()
+        assert self._lock is not None
+        self._lock.acquire(timeout)
+        if self._journal is not None and layout.is_initialised(self._buf):
+            self._journal.recover()
+
+    def release(self) -> None:
+        """Release the semaphore."""
+        assert self._lock is not None
+        self._lock.release()
+
+    def lock_held(self) -> bool:
+        """Whether the calling thread holds the lock."""
+        return self._lock is not None and self._lock.held
+
+    # ------------------------------------------------------------------- variables
+
+    def read(self, index: int) -> bytes | None:
+        """Copy the bytes of ``index`` (lock held by the caller)."""
+        data = layout.get(self._live(), index)
+        if data is None:
+            return None
+        with data:
+            return bytes(data)
+
+    def trusted(self, index: int) -> bool:
+        """Whether only trusted users can write the segment (owner trusted, no 0o022 bits)."""
+        del index
+        return self._trusted
+
+    def _journalled(self, index: int) -> Journal | None:
+        """Start a journal entry for a change to ``index``; the journal, or ``None``."""
+        journal = self._journal
+        if journal is None:
+            return None
+        buf = self._buf
+        header = layout.read_header(buf)
+        pos = layout.find(buf, header, index)
+        journal.begin(pos if pos >= 0 else header.end, header.end)
+        return journal
+
+    def write(self, index: int, data: bytes) -> None:
+        """Store ``data``: PHP's remove-then-append, journalled. Lock held."""
+        buf = self._live()
+        journal = self._journalled(index)
+        try:
+            layout.put(buf, index, data, scrub=True)
+        except SegmentFull as exc:
+            raise SegmentFull(
+                f"segment {self.key}: {exc} with a bigger size= (PHP's size counts a 40-byte "
+                "header and 24-39 bytes per variable besides the values)",
+                key=self.key,
+                index=index,
+            ) from exc
+        finally:
+            if journal is not None:
+                journal.commit()
+
+    def delete(self, index: int) -> bool:
+        """Remove ``index`` and zero the bytes it frees. Lock held."""
+        buf = self._live()
+        journal = self._journalled(index)
+        try:
+            return layout.remove(buf, index, scrub=True)
+        finally:
+            if journal is not None:
+                journal.commit()
+
+    def indices(self) -> list[int]:
+        """Indices holding values, ascending (lock held by the caller)."""
+        return sorted(layout.indices(self._live()))
+
+    def count(self) -> int:
+        """Number of variables."""
+        self.acquire(None)
+        try:
+            return len(layout.indices(self._live()))
+        finally:
+            self.release()
+
+    def version(self, index: int) -> object:
+        """The stored bytes themselves: System V segments keep no per-variable counter."""
+        self.acquire(None)
+        try:
+            return self.read(index)
+        finally:
+            self.release()
+
+    def watcher(self) -> _PollWatcher:
+        """A waiter that polls every 5 ms."""
+        self._check()
+        return _PollWatcher()
+
+    def info(self) -> SegmentInfo:
+        """Report on the segment."""
+        self.acquire(None)
+        try:
+            stats = layout.stats(self._live())
+        finally:
+            self.release()
+        stat = ipc.shm_stat(self.shmid)
+        return SegmentInfo(
+            key=self.key,
+            backend=self.name,
+            size=stats.total,
+            used=stats.used + layout.HEADER_SIZE,
+            variables=stats.variables,
+            perm=self.perm,
+            owner=self.owner,
+            location=f"shmid {self.shmid} in {ipc_namespace()}",
+            created=None,
+            creator_pid=stat.cpid,
+        )
+
+    # ------------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Detach and stop counting ourselves a semaphore user. Idempotent."""
+        if self._journal is not None:
+            self._journal.release()
+            self._journal = None
+        if self._attachment is not None:
+            attachment, self._attachment = self._attachment, None
+            with contextlib.suppress(OSError, BufferError):
+                attachment.detach()
+        if self._semaphore is not None:
+            semaphore, self._semaphore = self._semaphore, None
+            with contextlib.suppress(OSError):
+                if semaphore.unregister() == 0 and self._destroyed:
+                    ipc.sem_remove(semaphore.semid)
+
+    def destroy(self) -> None:
+        """Wipe the bytes and remove the segment (lock held); ``close()`` then removes the
+        semaphore set too, unless another process still uses it."""
+        buf = self._live()
+        layout.wipe(buf)
+        try:
+            ipc.shm_remove(self.shmid)
+        except OSError as exc:
+            raise _translate(exc, f"cannot remove segment {self.key}", self.key) from exc
+        self._destroyed = True
+
+    @classmethod
+    def list_segments(cls, root: str | None) -> list[SegmentInfo]:
+        """Report every PHP-layout segment in this IPC namespace that we may read."""
+        del root
+        found = []
+        try:
+            with open("/proc/sysvipc/shm", encoding="ascii") as table:
+                rows = [line.split() for line in table.readlines()[1:]]
+        except OSError:
+            return []
+        for row in rows:
+            info = _peek(*(int(row[column]) for column in (0, 1, 2, 3, 4, 7)))
+            if info is not None:
+                found.append(info)
+        return sorted(found, key=lambda info: info.key)
+
+
+def _peek(*row: int) -> SegmentInfo | None:
+    """A PHP-layout segment's report from its /proc/sysvipc/shm row (key, shmid, perms, size,
+    cpid, uid), read through a read-only attachment; ``None`` if it is not one we can read."""
+    key, shmid, perms, size, cpid, uid = row
+    if key == 0 or size < layout.HEADER_SIZE:
+        return None
+    try:
+        attachment = ipc.Attachment(shmid, size, readonly=True)
+    except OSError:
+        return None
+    try:
+        if not layout.is_initialised(attachment.view):
+            return None
+        stats = layout.stats(attachment.view)
+    except CorruptSegment:
+        return None
+    finally:
+        attachment.detach()
+    signed = key - (1 << 32) if key >= 1 << 31 else key
+    return SegmentInfo(
+        key=signed,
+        backend="sysv",
+        size=stats.total,
+        used=stats.used + layout.HEADER_SIZE,
+        variables=stats.variables,
+        perm=perms & 0o777,
+        owner=uid,
+        location=f"shmid {shmid} in {ipc_namespace()}",
+        created=None,
+        creator_pid=cpid,
+    )
+
+
+class _PollWatcher:
+    """Waiting on a System V segment: no events exist, so sleep in short steps."""
+
+    def fileno(self) -> int | None:
+        """No descriptor: the asyncio form sleeps too."""
+        return None
+
+    def wait(self, timeout: float) -> None:
+        """Sleep ``min(timeout, 5 ms)``."""
+        time.sleep(min(timeout, _POLL))
+
+    def drain(self) -> None:
+        """Nothing to drain."""
+
+    def close(self) -> None:
+        """Nothing to release."""
