@@ -44,11 +44,16 @@ SIZES = (1, 100, 3000, 70_000, 300_000, 5)
 
 
 def write_forever(ref: dict[str, Any], index: int, first: int, started: Any) -> None:
-    """Write ever-newer checked values of varying sizes until killed."""
+    """Write ever-newer checked values of varying sizes until killed.
+
+    A second variable is rewritten after each value, so that on a PHP-layout segment every
+    replace of ``index`` has to move it (the memmove a kill must not tear).
+    """
     with open_seg(ref) as seg:
         seq = first
         while True:
             seg.put(index, checked_value(seq, SIZES[seq % len(SIZES)]))
+            seg.put(index + 1000, seq)
             if seq == first:
                 started.set()
             seq += 1
