@@ -388,7 +388,7 @@ def _parse(buf: bytes, max_depth: int) -> Any:  # noqa: PLR0912, PLR0915  # the 
             value = int(raw) if end - pos < 21 and raw.isdigit() else _int(raw, pos)
             pos = end + 1
         elif frame is not None and frame.key is _KEY:
-            raise _fail(pos, "a key must be an int or a string")
+            raise _fail(pos, f"a key must be an int or a string, not {bytes([tag])!r}")
         elif tag in {0x4E, 0x62}:  # N; b:0; b:1;
             end = pos + (2 if tag == 0x4E else 4)
             value = _CONSTANTS.get(buf[pos:end], _fail)
