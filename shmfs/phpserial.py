@@ -17,6 +17,7 @@ exactly 0..n-1 in order, else a ``dict``. PHP's back-references (``r:n;`` the sa
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -75,6 +76,8 @@ _CASE_NAME: Final = re.compile(rb"[A-Za-z_\x80-\xff][0-9A-Za-z_\x80-\xff]*").ful
 _SIGNS: Final = (b"+", b"-")
 _ARRAYS: Final = frozenset((list, tuple, dict))
 _OBJECTS: Final = (PHPObject, PHPEnum, PHPSerializable)
+_ANY_OBJECT: Final = PHPObject("stdClass")
+_TAGS: Final = frozenset(b.to_bytes() for b in b"NbidsaOCErR")
 
 
 # Encoding -------------------------------------------------------------------------------------
@@ -107,6 +110,7 @@ def dumps(value: Any) -> bytes:
     open_arrays: set[int] = set()  # ids of the lists and dicts being written, to refuse cycles
     # Iterative, not recursive: 4096 levels would overflow Python's stack.
     stack: list[tuple[Iterator[tuple[bytes, Any]], int]] = []
+    shadow: list[Any] = []  # stand-in slots, to count those in C: payloads
     slot = 0
     item = value
     while True:
@@ -115,7 +119,9 @@ def dumps(value: Any) -> bytes:
         if encode is not None:
             out.append(encode(item))
         elif isinstance(item, _OBJECTS):
-            properties = _write_object(item, out, objects, slot, len(stack))
+            properties, slot = _write_object(
+                item, out, objects, slot, depth=len(stack), shadow=shadow
+            )
             if properties is not None:
                 stack.append((properties, 0))
         elif type(item) not in _ARRAYS and (scalar := _scalar(item)) is not None:
@@ -174,13 +180,15 @@ def _write_object(
     out: list[bytes],
     objects: dict[Any, int],
     slot: int,
+    *,
     depth: int,
-) -> Iterator[tuple[bytes, Any]] | None:
-    """Write an object (its head only for a PHPObject); return the properties still to write."""
+    shadow: list[Any],
+) -> tuple[Iterator[tuple[bytes, Any]] | None, int]:
+    """Write an object (a PHPObject's head only); return the properties to write and the slot."""
     ref = item if isinstance(item, PHPEnum) else id(item)  # PHP's enum cases are singletons
     if ref in objects:
         out.append(b"r:%d;" % objects[ref])
-        return None
+        return None, slot
     objects[ref] = slot
     name = _utf8(item.class_name)
     if not _CLASS_NAME(name):
@@ -190,16 +198,20 @@ def _write_object(
         if not _CASE_NAME(case):
             raise SerializationError(f"invalid PHP enum case name {item.case!r}")
         out.append(b'E:%d:"%b:%b";' % (len(name) + 1 + len(case), name, case))
-        return None
+        return None, slot
     if isinstance(item, PHPSerializable):
         payload = bytes(item.payload)
         out.append(b'C:%d:"%b":%d:{%b}' % (len(name), name, len(payload), payload))
-        return None
+        # The values in the payload take slots too (see _payload_slots). Only their number
+        # matters here: any object stands in for the slots before.
+        shadow.extend([_ANY_OBJECT] * (slot - len(shadow)))
+        _payload_slots(payload, shadow, _MAX_DEPTH - depth, 0)
+        return None, len(shadow)
     if depth >= _MAX_DEPTH:  # objects are checked even when empty (process_nested_object_data)
         raise SerializationError(f"nested deeper than {_MAX_DEPTH}, which PHP cannot unserialize")
     out.append(b'O:%d:"%b":%d:{' % (len(name), name, len(item.properties)))
     # Names are written as they are: PHP turns "7" into 7 in arrays, not in objects.
-    return iter([(_property_key(key), value) for key, value in item.properties.items()])
+    return iter([(_property_key(key), value) for key, value in item.properties.items()]), slot
 
 
 def _float(value: float) -> bytes:
@@ -317,7 +329,7 @@ def loads(data: bytes | bytearray | memoryview, *, max_depth: int = _MAX_DEPTH) 
         raise InvalidArgument(f"max_depth must be 0 (no limit) or more, not {max_depth}")
     buf = bytes(data)
     try:
-        return _parse(buf, max_depth or len(buf))
+        return _parse(buf, max_depth or len(buf), [], 0)[0]
     except SerializationError:
         raise
     except (IndexError, ValueError) as exc:
@@ -361,11 +373,12 @@ class _Frame:
             raise SerializationError("PHP reference into an array not keyed 0..n-1, unsupported")
 
 
-def _parse(buf: bytes, max_depth: int) -> Any:  # noqa: PLR0912, PLR0915  # the hot loop: calls cost more
-    """Decode the value at the start of ``buf``; see loads()."""
-    # Every value but R: and keys takes the next slot, a container before its elements (var_push
-    # in var_unserializer.re); r: and R: name slots from 1.
-    slots: list[Any] = []
+def _parse(  # noqa: PLR0912, PLR0915  # the hot loop: calls cost more than branches
+    buf: bytes, max_depth: int, slots: list[Any], nesting: int
+) -> tuple[Any, int]:
+    """Decode the value at the start of ``buf``; return it and where it ends. See loads()."""
+    # Every value but R: and keys takes the next slot in ``slots``, a container before its
+    # elements (var_push in var_unserializer.re); r: and R: name slots from 1.
     stack: list[_Frame] = []
     building: dict[int, _Frame] = {}  # slot -> unfinished array, for R: into it
     frame: _Frame | None = None  # stack[-1]
@@ -408,12 +421,16 @@ def _parse(buf: bytes, max_depth: int) -> Any:  # noqa: PLR0912, PLR0915  # the 
                 continue
         elif tag in {0x72, 0x52}:  # r, R
             value, pos = _backref(buf, pos, slots, building)
+        elif tag == 0x43:  # C
+            value, pos = _read_serializable(buf, pos)
+            slots.append(value)
+            _payload_slots(value.payload, slots, max_depth - len(stack), nesting)
         elif tag in _LEAVES:
             value, pos = _LEAVES[tag](buf, pos)
         else:
             raise _fail(pos, f"unknown type tag {bytes([tag])!r}")
         if frame is None:
-            return value
+            return value, pos
         if frame.key is _KEY:  # that was a key; the value comes next
             if frame.obj is not None:  # property names stay as written: "7" is no int here
                 if type(value) is bytes:
@@ -424,7 +441,7 @@ def _parse(buf: bytes, max_depth: int) -> Any:  # noqa: PLR0912, PLR0915  # the 
                 value = number if _INT_MIN <= number <= _INT_MAX else value
             frame.key = value
             continue
-        if tag != 0x52:
+        if tag != 0x52 and tag != 0x43:  # noqa: PLR1714  # C: took its slot above
             slots.append(value)
         # Store the value in its container; close every container it completes.
         while True:
@@ -446,7 +463,7 @@ def _parse(buf: bytes, max_depth: int) -> Any:  # noqa: PLR0912, PLR0915  # the 
             building.pop(frame.slot, None)
             value = frame.finish(slots)
             if not stack:
-                return value
+                return value, pos
             frame = stack[-1]
 
 
@@ -545,9 +562,25 @@ def _read_serializable(buf: bytes, pos: int) -> tuple[PHPSerializable, int]:
 _LEAVES: Final[dict[int, Callable[[bytes, int], tuple[Any, int]]]] = {
     0x64: _read_float,  # d
     0x45: _read_enum,  # E
-    0x43: _read_serializable,  # C
 }
 _CONSTANTS: Final[dict[bytes, Any]] = {b"N;": None, b"b:0;": False, b"b:1;": True}
+# Payloads inside payloads are followed this deep, then taken as opaque: no recursion bomb.
+_MAX_NESTING: Final = 8
+
+
+def _payload_slots(payload: bytes, slots: list[Any], max_depth: int, nesting: int) -> None:
+    """Give the values of a C: payload their slots, when the payload is itself serialized data.
+
+    A Serializable's unserialize() that calls unserialize() shares the outer slot table
+    (object_custom passes its var_hash), and so does serialize() within serialize(): with the
+    usual ``serialize($this->data)`` payload, the slots after a C: count its values too.
+    """
+    mark = len(slots)
+    if nesting < _MAX_NESTING and payload[:1] in _TAGS:
+        with contextlib.suppress(SerializationError, IndexError, ValueError):
+            if _parse(payload, max_depth, slots, nesting + 1)[1] == len(payload):
+                return
+    del slots[mark:]  # opaque after all
 
 
 def _quoted(buf: bytes, pos: int, after: bytes) -> tuple[bytes, int]:

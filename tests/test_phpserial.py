@@ -321,6 +321,46 @@ def test_php_reads_our_objects_into_its_classes() -> None:
     assert answers[-1][1] == dumps(private).replace(b"i:6", b"i:2").replace(b"i:7", b"i:3")
 
 
+# A Serializable whose payload is serialize($this->data): the values inside take slots that
+# back-references after the C: count, both ways. Prints what it wrote, then for each line of
+# stdin: "<$u[1] === $u[2]> <base64 serialize($u)>" where $u = unserialize(line).
+NESTED_PHP = r"""<?php
+class L implements Serializable {
+    public $d;
+    public function __construct($d = null) { $this->d = $d; }
+    public function serialize() { return serialize($this->d); }
+    public function unserialize($s) { $this->d = unserialize($s); }
+}
+$o = new stdClass;
+echo base64_encode(serialize([new L([$o, 1]), $o, new L([$o])])), "\n";
+while (($line = fgets(STDIN)) !== false) {
+    $u = unserialize(base64_decode($line));
+    echo $u[1] === $u[2] ? "same" : "other", " ", base64_encode(serialize($u)), "\n";
+}
+"""
+
+
+@pytest.mark.php
+def test_slots_inside_serializable_payloads_count() -> None:
+    written = base64.b64decode(run_php(NESTED_PHP).stdout.splitlines()[0])
+    # [L([$o, 1]), $o, L([$o])]: slots 1 outer, 2 L, 3 [$o, 1], 4 $o, 5 its 1; $o is r:4.
+    first, obj, second = loads(written)
+    assert obj == PHPObject("stdClass") and second == PHPSerializable("L", b"a:1:{i:0;r:4;}")
+    obj = PHPObject("stdClass")
+    ours = [
+        [PHPSerializable("L", b"a:1:{i:0;i:1;}"), obj, obj],  # slots 2 L, 3 [1], 4 1, 5 obj
+        [first, obj, second],  # the r:4 in the second payload must still name the first's $o
+    ]
+    assert dumps(ours[0]).endswith(b"i:2;r:5;}")
+    blobs = b"".join(base64.b64encode(dumps(v)) + b"\n" for v in ours)
+    proc = run_php(NESTED_PHP, stdin=blobs)
+    assert proc.returncode == 0, proc.stderr.decode()
+    answers = [line.split(" ") for line in proc.stdout.decode().splitlines()[1:]]
+    assert [same for same, _ in answers] == ["same", "other"]
+    # PHP writes back our very bytes: it read the same objects where we meant them.
+    assert [base64.b64decode(again) for _, again in answers] == [dumps(v) for v in ours]
+
+
 @pytest.mark.php
 def test_depth_limit_is_phps() -> None:
     def nested(depth: int, inner: Any) -> Any:
@@ -455,8 +495,14 @@ def mutate(rng: random.Random, payload: bytes) -> bytes:
     return bytes(data)
 
 
+NESTED_SEED = (
+    b'a:3:{i:0;C:1:"L":37:{a:2:{i:0;O:8:"stdClass":0:{}i:1;i:1;}}i:1;r:4;'
+    b'i:2;C:1:"L":14:{a:1:{i:0;r:4;}}}'
+)
+
+
 @settings(max_examples=1000, deadline=None)
-@given(st.randoms(use_true_random=False), st.sampled_from(SEEDS))
+@given(st.randoms(use_true_random=False), st.sampled_from([*SEEDS, NESTED_SEED]))
 def test_mutated_payloads_give_a_value_or_serialization_error(
     rng: random.Random, seed: bytes
 ) -> None:
@@ -523,6 +569,16 @@ def test_huge_declared_sizes_fail_fast() -> None:
         with pytest.raises(SerializationError):
             loads(data)
         assert time.perf_counter() - started < 0.5
+
+
+def test_payloads_within_payloads_stay_cheap() -> None:
+    payload = b"N;"
+    for _ in range(5000):  # followed 8 deep for slots, then opaque: no recursion, no blowup
+        payload = b'C:1:"L":%d:{%b}' % (len(payload), payload)
+    started = time.perf_counter()
+    value = loads(payload)
+    assert dumps([value, value]) == b"a:2:{i:0;%bi:1;r:2;}" % payload
+    assert time.perf_counter() - started < 0.5
 
 
 # --- dumps refusals ----------------------------------------------------------------------------
