@@ -12,7 +12,10 @@ This is what PHP's ``shm_put_var`` stores, so Python and PHP can share variables
 
 Decoding gives ``str`` for valid UTF-8 and ``bytes`` otherwise, and a ``list`` for an array keyed
 exactly 0..n-1 in order, else a ``dict``. PHP's back-references (``r:n;`` the same object again,
-``R:n;`` a PHP reference) decode to the very Python object of the slot they name.
+``R:n;`` a PHP reference) decode to the very Python object of the slot they name; a PHP reference
+is written back as a copy. Where ``unserialize()`` is laxer, :func:`loads` refuses: an int out of
+64-bit range (PHP clamps it with a warning), a class or property name that is not UTF-8, the
+``S:`` escaped-string format no PHP writes, and an object count with no digits.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class PHPEnum:
 
 @dataclass
 class PHPSerializable:
-    """An object of a class implementing PHP's ``Serializable`` (``C:``), payload left opaque."""
+    """An object of a class implementing PHP's ``Serializable`` (``C:``) and the bytes it wrote."""
 
     class_name: str
     payload: bytes
@@ -323,11 +326,14 @@ def loads(data: bytes | bytearray | memoryview, *, max_depth: int = _MAX_DEPTH) 
         SerializationError: ``data`` is truncated or malformed, holds an int outside signed 64
             bits, a class or property name that is not UTF-8, a back-reference to nothing, or
             is nested deeper than ``max_depth``.
-        InvalidArgument: ``max_depth`` is negative.
+        InvalidArgument: ``data`` is not bytes-like, or ``max_depth`` is negative.
     """
     if max_depth < 0:
         raise InvalidArgument(f"max_depth must be 0 (no limit) or more, not {max_depth}")
-    buf = bytes(data)
+    try:
+        buf = data if type(data) is bytes else memoryview(data).tobytes()
+    except TypeError as exc:  # not even a buffer; bytes(data) would take an int as a size
+        raise InvalidArgument(f"loads() takes bytes, not {type(data).__name__!r}") from exc
     try:
         return _parse(buf, max_depth or len(buf), [], 0)[0]
     except SerializationError:
@@ -425,8 +431,10 @@ def _parse(  # noqa: PLR0912, PLR0915  # the hot loop: calls cost more than bran
             value, pos = _read_serializable(buf, pos)
             slots.append(value)
             _payload_slots(value.payload, slots, max_depth - len(stack), nesting)
-        elif tag in _LEAVES:
-            value, pos = _LEAVES[tag](buf, pos)
+        elif tag == 0x64:  # d
+            value, pos = _read_float(buf, pos)
+        elif tag == 0x45:  # E
+            value, pos = _read_enum(buf, pos)
         else:
             raise _fail(pos, f"unknown type tag {bytes([tag])!r}")
         if frame is None:
@@ -441,7 +449,7 @@ def _parse(  # noqa: PLR0912, PLR0915  # the hot loop: calls cost more than bran
                 value = number if _INT_MIN <= number <= _INT_MAX else value
             frame.key = value
             continue
-        if tag != 0x52 and tag != 0x43:  # noqa: PLR1714  # C: took its slot above
+        if tag not in {0x52, 0x43}:  # R: takes no slot; C: took its own above
             slots.append(value)
         # Store the value in its container; close every container it completes.
         while True:
@@ -559,10 +567,6 @@ def _read_serializable(buf: bytes, pos: int) -> tuple[PHPSerializable, int]:
     return PHPSerializable(name, buf[start:end]), end + 1
 
 
-_LEAVES: Final[dict[int, Callable[[bytes, int], tuple[Any, int]]]] = {
-    0x64: _read_float,  # d
-    0x45: _read_enum,  # E
-}
 _CONSTANTS: Final[dict[bytes, Any]] = {b"N;": None, b"b:0;": False, b"b:1;": True}
 # Payloads inside payloads are followed this deep, then taken as opaque: no recursion bomb.
 _MAX_NESTING: Final = 8
