@@ -9,7 +9,9 @@ values go through one php process, to keep the file fast.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
+import enum
 import math
 import random
 import re
@@ -613,7 +615,7 @@ def _self_dict() -> dict[str, Any]:
         (PHPObject("Bad Name"), "class name"),
         (PHPObject("\\Lead"), "class name"),
         (PHPEnum("Suit", "no such"), "case"),
-        (PHPObject("stdClass", {1.5: 1}), "property"),  # type: ignore[dict-item]
+        (PHPObject("stdClass", {1.5: 1}), "property"),  # type: ignore[dict-item]  # the point
         ([complex(1, 2)], "'complex'"),
     ],
 )
@@ -627,3 +629,23 @@ def test_shared_lists_are_copies_but_shared_objects_are_references() -> None:
     assert dumps([row, row]) == b"a:2:{i:0;a:1:{i:0;i:1;}i:1;a:1:{i:0;i:1;}}"
     obj = PHPObject("stdClass")
     assert dumps([obj, [obj]]) == b'a:2:{i:0;O:8:"stdClass":0:{}i:1;a:1:{i:0;r:2;}}'
+
+
+def test_subclasses_encode_as_their_base() -> None:
+    class Color(enum.IntEnum):
+        RED = 1
+
+    class Name(str):
+        pass
+
+    class Ratio(float):
+        pass
+
+    values = [Color.RED, Name("x"), Ratio(0.5), collections.OrderedDict(a=1), (True,)]
+    assert dumps(values) == dumps([1, "x", 0.5, {"a": 1}, [True]])
+
+
+@pytest.mark.parametrize("data", ["N;", 10**12, None, [78, 59]])
+def test_loads_takes_bytes_like_data_only(data: Any) -> None:
+    with pytest.raises(InvalidArgument, match="takes bytes"):
+        loads(data)
