@@ -12,6 +12,7 @@ by integers, shared by every process that attaches it::
 
 from __future__ import annotations
 
+from shmfs import php  # noqa: F401  # so that ``shmfs.php.shm_attach`` works after import shmfs
 from shmfs.errors import (
     BackendUnavailable,
     CorruptSegment,
@@ -28,6 +29,7 @@ from shmfs.errors import (
     VariableNotFound,
     WaitTimeout,
 )
+from shmfs.ftok import ftok
 from shmfs.segment import Segment, attach, segments
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "VariableNotFound",
     "WaitTimeout",
     "attach",
+    "ftok",
     "segments",
 ]
 

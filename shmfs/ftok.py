@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from shmfs.errors import InvalidKey, InvalidKeyType
+from shmfs.errors import InvalidArgument, InvalidKeyType
 
 __all__ = ["ftok"]
 
@@ -25,7 +25,7 @@ def ftok(
     inode (a deploy by rename), and it can be 0 (``IPC_PRIVATE``) with ``proj_id`` 0. Choose a
     stable file and a project id of your own, or pick keys explicitly.
 
-    Bad arguments raise :class:`~shmfs.errors.InvalidKey`, a ``ValueError`` as PHP's are, with
+    Bad arguments raise :class:`~shmfs.errors.InvalidArgument`, a ``ValueError`` as PHP's are, with
     PHP's messages; a file that cannot be stat'ed gives -1, as in C and PHP (PHP also warns
     ``ftok() failed - <strerror>``; :mod:`shmfs.php` does that, not this function).
 
@@ -41,7 +41,7 @@ def ftok(
         key really is -1 cannot be told from a failure).
 
     Raises:
-        InvalidKey: ``path`` is empty or holds a NUL byte, or ``proj_id`` is not one character
+        InvalidArgument: ``path`` is empty or holds a NUL byte, or ``proj_id`` is not one character
             or is outside 0..255.
         InvalidKeyType: ``path`` or ``proj_id`` has the wrong type.
     """
@@ -54,11 +54,11 @@ def ftok(
         ) from exc
     # PHP's order: the path's NUL check (zpp), then emptiness, then the project id.
     if b"\0" in raw:
-        raise InvalidKey(
+        raise InvalidArgument(
             "ftok(): Argument #1 ($filename) must not contain any null bytes", path=path
         )
     if not raw:
-        raise InvalidKey("ftok(): Argument #1 ($filename) cannot be empty", path=path)
+        raise InvalidArgument("ftok(): Argument #1 ($filename) cannot be empty", path=path)
     proj = _project_byte(proj_id)
     try:
         st = os.stat(raw)  # stat(2), not lstat: glibc's ftok follows symlinks
@@ -72,7 +72,7 @@ def _project_byte(proj_id: object) -> int:
     """Return ``proj_id`` as the byte C's ``ftok`` uses, or raise PHP's error."""
     if isinstance(proj_id, str):
         if len(proj_id) != 1 or ord(proj_id) > 0xFF:
-            raise InvalidKey(
+            raise InvalidArgument(
                 "ftok(): Argument #2 ($project_id) must be a single character "
                 "(one str code point up to U+00FF, one byte, or an int 0..255)",
                 proj_id=proj_id,
@@ -80,13 +80,13 @@ def _project_byte(proj_id: object) -> int:
         return ord(proj_id)
     if isinstance(proj_id, bytes | bytearray):
         if len(proj_id) != 1:
-            raise InvalidKey(
+            raise InvalidArgument(
                 "ftok(): Argument #2 ($project_id) must be a single character", proj_id=proj_id
             )
         return proj_id[0]
     if isinstance(proj_id, int) and not isinstance(proj_id, bool):
         if not 0 <= proj_id <= 0xFF:
-            raise InvalidKey(
+            raise InvalidArgument(
                 f"ftok(): Argument #2 ($project_id) must be within 0..255, got {proj_id}",
                 proj_id=proj_id,
             )

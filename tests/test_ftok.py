@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from shmfs.errors import InvalidKey, InvalidKeyType
+from shmfs.errors import InvalidArgument, InvalidKeyType
 from shmfs.ftok import ftok
 from tests.phpbin import run_php
 
@@ -77,16 +77,16 @@ def test_ftok_formula_and_argument_forms(tmp_path: pathlib.Path) -> None:
 @pytest.mark.parametrize(
     ("path", "proj_id", "error", "message"),
     [
-        ("", "a", InvalidKey, "cannot be empty"),
-        (b"", "a", InvalidKey, "cannot be empty"),
-        ("/tmp\0x", "a", InvalidKey, "must not contain any null bytes"),
-        (b"/tmp\0", "a", InvalidKey, "must not contain any null bytes"),
-        ("/tmp", "", InvalidKey, "must be a single character"),
-        ("/tmp", "ab", InvalidKey, "must be a single character"),
-        ("/tmp", b"ab", InvalidKey, "must be a single character"),
-        ("/tmp", "\u0100", InvalidKey, "must be a single character"),
-        ("/tmp", 256, InvalidKey, "must be within 0..255"),
-        ("/tmp", -1, InvalidKey, "must be within 0..255"),
+        ("", "a", InvalidArgument, "cannot be empty"),
+        (b"", "a", InvalidArgument, "cannot be empty"),
+        ("/tmp\0x", "a", InvalidArgument, "must not contain any null bytes"),
+        (b"/tmp\0", "a", InvalidArgument, "must not contain any null bytes"),
+        ("/tmp", "", InvalidArgument, "must be a single character"),
+        ("/tmp", "ab", InvalidArgument, "must be a single character"),
+        ("/tmp", b"ab", InvalidArgument, "must be a single character"),
+        ("/tmp", "\u0100", InvalidArgument, "must be a single character"),
+        ("/tmp", 256, InvalidArgument, "must be within 0..255"),
+        ("/tmp", -1, InvalidArgument, "must be within 0..255"),
         ("/tmp", True, InvalidKeyType, "must be of type str, bytes or int"),
         ("/tmp", 1.0, InvalidKeyType, "must be of type str, bytes or int"),
         ("/tmp", None, InvalidKeyType, "must be of type str, bytes or int"),
