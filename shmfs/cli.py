@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import shmfs
+from shmfs.backends import backend_class
 
 __all__ = ["main"]
 
@@ -83,8 +85,10 @@ def _attach(
         if key not in existing:
             raise shmfs.SegmentNotFound(f"no segment with key {key}", key=key)
     options: dict[str, Any] = {"backend": args.backend, "root": args.root}
-    if codec:
-        options["codec"] = codec
+    # A backend's native codec (PHP's on sysv) is the default, so PHP reads what send stores.
+    native = backend_class(args.backend or os.environ.get("SHMFS_BACKEND") or "tmpfs").native_codec
+    if codec or native:
+        options["codec"] = codec or native
     return shmfs.attach(key, args.size, **options)
 
 
