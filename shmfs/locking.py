@@ -88,6 +88,17 @@ class ReentrantLock:
                 raise
         self._depth += 1
 
+    def try_acquire(self, try_take: Callable[[], bool]) -> bool:
+        """Take the lock only if that needs no waiting; ``try_take`` tries the process-level
+        lock once. Cheaper than ``acquire(0)``, which reports who holds it."""
+        if not self._thread_lock.acquire(blocking=False):
+            return False
+        if self._depth == 0 and not try_take():
+            self._thread_lock.release()
+            return False
+        self._depth += 1
+        return True
+
     def release(self) -> None:
         """Give the lock back; the process-level lock goes with the outermost release."""
         self._depth -= 1
@@ -112,6 +123,17 @@ class SegmentLock(ReentrantLock):
 
     def _unlock_file(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _try_lock_file(self) -> bool:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def try_lock(self) -> bool:
+        """Take the lock if it is free right now; whether we did."""
+        return self.try_acquire(self._try_lock_file)
 
     def _lock_file(self, timeout: float | None) -> None:
         try:

@@ -11,6 +11,7 @@ import os
 import stat
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -296,3 +297,24 @@ def test_waiters_are_unregistered(seg: shmfs.Segment) -> None:
     with open(f"{location}/.segment", "rb") as meta:
         words = meta.read(8 * 12)
     assert int.from_bytes(words[88:96], "little") == 0  # the WAITERS word
+
+
+def test_writer_dying_between_publish_and_retire(attach: Any, key: int) -> None:
+    """A writer killed after renaming a new file into place but before retiring the old one
+    leaves readers' cached mappings on a file no longer in the segment; the next access
+    repairs that, and every handle drops its stale mappings."""
+    reader = attach(key, 1 << 20)
+    writer = attach(key)
+    writer[1] = "old"
+    assert reader[1] == "old"  # the reader now maps the old file
+
+    def die(self: Any) -> None:
+        raise KeyboardInterrupt  # stands for SIGKILL: nothing after this point runs
+
+    with (
+        mock.patch("shmfs.backends.varfile.VarFile.retire_and_scrub", die),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        writer[1] = "new, and too big for the old slot" * 200
+    assert reader[1] == "new, and too big for the old slot" * 200
+    assert reader.stats()["variables"] == 1

@@ -24,6 +24,9 @@ from shmfs.errors import (
 __all__ = ["dir_mode", "file_mode", "open_dir", "translate", "verify_owner"]
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A descriptor to reach into a directory without reading it: needs search (x) permission only,
+# so a root shared as 0711 works for users who may not list it.
+_PATH_FLAGS: Final = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def file_mode(perm: int) -> int:
@@ -37,15 +40,21 @@ def dir_mode(perm: int) -> int:
     return mode | ((mode & 0o444) >> 2)
 
 
-def open_dir(name: str, dir_fd: int | None = None) -> int:
+def open_dir(name: str, dir_fd: int | None = None, *, search_only: bool = False) -> int:
     """Open a directory without following a symlink at its last component.
+
+    Args:
+        name: The directory, relative to ``dir_fd`` when given.
+        dir_fd: A verified directory descriptor.
+        search_only: Return an ``O_PATH`` descriptor, good for ``*at()`` calls and ``fstat``
+            but not for listing; it needs only search permission.
 
     Raises:
         FileNotFoundError: it does not exist.
-        UnsafeSegment: it is a symlink or not a directory.
+        UnsafeSegment: it is a symlink or not a directory, or we may not open it.
     """
     try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        return os.open(name, _PATH_FLAGS if search_only else _DIR_FLAGS, dir_fd=dir_fd)
     except (NotADirectoryError, OSError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
@@ -74,8 +83,10 @@ def writable_by_others(st: os.stat_result) -> bool:
     return bool(stat.S_IMODE(st.st_mode) & 0o022)
 
 
-def translate(exc: OSError, what: str) -> ShmfsError:
+def translate(exc: OSError, what: str) -> ShmfsError:  # noqa: PLR0911  # a table of errno families
     """Turn an ``OSError`` into the shmfs error a caller can act on."""
+    if isinstance(exc, ShmfsError):
+        return exc  # already ours (UnsafeSegment, LockTimeout are OSErrors too)
     code = exc.errno
     reason = exc.strerror or str(exc)
     if code in (errno.ENOSPC, errno.EDQUOT):

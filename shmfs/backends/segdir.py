@@ -10,8 +10,9 @@ Layout under the root (default ``/dev/shm/shmfs-<uid>``, mode 0700)::
     <root>/.dead-<key>-<pid>-<n>  a destroyed segment being wiped
 
 ``.segment`` is one page of 8-byte words: magic, version, key, size, perm, state, used bytes,
-variable count, creation time, creator pid, generation, number of waiters, and from word 16 a
-table of the waiting processes' pids (so that waiters that died can be told from live ones).
+variable count, creation time, creator pid, generation, number of waiters, number of recoveries
+after dead writers, and from word 16 a table of the waiting processes' pids (so that waiters that
+died can be told from live ones).
 It is never replaced, which is why the lock lives on it: locking a file that ``rename()``
 replaces loses updates (reliability.md, "Lost updates").
 
@@ -46,9 +47,10 @@ __all__ = [
 META_NAME: Final = ".segment"
 META_MAGIC: Final = int.from_bytes(b"SHMFSSEG", "little")
 META_VERSION: Final = 1
-(MAGIC, VERSION, KEY, SIZE, PERM, STATE, USED, COUNT, CREATED, CREATOR, GENERATION, WAITERS) = (
-    range(12)
-)
+(
+    MAGIC, VERSION, KEY, SIZE, PERM, STATE, USED, COUNT, CREATED, CREATOR, GENERATION, WAITERS,
+    RECOVERIES,
+) = range(13)  # fmt: skip
 WAITER_TABLE: Final = range(16, 16 + 64)
 NOTIFY_NAME: Final = ".notify"
 DESTROYED: Final = 1
@@ -85,7 +87,7 @@ def open_root(root: str) -> int:
         BackendUnavailable: its parent does not exist (no /dev/shm here).
     """
     try:
-        fd = open_dir(root)
+        fd = open_dir(root, search_only=True)
     except FileNotFoundError:
         try:
             os.mkdir(root, 0o700)
@@ -99,7 +101,7 @@ def open_root(root: str) -> int:
             ) from exc
         except OSError as exc:
             raise translate(exc, f"cannot create the shmfs root {root}") from exc
-        fd = open_dir(root)
+        fd = open_dir(root, search_only=True)
     try:
         st = os.fstat(fd)
         if st.st_uid not in (os.geteuid(), 0):
@@ -206,9 +208,17 @@ def _scrub(dir_fd: int, name: str) -> None:
 
 def sweep_root(root_fd: int) -> list[str]:
     """Remove hidden directories left by creators and destroyers that died; return their names."""
-    removed = []
+    removed: list[str] = []
     now = time.time()
-    for name in os.listdir(root_fd):
+    try:
+        listing = open_dir(".", root_fd)
+    except (OSError, UnsafeSegment):
+        return removed  # a shared root we may not list: its owner sweeps it
+    try:
+        names = os.listdir(listing)
+    finally:
+        os.close(listing)
+    for name in names:
         if not name.startswith((".new-", ".dead-")):
             continue
         try:

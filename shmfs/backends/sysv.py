@@ -72,7 +72,9 @@ def ipc_namespace() -> str:
         return "unknown"
 
 
-def _translate(exc: OSError, what: str, key: int) -> ShmfsError:
+def _translate(exc: OSError, what: str, key: int) -> ShmfsError:  # noqa: PLR0911  # a table of errno families
+    if isinstance(exc, ShmfsError):
+        return exc  # already ours (UnsafeSegment, LockTimeout are OSErrors too)
     code = exc.errno
     if code == errno.EINVAL:
         return SegmentFull(
@@ -253,6 +255,8 @@ class SysvBackend:
                 raise _translate(exc, f"cannot open segment {key}", key) from exc
             try:
                 return cls(key, shmid, trust_uids, created=created)
+            except ShmfsError:
+                raise  # UnsafeSegment and LockTimeout are OSErrors too: not ours to retranslate
             except OSError as exc:
                 if exc.errno in (errno.EIDRM, errno.EINVAL):
                     continue  # removed between shmget and shmat: attach creates a fresh one

@@ -69,6 +69,7 @@ class TmpfsBackend:
         self._trust_uids = trust_uids
         self._epoch = fork_epoch()
         self._open_meta()
+        self._recoveries = self._meta[sd.RECOVERIES]
         self.size = int(self._meta[sd.SIZE])
         self.perm = int(self._meta[sd.PERM])
         dir_st = os.fstat(dir_fd)
@@ -150,7 +151,7 @@ class TmpfsBackend:
         try:
             self._dir_fd = open_dir(".", inherited[0])
             self._meta_fd = os.open(sd.META_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
-            self._root_fd = open_dir(".", inherited[2])
+            self._root_fd = open_dir(".", inherited[2], search_only=True)
         except OSError as exc:
             raise translate(exc, f"segment {self.key}: cannot reopen after fork") from exc
         self._lock = SegmentLock(self._meta_fd, f"segment {self.key}")
@@ -213,6 +214,16 @@ class TmpfsBackend:
             except BaseException:
                 self._lock.release()
                 raise
+        if self._meta[sd.RECOVERIES] != self._recoveries:
+            self._forget_mappings()
+
+    def _forget_mappings(self) -> None:
+        """Drop every cached mapping: a writer died between publishing a file and retiring
+        the one it replaced, so a mapping we hold may be of a file no longer in the segment."""
+        vars_, self._vars = self._vars, {}
+        for var in vars_.values():
+            var.close()
+        self._recoveries = self._meta[sd.RECOVERIES]
 
     def release(self) -> None:
         """Release the segment lock."""
@@ -227,6 +238,17 @@ class TmpfsBackend:
         if self._meta[sd.STATE] & sd.DIRTY:
             self.acquire(None)  # acquire() repairs
             self.release()
+
+    def _recover_if_abandoned(self) -> None:
+        """DIRTY and the lock free: the writer died, so repair now rather than wait for the
+        next writer (a reader's cached mapping may be of a file its death left replaced)."""
+        assert self._lock is not None
+        if self._lock.try_lock():
+            try:
+                if self._meta[sd.STATE] & sd.DIRTY:
+                    self._recover()
+            finally:
+                self._lock.release()
 
     def _recover(self) -> None:
         """A writer died (or failed) mid-change: drop temp files, recount. Lock held."""
@@ -249,6 +271,7 @@ class TmpfsBackend:
             ) from exc
         self._meta[sd.USED] = used
         self._meta[sd.COUNT] = count
+        self._meta[sd.RECOVERIES] = self._meta[sd.RECOVERIES] + 1  # every handle drops its maps
         self._meta[sd.STATE] = self._meta[sd.STATE] & ~sd.DIRTY
 
     # ---------------------------------------------------------------------- variables
@@ -293,6 +316,10 @@ class TmpfsBackend:
         """Return the current bytes of ``index`` without taking the lock, or ``None``."""
         if self._epoch != fork_epoch():
             self._after_fork()
+        if self._meta[sd.STATE] & sd.DIRTY:
+            self._recover_if_abandoned()
+        if self._meta[sd.RECOVERIES] != self._recoveries:
+            self._forget_mappings()
         var = self._vars.get(index)
         if var is not None:
             data = var.read()

@@ -1,0 +1,253 @@
+"""Attacks by another user, acted out: the test runs as root and forks a child that drops to
+uid 65534 (``setresuid``; the project's interpreter lives where 65534 cannot exec it, so the
+child keeps running the already loaded one). Each attack is tried for real, and its outcome
+checked: refused, and the victim untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import shmfs
+from shmfs import codecs
+from shmfs.backends import segdir
+from shmfs.backends import sysvipc as ipc
+from shmfs.backends.varfile import create
+
+NOBODY = 65534
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+
+
+def as_nobody(action: Callable[[], Any]) -> Any:
+    """Run ``action`` in a forked child with uid and gid 65534; return what it returned, or
+    ``{"error": <exception class name>}`` if it raised."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            try:
+                result: Any = action()
+            except Exception as exc:
+                result = {"error": type(exc).__name__, "message": str(exc)}
+            os.write(write_end, json.dumps(result, default=repr).encode())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child failed outside its action"
+    return json.loads(b"".join(chunks))
+
+
+@pytest.fixture
+def shared_root(root: str) -> Iterator[str]:
+    """A root others may traverse (0711) but not write: what sharing across users needs."""
+    os.chmod(root, 0o711)
+    yield root
+    os.chmod(root, 0o700)
+
+
+# ------------------------------------------------------------------ another user is denied
+
+
+def test_other_user_cannot_read_list_attach_or_replace(root: str, key: int) -> None:
+    seg = shmfs.attach(key, 1 << 20, root=root)
+    seg[1] = "root's secret"
+    directory = os.path.join(root, str(key))
+
+    def attack() -> dict[str, str]:
+        outcomes = {}
+        for name, step in {
+            "attach": lambda: shmfs.attach(key, root=root),
+            "list": lambda: os.listdir(directory),
+            "read": lambda: open(os.path.join(directory, "1"), "rb").read(),  # noqa: SIM115
+            "replace": lambda: os.rename("/tmp", os.path.join(directory, "1")),
+        }.items():
+            try:
+                step()
+                outcomes[name] = "allowed"
+            except (OSError, shmfs.ShmfsError) as exc:
+                outcomes[name] = type(exc).__name__
+        return outcomes
+
+    outcomes = as_nobody(attack)
+    assert outcomes == {
+        "attach": "UnsafeSegment",
+        "list": "PermissionError",
+        "read": "PermissionError",
+        "replace": "PermissionError",
+    }
+    assert seg[1] == "root's secret"
+    seg.destroy()
+
+
+def test_other_user_cannot_attach_a_private_sysv_segment(key: int) -> None:
+    seg = shmfs.attach(key, 4096, 0o600, backend="sysv")
+    seg[1] = "root's secret"
+    try:
+        outcome = as_nobody(lambda: shmfs.attach(key, backend="sysv").get(1))
+        assert outcome["error"] == "UnsafeSegment"
+        assert seg[1] == "root's secret"
+    finally:
+        seg.destroy()
+
+
+# ------------------------------------------------------------------------- squatting
+
+
+def test_squatted_sysv_key_refused(key: int) -> None:
+    def squat() -> int:
+        shmid = ipc.shmget(key, 8192, 0o666 | ipc.IPC_CREAT | ipc.IPC_EXCL)
+        return shmid
+
+    shmid = as_nobody(squat)
+    try:
+        with pytest.raises(shmfs.UnsafeSegment) as info:
+            shmfs.attach(key, backend="sysv")
+        assert info.value.owner == NOBODY
+        attachment = ipc.Attachment(shmid, 8192, readonly=True)
+        try:
+            assert not any(attachment.view), "something was written into the squatted segment"
+        finally:
+            attachment.detach()
+    finally:
+        ipc.shm_remove(shmid)
+
+
+def test_squatted_semaphore_set_refused(key: int) -> None:
+    semid = as_nobody(lambda: ipc.semget(key, 3, 0o666 | ipc.IPC_CREAT | ipc.IPC_EXCL))
+    try:
+        with pytest.raises(shmfs.UnsafeSegment):
+            shmfs.attach(key, 4096, backend="sysv")
+    finally:
+        ipc.sem_remove(semid)
+        for shmid in _segments_with_key(key):
+            ipc.shm_remove(shmid)
+
+
+def _segments_with_key(key: int) -> list[int]:
+    with open("/proc/sysvipc/shm", encoding="ascii") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return [int(row[1]) for row in rows if int(row[0]) & 0xFFFFFFFF == key & 0xFFFFFFFF]
+
+
+def test_planted_temp_file_symlink_refused(
+    root: str, key: int, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"ORIGINAL")
+    seg = shmfs.attach(key, 1 << 20, root=root)
+    monkeypatch.setattr(segdir, "token", lambda: "planted")
+    os.symlink(victim, os.path.join(root, str(key), ".tmp-planted"))
+    with pytest.raises(shmfs.ShmfsError):
+        seg[1] = "a new value needs a new file"
+    assert victim.read_bytes() == b"ORIGINAL"
+    assert 1 not in seg
+    seg.destroy()
+
+
+# -------------------------------------------------------------- pickles from other users
+
+
+def _malicious_frame(marker: str) -> bytes:
+    """A cloudpickle-codec frame whose payload runs ``touch marker`` when unpickled."""
+
+    class Exploit:
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    payload = pickle.dumps(Exploit(), 5)
+    head = codecs.HEADER.pack(codecs.MAGIC, codecs.FORMAT_VERSION, 1, 0, 0, len(payload), 0, 0)
+    crc = zlib.crc32(payload, zlib.crc32(head[:16]))
+    return head[:16] + struct.pack("<I", crc) + head[20:] + payload
+
+
+def _planted_variable(directory: str, name: str, frame: bytes) -> None:
+    """What an attacker with write access to a segment directory can leave there."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        create(fd, name, frame, 0o644, 2016)
+    finally:
+        os.close(fd)
+
+
+def test_pickle_from_another_user_is_never_unpickled(
+    shared_root: str, key: int, tmp_path: Any
+) -> None:
+    seg = shmfs.attach(key, 1 << 20, 0o666, root=shared_root)  # a world-writable segment
+    seg[1] = "root's value"
+    directory = os.path.join(shared_root, str(key))
+    marker = tmp_path / "pwned"
+    os.chmod(tmp_path, 0o777)
+    frame = _malicious_frame(str(marker))
+    assert as_nobody(lambda: _planted_variable(directory, "7", frame)) is None
+    assert os.stat(os.path.join(directory, "7")).st_uid == NOBODY
+    with pytest.raises(shmfs.UnsafeSegment):
+        seg.get(7)
+    # Replacing one of root's own values by rename is refused the same way.
+    as_nobody(lambda: _planted_variable(directory, ".evil", frame))
+    os.rename(os.path.join(directory, ".evil"), os.path.join(directory, "1"))
+    with pytest.raises(shmfs.UnsafeSegment):
+        seg.get(1)
+    assert not marker.exists(), "the attacker's pickle ran"
+    seg.destroy()
+
+
+def test_world_writable_file_is_not_trusted_for_pickles(shared_root: str, key: int) -> None:
+    seg = shmfs.attach(key, 1 << 20, 0o666, root=shared_root)
+    seg[1] = {"pickled": True}  # root owns the file, but anyone may have written into it
+    with pytest.raises(shmfs.UnsafeSegment):
+        seg.get(1)
+    seg.destroy()
+
+
+# ----------------------------------------------------------------- sharing, done safely
+
+
+def test_sharing_across_users_with_json(shared_root: str, key: int) -> None:
+    seg = shmfs.attach(key, 1 << 20, 0o666, root=shared_root, codec="json")
+    seg[1] = {"from": "root"}
+
+    def other() -> Any:
+        with shmfs.attach(key, root=shared_root, codec="json") as theirs:
+            theirs[2] = {"from": "nobody"}
+            return theirs[1]
+
+    assert as_nobody(other) == {"from": "root"}
+    assert seg[2] == {"from": "nobody"}
+    seg.destroy()
+
+
+def test_sharing_across_users_with_a_secret(shared_root: str, key: int) -> None:
+    seg = shmfs.attach(key, 1 << 20, 0o666, root=shared_root, secret=b"shared key")
+
+    def other() -> Any:
+        with shmfs.attach(key, root=shared_root, secret=b"shared key") as theirs:
+            theirs[2] = {"pickled": "by nobody", "fn": "lambdas would pickle too"}
+        with shmfs.attach(key, root=shared_root, secret=b"wrong key") as wrong:
+            wrong[3] = "signed with the wrong key"
+        return True
+
+    assert as_nobody(other) is True
+    assert seg[2] == {"pickled": "by nobody", "fn": "lambdas would pickle too"}
+    with pytest.raises(shmfs.UnsafeSegment):
+        seg.get(3)
+    seg.destroy()
