@@ -4,6 +4,8 @@
     shmfs get 1
     shmfs delete
 
+and ``ls``, ``stat``, ``rm``, ``watch INDEX``, ``gc`` and ``bench``.
+
 Common options (``--key``, ``--size``, ``--backend``, ``--root``, ``--codec``, ``--json``) are
 accepted before or after the subcommand. Errors print one line to stderr and exit 1; bad usage
 exits 2, as argparse does.
@@ -12,9 +14,12 @@ exits 2, as argparse does.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     command("stat", "describe the segment")
     rm = command("rm", "remove the segments named by --key or KEY...")
     rm.add_argument("keys", type=int, nargs="*", metavar="KEY")
+    watch = command("watch", "print each new value of INDEX as it is written (Ctrl-C stops)")
+    watch.add_argument("index", type=int, metavar="INDEX")
+    watch.add_argument("--timeout", type=float, default=None, help="seconds to wait for each")
+    watch.add_argument("--count", type=int, default=None, help="stop after this many values")
+    gc = command("gc", "remove segments whose creator is gone and that are old enough")
+    gc.add_argument(
+        "--older-than", type=float, default=3600.0, metavar="SECONDS", help="default 3600"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only say what would go")
+    command("bench", "run the quick benchmark (python -m bench --quick)")
     return parser
 
 
@@ -129,13 +144,25 @@ def _ls(args: argparse.Namespace) -> str:
     found = shmfs.segments(backend=args.backend, root=args.root)
     if args.json:
         return json.dumps(found)
-    lines = [f"{'KEY':>12} {'BACKEND':8} {'SIZE':>10} {'USED':>10} {'VARS':>6} {'OWNER':>6}"]
+    lines = [
+        f"{'KEY':>12} {'BACKEND':8} {'SIZE':>10} {'USED':>10} {'VARS':>6} {'OWNER':>6} {'AGE':>8}"
+    ]
     lines += [
         f"{info['key']:>12} {info['backend']:8} {info['size']:>10} {info['used']:>10} "
-        f"{info['variables']:>6} {info['owner']:>6}"
+        f"{info['variables']:>6} {info['owner']:>6} {_age(info['created']):>8}"
         for info in found
     ]
     return "\n".join(lines)
+
+
+def _age(created: float | None) -> str:
+    if created is None:
+        return "-"
+    seconds = max(time.time() - created, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def _stat(args: argparse.Namespace) -> str:
@@ -157,7 +184,74 @@ def _rm(args: argparse.Namespace) -> str:
     return "\n".join(f"removed segment {key}" for key in keys)
 
 
-_COMMANDS = {"send": _send, "get": _get, "delete": _delete, "ls": _ls, "stat": _stat, "rm": _rm}
+def _watch(args: argparse.Namespace) -> str:
+    # Each value is printed as it comes, so this command writes its own output.
+    with _attach(args) as seg, seg.watch(args.index, timeout=args.timeout) as values:
+        # On stderr, so stdout stays the values alone; from here on no write is missed.
+        print(f"watching index {args.index} of segment {args.key}", file=sys.stderr, flush=True)
+        for seen, value in enumerate(values, 1):
+            line = json.dumps({"index": args.index, "value": value}, default=repr)
+            print(line if args.json else _show(value), flush=True)
+            if args.count is not None and seen >= args.count:
+                break
+    return ""
+
+
+def _gc(args: argparse.Namespace) -> str:
+    now = time.time()
+    doomed = [
+        info
+        for info in shmfs.segments(backend=args.backend, root=args.root)
+        if info["created"] is not None
+        and now - info["created"] >= args.older_than
+        and not _alive(info["creator_pid"])
+        and not info.get("attached")
+    ]
+    for info in doomed:
+        if not args.dry_run:
+            _attach(args, key=info["key"]).destroy()
+    keys = [info["key"] for info in doomed]
+    if args.json:
+        return json.dumps({"removed" if not args.dry_run else "would_remove": keys})
+    verb = "would remove" if args.dry_run else "removed"
+    return "\n".join(f"{verb} segment {key}" for key in keys) or "nothing to remove"
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _bench(args: argparse.Namespace) -> str:
+    if importlib.util.find_spec("bench") is None:
+        return (
+            "the benchmarks live in the source repository: clone it, then run "
+            "pip install -e '.[bench]' && python -m bench"
+        )
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick"], check=False)
+    if done.returncode:
+        raise shmfs.ShmfsError(f"python -m bench --quick failed (exit {done.returncode})")
+    return ""
+
+
+_COMMANDS = {
+    "send": _send,
+    "get": _get,
+    "delete": _delete,
+    "ls": _ls,
+    "stat": _stat,
+    "rm": _rm,
+    "watch": _watch,
+    "gc": _gc,
+    "bench": _bench,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,5 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except shmfs.ShmfsError as exc:
         print(f"shmfs: error: {exc}", file=sys.stderr)
         return 1
-    print(output)
+    except KeyboardInterrupt:
+        return 130
+    if output:
+        print(output)
     return 0

@@ -137,15 +137,15 @@ def _raw_loads(data: memoryview) -> bytes:
 
 
 def _php_dumps(value: Any) -> bytes:
-    from shmfs import phpserial  # noqa: PLC0415  # only PHP users pay for importing it
+    from shmfs.phpserial import dumps  # noqa: PLC0415  # only PHP users pay for importing it
 
-    return phpserial.dumps(value)
+    return dumps(value)
 
 
 def _php_loads(data: memoryview) -> Any:
-    from shmfs import phpserial  # noqa: PLC0415  # only PHP users pay for importing it
+    from shmfs.phpserial import loads  # noqa: PLC0415  # only PHP users pay for importing it
 
-    return phpserial.loads(data)
+    return loads(data)
 
 
 CODECS: Final[dict[str, Codec]] = {

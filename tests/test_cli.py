@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+import shmfs
+
 COMMANDS = {
     "script": [shutil.which("shmfs") or "shmfs"],
     "module": [sys.executable, "-m", "shmfs"],
@@ -68,3 +70,56 @@ def test_errors_are_one_line_and_non_zero(run, key: int) -> None:
     assert too_big.returncode == 1 and "size=" in too_big.stderr
     assert run("get", "1", "--key", str(key)).stdout == "x\n"  # the failed send kept it
     assert run("delete", "--key", str(key)).returncode == 0
+
+
+def test_watch_prints_each_new_value(root: str, backend: str, key: int) -> None:
+    env = {**os.environ, "SHMFS_ROOT": root, "SHMFS_BACKEND": backend}
+    base = [sys.executable, "-m", "shmfs", "--key", str(key)]
+    assert subprocess.run([*base, "send", "1", "start"], env=env, check=False).returncode == 0
+    with subprocess.Popen(
+        [*base, "watch", "1", "--count", "3", "--timeout", "30", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as watcher:
+        assert watcher.stdout is not None and watcher.stderr is not None
+        try:
+            assert watcher.stderr.readline().startswith("watching index 1")  # registered
+            seen = []
+            with shmfs.attach(key, backend=backend, root=root) as seg:
+                for step in range(3):  # each value only after the previous one was printed
+                    seg.put(1, f"step {step}")
+                    seen.append(json.loads(watcher.stdout.readline()))
+            assert watcher.wait(30) == 0
+        finally:
+            watcher.kill()
+    assert seen == [{"index": 1, "value": f"step {step}"} for step in range(3)]
+    shmfs.attach(key, backend=backend, root=root).destroy()
+
+
+def test_gc_removes_only_orphans_old_enough(run, root: str, backend: str, key: int) -> None:
+    assert run("send", "1", "orphan", "--key", str(key)).returncode == 0  # its creator exits
+    live = shmfs.attach(key + 1, backend=backend, root=root)  # created by this live process
+    try:
+        dry = json.loads(run("gc", "--older-than", "0", "--dry-run", "--json").stdout)
+        assert dry == {"would_remove": [key]}
+        assert json.loads(run("gc", "--older-than", "3600", "--json").stdout) == {"removed": []}
+        assert json.loads(run("gc", "--older-than", "0", "--json").stdout) == {"removed": [key]}
+        keys = [info["key"] for info in json.loads(run("ls", "--json").stdout)]
+        assert keys == [key + 1]
+    finally:
+        live.destroy()
+
+
+def test_ls_shows_age(run, key: int) -> None:
+    assert run("send", "1", "x", "--key", str(key)).returncode == 0
+    listing = run("ls").stdout.splitlines()
+    assert listing[0].split()[-1] == "AGE"
+    assert listing[1].split()[0] == str(key) and listing[1].split()[-1].endswith("s")
+    assert run("delete", "--key", str(key)).returncode == 0
+
+
+def test_bench_command_runs_the_quick_benchmark_or_says_how(run) -> None:
+    done = run("bench", "--help")
+    assert done.returncode == 0 and "quick benchmark" in done.stdout

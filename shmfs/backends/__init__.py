@@ -42,6 +42,8 @@ class SegmentInfo:
     location: str
     created: float | None = None
     creator_pid: int | None = None
+    #: Processes attached right now, where the backend can tell (System V's ``nattch``).
+    attached: int | None = None
 
     @property
     def free(self) -> int:
@@ -62,6 +64,7 @@ class SegmentInfo:
             "location": self.location,
             "created": self.created,
             "creator_pid": self.creator_pid,
+            "attached": self.attached,
         }
 
 

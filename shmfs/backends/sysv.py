@@ -401,8 +401,9 @@ class SysvBackend:
             perm=self.perm,
             owner=self.owner,
             location=f"shmid {self.shmid} in {ipc_namespace()}",
-            created=None,
+            created=float(stat.ctime),
             creator_pid=stat.cpid,
+            attached=int(stat.nattch),
         )
 
     # ------------------------------------------------------------------- lifecycle
@@ -444,7 +445,7 @@ class SysvBackend:
         except OSError:
             return []
         for row in rows:
-            info = _peek(*(int(row[column]) for column in (0, 1, 2, 3, 4, 7)))
+            info = _peek(*(int(row[column]) for column in (0, 1, 2, 3, 4, 7, 13, 6)))
             if info is not None:
                 found.append(info)
         return sorted(found, key=lambda info: info.key)
@@ -452,8 +453,9 @@ class SysvBackend:
 
 def _peek(*row: int) -> SegmentInfo | None:
     """A PHP-layout segment's report from its /proc/sysvipc/shm row (key, shmid, perms, size,
-    cpid, uid), read through a read-only attachment; ``None`` if it is not one we can read."""
-    key, shmid, perms, size, cpid, uid = row
+    cpid, uid, ctime, nattch), read through a read-only attachment; ``None`` if it is not one we
+    can read."""
+    key, shmid, perms, size, cpid, uid, ctime, nattch = row
     if key == 0 or size < layout.HEADER_SIZE:
         return None
     try:
@@ -478,8 +480,9 @@ def _peek(*row: int) -> SegmentInfo | None:
         perm=perms & 0o777,
         owner=uid,
         location=f"shmid {shmid} in {ipc_namespace()}",
-        created=None,
+        created=float(ctime),
         creator_pid=cpid,
+        attached=nattch,
     )
 
 

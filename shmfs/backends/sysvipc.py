@@ -70,6 +70,8 @@ class IpcStat(NamedTuple):
     mode: int
     size: int
     cpid: int
+    ctime: int = 0
+    nattch: int = 0
 
 
 def _check(result: int) -> int:
@@ -96,13 +98,15 @@ def _stat(*, semaphores: bool, ident: int) -> bytes:
 def shm_stat(shmid: int) -> IpcStat:
     """``IPC_STAT`` of a segment. Offsets are those of the LP64 Linux ABI (x86_64, aarch64):
     ipc_perm uid@4 cuid@12 mode@20 (read as 16 bits, which both ABIs hold it in), segsz@48,
-    cpid@80."""
+    ctime@72, cpid@80, nattch@88."""
     raw = _stat(semaphores=False, ident=shmid)
     uid, cuid = struct.unpack_from("<I", raw, 4)[0], struct.unpack_from("<I", raw, 12)[0]
     mode = struct.unpack_from("<H", raw, 20)[0]
     size = struct.unpack_from("<Q", raw, 48)[0]
     cpid = struct.unpack_from("<i", raw, 80)[0]
-    return IpcStat(uid, cuid, mode & 0o777, size, cpid)
+    ctime = struct.unpack_from("<q", raw, 72)[0]
+    nattch = struct.unpack_from("<Q", raw, 88)[0]
+    return IpcStat(uid, cuid, mode & 0o777, size, cpid, ctime, nattch)
 
 
 def shm_remove(shmid: int) -> None:
