@@ -95,13 +95,16 @@ def _attach(
 ) -> shmfs.Segment:
     """Attach ``--key``; only ``send`` creates, the others report an unknown segment."""
     key = args.key if key is None else key
+    backend = backend_class(args.backend or os.environ.get("SHMFS_BACKEND") or "tmpfs")
     if not create:
         existing = {info["key"] for info in shmfs.segments(backend=args.backend, root=args.root)}
         if key not in existing:
-            raise shmfs.SegmentNotFound(f"no segment with key {key}", key=key)
+            raise shmfs.SegmentNotFound(
+                f"no segment with key {key} {backend.scope(args.root)}", key=key
+            )
     options: dict[str, Any] = {"backend": args.backend, "root": args.root}
     # A backend's native codec (PHP's on sysv) is the default, so PHP reads what send stores.
-    native = backend_class(args.backend or os.environ.get("SHMFS_BACKEND") or "tmpfs").native_codec
+    native = backend.native_codec
     if codec or native:
         options["codec"] = codec or native
     return shmfs.attach(key, args.size, **options)

@@ -119,6 +119,11 @@ class Backend(Protocol):
         """Report every segment this backend can see under ``root``."""
         ...
 
+    @classmethod
+    def scope(cls, root: str | None) -> str:
+        """Where this backend looks for segments, for messages ("under /dev/shm/...")."""
+        ...
+
     def read(self, index: int) -> bytes | None:
         """Return the stored bytes of ``index``, or ``None`` if it holds no value."""
         ...

@@ -53,6 +53,18 @@ _POLL: Final = 0.005
 _OPEN_ATTEMPTS: Final = 100
 
 
+def _create(key: int, size: int, perm: int) -> int:
+    """Create segment ``key``: ``size`` for PHP's layout plus room for the journal, or just
+    ``size`` when ``kernel.shmmax`` allows no more (no journal then, as in a PHP-made one)."""
+    with_journal = size + ((-size) % 8) + OVERHEAD + size
+    try:
+        return ipc.shmget(key, with_journal, perm | ipc.IPC_CREAT | ipc.IPC_EXCL)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    return ipc.shmget(key, size, perm | ipc.IPC_CREAT | ipc.IPC_EXCL)
+
+
 def _declared_total(buf: memoryview, key: int) -> int:
     """The ``total`` an initialised PHP header declares, checked against the kernel's size."""
     with buf[: layout.HEADER_SIZE].cast("q") as words:
@@ -243,10 +255,8 @@ class SysvBackend:
             try:
                 shmid = ipc.shmget(key, 0, 0)
             except FileNotFoundError:
-                kernel_size = size + ((-size) % 8) + OVERHEAD + size
                 try:
-                    shmid = ipc.shmget(key, kernel_size, perm | ipc.IPC_CREAT | ipc.IPC_EXCL)
-                    created = size
+                    shmid, created = _create(key, size, perm), size
                 except FileExistsError:
                     continue
                 except OSError as exc:
@@ -433,6 +443,15 @@ class SysvBackend:
         except OSError as exc:
             raise _translate(exc, f"cannot remove segment {self.key}", self.key) from exc
         self._destroyed = True
+
+    @classmethod
+    def scope(cls, root: str | None) -> str:
+        """The IPC namespace: System V segments exist per namespace."""
+        del root
+        return (
+            f"in IPC namespace {ipc_namespace()} (a segment made in another IPC namespace, such "
+            "as another container without a shared --ipc, is not visible here)"
+        )
 
     @classmethod
     def list_segments(cls, root: str | None) -> list[SegmentInfo]:

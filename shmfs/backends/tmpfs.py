@@ -506,6 +506,11 @@ class TmpfsBackend:
         )
 
     @classmethod
+    def scope(cls, root: str | None) -> str:
+        """The root directory segments live under."""
+        return f"under {root or default_root()}"
+
+    @classmethod
     def list_segments(cls, root: str | None) -> list[SegmentInfo]:
         """Report every readable segment under ``root``."""
         root = root or default_root()
