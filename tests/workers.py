@@ -170,3 +170,39 @@ def write_when_told(ref: dict[str, Any], index: int, values: list[Any], go: Any,
             seg[index] = value
             ack.put(True)
     return len(values)
+
+
+def fill_disjoint(ref: dict[str, Any], keys: list[int], first: int, count: int, start: Any) -> int:
+    """Write ``count`` variables from ``first`` in each segment of ``keys``; return how many."""
+    segs = [shmfs.attach(key, backend=ref["backend"], root=ref["root"]) for key in keys]
+    try:
+        start.wait(30)
+        for index in range(first, first + count):
+            for seg in segs:
+                seg[index] = {"index": index, "key": seg.key}
+        return count * len(segs)
+    finally:
+        for seg in segs:
+            seg.detach()
+
+
+def churn_until_gone(ref: dict[str, Any], running: Any) -> dict[str, int]:
+    """Read, write and remove until the segment is destroyed; count outcomes by type.
+    ``running`` is set after the first round, so the destroyer knows we are in."""
+    outcomes: dict[str, int] = {}
+    seg = shmfs.attach(ref["key"], backend=ref["backend"], root=ref["root"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            seg[1] = "x" * 100
+            seg.get(1, None)
+            seg.pop(2, None)
+            seg[2] = [1, 2, 3]
+            outcomes["ok"] = outcomes.get("ok", 0) + 1
+            running.set()
+        except (shmfs.SegmentNotFound, shmfs.VariableNotFound) as exc:
+            outcomes[type(exc).__name__] = outcomes.get(type(exc).__name__, 0) + 1
+            if isinstance(exc, shmfs.SegmentNotFound):
+                break
+    seg.detach()
+    return outcomes
