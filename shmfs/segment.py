@@ -42,6 +42,7 @@ def attach(
     lock_timeout: float | None = None,
     secret: bytes | str | None = None,
     trust_uids: Iterable[int] | None = None,
+    **options: Any,
 ) -> Segment:
     """Attach the segment ``key``, creating it if absent (PHP: ``shm_attach``).
 
@@ -56,6 +57,8 @@ def attach(
         lock_timeout: Seconds to wait for the segment lock on writes; ``None`` waits for ever.
         secret: Sign every value with HMAC-SHA256 and refuse values not signed with it.
         trust_uids: Users, besides this one and root, whose pickled values may be decoded.
+        **options: The backend's own options: ``sem_key=`` for ``sysv`` (the semaphore set PHP
+            code guards the segment with; default: the segment's key).
 
     Returns:
         A :class:`Segment` handle.
@@ -76,7 +79,9 @@ def attach(
     if isinstance(secret, str):
         secret = secret.encode()
     trusted = trusted_uids(trust_uids)
-    opened = backend_class(backend_name).open(key, size, perm, root=root, trust_uids=trusted)
+    opened = backend_class(backend_name).open(
+        key, size, perm, root=root, trust_uids=trusted, **options
+    )
     spec = {
         "key": key,
         "size": size,
@@ -87,6 +92,7 @@ def attach(
         "lock_timeout": lock_timeout,
         "secret": secret,
         "trust_uids": sorted(trusted),
+        **options,
     }
     return Segment(opened, chosen, secret, lock_timeout, spec)
 

@@ -24,6 +24,7 @@ __all__ = [
     "SegmentInfo",
     "Watcher",
     "backend_class",
+    "refuse_options",
     "segment_full",
 ]
 
@@ -109,9 +110,20 @@ class Backend(Protocol):
 
     @classmethod
     def open(
-        cls, key: int, size: int, perm: int, *, root: str | None, trust_uids: frozenset[int]
+        cls,
+        key: int,
+        size: int,
+        perm: int,
+        *,
+        root: str | None,
+        trust_uids: frozenset[int],
+        **options: Any,
     ) -> Self:
-        """Open the segment ``key``, creating it with ``size`` and ``perm`` if absent."""
+        """Open the segment ``key``, creating it with ``size`` and ``perm`` if absent.
+
+        ``options`` are the backend's own (``sem_key`` for sysv); an unknown one raises
+        ``InvalidArgument``.
+        """
         ...
 
     @classmethod
@@ -202,6 +214,13 @@ def backend_class(name: str) -> type[Backend]:
     module_name, _, class_name = target.partition(":")
     cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
     return cls
+
+
+def refuse_options(backend: str, options: dict[str, Any]) -> None:
+    """Raise ``InvalidArgument`` naming options a backend does not take."""
+    if options:
+        names = ", ".join(sorted(options))
+        raise InvalidArgument(f"the {backend} backend takes no option {names}")
 
 
 def segment_full(

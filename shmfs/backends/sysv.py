@@ -8,7 +8,7 @@ other codecs carry the shmfs frame, whose first byte no PHP value starts with. T
 
 **Locking with PHP.** PHP's sysvshm takes no lock; PHP code guards a segment with
 ``sem_get($key)``/``sem_acquire``. This backend takes the same 3-semaphore set (key: the segment's
-key unless ``SHMFS_SEM_KEY`` says otherwise) with PHP's registration protocol (php-sysvshm.md §4),
+key unless ``sem_key=`` says otherwise) with PHP's registration protocol (php-sysvshm.md §4),
 and ``SEM_UNDO`` on every operation, so the kernel releases the lock of a process that dies.
 
 **Reads take the lock**: PHP writers move chunks with ``memmove``, so no lock-free read is safe.
@@ -28,9 +28,9 @@ import contextlib
 import errno
 import os
 import time
-from typing import Final, Self
+from typing import Any, Final, Self
 
-from shmfs.backends import SegmentInfo
+from shmfs.backends import SegmentInfo, refuse_options
 from shmfs.backends import php_layout as layout
 from shmfs.backends import sysvipc as ipc
 from shmfs.backends.journal import OVERHEAD, Journal
@@ -45,6 +45,7 @@ from shmfs.errors import (
 )
 from shmfs.forking import fork_epoch
 from shmfs.locking import ReentrantLock
+from shmfs.validate import check_key
 
 __all__ = ["SysvBackend", "ipc_namespace"]
 
@@ -199,7 +200,24 @@ class SysvBackend:
     _lock: ReentrantLock | None = None
     _destroyed = False
 
-    def __init__(self, key: int, shmid: int, trust_uids: frozenset[int], *, created: int) -> None:
+    def __init__(
+        self,
+        key: int,
+        shmid: int,
+        trust_uids: frozenset[int],
+        *,
+        created: int,
+        sem_key: int | None = None,
+    ) -> None:
+        try:
+            self._setup(key, shmid, trust_uids, created, sem_key)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(
+        self, key: int, shmid: int, trust_uids: frozenset[int], created: int, sem_key: int | None
+    ) -> None:
         self.key = key
         self.shmid = shmid
         self._trust_uids = trust_uids
@@ -211,8 +229,7 @@ class SysvBackend:
         self._trusted = not stat.mode & 0o022
         self._attachment = ipc.Attachment(shmid, stat.size)
         self._buf = self._attachment.view
-        sem_key = int(os.environ.get("SHMFS_SEM_KEY", "0"), 0) or key
-        self._semaphore = _PhpSemaphore(sem_key, stat.mode, trust_uids)
+        self._semaphore = _PhpSemaphore(sem_key or key, stat.mode, trust_uids)
         self._lock = ReentrantLock(f"segment {key}", self._semaphore.take, self._semaphore.give)
         if created or not layout.is_initialised(self._buf):
             self._lock.acquire(None)  # a segment nobody uses yet: the wait is short
@@ -242,10 +259,25 @@ class SysvBackend:
 
     @classmethod
     def open(
-        cls, key: int, size: int, perm: int, *, root: str | None, trust_uids: frozenset[int]
+        cls,
+        key: int,
+        size: int,
+        perm: int,
+        *,
+        root: str | None,
+        trust_uids: frozenset[int],
+        **options: Any,
     ) -> Self:
-        """Attach System V segment ``key``, creating it (with room for the journal) if absent."""
+        """Attach System V segment ``key``, creating it (with room for the journal) if absent.
+
+        The one option, ``sem_key``, names the semaphore set that PHP code guards the segment
+        with (``sem_get($sem_key)``); it defaults to the segment's key.
+        """
         del root  # System V keys name segments machine-wide (per IPC namespace): no root
+        sem_key = options.pop("sem_key", None)
+        refuse_options(cls.name, options)
+        if sem_key is not None:
+            sem_key = check_key(sem_key)
         if size < layout.HEADER_SIZE + 32:
             raise SegmentFull(
                 f"segment {key}: size {size} is too small for PHP's layout (minimum 72)", key=key
@@ -264,7 +296,7 @@ class SysvBackend:
             except OSError as exc:
                 raise _translate(exc, f"cannot open segment {key}", key) from exc
             try:
-                return cls(key, shmid, trust_uids, created=created)
+                return cls(key, shmid, trust_uids, created=created, sem_key=sem_key)
             except ShmfsError:
                 raise  # UnsafeSegment and LockTimeout are OSErrors too: not ours to retranslate
             except OSError as exc:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-from typing import Final, Self
+from typing import Any, Final, Self
 
-from shmfs.backends import SegmentInfo, segment_full
+from shmfs.backends import SegmentInfo, refuse_options, segment_full
 from shmfs.backends import segdir as sd
 from shmfs.backends.fsutil import file_mode, open_dir, translate, verify_owner, writable_by_others
 from shmfs.backends.varfile import CONTENDED, PAGE, VarFile, capacity_for, create, read_length
@@ -68,7 +68,12 @@ class TmpfsBackend:
         self._dir_fd = dir_fd
         self._trust_uids = trust_uids
         self._epoch = fork_epoch()
-        self._open_meta()
+        try:
+            self._open_meta()
+        except BaseException:
+            self._dir_fd = self._root_fd = -1  # the caller owns these until we succeed
+            self.close()
+            raise
         self._recoveries = self._meta[sd.RECOVERIES]
         self.size = int(self._meta[sd.SIZE])
         self.perm = int(self._meta[sd.PERM])
@@ -80,9 +85,17 @@ class TmpfsBackend:
 
     @classmethod
     def open(
-        cls, key: int, size: int, perm: int, *, root: str | None, trust_uids: frozenset[int]
+        cls,
+        key: int,
+        size: int,
+        perm: int,
+        *,
+        root: str | None,
+        trust_uids: frozenset[int],
+        **options: Any,
     ) -> Self:
         """Open segment ``key`` under ``root``, creating it if absent."""
+        refuse_options(cls.name, options)
         root = root or default_root()
         root_fd = sd.open_root(root)
         try:

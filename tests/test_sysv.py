@@ -1,0 +1,76 @@
+"""sysv-only behaviour: the semaphore key, segments made by others, and the journal."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+import shmfs
+from shmfs.backends import php_layout
+from shmfs.backends import sysvipc as ipc
+
+
+@pytest.fixture
+def cleanup(key: int) -> Iterator[list[int]]:
+    """Keys whose segments and semaphore sets are removed after the test."""
+    keys = [key]
+    yield keys
+    for each in keys:
+        for option in ("-M", "-S"):
+            subprocess.run(["ipcrm", option, hex(each)], capture_output=True, check=False)
+
+
+def _sem_exists(key: int) -> bool:
+    try:
+        ipc.semget(key, 3, 0)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def test_sem_key_names_the_lock(key: int, cleanup: list[int]) -> None:
+    cleanup.append(key + 7)
+    first = shmfs.attach(key, 4096, backend="sysv", sem_key=key + 7)
+    second = shmfs.attach(key, backend="sysv", sem_key=key + 7, lock_timeout=0.1)
+    assert _sem_exists(key + 7) and not _sem_exists(key)
+    with first.lock(), pytest.raises(shmfs.LockTimeout):
+        second[1] = "blocked"
+    second[1] = "free"
+    second.detach()
+    first.destroy()
+
+
+def test_unknown_options_are_refused(root: str, key: int) -> None:
+    with pytest.raises(shmfs.InvalidArgument, match="sem_key"):
+        shmfs.attach(key, root=root, sem_key=5)  # tmpfs has no semaphores
+    with pytest.raises(shmfs.InvalidArgument, match="colour"):
+        shmfs.attach(key, backend="sysv", colour="blue")
+    with pytest.raises(shmfs.InvalidKey):
+        shmfs.attach(key, backend="sysv", sem_key=0)
+
+
+def test_foreign_segment_is_initialised_like_php_does(key: int, cleanup: list[int]) -> None:
+    shmid = ipc.shmget(key, 4096, 0o600 | ipc.IPC_CREAT | ipc.IPC_EXCL)
+    seg = shmfs.attach(key, 99999, backend="sysv")
+    assert seg.size == 4096  # the kernel's size, not the one asked for
+    seg[1] = "stored"
+    attachment = ipc.Attachment(shmid, 4096, readonly=True)
+    try:
+        header = php_layout.read_header(attachment.view)
+    finally:
+        attachment.detach()
+    assert (header.start, header.total) == (40, 4096)
+    assert seg[1] == "stored"
+    seg.destroy()
+
+
+def test_segment_created_by_shmfs_declares_size_but_keeps_a_journal(
+    key: int, cleanup: list[int]
+) -> None:
+    seg = shmfs.attach(key, 1000, backend="sysv")
+    shmid = ipc.shmget(key, 0, 0)
+    assert ipc.shm_stat(shmid).size > 2000  # room past PHP's total for the undo journal
+    assert seg.size == seg.stats()["size"] == 1000
+    seg.destroy()
