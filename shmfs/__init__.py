@@ -13,6 +13,7 @@ by integers, shared by every process that attaches it::
 from __future__ import annotations
 
 from shmfs import php  # noqa: F401  # so that ``shmfs.php.shm_attach`` works after import shmfs
+from shmfs.cache import Cache
 from shmfs.errors import (
     BackendUnavailable,
     CorruptSegment,
@@ -34,6 +35,7 @@ from shmfs.segment import Segment, attach, segments
 
 __all__ = [
     "BackendUnavailable",
+    "Cache",
     "CorruptSegment",
     "InvalidArgument",
     "InvalidKey",

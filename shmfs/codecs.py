@@ -174,15 +174,12 @@ def get_codec(name: str) -> Codec:
         raise InvalidArgument(f"unknown codec {name!r}; choose one of: {known}") from None
 
 
-def _checked_part(payload: bytes | memoryview) -> tuple[bytes | memoryview, bytes | memoryview]:
-    if len(payload) <= FULL_CHECK_LIMIT:
-        return payload, b""
-    return payload[:_EDGE], payload[-_EDGE:]
-
-
 def _crc(head: bytes | memoryview, payload: bytes | memoryview) -> int:
-    first, last = _checked_part(payload)
-    return zlib.crc32(last, zlib.crc32(first, zlib.crc32(head[:16])))
+    """The frame's checksum: header bytes 0..15, then the payload (its ends, past 64 KiB)."""
+    crc = zlib.crc32(head[:16])
+    if len(payload) <= FULL_CHECK_LIMIT:
+        return zlib.crc32(payload, crc)
+    return zlib.crc32(payload[-_EDGE:], zlib.crc32(payload[:_EDGE], crc))
 
 
 def encode(codec: Codec, value: Any, secret: bytes | None = None, *, framed: bool = True) -> bytes:
@@ -219,9 +216,11 @@ def decode(data: bytes | memoryview, secret: bytes | None = None) -> tuple[Codec
         UnsafeSegment: the signature is missing, unexpected or wrong for ``secret``.
     """
     view = memoryview(data)
-    if len(view) < HEADER.size or view[:4].tobytes() != MAGIC:
-        raise CorruptSegment("stored bytes are not a shmfs value (bad magic or too short)")
-    _, version, codec_id, flags, reserved, length, crc, reserved_word = HEADER.unpack_from(view)
+    if len(view) < HEADER.size:
+        raise CorruptSegment("stored bytes are not a shmfs value (too short)")
+    magic, version, codec_id, flags, reserved, length, crc, reserved_word = HEADER.unpack_from(view)
+    if magic != MAGIC:
+        raise CorruptSegment("stored bytes are not a shmfs value (bad magic)")
     if version != FORMAT_VERSION:
         raise CorruptSegment(
             f"value has format version {version}; this shmfs reads version {FORMAT_VERSION}"
