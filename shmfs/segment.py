@@ -236,7 +236,7 @@ class Segment(MutableMapping[int, Any]):
                 return self.get(index, default)
             return self._decode(backend, index, data)
 
-    def _read_locked(self, index: int) -> bytes | None:
+    def _read_locked(self, index: int) -> bytes | memoryview | None:
         backend = self._open()
         backend.acquire(self._lock_timeout)
         try:
@@ -244,7 +244,7 @@ class Segment(MutableMapping[int, Any]):
         finally:
             backend.release()
 
-    def _decode(self, backend: Backend, index: int, data: bytes) -> Any:
+    def _decode(self, backend: Backend, index: int, data: bytes | memoryview) -> Any:
         if backend.native_codec is not None and data[:4] != codecs.MAGIC and self._secret is None:
             native = codecs.get_codec(backend.native_codec)
             return codecs.decode_payload(native, memoryview(data))

@@ -136,8 +136,11 @@ class Backend(Protocol):
         """Where this backend looks for segments, for messages ("under /dev/shm/...")."""
         ...
 
-    def read(self, index: int) -> bytes | None:
-        """Return the stored bytes of ``index``, or ``None`` if it holds no value."""
+    def read(self, index: int) -> bytes | memoryview | None:
+        """Return the stored bytes of ``index``, or ``None`` if it holds no value.
+
+        A memoryview may be of a buffer the backend reuses: decode it before the next read.
+        """
         ...
 
     def write(self, index: int, data: bytes) -> None:

@@ -325,7 +325,7 @@ class TmpfsBackend:
         self._vars[index] = var
         return var
 
-    def read(self, index: int) -> bytes | None:
+    def read(self, index: int) -> bytes | memoryview | None:
         """Return the current bytes of ``index`` without taking the lock, or ``None``."""
         if self._epoch != fork_epoch():
             self._after_fork()
@@ -350,7 +350,7 @@ class TmpfsBackend:
                 break
         return self._read_locked(index)
 
-    def _read_locked(self, index: int) -> bytes | None:
+    def _read_locked(self, index: int) -> bytes | memoryview | None:
         """Read with no writer running: anything but a value or absence is damage."""
         self.acquire(None)
         try:
