@@ -53,6 +53,7 @@ from shmfs.errors import (
     VariableNotFound,
     WaitTimeout,
 )
+from shmfs.forking import pid_alive
 from shmfs.segment import Segment, attach
 
 __all__ = ["Cache", "key_index", "name_key"]
@@ -424,7 +425,7 @@ class Cache:
                 finally:
                     self.delete(lease_key)
             holder = self._lookup(lease_key, time.time())[2]
-            if holder is not None and not _alive(holder[1][0]):
+            if holder is not None and not pid_alive(holder[1][0]):
                 self.delete(lease_key)  # its computer died: take over
                 continue
             with contextlib.suppress(WaitTimeout):  # re-check the lease every 50 ms regardless
@@ -474,13 +475,3 @@ def _call_key(
         parts += (tuple(type(arg).__qualname__ for arg in args),)
     digest = hashlib.blake2b(pickle.dumps(parts, 5), digest_size=16).digest()
     return (f"shmfs.memoize:{function.__module__}.{function.__qualname__}", digest)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

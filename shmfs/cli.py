@@ -25,6 +25,7 @@ from typing import Any
 
 import shmfs
 from shmfs.backends import backend_class
+from shmfs.forking import pid_alive
 
 __all__ = ["main"]
 
@@ -207,7 +208,7 @@ def _gc(args: argparse.Namespace) -> str:
         for info in shmfs.segments(backend=args.backend, root=args.root)
         if info["created"] is not None
         and now - info["created"] >= args.older_than
-        and not _alive(info["creator_pid"])
+        and not pid_alive(info["creator_pid"])
         and not info.get("attached")
     ]
     for info in doomed:
@@ -218,18 +219,6 @@ def _gc(args: argparse.Namespace) -> str:
         return json.dumps({"removed" if not args.dry_run else "would_remove": keys})
     verb = "would remove" if args.dry_run else "removed"
     return "\n".join(f"{verb} segment {key}" for key in keys) or "nothing to remove"
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _bench(args: argparse.Namespace) -> str:

@@ -187,6 +187,12 @@ class Segment(MutableMapping[int, Any]):
             raise self._closed_error()
         return backend
 
+    def _not_found(self, index: int) -> VariableNotFound:
+        key = self._spec["key"]
+        return VariableNotFound(
+            f"Variable key {index} doesn't exist in segment {key}", key=key, index=index
+        )
+
     def _closed_error(self) -> Exception:
         key = self._spec["key"] if hasattr(self, "_spec") else None
         if self._destroyed:
@@ -218,11 +224,7 @@ class Segment(MutableMapping[int, Any]):
         data = backend.read(index) if backend.lock_free_reads else self._read_locked(index)
         if data is None:
             if default is _MISSING:
-                raise VariableNotFound(
-                    f"Variable key {index} doesn't exist in segment {self._spec['key']}",
-                    key=self._spec["key"],
-                    index=index,
-                )
+                raise self._not_found(index)
             return default
         try:
             return self._decode(backend, index, data)
@@ -324,11 +326,7 @@ class Segment(MutableMapping[int, Any]):
         finally:
             backend.release()
         if not found:
-            raise VariableNotFound(
-                f"Variable key {index} doesn't exist in segment {self._spec['key']}",
-                key=self._spec["key"],
-                index=index,
-            )
+            raise self._not_found(index)
 
     # ---------------------------------------------------------------- atomic ops
 
@@ -420,11 +418,7 @@ class Segment(MutableMapping[int, Any]):
     def _present(self, index: int, old: Any) -> Any:
         """``old`` unless it is the absent marker, which becomes ``VariableNotFound``."""
         if old is _MISSING:
-            raise VariableNotFound(
-                f"Variable key {index} doesn't exist in segment {self._spec['key']}",
-                key=self._spec["key"],
-                index=index,
-            )
+            raise self._not_found(index)
         return old
 
     def _modify(self, index: int, change: Callable[[Any], tuple[bool, Any]], default: Any) -> Any:

@@ -89,15 +89,27 @@ def wait_next(backend: Backend, get: Getter, index: int, timeout: float | None) 
         watcher.close()
 
 
-class Watch:
-    """The iterator ``Segment.watch`` returns. It registers and notes the current version when
-    it is made, not on the first ``next()``, so nothing written after ``watch()`` returns is
-    missed."""
+class _Registered:
+    """A waiter registered, and the variable's version noted, when made: not on the first
+    ``next()``, so nothing written after ``watch()`` returns is missed."""
 
     def __init__(self, backend: Backend, get: Getter, index: int, timeout: float | None) -> None:
         self._backend, self._get, self._index, self._timeout = backend, get, index, timeout
         self._watcher: Watcher | None = backend.watcher()
         self._base = backend.version(index)
+
+    def close(self) -> None:
+        """Stop watching; idempotent."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class Watch(_Registered):
+    """The iterator ``Segment.watch`` returns; a context manager too."""
 
     def __iter__(self) -> Watch:
         return self
@@ -115,19 +127,10 @@ class Watch:
         )
         return value
 
-    def close(self) -> None:
-        """Stop watching; idempotent."""
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.close()
-
     def __enter__(self) -> Watch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
         self.close()
 
 
@@ -183,13 +186,8 @@ async def wait_async(backend: Backend, get: Getter, index: int, timeout: float |
         watcher.close()
 
 
-class AsyncWatch:
-    """The async iterator ``Segment.watch_async`` returns; registered when made, like Watch."""
-
-    def __init__(self, backend: Backend, get: Getter, index: int, timeout: float | None) -> None:
-        self._backend, self._get, self._index, self._timeout = backend, get, index, timeout
-        self._watcher: Watcher | None = backend.watcher()
-        self._base = backend.version(index)
+class AsyncWatch(_Registered):
+    """The async iterator ``Segment.watch_async`` returns."""
 
     def __aiter__(self) -> AsyncWatch:
         return self
@@ -207,15 +205,6 @@ class AsyncWatch:
         )
         return value
 
-    def close(self) -> None:
-        """Stop watching; idempotent."""
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.close()
-
     async def aclose(self) -> None:
         """Stop watching (the async generator protocol's name for it)."""
-        self.close()
-
-    def __del__(self) -> None:
         self.close()

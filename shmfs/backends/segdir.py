@@ -33,6 +33,7 @@ from shmfs.backends import SegmentInfo
 from shmfs.backends.fsutil import dir_mode, file_mode, open_dir, translate, writable_by_others
 from shmfs.backends.varfile import PAGE, VarFile
 from shmfs.errors import BackendUnavailable, CorruptSegment, UnsafeSegment
+from shmfs.forking import pid_alive
 
 __all__ = [
     "META_NAME",
@@ -226,7 +227,7 @@ def sweep_root(root_fd: int) -> list[str]:
             age = now - os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_mtime
         except (ValueError, IndexError, OSError):
             continue
-        if age < STALE_AFTER or alive(pid):
+        if age < STALE_AFTER or pid_alive(pid):
             continue
         with contextlib.suppress(OSError, UnsafeSegment):
             fd = open_dir(name, root_fd)
@@ -237,17 +238,6 @@ def sweep_root(root_fd: int) -> list[str]:
             os.rmdir(name, dir_fd=root_fd)
             removed.append(name)
     return removed
-
-
-def alive(pid: int) -> bool:
-    """Whether a process with this pid exists (in our PID namespace)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def peek(root_fd: int, root: str, name: str) -> SegmentInfo | None:

@@ -22,7 +22,7 @@ from shmfs.backends import segdir as sd
 from shmfs.backends.fsutil import file_mode, open_dir, translate, verify_owner, writable_by_others
 from shmfs.backends.varfile import CONTENDED, PAGE, VarFile, capacity_for, create, read_length
 from shmfs.errors import CorruptSegment, SegmentNotFound, ShmfsError, UnsafeSegment
-from shmfs.forking import fork_epoch
+from shmfs.forking import fork_epoch, pid_alive
 from shmfs.locking import SegmentLock
 from shmfs.notify import FileWatch
 
@@ -470,7 +470,7 @@ class TmpfsBackend:
         meta, table = self._meta, sd.WAITER_TABLE
         overflow = max(meta[sd.WAITERS] - sum(1 for word in table if meta[word]), 0)
         for word in table:
-            if meta[word] and not sd.alive(meta[word]):
+            if meta[word] and not pid_alive(meta[word]):
                 meta[word] = 0
         if register:
             free = next((word for word in table if not meta[word]), None)
