@@ -203,6 +203,7 @@ class Redis(System):
     """redis-py against a redis-server this benchmark starts on a unix socket."""
 
     name = "redis (unix socket)"
+    url = ""
 
     def __init__(self) -> None:
         server = shutil.which("redis-server")
@@ -220,6 +221,7 @@ class Redis(System):
             stderr=subprocess.DEVNULL,
         )
         self.client = redis.Redis(unix_socket_path=socket)
+        self.url = f"unix://{socket}"
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -245,6 +247,27 @@ class Redis(System):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class ShmfsRedis(Redis):
+    """shmfs's redis backend, on a server of its own started the same way."""
+
+    name = "shmfs redis"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seg = shmfs.attach(0x5EB40, 512 << 20, backend="redis", root=self.url)
+
+    def put(self, index: int, value: Any) -> None:
+        self.seg.put(index, value)
+
+    def get(self, index: int) -> Any:
+        return self.seg.get(index)
+
+    def close(self) -> None:
+        with contextlib.suppress(shmfs.ShmfsError):
+            self.seg.destroy()
+        super().close()
+
+
 FACTORIES = {
     "dict (floor)": PlainDict,
     "pickle (floor)": Pickled,
@@ -255,4 +278,5 @@ FACTORIES = {
     "diskcache": DiskCache,
     "sqlite3 (WAL)": Sqlite,
     "redis (unix socket)": Redis,
+    "shmfs redis": ShmfsRedis,
 }

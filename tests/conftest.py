@@ -4,11 +4,14 @@ a guard that fails any test leaving files behind."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import multiprocessing
 import os
 import random
 import shutil
 import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +20,15 @@ import pytest
 
 import shmfs
 
-BACKENDS = ["tmpfs", "sysv"]
+
+def _redis_available() -> bool:
+    """redis-server and the redis package are here; under CI they must be (never skip)."""
+    return bool(os.environ.get("CI")) or (
+        shutil.which("redis-server") is not None and importlib.util.find_spec("redis") is not None
+    )
+
+
+BACKENDS = ["tmpfs", "sysv"] + (["redis"] if _redis_available() else [])
 # SysV keys for tests come from this range, so the leak guard can tell ours from anyone else's.
 TEST_KEYS = range(0x5E000000, 0x5EFFFFFF)
 
@@ -66,20 +77,91 @@ def key() -> int:
     return random.randrange(TEST_KEYS.start, TEST_KEYS.stop - 16)
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A redis-server of our own on a unix socket in a private directory, for the session."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
+    directory = tempfile.mkdtemp(prefix="shmfs-redis-")
+    path = os.path.join(directory, "redis.sock")
+    process = subprocess.Popen(
+        [
+            server,
+            "--port",
+            "0",
+            "--unixsocket",
+            path,
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            directory,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path):
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            pytest.fail("redis-server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"unix://{path}"
+    finally:
+        process.terminate()
+        process.wait(20)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def redis_keys(url: str) -> list[bytes]:
+    import redis  # noqa: PLC0415  # only the redis tests need it
+
+    client = redis.Redis.from_url(url)
+    try:
+        return sorted(client.scan_iter(match="shmfs:*"))
+    finally:
+        client.close()
+
+
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    """Every backend, in turn."""
-    return str(request.param)
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every backend, in turn; on redis, fails a test that leaves keys behind."""
+    name = str(request.param)
+    if name != "redis":
+        yield name
+        return
+    url = request.getfixturevalue("redis_url")
+    before = set(redis_keys(url))
+    yield name
+    leaked = set(redis_keys(url)) - before
+    if leaked:
+        import redis  # noqa: PLC0415
+
+        redis.Redis.from_url(url).delete(*leaked)
+    assert not leaked, f"test leaked Redis keys: {sorted(leaked)}"
 
 
 @pytest.fixture
-def attach(backend: str, root: str) -> Iterator[Callable[..., shmfs.Segment]]:
+def where(request: pytest.FixtureRequest, backend: str, root: str) -> str:
+    """The ``root=`` for this test's backend: its directory, or the Redis server's URL."""
+    if backend == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return root
+
+
+@pytest.fixture
+def attach(backend: str, where: str) -> Iterator[Callable[..., shmfs.Segment]]:
     """``shmfs.attach`` bound to this test's backend and root; destroys what it attached."""
     made: list[shmfs.Segment] = []
 
     def _attach(key: int, *args: Any, **kwargs: Any) -> shmfs.Segment:
         kwargs.setdefault("backend", backend)
-        kwargs.setdefault("root", root)
+        kwargs.setdefault("root", where)
         seg = shmfs.attach(key, *args, **kwargs)
         made.append(seg)
         return seg
@@ -89,7 +171,7 @@ def attach(backend: str, root: str) -> Iterator[Callable[..., shmfs.Segment]]:
         seg.detach()
     for seg_key in {seg.key for seg in made}:
         with contextlib.suppress(shmfs.ShmfsError):
-            shmfs.attach(seg_key, backend=backend, root=root).destroy()
+            shmfs.attach(seg_key, backend=backend, root=where).destroy()
 
 
 @pytest.fixture

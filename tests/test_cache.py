@@ -17,8 +17,8 @@ from tests.workers import Children
 
 
 @pytest.fixture
-def ref(backend: str, root: str, key: int) -> dict[str, Any]:
-    return {"key": key, "size": 1 << 20, "backend": backend, "root": root}
+def ref(backend: str, where: str, key: int) -> dict[str, Any]:
+    return {"key": key, "size": 1 << 20, "backend": backend, "root": where}
 
 
 @pytest.fixture

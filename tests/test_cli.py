@@ -19,11 +19,11 @@ COMMANDS = {
 
 
 @pytest.fixture(params=sorted(COMMANDS))
-def run(request: pytest.FixtureRequest, root: str, backend: str):
+def run(request: pytest.FixtureRequest, where: str, backend: str):
     base = COMMANDS[request.param]
 
     def _run(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "SHMFS_ROOT": root, "SHMFS_BACKEND": backend}
+        env = {**os.environ, "SHMFS_ROOT": where, "SHMFS_BACKEND": backend}
         return subprocess.run(
             [*base, *args], capture_output=True, text=True, env=env, timeout=60, check=False
         )
@@ -72,7 +72,8 @@ def test_errors_are_one_line_and_non_zero(run, key: int) -> None:
     assert run("delete", "--key", str(key)).returncode == 0
 
 
-def test_watch_prints_each_new_value(root: str, backend: str, key: int) -> None:
+def test_watch_prints_each_new_value(where: str, backend: str, key: int) -> None:
+    root = where
     env = {**os.environ, "SHMFS_ROOT": root, "SHMFS_BACKEND": backend}
     base = [sys.executable, "-m", "shmfs", "--key", str(key)]
     assert subprocess.run([*base, "send", "1", "start"], env=env, check=False).returncode == 0
@@ -98,7 +99,8 @@ def test_watch_prints_each_new_value(root: str, backend: str, key: int) -> None:
     shmfs.attach(key, backend=backend, root=root).destroy()
 
 
-def test_gc_removes_only_orphans_old_enough(run, root: str, backend: str, key: int) -> None:
+def test_gc_removes_only_orphans_old_enough(run, where: str, backend: str, key: int) -> None:
+    root = where
     assert run("send", "1", "orphan", "--key", str(key)).returncode == 0  # its creator exits
     live = shmfs.attach(key + 1, backend=backend, root=root)  # created by this live process
     try:

@@ -279,10 +279,10 @@ def test_stats(seg: shmfs.Segment, key: int) -> None:
     assert stats["location"]
 
 
-def test_segments_lists_what_exists(attach: Any, backend: str, root: str, key: int) -> None:
+def test_segments_lists_what_exists(attach: Any, backend: str, where: str, key: int) -> None:
     attach(key, 2048)[1] = "x"
     attach(key + 1, 4096)
-    found = {info["key"]: info for info in shmfs.segments(backend=backend, root=root)}
+    found = {info["key"]: info for info in shmfs.segments(backend=backend, root=where)}
     assert set(found) == {key, key + 1}
     assert found[key]["variables"] == 1 and found[key + 1]["size"] == 4096
 

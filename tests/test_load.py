@@ -17,13 +17,13 @@ from tests.workers import Children, churn_until_gone, fill_disjoint
 
 
 def test_many_processes_many_variables_many_segments(
-    attach: Any, backend: str, root: str, key: int, spawn_ctx: Any
+    attach: Any, backend: str, where: str, key: int, spawn_ctx: Any
 ) -> None:
     keys = [key, key + 1, key + 2]
     segs = [attach(k, 4 << 20) for k in keys]
     start = spawn_ctx.Event()
     children = Children(spawn_ctx)
-    ref = {"backend": backend, "root": root}
+    ref = {"backend": backend, "root": where}
     try:
         for worker in range(4):
             children.start(fill_disjoint, ref, keys, worker * 250, 250, start)
@@ -69,7 +69,8 @@ def _run(script: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_no_descriptor_leak_under_a_small_rlimit(root: str, backend: str, key: int) -> None:
+def test_no_descriptor_leak_under_a_small_rlimit(where: str, backend: str, key: int) -> None:
+    root = where
     done = _run(
         f"""
         import resource, shmfs

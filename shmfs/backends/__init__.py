@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self
 
-from shmfs.errors import InvalidArgument, SegmentFull
+from shmfs.errors import BackendUnavailable, InvalidArgument, SegmentFull
 
 __all__ = [
     "BACKENDS",
@@ -200,6 +200,7 @@ class Backend(Protocol):
 BACKENDS: dict[str, str] = {
     "tmpfs": "shmfs.backends.tmpfs:TmpfsBackend",
     "sysv": "shmfs.backends.sysv:SysvBackend",
+    "redis": "shmfs.backends.redis:RedisBackend",
 }
 
 
@@ -215,7 +216,14 @@ def backend_class(name: str) -> type[Backend]:
         known = ", ".join(sorted(BACKENDS))
         raise InvalidArgument(f"unknown backend {name!r}; choose one of: {known}") from None
     module_name, _, class_name = target.partition(":")
-    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the {name} backend needs a package that is not installed ({exc.name}): "
+            f"pip install 'shmfs[{name}]'"
+        ) from exc
+    cls: type[Backend] = getattr(module, class_name)
     return cls
 
 
