@@ -5,6 +5,7 @@ the older value still sitting in a variable's other slot)."""
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any
 
 import pytest
@@ -135,3 +136,21 @@ def test_every_header_bit_flip(stored: tuple[Any, bytes, str], key: int) -> None
         finally:
             seg.detach()
     assert outcomes["corrupt"] > 64  # magic, version, capacity and control are all checked
+
+
+@pytest.mark.parametrize("codec_name", ["cloudpickle", "pickle"])
+@pytest.mark.parametrize("size", [64 * 1024 + 1, 1 << 20])
+def test_large_bytes_frames(codec_name: str, size: int) -> None:
+    """Large bytes values are framed in one copy (not through pickle.dumps); the frame must
+    still decode, and damage at either checked end must still be caught."""
+    value = os.urandom(size)
+    codec = codecs.get_codec(codec_name)
+    for secret in (None, b"key"):
+        frame = codecs.encode(codec, value, secret)
+        found, payload = codecs.decode(frame, secret)
+        assert found is codec and pickle.loads(payload) == value
+        for offset in (codecs.HEADER.size + 5, len(frame) - (33 if secret else 1) - 100):
+            damaged = bytearray(frame)
+            damaged[offset] ^= 0x40
+            with pytest.raises((shmfs.CorruptSegment, shmfs.UnsafeSegment)):
+                codecs.decode(bytes(damaged), secret)
