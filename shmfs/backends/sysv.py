@@ -50,6 +50,8 @@ from shmfs.validate import check_key
 __all__ = ["SysvBackend", "ipc_namespace"]
 
 _SEM_USE, _SEM_USERS, _SEM_GATE = 0, 1, 2  # PHP's SYSVSEM_SEM, SYSVSEM_USAGE, SYSVSEM_SETVAL
+_TAKE: Final = ipc.SemOps([(_SEM_USE, -1, ipc.SEM_UNDO)])
+_GIVE: Final = ipc.SemOps([(_SEM_USE, 1, ipc.SEM_UNDO)])
 _POLL: Final = 0.005
 _OPEN_ATTEMPTS: Final = 100
 
@@ -162,7 +164,7 @@ class _PhpSemaphore:
     def take(self, timeout: float | None) -> None:
         """``sem_acquire``, with a timeout PHP does not have."""
         try:
-            ipc.semop(self.semid, [(_SEM_USE, -1, ipc.SEM_UNDO)], timeout)
+            ipc.semop(self.semid, _TAKE, timeout)
         except OSError as exc:
             if exc.errno != errno.EAGAIN:
                 raise _translate(exc, "cannot take the segment lock", self.key) from exc
@@ -178,7 +180,7 @@ class _PhpSemaphore:
 
     def give(self) -> None:
         """``sem_release``."""
-        ipc.semop(self.semid, [(_SEM_USE, 1, ipc.SEM_UNDO)])
+        ipc.semop(self.semid, _GIVE)
 
     def unregister(self) -> int:
         """Stop counting ourselves a user; return how many users remain."""
@@ -336,8 +338,8 @@ class SysvBackend:
         self._check()
         assert self._lock is not None
         self._lock.acquire(timeout)
-        if self._journal is not None and layout.is_initialised(self._buf):
-            self._journal.recover()
+        if self._journal is not None:
+            self._journal.recover()  # a word read, unless a writer died mid-change
 
     def release(self) -> None:
         """Release the semaphore."""

@@ -23,6 +23,7 @@ __all__ = [
     "SEM_UNDO",
     "Attachment",
     "IpcStat",
+    "SemOps",
     "sem_remove",
     "sem_stat",
     "semctl_getpid",
@@ -144,22 +145,36 @@ def semget(key: int, nsems: int, flags: int) -> int:
     return _check(_libc.semget(ctypes.c_int(key), nsems, flags))
 
 
-def semop(semid: int, ops: list[tuple[int, int, int]], timeout: float | None = None) -> None:
+class SemOps:
+    """``(sem_num, sem_op, sem_flg)`` operations packed once as a ``struct sembuf`` array, so
+    the lock's hot path does not rebuild them on every call."""
+
+    __slots__ = ("array", "count")
+
+    def __init__(self, ops: list[tuple[int, int, int]]) -> None:
+        packed = b"".join(_SEMBUF.pack(num, op, flags) for num, op, flags in ops)
+        self.array = ctypes.create_string_buffer(packed, len(packed))
+        self.count = len(ops)
+
+
+def semop(
+    semid: int, ops: list[tuple[int, int, int]] | SemOps, timeout: float | None = None
+) -> None:
     """``semtimedop(2)``: apply ``(sem_num, sem_op, sem_flg)`` operations atomically.
 
     Raises:
         OSError: EAGAIN when ``timeout`` passed (or ``IPC_NOWAIT`` would block), EIDRM when
             the set was removed; EINTR is retried with the time left.
     """
-    buffer = b"".join(_SEMBUF.pack(num, op, flags) for num, op, flags in ops)
-    array = ctypes.create_string_buffer(buffer, len(buffer))
+    packed = ops if isinstance(ops, SemOps) else SemOps(ops)
+    array, count = packed.array, packed.count
     spec = None
     if timeout is not None:
         whole = int(max(timeout, 0.0))
         spec = _Timespec(whole, int((max(timeout, 0.0) - whole) * 1e9))
     while True:
         result = _libc.semtimedop(
-            semid, array, len(ops), ctypes.byref(spec) if spec is not None else None
+            semid, array, count, ctypes.byref(spec) if spec is not None else None
         )
         if result == 0:
             return

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import sys
 from typing import Any, Final, Self
 
 from shmfs.backends import SegmentInfo, refuse_options, segment_full
@@ -29,9 +30,9 @@ from shmfs.notify import FileWatch
 __all__ = ["MAX_MAPPINGS", "TmpfsBackend", "default_root"]
 
 # Mappings kept open per segment handle. Each is an entry in vm.max_map_count (65530) and, before
-# Python 3.13 (mmap's trackfd=False), a file descriptor too; past this, the oldest are unmapped
-# and reopened on demand (about 8 us).
-MAX_MAPPINGS: Final = 256
+# Python 3.13 (mmap's trackfd=False), a file descriptor too, so the cache is small there; past
+# this, the oldest are unmapped and reopened on demand (about 12 us).
+MAX_MAPPINGS: Final = 16384 if sys.version_info >= (3, 13) else 256
 # Attempts to open a segment that keeps being destroyed under us before giving up.
 _OPEN_ATTEMPTS: Final = 100
 
