@@ -61,6 +61,15 @@ def _changed(backend: Backend, get: Getter, index: int, base: object) -> tuple[A
         # Written again (or removed) between our reads: look again rather than pair them wrongly.
 
 
+def _look(backend: Backend, get: Getter, index: int, base: object) -> tuple[Any, object]:
+    """One look: ``(new value, its version)``, or ``(_ABSENT, the base to keep waiting from)``;
+    after a removal that base is ``None``, so whatever is stored next counts as new."""
+    value, version = _changed(backend, get, index, base)
+    if value is not _ABSENT:
+        return value, version
+    return _ABSENT, None if version is None else base
+
+
 def _next(
     backend: Backend,
     watcher: Watcher,
@@ -72,11 +81,9 @@ def _next(
 ) -> tuple[Any, object]:
     deadline = _deadline(timeout)
     while True:
-        value, version = _changed(backend, get, index, base)
+        value, base = _look(backend, get, index, base)
         if value is not _ABSENT:
-            return value, version
-        if version is None:
-            base = None  # removed: whatever is stored next is new
+            return value, base
         watcher.wait(_remaining(deadline, index, timeout))
 
 
@@ -167,11 +174,9 @@ async def _next_async(
 ) -> tuple[Any, object]:
     deadline = _deadline(timeout)
     while True:
-        value, version = _changed(backend, get, index, base)
+        value, base = _look(backend, get, index, base)
         if value is not _ABSENT:
-            return value, version
-        if version is None:
-            base = None
+            return value, base
         await _sleep_on(watcher, _remaining(deadline, index, timeout))
 
 

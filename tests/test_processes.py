@@ -26,6 +26,7 @@ from tests.workers import (
     incr_many,
     is_intact,
     read_while,
+    rmw_many,
     write_count,
     write_forever,
 )
@@ -52,6 +53,40 @@ def test_concurrent_incr_is_exact(seg: shmfs.Segment, spawn_ctx: Any) -> None:
         children.stop()
     assert len(set(pids)) == 6
     assert seg[1] == 3000
+
+
+@pytest.mark.parametrize("kind", ["update", "cas", "lock"])
+def test_read_modify_writes_are_exact(seg: shmfs.Segment, spawn_ctx: Any, kind: str) -> None:
+    seg[1] = 0
+    start = spawn_ctx.Event()
+    children = Children(spawn_ctx)
+    try:
+        for _ in range(4):
+            children.start(rmw_many, segment_ref(seg), kind, 150, start)
+        start.set()
+        assert children.results(WAIT) == [150] * 4
+    finally:
+        children.stop()
+    assert seg[1] == 600
+
+
+def test_stopped_holder_makes_waiters_time_out_naming_it(
+    seg: shmfs.Segment, spawn_ctx: Any
+) -> None:
+    held = spawn_ctx.Event()
+    holder = spawn_ctx.Process(target=hold_lock_forever, args=(segment_ref(seg), held))
+    holder.start()
+    try:
+        assert held.wait(WAIT)
+        os.kill(holder.pid, signal.SIGSTOP)  # alive but frozen: the kernel keeps its lock
+        with pytest.raises(shmfs.LockTimeout) as info:
+            seg.lock(timeout=0.3).__enter__()
+        assert info.value.holder_pid == holder.pid
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(WAIT)
+    with seg.lock(timeout=5):
+        pass
 
 
 def test_readers_never_see_torn_or_older_values(seg: shmfs.Segment, spawn_ctx: Any) -> None:

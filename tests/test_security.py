@@ -251,3 +251,35 @@ def test_sharing_across_users_with_a_secret(shared_root: str, key: int) -> None:
     with pytest.raises(shmfs.UnsafeSegment):
         seg.get(3)
     seg.destroy()
+
+
+def test_sticky_shared_root_is_accepted_and_protects_segments(
+    shared_root: str, key: int
+) -> None:
+    """A root like /dev/shm itself (1777): sharing it was asked for; others can create their
+    own segments there but cannot move or delete ours."""
+    shared = os.path.join(shared_root, "sticky")
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    seg = shmfs.attach(key, 4096, root=shared)
+    seg[1] = "root's"
+
+    def attack() -> dict[str, str]:
+        outcome = {}
+        try:
+            os.rename(os.path.join(shared, str(key)), os.path.join(shared, "stolen"))
+            outcome["rename"] = "allowed"
+        except OSError as exc:
+            outcome["rename"] = type(exc).__name__
+        with shmfs.attach(key + 1, root=shared) as theirs:
+            theirs[1] = "nobody's own segment"
+            outcome["own segment"] = "ok"
+        return outcome
+
+    assert as_nobody(attack) == {"rename": "PermissionError", "own segment": "ok"}
+    assert seg[1] == "root's"
+    with pytest.raises(shmfs.UnsafeSegment):
+        shmfs.attach(key + 1, root=shared)  # nobody's segment: not trusted by root
+    seg.destroy()
+    shmfs.attach(key + 1, root=shared, trust_uids=[NOBODY]).destroy()
+    os.rmdir(shared)

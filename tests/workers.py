@@ -206,3 +206,21 @@ def churn_until_gone(ref: dict[str, Any], running: Any) -> dict[str, int]:
                 break
     seg.detach()
     return outcomes
+
+
+def rmw_many(ref: dict[str, Any], kind: str, times: int, start: Any) -> int:
+    """``times`` read-modify-writes of variable 1 by ``update``, ``cas`` or ``lock``."""
+    with open_seg(ref) as seg:
+        start.wait(30)
+        for _ in range(times):
+            if kind == "update":
+                seg.update(1, lambda old: old + 1)
+            elif kind == "cas":
+                while True:
+                    old = seg[1]
+                    if seg.cas(1, old, old + 1):
+                        break
+            else:
+                with seg.lock():
+                    seg[1] = seg[1] + 1
+    return times

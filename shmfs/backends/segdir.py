@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import stat
 import time
 from typing import Final
 
@@ -109,10 +110,14 @@ def open_root(root: str) -> int:
             raise UnsafeSegment(
                 f"shmfs root {root} is owned by uid {st.st_uid}; refusing it", owner=st.st_uid
             )
-        if writable_by_others(st):
+        if writable_by_others(st) and not st.st_mode & stat.S_ISVTX:
+            # Others could rename our segments away and put theirs in their place. A sticky
+            # directory (like /dev/shm itself, mode 1777) forbids that: choosing one is asking
+            # to share the root, and squatted names are still refused by their owner.
             raise UnsafeSegment(
                 f"shmfs root {root} is writable by group or others (mode "
-                f"{st.st_mode & 0o7777:04o}); use a private root (chmod 700) or another root="
+                f"{st.st_mode & 0o7777:04o}) without the sticky bit; use a private root "
+                "(chmod 700), a sticky shared one (chmod 1777), or another root="
             )
     except BaseException:
         os.close(fd)
