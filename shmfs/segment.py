@@ -29,6 +29,8 @@ __all__ = ["Segment", "attach", "segments"]
 
 _MISSING: Final[Any] = object()  # "no default given"
 _ABSENT: Final[Any] = object()  # "the index holds no value", inside read-modify-write
+_INDEX_MIN: Final = -(1 << 63)
+_INDEX_MAX: Final = (1 << 63) - 1
 
 
 def attach(
@@ -220,7 +222,8 @@ class Segment(MutableMapping[int, Any]):
         backend = self._backend
         if backend is None:
             raise self._closed_error()
-        index = check_index(index)
+        if type(index) is not int or not _INDEX_MIN <= index <= _INDEX_MAX:
+            index = check_index(index)  # the slow path: raises, or accepts an __index__ type
         data = backend.read(index) if backend.lock_free_reads else self._read_locked(index)
         if data is None:
             if default is _MISSING:

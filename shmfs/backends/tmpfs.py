@@ -33,6 +33,8 @@ __all__ = ["MAX_MAPPINGS", "TmpfsBackend", "default_root"]
 # Python 3.13 (mmap's trackfd=False), a file descriptor too, so the cache is small there; past
 # this, the oldest are unmapped and reopened on demand (about 12 us).
 MAX_MAPPINGS: Final = 16384 if sys.version_info >= (3, 13) else 256
+# The metadata words the read path checks, bound once (a module attribute lookup per read adds up).
+_STATE, _DIRTY, _RECOVERIES = sd.STATE, sd.DIRTY, sd.RECOVERIES
 # Attempts to open a segment that keeps being destroyed under us before giving up.
 _OPEN_ATTEMPTS: Final = 100
 
@@ -330,9 +332,10 @@ class TmpfsBackend:
         """Return the current bytes of ``index`` without taking the lock, or ``None``."""
         if self._epoch != fork_epoch():
             self._after_fork()
-        if self._meta[sd.STATE] & sd.DIRTY:
+        meta = self._meta
+        if meta[_STATE] & _DIRTY:
             self._recover_if_abandoned()
-        if self._meta[sd.RECOVERIES] != self._recoveries:
+        if meta[_RECOVERIES] != self._recoveries:
             self._forget_mappings()
         var = self._vars.get(index)
         if var is not None:
