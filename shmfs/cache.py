@@ -419,8 +419,11 @@ class Cache:
             lease = (os.getpid(), time.time() + _LEASE)
             if self.add(lease_key, lease, ttl=_LEASE):
                 try:
-                    value = compute()
-                    self.set(key, value, ttl)
+                    # Stored by the previous lease holder after our miss, before our lease?
+                    value = self.get(key, _MISSING)
+                    if value is _MISSING:
+                        value = compute()
+                        self.set(key, value, ttl)
                     return value
                 finally:
                     self.delete(lease_key)

@@ -40,6 +40,8 @@ def fill_cache(ref: dict[str, Any], prefix: str, count: int, hot: list[str], sta
     """Write ``count`` fresh 1 KiB entries, reading the ``hot`` keys after each write."""
     with open_cache(ref) as cache:
         start.wait(30)
+        for key in hot:  # they are in use from the start, as hot entries are
+            cache.get(key)
         for number in range(count):
             cache.set(f"{prefix}-{number}", b"x" * 1024)
             for key in hot:

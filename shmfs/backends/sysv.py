@@ -134,22 +134,30 @@ class _PhpSemaphore:
 
     def __init__(self, key: int, perm: int, trust_uids: frozenset[int]) -> None:
         self.key = key
+        self.created = False
         self.semid = self._open(key, perm, trust_uids)
         self.register()
 
-    @staticmethod
-    def _open(key: int, perm: int, trust_uids: frozenset[int]) -> int:
+    def _open(self, key: int, perm: int, trust_uids: frozenset[int]) -> int:
         for _ in range(_OPEN_ATTEMPTS):
             try:
                 semid = ipc.semget(key, 3, 0)
             except FileNotFoundError:
                 try:
-                    return ipc.semget(key, 3, perm | ipc.IPC_CREAT | ipc.IPC_EXCL)
+                    semid = ipc.semget(key, 3, perm | ipc.IPC_CREAT | ipc.IPC_EXCL)
                 except FileExistsError:
                     continue  # created meanwhile by someone else: open theirs
+                self.created = True
+                return semid
             _verify(ipc.sem_stat(semid), trust_uids, f"semaphore set {key:#x}")
             return semid
         raise ShmfsError(f"semaphore set {key:#x}: could not open it")
+
+    def abandon(self) -> None:
+        """Unregister after a failed attach; remove the set if we made it and nobody uses it."""
+        with contextlib.suppress(OSError):
+            if self.unregister() == 0 and self.created:
+                ipc.sem_remove(self.semid)
 
     def register(self) -> None:
         """PHP's ``sem_get``: count ourselves a user; the first user sets the lock's value."""
@@ -209,16 +217,25 @@ class SysvBackend:
         trust_uids: frozenset[int],
         *,
         created: int,
-        sem_key: int | None = None,
+        semaphore: _PhpSemaphore,
+        lock: ReentrantLock,
     ) -> None:
         try:
-            self._setup(key, shmid, trust_uids, created, sem_key)
+            self._setup(key, shmid, trust_uids, created=created, semaphore=semaphore, lock=lock)
         except BaseException:
+            self._semaphore = None  # the caller abandons it
             self.close()
             raise
 
     def _setup(
-        self, key: int, shmid: int, trust_uids: frozenset[int], created: int, sem_key: int | None
+        self,
+        key: int,
+        shmid: int,
+        trust_uids: frozenset[int],
+        *,
+        created: int,
+        semaphore: _PhpSemaphore,
+        lock: ReentrantLock,
     ) -> None:
         self.key = key
         self.shmid = shmid
@@ -231,10 +248,12 @@ class SysvBackend:
         self._trusted = not stat.mode & 0o022
         self._attachment = ipc.Attachment(shmid, stat.size)
         self._buf = self._attachment.view
-        self._semaphore = _PhpSemaphore(sem_key or key, stat.mode, trust_uids)
-        self._lock = ReentrantLock(f"segment {key}", self._semaphore.take, self._semaphore.give)
+        self._semaphore = semaphore
+        self._lock = lock
         if created or not layout.is_initialised(self._buf):
-            self._lock.acquire(None)  # a segment nobody uses yet: the wait is short
+            # The creator holds the lock from before the segment exists until it is laid out,
+            # so nobody else can take a half-made segment for a foreign one and lay it out too.
+            self._lock.acquire(None)
             try:
                 self._prepare(created)
             finally:
@@ -284,28 +303,63 @@ class SysvBackend:
             raise SegmentFull(
                 f"segment {key}: size {size} is too small for PHP's layout (minimum 72)", key=key
             )
-        for _ in range(_OPEN_ATTEMPTS):
-            created = 0
-            try:
-                shmid = ipc.shmget(key, 0, 0)
-            except FileNotFoundError:
+        sem_perm = perm  # an existing segment's users need its mode on the lock too
+        with contextlib.suppress(OSError):
+            sem_perm = ipc.shm_stat(ipc.shmget(key, 0, 0)).mode
+        try:
+            semaphore = _PhpSemaphore(sem_key or key, sem_perm, trust_uids)
+        except OSError as exc:
+            raise _translate(exc, f"cannot open the semaphore set of segment {key}", key) from exc
+        lock = ReentrantLock(f"segment {key}", semaphore.take, semaphore.give)
+        try:
+            for _ in range(_OPEN_ATTEMPTS):
+                backend = cls._attempt(key, size, perm, trust_uids, semaphore=semaphore, lock=lock)
+                if backend is not None:
+                    return backend
+        except BaseException:
+            semaphore.abandon()
+            raise
+        semaphore.abandon()
+        raise ShmfsError(f"segment {key}: could not attach it after {_OPEN_ATTEMPTS} tries")
+
+    @classmethod
+    def _attempt(
+        cls,
+        key: int,
+        size: int,
+        perm: int,
+        trust_uids: frozenset[int],
+        *,
+        semaphore: _PhpSemaphore,
+        lock: ReentrantLock,
+    ) -> Self | None:
+        """One try at attaching, creating under the lock if absent; ``None``: try again."""
+        try:
+            shmid, created = ipc.shmget(key, 0, 0), 0
+        except FileNotFoundError:
+            shmid, created = -1, size
+        except OSError as exc:
+            raise _translate(exc, f"cannot open segment {key}", key) from exc
+        if created:
+            lock.acquire(None)
+        try:
+            if created:
                 try:
-                    shmid, created = _create(key, size, perm), size
+                    shmid = _create(key, size, perm)
                 except FileExistsError:
-                    continue
+                    return None  # made by someone else meanwhile: open theirs
                 except OSError as exc:
                     raise _translate(exc, f"cannot create segment {key}", key) from exc
-            except OSError as exc:
-                raise _translate(exc, f"cannot open segment {key}", key) from exc
-            try:
-                return cls(key, shmid, trust_uids, created=created, sem_key=sem_key)
-            except ShmfsError:
-                raise  # UnsafeSegment and LockTimeout are OSErrors too: not ours to retranslate
-            except OSError as exc:
-                if exc.errno in (errno.EIDRM, errno.EINVAL):
-                    continue  # removed between shmget and shmat: attach creates a fresh one
-                raise _translate(exc, f"cannot attach segment {key}", key) from exc
-        raise ShmfsError(f"segment {key}: could not attach it after {_OPEN_ATTEMPTS} tries")
+            return cls(key, shmid, trust_uids, created=created, semaphore=semaphore, lock=lock)
+        except ShmfsError:
+            raise  # UnsafeSegment and LockTimeout are OSErrors too: not ours to retranslate
+        except OSError as exc:
+            if exc.errno in (errno.EIDRM, errno.EINVAL):
+                return None  # removed between shmget and shmat: attach makes a fresh one
+            raise _translate(exc, f"cannot attach segment {key}", key) from exc
+        finally:
+            if created:
+                lock.release()
 
     def _check(self) -> memoryview:
         """The segment's bytes; reregisters after fork; refuses a destroyed segment."""
