@@ -140,6 +140,22 @@ def test_bad_url_and_options_are_refused(redis_url: str, key: int) -> None:
         shmfs.attach(key, backend="redis", root=redis_url, trust_server="yes")
 
 
+def test_damaged_metadata_is_corrupt_and_changes_nothing(redis_url: str, key: int) -> None:
+    seg = shmfs.attach(key, 4096, backend="redis", root=redis_url)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        seg[1] = "kept"
+        client.hset(f"shmfs:{{{key}}}:meta", "used", "garbage")
+        with pytest.raises(shmfs.CorruptSegment):
+            seg[1] = "new"
+        with pytest.raises(shmfs.CorruptSegment):
+            seg.stats()
+        assert seg[1] == "kept"
+    finally:
+        client.close()
+        seg.destroy()
+
+
 # ------------------------------------------------------------------------------------ the lease
 
 

@@ -94,6 +94,7 @@ _PUT = (
     + """
 local size = tonumber(redis.call('HGET', KEYS[2], 'size'))
 local used = tonumber(redis.call('HGET', KEYS[2], 'used'))
+if not size or not used then return redis.error_reply('CORRUPT') end
 local old = redis.call('HSTRLEN', KEYS[3], ARGV[2])
 local new = string.len(ARGV[3])
 if used - old + new > size then return {0, used - old} end
@@ -245,6 +246,12 @@ class _Guard:
                 key=self.key,
                 holder_pid=None,
                 timeout=self.expiry,
+            ) from exc
+        if isinstance(exc, redis.ResponseError) and "CORRUPT" in str(exc):
+            raise CorruptSegment(
+                f"segment {self.key}: damaged metadata on the server (size or used is not a "
+                "number)",
+                key=self.key,
             ) from exc
         if isinstance(exc, redis.RedisError):
             raise ShmfsError(f"Redis at {self.url}: {exc}", url=self.url) from exc
