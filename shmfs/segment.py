@@ -60,7 +60,8 @@ def attach(
         secret: Sign every value with HMAC-SHA256 and refuse values not signed with it.
         trust_uids: Users, besides this one and root, whose pickled values may be decoded.
         **options: The backend's own options: ``sem_key=`` for ``sysv`` (the semaphore set PHP
-            code guards the segment with; default: the segment's key).
+            code guards the segment with; default: the segment's key); ``lock_expiry=``
+            (seconds, default 10) and ``trust_server=`` for ``redis`` (see Scaling out).
 
     Returns:
         A :class:`Segment` handle.
@@ -257,8 +258,8 @@ class Segment(MutableMapping[int, Any]):
         if codec.executes_code and self._secret is None and not backend.trusted(index):
             raise UnsafeSegment(
                 f"segment {self._spec['key']} index {index}: refusing to unpickle a value that "
-                "a user outside trust_uids could have written (use json/raw/php, secret=, "
-                "or trust_uids=)",
+                "an untrusted user could have written (use json/raw/php, secret=, or "
+                f"{backend.trust_option})",
                 key=self._spec["key"],
                 index=index,
             )

@@ -82,7 +82,10 @@ def redis_url() -> Iterator[str]:
     """A redis-server of our own on a unix socket in a private directory, for the session."""
     server = shutil.which("redis-server")
     if server is None:
-        pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
+        # CI installs it (.ci/run), so there a missing server fails; elsewhere it skips.
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            "redis-server is not installed (apt-get install -y redis-server)"
+        )
     directory = tempfile.mkdtemp(prefix="shmfs-redis-")
     path = os.path.join(directory, "redis.sock")
     process = subprocess.Popen(

@@ -253,9 +253,7 @@ def test_sharing_across_users_with_a_secret(shared_root: str, key: int) -> None:
     seg.destroy()
 
 
-def test_sticky_shared_root_is_accepted_and_protects_segments(
-    shared_root: str, key: int
-) -> None:
+def test_sticky_shared_root_is_accepted_and_protects_segments(shared_root: str, key: int) -> None:
     """A root like /dev/shm itself (1777): sharing it was asked for; others can create their
     own segments there but cannot move or delete ours."""
     shared = os.path.join(shared_root, "sticky")

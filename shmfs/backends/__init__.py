@@ -103,6 +103,8 @@ class Backend(Protocol):
     native_codec: ClassVar[str | None]
     #: Whether ``read`` is consistent without the lock (else the segment takes it for reads).
     lock_free_reads: ClassVar[bool]
+    #: The ``attach`` option that widens who is trusted to have written pickles, for messages.
+    trust_option: ClassVar[str]
 
     key: int
     size: int

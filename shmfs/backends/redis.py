@@ -7,29 +7,44 @@ Cluster keeps them on one node)::
     shmfs:{K}:meta     hash: size, perm, used, created, creator_pid, owner
     shmfs:{K}:vars     hash: index -> the value's frame (shmfs.codecs)
     shmfs:{K}:gen      hash: index -> a counter bumped on every write or removal
-    shmfs:{K}:lock     string: the lock holder's token "host:pid:random", with an expiry
+    shmfs:{K}:lock     string: the lock holder's token, with an expiry (see below)
     shmfs:{K}:changes  pub/sub channel: an index is published after each change
 
-Writes and removals are Lua scripts, so the size quota is checked and the bytes, the byte count
-and the generation change in one atomic step on the server (a failed put leaves the old value).
-The segment lock (``with seg.lock()``, and the read-modify-writes ``incr``/``cas``/``update``)
-is ``SET NX PX`` with a token naming its holder (host, pid, random part), released by a script
-that deletes it only if the token is still ours. A waiter on the holder's host frees the lock of
-a holder that died at once; for a holder on another host, the lock expires after
-``lock_expiry`` seconds (default 30), so a dead or lost host cannot block the others for longer.
-The price: a holder stalled longer than that loses exclusivity. Waiters wake through the
-``changes`` channel.
+Creating, writing, removing and destroying are Lua scripts, so each is one atomic step on the
+server: the size quota is checked and the bytes, the byte count and the generation change
+together (a put that does not fit leaves the old value).
+
+**The lock** (``with seg.lock()``, and every write: ``incr``/``cas``/``update`` are
+read-modify-writes under it) is ``SET NX PX`` with a token ``host:pid:space:random``, where
+``space`` names the kernel boot and PID namespace, released by a script that deletes it only
+if the token is still ours. Failure modes:
+
+- *A holder dies on this host, in our PID namespace*: a waiter sees the pid is gone and frees
+  the lock at once. Only then: a pid means nothing in another namespace (containers with host
+  networking share a hostname but not pids), so the hostname alone is never trusted for it.
+- *A holder dies elsewhere* (another host, container or namespace): its lock expires after
+  ``lock_expiry`` seconds (default 10). While a holder lives, a daemon thread
+  (:mod:`shmfs.backends.renewal`) extends its lock every third of that, so a long critical
+  section keeps it.
+- *A holder stalls longer than the expiry* (SIGSTOP, a paused VM, cut off from the server): it
+  loses exclusivity, and another process may take the lock. Its late writes cannot clobber the
+  new holder's: every write script checks the token first (a fencing check), and a holder whose
+  lock is gone gets ``LockTimeout`` with nothing written. What it did outside shmfs in the
+  meantime, no lock can undo.
 
 **Trust.** Anyone who can reach the server can write a value, and Redis does not say who did.
-Pickled values are decoded only when the server is reached through a unix socket that no
-untrusted user can connect to (its owner trusted, no group/other write bit on it), or when the
-caller says ``trust_server=True``; otherwise use the ``json``/``raw``/``php`` codecs or
-``secret=``, which work across any server.
+Pickled values are decoded only when the caller says ``trust_server=True``, or when no
+untrusted user can reach the server: the URL is a unix socket owned by a trusted uid with no
+group/other write bit, in a directory others cannot write to (or a sticky one), and the server
+reports no TCP or TLS port (``CONFIG GET``: Debian's default server listens on 127.0.0.1:6379 as
+well, where any local user can write). Elsewhere use ``secret=`` or the ``json``/``raw``/``php``
+codecs, which are safe across any server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import socket
@@ -40,50 +55,97 @@ from typing import Any, Final, Self
 
 import redis
 
-from shmfs.backends import SegmentInfo
+from shmfs.backends import SegmentInfo, refuse_options, segment_full
+from shmfs.backends.renewal import renewer
 from shmfs.errors import (
     BackendUnavailable,
+    CorruptSegment,
     InvalidArgument,
     LockTimeout,
-    SegmentFull,
     SegmentNotFound,
     ShmfsError,
 )
 from shmfs.forking import fork_epoch, pid_alive
 from shmfs.locking import ReentrantLock
 
-__all__ = ["RedisBackend"]
+__all__ = ["RedisBackend", "default_url"]
 
 _FIRST_POLL: Final = 0.0005
 _MAX_POLL: Final = 0.02
+_DEFAULT_EXPIRY: Final = 10.0
+_MIN_EXPIRY: Final = 0.1
 
-# KEYS: meta, vars, gen, channel. ARGV: index, data, key (for messages).
-_PUT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('DESTROYED') end
-local size = tonumber(redis.call('HGET', KEYS[1], 'size'))
-local used = tonumber(redis.call('HGET', KEYS[1], 'used'))
-local old = redis.call('HSTRLEN', KEYS[2], ARGV[1])
-local new = string.len(ARGV[2])
+# KEYS: meta. ARGV: size, perm, created, creator_pid, owner. The first creator sets the fields.
+_OPEN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'size', ARGV[1], 'perm', ARGV[2], 'used', 0, 'created', ARGV[3],
+             'creator_pid', ARGV[4], 'owner', ARGV[5])
+end
+return redis.call('HMGET', KEYS[1], 'size', 'perm')
+"""
+# Every mutation first checks that the caller still holds the lock (KEYS[1], ARGV[1]).
+_FENCE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LOST_LOCK') end
+if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('DESTROYED') end
+"""
+# KEYS: lock, meta, vars, gen, channel. ARGV: token, index, data.
+_PUT = (
+    _FENCE
+    + """
+local size = tonumber(redis.call('HGET', KEYS[2], 'size'))
+local used = tonumber(redis.call('HGET', KEYS[2], 'used'))
+if not size or not used then return redis.error_reply('CORRUPT') end
+local old = redis.call('HSTRLEN', KEYS[3], ARGV[2])
+local new = string.len(ARGV[3])
 if used - old + new > size then return {0, used - old} end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'used', new - old)
-redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-redis.call('PUBLISH', KEYS[4], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'used', new - old)
+redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+redis.call('PUBLISH', KEYS[5], ARGV[2])
 return {1, used - old + new}
 """
-_REMOVE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return redis.error_reply('DESTROYED') end
-local old = redis.call('HSTRLEN', KEYS[2], ARGV[1])
-if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'used', -old)
-redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-redis.call('PUBLISH', KEYS[4], ARGV[1])
+)
+_REMOVE = (
+    _FENCE
+    + """
+local old = redis.call('HSTRLEN', KEYS[3], ARGV[2])
+if redis.call('HDEL', KEYS[3], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'used', -old)
+redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+redis.call('PUBLISH', KEYS[5], ARGV[2])
 return 1
 """
+)
+_DESTROY = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LOST_LOCK') end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('PUBLISH', KEYS[5], 'destroyed')
+return 1
+"""
+# KEYS: lock. ARGV: token [, expiry ms].
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+def _pid_space() -> str | None:
+    """The kernel boot and PID namespace this process's pids mean something in, or ``None``."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            boot_id = boot.read().strip().replace("-", "")[:12]
+        return f"{boot_id}-{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+_HOST: Final = socket.gethostname().replace(":", "_")
+# Unchanged by fork (a child stays in its parent's PID namespace), so computed once.
+_SPACE: Final = _pid_space()
 
 
 def default_url() -> str:
@@ -110,23 +172,58 @@ def _client(url: str) -> redis.Redis:
         raise InvalidArgument(f"not a Redis URL: {_redacted(url)} ({exc})") from exc
 
 
-def _socket_trusted(url: str, trust_uids: frozenset[int]) -> bool:
-    """Whether only trusted users can connect: a unix socket, trusted owner, no 0o022 bits."""
+def _socket_private(url: str, trust_uids: frozenset[int]) -> bool:
+    """Whether only trusted users can connect to (or replace) the unix socket ``url`` names."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "unix":
         return False
     try:
-        st = os.stat(parts.path)
+        sock = os.stat(parts.path)
+        parent = os.stat(os.path.dirname(os.path.abspath(parts.path)))
     except OSError:
         return False
-    return st.st_uid in trust_uids and not stat.S_IMODE(st.st_mode) & 0o022
+    # Connecting to a unix socket needs write permission on it (unix(7)).
+    private = sock.st_uid in trust_uids and not stat.S_IMODE(sock.st_mode) & 0o022
+    # A writable, non-sticky directory would let anyone put their own server in its place.
+    replaceable = parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX
+    return bool(private and not replaceable)
 
 
-class _Unavailable:
-    """Turns the redis package's connection errors into ``BackendUnavailable``."""
+def _no_network_listener(client: redis.Redis) -> bool:
+    """Whether the server says it listens on no TCP or TLS port (unknown counts as no)."""
+    try:
+        ports = [client.config_get(name).get(name, "0") for name in ("port", "tls-port")]
+    except redis.RedisError:
+        return False  # CONFIG disabled or renamed: we cannot tell, so we do not trust
+    return all(str(port) == "0" for port in ports)
 
-    def __init__(self, url: str) -> None:
+
+def _holder_pid(token: str) -> int | None:
+    """The holder's pid, if it is in our PID namespace (so that we can check it is alive)."""
+    parts = token.split(":")
+    if _SPACE is not None and len(parts) == 4 and parts[2] == _SPACE and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
+def _describe(token: str) -> str:
+    parts = token.split(":")
+    return f"pid {parts[1]} on {parts[0]}" if len(parts) >= 2 else "another process"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Guard:
+    """Translates the redis package's errors at the boundary: an unreachable server becomes
+    ``BackendUnavailable`` naming the URL (password redacted); the scripts' replies become
+    ``SegmentNotFound`` and ``LockTimeout``."""
+
+    def __init__(self, url: str, key: int | None = None, expiry: float = 0.0) -> None:
         self.url = _redacted(url)
+        self.key = key
+        self.expiry = expiry
 
     def __enter__(self) -> None:
         return None
@@ -139,9 +236,37 @@ class _Unavailable:
                 f"Redis at {self.url} is unreachable: {exc}", url=self.url
             ) from exc
         if isinstance(exc, redis.ResponseError) and "DESTROYED" in str(exc):
-            raise SegmentNotFound("the segment was destroyed") from exc
+            raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key) from exc
+        if isinstance(exc, redis.ResponseError) and "LOST_LOCK" in str(exc):
+            raise LockTimeout(
+                f"segment {self.key}: this process lost the segment lock (it expired after "
+                f"lock_expiry={self.expiry:g} s without renewal: was the process stopped or "
+                "cut off from the server?); another process may have taken it, so nothing was "
+                "written",
+                key=self.key,
+                holder_pid=None,
+                timeout=self.expiry,
+            ) from exc
+        if isinstance(exc, redis.ResponseError) and "CORRUPT" in str(exc):
+            raise CorruptSegment(
+                f"segment {self.key}: damaged metadata on the server (size or used is not a "
+                "number)",
+                key=self.key,
+            ) from exc
         if isinstance(exc, redis.RedisError):
-            raise ShmfsError(f"Redis at {self.url}: {exc}") from exc
+            raise ShmfsError(f"Redis at {self.url}: {exc}", url=self.url) from exc
+
+
+def _lock_expiry(options: dict[str, Any]) -> float:
+    value = options.pop("lock_expiry", _DEFAULT_EXPIRY)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < _MIN_EXPIRY
+    ):
+        raise InvalidArgument(f"lock_expiry must be a number of seconds >= {_MIN_EXPIRY}")
+    return float(value)
 
 
 class RedisBackend:
@@ -150,8 +275,10 @@ class RedisBackend:
     name = "redis"
     native_codec = None
     lock_free_reads = True
+    trust_option = "trust_server=True"
 
     _lock: ReentrantLock | None = None
+    _client: redis.Redis | None = None
 
     def __init__(
         self,
@@ -165,23 +292,43 @@ class RedisBackend:
         self.key = key
         self.url = url
         self.size = self.perm = 0  # read from the server by open()
-        self._guard = _Unavailable(url)
-        self._client = _client(url)
+        self._expiry = lock_expiry
+        self._expiry_ms = round(lock_expiry * 1000)
+        self._guard = _Guard(url, key, lock_expiry)
         prefix = f"shmfs:{{{key}}}:"
         self._meta, self._vars, self._gen = prefix + "meta", prefix + "vars", prefix + "gen"
         self._lock_key, self._channel = prefix + "lock", prefix + "changes"
-        self._keys = [self._meta, self._vars, self._gen, self._channel]
-        self._lock_expiry_ms = int(lock_expiry * 1000)
-        self._trusted = trust_server or _socket_trusted(url, trust_uids)
+        self._keys = [self._lock_key, self._meta, self._vars, self._gen, self._channel]
         self._token = ""
-        self._epoch = fork_epoch()
-        self._new_lock()
-        self._put = self._client.register_script(_PUT)
-        self._remove = self._client.register_script(_REMOVE)
-        self._release_script = self._client.register_script(_RELEASE)
+        self._connect()
+        self._trusted = trust_server or (
+            _socket_private(url, trust_uids) and self._call(_no_network_listener, self.client)
+        )
 
-    def _new_lock(self) -> None:
+    def _connect(self) -> None:
+        # After fork too: a socket shared with the parent would interleave both processes'
+        # replies, and the parent's lock state is not ours.
+        self._epoch = fork_epoch()
+        self._client = client = _client(self.url)
+        self._open_script = client.register_script(_OPEN)
+        self._put = client.register_script(_PUT)
+        self._remove = client.register_script(_REMOVE)
+        self._destroy = client.register_script(_DESTROY)
+        self._release_script = client.register_script(_RELEASE)
+        self._renew_script = client.register_script(_RENEW)
         self._lock = ReentrantLock(f"segment {self.key}", self._take, self._give)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The connection pool, reopened in a forked child."""
+        if self._epoch != fork_epoch():
+            self._connect()
+        assert self._client is not None
+        return self._client
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        with self._guard:
+            return fn(*args)
 
     @classmethod
     def open(
@@ -196,13 +343,14 @@ class RedisBackend:
     ) -> Self:
         """Open segment ``key`` on the server ``root`` names, creating it if absent.
 
-        Options: ``lock_expiry`` (seconds, default 30) and ``trust_server`` (decode pickles
-        from this server even without a private unix socket).
+        Options: ``lock_expiry`` (seconds a dead holder elsewhere keeps the lock, default 10)
+        and ``trust_server`` (decode pickles read from this server whoever can reach it).
         """
-        lock_expiry = float(options.pop("lock_expiry", 30.0))
-        trust_server = bool(options.pop("trust_server", False))
-        if options:
-            raise InvalidArgument(f"the redis backend takes no option {', '.join(sorted(options))}")
+        lock_expiry = _lock_expiry(options)
+        trust_server = options.pop("trust_server", False)
+        if not isinstance(trust_server, bool):
+            raise InvalidArgument("trust_server must be True or False")
+        refuse_options(cls.name, options)
         backend = cls(
             key,
             root or default_url(),
@@ -210,19 +358,17 @@ class RedisBackend:
             lock_expiry=lock_expiry,
             trust_server=trust_server,
         )
-        with backend._guard:
-            backend._client.hsetnx(backend._meta, "size", size)  # first creator wins the fields
-            fields = {
-                "perm": perm,
-                "used": 0,
-                "created": time.time(),
-                "creator_pid": os.getpid(),
-                "owner": os.geteuid(),
-            }
-            for field, value in fields.items():
-                backend._client.hsetnx(backend._meta, field, value)
-            backend.size = int(backend._client.hget(backend._meta, "size") or size)
-            backend.perm = int(backend._client.hget(backend._meta, "perm") or perm)
+        try:
+            with backend._guard:
+                args = [size, perm, time.time(), os.getpid(), os.geteuid()]
+                got = backend._open_script(keys=[backend._meta], args=args)
+            backend.size, backend.perm = int(got[0]), int(got[1])
+        except ValueError as exc:
+            backend.close()
+            raise CorruptSegment(f"segment {key}: damaged metadata on the server") from exc
+        except BaseException:
+            backend.close()
+            raise
         return backend
 
     @classmethod
@@ -236,55 +382,75 @@ class RedisBackend:
         url = root or default_url()
         client = _client(url)
         found = []
-        with _Unavailable(url):
-            for name in client.scan_iter(match="shmfs:{*}:meta", count=1000):
-                key = int(_text(name).split("{", 1)[1].split("}", 1)[0])
-                found.append(_info(client, key, url))
+        try:
+            with _Guard(url):
+                for name in client.scan_iter(match="shmfs:{*}:meta", count=1000):
+                    tag = _text(name).split("{", 1)[1].split("}", 1)[0]
+                    with contextlib.suppress(ValueError, SegmentNotFound):
+                        found.append(_info(client, int(tag), url))  # not ours if not an int
+        finally:
+            client.close()
         return sorted(found, key=lambda info: info.key)
 
     # ------------------------------------------------------------------ locking
 
-    def _check(self) -> None:
-        if self._epoch != fork_epoch():
-            # A socket shared with the parent would interleave both processes' replies.
-            self._client = _client(self.url)
-            self._put = self._client.register_script(_PUT)
-            self._remove = self._client.register_script(_REMOVE)
-            self._release_script = self._client.register_script(_RELEASE)
-            self._new_lock()
-            self._epoch = fork_epoch()
-
     def _take(self, timeout: float | None) -> None:
-        token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        token = f"{_HOST}:{os.getpid()}:{_SPACE or '-'}:{secrets.token_hex(8)}"
         deadline = None if timeout is None else time.monotonic() + timeout
         poll = _FIRST_POLL
+        client = self.client
         with self._guard:
-            while not self._client.set(self._lock_key, token, nx=True, px=self._lock_expiry_ms):
-                holder = self._client.get(self._lock_key)
-                who = _text(holder) if holder else "another process"
-                pid = _holder_pid(who)
+            while not client.set(self._lock_key, token, nx=True, px=self._expiry_ms):
+                raw = client.get(self._lock_key)
+                holder = _text(raw) if raw else ""
+                if holder == token:
+                    break  # our SET went through but its reply was lost, and redis-py retried
+                pid = _holder_pid(holder)
                 if pid is not None and not pid_alive(pid):
-                    # A holder on this host that died: free its lock now, not at expiry (the
-                    # script deletes it only if it is still that holder's).
-                    self._release_script(keys=[self._lock_key], args=[who])
+                    # A holder in our PID namespace that died: free its lock now, not at
+                    # expiry (the script deletes it only if it is still that holder's).
+                    self._release_script(keys=[self._lock_key], args=[holder])
                     continue
                 if deadline is not None and time.monotonic() >= deadline:
+                    who = _describe(holder) if holder else "another process"
                     raise LockTimeout(
-                        f"segment {self.key}: lock not acquired within {timeout} s (held by {who})",
+                        f"segment {self.key}: lock not acquired within {timeout} s (held by "
+                        f"{who}; a holder that died elsewhere loses it within "
+                        f"lock_expiry={self._expiry:g} s)",
+                        key=self.key,
                         holder_pid=pid,
                         timeout=timeout,
                     )
-                time.sleep(poll if deadline is None else min(poll, deadline - time.monotonic()))
+                time.sleep(
+                    poll if deadline is None else max(min(poll, deadline - time.monotonic()), 0)
+                )
                 poll = min(poll * 2, _MAX_POLL)
         self._token = token
+        renewer().hold(token, self._renewal(token), self._expiry / 3)
+
+    def _renewal(self, token: str) -> Any:
+        script, keys = self._renew_script, [self._lock_key]
+        args: list[str | int] = [token, self._expiry_ms]
+
+        def renew() -> bool:
+            try:
+                return bool(script(keys=keys, args=args))
+            except redis.RedisError:
+                return True  # unreachable for now: retried next period, and may still lapse
+
+        return renew
 
     def _give(self) -> None:
+        token, self._token = self._token, ""
+        renewer().drop(token)
         with self._guard:
-            self._release_script(keys=[self._lock_key], args=[self._token])
+            # 0 if the lock expired while held: any write after that was refused already.
+            self._release_script(keys=[self._lock_key], args=[token])
 
     def acquire(self, timeout: float | None) -> None:
         """Take the segment lock (re-entrant for this thread)."""
-        self._check()
+        if self._epoch != fork_epoch():
+            self._connect()
         assert self._lock is not None
         # A destroyed segment is reported by the scripts that write and the reads that miss:
         # checking here too would cost every write another round trip.
@@ -303,140 +469,145 @@ class RedisBackend:
 
     def read(self, index: int) -> bytes | None:
         """The frame of ``index``, or ``None``."""
-        self._check()
+        client = self.client
         with self._guard:
-            data = self._client.hget(self._vars, index)
-            if data is None and not self._client.exists(self._meta):
+            data = client.hget(self._vars, str(index))
+            if data is None and not client.exists(self._meta):
                 raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
         return data if data is None or isinstance(data, bytes) else data.encode()
 
     def write(self, index: int, data: bytes) -> None:
-        """Store ``data``; the quota check and the write are one script."""
-        self._check()
+        """Store ``data``: the lock, quota check and write are one script (lock held)."""
+        self.client  # noqa: B018  # reconnects after fork
         with self._guard:
-            stored, used = self._put(keys=self._keys, args=[index, data])
+            stored, used = self._put(keys=self._keys, args=[self._token, index, data])
         if not stored:
-            raise SegmentFull(
-                f"segment {self.key}: a {len(data)}-byte value does not fit at index {index} "
-                f"({used} of {self.size} bytes used); attach with a bigger size= or remove "
-                "variables",
-                key=self.key,
-                index=index,
-            )
+            raise segment_full(self.key, index, len(data), self.size, int(used))
 
     def delete(self, index: int) -> bool:
-        """Remove ``index``; whether it existed. Redis frees the bytes."""
-        self._check()
+        """Remove ``index`` (lock held); whether it existed. Redis frees the bytes."""
+        self.client  # noqa: B018  # reconnects after fork
         with self._guard:
-            return bool(self._remove(keys=self._keys, args=[index]))
+            return bool(self._remove(keys=self._keys, args=[self._token, index]))
 
     def indices(self) -> list[int]:
         """Indices holding values, ascending."""
-        self._check()
+        client = self.client
         with self._guard:
-            return sorted(int(name) for name in self._client.hkeys(self._vars))
+            return sorted(int(name) for name in client.hkeys(self._vars))
 
     def count(self) -> int:
         """Number of variables."""
-        self._check()
+        client = self.client
         with self._guard:
-            return int(self._client.hlen(self._vars))
+            return int(client.hlen(self._vars))
 
     def trusted(self, index: int) -> bool:
-        """See the module docstring: a private unix socket, or ``trust_server=True``."""
+        """See the module docstring: ``trust_server=True``, or a server only trusted users
+        can reach."""
         del index
         return self._trusted
 
     def version(self, index: int) -> object:
         """The index's write counter; ``None`` if it holds no value."""
-        self._check()
+        client = self.client
         with self._guard:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.hexists(self._vars, index)
-            pipe.hget(self._gen, index)
+            pipe = client.pipeline(transaction=True)
+            pipe.hexists(self._vars, str(index))
+            pipe.hget(self._gen, str(index))
             exists, generation = pipe.execute()
         return generation if exists else None
 
     def watcher(self) -> _PubSubWatcher:
         """A subscription to the segment's change channel."""
-        self._check()
+        client = self.client
         with self._guard:
-            return _PubSubWatcher(self._client, self._channel, self._guard)
+            return _PubSubWatcher(client, self._channel, self._guard)
 
     def info(self) -> SegmentInfo:
         """Report on the segment."""
-        self._check()
+        client = self.client
         with self._guard:
-            if not self._client.exists(self._meta):
-                raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
-            return _info(self._client, self.key, self.url)
+            return _info(client, self.key, self.url)
 
     def close(self) -> None:
         """Close the connection pool. Idempotent."""
-        with contextlib.suppress(Exception):
-            self._client.close()
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing must not fail a detach
+                client.close()
 
     def destroy(self) -> None:
         """Delete every key of the segment (lock held) and wake its waiters."""
+        self.client  # noqa: B018  # reconnects after fork
         with self._guard:
-            self._client.delete(self._meta, self._vars, self._gen)
-            self._client.publish(self._channel, "destroyed")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _holder_pid(token: str) -> int | None:
-    parts = token.split(":")
-    if len(parts) == 3 and parts[0] == socket.gethostname() and parts[1].isdigit():
-        return int(parts[1])
-    return None
+            self._destroy(keys=self._keys, args=[self._token])
 
 
 def _info(client: redis.Redis, key: int, url: str) -> SegmentInfo:
-    raw = client.hgetall(f"shmfs:{{{key}}}:meta")
+    pipe = client.pipeline(transaction=True)
+    pipe.hgetall(f"shmfs:{{{key}}}:meta")
+    pipe.hlen(f"shmfs:{{{key}}}:vars")
+    raw, variables = pipe.execute()
+    if not raw:
+        raise SegmentNotFound(f"segment {key} was destroyed", key=key)
     meta = {_text(k): _text(v) for k, v in raw.items()}
-    return SegmentInfo(
-        key=key,
-        backend="redis",
-        size=int(meta.get("size", 0)),
-        used=int(meta.get("used", 0)),
-        variables=int(client.hlen(f"shmfs:{{{key}}}:vars")),
-        perm=int(meta.get("perm", 0)),
-        owner=int(meta.get("owner", -1)),
-        location=f"{_redacted(url)} shmfs:{{{key}}}",
-        created=float(meta["created"]) if "created" in meta else None,
-        creator_pid=int(meta["creator_pid"]) if "creator_pid" in meta else None,
-    )
+    try:
+        return SegmentInfo(
+            key=key,
+            backend="redis",
+            size=int(meta.get("size", 0)),
+            used=int(meta.get("used", 0)),
+            variables=int(variables),
+            perm=int(meta.get("perm", 0)),
+            owner=int(meta.get("owner", -1)),
+            location=f"{_redacted(url)} shmfs:{{{key}}}",
+            created=float(meta["created"]) if "created" in meta else None,
+            creator_pid=int(meta["creator_pid"]) if "creator_pid" in meta else None,
+        )
+    except ValueError as exc:
+        raise CorruptSegment(f"segment {key}: damaged metadata on the server", key=key) from exc
 
 
 class _PubSubWatcher:
-    """Waiting on a Redis segment: a subscription to its change channel."""
+    """Waiting on a Redis segment: a subscription to its change channel.
 
-    def __init__(self, client: redis.Redis, channel: str, guard: _Unavailable) -> None:
+    ``fileno()`` is the subscription's socket, so asyncio waiters sleep in the event loop
+    instead of polling. That is sound because ``drain()`` reads until redis-py has nothing
+    buffered: after it, any new message makes the socket readable again.
+    """
+
+    def __init__(self, client: redis.Redis, channel: str, guard: _Guard) -> None:
         self._guard = guard
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]  # redis-py leaves pubsub() unannotated
+        # Subscribe confirmations are kept, not ignored: drain() stops at the first None, and an
+        # ignored message reads as None while real ones may be buffered behind it.
+        self._pubsub: Any = client.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves pubsub() unannotated
         self._pubsub.subscribe(channel)
 
     def fileno(self) -> int | None:
-        """No descriptor is exposed: asyncio waiters poll."""
-        return None
+        """The subscription's socket, or ``None`` (then asyncio waiters poll)."""
+        connection = self._pubsub.connection
+        # _get_socket() is redis-py's own accessor (private, so a missing one means "poll").
+        get_socket = getattr(connection, "_get_socket", None)
+        sock = get_socket() if get_socket is not None else None
+        return None if sock is None else int(sock.fileno())
 
     def wait(self, timeout: float) -> None:
         """Sleep until a change is published or ``timeout`` passes."""
         with self._guard:
-            self._pubsub.get_message(timeout=timeout)
-            while self._pubsub.get_message(timeout=0):
-                pass
+            if self._pubsub.get_message(timeout=timeout) is not None:
+                self._drain()
 
     def drain(self) -> None:
         """Forget delivered messages."""
         with self._guard:
-            while self._pubsub.get_message(timeout=0):
-                pass
+            self._drain()
+
+    def _drain(self) -> None:
+        while self._pubsub.get_message(timeout=0) is not None:
+            pass
 
     def close(self) -> None:
         """Unsubscribe."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # closing must not fail the waiter's exit
             self._pubsub.close()

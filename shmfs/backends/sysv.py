@@ -202,6 +202,7 @@ class SysvBackend:
     name = "sysv"
     native_codec = "php"
     lock_free_reads = False
+    trust_option = "trust_uids="
 
     # Class-level defaults so close() works on an instance whose __init__ failed part way.
     _attachment: ipc.Attachment | None = None

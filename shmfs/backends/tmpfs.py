@@ -50,6 +50,7 @@ class TmpfsBackend:
     name = "tmpfs"
     native_codec = None
     lock_free_reads = True
+    trust_option = "trust_uids="
 
     # Class-level defaults so close() works on an instance whose __init__ failed part way.
     _root_fd = -1
