@@ -49,12 +49,12 @@ def test_json_output(run, key: int) -> None:
     got = run("get", "2", "--json", "--key", str(key))
     assert json.loads(got.stdout) == {"index": 2, "value": "two"}
     listed = json.loads(run("ls", "--json").stdout)
-    assert [info["key"] for info in listed] == [key]
+    assert key in [info["key"] for info in listed]
     stat = json.loads(run("stat", "--json", "--key", str(key)).stdout)
     assert stat["variables"] == 1 and stat["size"] == 1024
     removed = run("rm", str(key), "--json")
     assert removed.returncode == 0 and json.loads(removed.stdout) == {"removed": [key]}
-    assert json.loads(run("ls", "--json").stdout) == []
+    assert key not in [info["key"] for info in json.loads(run("ls", "--json").stdout)]
 
 
 def test_errors_are_one_line_and_non_zero(run, key: int) -> None:
@@ -105,8 +105,14 @@ def test_gc_removes_only_orphans_old_enough(run, where: str, backend: str, key: 
     live = shmfs.attach(key + 1, backend=backend, root=root)  # created by this live process
     try:
         dry = json.loads(run("gc", "--older-than", "0", "--dry-run", "--json").stdout)
-        assert dry == {"would_remove": [key]}
-        assert json.loads(run("gc", "--older-than", "3600", "--json").stdout) == {"removed": []}
+        assert key in dry["would_remove"] and key + 1 not in dry["would_remove"]
+        young = json.loads(run("gc", "--older-than", "3600", "--dry-run", "--json").stdout)
+        assert key not in young["would_remove"]
+        if backend == "sysv":
+            # The machine's System V namespace holds other people's segments: a real gc here
+            # could remove theirs, so only the dry runs above are checked for sysv.
+            assert run("delete", "--key", str(key)).returncode == 0
+            return
         assert json.loads(run("gc", "--older-than", "0", "--json").stdout) == {"removed": [key]}
         keys = [info["key"] for info in json.loads(run("ls", "--json").stdout)]
         assert keys == [key + 1]
@@ -118,7 +124,8 @@ def test_ls_shows_age(run, key: int) -> None:
     assert run("send", "1", "x", "--key", str(key)).returncode == 0
     listing = run("ls").stdout.splitlines()
     assert listing[0].split()[-1] == "AGE"
-    assert listing[1].split()[0] == str(key) and listing[1].split()[-1].endswith("s")
+    ours = [line.split() for line in listing[1:] if line.split()[0] == str(key)]
+    assert len(ours) == 1 and ours[0][-1].endswith("s")
     assert run("delete", "--key", str(key)).returncode == 0
 
 

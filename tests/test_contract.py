@@ -283,7 +283,10 @@ def test_segments_lists_what_exists(attach: Any, backend: str, where: str, key: 
     attach(key, 2048)[1] = "x"
     attach(key + 1, 4096)
     found = {info["key"]: info for info in shmfs.segments(backend=backend, root=where)}
-    assert set(found) == {key, key + 1}
+    # A System V namespace is shared with every process on the machine: look at ours only.
+    assert {key, key + 1} <= set(found)
+    if backend != "sysv":
+        assert set(found) == {key, key + 1}
     assert found[key]["variables"] == 1 and found[key + 1]["size"] == 4096
 
 
