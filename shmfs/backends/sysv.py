@@ -459,8 +459,13 @@ class SysvBackend:
                 journal.commit()
 
     def indices(self) -> list[int]:
-        """Indices holding values, ascending (lock held by the caller)."""
-        return sorted(layout.indices(self._live()))
+        """Indices holding values, ascending. Takes the lock: a PHP-layout chain walked while
+        another process compacts it is a chain in pieces."""
+        self.acquire(None)
+        try:
+            return sorted(layout.indices(self._live()))
+        finally:
+            self.release()
 
     def count(self) -> int:
         """Number of variables."""
