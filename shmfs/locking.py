@@ -28,7 +28,7 @@ import portalocker
 
 from shmfs.errors import LockTimeout, ShmfsError
 
-__all__ = ["ReentrantLock", "SegmentLock", "lock_holder_pid"]
+__all__ = ["HoldsSegmentLock", "ReentrantLock", "SegmentLock", "lock_holder_pid"]
 
 # Backoff for timed waits: flock has no timeout of its own, and a blocking flock cannot be
 # interrupted from another thread, so timed waits poll. Start short so a lock released within a
@@ -194,3 +194,19 @@ def lock_holder_pid(fd: int) -> int | None:
             pid = int(fields[4])
             return pid if pid > 0 else None
     return None
+
+
+class HoldsSegmentLock:
+    """Mixin for backends whose segment lock is a :class:`ReentrantLock` in ``_lock``: the
+    release and ownership test every such backend has (acquiring differs per backend)."""
+
+    _lock: ReentrantLock | None = None
+
+    def release(self) -> None:
+        """Release the segment lock."""
+        assert self._lock is not None
+        self._lock.release()
+
+    def lock_held(self) -> bool:
+        """Whether the calling thread holds the segment lock."""
+        return self._lock is not None and self._lock.held

@@ -66,7 +66,7 @@ from shmfs.errors import (
     ShmfsError,
 )
 from shmfs.forking import fork_epoch, pid_alive
-from shmfs.locking import ReentrantLock
+from shmfs.locking import HoldsSegmentLock, ReentrantLock
 
 __all__ = ["RedisBackend", "default_url"]
 
@@ -269,7 +269,7 @@ def _lock_expiry(options: dict[str, Any]) -> float:
     return float(value)
 
 
-class RedisBackend:
+class RedisBackend(HoldsSegmentLock):
     """A segment stored in a Redis server."""
 
     name = "redis"
@@ -455,15 +455,6 @@ class RedisBackend:
         # A destroyed segment is reported by the scripts that write and the reads that miss:
         # checking here too would cost every write another round trip.
         self._lock.acquire(timeout)
-
-    def release(self) -> None:
-        """Release the segment lock."""
-        assert self._lock is not None
-        self._lock.release()
-
-    def lock_held(self) -> bool:
-        """Whether the calling thread holds the lock."""
-        return self._lock is not None and self._lock.held
 
     # ---------------------------------------------------------------- variables
 

@@ -44,7 +44,7 @@ from shmfs.errors import (
     UnsafeSegment,
 )
 from shmfs.forking import fork_epoch
-from shmfs.locking import ReentrantLock
+from shmfs.locking import HoldsSegmentLock, ReentrantLock
 from shmfs.validate import check_key
 
 __all__ = ["SysvBackend", "ipc_namespace"]
@@ -196,7 +196,7 @@ class _PhpSemaphore:
         return ipc.semctl_getval(self.semid, _SEM_USERS)
 
 
-class SysvBackend:
+class SysvBackend(HoldsSegmentLock):
     """A segment in one System V shared memory segment, shared with PHP."""
 
     name = "sysv"
@@ -395,15 +395,6 @@ class SysvBackend:
         self._lock.acquire(timeout)
         if self._journal is not None:
             self._journal.recover()  # a word read, unless a writer died mid-change
-
-    def release(self) -> None:
-        """Release the semaphore."""
-        assert self._lock is not None
-        self._lock.release()
-
-    def lock_held(self) -> bool:
-        """Whether the calling thread holds the lock."""
-        return self._lock is not None and self._lock.held
 
     # ------------------------------------------------------------------- variables
 

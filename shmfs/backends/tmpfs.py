@@ -24,7 +24,7 @@ from shmfs.backends.fsutil import file_mode, open_dir, translate, verify_owner, 
 from shmfs.backends.varfile import CONTENDED, PAGE, VarFile, capacity_for, create, read_length
 from shmfs.errors import CorruptSegment, SegmentNotFound, ShmfsError, UnsafeSegment
 from shmfs.forking import fork_epoch, pid_alive
-from shmfs.locking import SegmentLock
+from shmfs.locking import HoldsSegmentLock, SegmentLock
 from shmfs.notify import FileWatch
 
 __all__ = ["MAX_MAPPINGS", "TmpfsBackend", "default_root"]
@@ -44,7 +44,7 @@ def default_root() -> str:
     return os.environ.get("SHMFS_ROOT") or f"/dev/shm/shmfs-{os.geteuid()}"
 
 
-class TmpfsBackend:
+class TmpfsBackend(HoldsSegmentLock):
     """A segment stored as a directory of mapped files on tmpfs."""
 
     name = "tmpfs"
@@ -241,15 +241,6 @@ class TmpfsBackend:
         for var in vars_.values():
             var.close()
         self._recoveries = self._meta[sd.RECOVERIES]
-
-    def release(self) -> None:
-        """Release the segment lock."""
-        assert self._lock is not None
-        self._lock.release()
-
-    def lock_held(self) -> bool:
-        """Whether the calling thread holds the segment lock."""
-        return self._lock is not None and self._lock.held
 
     def _recover_if_dirty(self) -> None:
         if self._meta[sd.STATE] & sd.DIRTY:
