@@ -1,125 +1,90 @@
 """``shmfs.Cache``: a local cache shared by processes, on one segment.
 
-How it maps onto a segment:
+Built on the public :class:`~shmfs.Segment` API only (attach, get, put, remove, lock, update,
+watch), so it works on every backend. The parts, each in its own module:
 
-* **Keys.** A key (str, bytes, int, or a tuple of them) is encoded canonically (a type tag and
-  the value's bytes, so ``1``, ``"1"`` and ``b"1"`` differ) and hashed with BLAKE2b to a
-  variable index at or above 16 (indices 0-15 are reserved). The variable holds a *bucket*: a
-  dict from canonical key to entry, so two keys whose hashes collide share a bucket and are
-  told apart by their canonical bytes, never confused. With 63-bit hashes a bucket almost always
-  holds one entry.
-* **Entries** are ``(key, value, expires, accessed)``. ``expires`` is an absolute wall-clock
-  time (``time.time()``): the one clock every process on a host (and every host of a Redis
-  segment, given NTP) shares; ``time.monotonic()`` differs per boot and per container, so it
-  cannot be stored. A clock stepped backwards makes entries live longer, never shorter; one
-  stepped forwards expires them early. Expired entries are never returned, and are removed by
-  writes to their bucket, by ``expire()``, and first when room is needed.
-* **LRU.** Recording every hit would cost a write per read, so ``accessed`` is rewritten only
-  when it is more than 10 ms old: a hot entry costs at most 100 writes a second, not one per
-  hit. The handle that evicts also knows its own hits exactly. So eviction is approximately
-  LRU: exact for one process's own use, at 10 ms resolution across processes.
-  When a write does not fit (``SegmentFull``), entries are evicted, expired ones first, then the
-  least recently accessed of a random sample of buckets (as Redis does), until it fits.
-  ``policy="error"`` raises ``SegmentFull`` instead.
-* **Atomicity.** Writes are read-modify-writes of one bucket under the segment lock
-  (``Segment.update``), so ``add``, ``incr`` and ``pop`` are atomic across processes; reads take
-  no lock where the backend needs none.
-* **memoize** keeps a *lease* next to the value's bucket: the first caller to ``add`` it
-  computes, the others wait (watching the bucket, so they wake as soon as the value is stored).
-  A lease names its holder's pid and expires, so a holder that dies blocks no one for long.
+* ``shmfs.cache_keys``: a str name to a segment key, a key (str, bytes, int, tuples of them) to
+  a canonical str and a variable index, both by BLAKE2b; memoize's call keys.
+* ``shmfs.cache_entry``: what a variable holds (one entry, or a bucket of the entries whose
+  indices collide), the expiry rule (absolute wall-clock deadlines), and the locked
+  read-modify-write every write goes through, so ``add``, ``incr``, ``pop`` and ``touch`` are
+  atomic across processes.
+* ``shmfs.cache_lru``: access stamps kept apart from the entries, so a hit writes nothing; the
+  shared stats counters; sampled LRU eviction when a write raises ``SegmentFull``.
+* ``shmfs.cache_memo``: memoize, with a lease so that one process computes and the others wait.
 
-``stats()`` counts the hits, misses and evictions of this handle (counting them in the segment
-would cost a write per read) plus the segment's entries and bytes.
+Reads take no lock where the backend needs none. The variables below
+:data:`~shmfs.cache_keys.FIRST_ENTRY` are the cache's own (index 1: stamps and counters).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
-import os
-import pickle
-import random
-import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from shmfs.errors import (
-    InvalidArgument,
-    InvalidKeyType,
-    LockTimeout,
-    SegmentFull,
-    VariableNotFound,
-    WaitTimeout,
+from shmfs import cache_entry, cache_keys
+from shmfs.cache_entry import (
+    KEEP,
+    MISSING,
+    Change,
+    Entry,
+    check_ttl,
+    find,
+    live,
+    live_keys,
+    rewrite,
+    sweep,
 )
-from shmfs.forking import pid_alive
+from shmfs.cache_keys import FIRST_ENTRY, canonical, name_key
+from shmfs.cache_lru import FLUSH_EVERY, Evictor, Recency
+from shmfs.cache_memo import memoize
+from shmfs.errors import InvalidArgument, SegmentDetached, SegmentFull, ShmfsError, VariableNotFound
 from shmfs.segment import Segment, attach
 
-__all__ = ["Cache", "key_index", "name_key"]
+__all__ = ["Cache"]
 
-_RESERVED: Final = 16
-_INDEX_SPAN: Final = (1 << 63) - _RESERVED
-# Seconds between rewrites of an entry's access time on hits: a hot entry costs at most 100
-# writes a second, and stays younger than anything a busy cache churns through.
-_TOUCH_EVERY: Final = 0.01
-_SAMPLE: Final = 16  # buckets looked at per eviction round
-_LEASE: Final = 60.0  # seconds a memoize computation may take before others take over
-_MISSING: Final[Any] = object()
+_MEMO_TYPES: Final = frozenset({str, bytes, int})  # keys whose index a handle remembers
+_MEMO_SIZE: Final = 4096
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-Entry = tuple[Any, Any, float | None, float]  # key, value, expires, accessed
 
-
-def name_key(name: int | str) -> int:
-    """The segment key for a cache name: an int is the key itself; a str is hashed (BLAKE2b,
-    stable across processes and Python versions) into 1..2**31-1."""
-    if isinstance(name, int) and not isinstance(name, bool):
-        return name
-    if not isinstance(name, str):
-        raise InvalidKeyType(f"a cache name is an int or a str, not {type(name).__name__}")
-    digest = hashlib.blake2b(b"shmfs.Cache:" + name.encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big") % ((1 << 31) - 1) + 1
-
-
-def _canonical(key: Any) -> bytes:
-    """A type-tagged encoding of ``key``: equal keys, equal bytes; different types differ."""
-    kind = type(key)
-    if kind is str:
-        return b"s" + str(key).encode("utf-8", "surrogatepass")
-    if kind is bytes:
-        return b"b" + bytes(key)
-    if kind is int:
-        return b"i" + str(key).encode()
-    if kind is tuple:
-        parts = [_canonical(item) for item in key]
-        return b"t" + b"".join(len(part).to_bytes(4, "big") + part for part in parts)
-    raise InvalidKeyType(
-        f"cache keys are str, bytes, int or tuples of them, not {kind.__name__}", key=repr(key)
-    )
-
-
-def key_index(canonical: bytes) -> int:
-    """The variable index of a canonical key's bucket (tests replace it to force collisions)."""
-    digest = hashlib.blake2b(canonical, digest_size=8).digest()
-    return int.from_bytes(digest, "big") % _INDEX_SPAN + _RESERVED
+def _missing(key: Any) -> VariableNotFound:
+    return VariableNotFound(f"{key!r:.80} is not in the cache", key=repr(key))
 
 
 class Cache:
-    """A cache shared by every process that opens the same ``name``.
+    """A cache shared by every process that opens the same ``name``: diskcache's API (APCu's,
+    for PHP users) on a shared-memory segment.
 
     Args:
-        name: The segment key (int), or a name hashed to one (str).
-        size: Capacity in bytes when creating the segment.
-        ttl: Default seconds an entry lives; ``None`` keeps entries until evicted.
-        policy: ``"lru"`` evicts to make room; ``"error"`` raises ``SegmentFull``.
-        **options: :func:`shmfs.attach` options (``backend``, ``root``, ``codec``,
-            ``lock_timeout``, ``secret``, ``trust_uids``...).
+        name: The segment key (an int), or a name mapped to one by a stable hash (a str; see
+            ``shmfs.cache_keys.name_key``).
+        size: Capacity in bytes when the cache is created; an existing cache keeps its own.
+        ttl: Seconds an entry lives unless ``set`` says otherwise; ``None`` keeps entries until
+            they are evicted or deleted.
+        policy: ``"lru"`` evicts approximately least recently used entries to make room;
+            ``"error"`` raises ``SegmentFull`` when the cache is full.
+        backend: ``"tmpfs"``, ``"sysv"`` or ``"redis"``; default ``$SHMFS_BACKEND`` or tmpfs.
+        root: Where the segment lives (see :func:`shmfs.attach`).
+        codec: How values are encoded: ``cloudpickle`` (default), ``pickle``, ``json`` or
+            ``php`` (``raw`` cannot hold an entry's key and expiry).
+        **options: Other :func:`shmfs.attach` options: ``perm``, ``lock_timeout``, ``secret``,
+            ``trust_uids``, ``sem_key``.
 
     Raises:
-        InvalidArgument: an unknown policy or a negative ttl.
-        The errors of :func:`shmfs.attach`.
+        InvalidArgument: a bad ``policy``, ``ttl`` or ``codec``, or a bad attach option.
+        InvalidKeyType: ``name`` is neither an int nor a str.
+        InvalidKey: an int ``name`` is 0 or outside 32 bits.
+        SegmentFull: ``size`` cannot hold even the cache's bookkeeping.
+        UnsafeSegment: see :func:`shmfs.attach`.
+        BackendUnavailable: the backend cannot be reached.
     """
+
+    # Class-level defaults, so close() and repr() work after a failed __init__.
+    _segment: Segment | None = None
+    policy = "lru"
 
     def __init__(
         self,
@@ -128,333 +93,426 @@ class Cache:
         *,
         ttl: float | None = None,
         policy: str = "lru",
+        backend: str | None = None,
+        root: str | None = None,
+        codec: str = "cloudpickle",
         **options: Any,
     ) -> None:
         if policy not in ("lru", "error"):
             raise InvalidArgument(f"policy must be 'lru' or 'error', not {policy!r}")
-        if ttl is not None and ttl < 0:
-            raise InvalidArgument(f"ttl must be None or >= 0 seconds, not {ttl!r}")
-        self.ttl = ttl
+        if codec == "raw":
+            raise InvalidArgument(
+                "codec 'raw' stores bytes only, and a cache entry holds its key and expiry too; "
+                "use cloudpickle, pickle, json or php"
+            )
+        self.ttl = check_ttl(ttl)
         self.policy = policy
-        self.segment: Segment = attach(name_key(name), size, **options)
-        self._hits = self._misses = self._evictions = 0
-        self._slots: dict[tuple[type, Any], tuple[bytes, int]] = {}
-        # This handle's own last hits, by bucket: exact where the shared stamps are 10 ms coarse.
-        self._recent: dict[int, float] = {}
+        key = name_key(name)
+        segment = attach(key, size, backend=backend, root=root, codec=codec, **options)
+        try:
+            self._recency = Recency(segment, binary=codec in ("cloudpickle", "pickle"))
+            self._recency.install()
+        except BaseException:
+            segment.detach()
+            raise
+        self._segment = segment
+        self._read = segment.get  # bound once: the hit path is a handful of operations
+        self._pending = self._recency.pending
+        self._counts = self._recency.counts
+        self._mask = self._recency.mask
+        self._slots: dict[Any, tuple[str, int]] = {}
+        self._evictor = Evictor(segment, self._recency, codec)
 
-    # ------------------------------------------------------------------- reading
+    @property
+    def segment(self) -> Segment:
+        """The segment holding the cache.
 
-    def _slot(self, key: Any) -> tuple[bytes, int]:
-        """The canonical bytes and bucket index of ``key``, remembered for recent keys (hashing
-        costs more than the rest of a hit). Keyed by type too, so ``1`` and ``True`` differ."""
-        kind = type(key)
-        if kind is not str and kind is not bytes and kind is not int:
-            canonical = _canonical(key)  # tuples (and refused types) are not remembered
-            return canonical, key_index(canonical)
-        memo = (kind, key)
-        slot = self._slots.get(memo)
+        Raises:
+            SegmentDetached: the cache was closed.
+        """
+        segment = self._segment
+        if segment is None:
+            raise SegmentDetached("this Cache was never opened (its __init__ failed)")
+        return segment
+
+    # ------------------------------------------------------------------------- keys
+
+    def _slot(self, key: Any) -> tuple[str, int]:
+        """The canonical str and index of ``key``; remembered for str, bytes and int keys,
+        since hashing costs as much as the rest of a hit."""
+        if type(key) not in _MEMO_TYPES:
+            text = canonical(key)  # tuples are not remembered: (1,) == (True,)
+            return text, cache_keys.key_index(text)
+        slot = self._slots.get(key)
         if slot is None:
-            canonical = _canonical(key)
-            slot = (canonical, key_index(canonical))
-            if len(self._slots) >= 4096:
+            text = canonical(key)
+            slot = (text, cache_keys.key_index(text))
+            if len(self._slots) >= _MEMO_SIZE:
                 self._slots.clear()
-            self._slots[memo] = slot
+            self._slots[key] = slot
         return slot
 
-    def _lookup(self, key: Any, now: float) -> tuple[bytes, int, Entry | None]:
-        canonical, index = self._slot(key)
-        bucket = self.segment.get(index, None)
-        entry = bucket.get(canonical) if bucket else None
-        if entry is not None and entry[2] is not None and entry[2] <= now:
-            entry = None
-        return canonical, index, entry
+    def _life(self, ttl: float | None) -> float | None:
+        return self.ttl if ttl is None else check_ttl(ttl)
+
+    def _used(self, index: int, now: float) -> None:
+        """Note a use of ``index`` for the LRU; share the notes now and then."""
+        self._pending[index & self._mask] = now
+        if now - self._recency.flushed_at > FLUSH_EVERY:
+            self._recency.flush(now)
+
+    # ---------------------------------------------------------------------- reading
 
     def get(self, key: Any, default: Any = None) -> Any:
-        """Return the value of a live entry, or ``default``.
+        """Return the value of ``key``'s live entry, or ``default`` (APCu: ``apcu_fetch``).
 
         Raises:
             InvalidKeyType: ``key`` is not a str, bytes, int or tuple of them.
+            UnsafeSegment: the entry was written by a user outside ``trust_uids``.
+            CorruptSegment: the stored bytes fail their checks.
+            SegmentDetached: the cache was closed.
+            SegmentNotFound: the cache was destroyed.
         """
-        now = time.time()
-        canonical, index, entry = self._lookup(key, now)
-        if entry is None:
-            self._misses += 1
-            return default
-        self._hits += 1
-        self._recent[index] = now
-        if now - entry[3] > _TOUCH_EVERY:
-            self._mark_used(index, canonical)
-        return entry[1]
-
-    def _mark_used(self, index: int, canonical: bytes) -> None:
-        def touch(bucket: dict[bytes, Entry]) -> dict[bytes, Entry]:
-            entry = bucket.get(canonical)
+        slot = self._slots.get(key) if type(key) in _MEMO_TYPES else None
+        text, index = slot if slot is not None else self._slot(key)
+        stored = self._read(index, None)
+        now = cache_entry.clock()
+        if stored is not None:
+            if type(stored) is tuple and len(stored) == 4 and stored[0] == text:
+                entry: Entry | None = stored
+            else:
+                entry = find(stored, text)
             if entry is not None:
-                bucket[canonical] = (entry[0], entry[1], entry[2], time.time())
-            return bucket
+                if live(entry, now):
+                    self._counts[0] += 1
+                    self._used(index, now)
+                    return entry[1]
+                if entry[2] is not None and now >= entry[2]:
+                    self._drop_expired(index, text)  # not one from "the future": see live()
+        self._counts[1] += 1
+        if now - self._recency.flushed_at > FLUSH_EVERY:
+            self._recency.flush(now)
+        return default
 
-        with contextlib.suppress(SegmentFull, LockTimeout):  # only an access time
-            self.segment.update(index, touch, default={})
+    def _peek(self, index: int, text: str) -> Any:
+        """The live value at ``index`` for ``text``, or ``MISSING``; counts nothing."""
+        entry = find(self._read(index, None), text)
+        return entry[1] if entry is not None and live(entry, cache_entry.clock()) else MISSING
 
     def __getitem__(self, key: Any) -> Any:
-        value = self.get(key, _MISSING)
-        if value is _MISSING:
-            raise VariableNotFound(f"{key!r} is not in the cache", key=repr(key))
+        value = self.get(key, MISSING)
+        if value is MISSING:
+            raise _missing(key)
         return value
 
     def __contains__(self, key: object) -> bool:
-        return self._lookup(key, time.time())[2] is not None
+        """Whether ``key`` has a live entry (counts neither a hit nor a miss)."""
+        text, index = self._slot(key)
+        return self._peek(index, text) is not MISSING
 
     def __iter__(self) -> Iterator[Any]:
-        """The keys of live entries (a snapshot; order is not meaningful)."""
-        now = time.time()
-        for index in list(self.segment):
-            if index < _RESERVED:
-                continue
-            for entry in (self.segment.get(index, None) or {}).values():
-                if entry[2] is None or entry[2] > now:
-                    yield entry[0]
+        """The keys of live entries, in no meaningful order; reads every entry (like
+        diskcache's iteration, not for hot paths)."""
+        return live_keys(self.segment)
 
     def __len__(self) -> int:
+        """The number of live entries; reads every entry."""
         return sum(1 for _ in self)
 
-    # ------------------------------------------------------------------- writing
+    # ---------------------------------------------------------------------- writing
 
-    def _expiry(self, ttl: float | None) -> float | None:
-        ttl = self.ttl if ttl is None else ttl
-        return None if ttl is None else time.time() + ttl
-
-    def _change(self, key: Any, change: Callable[[Entry | None], tuple[Any, Entry | None]]) -> Any:
-        """Apply ``change`` to the live entry of ``key`` (``None`` if none) under the lock;
-        store the entry it returns (``None``: remove it); return its first result."""
-        canonical, index = self._slot(key)
-        result: list[Any] = []
-
-        def rewrite() -> None:
-            with self.segment.lock():
-                bucket = self.segment.get(index, None) or {}
-                now = time.time()
-                live = {k: e for k, e in bucket.items() if e[2] is None or e[2] > now}
-                answer, entry = change(live.get(canonical))
-                if entry is None:
-                    live.pop(canonical, None)
-                else:
-                    live[canonical] = entry
-                if live:
-                    self.segment.put(index, live)
-                elif bucket:
-                    self.segment.remove(index)  # an empty bucket takes no room
-                result.append(answer)
-
-        self._with_room(rewrite)
-        return result[-1]
-
-    def _with_room(self, write: Callable[[], Any]) -> None:
-        """Run ``write``, evicting entries until it fits (policy "lru")."""
+    def _write(self, index: int, text: str, change: Change, value: Any = None) -> Any:
+        """Apply ``change`` to ``text``'s live entry at ``index`` (``cache_entry.rewrite``),
+        evicting to make room if the result (holding ``value``) does not fit; return what
+        ``change`` answers."""
+        segment = self.segment
+        attempt = 0
         while True:
             try:
-                write()
-                return
-            except SegmentFull:
-                if self.policy == "error" or not self._evict():
+                answer, stored, now = rewrite(segment, index, text, change)
+            except SegmentFull as exc:
+                if self.policy != "lru" or not self._evictor.make_room(exc, attempt, value):
                     raise
-
-    def _evict(self) -> bool:
-        """Free room: drop expired entries, else the least recently used of a sample of
-        buckets. Returns whether anything was removed."""
-        if self.expire():
-            return True
-        indices = [index for index in self.segment if index >= _RESERVED]
-        if not indices:
-            return False
-        sample = random.sample(indices, min(_SAMPLE, len(indices)))
-        oldest: tuple[float, int] | None = None
-        for index in sample:
-            bucket = self.segment.get(index, None) or {}
-            for entry in bucket.values():
-                used = max(entry[3], self._recent.get(index, 0.0))
-                if oldest is None or used < oldest[0]:
-                    oldest = (used, index)
-        if oldest is None:
-            return False
-        with self.segment.lock():
-            if self.segment.pop(oldest[1], None) is None:
-                return True  # removed by someone else meanwhile: that is room too
-        self._recent.pop(oldest[1], None)
-        if len(self._recent) > 4096:
-            self._recent.clear()
-        self._evictions += 1
-        return True
+                attempt += 1
+                continue
+            if stored and index >= FIRST_ENTRY:
+                self._used(index, now)  # a write is a use: a new entry is not the oldest
+            return answer
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's ttl).
+        """Store ``value`` under ``key`` (diskcache: ``set``; APCu: ``apcu_store``).
+
+        Args:
+            key: A str, bytes, int, or a tuple of them.
+            value: Anything the cache's codec can encode.
+            ttl: Seconds the entry lives; ``None``: the cache's ``ttl``; ``math.inf``: no
+                expiry.
 
         Raises:
             InvalidKeyType: ``key`` is not a str, bytes, int or tuple of them.
-            SerializationError: ``value`` cannot be encoded.
-            SegmentFull: no room (policy "error"), or the value alone is too big.
+            InvalidArgument: a bad ``ttl``.
+            SerializationError: the codec cannot encode ``value``; the old entry stays.
+            SegmentFull: no room and ``policy="error"``, or the entry is bigger than the cache.
+            LockTimeout: the segment lock was not had within ``lock_timeout``.
+            SegmentDetached: the cache was closed.
+            SegmentNotFound: the cache was destroyed.
         """
-        entry = (key, value, self._expiry(ttl), time.time())
-        self._change(key, lambda old: (None, entry))
+        text, index = self._slot(key)
+        life = self._life(ttl)
+
+        def store(old: Entry | None, now: float) -> tuple[None, Entry]:
+            return None, (text, value, None if life is None else now + life, now)
+
+        self._write(index, text, store, value)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.set(key, value)
 
     def add(self, key: Any, value: Any, ttl: float | None = None) -> bool:
-        """Store ``value`` only if ``key`` has no live entry, atomically; whether it did.
+        """Store ``value`` only if ``key`` has no live entry, atomically (APCu: ``apcu_add``).
+
+        Returns:
+            Whether it was stored.
 
         Raises:
             The errors of :meth:`set`.
         """
-        entry = (key, value, self._expiry(ttl), time.time())
-        return bool(self._change(key, lambda old: (False, old) if old else (True, entry)))
+        text, index = self._slot(key)
+        life = self._life(ttl)
+
+        def store(old: Entry | None, now: float) -> tuple[bool, Any]:
+            if old is not None:
+                return False, KEEP
+            return True, (text, value, None if life is None else now + life, now)
+
+        return bool(self._write(index, text, store, value))
 
     def delete(self, key: Any) -> bool:
-        """Remove ``key``; whether it had a live entry.
+        """Remove ``key``'s entry (APCu: ``apcu_delete``).
+
+        Returns:
+            Whether ``key`` had a live entry.
 
         Raises:
             InvalidKeyType: ``key`` is not a str, bytes, int or tuple of them.
+            LockTimeout: the segment lock was not had within ``lock_timeout``.
+            SegmentDetached: the cache was closed.
+            SegmentNotFound: the cache was destroyed.
         """
-        return bool(self._change(key, lambda old: (old is not None, None)))
+        text, index = self._slot(key)
+
+        def remove(old: Entry | None, now: float) -> tuple[bool, Any]:
+            return (False, KEEP) if old is None else (True, None)
+
+        return bool(self._write(index, text, remove))
+
+    def _drop_expired(self, index: int, text: str) -> None:
+        """Remove ``text``'s entry if it is still expired (a read found it so)."""
+        with contextlib.suppress(ShmfsError):  # only tidying: the reader has its answer
+            self._write(index, text, lambda old, now: (None, KEEP if old else None))
 
     def __delitem__(self, key: Any) -> None:
         if not self.delete(key):
-            raise VariableNotFound(f"{key!r} is not in the cache", key=repr(key))
+            raise _missing(key)
 
-    def pop(self, key: Any, default: Any = _MISSING) -> Any:
-        """Remove ``key`` and return its value, atomically; ``default`` if absent.
+    def pop(self, key: Any, default: Any = MISSING) -> Any:
+        """Remove ``key``'s entry and return its value, atomically.
+
+        Args:
+            key: The key.
+            default: Returned when ``key`` has no live entry; without it, that raises.
 
         Raises:
-            VariableNotFound: ``key`` is absent and no ``default`` was given.
+            VariableNotFound: no live entry and no ``default`` (a ``KeyError``, as
+                ``dict.pop``; diskcache returns ``None`` here).
+            The errors of :meth:`delete`.
         """
-        value = self._change(key, lambda old: (_MISSING if old is None else old[1], None))
-        if value is _MISSING:
-            if default is _MISSING:
-                raise VariableNotFound(f"{key!r} is not in the cache", key=repr(key))
+        text, index = self._slot(key)
+
+        def take(old: Entry | None, now: float) -> tuple[Any, Any]:
+            return (MISSING, KEEP) if old is None else (old[1], None)
+
+        value = self._write(index, text, take)
+        if value is MISSING:
+            if default is MISSING:
+                raise _missing(key)
             return default
         return value
 
     def incr(self, key: Any, delta: Any = 1, default: Any = 0) -> Any:
-        """Add ``delta`` to the value of ``key`` (``default`` if absent), atomically; return
-        the new value. The entry keeps its expiry.
+        """Add ``delta`` to ``key``'s value, atomically across processes (APCu:
+        ``apcu_inc``). The entry keeps its expiry; a new one gets the cache's ``ttl``.
+
+        Args:
+            key: The key.
+            delta: What to add.
+            default: The value to start from when ``key`` has no live entry; ``None``: raise.
+
+        Returns:
+            The new value.
 
         Raises:
-            TypeError: the stored value does not support ``+``.
+            VariableNotFound: no live entry and ``default`` is ``None``.
+            InvalidArgument: the stored value and ``delta`` cannot be added.
+            The errors of :meth:`set`.
         """
+        text, index = self._slot(key)
+        life = self.ttl
 
-        def add(old: Entry | None) -> tuple[Any, Entry]:
+        def add(old: Entry | None, now: float) -> tuple[Any, Entry]:
+            if old is None and default is None:
+                raise _missing(key)
+            base = default if old is None else old[1]
+            try:
+                new = base + delta
+            except TypeError as exc:
+                raise InvalidArgument(
+                    f"cannot add {delta!r:.40} to the {type(base).__name__} stored under "
+                    f"{key!r:.80}",
+                    key=repr(key),
+                ) from exc
             if old is None:
-                new = default + delta
-                return new, (key, new, self._expiry(None), time.time())
-            new = old[1] + delta
-            return new, (old[0], new, old[2], time.time())
+                return new, (text, new, None if life is None else now + life, now)
+            return new, (text, new, old[2], now)
 
-        return self._change(key, add)
+        return self._write(index, text, add)
 
     def decr(self, key: Any, delta: Any = 1, default: Any = 0) -> Any:
-        """Subtract ``delta``: ``incr(key, -delta, default)``."""
+        """Subtract ``delta``: ``incr(key, -delta, default)`` (APCu: ``apcu_dec``).
+
+        Raises:
+            The errors of :meth:`incr`.
+        """
         return self.incr(key, -delta, default)
 
     def touch(self, key: Any, ttl: float | None = None) -> bool:
-        """Give a live entry a new expiry (``ttl`` seconds from now); whether it existed."""
-        expires = self._expiry(ttl)
-
-        def renew(old: Entry | None) -> tuple[bool, Entry | None]:
-            if old is None:
-                return False, None
-            return True, (old[0], old[1], expires, time.time())
-
-        return bool(self._change(key, renew))
-
-    def expire(self) -> int:
-        """Remove every expired entry now; return how many."""
-        removed = 0
-        now = time.time()
-        with self.segment.lock():
-            for index in list(self.segment):
-                if index < _RESERVED:
-                    continue
-                bucket = self.segment.get(index, None) or {}
-                live = {k: e for k, e in bucket.items() if e[2] is None or e[2] > now}
-                if len(live) != len(bucket):
-                    removed += len(bucket) - len(live)
-                    if live:
-                        self.segment.put(index, live)
-                    else:
-                        self.segment.remove(index)
-        return removed
-
-    def clear(self) -> None:
-        """Remove every entry."""
-        self.segment.clear()
-
-    # -------------------------------------------------------------------- memoize
-
-    def memoize(self, ttl: float | None = None, typed: bool = False) -> Callable[[_F], _F]:
-        """Decorator: cache a function's results across processes, computing each missing one
-        once however many processes ask at the same time (the others wait for it).
+        """Give ``key``'s live entry a new expiry, ``ttl`` seconds from now.
 
         Args:
-            ttl: Seconds a result lives; default: the cache's ttl.
-            typed: Tell arguments of different types apart (``1`` and ``1.0``).
+            key: The key.
+            ttl: Seconds from now; ``None``: the cache's ``ttl``; ``math.inf``: never.
+
+        Returns:
+            Whether ``key`` had a live entry.
+
+        Raises:
+            The errors of :meth:`set`.
         """
+        text, index = self._slot(key)
+        life = self._life(ttl)
 
-        def decorate(function: _F) -> _F:
-            @functools.wraps(function)
-            def cached(*args: Any, **kwargs: Any) -> Any:
-                key = _call_key(function, args, kwargs, typed)
-                value = self.get(key, _MISSING)
-                if value is not _MISSING:
-                    return value
-                return self._compute_once(key, lambda: function(*args, **kwargs), ttl)
+        def renew(old: Entry | None, now: float) -> tuple[bool, Any]:
+            if old is None:
+                return False, KEEP
+            return True, (text, old[1], None if life is None else now + life, now)
 
-            return cached  # type: ignore[return-value]  # same signature, by functools.wraps
+        return bool(self._write(index, text, renew))
 
-        return decorate
+    # ------------------------------------------------------------------- housekeeping
 
-    def _compute_once(self, key: Any, compute: Callable[[], Any], ttl: float | None) -> Any:
-        lease_key = ("shmfs.lease", key)
-        watched = self._slot(key)[1]
-        while True:
-            lease = (os.getpid(), time.time() + _LEASE)
-            if self.add(lease_key, lease, ttl=_LEASE):
-                try:
-                    # Stored by the previous lease holder after our miss, before our lease?
-                    value = self.get(key, _MISSING)
-                    if value is _MISSING:
-                        value = compute()
-                        self.set(key, value, ttl)
-                    return value
-                finally:
-                    self.delete(lease_key)
-            holder = self._lookup(lease_key, time.time())[2]
-            if holder is not None and not pid_alive(holder[1][0]):
-                self.delete(lease_key)  # its computer died: take over
-                continue
-            with contextlib.suppress(WaitTimeout):  # re-check the lease every 50 ms regardless
-                self.segment.wait(watched, timeout=0.05)
-            value = self.get(key, _MISSING)
-            if value is not _MISSING:
-                return value
+    def expire(self) -> int:
+        """Remove every expired entry now (and expired memoize leases); reads every entry.
 
-    # ----------------------------------------------------------------- lifecycle
+        Returns:
+            How many entries were removed.
+
+        Raises:
+            LockTimeout: the segment lock was not had within ``lock_timeout``.
+            SegmentDetached: the cache was closed.
+            SegmentNotFound: the cache was destroyed.
+        """
+        return sweep(self.segment)
+
+    def clear(self) -> None:
+        """Remove every entry, atomically with respect to other writers (APCu:
+        ``apcu_clear_cache``). The stats counters stay.
+
+        Raises:
+            LockTimeout: the segment lock was not had within ``lock_timeout``.
+            SegmentDetached: the cache was closed.
+            SegmentNotFound: the cache was destroyed.
+        """
+        segment = self.segment
+        with segment.lock():
+            for index in list(segment):
+                if not -FIRST_ENTRY < index < FIRST_ENTRY:
+                    segment.remove(index)
+        self._evictor.forget()
+
+    # ------------------------------------------------------------------------ memoize
+
+    def memoize(
+        self, ttl: float | None = None, typed: bool = False, lease: float = 60.0
+    ) -> Callable[[_F], _F]:
+        """Decorator: cache a function's results for every process, computing each missing
+        result once however many processes ask for it at the same time (APCu: ``apcu_entry``).
+
+        The first caller to miss takes a lease and computes; the others sleep until the result
+        is stored, and return it. A lease lapses after ``lease`` seconds, and one whose holder
+        died on this host is taken over at once, so no caller waits much longer than ``lease``.
+        Results are keyed by the function's module and qualified name and a canonical encoding
+        of the arguments; ``wrapper.__cache_key__(*args, **kwargs)`` gives a call's key (to
+        ``delete`` it), as with diskcache.
+
+        Args:
+            ttl: Seconds a result lives; ``None``: the cache's ``ttl``.
+            typed: Tell arguments of different types apart (``f(1)``, ``f(1.0)``, ``f(True)``).
+            lease: Seconds one computation may hold the other callers back.
+
+        Returns:
+            The decorator.
+
+        Raises:
+            InvalidArgument: a bad ``ttl`` or ``lease``, or ``@cache.memoize`` used without
+                parentheses.
+        """
+        return memoize(self, ttl, typed, lease)
+
+    # ---------------------------------------------------------------------- lifecycle
 
     def stats(self) -> dict[str, int]:
-        """This handle's hits, misses and evictions; the segment's entries and bytes."""
+        """Hits, misses and evictions of every handle, and the cache's entries and bytes.
+
+        Each handle shares its counts at most 50 ms after counting them, and on ``close()``,
+        so the totals are exact once the other handles have closed (a killed process loses
+        what it had not shared). ``entries`` reads every entry; ``bytes`` is what the segment
+        uses, bookkeeping included, of ``size``.
+
+        Raises:
+            LockTimeout: the segment lock was not had within ``lock_timeout``.
+            SegmentDetached: the cache was closed.
+            SegmentNotFound: the cache was destroyed.
+        """
+        self._recency.flush(cache_entry.clock())
+        shared = self._recency.snapshot()
+        info = self.segment.stats()
         return {
-            "hits": self._hits,
-            "misses": self._misses,
-            "evictions": self._evictions,
+            "hits": int(shared[0]),
+            "misses": int(shared[1]),
+            "evictions": int(shared[2]),
             "entries": len(self),
-            "bytes": int(self.segment.stats()["used"]),
+            "bytes": int(info["used"]),
+            "size": int(info["size"]),
         }
 
     def close(self) -> None:
-        """Detach; the cache and its entries stay for other processes. Idempotent."""
-        self.segment.detach()
+        """Share this handle's counts and detach; the cache stays for the other processes.
+        Idempotent."""
+        segment = self._segment
+        if segment is None:
+            return
+        with contextlib.suppress(ShmfsError):  # detached or destroyed: counts have nowhere to go
+            self._recency.flush(cache_entry.clock())
+        segment.detach()
 
     def destroy(self) -> None:
-        """Remove the cache for every process."""
+        """Remove the cache and its entries for every process.
+
+        Raises:
+            LockTimeout: the segment lock was not had within ``lock_timeout``.
+            SegmentDetached: the cache was closed.
+            SegmentNotFound: the cache was already destroyed.
+        """
         self.segment.destroy()
 
     def __enter__(self) -> Cache:
@@ -468,13 +526,7 @@ class Cache:
     ) -> None:
         self.close()
 
-
-def _call_key(
-    function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], typed: bool
-) -> tuple[str, bytes]:
-    """A cache key for one call: the function's name and a digest of its arguments."""
-    parts: tuple[Any, ...] = (args, sorted(kwargs.items()))
-    if typed:
-        parts += (tuple(type(arg).__qualname__ for arg in args),)
-    digest = hashlib.blake2b(pickle.dumps(parts, 5), digest_size=16).digest()
-    return (f"shmfs.memoize:{function.__module__}.{function.__qualname__}", digest)
+    def __repr__(self) -> str:
+        segment = self._segment
+        where = "unopened" if segment is None else repr(segment)
+        return f"<shmfs.Cache policy={self.policy} ttl={getattr(self, 'ttl', None)} {where}>"

@@ -1,0 +1,192 @@
+"""Cache keys: names to segment keys, cache keys to variable indices, calls to memoize keys.
+
+Everything here is a pure function of its input, stable across processes, hosts and Python
+versions: BLAKE2b over a canonical encoding, never Python's ``hash()`` (salted per process for
+str and bytes, see ``PYTHONHASHSEED``).
+
+The canonical form of a key is a *str*, type-tagged so that ``1``, ``"1"`` and ``b"1"`` stay
+three keys, and reversible, so iteration can give back the original key:
+
+========  ==========================================================
+str       ``"s" + text``
+bytes     ``"b" + data.decode("latin-1")`` (one char per byte)
+int       ``"i" + decimal digits``
+tuple     ``"t" + "".join(f"{len(part)}:{part}")`` over the parts' canonical forms
+========  ==========================================================
+
+A str rather than bytes because the json and php codecs cannot store bytes, and an entry carries
+its canonical key so that keys whose hashes collide are told apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from shmfs.errors import InvalidKeyType
+
+__all__ = [
+    "FIRST_ENTRY",
+    "call_key",
+    "canonical",
+    "decode_canonical",
+    "key_index",
+    "name_key",
+]
+
+#: Indices below this are the cache's own bookkeeping (see ``shmfs.cache``); entries live at
+#: ``FIRST_ENTRY`` and above, memoize leases at the negated index of their entry.
+FIRST_ENTRY: Final = 16
+_SPAN: Final = (1 << 63) - FIRST_ENTRY
+_KEY_SPAN: Final = (1 << 31) - 1  # keys 1 .. 2**31 - 1: positive signed 32-bit, never 0
+
+
+def name_key(name: int | str) -> int:
+    """The segment key of a cache name.
+
+    An int is the key itself (``shmfs.attach`` checks its range). A str maps to
+    ``int.from_bytes(blake2b(b"shmfs.Cache:" + name.encode(), digest_size=4), "big")
+    % (2**31 - 1) + 1``: the same key in every process and on every version, from 1 to 2**31 - 1.
+
+    Raises:
+        InvalidKeyType: ``name`` is neither an int nor a str.
+    """
+    if type(name) is int:
+        return name
+    if not isinstance(name, str):
+        raise InvalidKeyType(
+            f"a cache name is an int (the segment key) or a str, not {type(name).__name__}",
+            key=repr(name),
+        )
+    digest = hashlib.blake2b(b"shmfs.Cache:" + name.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % _KEY_SPAN + 1
+
+
+def canonical(key: Any) -> str:
+    """The canonical str of a cache key (see the module docstring).
+
+    Raises:
+        InvalidKeyType: ``key`` is not a str, bytes, int or a tuple of them (bools and floats
+            are refused: ``True == 1`` and ``1.0 == 1`` would make them ambiguous).
+    """
+    kind = type(key)
+    if kind is str:
+        return "s" + str(key)
+    if kind is bytes:
+        return "b" + bytes(key).decode("latin-1")
+    if kind is int:
+        return "i" + str(key)
+    if kind is tuple:
+        parts = [canonical(item) for item in key]
+        return "t" + "".join(f"{len(part)}:{part}" for part in parts)
+    raise InvalidKeyType(
+        f"cache keys are str, bytes, int or tuples of them, not {kind.__name__} ({key!r:.80})",
+        key=repr(key),
+    )
+
+
+def decode_canonical(text: str) -> Any:
+    """The key whose canonical str is ``text`` (the inverse of :func:`canonical`)."""
+    tag, body = text[:1], text[1:]
+    if tag == "s":
+        return body
+    if tag == "b":
+        return body.encode("latin-1")
+    if tag == "i":
+        return int(body)
+    if tag == "t":
+        parts = []
+        pos = 0
+        while pos < len(body):
+            colon = body.index(":", pos)
+            length = int(body[pos:colon])
+            parts.append(decode_canonical(body[colon + 1 : colon + 1 + length]))
+            pos = colon + 1 + length
+        return tuple(parts)
+    raise ValueError(f"not a canonical cache key: {text!r:.80}")
+
+
+def key_index(text: str) -> int:
+    """The variable index of the entry whose canonical key is ``text``: 64 bits of BLAKE2b,
+    folded into ``FIRST_ENTRY .. 2**63 - 1``.
+
+    This is the cache's test seam: replace ``shmfs.cache_keys.key_index`` (before opening the
+    cache, which remembers the indices of recent keys) to force hash collisions.
+    """
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % _SPAN + FIRST_ENTRY
+
+
+# ------------------------------------------------------------------------------ memoize keys
+
+
+def call_key(
+    function: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any], typed: bool
+) -> tuple[str, str, bytes]:
+    """The cache key of one call: ``("shmfs.memoize", "module.qualname", digest of the
+    arguments)``.
+
+    The arguments are encoded canonically, not pickled: equal arguments give equal keys in every
+    process (a pickle of a set of str differs between processes, since str hashes are salted),
+    and, unless ``typed``, ``f(1)``, ``f(1.0)`` and ``f(True)`` share a result, as with
+    ``functools.lru_cache``. Keyword order does not matter. Arguments of other types are
+    identified by their pickle, so equal objects that pickle differently only cost a miss.
+
+    Raises:
+        InvalidKeyType: an argument can be neither encoded nor pickled.
+    """
+    out = bytearray()
+    _encode_arg(args, out, typed)
+    _encode_arg(dict(kwargs), out, typed)
+    name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}"
+    return ("shmfs.memoize", name, hashlib.blake2b(out, digest_size=16).digest())
+
+
+def _encode_arg(value: Any, out: bytearray, typed: bool) -> None:  # noqa: PLR0912  # a type table
+    """Append the canonical bytes of one memoize argument to ``out``."""
+    kind = type(value)
+    if typed and kind in (bool, int, float):
+        out += kind.__name__[0].encode()
+    if value is None:
+        out += b"N"
+    elif kind is bool or kind is int:
+        out += b"i%d;" % value
+    elif kind is float:
+        if not typed and math.isfinite(value) and value.is_integer():
+            out += b"i%d;" % int(value)  # 1.0 == 1: the same call unless typed
+        else:
+            out += b"f" + repr(value).encode() + b";"
+    elif kind is str:
+        data = value.encode("utf-8", "surrogatepass")
+        out += b"s%d:" % len(data) + data
+    elif kind is bytes or kind is bytearray:
+        out += b"b%d:" % len(value) + bytes(value)
+    elif kind is tuple or kind is list:
+        out += (b"t" if kind is tuple else b"l") + b"%d:" % len(value)
+        for item in value:
+            _encode_arg(item, out, typed)
+    elif kind is dict:
+        items = sorted(_encoded(k, typed) + _encoded(v, typed) for k, v in value.items())
+        out += b"d%d:" % len(items) + b"".join(items)
+    elif kind is set or kind is frozenset:
+        members = sorted(_encoded(item, typed) for item in value)
+        out += b"S%d:" % len(members) + b"".join(members)
+    else:
+        try:
+            data = pickle.dumps(value, 5)
+        except Exception as exc:  # pickling runs arbitrary __reduce__ code: any error
+            raise InvalidKeyType(
+                f"memoize cannot make a key of a {kind.__qualname__} argument: it is neither a "
+                f"plain value nor picklable ({exc})",
+                key=repr(value)[:80],
+            ) from exc
+        out += b"p%d:" % len(data) + data
+
+
+def _encoded(value: Any, typed: bool) -> bytes:
+    out = bytearray()
+    _encode_arg(value, out, typed)
+    return bytes(out)
