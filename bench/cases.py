@@ -56,7 +56,8 @@ class Plan:
     fill_budget: float  # seconds each system may spend filling, over the whole curve
     readers: tuple[int, ...]
     incr_workers: tuple[int, ...]
-    process_seconds: float
+    process_seconds: float  # each multi-process run
+    repeats: int  # runs of each multi-process configuration, interleaved
 
 
 QUICK = Plan(
@@ -71,6 +72,7 @@ QUICK = Plan(
     readers=(1,),
     incr_workers=(8,),
     process_seconds=0.4,
+    repeats=1,
 )
 FULL = Plan(
     rounds=21,
@@ -83,7 +85,8 @@ FULL = Plan(
     fill_budget=40.0,
     readers=(1, 2, 3, 4),
     incr_workers=(1, 2, 4, 8),
-    process_seconds=2.0,
+    process_seconds=1.5,
+    repeats=3,
 )
 
 
@@ -374,69 +377,111 @@ def _shared_systems(scratch: Scratch, progress: Progress, need_incr: bool) -> Op
     return opened
 
 
+def _summary(runs: list[dict[str, Any]], rates: tuple[str, ...]) -> dict[str, Any]:
+    """Several runs of one configuration: the median of each rate, its range, every run kept.
+    Rates of processes sharing two cores with the rest of the machine vary from run to run;
+    the median is the figure, the range says how far to trust it."""
+    good = [run for run in runs if not run["error"]]
+    summary: dict[str, Any] = {
+        "runs": runs,
+        "error": next((run["error"] for run in runs if run["error"]), None),
+    }
+    for rate in rates:
+        values = [run[rate] for run in good]
+        summary[rate] = statistics.median(values) if values else 0.0
+        summary[f"{rate}_range"] = [min(values), max(values)] if values else None
+    return summary
+
+
 def writer_readers(scratch: Scratch, plan: Plan, progress: Progress) -> dict[str, Any]:
-    """One writer and R readers at once: ``{"results": {system: {R: rates}}}``."""
+    """One writer and R readers at once: ``{"results": {system: {R: summary}}}``."""
     opened = _shared_systems(scratch, progress, need_incr=False)
-    results: dict[str, dict[int, dict[str, Any]]] = {s.name: {} for s in opened.systems}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {s.name: {} for s in opened.systems}
     try:
         for subject in opened.systems:
             subject.system.ops.put(processes.INDEX_VALUE, processes.VALUE_A)
-        for readers in plan.readers:
-            for subject in opened.systems:
-                system = subject.system
-                run = processes.run(
-                    system.spec(), ["writer"] + ["reader"] * readers, plan.process_seconds
-                )
-                entry = {
-                    "puts_per_s": run.rate("writer"),
-                    "gets_per_s": run.rate("reader"),
-                    "torn_reads": run.torn(),
-                    "error": run.error,
-                }
-                results[system.name][readers] = entry
-                progress(
-                    f"writer + {readers} reader(s), {system.name:30} "
-                    + (
-                        f"FAILED: {run.error}"
-                        if run.error
-                        else f"{entry['puts_per_s']:>10,.0f} puts/s {entry['gets_per_s']:>10,.0f}"
-                        f" gets/s  torn reads {entry['torn_reads']}"
+        for repeat in range(plan.repeats):
+            for readers in plan.readers:
+                for subject in opened.systems:
+                    system = subject.system
+                    run = processes.run(
+                        system.spec(), ["writer"] + ["reader"] * readers, plan.process_seconds
                     )
-                )
+                    entry = {
+                        "puts_per_s": run.rate("writer"),
+                        "gets_per_s": run.rate("reader"),
+                        "torn_reads": run.torn(),
+                        "error": run.error,
+                    }
+                    runs[system.name].setdefault(readers, []).append(entry)
+                    progress(
+                        f"run {repeat + 1}/{plan.repeats}: writer + {readers} reader(s), "
+                        f"{system.name:30} "
+                        + (
+                            f"FAILED: {run.error}"
+                            if run.error
+                            else f"{entry['puts_per_s']:>10,.0f} puts/s "
+                            f"{entry['gets_per_s']:>10,.0f} gets/s  torn {entry['torn_reads']}"
+                        )
+                    )
     finally:
         opened.close()
+    results = {
+        name: {
+            readers: {
+                **_summary(entries, ("puts_per_s", "gets_per_s")),
+                "torn_reads": sum(entry["torn_reads"] for entry in entries),
+            }
+            for readers, entries in by_readers.items()
+        }
+        for name, by_readers in runs.items()
+    }
     return {"results": results, "unavailable": opened.unavailable}
 
 
 def incr_contention(scratch: Scratch, plan: Plan, progress: Progress) -> dict[str, Any]:
-    """N processes incrementing one variable: ``{"results": {system: {N: rate, exact}}}``."""
+    """N processes incrementing one variable: ``{"results": {system: {N: summary}}}``."""
     opened = _shared_systems(scratch, progress, need_incr=True)
-    results: dict[str, dict[int, dict[str, Any]]] = {s.name: {} for s in opened.systems}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {s.name: {} for s in opened.systems}
     try:
-        for workers in plan.incr_workers:
-            for subject in opened.systems:
-                system = subject.system
-                system.reset_counter(processes.INDEX_COUNTER)
-                run = processes.run(system.spec(), ["incr"] * workers, plan.process_seconds)
-                final = system.counter(processes.INDEX_COUNTER)
-                made = run.count("incr")
-                entry = {
-                    "incr_per_s": run.rate("incr"),
-                    "increments": made,
-                    "final": final,
-                    "exact": run.error is None and final == made,
-                    "error": run.error,
-                }
-                results[system.name][workers] = entry
-                progress(
-                    f"incr x {workers} processes, {system.name:30} "
-                    + (
-                        f"FAILED: {run.error}"
-                        if run.error
-                        else f"{entry['incr_per_s']:>10,.0f}/s  exact: {entry['exact']}"
-                        f" ({final:,} of {made:,})"
+        for repeat in range(plan.repeats):
+            for workers in plan.incr_workers:
+                for subject in opened.systems:
+                    system = subject.system
+                    system.reset_counter(processes.INDEX_COUNTER)
+                    run = processes.run(system.spec(), ["incr"] * workers, plan.process_seconds)
+                    final = system.counter(processes.INDEX_COUNTER)
+                    made = run.count("incr")
+                    entry = {
+                        "incr_per_s": run.rate("incr"),
+                        "increments": made,
+                        "final": final,
+                        "exact": run.error is None and final == made,
+                        "error": run.error,
+                    }
+                    runs[system.name].setdefault(workers, []).append(entry)
+                    progress(
+                        f"run {repeat + 1}/{plan.repeats}: incr x {workers} processes, "
+                        f"{system.name:30} "
+                        + (
+                            f"FAILED: {run.error}"
+                            if run.error
+                            else f"{entry['incr_per_s']:>10,.0f}/s  exact: {entry['exact']}"
+                            f" ({final:,} of {made:,})"
+                        )
                     )
-                )
     finally:
         opened.close()
+    results = {
+        name: {
+            workers: {
+                **_summary(entries, ("incr_per_s",)),
+                "exact": all(entry["exact"] for entry in entries),
+                "final": sum(entry["final"] for entry in entries),
+                "increments": sum(entry["increments"] for entry in entries),
+            }
+            for workers, entries in by_workers.items()
+        }
+        for name, by_workers in runs.items()
+    }
     return {"results": results, "unavailable": opened.unavailable}

@@ -156,8 +156,11 @@ def _memory(fill: dict[str, Any]) -> list[str]:
     ]
 
 
-def _processes(pairs: dict[str, Any], incr: dict[str, Any], seconds: float) -> list[str]:
-    out = [f"## One writer and R readers, separate processes, one variable ({seconds:g} s each)\n"]
+def _processes(
+    pairs: dict[str, Any], incr: dict[str, Any], seconds: float, repeats: int
+) -> list[str]:
+    each = f"{seconds:g} s each" + (f", median of {repeats} runs" if repeats > 1 else "")
+    out = [f"## One writer and R readers, separate processes, one variable ({each})\n"]
     readers = sorted({r for runs in pairs["results"].values() for r in runs})
     rows = []
     for name, runs in pairs["results"].items():
@@ -172,8 +175,10 @@ def _processes(pairs: dict[str, Any], incr: dict[str, Any], seconds: float) -> l
                 cells.append(f"{_rate(run['puts_per_s'])} / {_rate(run['gets_per_s'])}")
         torn = sum(run["torn_reads"] for run in runs.values())
         rows.append([name, *cells, str(torn)])
-    out += _table(["system", *(f"R={r}: puts/s / gets/s" for r in readers), "torn reads"], rows)
-    out.append(f"## N processes incrementing one variable ({seconds:g} s each)\n")
+    out += _table(
+        ["system", *(f"R={r}: puts/s / gets/s" for r in readers), "torn reads (all runs)"], rows
+    )
+    out.append(f"## N processes incrementing one variable ({each})\n")
     workers = sorted({n for runs in incr["results"].values() for n in runs})
     rows = []
     for name, runs in incr["results"].items():
@@ -229,7 +234,7 @@ def markdown(
     lines += _per_value(points)
     lines += _fill(fill)
     lines += _memory(fill)
-    lines += _processes(pairs, incr, plan["process_seconds"])
+    lines += _processes(pairs, incr, plan["process_seconds"], plan["repeats"])
     lines += _availability(points)
     return "\n".join(lines)
 
@@ -271,6 +276,10 @@ def chart(  # one figure, six panels, drawn in order
     except ImportError:
         return "matplotlib not installed (pip install -e '.[bench]')"
     figure, axes = plt.subplots(2, 3, figsize=(20, 11))
+    palette = plt.get_cmap("tab20")
+    for axis in axes[1]:
+        # Up to 12 lines per panel: the default 10-colour cycle would repeat colours.
+        axis.set_prop_cycle(color=[palette(i) for i in range(20)])
     for axis, value in zip(axes[0], ("str100", "dict", "bytes1m"), strict=True):
         by_system = points["results"].get(value, {})
         names = list(by_system)
@@ -293,7 +302,13 @@ def chart(  # one figure, six panels, drawn in order
         if "floor" in name or not curve:
             continue
         sizes = sorted(curve)
-        axis.plot(sizes, [curve[n]["get"].median for n in sizes], marker="o", label=name)
+        axis.plot(
+            sizes,
+            [curve[n]["get"].median for n in sizes],
+            marker="o",
+            label=name,
+            linewidth=3 if name == TMPFS else 1.2,
+        )
     axis.set_xscale("log")
     axis.set_yscale("log")
     axis.set_xlabel("variables in the store")
@@ -307,7 +322,8 @@ def chart(  # one figure, six panels, drawn in order
         for name, runs in data["results"].items():
             xs = sorted(n for n, run in runs.items() if not run["error"])
             if xs:
-                axis.plot(xs, [runs[n][key] for n in xs], marker="o", label=name)
+                width = 3 if name == TMPFS else 1.2
+                axis.plot(xs, [runs[n][key] for n in xs], marker="o", label=name, linewidth=width)
         axis.set_yscale("log")
         axis.set_xlabel(xlabel)
         axis.set_title(title)

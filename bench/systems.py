@@ -623,6 +623,9 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Out of our process group: a Ctrl-C must not stop it under a running case; our
+            # cleanup stops it.
+            start_new_session=True,
         )
         server = cls(process, socket)
         scratch.on_close("redis-server", server.stop)  # even if the caller never gets it

@@ -42,6 +42,13 @@ def _us(stats: Stats) -> str:
     return f"{stats.median:.2f} µs (p99 {stats.p99:.2f})"
 
 
+def _rate(summary: dict[str, Any], key: str) -> str:
+    low, high = summary[f"{key}_range"]
+    runs = len(summary["runs"])
+    spread = f" (median of {runs} runs: {low:,.0f} to {high:,.0f})" if runs > 1 else ""
+    return f"{summary[key]:,.0f}/s{spread}"
+
+
 def memory_per_variable(fill: dict[str, Any], system: str) -> dict[str, Any] | None:
     """Bytes one more 100-byte variable costs ``system``, over its largest fill step measured:
     its own byte count, plus the kernel's inode and dentry for every file it adds."""
@@ -133,7 +140,7 @@ def evaluate(  # a flat list of targets reads best as one list
             why = pair["error"] if pair else pairs["unavailable"].get(TMPFS, "not measured")
             rows.append(Row(label, str(why), None))
         else:
-            rows.append(Row(label, f"{pair[key]:,.0f}/s", pair[key] >= limit))
+            rows.append(Row(label, _rate(pair, key), pair[key] >= limit))
 
     curve = fill["results"].get(TMPFS, {})
     label = "tmpfs get with 100k variables <= 1.5x get with 10"
@@ -162,7 +169,7 @@ def evaluate(  # a flat list of targets reads best as one list
             rows.append(Row(label, str(why), None))
         elif met_key == "rate":
             rate = contended["incr_per_s"]
-            rows.append(Row(label, f"{rate:,.0f}/s", rate >= 100e3))
+            rows.append(Row(label, _rate(contended, "incr_per_s"), rate >= 100e3))
         else:
             text = f"{contended['final']:,} counted, {contended['increments']:,} made"
             rows.append(Row(label, text, bool(contended["exact"])))
