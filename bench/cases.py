@@ -161,6 +161,7 @@ def _open(
     shared_only: bool = False,
     variants: bool = False,
     php_size: int | None = None,
+    quiet: bool = False,
 ) -> Opened:
     """Make a fresh store of every system (and PHP's two variants when ``php_size``)."""
     opened, bracket = Opened(), bracket_ns()
@@ -182,7 +183,8 @@ def _open(
             except Unavailable as exc:
                 opened.unavailable["PHP" + (" + sem_acquire" if locked else "")] = str(exc)
     for name, why in opened.unavailable.items():
-        progress(f"{name}: not available ({why})")
+        if not quiet:  # the first case says it; the later ones would only repeat it
+            progress(f"{name}: not available ({why})")
     return opened
 
 
@@ -312,7 +314,7 @@ def kernel_bytes_per_file() -> int | None:
 
 def fill_curve(scratch: Scratch, plan: Plan, progress: Progress) -> dict[str, Any]:
     """get/put among N variables for growing N: ``{"results": {system: {N: {op: Stats}}}}``."""
-    opened = _open(scratch, progress, php_size=32 << 20)
+    opened = _open(scratch, progress, php_size=32 << 20, quiet=True)
     subjects = [s for s in opened.subjects if s.supports(SMALL)]
     states = {s.name: _FillState() for s in subjects}
     results: dict[str, dict[int, dict[str, Stats]]] = {s.name: {} for s in subjects}
@@ -367,7 +369,7 @@ def fill_curve(scratch: Scratch, plan: Plan, progress: Progress) -> dict[str, An
 
 
 def _shared_systems(scratch: Scratch, progress: Progress, need_incr: bool) -> Opened:
-    opened = _open(scratch, progress, shared_only=True)
+    opened = _open(scratch, progress, shared_only=True, quiet=True)
     if need_incr:
         for subject in list(opened.systems):
             if subject.system.ops.incr is None:

@@ -113,7 +113,7 @@ class PhpSubject:
     def __init__(self, scratch: Scratch, *, locked: bool, size: int = 32 << 20) -> None:
         php = shutil.which("php")
         if php is None:
-            raise Unavailable("php not installed (apt-get install php-cli)")
+            raise Unavailable("php not installed: apt-get install php-cli")
         modules = subprocess.run(
             [php, "-m"], capture_output=True, text=True, check=False, timeout=60
         ).stdout.split()

@@ -44,7 +44,10 @@ def _targets(rows: list[Row]) -> list[str]:
     out = [f"## Targets of the performance issue: {met} of {goals} met\n"]
     return out + _table(
         ["target", "measured (medians; ratios from this run)", "met?"],
-        [[row.target, row.measured, row.verdict] for row in rows],
+        [
+            [row.target, row.measured, f"**{row.verdict}**" if row.met is False else row.verdict]
+            for row in rows
+        ],
     )
 
 

@@ -428,7 +428,7 @@ def _import_peer(module: str, install: str) -> Any:
     try:
         return __import__(module)
     except ImportError as exc:
-        raise Unavailable(f"not installed ({install})") from exc
+        raise Unavailable(f"not installed: {install}") from exc
 
 
 class Lmdb(System):
@@ -612,7 +612,7 @@ class RedisServer:
         redis = _import_peer("redis", "pip install redis")
         binary = shutil.which("redis-server")
         if binary is None:
-            raise Unavailable("redis-server not installed (apt-get install redis-server)")
+            raise Unavailable("redis-server not installed: apt-get install redis-server")
         folder = scratch.tmp_path("redis")
         os.mkdir(folder, 0o700)
         socket = os.path.join(folder, "redis.sock")

@@ -35,7 +35,7 @@ class Row:
     def verdict(self) -> str:
         if self.stated:
             return "stated"
-        return {True: "yes", False: "**NO**", None: "not measured"}[self.met]
+        return {True: "yes", False: "NO", None: "not measured"}[self.met]
 
 
 def _us(stats: Stats) -> str:
@@ -82,9 +82,11 @@ def evaluate(  # a flat list of targets reads best as one list
         found: Stats | None = results.get(value, {}).get(system, {}).get(op)
         return found
 
-    def missing(*systems: str) -> str:
+    def missing(value: str, *systems: str) -> str:
         why = []
         for system in systems:
+            if system in results.get(value, {}):
+                continue  # measured: not the reason a row is missing
             reason = points["unavailable"].get(system) or next(
                 (errs[system] for errs in points["errors"].values() if system in errs), None
             )
@@ -94,14 +96,14 @@ def evaluate(  # a flat list of targets reads best as one list
     def absolute(label: str, value: str, op: str, limit: float) -> None:
         ours = point(value, TMPFS, op)
         if ours is None:
-            rows.append(Row(label, missing(TMPFS), None))
+            rows.append(Row(label, missing(value, TMPFS), None))
         else:
             rows.append(Row(label, _us(ours), ours.median <= limit))
 
     def ratio(label: str, value: str, op: str, base: str, limit: float) -> None:
         ours, theirs = point(value, TMPFS, op), point(value, base, op)
         if ours is None or theirs is None:
-            rows.append(Row(label, missing(TMPFS, base), None))
+            rows.append(Row(label, missing(value, TMPFS, base), None))
             return
         r = ours.ratio(theirs)
         rows.append(
@@ -111,7 +113,7 @@ def evaluate(  # a flat list of targets reads best as one list
     def faster(label: str, value: str, op: str, base: str, times: float) -> None:
         ours, theirs = point(value, TMPFS, op), point(value, base, op)
         if ours is None or theirs is None:
-            rows.append(Row(label, missing(TMPFS, base), None))
+            rows.append(Row(label, missing(value, TMPFS, base), None))
             return
         r = theirs.ratio(ours)
         rows.append(
