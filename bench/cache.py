@@ -23,7 +23,7 @@ def main() -> None:
     os.mkdir(root, 0o700)
     ours = shmfs.Cache(0x5EB2, 64 << 20, root=root)
     try:
-        import diskcache  # noqa: PLC0415  # an optional peer
+        import diskcache  # type: ignore[import-untyped]  # noqa: PLC0415  # an optional peer
     except ImportError:
         diskcache = None
     theirs_dir = tempfile.mkdtemp(dir="/dev/shm", prefix="diskcache-bench-")

@@ -1,0 +1,208 @@
+"""The performance issue's targets, each checked against this run's results.
+
+Every target is one row: what it asks, what was measured (with the baseline it is a ratio to,
+measured in the same run), and whether it is met. A target that could not be measured in this run
+(a system not available, a --quick run that stops short of 100k variables) says why, and counts
+as not met.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bench.timing import Stats
+
+__all__ = ["SYSV", "TMPFS", "Row", "evaluate", "memory_per_variable"]
+
+TMPFS, SYSV, LMDB, DISKCACHE, MEMCPY = (
+    "shmfs tmpfs",
+    "shmfs sysv",
+    "lmdb",
+    "diskcache",
+    "memcpy (floor)",
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    target: str
+    measured: str
+    met: bool | None  # None: could not be measured here (``measured`` says why)
+    stated: bool = False  # a "state the figure" target: met by measuring it
+
+    @property
+    def verdict(self) -> str:
+        if self.stated:
+            return "stated"
+        return {True: "yes", False: "NO", None: "not measured"}[self.met]
+
+
+def _us(stats: Stats) -> str:
+    return f"{stats.median:.2f} µs (p99 {stats.p99:.2f})"
+
+
+def _rate(summary: dict[str, Any], key: str) -> str:
+    low, high = summary[f"{key}_range"]
+    runs = len(summary["runs"])
+    spread = f" (median of {runs} runs: {low:,.0f} to {high:,.0f})" if runs > 1 else ""
+    return f"{summary[key]:,.0f}/s{spread}"
+
+
+def memory_per_variable(fill: dict[str, Any], system: str) -> dict[str, Any] | None:
+    """Bytes one more 100-byte variable costs ``system``, over its largest fill step measured:
+    its own byte count, plus the kernel's inode and dentry for every file it adds."""
+    points = sorted(fill["footprint"].get(system, {}).items())
+    if len(points) < 2:
+        return None
+    (low_n, low), (high_n, high) = points[-2], points[-1]
+    per_file = fill.get("kernel_bytes_per_file")
+    count = high_n - low_n
+    own = (high.bytes - low.bytes) / count
+    files = (high.files - low.files) / count
+    kernel = files * per_file if per_file is not None else None
+    return {
+        "from": low_n,
+        "to": high_n,
+        "bytes": own,
+        "files": files,
+        "kernel": kernel,
+        "total": own + (kernel or 0.0),
+    }
+
+
+def evaluate(  # a flat list of targets reads best as one list
+    points: dict[str, Any], fill: dict[str, Any], pairs: dict[str, Any], incr: dict[str, Any]
+) -> list[Row]:
+    """Every target of the issue as a row, in the issue's order."""
+    rows: list[Row] = []
+    results = points["results"]
+
+    def point(value: str, system: str, op: str) -> Stats | None:
+        found: Stats | None = results.get(value, {}).get(system, {}).get(op)
+        return found
+
+    def missing(value: str, *systems: str) -> str:
+        why = []
+        for system in systems:
+            if system in results.get(value, {}):
+                continue  # measured: not the reason a row is missing
+            reason = points["unavailable"].get(system) or next(
+                (errs[system] for errs in points["errors"].values() if system in errs), None
+            )
+            why.append(f"{system}: {reason or 'not measured'}")
+        return "; ".join(why)
+
+    def absolute(label: str, value: str, op: str, limit: float) -> None:
+        ours = point(value, TMPFS, op)
+        if ours is None:
+            rows.append(Row(label, missing(value, TMPFS), None))
+        else:
+            rows.append(Row(label, _us(ours), ours.median <= limit))
+
+    def ratio(label: str, value: str, op: str, base: str, limit: float) -> None:
+        ours, theirs = point(value, TMPFS, op), point(value, base, op)
+        if ours is None or theirs is None:
+            rows.append(Row(label, missing(value, TMPFS, base), None))
+            return
+        r = ours.ratio(theirs)
+        rows.append(
+            Row(label, f"{ours.median:.2f} / {theirs.median:.2f} µs = {r:.2f}x", r <= limit)
+        )
+
+    def faster(label: str, value: str, op: str, base: str, times: float) -> None:
+        ours, theirs = point(value, TMPFS, op), point(value, base, op)
+        if ours is None or theirs is None:
+            rows.append(Row(label, missing(value, TMPFS, base), None))
+            return
+        r = theirs.ratio(ours)
+        rows.append(
+            Row(
+                label,
+                f"{base} {theirs.median:.2f} / {ours.median:.2f} µs = {r:.1f}x faster",
+                r >= times,
+            )
+        )
+
+    ratio("tmpfs get 100-byte str <= 1.0x lmdb's get", "str100", "get", LMDB, 1.0)
+    absolute("tmpfs get 100-byte str <= 2 µs", "str100", "get", 2.0)
+    ratio("tmpfs put 100-byte str <= 0.5x lmdb's put", "str100", "put", LMDB, 0.5)
+    absolute("tmpfs put 100-byte str <= 5 µs", "str100", "put", 5.0)
+    absolute("tmpfs get small dict <= 3 µs", "dict", "get", 3.0)
+    absolute("tmpfs put small dict <= 6 µs", "dict", "put", 6.0)
+    faster("tmpfs get small dict >= 5x faster than diskcache", "dict", "get", DISKCACHE, 5.0)
+    faster("tmpfs put small dict >= 10x faster than diskcache", "dict", "put", DISKCACHE, 10.0)
+    ratio("tmpfs get 1 MiB bytes <= 1.5x a 1 MiB memcpy", "bytes1m", "get", MEMCPY, 1.5)
+    ratio("tmpfs put 1 MiB bytes <= 3x a 1 MiB memcpy", "bytes1m", "put", MEMCPY, 3.0)
+
+    pair = pairs["results"].get(TMPFS, {}).get(1)
+    for op, key, limit in (("puts", "puts_per_s", 150e3), ("gets", "gets_per_s", 500e3)):
+        label = f"tmpfs writer + reader processes at once: >= {limit / 1e3:.0f}k {op}/s"
+        if pair is None or pair["error"]:
+            why = pair["error"] if pair else pairs["unavailable"].get(TMPFS, "not measured")
+            rows.append(Row(label, str(why), None))
+        else:
+            rows.append(Row(label, _rate(pair, key), pair[key] >= limit))
+
+    curve = fill["results"].get(TMPFS, {})
+    label = "tmpfs get with 100k variables <= 1.5x get with 10"
+    if 10 in curve and curve:
+        largest = max(curve)
+        r = curve[largest]["get"].ratio(curve[10]["get"])
+        text = (
+            f"{curve[largest]['get'].median:.2f} / {curve[10]['get'].median:.2f} µs = {r:.2f}x"
+            f" ({largest:,} variables)"
+        )
+        if largest < 100_000:
+            reason = fill["stopped"].get(TMPFS) or "this run's sizes stop there (--quick)"
+            rows.append(Row(label, f"{text}; not at 100k: {reason}", None))
+        else:
+            rows.append(Row(label, text, r <= 1.5))
+    else:
+        rows.append(Row(label, fill["errors"].get(TMPFS, "not measured"), None))
+
+    contended = incr["results"].get(TMPFS, {}).get(8)
+    for label, met_key in (
+        ("tmpfs incr from 8 processes on one variable >= 100k/s total", "rate"),
+        ("tmpfs incr from 8 processes: exact", "exact"),
+    ):
+        if contended is None or contended["error"]:
+            why = contended["error"] if contended else "not measured"
+            rows.append(Row(label, str(why), None))
+        elif met_key == "rate":
+            rate = contended["incr_per_s"]
+            rows.append(Row(label, _rate(contended, "incr_per_s"), rate >= 100e3))
+        else:
+            text = f"{contended['final']:,} counted, {contended['increments']:,} made"
+            rows.append(Row(label, text, bool(contended["exact"])))
+
+    sysv_curve = fill["results"].get(SYSV, {})
+    for op, limit in (("get", 5.0), ("put", 10.0)):
+        label = f"sysv {op} 100-byte str <= {limit:.0f} µs with 100 variables"
+        if SYSV in fill["unavailable"]:
+            rows.append(Row(label, f"not available: {fill['unavailable'][SYSV]}", None))
+        elif 100 not in sysv_curve:
+            why = fill["stopped"].get(SYSV) or fill["errors"].get(SYSV) or "not measured"
+            rows.append(Row(label, why, None))
+        else:
+            stats = sysv_curve[100][op]
+            one = point("str100", SYSV, op)
+            extra = f"; {one.median:.2f} µs with 1 variable" if one else ""
+            rows.append(Row(label, _us(stats) + extra, stats.median <= limit))
+
+    memory = memory_per_variable(fill, TMPFS)
+    label = "tmpfs bytes per 100-byte variable: stated"
+    if memory is None:
+        rows.append(Row(label, "not measured", None))
+    else:
+        kernel = (
+            f" + {memory['kernel']:,.0f} B kernel inode/dentry"
+            if memory["kernel"] is not None
+            else " (kernel inode/dentry not readable)"
+        )
+        text = (
+            f"{memory['total']:,.0f} B = {memory['bytes']:,.0f} B file pages{kernel}"
+            f" (from {memory['from']:,} to {memory['to']:,} variables)"
+        )
+        rows.append(Row(label, text, True, stated=True))
+    return rows
