@@ -34,6 +34,7 @@ from shmfs.cache_entry import (
     find,
     live,
     live_keys,
+    overwrite,
     rewrite,
     sweep,
 )
@@ -185,7 +186,9 @@ class Cache:
             if entry is not None:
                 if live(entry, now):
                     self._counts[0] += 1
-                    self._used(index, now)
+                    self._pending[index & self._mask] = now  # _used(), inlined: the hot path
+                    if now - self._recency.flushed_at > FLUSH_EVERY:
+                        self._recency.flush(now)
                     return entry[1]
                 if entry[2] is not None and now >= entry[2]:
                     self._drop_expired(index, text)  # not one from "the future": see live()
@@ -258,12 +261,19 @@ class Cache:
             SegmentNotFound: the cache was destroyed.
         """
         text, index = self._slot(key)
-        life = self._life(ttl)
+        life = self.ttl if ttl is None else check_ttl(ttl)
+        try:
+            now = overwrite(self.segment, index, text, value, life)
+        except SegmentFull:
+            now = None
+        if now is not None:
+            self._used(index, now)
+            return
 
         def store(old: Entry | None, now: float) -> tuple[None, Entry]:
             return None, (text, value, None if life is None else now + life, now)
 
-        self._write(index, text, store, value)
+        self._write(index, text, store, value)  # a bucket, or no room: the general path
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.set(key, value)

@@ -35,6 +35,7 @@ __all__ = [
     "find",
     "live",
     "live_keys",
+    "overwrite",
     "rewrite",
     "sweep",
 ]
@@ -144,6 +145,32 @@ def rewrite(segment: Segment, index: int, text: str, change: Change) -> tuple[An
         elif stored is not None:
             segment.remove(index)
     return answer, new is not None, now
+
+
+def overwrite(
+    segment: Segment, index: int, text: str, value: Any, life: float | None
+) -> float | None:
+    """``set``'s fast path: under the lock, store ``text``'s entry if its variable is empty or
+    holds ``text``'s entry alone, as it nearly always does.
+
+    Returns:
+        The time used for ``written``, or ``None`` if the variable holds other keys' entries
+        (then ``rewrite`` does the job).
+
+    Raises:
+        SegmentFull: the entry does not fit; nothing was changed.
+        The errors of ``Segment.get`` and ``put``.
+    """
+    with segment.lock():
+        now = clock()
+        stored = segment.get(index, None)
+        kind = type(stored)
+        if stored is None or (
+            (kind is tuple or kind is list) and len(stored) == 4 and stored[0] == text
+        ):
+            segment.put(index, (text, value, None if life is None else now + life, now))
+            return now
+    return None
 
 
 def live_keys(segment: Segment) -> Iterator[Any]:
