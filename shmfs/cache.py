@@ -47,7 +47,7 @@ from shmfs.segment import Segment, attach
 __all__ = ["Cache"]
 
 _MEMO_TYPES: Final = frozenset({str, bytes, int})  # keys whose index a handle remembers
-_MEMO_SIZE: Final = 4096
+_MEMO_SIZE: Final = 16384  # at most a few MiB; a 10,000-key working set fits
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -57,7 +57,8 @@ def _missing(key: Any) -> VariableNotFound:
 
 class Cache:
     """A cache shared by every process that opens the same ``name``: diskcache's API (APCu's,
-    for PHP users) on a shared-memory segment.
+    for PHP users) on a shared-memory segment. A ``Cache`` pickles as a reference: unpickled in
+    another process (a ``multiprocessing`` worker), it opens the same cache.
 
     Args:
         name: The segment key (an int), or a name mapped to one by a stable hash (a str; see
@@ -123,6 +124,16 @@ class Cache:
         self._mask = self._recency.mask
         self._slots: dict[Any, tuple[str, int]] = {}
         self._evictor = Evictor(segment, self._recency, codec)
+        # What another process needs to open the same cache: a Cache pickles as a reference.
+        self._spec = {
+            **options,
+            "name": key,
+            "ttl": ttl,
+            "policy": policy,
+            "backend": segment.backend,
+            "root": root,
+            "codec": codec,
+        }
 
     @property
     def segment(self) -> Segment:
@@ -536,7 +547,15 @@ class Cache:
     ) -> None:
         self.close()
 
+    def __reduce__(self) -> tuple[Callable[..., Cache], tuple[dict[str, Any]]]:
+        return _reopen, (self._spec,)
+
     def __repr__(self) -> str:
         segment = self._segment
         where = "unopened" if segment is None else repr(segment)
         return f"<shmfs.Cache policy={self.policy} ttl={getattr(self, 'ttl', None)} {where}>"
+
+
+def _reopen(spec: dict[str, Any]) -> Cache:
+    """Open the cache a pickled :class:`Cache` referred to."""
+    return Cache(**spec)

@@ -68,22 +68,37 @@ def name_key(name: int | str) -> int:
 def canonical(key: Any) -> str:
     """The canonical str of a cache key (see the module docstring).
 
+    Subclasses count as their base type, as they compare equal to it (a ``StrEnum`` member is
+    its str, an ``IntEnum`` member its int); iteration gives back the base type.
+
     Raises:
         InvalidKeyType: ``key`` is not a str, bytes, int or a tuple of them (bools and floats
             are refused: ``True == 1`` and ``1.0 == 1`` would make them ambiguous).
     """
     kind = type(key)
     if kind is str:
-        return "s" + str(key)
-    if kind is bytes:
-        return "b" + bytes(key).decode("latin-1")
+        return "s" + key  # type: ignore[no-any-return]  # a str, by the test above
     if kind is int:
         return "i" + str(key)
+    if kind is bytes:
+        return "b" + key.decode("latin-1")  # type: ignore[no-any-return]  # bytes, as above
     if kind is tuple:
-        parts = [canonical(item) for item in key]
-        return "t" + "".join(f"{len(part)}:{part}" for part in parts)
+        return "t" + "".join(f"{len(part)}:{part}" for part in map(canonical, key))
+    return canonical(_base(key))
+
+
+def _base(key: Any) -> str | int | bytes | tuple[Any, ...]:
+    """``key`` as its base type (a subclass compares equal to it), or ``InvalidKeyType``."""
+    if isinstance(key, str):
+        return str.__str__(key)
+    if isinstance(key, int) and not isinstance(key, bool):
+        return int.__index__(key)
+    if isinstance(key, bytes):
+        return bytes(key)
+    if isinstance(key, tuple):
+        return tuple(key)
     raise InvalidKeyType(
-        f"cache keys are str, bytes, int or tuples of them, not {kind.__name__} ({key!r:.80})",
+        f"cache keys are str, bytes, int or tuples of them, not {type(key).__name__} ({key!r:.80})",
         key=repr(key),
     )
 

@@ -31,7 +31,14 @@ from typing import Any, Final
 from shmfs import cache_entry, codecs
 from shmfs.cache_entry import entries, live
 from shmfs.cache_keys import FIRST_ENTRY
-from shmfs.errors import LockTimeout, SegmentFull, ShmfsError
+from shmfs.errors import (
+    CorruptSegment,
+    LockTimeout,
+    SegmentFull,
+    SerializationError,
+    ShmfsError,
+    UnsafeSegment,
+)
 from shmfs.forking import fork_epoch
 from shmfs.segment import Segment
 
@@ -130,7 +137,12 @@ class Recency:
             return self._pack(shared)
 
         try:
-            self.segment.update(STAMPS, merge, default=None)
+            try:
+                self.segment.update(STAMPS, merge, default=None)
+            except (CorruptSegment, SerializationError, UnsafeSegment):
+                # Damaged, or planted by an untrusted user: start the array afresh, with the
+                # other handles' counts lost, rather than fail every flush (and every get).
+                self.segment.put(STAMPS, merge(None))
         except (SegmentFull, LockTimeout):
             for slot, stamp in stamps.items():  # keep them for the next try
                 if stamp > self.pending.get(slot, 0.0):
@@ -141,7 +153,10 @@ class Recency:
 
     def snapshot(self) -> array[float]:
         """The shared array, with this handle's pending stamps and counts merged in."""
-        shared = self._unpack(self.segment.get(STAMPS, None))
+        try:
+            shared = self._unpack(self.segment.get(STAMPS, None))
+        except (CorruptSegment, SerializationError, UnsafeSegment):
+            shared = self._blank()  # the next flush replaces it
         for number in range(COUNTERS):
             shared[number] += self.counts[number]
         for slot, stamp in self.pending.items():
