@@ -504,7 +504,7 @@ class Cache:
             SegmentDetached: the cache was closed.
             SegmentNotFound: the cache was destroyed.
         """
-        self._recency.flush(cache_entry.clock())
+        self._recency.flush(cache_entry.clock(), wait=True)
         shared = self._recency.snapshot()
         info = self.segment.stats()
         return {
@@ -523,7 +523,7 @@ class Cache:
         if segment is None:
             return
         with contextlib.suppress(ShmfsError):  # detached or destroyed: counts have nowhere to go
-            self._recency.flush(cache_entry.clock())
+            self._recency.flush(cache_entry.clock(), wait=True)
         segment.detach()
 
     def destroy(self) -> None:

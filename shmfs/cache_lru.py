@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import random
+import threading
 from array import array
 from typing import Any, Final
 
@@ -79,6 +80,8 @@ class Recency:
         self.counts = [0, 0, 0]
         self.flushed_at = 0.0
         self._epoch = fork_epoch()
+        # Two threads flushing the same counts would share them twice.
+        self._flushing = threading.Lock()
 
     def _blank(self) -> array[float]:
         return array("d", bytes(8 * (COUNTERS + self.slots)))
@@ -107,20 +110,31 @@ class Recency:
         """
         self.segment.add(STAMPS, self._pack(self._blank()))
 
-    def flush(self, now: float) -> None:
+    def flush(self, now: float, wait: bool = False) -> None:
         """Merge this handle's pending stamps and counts into the shared array.
 
         Best effort: if the lock times out or there is no room, they stay pending for the next
-        flush (stamps only guide eviction; counts are kept, not lost).
+        flush (stamps only guide eviction; counts are kept, not lost). If another thread of
+        this process is flushing the same handle, return at once, unless ``wait``.
         """
         self.flushed_at = now
         if self._epoch != fork_epoch():
             # A forked child inherited its parent's unshared counts: they are the parent's to
-            # share, not ours, or both processes would count them.
+            # share, not ours, or both processes would count them. And a lock another thread
+            # held at the fork would never be released here.
             self._epoch = fork_epoch()
+            self._flushing = threading.Lock()
             self.pending.clear()
             self.counts[:] = [0, 0, 0]
             return
+        if not self._flushing.acquire(blocking=wait):
+            return
+        try:
+            self._flush()
+        finally:
+            self._flushing.release()
+
+    def _flush(self) -> None:
         counts = list(self.counts)
         if not self.pending and not any(counts):
             return
@@ -159,7 +173,7 @@ class Recency:
             shared = self._blank()  # the next flush replaces it
         for number in range(COUNTERS):
             shared[number] += self.counts[number]
-        for slot, stamp in self.pending.items():
+        for slot, stamp in list(self.pending.items()):  # a copy: other threads add to it
             shared[COUNTERS + slot] = max(shared[COUNTERS + slot], stamp)
         return shared
 
@@ -180,6 +194,8 @@ class Evictor:
         self._candidates: list[int] = []
         self._listed = 0  # how long the list was when made
         self._listed_at = 0.0
+        self._lock = threading.Lock()  # threads of this process share the list
+        self._epoch = fork_epoch()
 
     def forget(self) -> None:
         """Drop the remembered list of entries (after ``clear()``)."""
@@ -211,6 +227,12 @@ class Evictor:
         ranked by its write time, and expired entries rank first; the oldest half of what was
         read goes, all under the lock. Like Redis's sampled LRU, this never scans every entry.
         """
+        if self._epoch != fork_epoch():  # a lock held by another thread at the fork stays held
+            self._epoch, self._lock = fork_epoch(), threading.Lock()
+        with self._lock:
+            return self._evict(attempt)
+
+    def _evict(self, attempt: int) -> bool:
         segment, recency = self.segment, self.recency
         now = cache_entry.clock()
         recency.flush(now)  # this handle's own recent hits must count
