@@ -240,18 +240,31 @@ class Cache:
         evicting to make room if the result (holding ``value``) does not fit; return what
         ``change`` answers."""
         segment = self.segment
-        attempt = 0
-        while True:
-            try:
-                answer, stored, now = rewrite(segment, index, text, change)
-            except SegmentFull as exc:
-                if self.policy != "lru" or not self._evictor.make_room(exc, attempt, value):
-                    raise
-                attempt += 1
-                continue
-            if stored and index >= FIRST_ENTRY:
-                self._used(index, now)  # a write is a use: a new entry is not the oldest
-            return answer
+        try:
+            answer, stored, now = rewrite(segment, index, text, change)
+        except SegmentFull as full:
+            if self.policy != "lru":
+                raise
+            answer, stored, now = self._evict_and_write(full, index, text, change, value)
+        if stored and index >= FIRST_ENTRY:
+            self._used(index, now)  # a write is a use: a new entry is not the oldest
+        return answer
+
+    def _evict_and_write(
+        self, full: SegmentFull, index: int, text: str, change: Change, value: Any
+    ) -> tuple[Any, bool, float]:
+        """Evict until the write fits, holding the lock from the first eviction to the write:
+        otherwise other writers take the room as it is made, and each retry evicts more."""
+        with self.segment.lock():
+            attempt = 0
+            while True:
+                if not self._evictor.make_room(full, attempt, value):
+                    raise full
+                try:
+                    return rewrite(self.segment, index, text, change)
+                except SegmentFull as again:
+                    full = again
+                    attempt += 1
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key`` (diskcache: ``set``; APCu: ``apcu_store``).
@@ -273,18 +286,20 @@ class Cache:
         """
         text, index = self._slot(key)
         life = self.ttl if ttl is None else check_ttl(ttl)
-        try:
-            now = overwrite(self.segment, index, text, value, life)
-        except SegmentFull:
-            now = None
-        if now is not None:
-            self._used(index, now)
-            return
 
         def store(old: Entry | None, now: float) -> tuple[None, Entry]:
             return None, (text, value, None if life is None else now + life, now)
 
-        self._write(index, text, store, value)  # a bucket, or no room: the general path
+        try:
+            now = overwrite(self.segment, index, text, value, life)
+        except SegmentFull as full:
+            if self.policy != "lru":
+                raise
+            now = self._evict_and_write(full, index, text, store, value)[2]
+        if now is None:  # the variable is a bucket: the general path
+            self._write(index, text, store, value)
+        else:
+            self._used(index, now)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.set(key, value)

@@ -224,8 +224,9 @@ class Evictor:
         has needed, so a big value takes a few rounds, not thousands. Four times the batch is
         sampled at random and ranked by the shared stamps; the oldest half of the sample is
         read, so an entry another process wrote a moment ago (its stamp not shared yet) is
-        ranked by its write time, and expired entries rank first; the oldest half of what was
-        read goes, all under the lock. Like Redis's sampled LRU, this never scans every entry.
+        ranked by its write time, and expired entries rank first; the expired ones and at most
+        the older half of the live ones go, all under the lock. Like Redis's sampled LRU, this
+        never scans every entry.
         """
         if self._epoch != fork_epoch():  # a lock held by another thread at the fork stays held
             self._epoch, self._lock = fork_epoch(), threading.Lock()
@@ -270,10 +271,18 @@ class Evictor:
                         break
                 ranked.append((used, pick, max(len(held), 1)))
             ranked.sort()
-            for _, pick, held_count in ranked[:batch]:
+            # Expired entries all go; of the live ones, at most the older half of what was read,
+            # so that whatever the batch (it grows for a big value) and however stale the list,
+            # the most recently used of what this round saw are kept.
+            dead = sum(1 for used, _, _ in ranked if used == float("-inf"))
+            live_ones = len(ranked) - dead
+            count = dead + min(max(batch - dead, 0), max(live_ones // 2, min(live_ones, 1)))
+            for _, pick, held_count in ranked[:count]:
                 segment.remove(candidates[pick])
                 recency.counts[2] += held_count
                 dropped.add(pick)
+        if 2 * (len(dropped) - count) > len(picks[: 2 * batch]):
+            self._listed_at = 0.0  # most picks were gone already: list afresh next round
         for pick in sorted(dropped, reverse=True):  # swap-remove, highest first
             candidates[pick] = candidates[-1]
             candidates.pop()

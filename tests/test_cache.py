@@ -260,6 +260,16 @@ def test_lru_keeps_what_was_used(opener: Callable[..., shmfs.Cache]) -> None:
     assert small.stats()["evictions"] >= 10
 
 
+def test_a_big_value_makes_room_for_itself(opener: Callable[..., shmfs.Cache]) -> None:
+    small = opener(size=64 * 1024)
+    for number in range(50):
+        small.set(number, b"x" * 1024)
+    small.set("big", b"B" * 24 * 1024)
+    assert small["big"] == b"B" * 24 * 1024
+    stats = small.stats()
+    assert stats["bytes"] <= 64 * 1024 and 15 <= stats["evictions"] < 50 and stats["entries"] > 5
+
+
 def test_lru_keeps_the_recently_used_under_pressure_from_processes(
     ref: dict[str, Any], opener: Callable[..., shmfs.Cache], spawn_ctx: Any
 ) -> None:
