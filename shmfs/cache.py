@@ -509,10 +509,11 @@ class Cache:
     def stats(self) -> dict[str, int]:
         """Hits, misses and evictions of every handle, and the cache's entries and bytes.
 
-        Each handle shares its counts at most 50 ms after counting them, and on ``close()``,
-        so the totals are exact once the other handles have closed (a killed process loses
-        what it had not shared). ``entries`` reads every entry; ``bytes`` is what the segment
-        uses, bookkeeping included, of ``size``.
+        A handle shares its counts with its first operation 50 ms or more after it last did,
+        and on ``close()``, so the totals are exact once the other handles have closed (a
+        killed process, or one that never closes its handle, loses what it had not shared).
+        ``entries`` reads every entry; ``bytes`` is what the segment uses of ``size``,
+        bookkeeping included.
 
         Raises:
             LockTimeout: the segment lock was not had within ``lock_timeout``.

@@ -9,10 +9,11 @@ a slot's stamp is the latest use of any entry in it. So an entry never looks old
 but a cold entry sharing a hot one's slot looks hot: with eviction by sampling (below), the LRU
 is approximate, as Redis's is.
 
-A hit costs a dict store in the handle (``pending[slot] = now``). Each handle merges its pending
-stamps and counts into the shared array at most every :data:`FLUSH_EVERY` seconds, before it
-evicts, in ``stats()`` and on ``close()``: one read-modify-write of a few KiB, under the lock,
-instead of a write per hit. Stamps are only ever raised (``max``), so flushes in any order agree.
+A hit costs a dict store in the handle (``pending[slot] = now``). A handle merges its pending
+stamps and counts into the shared array with its first operation :data:`FLUSH_EVERY` seconds or
+more after the last merge, before it evicts, in ``stats()`` and on ``close()``: one
+read-modify-write of 0.5 to 128 KiB under the lock, instead of a write per hit. Stamps are only
+ever raised (``max``), so merges in any order agree.
 
 Eviction (:class:`Evictor`) happens when a write raises ``SegmentFull``.
 

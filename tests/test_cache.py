@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import shmfs
-from shmfs import cache_entry, cache_keys
+from shmfs import cache_entry, cache_keys, cache_lru
 from tests.cache_workers import count_and_incr, fill_cache, hold_lease, memo_square
 from tests.workers import Children
 
@@ -361,11 +361,10 @@ def test_memoize_runs_once_for_six_processes(
         for _ in range(6):
             calling.get(timeout=60)
         # Hold the computation until every caller has missed (a handle shares its first miss at
-        # once), so five of them are waiting on the lease when the result is stored.
-        deadline = time.monotonic() + 60
-        while cache.stats()["misses"] < 6:
-            assert time.monotonic() < deadline, "the callers never all missed"
-            time.sleep(0.01)
+        # once, writing the shared counters), so five of them wait on the lease.
+        with cache.segment.watch(cache_lru.STAMPS, timeout=60) as shared:
+            while cache.stats()["misses"] < 6:
+                next(shared)
         release.set()
         assert children.results(60) == [144] * 6
     finally:
