@@ -17,6 +17,7 @@ The cache issue's targets are checked from the same run: a hit <= 3 us, ``get`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cpus")
     print("\n".join(report(outcome)))
     if args.json:
-        data = {**outcome, "us": {n: vars(t) for n, t in outcome["us"].items()}}
+        data = {**outcome, "us": {n: dataclasses.asdict(t) for n, t in outcome["us"].items()}}
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(data, out, indent=2)
 
