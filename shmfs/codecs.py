@@ -48,6 +48,8 @@ __all__ = [
     "MAGIC",
     "Codec",
     "decode",
+    "decode_failed",
+    "decode_payload",
     "encode",
     "get_codec",
 ]
@@ -69,7 +71,7 @@ class Codec:
     name: str
     id: int
     encode: Callable[[Any], bytes]
-    decode: Callable[[memoryview], Any]
+    decode: Callable[[bytes | memoryview], Any]
     executes_code: bool
 
 
@@ -114,15 +116,11 @@ def _pickle_dumps(value: Any) -> bytes:
     return pickle.dumps(value, _PROTOCOL)
 
 
-def _pickle_loads(data: memoryview) -> Any:
-    return pickle.loads(data)
-
-
 def _json_dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode()
 
 
-def _json_loads(data: memoryview) -> Any:
+def _json_loads(data: bytes | memoryview) -> Any:
     return json.loads(bytes(data))
 
 
@@ -132,7 +130,7 @@ def _raw_dumps(value: Any) -> bytes:
     return bytes(value)
 
 
-def _raw_loads(data: memoryview) -> bytes:
+def _raw_loads(data: bytes | memoryview) -> bytes:
     return bytes(data)
 
 
@@ -142,7 +140,7 @@ def _php_dumps(value: Any) -> bytes:
     return dumps(value)
 
 
-def _php_loads(data: memoryview) -> Any:
+def _php_loads(data: bytes | memoryview) -> Any:
     from shmfs.phpserial import loads  # noqa: PLC0415  # only PHP users pay for importing it
 
     return loads(data)
@@ -151,14 +149,21 @@ def _php_loads(data: memoryview) -> Any:
 CODECS: Final[dict[str, Codec]] = {
     codec.name: codec
     for codec in (
-        Codec("cloudpickle", 1, _cloudpickle_dumps, _pickle_loads, executes_code=True),
-        Codec("pickle", 2, _pickle_dumps, _pickle_loads, executes_code=True),
+        Codec("cloudpickle", 1, _cloudpickle_dumps, pickle.loads, executes_code=True),
+        Codec("pickle", 2, _pickle_dumps, pickle.loads, executes_code=True),
         Codec("json", 3, _json_dumps, _json_loads, executes_code=False),
         Codec("raw", 4, _raw_dumps, _raw_loads, executes_code=False),
         Codec("php", 5, _php_dumps, _php_loads, executes_code=False),
     )
 }
 _BY_ID: Final = {codec.id: codec for codec in CODECS.values()}
+# A frame's first 8 bytes (magic, version, codec, flags, reserved) as one little-endian word, for
+# every unsigned frame this version writes.
+_UNSIGNED: Final = {
+    int.from_bytes(HEADER.pack(MAGIC, FORMAT_VERSION, codec.id, 0, 0, 0, 0, 0)[:8], "little"): codec
+    for codec in CODECS.values()
+}
+_WORDS: Final = struct.Struct("<QQQ")
 
 
 def get_codec(name: str) -> Codec:
@@ -244,13 +249,33 @@ def encode(codec: Codec, value: Any, secret: bytes | None = None, *, framed: boo
     return head + payload + hmac.digest(secret, head[:16] + payload, "sha256")
 
 
-def decode(data: bytes | memoryview, secret: bytes | None = None) -> tuple[Codec, memoryview]:
+def decode(
+    data: bytes | memoryview, secret: bytes | None = None
+) -> tuple[Codec, bytes | memoryview]:
     """Check a frame and return its codec and payload, not yet decoded.
 
     Raises:
         CorruptSegment: bad magic, unknown version or codec, wrong length or checksum.
         UnsafeSegment: the signature is missing, unexpected or wrong for ``secret``.
     """
+    # Every get runs this: the common frame (unsigned, checksummed whole) is checked with one
+    # unpack and one dict lookup; anything else, damage included, takes the careful path below,
+    # which says precisely what is wrong.
+    if secret is None and len(data) >= HEADER.size:
+        first, length, check = _WORDS.unpack_from(data)
+        codec = _UNSIGNED.get(first)
+        # ``check`` holds the crc in its low half and the reserved word in its high half, so
+        # equality with a crc32 also proves the reserved word zero.
+        if codec is not None and length <= FULL_CHECK_LIMIT and len(data) == HEADER.size + length:
+            payload = data[HEADER.size :]
+            if zlib.crc32(payload, zlib.crc32(data[:16])) == check:
+                return codec, payload
+    return _decode_checked(data, secret)
+
+
+def _decode_checked(
+    data: bytes | memoryview, secret: bytes | None
+) -> tuple[Codec, bytes | memoryview]:
     view = memoryview(data)
     if len(view) < HEADER.size:
         raise CorruptSegment("stored bytes are not a shmfs value (too short)")
@@ -292,7 +317,7 @@ def decode(data: bytes | memoryview, secret: bytes | None = None) -> tuple[Codec
     return codec, payload
 
 
-def decode_payload(codec: Codec, payload: memoryview) -> Any:
+def decode_payload(codec: Codec, payload: bytes | memoryview) -> Any:
     """Run ``codec``'s decoder on a checked payload.
 
     Raises:
@@ -303,6 +328,9 @@ def decode_payload(codec: Codec, payload: memoryview) -> Any:
     except SerializationError:
         raise
     except Exception as exc:  # a checked payload that fails to decode is the codec's failure
-        raise SerializationError(
-            f"cannot decode a stored {codec.name} value: {exc}", codec=codec.name
-        ) from exc
+        raise decode_failed(codec, exc) from exc
+
+
+def decode_failed(codec: Codec, exc: Exception) -> SerializationError:
+    """The error for a checked payload that ``codec`` cannot decode (a missing module, say)."""
+    return SerializationError(f"cannot decode a stored {codec.name} value: {exc}", codec=codec.name)

@@ -20,6 +20,7 @@ from shmfs.errors import (
     CorruptSegment,
     SegmentDetached,
     SegmentNotFound,
+    SerializationError,
     UnsafeSegment,
     VariableNotFound,
 )
@@ -251,11 +252,12 @@ class Segment(MutableMapping[int, Any]):
             backend.release()
 
     def _decode(self, backend: Backend, index: int, data: bytes | memoryview) -> Any:
-        if backend.native_codec is not None and data[:4] != codecs.MAGIC and self._secret is None:
+        secret = self._secret
+        if backend.native_codec is not None and secret is None and data[:4] != codecs.MAGIC:
             native = codecs.get_codec(backend.native_codec)
             return codecs.decode_payload(native, memoryview(data))
-        codec, payload = codecs.decode(data, self._secret)
-        if codec.executes_code and self._secret is None and not backend.trusted(index):
+        codec, payload = codecs.decode(data, secret)
+        if codec.executes_code and secret is None and not backend.trusted(index):
             raise UnsafeSegment(
                 f"segment {self._spec['key']} index {index}: refusing to unpickle a value that "
                 "an untrusted user could have written (use json/raw/php, secret=, or "
@@ -263,7 +265,12 @@ class Segment(MutableMapping[int, Any]):
                 key=self._spec["key"],
                 index=index,
             )
-        return codecs.decode_payload(codec, payload)
+        try:
+            return codec.decode(payload)
+        except SerializationError:
+            raise
+        except Exception as exc:  # a checked payload that fails to decode is the codec's failure
+            raise codecs.decode_failed(codec, exc) from exc
 
     def _encode(self, value: Any) -> bytes:
         return codecs.encode(self._codec, value, self._secret, framed=self._framed)
