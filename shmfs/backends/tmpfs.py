@@ -35,6 +35,7 @@ __all__ = ["MAX_MAPPINGS", "TmpfsBackend", "default_root"]
 MAX_MAPPINGS: Final = 16384 if sys.version_info >= (3, 13) else 256
 # The metadata words the read path checks, bound once (a module attribute lookup per read adds up).
 _STATE, _DIRTY, _RECOVERIES = sd.STATE, sd.DIRTY, sd.RECOVERIES
+_USED, _COUNT, _GENERATION, _WAITERS = sd.USED, sd.COUNT, sd.GENERATION, sd.WAITERS
 # Attempts to open a segment that keeps being destroyed under us before giving up.
 _OPEN_ATTEMPTS: Final = 100
 
@@ -374,24 +375,28 @@ class TmpfsBackend(HoldsSegmentLock):
         """Store ``data`` at ``index``: in place when it fits its slot, else in a new file."""
         self._check()
         meta = self._meta
-        var = self._var(index)
+        var = self._vars.get(index)
+        if var is None or var.retired:
+            var = self._var(index)
         old = var.length if var is not None else 0
-        used = meta[sd.USED]
+        used = meta[_USED]
         if used - old + len(data) > self.size:
             raise segment_full(self.key, index, len(data), self.size, used - old)
         if var is not None and not var.writable:
             raise UnsafeSegment(f"segment {self.key}: no write permission for index {index}")
-        meta[sd.STATE] = meta[sd.STATE] | sd.DIRTY
+        # The counts are stored after the value; DIRTY (clear while we hold the lock) tells the
+        # next lock holder to recount them if we die in between.
+        meta[_STATE] = _DIRTY
         if var is not None and _fits(var.capacity, len(data)):
             var.write(data)
         else:
             self._replace(index, data, var)
-        meta[sd.USED] = used - old + len(data)
+        meta[_USED] = used - old + len(data)
         if var is None:
-            meta[sd.COUNT] = meta[sd.COUNT] + 1
-        meta[sd.GENERATION] = meta[sd.GENERATION] + 1
-        meta[sd.STATE] = meta[sd.STATE] & ~sd.DIRTY
-        if meta[sd.WAITERS]:
+            meta[_COUNT] += 1
+        meta[_GENERATION] += 1
+        meta[_STATE] = 0
+        if meta[_WAITERS]:
             self._notify()
 
     def _replace(self, index: int, data: bytes, old: VarFile | None) -> None:

@@ -221,7 +221,8 @@ class VarFile:
     @property
     def length(self) -> int:
         """Length of the current value (read it under the lock to rely on it)."""
-        return int(self._words[_LENGTH + (_generation(self._words[_CONTROL]) & 1)])
+        words = self._words
+        return int(words[_LENGTH + (_generation(words[_CONTROL]) & 1)])
 
     def read(self) -> bytes | memoryview | None:
         """Copy the current value; ``REOPEN`` if retired, ``CONTENDED`` if writers kept winning.
