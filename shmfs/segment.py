@@ -243,7 +243,7 @@ class Segment(MutableMapping[int, Any]):
                 return self.get(index, default)
             return self._decode(backend, index, data)
 
-    def _read_locked(self, index: int) -> bytes | memoryview | None:
+    def _read_locked(self, index: int) -> bytes | memoryview | codecs.Split | None:
         backend = self._open()
         backend.acquire(self._lock_timeout)
         try:
@@ -251,9 +251,14 @@ class Segment(MutableMapping[int, Any]):
         finally:
             backend.release()
 
-    def _decode(self, backend: Backend, index: int, data: bytes | memoryview) -> Any:
+    def _decode(self, backend: Backend, index: int, data: bytes | memoryview | codecs.Split) -> Any:
         secret = self._secret
-        if backend.native_codec is not None and secret is None and data[:4] != codecs.MAGIC:
+        if (
+            backend.native_codec is not None
+            and secret is None
+            and not isinstance(data, codecs.Split)
+            and data[:4] != codecs.MAGIC
+        ):
             native = codecs.get_codec(backend.native_codec)
             return codecs.decode_payload(native, memoryview(data))
         codec, payload = codecs.decode(data, secret)

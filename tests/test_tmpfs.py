@@ -318,3 +318,58 @@ def test_writer_dying_between_publish_and_retire(attach: Any, key: int) -> None:
         writer[1] = "new, and too big for the old slot" * 200
     assert reader[1] == "new, and too big for the old slot" * 200
     assert reader.stats()["variables"] == 1
+
+
+_BIG = 1 << 20
+_BODY = HEADER_SIZE + 24 + 7  # variable header, frame header, then PROTO 5 + BINBYTES + length
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [
+        HEADER_SIZE + 24 + 3,  # the pickled length
+        _BODY + 100,  # inside the first checked 4 KiB of the value
+        _BODY + _BIG - 100,  # inside the last checked 4 KiB
+        _BODY + _BIG,  # pickle's STOP opcode
+    ],
+)
+def test_large_bytes_read_in_one_copy_still_checked(attach: Any, key: int, offset: int) -> None:
+    """A large ``bytes`` is copied out of the mapping straight into the returned object (the
+    frame is read in pieces around it); damage where the frame is checked is still caught."""
+    seg = attach(key, 4 << 20)
+    value = os.urandom(_BIG)
+    seg[1] = value
+    got = attach(key)[1]
+    assert type(got) is bytes and got == value
+    _damage(seg, 1, offset, b"\xa5")
+    with pytest.raises(shmfs.CorruptSegment):
+        attach(key)[1]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        bytearray(os.urandom(_BIG)),  # a pickle of a bytearray is not a bare bytes
+        os.urandom(_BIG // 2).hex(),  # a large str
+        [os.urandom(_BIG // 4), b"second"],  # bytes inside a container
+        os.urandom(1 << 16),  # at the checksum limit: checked whole, not split
+    ],
+    ids=["bytearray", "str", "list", "64KiB"],
+)
+def test_large_values_that_are_not_bare_bytes(attach: Any, key: int, value: Any) -> None:
+    seg = attach(key, 4 << 20)
+    seg[1] = value
+    got = attach(key)[1]
+    assert type(got) is type(value) and got == value
+
+
+def test_large_bytes_in_a_signed_segment(attach: Any, key: int) -> None:
+    """Signed frames are verified whole, never split; an unsigned large bytes planted in a
+    signed segment is refused like any unsigned value."""
+    value = os.urandom(_BIG)
+    signer = attach(key, 4 << 20, secret=b"k1")
+    signer[1] = value
+    assert signer[1] == value
+    attach(key)[2] = value
+    with pytest.raises(shmfs.UnsafeSegment):
+        signer[2]

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self
 
+from shmfs.codecs import Split
 from shmfs.errors import BackendUnavailable, InvalidArgument, SegmentFull
 
 __all__ = [
@@ -138,10 +139,11 @@ class Backend(Protocol):
         """Where this backend looks for segments, for messages ("under /dev/shm/...")."""
         ...
 
-    def read(self, index: int) -> bytes | memoryview | None:
+    def read(self, index: int) -> bytes | memoryview | Split | None:
         """Return the stored bytes of ``index``, or ``None`` if it holds no value.
 
-        A memoryview may be of a buffer the backend reuses: decode it before the next read.
+        A memoryview may be of a buffer the backend reuses: decode it before the next read. A
+        :class:`~shmfs.codecs.Split` is a frame read in pieces (``codecs.decode`` takes it).
         """
         ...
 

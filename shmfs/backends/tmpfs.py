@@ -22,6 +22,7 @@ from shmfs.backends import SegmentInfo, refuse_options, segment_full
 from shmfs.backends import segdir as sd
 from shmfs.backends.fsutil import file_mode, open_dir, translate, verify_owner, writable_by_others
 from shmfs.backends.varfile import CONTENDED, PAGE, VarFile, capacity_for, create, read_length
+from shmfs.codecs import Split
 from shmfs.errors import CorruptSegment, SegmentNotFound, ShmfsError, UnsafeSegment
 from shmfs.forking import fork_epoch, pid_alive
 from shmfs.locking import HoldsSegmentLock, SegmentLock
@@ -321,7 +322,7 @@ class TmpfsBackend(HoldsSegmentLock):
         self._vars[index] = var
         return var
 
-    def read(self, index: int) -> bytes | memoryview | None:
+    def read(self, index: int) -> bytes | memoryview | Split | None:
         """Return the current bytes of ``index`` without taking the lock, or ``None``."""
         if self._epoch != fork_epoch():
             self._after_fork()
@@ -347,7 +348,7 @@ class TmpfsBackend(HoldsSegmentLock):
                 break
         return self._read_locked(index)
 
-    def _read_locked(self, index: int) -> bytes | memoryview | None:
+    def _read_locked(self, index: int) -> bytes | memoryview | Split | None:
         """Read with no writer running: anything but a value or absence is damage."""
         self.acquire(None)
         try:

@@ -52,6 +52,7 @@ import sys
 import threading
 from typing import Final
 
+from shmfs.codecs import SPLIT_HEAD, Split, body_at
 from shmfs.errors import CorruptSegment
 
 __all__ = ["HEADER_SIZE", "VarFile", "capacity_for", "create", "read_length"]
@@ -113,6 +114,17 @@ def _into_scratch(mm: mmap.mmap, start: int, length: int) -> memoryview:
     with memoryview(mm) as whole, whole[start : start + length] as source:
         view[:] = source  # released at once, so the mapping can still be closed
     return view
+
+
+def _read_large(mm: mmap.mmap, start: int, length: int) -> memoryview | Split:
+    """A large value's frame: split around its body if it holds a ``bytes`` (one copy, into
+    the object the caller returns), else copied into the thread's scratch buffer."""
+    head = mm[start : start + SPLIT_HEAD]
+    at = body_at(head, length)
+    if at is None:
+        return _into_scratch(mm, start, length)
+    end = start + length - 1
+    return Split(head[:at], mm[start + at : end], mm[end : end + 1])
 
 
 def capacity_for(length: int, current: int = 0) -> int:
@@ -224,11 +236,12 @@ class VarFile:
         words = self._words
         return int(words[_LENGTH + (_generation(words[_CONTROL]) & 1)])
 
-    def read(self) -> bytes | memoryview | None:
+    def read(self) -> bytes | memoryview | Split | None:
         """Copy the current value; ``REOPEN`` if retired, ``CONTENDED`` if writers kept winning.
 
         A large value is copied into a buffer this thread reuses (see ``_into_scratch``): the
-        view is good until the thread's next read, so decode it first.
+        view is good until the thread's next read, so decode it first. A large ``bytes`` value
+        comes as a :class:`~shmfs.codecs.Split`, its body copied once into its own object.
 
         Raises:
             CorruptSegment: the control word fails its check.
@@ -252,7 +265,7 @@ class VarFile:
             return REOPEN
         return self._read_retrying()
 
-    def _read_retrying(self) -> bytes | memoryview | None:
+    def _read_retrying(self) -> bytes | memoryview | Split | None:
         """``read`` for large values, retired files, damage, and copies a writer overtook."""
         words, mm, capacity = self._words, self._mm, self.capacity
         try:
@@ -267,7 +280,7 @@ class VarFile:
                     continue
                 start = HEADER_SIZE + slot * capacity
                 if length > _SCRATCH_ABOVE:
-                    data: bytes | memoryview = _into_scratch(mm, start, length)
+                    data: bytes | memoryview | Split = _read_large(mm, start, length)
                 else:
                     data = mm[start : start + length]
                 if words[_SEQ + slot] == seq:
