@@ -21,6 +21,7 @@ import shmfs
 from tests.conftest import segment_ref
 from tests.workers import (
     Children,
+    checked_value,
     hold_lock,
     hold_lock_forever,
     incr_many,
@@ -29,6 +30,7 @@ from tests.workers import (
     rmw_many,
     write_count,
     write_forever,
+    write_small,
 )
 
 WAIT = 60
@@ -115,6 +117,38 @@ def test_readers_never_see_torn_or_older_values(seg: shmfs.Segment, spawn_ctx: A
         assert count["backwards"] == 0, counts
     assert sum(count["intact"] for count in counts) > 100, counts
     assert is_intact(seg[1]) and seg[1]["seq"] == 3000
+
+
+def test_pread_readers_never_see_torn_or_older_values(seg: shmfs.Segment, spawn_ctx: Any) -> None:
+    """The seqlock holds for readers that copy with pread instead of mapping (tmpfs, past its
+    mapping limit): two such readers during 3000 puts in place."""
+    if seg.backend != "tmpfs":
+        pytest.skip("pread reads are the tmpfs backend's")
+    ref = segment_ref(seg)
+    seg[1] = checked_value(0, 1500)  # the file every put then writes in place
+    stop, started = spawn_ctx.Event(), spawn_ctx.Event()
+    readies = [spawn_ctx.Event() for _ in range(2)]
+    children = Children(spawn_ctx)
+    try:
+        for ready in readies:
+            children.start(read_while, ref, 1, stop, ready, True)  # unmapped
+        for ready in readies:
+            assert ready.wait(WAIT)
+        writer = Children(spawn_ctx)
+        writer.start(write_small, ref, 1, 3000, started)
+        try:
+            assert writer.results(WAIT) == [3000]
+        finally:
+            stop.set()
+            writer.stop()
+        counts = children.results(WAIT)
+    finally:
+        stop.set()
+        children.stop()
+    for count in counts:
+        assert count["bad"] == count["backwards"] == count["missing"] == 0, counts
+        assert count["mapped"] == 0, counts  # every read was a pread copy
+    assert sum(count["intact"] for count in counts) > 100, counts
 
 
 def leftovers(location: str) -> list[str]:

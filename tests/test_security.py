@@ -18,7 +18,7 @@ import pytest
 
 import shmfs
 from shmfs import codecs
-from shmfs.backends import segdir
+from shmfs.backends import segdir, tmpfs
 from shmfs.backends import sysvipc as ipc
 from shmfs.backends.varfile import create
 
@@ -189,6 +189,16 @@ def _planted_variable(directory: str, name: str, frame: bytes) -> None:
         os.close(fd)
 
 
+@pytest.fixture(params=["mapped", "pread"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Reads through a mapping, or (past the mapping limit) copied with pread: both check trust."""
+    if request.param == "pread":
+        monkeypatch.setattr(tmpfs, "MAX_MAPPINGS", 0)
+        monkeypatch.setattr(tmpfs, "_ADMIT_AFTER", 10**9)
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("read_path")
 def test_pickle_from_another_user_is_never_unpickled(
     shared_root: str, key: int, tmp_path: Any
 ) -> None:
@@ -211,6 +221,7 @@ def test_pickle_from_another_user_is_never_unpickled(
     seg.destroy()
 
 
+@pytest.mark.usefixtures("read_path")
 def test_world_writable_file_is_not_trusted_for_pickles(shared_root: str, key: int) -> None:
     seg = shmfs.attach(key, 1 << 20, 0o666, root=shared_root)
     seg[1] = {"pickled": True}  # root owns the file, but anyone may have written into it

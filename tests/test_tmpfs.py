@@ -269,6 +269,47 @@ def test_mappings_are_bounded(seg: shmfs.Segment) -> None:
     assert len(seg) == count
 
 
+def test_unmapped_variables_are_read_with_pread(seg: shmfs.Segment) -> None:
+    """Past the mapping limit, variables are copied with pread instead of mapped and unmapped
+    on every get; a variable read often is mapped after all. Every value stays exact, and no
+    descriptor or mapping is left behind."""
+    count = tmpfs.MAX_MAPPINGS + 300
+    for index in range(count):
+        seg[index] = f"value {index}" * (1 + index % 50)
+    for index in range(count):
+        assert seg[index] == f"value {index}" * (1 + index % 50)
+    before = len(os.listdir("/proc/self/fd"))  # the mappings' own, before Python 3.13
+    for index in range(count):
+        assert seg[index] == f"value {index}" * (1 + index % 50)
+    backend = seg._backend
+    assert len(backend._vars) == tmpfs.MAX_MAPPINGS
+    unmapped = count - 1
+    assert unmapped not in backend._vars
+    for _ in range(tmpfs._ADMIT_AFTER):
+        assert seg[unmapped] == f"value {unmapped}" * (1 + unmapped % 50)
+    assert unmapped in backend._vars  # read often enough to be mapped
+    assert len(backend._vars) == tmpfs.MAX_MAPPINGS
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
+def test_unmapped_reads_see_replacements_and_removals(
+    attach: Any, key: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tmpfs, "MAX_MAPPINGS", 0)  # every read finds no room to map
+    monkeypatch.setattr(tmpfs, "_ADMIT_AFTER", 10**9)
+    seg, other = attach(key, 1 << 20), attach(key)
+    seg[1] = "small"
+    assert seg[1] == "small"
+    other[1] = b"x" * 100_000  # a new, bigger file: past the first page, so it is mapped
+    assert seg[1] == b"x" * 100_000
+    seg[2] = "two"
+    assert seg[2] == "two" and 2 not in seg._backend._vars
+    other[2] = "replaced by another handle"
+    assert seg[2] == "replaced by another handle"
+    del other[2]
+    assert 2 not in seg and seg.get(2, "gone") == "gone"
+
+
 def test_dead_writer_litter_is_cleaned_on_attach(attach: Any, key: int) -> None:
     seg = attach(key, 1 << 20)
     seg[1] = "x"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from typing import Any
 
@@ -68,10 +69,35 @@ def write_count(ref: dict[str, Any], index: int, count: int, started: Any) -> in
     return count
 
 
-def read_while(ref: dict[str, Any], index: int, stop: Any, ready: Any) -> dict[str, int]:
-    """Read ``index`` until ``stop`` is set; count intact reads and anything else."""
+def write_small(ref: dict[str, Any], index: int, count: int, started: Any) -> int:
+    """``write_count`` with values small enough to stay in their file's first page, where a
+    tmpfs reader without a mapping copies them with pread."""
+    with open_seg(ref) as seg:
+        started.set()
+        for seq in range(1, count + 1):
+            seg.put(index, checked_value(seq, 100 if seq % 2 else 1500))
+    return count
+
+
+def never_map() -> None:
+    """Make this process's tmpfs handles read every variable with pread, never mapping one."""
+    from shmfs.backends import tmpfs  # noqa: PLC0415  # a test seam, for tmpfs tests only
+
+    tmpfs.MAX_MAPPINGS = 0  # type: ignore[misc]  # the seam: reads find no room to map
+    tmpfs._ADMIT_AFTER = sys.maxsize  # type: ignore[misc]
+
+
+def read_while(
+    ref: dict[str, Any], index: int, stop: Any, ready: Any, unmapped: bool = False
+) -> dict[str, int]:
+    """Read ``index`` until ``stop`` is set; count intact reads and anything else.
+
+    ``unmapped``: read with pread only (see ``never_map``); ``mapped`` counts the mappings the
+    handle holds at the end, to show it did."""
     counts = {"intact": 0, "bad": 0, "backwards": 0, "missing": 0}
     last = 0
+    if unmapped:
+        never_map()
     with open_seg(ref) as seg:
         ready.set()
         while not stop.is_set():
@@ -85,6 +111,7 @@ def read_while(ref: dict[str, Any], index: int, stop: Any, ready: Any) -> dict[s
                 if value["seq"] < last:
                     counts["backwards"] += 1
                 last = value["seq"]
+        counts["mapped"] = len(getattr(seg._backend, "_vars", ()))
     return counts
 
 

@@ -55,7 +55,17 @@ from typing import Final
 from shmfs.codecs import SPLIT_HEAD, Split, body_at
 from shmfs.errors import CorruptSegment
 
-__all__ = ["HEADER_SIZE", "VarFile", "capacity_for", "create", "read_length"]
+__all__ = [
+    "CONTENDED",
+    "HEADER_SIZE",
+    "MAP_IT",
+    "REOPEN",
+    "VarFile",
+    "capacity_for",
+    "create",
+    "read_length",
+    "read_unmapped",
+]
 
 HEADER_SIZE: Final = 64
 MAGIC: Final = int.from_bytes(b"SHMFSVAR", "little")
@@ -184,6 +194,48 @@ def read_length(fd: int) -> int:
         return int(words[_LENGTH + (_generation(words[_CONTROL]) & 1)])
     except CorruptSegment:
         return 0
+
+
+#: Returned by :func:`read_unmapped` when the value is not in the file's first page: map it.
+MAP_IT: Final = b"map"
+
+
+def read_unmapped(fd: int, size: int) -> bytes | None:
+    """Copy the current value out of an open variable file of ``size`` bytes with ``pread``,
+    without mapping it; ``REOPEN``, ``CONTENDED`` as :meth:`VarFile.read`, or ``MAP_IT``.
+
+    For variables read too rarely to be worth a mapping: mapping a file and later unmapping it
+    costs about 12 us, two preads under 1 us. The same seqlock as :meth:`VarFile.read`: the
+    first pread copies the header and the slot in one go, a second re-reads the slot's sequence.
+
+    Raises:
+        CorruptSegment: not a variable file of this version, or the control word fails its check.
+        OSError: from ``pread``.
+    """
+    if size < HEADER_SIZE + 16 or size % 8:
+        raise CorruptSegment(f"variable file is {size} bytes, not a shmfs variable")
+    for _ in range(_SPINS):
+        page = os.pread(fd, min(size, PAGE), 0)
+        if len(page) < HEADER_SIZE:
+            raise CorruptSegment("variable file is shorter than its header")
+        words = memoryview(page)[:HEADER_SIZE].cast("Q")
+        if words[0] != MAGIC or words[1] != VERSION or HEADER_SIZE + 2 * words[2] != size:
+            raise CorruptSegment("variable file has a bad header (magic, version or capacity)")
+        generation = _generation(words[_CONTROL])
+        if generation & _RETIRED:
+            return REOPEN
+        slot = generation & 1
+        seq = generation * 2
+        length = words[_LENGTH + slot]
+        if words[_SEQ + slot] != seq or length > words[2]:
+            continue
+        start = HEADER_SIZE + slot * words[2]
+        if start + length > len(page):
+            return MAP_IT
+        data = page[start : start + length]
+        if int.from_bytes(os.pread(fd, 8, (_SEQ + slot) * 8), "little") == seq:
+            return data
+    return CONTENDED
 
 
 class VarFile:
