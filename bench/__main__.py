@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Scratch()
     try:
         points = cases.point_ops(scratch, plan, progress)
+        points["views"] = cases.zero_copy_views(scratch, plan, progress)
         fill = cases.fill_curve(scratch, plan, progress)
         pairs = cases.writer_readers(scratch, plan, progress)
         incr = cases.incr_contention(scratch, plan, progress)

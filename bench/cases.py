@@ -15,6 +15,7 @@ Multi-process cases interleave by run: for each process count, every system take
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import statistics
 import time
@@ -22,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import shmfs
 from bench import processes
 from bench.php import PhpSubject
 from bench.scratch import Scratch
 from bench.systems import FACTORIES, Footprint, System, Unavailable
-from bench.timing import Stats, bracket_ns, time_gets, time_puts, to_us
+from bench.timing import Stats, bracket_ns, measure, time_gets, time_puts, to_us
 from bench.values import SMALL, VALUES, Picks
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "incr_contention",
     "point_ops",
     "writer_readers",
+    "zero_copy_views",
 ]
 
 Progress = Callable[[str], None]
@@ -487,3 +490,32 @@ def incr_contention(scratch: Scratch, plan: Plan, progress: Progress) -> dict[st
         for name, by_workers in runs.items()
     }
     return {"results": results, "unavailable": opened.unavailable}
+
+
+#: Value sizes the zero-copy case views: a view must cost the same at each.
+VIEW_SIZES: tuple[int, ...] = (1 << 10, 1 << 20, 32 << 20)
+
+
+def zero_copy_views(scratch: Scratch, plan: Plan, progress: Progress) -> dict[str, Any]:
+    """``with seg.view(i) as v: v[0]`` on tmpfs for bytes of growing size, and ``get`` of the
+    same values for contrast: ``{"view": {size: Stats}, "get": {size: Stats}}``."""
+    root = scratch.shm_path("shmfs-views")
+    os.mkdir(root, 0o700)
+    seg = shmfs.attach(0x5EB0_0003, 2 * VIEW_SIZES[-1] + (1 << 20), root=root)
+    scratch.on_close("shmfs views", seg.destroy)
+    results: dict[str, dict[int, Stats]] = {"view": {}, "get": {}}
+    batches = max(plan.rounds, 3)
+
+    def view() -> None:
+        with seg.view(1) as value:
+            value[0]
+
+    for size in VIEW_SIZES:
+        seg[1] = os.urandom(size)
+        results["view"][size] = measure(view, batch=200, batches=batches)
+        results["get"][size] = measure(lambda: seg[1], batch=10, batches=batches)
+        progress(
+            f"zero-copy view of {size:>10,} B: {results['view'][size].median:8.2f} µs"
+            f"  (get: {results['get'][size].median:10.2f} µs)"
+        )
+    return results

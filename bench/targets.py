@@ -15,10 +15,11 @@ from bench.timing import Stats
 
 __all__ = ["SYSV", "TMPFS", "Row", "evaluate", "memory_per_variable"]
 
-TMPFS, SYSV, LMDB, DISKCACHE, MEMCPY = (
+TMPFS, SYSV, LMDB, LMDB_DEFAULTS, DISKCACHE, MEMCPY = (
     "shmfs tmpfs",
     "shmfs sysv",
     "lmdb",
+    "lmdb, defaults",
     "diskcache",
     "memcpy (floor)",
 )
@@ -124,9 +125,13 @@ def evaluate(  # a flat list of targets reads best as one list
             )
         )
 
-    ratio("tmpfs get 100-byte str <= 1.0x lmdb's get", "str100", "get", LMDB, 1.0)
+    # The issue measured lmdb as it comes (its put figures are sync=True's); lmdb with
+    # sync=False is the stronger peer, so each lmdb target is judged against both.
+    for base, how in ((LMDB_DEFAULTS, "defaults"), (LMDB, "sync=False")):
+        ratio(f"tmpfs get 100-byte str <= 1.0x lmdb's get ({how})", "str100", "get", base, 1.0)
     absolute("tmpfs get 100-byte str <= 2 µs", "str100", "get", 2.0)
-    ratio("tmpfs put 100-byte str <= 0.5x lmdb's put", "str100", "put", LMDB, 0.5)
+    for base, how in ((LMDB_DEFAULTS, "defaults"), (LMDB, "sync=False")):
+        ratio(f"tmpfs put 100-byte str <= 0.5x lmdb's put ({how})", "str100", "put", base, 0.5)
     absolute("tmpfs put 100-byte str <= 5 µs", "str100", "put", 5.0)
     absolute("tmpfs get small dict <= 3 µs", "dict", "get", 3.0)
     absolute("tmpfs put small dict <= 6 µs", "dict", "put", 6.0)
@@ -134,6 +139,16 @@ def evaluate(  # a flat list of targets reads best as one list
     faster("tmpfs put small dict >= 10x faster than diskcache", "dict", "put", DISKCACHE, 10.0)
     ratio("tmpfs get 1 MiB bytes <= 1.5x a 1 MiB memcpy", "bytes1m", "get", MEMCPY, 1.5)
     ratio("tmpfs put 1 MiB bytes <= 3x a 1 MiB memcpy", "bytes1m", "put", MEMCPY, 3.0)
+
+    views = points.get("views", {}).get("view", {})
+    label = "tmpfs zero-copy view: cost does not grow with the value (largest <= 1.5x smallest)"
+    if views:
+        small, large = min(views), max(views)
+        r = views[large].ratio(views[small])
+        text = ", ".join(f"{size:,} B {stats.median:.2f} µs" for size, stats in views.items())
+        rows.append(Row(label, f"{text}: {r:.2f}x", r <= 1.5))
+    else:
+        rows.append(Row(label, "not measured", None))
 
     pair = pairs["results"].get(TMPFS, {}).get(1)
     for op, key, limit in (("puts", "puts_per_s", 150e3), ("gets", "gets_per_s", 500e3)):

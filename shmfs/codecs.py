@@ -47,12 +47,17 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER",
     "MAGIC",
+    "SPLIT_HEAD",
     "Codec",
+    "Split",
+    "body_at",
     "decode",
     "decode_failed",
     "decode_payload",
     "encode",
     "get_codec",
+    "unpack_buffers",
+    "view_payload",
 ]
 
 MAGIC: Final = b"\x93SHF"
@@ -61,6 +66,8 @@ HEADER: Final = struct.Struct("<4sBBBBQII")
 FULL_CHECK_LIMIT: Final = 64 * 1024
 _EDGE: Final = 4 * 1024
 _FLAG_SIGNED: Final = 1
+_FLAG_BUFFERS: Final = 2  # a pickle with out-of-band buffers (see _pack_buffers)
+_KNOWN_FLAGS: Final = _FLAG_SIGNED | _FLAG_BUFFERS
 _TAG_SIZE: Final = 32
 _PROTOCOL: Final = 5
 
@@ -117,6 +124,70 @@ def _pickle_dumps(value: Any) -> bytes:
     return pickle.dumps(value, _PROTOCOL)
 
 
+def _dumps_out_of_band(codec: Codec, value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle ``value`` with its protocol-5 buffers (numpy arrays' data, say) kept apart, so
+    that they are stored as they are and a view can hand them out without copying."""
+    buffers: list[pickle.PickleBuffer] = []
+    stream = io.BytesIO()
+    pickler_class = _Pickler if codec.name == "cloudpickle" else pickle.Pickler
+    pickler_class(stream, protocol=_PROTOCOL, buffer_callback=buffers.append).dump(value)
+    return stream.getvalue(), buffers
+
+
+# Out-of-band payload: a table, then the pickle stream, then each buffer 8-byte aligned (numpy
+# arrays handed out over shared memory should be aligned for their items).
+_TABLE_HEAD: Final = struct.Struct("<QQ")  # stream length, buffer count; then the lengths
+
+
+def _pack_buffers(stream: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
+    raws = [buffer.raw() for buffer in buffers]
+    table = [len(stream), len(raws), *(raw.nbytes for raw in raws)]
+    parts: list[bytes | memoryview] = [struct.pack(f"<{len(table)}Q", *table), stream]
+    offset = 8 * len(table) + len(stream)
+    for raw in raws:
+        pad = -offset % 8
+        parts += [bytes(pad), raw]
+        offset += pad + raw.nbytes
+    return b"".join(parts)
+
+
+def unpack_buffers(payload: memoryview) -> tuple[memoryview, list[memoryview]]:
+    """Split an out-of-band payload into its pickle stream and its buffers (views, no copies).
+
+    Raises:
+        CorruptSegment: the table does not describe the payload.
+    """
+    size = len(payload)
+    if size < 16:
+        raise CorruptSegment("out-of-band value is shorter than its table")
+    stream_length, count = _TABLE_HEAD.unpack_from(payload)
+    if count > (size - 16) // 8:
+        raise CorruptSegment("out-of-band value's table is longer than the value")
+    lengths = struct.unpack_from(f"<{count}Q", payload, 16)
+    offset = 16 + 8 * count
+    if stream_length > size - offset:
+        raise CorruptSegment("out-of-band value's pickle runs past its end")
+    stream = payload[offset : offset + stream_length]
+    offset += stream_length
+    buffers = []
+    for length in lengths:
+        offset += -offset % 8
+        if length > size - offset:
+            raise CorruptSegment("out-of-band value's buffer runs past its end")
+        buffers.append(payload[offset : offset + length])
+        offset += length
+    if offset != size:
+        raise CorruptSegment("out-of-band value has bytes its table does not account for")
+    return stream, buffers
+
+
+def _loads_out_of_band(payload: bytes | memoryview) -> Any:
+    # get() returns a value of its own: the buffers are copied (bytearray: writable, as an
+    # in-band unpickle would make them); only Segment.view hands out the stored bytes.
+    stream, buffers = unpack_buffers(memoryview(payload))
+    return pickle.loads(stream, buffers=[bytearray(buffer) for buffer in buffers])
+
+
 def _json_dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode()
 
@@ -158,6 +229,12 @@ CODECS: Final[dict[str, Codec]] = {
     )
 }
 _BY_ID: Final = {codec.id: codec for codec in CODECS.values()}
+# What decode() reports for a frame with out-of-band buffers: the same codec, decoding its table.
+_OUT_OF_BAND: Final = {
+    codec.id: Codec(codec.name, codec.id, codec.encode, _loads_out_of_band, executes_code=True)
+    for codec in CODECS.values()
+    if codec.executes_code
+}
 # A frame's first 8 bytes (magic, version, codec, flags, reserved) as one little-endian word, for
 # every unsigned frame this version writes.
 _UNSIGNED: Final = {
@@ -235,7 +312,17 @@ def encode(codec: Codec, value: Any, secret: bytes | None = None, *, framed: boo
         pieces = _pickled_bytes(value)
         return _frame_pieces(codec, pieces, flags, secret) if framed else b"".join(pieces)
     try:
-        payload = codec.encode(value)
+        if not codec.executes_code or not framed:
+            payload = codec.encode(value)
+        elif _is_plain(value):  # what either pickler would write, at plain pickle's speed
+            payload = pickle.dumps(value, _PROTOCOL)
+        else:
+            stream, buffers = _dumps_out_of_band(codec, value)
+            if buffers:
+                flags |= _FLAG_BUFFERS
+                payload = _pack_buffers(stream, buffers)
+            else:
+                payload = stream
     except SerializationError:
         raise
     except Exception as exc:  # any failure inside a serializer means "cannot encode"
@@ -245,7 +332,7 @@ def encode(codec: Codec, value: Any, secret: bytes | None = None, *, framed: boo
         ) from exc
     if not framed:
         return payload
-    if secret is None and len(payload) <= FULL_CHECK_LIMIT:  # every small put: two packs
+    if not flags and len(payload) <= FULL_CHECK_LIMIT:  # every small put: two packs
         first = _FIRST_WORD[codec.id]
         crc = zlib.crc32(payload, zlib.crc32(_HEAD16.pack(first, len(payload))))
         return _WORDS.pack(first, len(payload), crc) + payload
@@ -298,7 +385,7 @@ def _decode_checked(
             " (written by a newer shmfs? upgrade it)",
             version=version,
         )
-    if reserved or reserved_word or flags & ~_FLAG_SIGNED:
+    if reserved or reserved_word or flags & ~_KNOWN_FLAGS:
         raise CorruptSegment("value header has unknown flags or non-zero reserved bytes")
     codec = _BY_ID.get(codec_id)
     if codec is None:
@@ -314,6 +401,17 @@ def _decode_checked(
         computed = _crc(view, payload)
     if computed != crc:
         raise CorruptSegment("value fails its checksum")
+    _check_signature(view, payload, signed, secret)
+    if flags & _FLAG_BUFFERS:
+        if not codec.executes_code:
+            raise CorruptSegment(f"a {codec.name} value cannot have out-of-band buffers")
+        return _OUT_OF_BAND[codec.id], payload
+    return codec, payload
+
+
+def _check_signature(
+    view: memoryview, payload: memoryview, signed: bool, secret: bytes | None
+) -> None:
     if signed != (secret is not None):
         raise UnsafeSegment(
             "value is signed but no secret= was given"
@@ -321,10 +419,10 @@ def _decode_checked(
             else "value is not signed but this segment requires secret="
         )
     if secret is not None and not hmac.compare_digest(
-        view[HEADER.size + length :], hmac.digest(secret, bytes(view[:16]) + payload, "sha256")
+        view[HEADER.size + len(payload) :],
+        hmac.digest(secret, bytes(view[:16]) + payload, "sha256"),
     ):
         raise UnsafeSegment("value's signature does not match secret= (tampered or other key)")
-    return codec, payload
 
 
 def decode_payload(codec: Codec, payload: bytes | memoryview) -> Any:
@@ -339,6 +437,31 @@ def decode_payload(codec: Codec, payload: bytes | memoryview) -> Any:
         raise
     except Exception as exc:  # a checked payload that fails to decode is the codec's failure
         raise decode_failed(codec, exc) from exc
+
+
+def view_payload(codec: Codec, payload: bytes | memoryview) -> Any:
+    """``decode_payload``, leaving stored bytes where they lie: a ``raw`` value or a pickled
+    ``bytes`` comes back as a read-only memoryview of ``payload``, and out-of-band buffers are
+    handed to the unpickler as read-only views of it; anything else is decoded (copied).
+
+    Raises:
+        CorruptSegment: an out-of-band table that does not describe the payload.
+        SerializationError: the codec cannot decode the bytes.
+    """
+    view = memoryview(payload).toreadonly()
+    if codec.name == "raw":
+        return view
+    if codec.executes_code:
+        body = _lone_bytes(view)
+        if body is not None:
+            return body
+        if codec.decode is _loads_out_of_band:
+            stream, buffers = unpack_buffers(view)
+            try:
+                return pickle.loads(stream, buffers=buffers)
+            except Exception as exc:
+                raise decode_failed(codec, exc) from exc
+    return decode_payload(codec, payload)
 
 
 def decode_failed(codec: Codec, exc: Exception) -> SerializationError:
@@ -378,16 +501,41 @@ def body_at(head: bytes, length: int) -> int | None:
         or check >> 32
     ):
         return None
-    opcodes = head[HEADER.size : HEADER.size + 3]
-    if opcodes == _BINBYTES:
-        start = HEADER.size + 7
-        size = int.from_bytes(head[HEADER.size + 3 : start], "little")
-    elif opcodes == _BINBYTES8:
-        start = HEADER.size + 11
-        size = int.from_bytes(head[HEADER.size + 3 : start], "little")
+    at = _bytes_at(head[HEADER.size :], payload_length)
+    return None if at is None else HEADER.size + at
+
+
+_LENGTH_BYTES: Final = {ord("C"): 1, ord("B"): 4, 0x8E: 8}  # SHORT_BINBYTES, BINBYTES, BINBYTES8
+
+
+def _lone_bytes(pickled: memoryview) -> memoryview | None:
+    """The bytes inside a protocol-5 pickle of one ``bytes`` object, in any of the forms pickle
+    writes (optional FRAME, the three BINBYTES sizes, optional MEMOIZE); else ``None``."""
+    if len(pickled) < 4 or pickled[0] != 0x80 or pickled[1] != 5:
+        return None
+    at = 11 if pickled[2] == 0x95 else 2  # FRAME and its 8-byte length
+    width = _LENGTH_BYTES.get(pickled[at]) if at < len(pickled) else None
+    if width is None or at + 1 + width > len(pickled):
+        return None
+    start = at + 1 + width
+    end = start + int.from_bytes(pickled[at + 1 : start], "little")
+    if bytes(pickled[end:]) not in (b".", b"\x94."):  # STOP, after MEMOIZE or not
+        return None
+    return pickled[start:end]
+
+
+def _bytes_at(opcodes: bytes | memoryview, payload_length: int) -> int | None:
+    """Where the bytes start in a ``payload_length``-byte pickle beginning with ``opcodes`` (its
+    first 11 bytes), if it is exactly one ``bytes`` (PROTO 5, BINBYTES or BINBYTES8, STOP)."""
+    kind = bytes(opcodes[:3])
+    if kind == _BINBYTES:
+        start = 7
+    elif kind == _BINBYTES8:
+        start = 11
     else:
         return None
-    return start if start + size + 1 == length else None
+    size = int.from_bytes(opcodes[3:start], "little")
+    return start if len(opcodes) >= start and start + size + 1 == payload_length else None
 
 
 def _check_split(split: Split, secret: bytes | None) -> bytes:

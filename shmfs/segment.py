@@ -263,19 +263,53 @@ class Segment(MutableMapping[int, Any]):
             return codecs.decode_payload(native, memoryview(data))
         codec, payload = codecs.decode(data, secret)
         if codec.executes_code and secret is None and not backend.trusted(index):
-            raise UnsafeSegment(
-                f"segment {self._spec['key']} index {index}: refusing to unpickle a value that "
-                "an untrusted user could have written (use json/raw/php, secret=, or "
-                f"{backend.trust_option})",
-                key=self._spec["key"],
-                index=index,
-            )
+            raise self._untrusted(backend, index)
         try:
             return codec.decode(payload)
         except SerializationError:
             raise
         except Exception as exc:  # a checked payload that fails to decode is the codec's failure
             raise codecs.decode_failed(codec, exc) from exc
+
+    def _untrusted(self, backend: Backend, index: int) -> UnsafeSegment:
+        return UnsafeSegment(
+            f"segment {self._spec['key']} index {index}: refusing to unpickle a value that "
+            "an untrusted user could have written (use json/raw/php, secret=, or "
+            f"{backend.trust_option})",
+            key=self._spec["key"],
+            index=index,
+        )
+
+    @contextlib.contextmanager
+    def view(self, index: int) -> Iterator[Any]:
+        """Read ``index`` without copying it: ``with seg.view(i) as value: ...``.
+
+        On tmpfs a ``bytes`` value (or a ``raw`` one) comes as a read-only ``memoryview`` of
+        the shared memory it lies in, and the buffers a value pickles out of band (numpy
+        arrays' data, pickle protocol 5) as read-only arrays over it: the cost does not grow
+        with the value's size. Other values are decoded as :meth:`get` decodes them. Inside
+        the block the viewed bytes stay as they were; writers meanwhile publish new files
+        instead of writing in place (slower, never blocked). After the block the views may
+        change under you: copy what you keep. On sysv and redis the value is a private copy,
+        so ``view`` costs what ``get`` costs.
+
+        Raises:
+            The errors of :meth:`get`; ``LockTimeout`` if the lock was not had to pin it.
+        """
+        backend = self._open()
+        index = check_index(index)
+        pin = getattr(backend, "pin", None)  # the optional Backend method for zero-copy reads
+        if pin is None:
+            value = self.get(index)
+            yield memoryview(value).toreadonly() if type(value) is bytes else value
+            return
+        with pin(index, self._lock_timeout) as frame:
+            if frame is None:
+                raise self._not_found(index)
+            codec, payload = codecs.decode(frame, self._secret)
+            if codec.executes_code and self._secret is None and not backend.trusted(index):
+                raise self._untrusted(backend, index)
+            yield codecs.view_payload(codec, payload)
 
     def _encode(self, value: Any) -> bytes:
         return codecs.encode(self._codec, value, self._secret, framed=self._framed)

@@ -349,7 +349,7 @@ def test_writer_dying_between_publish_and_retire(attach: Any, key: int) -> None:
     writer[1] = "old"
     assert reader[1] == "old"  # the reader now maps the old file
 
-    def die(self: Any) -> None:
+    def die(self: Any, *, scrub: bool = True) -> None:
         raise KeyboardInterrupt  # stands for SIGKILL: nothing after this point runs
 
     with (

@@ -251,3 +251,21 @@ def rmw_many(ref: dict[str, Any], kind: str, times: int, start: Any) -> int:
                 with seg.lock():
                     seg[1] = seg[1] + 1
     return times
+
+
+def put_values(ref: dict[str, Any], index: int, values: list[Any]) -> float:
+    """Store each of ``values`` at ``index`` in turn; return the seconds it took."""
+    with open_seg(ref) as seg:
+        began = time.monotonic()
+        for value in values:
+            seg.put(index, value)
+        return time.monotonic() - began
+
+
+def view_forever(ref: dict[str, Any], index: int, viewing: Any) -> None:
+    """Open a view of ``index`` and keep it open until killed."""
+    seg = open_seg(ref)
+    with seg.view(index):
+        viewing.set()
+        while True:
+            time.sleep(1)

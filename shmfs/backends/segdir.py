@@ -51,10 +51,11 @@ META_MAGIC: Final = int.from_bytes(b"SHMFSSEG", "little")
 META_VERSION: Final = 1
 (
     MAGIC, VERSION, KEY, SIZE, PERM, STATE, USED, COUNT, CREATED, CREATOR, GENERATION, WAITERS,
-    RECOVERIES,
-) = range(13)  # fmt: skip
+    RECOVERIES, VIEWS,
+) = range(14)  # fmt: skip
 WAITER_TABLE: Final = range(16, 16 + 64)
 NOTIFY_NAME: Final = ".notify"
+VIEWS_NAME: Final = ".views"  # flocked shared by every handle with a view open
 DESTROYED: Final = 1
 DIRTY: Final = 2
 OPEN_RW: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC

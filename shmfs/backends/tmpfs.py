@@ -13,11 +13,13 @@ checks it), renames the directory away, then retires, zeroes and unlinks each fi
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 import stat
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any, Final, Self
 
 from shmfs.backends import SegmentInfo, refuse_options, segment_full
@@ -52,6 +54,7 @@ _MISS_MEMORY: Final = 4 * MAX_MAPPINGS
 # The metadata words the read path checks, bound once (a module attribute lookup per read adds up).
 _STATE, _DIRTY, _RECOVERIES = sd.STATE, sd.DIRTY, sd.RECOVERIES
 _USED, _COUNT, _GENERATION, _WAITERS = sd.USED, sd.COUNT, sd.GENERATION, sd.WAITERS
+_VIEWS: Final = sd.VIEWS
 # Attempts to open a segment that keeps being destroyed under us before giving up.
 _OPEN_ATTEMPTS: Final = 100
 
@@ -74,6 +77,9 @@ class TmpfsBackend(HoldsSegmentLock):
     _dir_fd = -1
     _meta_fd = -1
     _notify_fd = -1
+    _views_fd = -1  # flocked LOCK_SH while this handle has views open
+    _probe_fd = -1  # writers test, through this one, whether any handle has views open
+    _views = 0  # views this handle has open
     _meta_mm: mmap.mmap | None = None
     _lock: SegmentLock | None = None
     _vars: dict[int, VarFile] = {}  # noqa: RUF012  # replaced per instance before any use
@@ -183,7 +189,14 @@ class TmpfsBackend(HoldsSegmentLock):
         # The child shares the parent's open file descriptions: an flock on them is the
         # parent's lock, and LOCK_UN from the child would release it. Open our own, and only
         # close (never unlock) the inherited ones. Mappings stay valid across fork.
-        inherited = (self._dir_fd, self._meta_fd, self._root_fd, self._notify_fd)
+        inherited = (
+            self._dir_fd,
+            self._meta_fd,
+            self._root_fd,
+            self._notify_fd,
+            self._views_fd,
+            self._probe_fd,
+        )
         try:
             self._dir_fd = open_dir(".", inherited[0])
             self._meta_fd = os.open(sd.META_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
@@ -191,7 +204,8 @@ class TmpfsBackend(HoldsSegmentLock):
         except OSError as exc:
             raise translate(exc, f"segment {self.key}: cannot reopen after fork") from exc
         self._lock = SegmentLock(self._meta_fd, f"segment {self.key}")
-        self._notify_fd = -1
+        self._notify_fd = self._views_fd = self._probe_fd = -1
+        self._views = 0  # the parent's views are the parent's: its flock stays with it
         for fd in inherited:
             if fd >= 0:
                 os.close(fd)
@@ -209,7 +223,7 @@ class TmpfsBackend(HoldsSegmentLock):
             except BufferError:
                 pass  # another thread still reads it; the GC unmaps it
             self._meta_mm = None
-        for attr in ("_notify_fd", "_meta_fd", "_dir_fd", "_root_fd"):
+        for attr in ("_views_fd", "_probe_fd", "_notify_fd", "_meta_fd", "_dir_fd", "_root_fd"):
             fd = getattr(self, attr)
             if fd >= 0:
                 setattr(self, attr, -1)
@@ -456,10 +470,11 @@ class TmpfsBackend(HoldsSegmentLock):
         # The counts are stored after the value; DIRTY (clear while we hold the lock) tells the
         # next lock holder to recount them if we die in between.
         meta[_STATE] = _DIRTY
-        if var is not None and _fits(var.capacity, len(data)):
+        viewed = bool(meta[_VIEWS]) and self._viewed()
+        if var is not None and not viewed and _fits(var.capacity, len(data)):
             var.write(data)
         else:
-            self._replace(index, data, var)
+            self._replace(index, data, var, scrub=not viewed)
         meta[_USED] = used - old + len(data)
         if var is None:
             meta[_COUNT] += 1
@@ -468,8 +483,9 @@ class TmpfsBackend(HoldsSegmentLock):
         if meta[_WAITERS]:
             self._notify()
 
-    def _replace(self, index: int, data: bytes, old: VarFile | None) -> None:
-        """Publish ``data`` in a new file, then retire and zero the old one. Lock held."""
+    def _replace(self, index: int, data: bytes, old: VarFile | None, *, scrub: bool) -> None:
+        """Publish ``data`` in a new file, then retire the old one, zeroed if ``scrub``. Lock
+        held."""
         capacity = capacity_for(len(data), old.capacity if old is not None else 0)
         if old is not None and len(data) * 4 < old.capacity:
             capacity = capacity_for(len(data))
@@ -481,7 +497,7 @@ class TmpfsBackend(HoldsSegmentLock):
             self._after_failure()
             raise translate(exc, f"segment {self.key}: cannot store index {index}") from exc
         if old is not None:
-            old.retire_and_scrub()
+            old.retire_and_scrub(scrub=scrub)
 
     def _after_failure(self) -> None:
         """Nothing was published; tidy now, or leave DIRTY for the next lock holder."""
@@ -501,7 +517,7 @@ class TmpfsBackend(HoldsSegmentLock):
         except OSError as exc:
             raise translate(exc, f"segment {self.key}: cannot remove index {index}") from exc
         meta[sd.STATE] = meta[sd.STATE] | sd.DIRTY
-        var.retire_and_scrub()
+        var.retire_and_scrub(scrub=not (meta[_VIEWS] and self._viewed()))
         self._vars.pop(index, None)
         var.close()
         meta[sd.USED] = meta[sd.USED] - length
@@ -521,6 +537,82 @@ class TmpfsBackend(HoldsSegmentLock):
         """Register as a waiter and watch ``.notify``."""
         self._check()
         return TmpfsWatcher(self)
+
+    # ------------------------------------------------------------------- views
+    #
+    # A view hands out a value where it lies in the mapping, so no writer may overwrite it while
+    # the view is open. Viewers hold a shared flock on the segment's .views file; a writer that
+    # sees the VIEWS count non-zero tries an exclusive flock on it, and if that fails (someone
+    # views) it publishes a new file instead of writing in place, and leaves the old file's
+    # bytes alone. The count only spares writers that system call when nobody views; the flock
+    # is the truth, and a viewer that died leaves no flock, so the next writer resets the count.
+
+    @contextlib.contextmanager
+    def pin(self, index: int, timeout: float | None) -> Iterator[memoryview | None]:
+        """The current frame of ``index`` in place, unchanging until the block ends; ``None``
+        if ``index`` holds no value."""
+        self.acquire(timeout)
+        try:
+            var = self._var(index)
+            frame = None
+            if var is not None:
+                frame = var.current()
+                self._hold_view()
+        finally:
+            self.release()
+        if frame is None:
+            yield None
+            return
+        try:
+            yield frame
+        finally:
+            with contextlib.suppress(BufferError):  # still exported (a numpy array, say)
+                frame.release()
+            self._drop_view(timeout)
+
+    def _views_file(self) -> int:
+        try:
+            fd = os.open(sd.VIEWS_NAME, sd.OPEN_RW | os.O_CREAT, 0o666, dir_fd=self._dir_fd)
+        except PermissionError:  # a segment we may only read: it must exist already
+            fd = os.open(sd.VIEWS_NAME, sd.OPEN_RO, dir_fd=self._dir_fd)
+        return fd
+
+    def _hold_view(self) -> None:
+        """Count a view this handle opens. Segment lock held."""
+        try:
+            if self._views == 0:
+                if self._views_fd < 0:
+                    self._views_fd = self._views_file()
+                fcntl.flock(self._views_fd, fcntl.LOCK_SH)  # writers only ever probe it
+        except OSError as exc:
+            raise translate(exc, f"segment {self.key}: cannot open a view") from exc
+        self._views += 1
+        self._meta[_VIEWS] += 1
+
+    def _drop_view(self, timeout: float | None) -> None:
+        self.acquire(timeout)
+        try:
+            self._views -= 1
+            if self._views == 0:
+                fcntl.flock(self._views_fd, fcntl.LOCK_UN)
+            if self._meta[_VIEWS]:
+                self._meta[_VIEWS] -= 1
+        finally:
+            self.release()
+
+    def _viewed(self) -> bool:
+        """Whether any handle, this one included, has a view open. Segment lock held."""
+        try:
+            if self._probe_fd < 0:  # a description of its own: our own views' flock counts
+                self._probe_fd = self._views_file()
+            fcntl.flock(self._probe_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            raise translate(exc, f"segment {self.key}: cannot check for views") from exc
+        fcntl.flock(self._probe_fd, fcntl.LOCK_UN)
+        self._meta[_VIEWS] = 0  # nobody views: the count was left by viewers that died
+        return False
 
     def _notify(self) -> None:
         """Wake waiters: a write to ``.notify`` is an inotify event; mapped writes raise none."""

@@ -341,6 +341,24 @@ class VarFile:
             return REOPEN
         return CONTENDED
 
+    def current(self) -> memoryview:
+        """The current value where it lies in the mapping, read-only. Segment lock held, so no
+        writer moves it meanwhile; after that, only the views protocol of ``TmpfsBackend.pin``
+        keeps it still.
+
+        Raises:
+            CorruptSegment: the control or sequence words are inconsistent.
+        """
+        words = self._words
+        generation = _generation(words[_CONTROL])
+        slot = generation & 1
+        length = words[_LENGTH + slot]
+        if generation & _RETIRED or words[_SEQ + slot] != generation * 2 or length > self.capacity:
+            raise CorruptSegment("variable file's sequence or length words are inconsistent")
+        start = HEADER_SIZE + slot * self.capacity
+        with memoryview(self._mm) as whole:
+            return whole[start : start + length].toreadonly()
+
     def write(self, data: bytes) -> None:
         """Publish ``data`` through the slot that is not current. Segment lock held.
 
@@ -357,14 +375,17 @@ class VarFile:
         words[_SEQ + slot] = generation * 2
         words[_CONTROL] = _seal(generation)
 
-    def retire_and_scrub(self) -> None:
-        """Send readers elsewhere, then zero both slots. Segment lock held.
+    def retire_and_scrub(self, *, scrub: bool = True) -> None:
+        """Send readers elsewhere, then zero both slots (unless ``scrub`` is false: a view may
+        still be reading them). Segment lock held.
 
         Retiring first means a reader never waits on a file that is going away; setting each
         sequence word to an odd value before zeroing means no reader accepts a half-zeroed copy.
         """
         words = self._words
         words[_CONTROL] = _seal(0, retired=True)
+        if not scrub:
+            return
         for slot in (0, 1):
             words[_SEQ + slot] = 1
             start = HEADER_SIZE + slot * self.capacity
