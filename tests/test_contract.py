@@ -121,6 +121,11 @@ def test_values_of_every_kind(seg: shmfs.Segment) -> None:
     seg[101] = closure
     assert seg[100](1) == 2
     assert seg[101](2) == 6
+    # Plain containers holding a function, at any depth the plain-pickle fast path looks at.
+    seg[102] = {"key": [1, (2, {"f": closure})]}
+    seg[103] = {1: "one", closure: "as a key"}
+    assert seg[102]["key"][1][1]["f"](3) == 9
+    assert [v for k, v in seg[103].items() if callable(k)] == ["as a key"]
 
 
 def test_large_value(seg: shmfs.Segment, attach: Any, key: int) -> None:
