@@ -49,6 +49,7 @@ __all__ = [
     "MAGIC",
     "SPLIT_HEAD",
     "Codec",
+    "Pieces",
     "Split",
     "body_at",
     "decode",
@@ -286,7 +287,25 @@ def _pickled_bytes(value: bytes) -> list[bytes]:
     return [head, value, b"."]
 
 
-def _frame_pieces(codec: Codec, pieces: list[bytes], flags: int, secret: bytes | None) -> bytes:
+class Pieces:
+    """A large frame kept as the pieces it was built from (header, pickle opcodes, the value
+    itself, STOP, and any signature), for a backend that copies each where it goes: joining
+    them first would copy the whole value once more. ``len()`` is the frame's length."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+        self.size = sum(len(part) for part in parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def _frame_pieces(codec: Codec, pieces: list[bytes], flags: int, secret: bytes | None) -> Pieces:
     """``encode`` for a payload in pieces (a small head, a large body, a small tail)."""
     length = sum(len(piece) for piece in pieces)
     head = HEADER.pack(MAGIC, FORMAT_VERSION, codec.id, flags, 0, length, 0, 0)
@@ -302,20 +321,31 @@ def _frame_pieces(codec: Codec, pieces: list[bytes], flags: int, secret: bytes |
         for piece in pieces:
             signature.update(piece)
         parts.append(signature.digest())
-    return b"".join(parts)
+    return Pieces(parts)
 
 
-def encode(codec: Codec, value: Any, secret: bytes | None = None, *, framed: bool = True) -> bytes:
+def encode(
+    codec: Codec,
+    value: Any,
+    secret: bytes | None = None,
+    *,
+    framed: bool = True,
+    pieces: bool = False,
+) -> bytes | Pieces:
     """Encode ``value`` with ``codec`` and frame it (``framed=False``: the codec's bytes alone,
-    for a backend whose native format they are, such as PHP's on sysv).
+    for a backend whose native format they are, such as PHP's on sysv). ``pieces``: the caller
+    takes a large frame as :class:`Pieces` (only ever ``bytes`` otherwise).
 
     Raises:
         SerializationError: the codec cannot encode the value; nothing was written.
     """
     flags = _FLAG_SIGNED if secret is not None else 0
     if codec.executes_code and type(value) is bytes and len(value) > FULL_CHECK_LIMIT:
-        pieces = _pickled_bytes(value)
-        return _frame_pieces(codec, pieces, flags, secret) if framed else b"".join(pieces)
+        body = _pickled_bytes(value)
+        if not framed:
+            return b"".join(body)
+        frame = _frame_pieces(codec, body, flags, secret)
+        return frame if pieces else bytes(frame)
     try:
         if not codec.executes_code or not framed:
             payload = codec.encode(value)

@@ -161,6 +161,7 @@ class Segment(MutableMapping[int, Any]):
         self._spec = spec
         # The backend's native codec is stored bare, so its other users (PHP) can read it.
         self._framed = not (codec.name == backend.native_codec and secret is None)
+        self._pieces = bool(getattr(backend, "writes_pieces", False))  # optional, see Backend
         self._backend = backend
 
     # ------------------------------------------------------------------- properties
@@ -311,8 +312,10 @@ class Segment(MutableMapping[int, Any]):
                 raise self._untrusted(backend, index)
             yield codecs.view_payload(codec, payload)
 
-    def _encode(self, value: Any) -> bytes:
-        return codecs.encode(self._codec, value, self._secret, framed=self._framed)
+    def _encode(self, value: Any) -> bytes | codecs.Pieces:
+        return codecs.encode(
+            self._codec, value, self._secret, framed=self._framed, pieces=self._pieces
+        )
 
     def has(self, index: int) -> bool:
         """Whether ``index`` holds a value (PHP: ``shm_has_var``).

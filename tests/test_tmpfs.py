@@ -414,3 +414,20 @@ def test_large_bytes_in_a_signed_segment(attach: Any, key: int) -> None:
     attach(key)[2] = value
     with pytest.raises(shmfs.UnsafeSegment):
         signer[2]
+
+
+def test_large_bytes_written_in_pieces(attach: Any, key: int) -> None:
+    """A large bytes value goes into its file as the frame's pieces (never joined): in a new
+    file, then in place over both slots, and signed."""
+    seg = attach(key, 8 << 20)
+    path = os.path.join(seg.stats()["location"], "1")
+    values = [os.urandom(_BIG) for _ in range(3)]
+    seg[1] = values[0]  # a new file
+    inode = os.stat(path).st_ino
+    for value in values[1:]:  # in place, slot 1 then slot 0
+        seg[1] = value
+        assert attach(key)[1] == value
+    assert os.stat(path).st_ino == inode
+    signed = attach(key, secret=b"k")
+    signed[2] = values[0]
+    assert signed[2] == values[0]

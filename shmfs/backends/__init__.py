@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self
 
-from shmfs.codecs import Split
+from shmfs.codecs import Pieces, Split
 from shmfs.errors import BackendUnavailable, InvalidArgument, SegmentFull
 
 __all__ = [
@@ -147,8 +147,11 @@ class Backend(Protocol):
         """
         ...
 
-    def write(self, index: int, data: bytes) -> None:
-        """Store ``data`` at ``index``, atomically; ``SegmentFull`` leaves the old value."""
+    def write(self, index: int, data: bytes | Pieces) -> None:
+        """Store ``data`` at ``index``, atomically; ``SegmentFull`` leaves the old value.
+
+        ``Pieces`` come only to a backend whose class sets ``writes_pieces = True``; the others
+        get ``bytes``."""
         ...
 
     def delete(self, index: int) -> bool:

@@ -57,6 +57,7 @@ import redis
 
 from shmfs.backends import SegmentInfo, refuse_options, segment_full
 from shmfs.backends.renewal import renewer
+from shmfs.codecs import Pieces
 from shmfs.errors import (
     BackendUnavailable,
     CorruptSegment,
@@ -467,8 +468,9 @@ class RedisBackend(HoldsSegmentLock):
                 raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
         return data if data is None or isinstance(data, bytes) else data.encode()
 
-    def write(self, index: int, data: bytes) -> None:
+    def write(self, index: int, data: bytes | Pieces) -> None:
         """Store ``data``: the lock, quota check and write are one script (lock held)."""
+        data = bytes(data)  # always bytes already: this class does not set writes_pieces
         self.client  # noqa: B018  # reconnects after fork
         with self._guard:
             stored, used = self._put(keys=self._keys, args=[self._token, index, data])

@@ -34,6 +34,7 @@ from shmfs.backends import SegmentInfo, refuse_options
 from shmfs.backends import php_layout as layout
 from shmfs.backends import sysvipc as ipc
 from shmfs.backends.journal import OVERHEAD, Journal
+from shmfs.codecs import Pieces
 from shmfs.errors import (
     BackendUnavailable,
     CorruptSegment,
@@ -422,8 +423,9 @@ class SysvBackend(HoldsSegmentLock):
         journal.begin(pos if pos >= 0 else header.end, header.end)
         return journal
 
-    def write(self, index: int, data: bytes) -> None:
+    def write(self, index: int, data: bytes | Pieces) -> None:
         """Store ``data``: PHP's remove-then-append, journalled. Lock held."""
+        data = bytes(data)  # always bytes already: this class does not set writes_pieces
         buf = self._live()
         journal = self._journalled(index)
         try:

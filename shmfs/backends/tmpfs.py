@@ -35,7 +35,7 @@ from shmfs.backends.varfile import (
     read_length,
     read_unmapped,
 )
-from shmfs.codecs import Split
+from shmfs.codecs import Pieces, Split
 from shmfs.errors import CorruptSegment, SegmentNotFound, ShmfsError, UnsafeSegment
 from shmfs.forking import fork_epoch, pid_alive
 from shmfs.locking import HoldsSegmentLock, SegmentLock
@@ -70,6 +70,7 @@ class TmpfsBackend(HoldsSegmentLock):
     name = "tmpfs"
     native_codec = None
     lock_free_reads = True
+    writes_pieces = True  # a large value is copied into its slot once, not joined first
     trust_option = "trust_uids="
 
     # Class-level defaults so close() works on an instance whose __init__ failed part way.
@@ -454,7 +455,7 @@ class TmpfsBackend(HoldsSegmentLock):
             var = self._var(index)
         return var is not None and var.trusted
 
-    def write(self, index: int, data: bytes) -> None:
+    def write(self, index: int, data: bytes | Pieces) -> None:
         """Store ``data`` at ``index``: in place when it fits its slot, else in a new file."""
         self._check()
         meta = self._meta
@@ -483,7 +484,9 @@ class TmpfsBackend(HoldsSegmentLock):
         if meta[_WAITERS]:
             self._notify()
 
-    def _replace(self, index: int, data: bytes, old: VarFile | None, *, scrub: bool) -> None:
+    def _replace(
+        self, index: int, data: bytes | Pieces, old: VarFile | None, *, scrub: bool
+    ) -> None:
         """Publish ``data`` in a new file, then retire the old one, zeroed if ``scrub``. Lock
         held."""
         capacity = capacity_for(len(data), old.capacity if old is not None else 0)

@@ -52,7 +52,7 @@ import sys
 import threading
 from typing import Final
 
-from shmfs.codecs import SPLIT_HEAD, Split, body_at
+from shmfs.codecs import SPLIT_HEAD, Pieces, Split, body_at
 from shmfs.errors import CorruptSegment
 
 __all__ = [
@@ -145,7 +145,7 @@ def capacity_for(length: int, current: int = 0) -> int:
     return (pages * PAGE - HEADER_SIZE) // 2 // 8 * 8
 
 
-def create(dir_fd: int, name: str, data: bytes, mode: int, capacity: int) -> None:
+def create(dir_fd: int, name: str, data: bytes | Pieces, mode: int, capacity: int) -> None:
     """Write a complete new variable file ``name`` holding ``data`` in slot 0.
 
     The caller publishes it with ``rename()``; until then nobody sees it.
@@ -161,7 +161,8 @@ def create(dir_fd: int, name: str, data: bytes, mode: int, capacity: int) -> Non
         header = memoryview(bytearray(HEADER_SIZE)).cast("Q")
         header[0], header[1], header[2] = MAGIC, VERSION, capacity
         header[_CONTROL], header[_SEQ], header[_LENGTH] = _seal(0), 0, len(data)
-        _write_all(fd, [header.tobytes(), data], 0)
+        parts = data.parts if isinstance(data, Pieces) else [data]
+        _write_all(fd, [header.tobytes(), *parts], 0)
     except BaseException:
         os.close(fd)
         os.unlink(name, dir_fd=dir_fd)
@@ -359,7 +360,7 @@ class VarFile:
         with memoryview(self._mm) as whole:
             return whole[start : start + length].toreadonly()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | Pieces) -> None:
         """Publish ``data`` through the slot that is not current. Segment lock held.
 
         Raises:
@@ -370,7 +371,13 @@ class VarFile:
         slot = generation & 1
         words[_SEQ + slot] = (generation * 2 - 1) & _WORD
         start = HEADER_SIZE + slot * self.capacity
-        self._mm[start : start + len(data)] = data
+        if isinstance(data, Pieces):
+            at = start
+            for part in data.parts:
+                self._mm[at : at + len(part)] = part
+                at += len(part)
+        else:
+            self._mm[start : start + len(data)] = data
         words[_LENGTH + slot] = len(data)
         words[_SEQ + slot] = generation * 2
         words[_CONTROL] = _seal(generation)
