@@ -310,6 +310,29 @@ def test_unmapped_reads_see_replacements_and_removals(
     assert 2 not in seg and seg.get(2, "gone") == "gone"
 
 
+def test_unmapped_writes_go_in_place_with_pwrite(
+    attach: Any, key: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tmpfs, "MAX_MAPPINGS", 0)  # every write finds no room to map
+    monkeypatch.setattr(tmpfs, "_ADMIT_AFTER", 10**9)
+    seg = attach(key, 1 << 20)
+    seg[1] = "first"
+    path = os.path.join(seg.stats()["location"], "1")
+    inode = os.stat(path).st_ino
+    for round_no in range(5):  # both slots, more than once
+        seg[1] = f"value {round_no}" * (1 + round_no)
+        assert seg[1] == f"value {round_no}" * (1 + round_no)
+    assert os.stat(path).st_ino == inode and not seg._backend._vars
+    assert seg.stats()["used"] == len(seg._encode("value 4" * 5))
+    seg[1] = os.urandom(50_000)  # too big for the slot: a new file, through the mapped path
+    assert os.stat(path).st_ino != inode
+    with seg.view(1) as viewed:  # viewed: never in place
+        inode = os.stat(path).st_ino
+        seg[1] = b"small"
+        assert os.stat(path).st_ino != inode and len(viewed) == 50_000
+    assert seg[1] == b"small"
+
+
 def test_dead_writer_litter_is_cleaned_on_attach(attach: Any, key: int) -> None:
     seg = attach(key, 1 << 20)
     seg[1] = "x"

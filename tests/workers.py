@@ -69,9 +69,14 @@ def write_count(ref: dict[str, Any], index: int, count: int, started: Any) -> in
     return count
 
 
-def write_small(ref: dict[str, Any], index: int, count: int, started: Any) -> int:
+def write_small(
+    ref: dict[str, Any], index: int, count: int, started: Any, unmapped: bool = False
+) -> int:
     """``write_count`` with values small enough to stay in their file's first page, where a
-    tmpfs reader without a mapping copies them with pread."""
+    tmpfs reader without a mapping copies them with pread. ``unmapped``: write with pwrite,
+    never through a mapping (see ``never_map``)."""
+    if unmapped:
+        never_map()
     with open_seg(ref) as seg:
         started.set()
         for seq in range(1, count + 1):

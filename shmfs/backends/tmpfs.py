@@ -34,6 +34,8 @@ from shmfs.backends.varfile import (
     create,
     read_length,
     read_unmapped,
+    unmapped_state,
+    write_unmapped,
 )
 from shmfs.codecs import Pieces, Split
 from shmfs.errors import CorruptSegment, SegmentNotFound, ShmfsError, UnsafeSegment
@@ -460,6 +462,14 @@ class TmpfsBackend(HoldsSegmentLock):
         self._check()
         meta = self._meta
         var = self._vars.get(index)
+        if (
+            var is None
+            and len(self._vars) >= MAX_MAPPINGS
+            and not meta[_VIEWS]
+            and not self._admit(index)
+            and self._write_unmapped(index, data)
+        ):
+            return
         if var is None or var.retired:
             var = self._var(index)
         old = var.length if var is not None else 0
@@ -483,6 +493,36 @@ class TmpfsBackend(HoldsSegmentLock):
         meta[_STATE] = 0
         if meta[_WAITERS]:
             self._notify()
+
+    def _write_unmapped(self, index: int, data: bytes | Pieces) -> bool:
+        """``write`` in place with pwrite, for a variable we keep no mapping of; ``False`` if it
+        cannot be done so (absent, not ours to write, unsound, or too big for its slot): the
+        mapped path then does it, or says what is wrong. Lock held."""
+        try:
+            fd = os.open(str(index), sd.OPEN_RW, dir_fd=self._dir_fd)
+        except OSError:
+            return False
+        meta = self._meta
+        try:
+            state = unmapped_state(fd)
+            if state is None or not _fits(state[1], len(data)):
+                return False
+            generation, capacity, old = state
+            used = meta[_USED]
+            if used - old + len(data) > self.size:
+                raise segment_full(self.key, index, len(data), self.size, used - old)
+            meta[_STATE] = _DIRTY  # as in write: a death from here on is repaired by a recount
+            write_unmapped(fd, generation, capacity, data)
+            meta[_USED] = used - old + len(data)
+            meta[_GENERATION] += 1
+            meta[_STATE] = 0
+        except OSError as exc:
+            raise translate(exc, f"segment {self.key}: cannot store index {index}") from exc
+        finally:
+            os.close(fd)
+        if meta[_WAITERS]:
+            self._notify()
+        return True
 
     def _replace(
         self, index: int, data: bytes | Pieces, old: VarFile | None, *, scrub: bool

@@ -45,6 +45,7 @@ which writes byte by byte where a concurrent reader could see a half-written wor
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import stat
@@ -65,6 +66,8 @@ __all__ = [
     "create",
     "read_length",
     "read_unmapped",
+    "unmapped_state",
+    "write_unmapped",
 ]
 
 HEADER_SIZE: Final = 64
@@ -237,6 +240,54 @@ def read_unmapped(fd: int, size: int) -> bytes | None:
         if int.from_bytes(os.pread(fd, 8, (_SEQ + slot) * 8), "little") == seq:
             return data
     return CONTENDED
+
+
+def unmapped_state(fd: int) -> tuple[int, int, int] | None:
+    """``(generation, capacity, length)`` of an open, unmapped variable file, for
+    :func:`write_unmapped`; ``None`` if it is not a sound, current one (the mapped path then
+    says what is wrong)."""
+    st = os.fstat(fd)
+    raw = os.pread(fd, HEADER_SIZE, 0)
+    if not stat.S_ISREG(st.st_mode) or len(raw) < HEADER_SIZE:
+        return None
+    words = memoryview(raw).cast("Q")
+    capacity = words[2]
+    if words[0] != MAGIC or words[1] != VERSION or HEADER_SIZE + 2 * capacity != st.st_size:
+        return None
+    try:
+        generation = _generation(words[_CONTROL])
+    except CorruptSegment:
+        return None
+    slot = generation & 1
+    if generation & _RETIRED or words[_SEQ + slot] != generation * 2:
+        return None
+    return generation, int(capacity), int(words[_LENGTH + slot])
+
+
+def write_unmapped(fd: int, generation: int, capacity: int, data: bytes | Pieces) -> None:
+    """:meth:`VarFile.write` through ``pwrite``, for a file we keep no mapping of (mapping it to
+    write once, and unmapping another to make room, costs 12 us). Segment lock held; the state
+    comes from :func:`unmapped_state` under the same lock.
+
+    Each word is one aligned 8-byte ``pwrite``, which the kernel copies with wide stores, but
+    nothing promises it is a single one; the protocol does not rest on it: a control word seen
+    half-written fails its self-check and a sequence word half-written matches no generation,
+    so a reader copies again, or under the lock.
+    """
+    generation = (generation + 1) & _GENERATIONS
+    slot = generation & 1
+    _pwrite_word(fd, _SEQ + slot, (generation * 2 - 1) & _WORD)
+    _write_all(
+        fd, data.parts if isinstance(data, Pieces) else [data], HEADER_SIZE + slot * capacity
+    )
+    _pwrite_word(fd, _LENGTH + slot, len(data))
+    _pwrite_word(fd, _SEQ + slot, generation * 2)
+    _pwrite_word(fd, _CONTROL, _seal(generation))
+
+
+def _pwrite_word(fd: int, word: int, value: int) -> None:
+    if os.pwrite(fd, value.to_bytes(8, "little"), word * 8) != 8:
+        raise OSError(errno.EIO, "short write of a variable file's header word")
 
 
 class VarFile:
