@@ -100,6 +100,7 @@ class TmpfsBackend(HoldsSegmentLock):
         self._dir_fd = dir_fd
         self._trust_uids = trust_uids
         self._epoch = fork_epoch()
+        self._dirty_tag = _dirty_tag()
         try:
             self._open_meta()
         except BaseException:
@@ -213,6 +214,7 @@ class TmpfsBackend(HoldsSegmentLock):
             if fd >= 0:
                 os.close(fd)
         self._epoch = fork_epoch()
+        self._dirty_tag = _dirty_tag()
 
     def close(self) -> None:
         """Unmap and close everything this handle opened. Idempotent."""
@@ -357,7 +359,11 @@ class TmpfsBackend(HoldsSegmentLock):
         if self._epoch != fork_epoch():
             self._after_fork()
         meta = self._meta
-        if meta[_STATE] & _DIRTY:
+        state = meta[_STATE]
+        # DIRTY says a writer is mid-change, or died there; the writer's pid rides along, so a
+        # reader racing a live writer does not try its lock (a system call, and a stall for the
+        # writer) on every get, only when the pid is not a live process of ours.
+        if state & _DIRTY and not pid_alive(state >> 32):
             self._recover_if_abandoned()
         if meta[_RECOVERIES] != self._recoveries:
             self._forget_mappings()
@@ -480,12 +486,16 @@ class TmpfsBackend(HoldsSegmentLock):
             raise UnsafeSegment(f"segment {self.key}: no write permission for index {index}")
         # The counts are stored after the value; DIRTY (clear while we hold the lock) tells the
         # next lock holder to recount them if we die in between.
-        meta[_STATE] = _DIRTY
-        viewed = bool(meta[_VIEWS]) and self._viewed()
-        if var is not None and not viewed and _fits(var.capacity, len(data)):
-            var.write(data)
-        else:
-            self._replace(index, data, var, scrub=not viewed)
+        meta[_STATE] = self._dirty_tag
+        try:
+            viewed = bool(meta[_VIEWS]) and self._viewed()
+            if var is not None and not viewed and _fits(var.capacity, len(data)):
+                var.write(data)
+            else:
+                self._replace(index, data, var, scrub=not viewed)
+        except BaseException:
+            meta[_STATE] = _DIRTY  # we live on, so name no live writer (see read)
+            raise
         meta[_USED] = used - old + len(data)
         if var is None:
             meta[_COUNT] += 1
@@ -511,7 +521,7 @@ class TmpfsBackend(HoldsSegmentLock):
             used = meta[_USED]
             if used - old + len(data) > self.size:
                 raise segment_full(self.key, index, len(data), self.size, used - old)
-            meta[_STATE] = _DIRTY  # as in write: a death from here on is repaired by a recount
+            meta[_STATE] = self._dirty_tag  # as in write: a death from here on means a recount
             write_unmapped(fd, generation, capacity, data)
             meta[_USED] = used - old + len(data)
             meta[_GENERATION] += 1
@@ -559,14 +569,18 @@ class TmpfsBackend(HoldsSegmentLock):
             os.unlink(str(index), dir_fd=self._dir_fd)
         except OSError as exc:
             raise translate(exc, f"segment {self.key}: cannot remove index {index}") from exc
-        meta[sd.STATE] = meta[sd.STATE] | sd.DIRTY
-        var.retire_and_scrub(scrub=not (meta[_VIEWS] and self._viewed()))
+        meta[_STATE] = self._dirty_tag
+        try:
+            var.retire_and_scrub(scrub=not (meta[_VIEWS] and self._viewed()))
+        except BaseException:
+            meta[_STATE] = _DIRTY  # we live on, so name no live writer (see read)
+            raise
         self._vars.pop(index, None)
         var.close()
         meta[sd.USED] = meta[sd.USED] - length
         meta[sd.COUNT] = meta[sd.COUNT] - 1
         meta[sd.GENERATION] = meta[sd.GENERATION] + 1
-        meta[sd.STATE] = meta[sd.STATE] & ~sd.DIRTY
+        meta[_STATE] = 0
         if meta[sd.WAITERS]:
             self._notify()
         return True
@@ -746,6 +760,12 @@ class TmpfsBackend(HoldsSegmentLock):
         finally:
             os.close(root_fd)
         return sorted((info for info in found if info is not None), key=lambda info: info.key)
+
+
+def _dirty_tag() -> int:
+    """The STATE word a writer of this process stores while it changes the segment: DIRTY,
+    and its pid in the high half (readers ask whether it is alive)."""
+    return _DIRTY | os.getpid() << 32
 
 
 def _fits(capacity: int, length: int) -> bool:
