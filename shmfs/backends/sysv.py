@@ -51,6 +51,7 @@ __all__ = ["SysvBackend", "ipc_namespace"]
 
 _SEM_USE, _SEM_USERS, _SEM_GATE = 0, 1, 2  # PHP's SYSVSEM_SEM, SYSVSEM_USAGE, SYSVSEM_SETVAL
 _TAKE: Final = ipc.SemOps([(_SEM_USE, -1, ipc.SEM_UNDO)])
+_TRY_TAKE: Final = ipc.SemOps([(_SEM_USE, -1, ipc.SEM_UNDO | ipc.IPC_NOWAIT)])
 _GIVE: Final = ipc.SemOps([(_SEM_USE, 1, ipc.SEM_UNDO)])
 _POLL: Final = 0.005
 _OPEN_ATTEMPTS: Final = 100
@@ -136,6 +137,8 @@ class _PhpSemaphore:
         self.key = key
         self.created = False
         self.semid = self._open(key, perm, trust_uids)
+        self._try_take = ipc.quick_semop(self.semid, _TRY_TAKE)
+        self._quick_give = ipc.quick_semop(self.semid, _GIVE)
         self.register()
 
     def _open(self, key: int, perm: int, trust_uids: frozenset[int]) -> int:
@@ -171,6 +174,8 @@ class _PhpSemaphore:
 
     def take(self, timeout: float | None) -> None:
         """``sem_acquire``, with a timeout PHP does not have."""
+        if not self._try_take():
+            return  # free: the common case, one system call
         try:
             ipc.semop(self.semid, _TAKE, timeout)
         except OSError as exc:
@@ -188,7 +193,8 @@ class _PhpSemaphore:
 
     def give(self) -> None:
         """``sem_release``."""
-        ipc.semop(self.semid, _GIVE)
+        if self._quick_give():
+            ipc.semop(self.semid, _GIVE)  # it changed nothing: again, to raise the errno
 
     def unregister(self) -> int:
         """Stop counting ourselves a user; return how many users remain."""
