@@ -33,6 +33,7 @@ from typing import Any, Final, Self
 from shmfs.backends import SegmentInfo, refuse_options
 from shmfs.backends import php_layout as layout
 from shmfs.backends import sysvipc as ipc
+from shmfs.backends.chain_index import ChainIndex
 from shmfs.backends.journal import OVERHEAD, Journal
 from shmfs.errors import (
     BackendUnavailable,
@@ -53,6 +54,7 @@ _SEM_USE, _SEM_USERS, _SEM_GATE = 0, 1, 2  # PHP's SYSVSEM_SEM, SYSVSEM_USAGE, S
 _TAKE: Final = ipc.SemOps([(_SEM_USE, -1, ipc.SEM_UNDO)])
 _TRY_TAKE: Final = ipc.SemOps([(_SEM_USE, -1, ipc.SEM_UNDO | ipc.IPC_NOWAIT)])
 _GIVE: Final = ipc.SemOps([(_SEM_USE, 1, ipc.SEM_UNDO)])
+_END: Final = 2  # the header's ``end``, in php_layout.word_view's words
 _POLL: Final = 0.005
 _OPEN_ATTEMPTS: Final = 100
 
@@ -214,6 +216,7 @@ class SysvBackend(HoldsSegmentLock):
     _attachment: ipc.Attachment | None = None
     _semaphore: _PhpSemaphore | None = None
     _journal: Journal | None = None
+    _chain: ChainIndex | None = None
     _lock: ReentrantLock | None = None
     _destroyed = False
 
@@ -255,6 +258,7 @@ class SysvBackend(HoldsSegmentLock):
         self._trusted = not stat.mode & 0o022
         self._attachment = ipc.Attachment(shmid, stat.size)
         self._buf = self._attachment.view
+        self._chain = ChainIndex(self._buf)
         self._semaphore = semaphore
         self._lock = lock
         if created or not layout.is_initialised(self._buf):
@@ -404,36 +408,42 @@ class SysvBackend(HoldsSegmentLock):
 
     # ------------------------------------------------------------------- variables
 
+    def _find(self, index: int) -> tuple[ChainIndex, tuple[int, int, int] | None]:
+        """The chain index, and (offset, length, next) of ``index``'s chunk or ``None``."""
+        chain = self._chain
+        if chain is None:
+            raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
+        try:
+            return chain, chain.find(index)
+        except CorruptSegment:
+            self._live()  # a header wiped by destroy() means gone, not damaged
+            raise
+
     def read(self, index: int) -> bytes | None:
         """Copy the bytes of ``index`` (lock held by the caller)."""
-        data = layout.get(self._live(), index)
-        if data is None:
+        found = self._find(index)[1]
+        if found is None:
             return None
-        with data:
-            return bytes(data)
+        data = found[0] + layout.CHUNK_HEADER_SIZE
+        return self._buf[data : data + found[1]].tobytes()
 
     def trusted(self, index: int) -> bool:
         """Whether only trusted users can write the segment (owner trusted, no 0o022 bits)."""
         del index
         return self._trusted
 
-    def _journalled(self, index: int) -> Journal | None:
-        """Start a journal entry for a change to ``index``; the journal, or ``None``."""
-        journal = self._journal
-        if journal is None:
-            return None
-        buf = self._buf
-        header = layout.read_header(buf)
-        pos = layout.find(buf, header, index)
-        journal.begin(pos if pos >= 0 else header.end, header.end)
-        return journal
-
     def write(self, index: int, data: bytes) -> None:
         """Store ``data``: PHP's remove-then-append, journalled. Lock held."""
-        buf = self._live()
-        journal = self._journalled(index)
+        chain, found = self._find(index)
+        pos, old = (found[0], found[2]) if found is not None else (-1, 0)
+        # The header is checked: by the walk, or as bytes equal to those of a checked one.
+        words = chain.words
+        journal = self._journal
+        if journal is not None:
+            end = words[_END]
+            journal.begin(pos if pos >= 0 else end, end)
         try:
-            layout.put(buf, index, data, scrub=True)
+            at = layout.store(self._buf, words, index, data, pos=pos, old=old, scrub=True)
         except SegmentFull as exc:
             raise SegmentFull(
                 f"segment {self.key}: {exc} with a bigger size= (PHP's size counts a 40-byte "
@@ -444,16 +454,26 @@ class SysvBackend(HoldsSegmentLock):
         finally:
             if journal is not None:
                 journal.commit()
+        length = len(data)
+        chain.stored(index, pos=pos, old=old, at=at, length=length, step=layout.chunk_size(length))
 
     def delete(self, index: int) -> bool:
         """Remove ``index`` and zero the bytes it frees. Lock held."""
-        buf = self._live()
-        journal = self._journalled(index)
+        chain, found = self._find(index)
+        if found is None:
+            return False
+        pos, _, step = found
+        words = chain.words
+        journal = self._journal
+        if journal is not None:
+            journal.begin(pos, words[_END])
         try:
-            return layout.remove(buf, index, scrub=True)
+            layout.cut(self._buf, words, pos, step, scrub=True)
         finally:
             if journal is not None:
                 journal.commit()
+        chain.removed(index, pos=pos, step=step)
+        return True
 
     def indices(self) -> list[int]:
         """Indices holding values, ascending. Takes the lock: a PHP-layout chain walked while
@@ -511,6 +531,9 @@ class SysvBackend(HoldsSegmentLock):
 
     def close(self) -> None:
         """Detach and stop counting ourselves a semaphore user. Idempotent."""
+        if self._chain is not None:
+            self._chain.release()
+            self._chain = None
         if self._journal is not None:
             self._journal.release()
             self._journal = None
@@ -528,6 +551,8 @@ class SysvBackend(HoldsSegmentLock):
         """Wipe the bytes and remove the segment (lock held); ``close()`` then removes the
         semaphore set too, unless another process still uses it."""
         buf = self._live()
+        if self._chain is not None:
+            self._chain.forget()
         layout.wipe(buf)
         try:
             ipc.shm_remove(self.shmid)
