@@ -12,6 +12,8 @@ key unless ``sem_key=`` says otherwise) with PHP's registration protocol (php-sy
 and ``SEM_UNDO`` on every operation, so the kernel releases the lock of a process that dies.
 
 **Reads take the lock**: PHP writers move chunks with ``memmove``, so no lock-free read is safe.
+A lookup does not walk PHP's chunk chain each time: ``chain_index.py`` remembers every chunk's
+offset and proves it still right (one ``memcmp`` against a copy of the bytes before it) first.
 
 **Size.** ``size`` is PHP's: the header's ``total``, 40 bytes of which are the header. When
 shmfs creates the segment it asks the kernel for twice that plus a little, and keeps the journal
