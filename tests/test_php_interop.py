@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -329,3 +330,102 @@ def test_php_reads_a_segment_whose_python_writer_was_killed(php_key: int) -> Non
             assert out == f"{len(value)} whole"
     finally:
         seg.destroy()
+
+
+def test_remembered_offsets_follow_php_moving_chunks(php_key: int) -> None:
+    """Offsets remembered from Python's reads must not survive PHP moving the chunks: a
+    replacing shm_put_var moves its chunk to the end (with equal sizes, the header's words stay
+    as they were), shm_remove_var closes the gap."""
+    seg = shmfs.attach(php_key, 64 * 1024, 0o600, backend="sysv", codec="php")
+    try:
+        expected: dict[int, Any] = {i: f"value {i} " + "x" * (i * 7 % 50) for i in range(20)}
+        for index, value in expected.items():
+            seg[index] = value
+        assert {i: seg[i] for i in expected} == expected  # every offset remembered
+        php(
+            f"""
+            $sem = sem_get({php_key});
+            $shm = shm_attach({php_key});
+            sem_acquire($sem);
+            shm_put_var($shm, 3, strtoupper(shm_get_var($shm, 3)));  // same size: moves only
+            shm_put_var($shm, 0, "zero, longer than before");
+            shm_remove_var($shm, 7);
+            shm_put_var($shm, 25, [1, 2]);
+            shm_put_var($shm, 12, shm_get_var($shm, 12));  // the same bytes, moved
+            sem_release($sem);
+            """
+        )
+        expected[3] = expected[3].upper()
+        expected[0] = "zero, longer than before"
+        del expected[7]
+        expected[25] = [1, 2]
+        expected[12] = expected.pop(12)  # last in the chain now
+        for index in range(30):
+            assert seg.get(index, None) == expected.get(index), index
+        # Python's writes on top of PHP's order, read back by PHP.
+        seg[5] = "five"
+        expected[5] = "five"
+        del seg[13]
+        del expected[13]
+        out = php(
+            f"""
+            $shm = shm_attach({php_key});
+            for ($i = 0; $i < 30; $i++) {{
+                if (shm_has_var($shm, $i)) echo $i, "=", serialize(shm_get_var($shm, $i)), "\\n";
+            }}
+            """
+        )
+        theirs = dict(line.split("=", 1) for line in out.splitlines())
+        assert theirs == {str(i): shmfs.phpserial.dumps(v).decode() for i, v in expected.items()}
+        assert sorted(seg) == sorted(expected)
+    finally:
+        seg.destroy()
+
+
+def test_a_value_that_looks_like_a_chunk_header_is_not_taken_for_one(php_key: int) -> None:
+    """After PHP moves index 1's chunk to the end, the offset Python remembered for index 2
+    lies inside index 1's data, where a header for index 2 (length, next and data all
+    plausible) waits: Python must still find the real index 2."""
+    prefix = b's:300:"'  # PHP's serialize() of a 300-byte string starts so
+    size_1 = php_layout.chunk_size(len(prefix) + 300 + 2)
+    size_2 = php_layout.chunk_size(len(b"i:7;"))
+    inside = size_1 - size_2 - php_layout.CHUNK_HEADER_SIZE  # offset in 1's data, after the move
+    fake = struct.pack("<qqq", 2, 6, php_layout.chunk_size(6)) + b"i:666;"
+    raw = bytearray(300)
+    raw[0] = 0xFF  # not UTF-8: PHP's string comes back as bytes
+    raw[inside - len(prefix) : inside - len(prefix) + len(fake)] = fake
+    seg = shmfs.attach(php_key, 4096, 0o600, backend="sysv", codec="php")
+    try:
+        seg[1] = bytes(raw)
+        seg[2] = 7
+        assert seg[2] == 7  # index 2's offset remembered: right after index 1's chunk
+        php(
+            f"""
+            $sem = sem_get({php_key});
+            $shm = shm_attach({php_key});
+            sem_acquire($sem);
+            shm_put_var($shm, 1, shm_get_var($shm, 1));
+            sem_release($sem);
+            """
+        )
+        moved = _view(php_key)
+        assert php_layout.find(moved, php_layout.read_header(moved), 2) == 40
+        remembered = 40 + size_1
+        assert moved[remembered : remembered + len(fake)] == fake  # the decoy is in place
+        assert seg[2] == 7
+        assert seg[1] == bytes(raw)
+        seg[2] = 8  # a put must find the real chunk too, and leave one
+        assert php(f"echo shm_get_var(shm_attach({php_key}), 2);") == "8"
+        assert php_layout.indices(_view(php_key)) == [1, 2]
+    finally:
+        seg.destroy()
+
+
+def _view(key: int) -> memoryview:
+    """A private copy of segment ``key``'s bytes."""
+    shmid = ipc.shmget(key, 0, 0)
+    attachment = ipc.Attachment(shmid, ipc.shm_stat(shmid).size, readonly=True)
+    try:
+        return memoryview(bytearray(attachment.view))
+    finally:
+        attachment.detach()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 from collections.abc import Iterator
 
@@ -74,3 +75,60 @@ def test_segment_created_by_shmfs_declares_size_but_keeps_a_journal(
     assert ipc.shm_stat(shmid).size > 2000  # room past PHP's total for the undo journal
     assert seg.size == seg.stats()["size"] == 1000
     seg.destroy()
+
+
+def test_remembered_offsets_agree_with_a_walk_through_foreign_writes(
+    key: int, cleanup: list[int]
+) -> None:
+    """Random puts and removes, ours and a foreign writer's (through php_layout on a second
+    attachment, as PHP writes), big values and duplicated indices among them: after each,
+    what the backend reads equals what a fresh walk of the chain finds."""
+    rng = random.Random(key)
+    seg = shmfs.attach(key, 1 << 16, backend="sysv", codec="php")
+    shmid = ipc.shmget(key, 0, 0)
+    foreign = ipc.Attachment(shmid, ipc.shm_stat(shmid).size)
+    backend = seg._backend
+    assert backend is not None
+
+    def value() -> bytes:
+        size = rng.choice([0, 1, 8, 24, 100, 100, 100, 250]) if rng.random() > 0.02 else 5000
+        return rng.randbytes(size)
+
+    try:
+        for step in range(3000):
+            index = rng.randrange(40)
+            with seg.lock():
+                roll = rng.random()
+                if roll < 0.35:
+                    backend.write(index, value())
+                elif roll < 0.45:
+                    backend.delete(index)
+                elif roll < 0.8:
+                    php_layout.put(foreign.view, index, value())
+                elif roll < 0.9:
+                    php_layout.remove(foreign.view, index)
+                elif roll < 0.99:  # the same bytes again: only the chunk's place changes
+                    same = php_layout.get(foreign.view, index)
+                    if same is not None:
+                        php_layout.put(foreign.view, index, bytes(same))
+                else:
+                    _append_duplicate(foreign.view, index, value())
+                if php_layout.read_header(foreign.view).free < 12000:
+                    for each in php_layout.indices(foreign.view)[::2]:
+                        php_layout.remove(foreign.view, each)
+                checked = range(40) if step % 10 == 0 else [index, rng.randrange(40)]
+                for each in checked:
+                    walked = php_layout.get(foreign.view, each)
+                    expected = None if walked is None else bytes(walked)
+                    assert backend.read(each) == expected, (step, each)
+    finally:
+        foreign.detach()
+        seg.destroy()
+
+
+def _append_duplicate(buf: memoryview, index: int, data: bytes) -> None:
+    """Append a second chunk for ``index`` (no PHP function does; a foreign writer could)."""
+    header = php_layout.read_header(buf)
+    php_layout.put(buf, index ^ (1 << 62), data)  # a chunk of the right size at the end ...
+    with buf.cast("q") as words:
+        words[header.end >> 3] = index  # ... renamed

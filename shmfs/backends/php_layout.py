@@ -59,7 +59,9 @@ __all__ = [
     "MAGIC",
     "Header",
     "Stats",
+    "chunk_at",
     "chunk_size",
+    "cut",
     "find",
     "get",
     "indices",
@@ -69,7 +71,9 @@ __all__ = [
     "read_header",
     "remove",
     "stats",
+    "store",
     "wipe",
+    "word_view",
 ]
 
 HEADER_SIZE = 40
@@ -146,7 +150,7 @@ def initialise(buf: memoryview) -> Header:
     """
     size = _checked_size(buf)
     header = Header(start=HEADER_SIZE, end=HEADER_SIZE, free=size - HEADER_SIZE, total=size)
-    with _words(buf) as words:
+    with word_view(buf) as words:
         words[_START] = header.start
         words[_END] = header.end
         words[_TOTAL] = header.total
@@ -172,7 +176,7 @@ def read_header(buf: memoryview) -> Header:
         raise CorruptSegment(
             f"segment is not initialised: it does not start with {MAGIC!r}", size=size
         )
-    with _words(buf) as words:
+    with word_view(buf) as words:
         header = Header(words[_START], words[_END], words[_FREE], words[_TOTAL])
     _check_header(header, size)
     return header
@@ -194,7 +198,7 @@ def find(buf: memoryview, header: Header, index: int) -> int:
     """
     _check_index(index)
     _check_header(header, _checked_size(buf))
-    with _words(buf) as words:
+    with word_view(buf) as words:
         return _find(words, header, index)[0]
 
 
@@ -214,7 +218,7 @@ def get(buf: memoryview, index: int) -> memoryview | None:
     """
     _check_index(index)
     header = read_header(buf)
-    with _words(buf) as words:
+    with word_view(buf) as words:
         pos, length, _ = _find(words, header, index)
     if pos < 0:
         return None
@@ -245,31 +249,56 @@ def put(buf: memoryview, index: int, data: bytes, *, scrub: bool = False) -> Non
     """
     _check_index(index)
     header = read_header(buf)
-    with memoryview(data) as raw, raw.cast("B") as src, _words(buf) as words:
-        length = src.nbytes
-        need = chunk_size(length)
+    with memoryview(data) as raw, raw.cast("B") as src, word_view(buf) as words:
         pos, _, old = _find(words, header, index)
-        if header.free + old < need:
-            raise SegmentFull(
-                f"not enough shared memory left: a {length}-byte value takes a {need}-byte chunk "
-                f"but only {header.free + old} of the segment's {header.total} bytes are free; "
-                "attach a bigger segment",
-                index=index,
-                needed=need,
-                free=header.free + old,
-                total=header.total,
-            )
-        if pos >= 0:
-            header = _remove_at(buf, words, header, pos, old, scrub=scrub)
-        # [PRE] L386-393: chunk header, data (pad bytes untouched), then end, then free.
-        at = header.end
-        word = at >> 3
-        words[word] = index
-        words[word + 1] = length
-        words[word + 2] = need
-        buf[at + CHUNK_HEADER_SIZE : at + CHUNK_HEADER_SIZE + length] = src
-        words[_END] = header.end + need
-        words[_FREE] = header.free - need
+        store(buf, words, index, src, pos=pos, old=old, scrub=scrub)
+
+
+def store(
+    buf: memoryview,
+    words: memoryview,
+    index: int,
+    data: bytes | memoryview,
+    *,
+    pos: int,
+    old: int,
+    scrub: bool,
+) -> int:
+    """:func:`put` after its walk; return the new chunk's offset.
+
+    ``words`` is :func:`word_view` of ``buf``, whose header the caller checked under the lock it
+    still holds; ``pos`` and ``old`` are the offset and ``next`` of the first chunk holding
+    ``index`` (-1 and 0 if none); ``data`` is bytes or a format ``"B"`` view.
+
+    Raises:
+        SegmentFull: As :func:`put`, with the segment untouched.
+    """
+    length = len(data)
+    need = ((length + _MIN_CHUNK - 1) // 8) * 8 + 8  # chunk_size(), inline on a hot path
+    free = words[_FREE]
+    if free + old < need:
+        raise SegmentFull(
+            f"not enough shared memory left: a {length}-byte value takes a {need}-byte chunk "
+            f"but only {free + old} of the segment's {words[_TOTAL]} bytes are free; "
+            "attach a bigger segment",
+            index=index,
+            needed=need,
+            free=free + old,
+            total=words[_TOTAL],
+        )
+    if pos >= 0:
+        cut(buf, words, pos, old, scrub=scrub)
+        free += old
+    # [PRE] L386-393: chunk header, data (pad bytes untouched), then end, then free.
+    at = words[_END]
+    word = at >> 3
+    words[word] = index
+    words[word + 1] = length
+    words[word + 2] = need
+    buf[at + CHUNK_HEADER_SIZE : at + CHUNK_HEADER_SIZE + length] = data
+    words[_END] = at + need
+    words[_FREE] = free - need
+    return at
 
 
 def remove(buf: memoryview, index: int, *, scrub: bool = False) -> bool:
@@ -292,11 +321,11 @@ def remove(buf: memoryview, index: int, *, scrub: bool = False) -> bool:
     """
     _check_index(index)
     header = read_header(buf)
-    with _words(buf) as words:
+    with word_view(buf) as words:
         pos, _, step = _find(words, header, index)
         if pos < 0:
             return False
-        _remove_at(buf, words, header, pos, step, scrub=scrub)
+        cut(buf, words, pos, step, scrub=scrub)
     return True
 
 
@@ -311,10 +340,10 @@ def indices(buf: memoryview) -> list[int]:
     """
     header = read_header(buf)
     found: list[int] = []
-    with _words(buf) as words:
+    with word_view(buf) as words:
         pos = header.start
         while pos < header.end:
-            index, _, step = _chunk_at(words, header, pos)
+            index, _, step = chunk_at(words, header, pos)
             found.append(index)
             pos += step
     return found
@@ -394,15 +423,23 @@ def _check_index(index: object) -> None:
         )
 
 
-def _words(buf: memoryview) -> memoryview:
+def word_view(buf: memoryview) -> memoryview:
     """View the 8-aligned prefix of ``buf`` as native signed 64-bit words (use in ``with``)."""
     if buf.format != "B" or buf.ndim != 1:
         raise TypeError(f"expected a 1-D memoryview of format 'B', got format {buf.format!r}")
     return buf[: len(buf) & ~7].cast("q")
 
 
-def _chunk_at(words: memoryview, header: Header, pos: int) -> tuple[int, int, int]:
-    """Read (index, length, next) of the chunk at ``pos`` after checking it lies within ``end``."""
+def chunk_at(words: memoryview, header: Header, pos: int) -> tuple[int, int, int]:
+    """Read (index, length, next) of the chunk at ``pos`` after checking it lies within ``end``.
+
+    ``words`` is :func:`word_view` of the segment, ``header`` its checked header, and ``pos`` an
+    offset a walk from ``header.start`` reached (so a multiple of 8).
+
+    Raises:
+        CorruptSegment: The chunk does not fit before ``end``, or its ``length`` or ``next`` is
+            impossible.
+    """
     room = header.end - pos
     if room < _MIN_CHUNK:
         raise CorruptSegment(
@@ -438,25 +475,23 @@ def _find(words: memoryview, header: Header, index: int) -> tuple[int, int, int]
     """Return (offset, length, next) of the first chunk holding ``index``; (-1, 0, 0) if none."""
     pos = header.start
     while pos < header.end:
-        found, length, step = _chunk_at(words, header, pos)
+        found, length, step = chunk_at(words, header, pos)
         if found == index:
             return pos, length, step
         pos += step  # step >= 32, so the walk ends within (end - start) / 32 steps
     return -1, 0, 0
 
 
-def _remove_at(
-    buf: memoryview, words: memoryview, header: Header, pos: int, step: int, *, scrub: bool
-) -> Header:
-    """Cut the checked ``step``-byte chunk at ``pos`` out of the chain; return the new header."""
-    tail = header.end - pos - step
-    new = header._replace(end=header.end - step, free=header.free + step)
+def cut(buf: memoryview, words: memoryview, pos: int, step: int, *, scrub: bool) -> None:
+    """:func:`remove` after its walk: cut the checked ``step``-byte chunk at ``pos`` out of the
+    chain (``words``: :func:`word_view` of ``buf``, whose header the caller checked)."""
+    end = words[_END]
+    tail = end - pos - step
     # [PRE] L438-442: free and end first, then the memmove (a memoryview slice copy is a
     # memmove, overlap included).
-    words[_FREE] = new.free
-    words[_END] = new.end
+    words[_FREE] += step
+    words[_END] = end - step
     if tail > 0:
-        buf[pos : pos + tail] = buf[pos + step : header.end]
+        buf[pos : pos + tail] = buf[pos + step : end]
     if scrub:
-        buf[new.end : header.end] = bytes(step)
-    return new
+        buf[end - step : end] = bytes(step)

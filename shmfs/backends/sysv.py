@@ -12,6 +12,8 @@ key unless ``sem_key=`` says otherwise) with PHP's registration protocol (php-sy
 and ``SEM_UNDO`` on every operation, so the kernel releases the lock of a process that dies.
 
 **Reads take the lock**: PHP writers move chunks with ``memmove``, so no lock-free read is safe.
+A lookup does not walk PHP's chunk chain each time: ``chain_index.py`` remembers every chunk's
+offset and proves it still right (one ``memcmp`` against a copy of the bytes before it) first.
 
 **Size.** ``size`` is PHP's: the header's ``total``, 40 bytes of which are the header. When
 shmfs creates the segment it asks the kernel for twice that plus a little, and keeps the journal
@@ -33,6 +35,7 @@ from typing import Any, Final, Self
 from shmfs.backends import SegmentInfo, refuse_options
 from shmfs.backends import php_layout as layout
 from shmfs.backends import sysvipc as ipc
+from shmfs.backends.chain_index import ChainIndex
 from shmfs.backends.journal import OVERHEAD, Journal
 from shmfs.codecs import Pieces
 from shmfs.errors import (
@@ -52,7 +55,9 @@ __all__ = ["SysvBackend", "ipc_namespace"]
 
 _SEM_USE, _SEM_USERS, _SEM_GATE = 0, 1, 2  # PHP's SYSVSEM_SEM, SYSVSEM_USAGE, SYSVSEM_SETVAL
 _TAKE: Final = ipc.SemOps([(_SEM_USE, -1, ipc.SEM_UNDO)])
+_TRY_TAKE: Final = ipc.SemOps([(_SEM_USE, -1, ipc.SEM_UNDO | ipc.IPC_NOWAIT)])
 _GIVE: Final = ipc.SemOps([(_SEM_USE, 1, ipc.SEM_UNDO)])
+_END: Final = 2  # the header's ``end``, in php_layout.word_view's words
 _POLL: Final = 0.005
 _OPEN_ATTEMPTS: Final = 100
 
@@ -137,6 +142,8 @@ class _PhpSemaphore:
         self.key = key
         self.created = False
         self.semid = self._open(key, perm, trust_uids)
+        self._try_take = ipc.quick_semop(self.semid, _TRY_TAKE)
+        self._quick_give = ipc.quick_semop(self.semid, _GIVE)
         self.register()
 
     def _open(self, key: int, perm: int, trust_uids: frozenset[int]) -> int:
@@ -172,6 +179,8 @@ class _PhpSemaphore:
 
     def take(self, timeout: float | None) -> None:
         """``sem_acquire``, with a timeout PHP does not have."""
+        if not self._try_take():
+            return  # free: the common case, one system call
         try:
             ipc.semop(self.semid, _TAKE, timeout)
         except OSError as exc:
@@ -189,7 +198,8 @@ class _PhpSemaphore:
 
     def give(self) -> None:
         """``sem_release``."""
-        ipc.semop(self.semid, _GIVE)
+        if self._quick_give():
+            ipc.semop(self.semid, _GIVE)  # it changed nothing: again, to raise the errno
 
     def unregister(self) -> int:
         """Stop counting ourselves a user; return how many users remain."""
@@ -209,6 +219,7 @@ class SysvBackend(HoldsSegmentLock):
     _attachment: ipc.Attachment | None = None
     _semaphore: _PhpSemaphore | None = None
     _journal: Journal | None = None
+    _chain: ChainIndex | None = None
     _lock: ReentrantLock | None = None
     _destroyed = False
 
@@ -250,6 +261,7 @@ class SysvBackend(HoldsSegmentLock):
         self._trusted = not stat.mode & 0o022
         self._attachment = ipc.Attachment(shmid, stat.size)
         self._buf = self._attachment.view
+        self._chain = ChainIndex(self._buf)
         self._semaphore = semaphore
         self._lock = lock
         if created or not layout.is_initialised(self._buf):
@@ -399,37 +411,43 @@ class SysvBackend(HoldsSegmentLock):
 
     # ------------------------------------------------------------------- variables
 
+    def _find(self, index: int) -> tuple[ChainIndex, tuple[int, int, int] | None]:
+        """The chain index, and (offset, length, next) of ``index``'s chunk or ``None``."""
+        chain = self._chain
+        if chain is None:
+            raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
+        try:
+            return chain, chain.find(index)
+        except CorruptSegment:
+            self._live()  # a header wiped by destroy() means gone, not damaged
+            raise
+
     def read(self, index: int) -> bytes | None:
         """Copy the bytes of ``index`` (lock held by the caller)."""
-        data = layout.get(self._live(), index)
-        if data is None:
+        found = self._find(index)[1]
+        if found is None:
             return None
-        with data:
-            return bytes(data)
+        data = found[0] + layout.CHUNK_HEADER_SIZE
+        return self._buf[data : data + found[1]].tobytes()
 
     def trusted(self, index: int) -> bool:
         """Whether only trusted users can write the segment (owner trusted, no 0o022 bits)."""
         del index
         return self._trusted
 
-    def _journalled(self, index: int) -> Journal | None:
-        """Start a journal entry for a change to ``index``; the journal, or ``None``."""
-        journal = self._journal
-        if journal is None:
-            return None
-        buf = self._buf
-        header = layout.read_header(buf)
-        pos = layout.find(buf, header, index)
-        journal.begin(pos if pos >= 0 else header.end, header.end)
-        return journal
-
     def write(self, index: int, data: bytes | Pieces) -> None:
         """Store ``data``: PHP's remove-then-append, journalled. Lock held."""
         data = bytes(data)  # always bytes already: this class does not set writes_pieces
-        buf = self._live()
-        journal = self._journalled(index)
+        chain, found = self._find(index)
+        pos, old = (found[0], found[2]) if found is not None else (-1, 0)
+        # The header is checked: by the walk, or as bytes equal to those of a checked one.
+        words = chain.words
+        journal = self._journal
+        if journal is not None:
+            end = words[_END]
+            journal.begin(pos if pos >= 0 else end, end)
         try:
-            layout.put(buf, index, data, scrub=True)
+            at = layout.store(self._buf, words, index, data, pos=pos, old=old, scrub=True)
         except SegmentFull as exc:
             raise SegmentFull(
                 f"segment {self.key}: {exc} with a bigger size= (PHP's size counts a 40-byte "
@@ -440,16 +458,26 @@ class SysvBackend(HoldsSegmentLock):
         finally:
             if journal is not None:
                 journal.commit()
+        length = len(data)
+        chain.stored(index, pos=pos, old=old, at=at, length=length, step=layout.chunk_size(length))
 
     def delete(self, index: int) -> bool:
         """Remove ``index`` and zero the bytes it frees. Lock held."""
-        buf = self._live()
-        journal = self._journalled(index)
+        chain, found = self._find(index)
+        if found is None:
+            return False
+        pos, _, step = found
+        words = chain.words
+        journal = self._journal
+        if journal is not None:
+            journal.begin(pos, words[_END])
         try:
-            return layout.remove(buf, index, scrub=True)
+            layout.cut(self._buf, words, pos, step, scrub=True)
         finally:
             if journal is not None:
                 journal.commit()
+        chain.removed(index, pos=pos, step=step)
+        return True
 
     def indices(self) -> list[int]:
         """Indices holding values, ascending. Takes the lock: a PHP-layout chain walked while
@@ -507,6 +535,9 @@ class SysvBackend(HoldsSegmentLock):
 
     def close(self) -> None:
         """Detach and stop counting ourselves a semaphore user. Idempotent."""
+        if self._chain is not None:
+            self._chain.release()
+            self._chain = None
         if self._journal is not None:
             self._journal.release()
             self._journal = None
@@ -524,6 +555,8 @@ class SysvBackend(HoldsSegmentLock):
         """Wipe the bytes and remove the segment (lock held); ``close()`` then removes the
         semaphore set too, unless another process still uses it."""
         buf = self._live()
+        if self._chain is not None:
+            self._chain.forget()
         layout.wipe(buf)
         try:
             ipc.shm_remove(self.shmid)

@@ -12,8 +12,10 @@ Every function raises ``OSError`` with the C errno; callers translate it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import struct
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "Attachment",
     "IpcStat",
     "SemOps",
+    "quick_semop",
     "sem_remove",
     "sem_stat",
     "semctl_getpid",
@@ -52,6 +55,11 @@ _libc.shmat.restype = ctypes.c_void_p
 _libc.shmat.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
 _libc.shmdt.argtypes = (ctypes.c_void_p,)
 _libc.semtimedop.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+# The lock's hot path calls semop through a handle without errno capture and without argtypes:
+# ctypes' per-call argument conversion and errno swapping cost about 0.35 us per call, a quarter
+# of a lock/unlock pair. A failed call is redone through semop() below to learn the errno.
+_quick_semop = ctypes.CDLL(None).semop
+_quick_semop.restype = ctypes.c_int
 # semctl is variadic (its 4th argument is a union semun): no argtypes, each call passes a c_int
 # or a pointer explicitly.
 _SEMBUF: Final = struct.Struct("HhH")  # unsigned short sem_num; short sem_op; short sem_flg
@@ -155,6 +163,18 @@ class SemOps:
         packed = b"".join(_SEMBUF.pack(num, op, flags) for num, op, flags in ops)
         self.array = ctypes.create_string_buffer(packed, len(packed))
         self.count = len(ops)
+
+
+def quick_semop(semid: int, ops: SemOps) -> Callable[[], int]:
+    """A call that applies ``ops`` to ``semid`` once: 0 if it did, -1 if it failed.
+
+    The fast path of a lock: no timeout, no EINTR retry and no errno. A failed ``semop``
+    changes nothing, so a caller that gets -1 redoes the operation through :func:`semop` to wait,
+    or to learn the error.
+    """
+    return functools.partial(
+        _quick_semop, ctypes.c_int(semid), ops.array, ctypes.c_size_t(ops.count)
+    )
 
 
 def semop(
