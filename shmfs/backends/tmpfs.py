@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import mmap
 import os
+import resource
 import stat
 import sys
 import threading
@@ -45,10 +46,22 @@ from shmfs.notify import FileWatch
 
 __all__ = ["MAX_MAPPINGS", "TmpfsBackend", "default_root"]
 
-# Mappings kept open per segment handle. Each is an entry in vm.max_map_count (65530) and, before
-# Python 3.13 (mmap's trackfd=False), a file descriptor too, so the cache is small there; past
-# this, the oldest are unmapped and reopened on demand (about 12 us).
-MAX_MAPPINGS: Final = 16384 if sys.version_info >= (3, 13) else 256
+
+def _max_mappings() -> int:
+    """Mappings kept open per segment handle. Each is an entry in vm.max_map_count (65530) and,
+    before Python 3.13 (mmap's trackfd=False), a file descriptor too: there, a sixteenth of the
+    process's descriptor limit when this module is imported, and at least 256 (a limit of 1024,
+    the common default, gives 256; containers often allow a million, which gives the cap)."""
+    if sys.version_info >= (3, 13):
+        return _MAPPINGS_CAP
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return _MAPPINGS_CAP
+    return max(256, min(_MAPPINGS_CAP, soft // 16))
+
+
+_MAPPINGS_CAP: Final = 16384
+MAX_MAPPINGS: Final = _max_mappings()
 # Once the mappings are all taken, other variables are read with pread; one read this many times
 # among the last _MISS_MEMORY such reads is mapped (in place of the oldest mapping).
 _ADMIT_AFTER: Final = 8
