@@ -20,6 +20,7 @@ import resource
 import stat
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Final, Self
 
@@ -98,13 +99,16 @@ class TmpfsBackend(HoldsSegmentLock):
     _views = 0  # views this handle has open
     _meta_mm: mmap.mmap | None = None
     _lock: SegmentLock | None = None
-    _vars: dict[int, VarFile] = {}  # noqa: RUF012  # replaced per instance before any use
+    _vars: OrderedDict[int, VarFile] = OrderedDict()  # noqa: RUF012  # replaced per instance before any use
 
     def __init__(
         self, key: int, root: str, root_fd: int, dir_fd: int, trust_uids: frozenset[int]
     ) -> None:
-        self._vars = {}
-        self._misses: dict[int, int] = {}  # index -> recent reads without a mapping
+        self._vars = OrderedDict()
+        # index -> recent accesses without a mapping. OrderedDicts, because both are trimmed
+        # from the oldest end: a dict's first key is found by skipping every deleted slot
+        # before it, which made each trim cost up to a microsecond.
+        self._misses: OrderedDict[int, int] = OrderedDict()
         self._unmapped = threading.local()  # .last: (index, trusted) of the last pread read
         self.key = key
         self.root = root
@@ -233,7 +237,7 @@ class TmpfsBackend(HoldsSegmentLock):
         """Unmap and close everything this handle opened. Idempotent."""
         for var in self._vars.values():
             var.close()
-        self._vars = {}
+        self._vars = OrderedDict()
         if self._meta_mm is not None:
             try:
                 self._meta.release()
@@ -263,7 +267,7 @@ class TmpfsBackend(HoldsSegmentLock):
         except OSError as exc:
             # Already unpublished and marked: what is left is swept like a dead destroyer's.
             raise translate(exc, f"cannot finish destroying segment {self.key}") from exc
-        self._vars = {}
+        self._vars = OrderedDict()
 
     # ------------------------------------------------------------------------ locking
 
@@ -288,7 +292,7 @@ class TmpfsBackend(HoldsSegmentLock):
     def _forget_mappings(self) -> None:
         """Drop every cached mapping: a writer died between publishing a file and retiring
         the one it replaced, so a mapping we hold may be of a file no longer in the segment."""
-        vars_, self._vars = self._vars, {}
+        vars_, self._vars = self._vars, OrderedDict()
         for var in vars_.values():
             var.close()
         self._recoveries = self._meta[sd.RECOVERIES]
@@ -363,7 +367,7 @@ class TmpfsBackend(HoldsSegmentLock):
         finally:
             os.close(fd)
         if self._vars and len(self._vars) >= MAX_MAPPINGS:
-            self._vars.pop(next(iter(self._vars))).close()
+            self._vars.popitem(last=False)[1].close()
         self._vars[index] = var
         return var
 
@@ -411,7 +415,7 @@ class TmpfsBackend(HoldsSegmentLock):
             return True
         misses[index] = count
         if len(misses) > _MISS_MEMORY:
-            del misses[next(iter(misses))]
+            misses.popitem(last=False)
         return False
 
     def _read_unmapped(self, index: int) -> bytes | memoryview | Split | None:
