@@ -91,27 +91,34 @@ def test_stopped_holder_makes_waiters_time_out_naming_it(
         pass
 
 
-def test_readers_never_see_torn_or_older_values(seg: shmfs.Segment, spawn_ctx: Any) -> None:
-    ref = segment_ref(seg)
+def _reads_during_writes(
+    spawn_ctx: Any, ref: dict[str, Any], unmapped: tuple[bool, ...], writer: Any, *args: Any
+) -> list[dict[str, int]]:
+    """Start one ``read_while`` reader per ``unmapped`` flag, run ``writer(ref, 1, *args,
+    started)`` until it returns 3000, stop the readers and return their counts."""
     stop, started = spawn_ctx.Event(), spawn_ctx.Event()
-    readies = [spawn_ctx.Event() for _ in range(2)]
+    readies = [spawn_ctx.Event() for _ in unmapped]
     children = Children(spawn_ctx)
     try:
-        for ready in readies:
-            children.start(read_while, ref, 1, stop, ready)
+        for ready, flag in zip(readies, unmapped, strict=True):
+            children.start(read_while, ref, 1, stop, ready, flag)
         for ready in readies:
             assert ready.wait(WAIT)
-        writer = Children(spawn_ctx)
-        writer.start(write_count, ref, 1, 3000, started)
+        writers = Children(spawn_ctx)
+        writers.start(writer, ref, 1, 3000, started, *args)
         try:
-            assert writer.results(WAIT) == [3000]
+            assert writers.results(WAIT) == [3000]
         finally:
             stop.set()
-            writer.stop()
-        counts = children.results(WAIT)
+            writers.stop()
+        return list(children.results(WAIT))
     finally:
         stop.set()
         children.stop()
+
+
+def test_readers_never_see_torn_or_older_values(seg: shmfs.Segment, spawn_ctx: Any) -> None:
+    counts = _reads_during_writes(spawn_ctx, segment_ref(seg), (False, False), write_count)
     for count in counts:
         assert count["bad"] == 0, counts
         assert count["backwards"] == 0, counts
@@ -128,27 +135,10 @@ def test_pread_readers_never_see_torn_or_older_values(
     through its mapping or with pwrite."""
     if seg.backend != "tmpfs":
         pytest.skip("pread reads are the tmpfs backend's")
-    ref = segment_ref(seg)
     seg[1] = checked_value(0, 1500)  # the file every put then writes in place
-    stop, started = spawn_ctx.Event(), spawn_ctx.Event()
-    readies = [spawn_ctx.Event() for _ in range(2)]
-    children = Children(spawn_ctx)
-    try:
-        for ready, unmapped in zip(readies, (True, False), strict=True):
-            children.start(read_while, ref, 1, stop, ready, unmapped)
-        for ready in readies:
-            assert ready.wait(WAIT)
-        writers = Children(spawn_ctx)
-        writers.start(write_small, ref, 1, 3000, started, writer == "pwrite")
-        try:
-            assert writers.results(WAIT) == [3000]
-        finally:
-            stop.set()
-            writers.stop()
-        counts = children.results(WAIT)
-    finally:
-        stop.set()
-        children.stop()
+    counts = _reads_during_writes(
+        spawn_ctx, segment_ref(seg), (True, False), write_small, writer == "pwrite"
+    )
     for count in counts:
         assert count["bad"] == count["backwards"] == count["missing"] == 0, counts
         assert count["intact"] > 50, counts

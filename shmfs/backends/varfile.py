@@ -112,6 +112,27 @@ def _generation(control: int) -> int:
     return high
 
 
+_COPY_AGAIN: Final = (-1, 0, 0)
+
+
+def _published(words: memoryview, capacity: int) -> tuple[int, int, int] | None:
+    """``(slot, seq, length)`` of the value the control word publishes; ``None`` if the file
+    was retired; slot -1 if that slot's words do not (yet) match it: a writer is at it, copy
+    again.
+
+    Raises:
+        CorruptSegment: the control word fails its check.
+    """
+    generation = _generation(words[_CONTROL])
+    if generation & _RETIRED:
+        return None
+    slot = generation & 1
+    length = words[_LENGTH + slot]
+    if words[_SEQ + slot] != generation * 2 or length > capacity:
+        return _COPY_AGAIN
+    return slot, generation * 2, int(length)
+
+
 # Values above this are copied into a per-thread buffer that is reused, not a fresh bytes
 # object: allocating and freeing a megabyte on every get makes glibc hand the memory back to the
 # kernel and fault it in again, which costs more than the copy itself (770 us vs 50 us per MiB).
@@ -225,13 +246,11 @@ def read_unmapped(fd: int, size: int) -> bytes | None:
         words = memoryview(page)[:HEADER_SIZE].cast("Q")
         if words[0] != MAGIC or words[1] != VERSION or HEADER_SIZE + 2 * words[2] != size:
             raise CorruptSegment("variable file has a bad header (magic, version or capacity)")
-        generation = _generation(words[_CONTROL])
-        if generation & _RETIRED:
+        published = _published(words, words[2])
+        if published is None:
             return REOPEN
-        slot = generation & 1
-        seq = generation * 2
-        length = words[_LENGTH + slot]
-        if words[_SEQ + slot] != seq or length > words[2]:
+        slot, seq, length = published
+        if slot < 0:
             continue
         start = HEADER_SIZE + slot * words[2]
         if start + length > len(page):
@@ -374,13 +393,11 @@ class VarFile:
         words, mm, capacity = self._words, self._mm, self.capacity
         try:
             for _ in range(_SPINS):
-                generation = _generation(words[_CONTROL])
-                if generation & _RETIRED:
+                published = _published(words, capacity)
+                if published is None:
                     return REOPEN
-                slot = generation & 1
-                seq = generation * 2
-                length = words[_LENGTH + slot]
-                if words[_SEQ + slot] != seq or length > capacity:
+                slot, seq, length = published
+                if slot < 0:
                     continue
                 start = HEADER_SIZE + slot * capacity
                 if length > _SCRATCH_ABOVE:
