@@ -348,7 +348,9 @@ def test_dead_writer_litter_is_cleaned_on_attach(attach: Any, key: int) -> None:
     finally:
         os.close(fd)
     fresh = attach(key)
-    assert sorted(os.listdir(location)) == [segdir.NOTIFY_NAME, segdir.META_NAME, "1"]
+    assert sorted(os.listdir(location)) == sorted(
+        [segdir.NOTIFY_NAME, segdir.META_NAME, segdir.VIEWS_NAME, "1"]
+    )
     assert fresh.stats()["used"] == seg.stats()["used"] < 100
     assert fresh[1] == "x"
 

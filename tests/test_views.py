@@ -161,3 +161,18 @@ class TestZeroCopy:
             finally:
                 os.close(fd)
             assert view[0] == value[0] ^ 0xFF
+
+    def test_the_views_file_is_made_when_missing(self, attach: Any, key: int) -> None:
+        """Segments made before views existed have no .views file: the first view makes it,
+        with the segment's own mode."""
+        seg = attach(key, 1 << 20, 0o640)
+        path = os.path.join(seg.stats()["location"], segdir.VIEWS_NAME)
+        assert os.stat(path).st_mode & 0o777 == 0o640
+        os.unlink(path)
+        other = attach(key)
+        seg[1] = b"value"
+        with other.view(1) as view:
+            assert view == b"value"
+            assert os.stat(path).st_mode & 0o777 == 0o640
+            seg[1] = b"other"  # a writer still sees the view
+            assert view == b"value"

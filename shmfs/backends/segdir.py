@@ -39,6 +39,7 @@ from shmfs.forking import pid_alive
 __all__ = [
     "META_NAME",
     "index_of",
+    "make_views_file",
     "open_root",
     "peek",
     "publish_new_segment",
@@ -184,6 +185,17 @@ def _write_meta(dir_fd: int, key: int, size: int, perm: int) -> None:
     try:
         os.fchmod(fd, file_mode(perm))
         os.posix_fallocate(fd, 0, 8)
+    finally:
+        os.close(fd)
+    make_views_file(dir_fd, perm)
+
+
+def make_views_file(dir_fd: int, perm: int) -> None:
+    """Create the empty file views flock (see ``TmpfsBackend.pin``), if it is not there."""
+    fd = os.open(VIEWS_NAME, OPEN_RW | os.O_CREAT, 0o600, dir_fd=dir_fd)
+    try:
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, file_mode(perm))  # who may view is who may read the segment
     finally:
         os.close(fd)
 

@@ -13,6 +13,7 @@ checks it), renames the directory away, then retires, zeroes and unlinks each fi
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
@@ -645,11 +646,14 @@ class TmpfsBackend(HoldsSegmentLock):
             self._drop_view(timeout)
 
     def _views_file(self) -> int:
-        try:
-            fd = os.open(sd.VIEWS_NAME, sd.OPEN_RW | os.O_CREAT, 0o666, dir_fd=self._dir_fd)
-        except PermissionError:  # a segment we may only read: it must exist already
-            fd = os.open(sd.VIEWS_NAME, sd.OPEN_RO, dir_fd=self._dir_fd)
-        return fd
+        for _ in range(2):
+            try:
+                return os.open(sd.VIEWS_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
+            except PermissionError:  # a segment we may only read: flock needs no more
+                return os.open(sd.VIEWS_NAME, sd.OPEN_RO, dir_fd=self._dir_fd)
+            except FileNotFoundError:  # a segment made before views existed
+                sd.make_views_file(self._dir_fd, self.perm)
+        raise FileNotFoundError(errno.ENOENT, "the segment's views file keeps vanishing")
 
     def _hold_view(self) -> None:
         """Count a view this handle opens. Segment lock held."""
