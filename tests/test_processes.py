@@ -126,23 +126,28 @@ def test_readers_never_see_torn_or_older_values(seg: shmfs.Segment, spawn_ctx: A
     assert is_intact(seg[1]) and seg[1]["seq"] == 3000
 
 
-@pytest.mark.parametrize("writer", ["mapped", "pwrite"])
-def test_pread_readers_never_see_torn_or_older_values(
-    seg: shmfs.Segment, spawn_ctx: Any, writer: str
-) -> None:
-    """The seqlock holds without mappings (tmpfs, past its mapping limit): a reader copying
-    with pread and one reading its mapping, during 3000 puts in place by a writer writing
-    through its mapping or with pwrite."""
-    if seg.backend != "tmpfs":
-        pytest.skip("pread reads are the tmpfs backend's")
-    seg[1] = checked_value(0, 1500)  # the file every put then writes in place
-    counts = _reads_during_writes(
-        spawn_ctx, segment_ref(seg), (True, False), write_small, writer == "pwrite"
-    )
-    for count in counts:
-        assert count["bad"] == count["backwards"] == count["missing"] == 0, counts
-        assert count["intact"] > 50, counts
-    assert sorted(count["mapped"] for count in counts) == [0, 1], counts  # pread, and mapped
+class TestWithoutMappings:
+    """tmpfs past its mapping limit: readers copy with pread, writers may use pwrite."""
+
+    @pytest.fixture
+    def backend(self) -> str:
+        return "tmpfs"
+
+    @pytest.mark.parametrize("writer", ["mapped", "pwrite"])
+    def test_pread_readers_never_see_torn_or_older_values(
+        self, seg: shmfs.Segment, spawn_ctx: Any, writer: str
+    ) -> None:
+        """The seqlock holds without mappings: a reader copying with pread and one reading its
+        mapping, during 3000 puts in place by a writer writing through its mapping or with
+        pwrite."""
+        seg[1] = checked_value(0, 1500)  # the file every put then writes in place
+        counts = _reads_during_writes(
+            spawn_ctx, segment_ref(seg), (True, False), write_small, writer == "pwrite"
+        )
+        for count in counts:
+            assert count["bad"] == count["backwards"] == count["missing"] == 0, counts
+            assert count["intact"] > 50, counts
+        assert sorted(count["mapped"] for count in counts) == [0, 1], counts  # pread, mapped
 
 
 def leftovers(location: str) -> list[str]:
