@@ -2,11 +2,14 @@
 
 The directory layout and its lifecycle are in ``segdir.py``; the variable file format, and why
 it is written in place, in ``varfile.py``. This module ties them to the Backend protocol: it
-caches mappings, keeps the metadata page's counters, and recovers after a writer that died.
+caches mappings (past ``MAX_MAPPINGS``, variables are read with pread and written with pwrite
+instead), keeps the metadata page's counters, pins values for zero-copy views, and recovers
+after a writer that died.
 
-A writer sets the DIRTY bit in the metadata before it changes anything and clears it after; a
-writer killed in between leaves it set, and the next process to take the lock removes the dead
-writer's temporary files and recounts. ``destroy()`` marks the segment DESTROYED (every handle
+A writer sets the DIRTY bit in the metadata, with its pid, before it changes anything and
+clears it after; a writer killed in between leaves it set, and the next process to take the
+lock (or a reader that finds the pid dead) removes the dead writer's temporary files and
+recounts. ``destroy()`` marks the segment DESTROYED (every handle
 checks it), renames the directory away, then retires, zeroes and unlinks each file.
 """
 

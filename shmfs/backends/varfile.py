@@ -40,7 +40,9 @@ is then marked retired (control bit 63) so that processes still mapping it reope
 its slots are zeroed. Files are at least one page, so values up to about 2 KiB never need that.
 
 Words are written with single stores through ``memoryview.cast("Q")``, never ``struct.pack_into``,
-which writes byte by byte where a concurrent reader could see a half-written word.
+which writes byte by byte where a concurrent reader could see a half-written word. The one
+exception is a file the writer keeps no mapping of (``write_unmapped``): its words go through
+``pwrite``, and the checks above are what make a half-written word harmless there.
 """
 
 from __future__ import annotations
