@@ -7,7 +7,8 @@ can decode what any writer stored, whatever codec the writer chose, and can tell
          0     4  magic     b"\\x93SHF"  (0x93 cannot start a PHP serialize() value)
          4     1  version   FORMAT_VERSION; a newer one is refused, never guessed at
          5     1  codec     CODECS[name].id
-         6     1  flags     bit 0: signed, a 32-byte HMAC-SHA256 tag follows the payload
+         6     1  flags     bit 0: signed, a 32-byte HMAC-SHA256 tag follows the payload;
+                            bit 1: out-of-band buffers (see below)
          7     1  reserved  0
          8     8  length    payload length, little-endian
         16     4  crc32     over bytes 0..15 and the checked part of the payload
@@ -21,6 +22,9 @@ edges cost half as much as the copy. Truncation and
 length damage are still caught at any size (the length field is checked against the bytes
 present); a flipped bit in the middle of a large value is not. Signed values (``secret=``) are
 verified over every byte, whatever their size.
+
+Flag bit 1 marks a pickle whose protocol-5 buffers are stored apart, after it; that layout, and
+how a pickle of one ``bytes`` is recognised without unpickling it, are in ``shmfs.pickling``.
 
 Pickle-based codecs run code while decoding, so :attr:`Codec.executes_code` tells the segment to
 check who could have written the bytes before it decodes them (DESIGN.md §4.4).
@@ -40,6 +44,7 @@ from typing import Any, Final, NamedTuple
 
 import cloudpickle
 
+from shmfs import pickling
 from shmfs.errors import CorruptSegment, InvalidArgument, SerializationError, UnsafeSegment
 
 __all__ = [
@@ -57,7 +62,6 @@ __all__ = [
     "decode_payload",
     "encode",
     "get_codec",
-    "unpack_buffers",
     "view_payload",
 ]
 
@@ -67,7 +71,7 @@ HEADER: Final = struct.Struct("<4sBBBBQII")
 FULL_CHECK_LIMIT: Final = 64 * 1024
 _EDGE: Final = 4 * 1024
 _FLAG_SIGNED: Final = 1
-_FLAG_BUFFERS: Final = 2  # a pickle with out-of-band buffers (see _pack_buffers)
+_FLAG_BUFFERS: Final = 2  # a pickle with out-of-band buffers (shmfs.pickling's layout)
 _KNOWN_FLAGS: Final = _FLAG_SIGNED | _FLAG_BUFFERS
 _TAG_SIZE: Final = 32
 _PROTOCOL: Final = 5
@@ -130,70 +134,6 @@ def _pickle_dumps(value: Any) -> bytes:
     return pickle.dumps(value, _PROTOCOL)
 
 
-def _dumps_out_of_band(codec: Codec, value: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``value`` with its protocol-5 buffers (numpy arrays' data, say) kept apart, so
-    that they are stored as they are and a view can hand them out without copying."""
-    buffers: list[pickle.PickleBuffer] = []
-    stream = io.BytesIO()
-    pickler_class = _Pickler if codec.name == "cloudpickle" else pickle.Pickler
-    pickler_class(stream, protocol=_PROTOCOL, buffer_callback=buffers.append).dump(value)
-    return stream.getvalue(), buffers
-
-
-# Out-of-band payload: a table, then the pickle stream, then each buffer 8-byte aligned (numpy
-# arrays handed out over shared memory should be aligned for their items).
-_TABLE_HEAD: Final = struct.Struct("<QQ")  # stream length, buffer count; then the lengths
-
-
-def _pack_buffers(stream: bytes, buffers: list[pickle.PickleBuffer]) -> bytes:
-    raws = [buffer.raw() for buffer in buffers]
-    table = [len(stream), len(raws), *(raw.nbytes for raw in raws)]
-    parts: list[bytes | memoryview] = [struct.pack(f"<{len(table)}Q", *table), stream]
-    offset = 8 * len(table) + len(stream)
-    for raw in raws:
-        pad = -offset % 8
-        parts += [bytes(pad), raw]
-        offset += pad + raw.nbytes
-    return b"".join(parts)
-
-
-def unpack_buffers(payload: memoryview) -> tuple[memoryview, list[memoryview]]:
-    """Split an out-of-band payload into its pickle stream and its buffers (views, no copies).
-
-    Raises:
-        CorruptSegment: the table does not describe the payload.
-    """
-    size = len(payload)
-    if size < 16:
-        raise CorruptSegment("out-of-band value is shorter than its table")
-    stream_length, count = _TABLE_HEAD.unpack_from(payload)
-    if count > (size - 16) // 8:
-        raise CorruptSegment("out-of-band value's table is longer than the value")
-    lengths = struct.unpack_from(f"<{count}Q", payload, 16)
-    offset = 16 + 8 * count
-    if stream_length > size - offset:
-        raise CorruptSegment("out-of-band value's pickle runs past its end")
-    stream = payload[offset : offset + stream_length]
-    offset += stream_length
-    buffers = []
-    for length in lengths:
-        offset += -offset % 8
-        if length > size - offset:
-            raise CorruptSegment("out-of-band value's buffer runs past its end")
-        buffers.append(payload[offset : offset + length])
-        offset += length
-    if offset != size:
-        raise CorruptSegment("out-of-band value has bytes its table does not account for")
-    return stream, buffers
-
-
-def _loads_out_of_band(payload: bytes | memoryview) -> Any:
-    # get() returns a value of its own: the buffers are copied (bytearray: writable, as an
-    # in-band unpickle would make them); only Segment.view hands out the stored bytes.
-    stream, buffers = unpack_buffers(memoryview(payload))
-    return pickle.loads(stream, buffers=[bytearray(buffer) for buffer in buffers])
-
-
 def _json_dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode()
 
@@ -237,7 +177,9 @@ CODECS: Final[dict[str, Codec]] = {
 _BY_ID: Final = {codec.id: codec for codec in CODECS.values()}
 # What decode() reports for a frame with out-of-band buffers: the same codec, decoding its table.
 _OUT_OF_BAND: Final = {
-    codec.id: Codec(codec.name, codec.id, codec.encode, _loads_out_of_band, executes_code=True)
+    codec.id: Codec(
+        codec.name, codec.id, codec.encode, pickling.loads_out_of_band, executes_code=True
+    )
     for codec in CODECS.values()
     if codec.executes_code
 }
@@ -271,20 +213,6 @@ def _crc(head: bytes | memoryview, payload: bytes | memoryview) -> int:
     if len(payload) <= FULL_CHECK_LIMIT:
         return zlib.crc32(payload, crc)
     return zlib.crc32(payload[-_EDGE:], zlib.crc32(payload[:_EDGE], crc))
-
-
-def _pickled_bytes(value: bytes) -> list[bytes]:
-    """A protocol-5 pickle of a large ``bytes``, in pieces, so that the frame is built with one
-    allocation and one copy: ``pickle.dumps`` grows its buffer by doubling, and on a megabyte
-    those reallocations (fresh, page-faulting memory) cost 20 times the copy."""
-    size = len(value)
-    # BINBYTES (4-byte length) as pickle itself writes below 4 GiB, BINBYTES8 above; then STOP.
-    head = (
-        b"\x80\x05B" + size.to_bytes(4, "little")
-        if size < 1 << 32
-        else (b"\x80\x05\x8e" + size.to_bytes(8, "little"))
-    )
-    return [head, value, b"."]
 
 
 class Pieces:
@@ -341,7 +269,7 @@ def encode(
     """
     flags = _FLAG_SIGNED if secret is not None else 0
     if codec.executes_code and type(value) is bytes and len(value) > FULL_CHECK_LIMIT:
-        body = _pickled_bytes(value)
+        body = pickling.bytes_pickle(value)
         if not framed:
             return b"".join(body)
         frame = _frame_pieces(codec, body, flags, secret)
@@ -352,10 +280,11 @@ def encode(
         elif _is_plain(value):  # what either pickler would write, at plain pickle's speed
             payload = pickle.dumps(value, _PROTOCOL)
         else:
-            stream, buffers = _dumps_out_of_band(codec, value)
+            pickler = _Pickler if codec.name == "cloudpickle" else pickle.Pickler
+            stream, buffers = pickling.dumps_out_of_band(pickler, value)
             if buffers:
                 flags |= _FLAG_BUFFERS
-                payload = _pack_buffers(stream, buffers)
+                payload = pickling.pack_buffers(stream, buffers)
             else:
                 payload = stream
     except SerializationError:
@@ -487,11 +416,11 @@ def view_payload(codec: Codec, payload: bytes | memoryview) -> Any:
     if codec.name == "raw":
         return view
     if codec.executes_code:
-        body = _lone_bytes(view)
+        body = pickling.lone_bytes(view)
         if body is not None:
             return body
-        if codec.decode is _loads_out_of_band:
-            stream, buffers = unpack_buffers(view)
+        if codec.decode is pickling.loads_out_of_band:
+            stream, buffers = pickling.unpack_buffers(view)
             try:
                 return pickle.loads(stream, buffers=buffers)
             except Exception as exc:
@@ -516,8 +445,6 @@ class Split(NamedTuple):
 
 #: How much of a frame :func:`body_at` needs to see.
 SPLIT_HEAD: Final = HEADER.size + 11
-_BINBYTES: Final = b"\x80\x05B"  # PROTO 5, BINBYTES with a 4-byte length: what pickle writes
-_BINBYTES8: Final = b"\x80\x05\x8e"  # ... BINBYTES8 with an 8-byte length, at 4 GiB and more
 
 
 def body_at(head: bytes, length: int) -> int | None:
@@ -536,41 +463,8 @@ def body_at(head: bytes, length: int) -> int | None:
         or check >> 32
     ):
         return None
-    at = _bytes_at(head[HEADER.size :], payload_length)
+    at = pickling.bytes_at(head[HEADER.size :], payload_length)
     return None if at is None else HEADER.size + at
-
-
-_LENGTH_BYTES: Final = {ord("C"): 1, ord("B"): 4, 0x8E: 8}  # SHORT_BINBYTES, BINBYTES, BINBYTES8
-
-
-def _lone_bytes(pickled: memoryview) -> memoryview | None:
-    """The bytes inside a protocol-5 pickle of one ``bytes`` object, in any of the forms pickle
-    writes (optional FRAME, the three BINBYTES sizes, optional MEMOIZE); else ``None``."""
-    if len(pickled) < 4 or pickled[0] != 0x80 or pickled[1] != 5:
-        return None
-    at = 11 if pickled[2] == 0x95 else 2  # FRAME and its 8-byte length
-    width = _LENGTH_BYTES.get(pickled[at]) if at < len(pickled) else None
-    if width is None or at + 1 + width > len(pickled):
-        return None
-    start = at + 1 + width
-    end = start + int.from_bytes(pickled[at + 1 : start], "little")
-    if bytes(pickled[end:]) not in (b".", b"\x94."):  # STOP, after MEMOIZE or not
-        return None
-    return pickled[start:end]
-
-
-def _bytes_at(opcodes: bytes | memoryview, payload_length: int) -> int | None:
-    """Where the bytes start in a ``payload_length``-byte pickle beginning with ``opcodes`` (its
-    first 11 bytes), if it is exactly one ``bytes`` (PROTO 5, BINBYTES or BINBYTES8, STOP)."""
-    kind = bytes(opcodes[:3])
-    if kind == _BINBYTES:
-        start = 7
-    elif kind == _BINBYTES8:
-        start = 11
-    else:
-        return None
-    size = int.from_bytes(opcodes[3:start], "little")
-    return start if len(opcodes) >= start and start + size + 1 == payload_length else None
 
 
 def _check_split(split: Split, secret: bytes | None) -> bytes:
