@@ -96,6 +96,11 @@ class Backend(Protocol):
     Mutating methods (``write``, ``delete``, ``clear``, ``destroy``) are called with the segment
     lock held (``acquire``); ``read`` may be called without it where ``lock_free_reads`` is true.
     A backend that finds its segment destroyed raises ``SegmentNotFound``.
+
+    Two optional abilities, looked up with ``getattr`` so other backends need not declare them:
+    ``writes_pieces = True`` (``write`` takes a large frame as ``codecs.Pieces``), and
+    ``pin(index, timeout)``, a context manager giving the stored frame in place, unchanging
+    until it exits (``Segment.view`` is zero-copy where it exists; tmpfs has both).
     """
 
     #: The registry name.
