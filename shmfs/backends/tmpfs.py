@@ -103,7 +103,8 @@ class TmpfsBackend(HoldsSegmentLock):
     _views = 0  # views this handle has open
     _meta_mm: mmap.mmap | None = None
     _lock: SegmentLock | None = None
-    _vars: OrderedDict[int, VarFile] = OrderedDict()  # noqa: RUF012  # replaced per instance before any use
+    # Replaced per instance before any use.
+    _vars: OrderedDict[int, VarFile] = OrderedDict()  # noqa: RUF012
 
     def __init__(
         self, key: int, root: str, root_fd: int, dir_fd: int, trust_uids: frozenset[int]
