@@ -9,6 +9,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -456,3 +457,27 @@ def test_large_bytes_written_in_pieces(attach: Any, key: int) -> None:
     signed = attach(key, secret=b"k")
     signed[2] = values[0]
     assert signed[2] == values[0]
+
+
+def _set_state(seg: shmfs.Segment, state: int) -> None:
+    fd = os.open(os.path.join(seg.stats()["location"], segdir.META_NAME), os.O_WRONLY)
+    try:
+        os.pwrite(fd, state.to_bytes(8, "little"), 8 * segdir.STATE)
+    finally:
+        os.close(fd)
+
+
+def test_readers_repair_only_after_a_writer_that_is_gone(attach: Any, key: int) -> None:
+    """DIRTY carries the writer's pid: a reader leaves a live writer's change alone (no lock
+    attempt on every get), and repairs at once after a writer that is gone."""
+    seg = attach(key, 1 << 20)
+    seg[1] = "x"
+    litter = os.path.join(seg.stats()["location"], ".tmp-999999-0")
+    open(litter, "wb").close()  # what the writer's death would leave
+    reader = attach(key)
+    _set_state(seg, segdir.DIRTY | os.getpid() << 32)  # a live writer, mid-change
+    assert reader[1] == "x" and os.path.exists(litter)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    _set_state(seg, segdir.DIRTY | gone.pid << 32)
+    assert reader[1] == "x" and not os.path.exists(litter)
