@@ -233,15 +233,21 @@ class Pieces:
         return b"".join(self.parts)
 
 
+def _pieces_crc(head16: bytes, first: bytes, body: bytes, last: bytes) -> int:
+    """``_crc`` of a frame whose payload is ``first + body + last`` (more than
+    ``FULL_CHECK_LIMIT`` bytes), without joining them."""
+    with memoryview(body) as view:
+        crc = zlib.crc32(first, zlib.crc32(head16))
+        crc = zlib.crc32(view[: _EDGE - len(first)], crc)
+        return zlib.crc32(last, zlib.crc32(view[len(body) - (_EDGE - len(last)) :], crc))
+
+
 def _frame_pieces(codec: Codec, pieces: list[bytes], flags: int, secret: bytes | None) -> Pieces:
     """``encode`` for a payload in pieces (a small head, a large body, a small tail)."""
     length = sum(len(piece) for piece in pieces)
     head = HEADER.pack(MAGIC, FORMAT_VERSION, codec.id, flags, 0, length, 0, 0)
     first, body, last = pieces
-    with memoryview(body) as view:
-        crc = zlib.crc32(first, zlib.crc32(head[:16]))
-        crc = zlib.crc32(view[: _EDGE - len(first)], crc)
-        crc = zlib.crc32(last, zlib.crc32(view[len(body) - (_EDGE - len(last)) :], crc))
+    crc = _pieces_crc(head[:16], first, body, last)
     head = head[:16] + struct.pack("<I", crc) + head[20:]
     parts = [head, first, body, last]
     if secret is not None:
@@ -474,12 +480,7 @@ def _check_split(split: Split, secret: bytes | None) -> bytes:
     head, body, tail = split
     if tail != b".":
         raise CorruptSegment("stored bytes value is not followed by pickle's STOP opcode")
-    opcodes = head[HEADER.size :]
-    crc = zlib.crc32(opcodes, zlib.crc32(head[:16]))
-    with memoryview(body) as view:
-        crc = zlib.crc32(view[: _EDGE - len(opcodes)], crc)
-        crc = zlib.crc32(tail, zlib.crc32(view[len(body) - (_EDGE - len(tail)) :], crc))
-    if crc != _WORDS.unpack_from(head)[2]:
+    if _pieces_crc(head[:16], head[HEADER.size :], body, tail) != _WORDS.unpack_from(head)[2]:
         raise CorruptSegment("value fails its checksum")
     return body
 

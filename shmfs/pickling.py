@@ -107,9 +107,9 @@ def bytes_pickle(value: bytes) -> list[bytes]:
     size = len(value)
     # BINBYTES (4-byte length) as pickle itself writes below 4 GiB, BINBYTES8 above; then STOP.
     head = (
-        b"\x80\x05B" + size.to_bytes(4, "little")
+        _BINBYTES + size.to_bytes(4, "little")
         if size < 1 << 32
-        else (b"\x80\x05\x8e" + size.to_bytes(8, "little"))
+        else (_BINBYTES8 + size.to_bytes(8, "little"))
     )
     return [head, value, b"."]
 

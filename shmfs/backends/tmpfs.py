@@ -518,9 +518,14 @@ class TmpfsBackend(HoldsSegmentLock):
         except BaseException:
             meta[_STATE] = _DIRTY  # we live on, so name no live writer (see read)
             raise
-        meta[_USED] = used - old + len(data)
-        if var is None:
-            meta[_COUNT] += 1
+        self._changed(used - old + len(data), 1 if var is None else 0)
+
+    def _changed(self, used: int, added: int) -> None:
+        """Store the counts after a change, clear DIRTY, wake waiters. Lock held."""
+        meta = self._meta
+        meta[_USED] = used
+        if added:
+            meta[_COUNT] += added
         meta[_GENERATION] += 1
         meta[_STATE] = 0
         if meta[_WAITERS]:
@@ -545,15 +550,11 @@ class TmpfsBackend(HoldsSegmentLock):
                 raise segment_full(self.key, index, len(data), self.size, used - old)
             meta[_STATE] = self._dirty_tag  # as in write: a death from here on means a recount
             write_unmapped(fd, generation, capacity, data)
-            meta[_USED] = used - old + len(data)
-            meta[_GENERATION] += 1
-            meta[_STATE] = 0
         except OSError as exc:
             raise translate(exc, f"segment {self.key}: cannot store index {index}") from exc
         finally:
             os.close(fd)
-        if meta[_WAITERS]:
-            self._notify()
+        self._changed(used - old + len(data), 0)
         return True
 
     def _replace(
@@ -599,12 +600,7 @@ class TmpfsBackend(HoldsSegmentLock):
             raise
         self._vars.pop(index, None)
         var.close()
-        meta[sd.USED] = meta[sd.USED] - length
-        meta[sd.COUNT] = meta[sd.COUNT] - 1
-        meta[sd.GENERATION] = meta[sd.GENERATION] + 1
-        meta[_STATE] = 0
-        if meta[sd.WAITERS]:
-            self._notify()
+        self._changed(meta[_USED] - length, -1)
         return True
 
     def version(self, index: int) -> object:

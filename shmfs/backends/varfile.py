@@ -114,6 +114,15 @@ def _generation(control: int) -> int:
     return high
 
 
+def _sound_header(words: memoryview, size: int) -> bool:
+    """Whether a header's magic, version and capacity say a ``size``-byte file of ours."""
+    return words[0] == MAGIC and words[1] == VERSION and HEADER_SIZE + 2 * words[2] == size
+
+
+def _parts(data: bytes | Pieces) -> list[bytes]:
+    return data.parts if isinstance(data, Pieces) else [data]
+
+
 _COPY_AGAIN: Final = (-1, 0, 0)
 
 
@@ -187,8 +196,7 @@ def create(dir_fd: int, name: str, data: bytes | Pieces, mode: int, capacity: in
         header = memoryview(bytearray(HEADER_SIZE)).cast("Q")
         header[0], header[1], header[2] = MAGIC, VERSION, capacity
         header[_CONTROL], header[_SEQ], header[_LENGTH] = _seal(0), 0, len(data)
-        parts = data.parts if isinstance(data, Pieces) else [data]
-        _write_all(fd, [header.tobytes(), *parts], 0)
+        _write_all(fd, [header.tobytes(), *_parts(data)], 0)
     except BaseException:
         os.close(fd)
         os.unlink(name, dir_fd=dir_fd)
@@ -246,7 +254,7 @@ def read_unmapped(fd: int, size: int) -> bytes | None:
         if len(page) < HEADER_SIZE:
             raise CorruptSegment("variable file is shorter than its header")
         words = memoryview(page)[:HEADER_SIZE].cast("Q")
-        if words[0] != MAGIC or words[1] != VERSION or HEADER_SIZE + 2 * words[2] != size:
+        if not _sound_header(words, size):
             raise CorruptSegment("variable file has a bad header (magic, version or capacity)")
         published = _published(words, words[2])
         if published is None:
@@ -272,17 +280,16 @@ def unmapped_state(fd: int) -> tuple[int, int, int] | None:
     if not stat.S_ISREG(st.st_mode) or len(raw) < HEADER_SIZE:
         return None
     words = memoryview(raw).cast("Q")
-    capacity = words[2]
-    if words[0] != MAGIC or words[1] != VERSION or HEADER_SIZE + 2 * capacity != st.st_size:
+    if not _sound_header(words, st.st_size):
         return None
     try:
-        generation = _generation(words[_CONTROL])
+        published = _published(words, words[2])
     except CorruptSegment:
         return None
-    slot = generation & 1
-    if generation & _RETIRED or words[_SEQ + slot] != generation * 2:
+    if published is None or published[0] < 0:  # retired, or its slot inconsistent
         return None
-    return generation, int(capacity), int(words[_LENGTH + slot])
+    _, seq, length = published
+    return seq // 2, int(words[2]), length
 
 
 def write_unmapped(fd: int, generation: int, capacity: int, data: bytes | Pieces) -> None:
@@ -298,9 +305,7 @@ def write_unmapped(fd: int, generation: int, capacity: int, data: bytes | Pieces
     generation = (generation + 1) & _GENERATIONS
     slot = generation & 1
     _pwrite_word(fd, _SEQ + slot, (generation * 2 - 1) & _WORD)
-    _write_all(
-        fd, data.parts if isinstance(data, Pieces) else [data], HEADER_SIZE + slot * capacity
-    )
+    _write_all(fd, _parts(data), HEADER_SIZE + slot * capacity)
     _pwrite_word(fd, _LENGTH + slot, len(data))
     _pwrite_word(fd, _SEQ + slot, generation * 2)
     _pwrite_word(fd, _CONTROL, _seal(generation))
@@ -333,7 +338,7 @@ class VarFile:
         self._mm = mmap.mmap(fd, size, access=access, **_NO_FD_DUP)
         self._words = memoryview(self._mm).cast("Q")
         magic, version, capacity = self._words[0], self._words[1], self._words[2]
-        if magic != MAGIC or version != VERSION or HEADER_SIZE + 2 * capacity != size:
+        if not _sound_header(self._words, size):
             self.close()
             if magic == MAGIC and version > VERSION:
                 raise CorruptSegment(
@@ -420,12 +425,10 @@ class VarFile:
         Raises:
             CorruptSegment: the control or sequence words are inconsistent.
         """
-        words = self._words
-        generation = _generation(words[_CONTROL])
-        slot = generation & 1
-        length = words[_LENGTH + slot]
-        if generation & _RETIRED or words[_SEQ + slot] != generation * 2 or length > self.capacity:
+        published = _published(self._words, self.capacity)
+        if published is None or published[0] < 0:  # no writer runs: this is damage
             raise CorruptSegment("variable file's sequence or length words are inconsistent")
+        slot, _, length = published
         start = HEADER_SIZE + slot * self.capacity
         with memoryview(self._mm) as whole:
             return whole[start : start + length].toreadonly()
