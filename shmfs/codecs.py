@@ -61,7 +61,9 @@ __all__ = [
     "decode_failed",
     "decode_payload",
     "encode",
+    "first_word",
     "get_codec",
+    "plain_payload",
     "view_payload",
 ]
 
@@ -109,6 +111,24 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
         if type(child) not in scalars and not _is_plain(child, depth + 1):
             return False
     return True
+
+
+# Past this, a plain str or bytes is left to encode(): its frame is too big for the fast put,
+# and encode() writes a large bytes in pieces.
+_PLAIN_PAYLOAD_LIMIT: Final = FULL_CHECK_LIMIT - 1024
+
+
+def plain_payload(value: Any) -> bytes | None:
+    """What both pickling codecs store for a plain value (builtin scalars in small builtin
+    containers; see ``_is_plain``), or ``None`` for any other value and for a long str or
+    bytes: the payload a fast put frames itself, which :func:`encode` would also write."""
+    kind = type(value)
+    if kind is str or kind is bytes:
+        if len(value) > _PLAIN_PAYLOAD_LIMIT:
+            return None
+    elif kind not in _PLAIN_SCALARS and not _is_plain(value):
+        return None
+    return pickle.dumps(value, _PROTOCOL)
 
 
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships no type hints
@@ -183,12 +203,17 @@ _OUT_OF_BAND: Final = {
     for codec in CODECS.values()
     if codec.executes_code
 }
+
+
+def first_word(codec_id: int) -> int:
+    """An unsigned frame's first 8 bytes (magic, version, codec, no flags) as a little-endian
+    word: what the fast paths compare a frame's first word with."""
+    return int.from_bytes(HEADER.pack(MAGIC, FORMAT_VERSION, codec_id, 0, 0, 0, 0, 0)[:8], "little")
+
+
 # A frame's first 8 bytes (magic, version, codec, flags, reserved) as one little-endian word, for
 # every unsigned frame this version writes.
-_UNSIGNED: Final = {
-    int.from_bytes(HEADER.pack(MAGIC, FORMAT_VERSION, codec.id, 0, 0, 0, 0, 0)[:8], "little"): codec
-    for codec in CODECS.values()
-}
+_UNSIGNED: Final = {first_word(codec.id): codec for codec in CODECS.values()}
 _FIRST_WORD: Final = {codec.id: word for word, codec in _UNSIGNED.items()}
 _WORDS: Final = struct.Struct("<QQQ")
 _HEAD16: Final = struct.Struct("<QQ")

@@ -24,6 +24,7 @@ from shmfs.errors import (
     UnsafeSegment,
     VariableNotFound,
 )
+from shmfs.hotpath import SLOW, Hot
 from shmfs.validate import check_index, check_key, check_options, trusted_uids
 
 __all__ = ["Segment", "attach", "segments"]
@@ -162,6 +163,12 @@ class Segment(MutableMapping[int, Any]):
         # The backend's native codec is stored bare, so its other users (PHP) can read it.
         self._framed = not (codec.name == backend.native_codec and secret is None)
         self._pieces = bool(getattr(backend, "writes_pieces", False))  # optional, see Backend
+        # The C get and put of small values (shmfs.hotpath; optional, see Backend). They read
+        # unsigned frames only, so a segment with a secret never uses them; the put frames a
+        # plain pickle, so only a pickling codec's segment puts through it.
+        hot = getattr(backend, "hot", None) if secret is None else None
+        self._hot: Hot | None = hot
+        self._hot_codec = codec.id if hot is not None and codec.executes_code else None
         self._backend = backend
 
     # ------------------------------------------------------------------- properties
@@ -227,6 +234,11 @@ class Segment(MutableMapping[int, Any]):
             raise self._closed_error()
         if type(index) is not int or not _INDEX_MIN <= index <= _INDEX_MAX:
             index = check_index(index)  # the slow path: raises, or accepts an __index__ type
+        hot = self._hot
+        if hot is not None:
+            value = hot.get(index)
+            if value is not SLOW:
+                return value
         data = backend.read(index) if backend.lock_free_reads else self._read_locked(index)
         if data is None:
             if default is _MISSING:
@@ -352,7 +364,12 @@ class Segment(MutableMapping[int, Any]):
         backend = self._backend
         if backend is None:
             raise self._closed_error()
-        index = check_index(index)
+        if type(index) is not int or not _INDEX_MIN <= index <= _INDEX_MAX:
+            index = check_index(index)
+        if self._hot_codec is not None:
+            payload = codecs.plain_payload(value)
+            if payload is not None and self._hot.put(index, self._hot_codec, payload) is None:  # type: ignore[union-attr]  # set together with _hot_codec
+                return
         data = self._encode(value)
         backend.acquire(self._lock_timeout)
         try:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import shmfs
+from shmfs import hotpath
 
 
 def _redis_available() -> bool:
@@ -28,7 +29,9 @@ def _redis_available() -> bool:
     )
 
 
-BACKENDS = ["tmpfs", "sysv"] + (["redis"] if _redis_available() else [])
+# "tmpfs-pure": tmpfs with the C fast path (shmfs.hotpath) turned off, here and in children, so
+# that both paths run every tmpfs test; the test itself sees backend "tmpfs".
+BACKENDS = ["tmpfs", "tmpfs-pure", "sysv"] + (["redis"] if _redis_available() else [])
 # SysV keys for tests come from this range, so the leak guard can tell ours from anyone else's.
 TEST_KEYS = range(0x5E000000, 0x5EFFFFFF)
 
@@ -135,6 +138,10 @@ def redis_keys(url: str) -> list[bytes]:
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every backend, in turn; on redis, fails a test that leaves keys behind."""
     name = str(request.param)
+    if name == "tmpfs-pure":
+        pure_python(request.getfixturevalue("monkeypatch"))
+        yield "tmpfs"
+        return
     if name != "redis":
         yield name
         return
@@ -189,6 +196,18 @@ def spawn_ctx() -> Any:
     return multiprocessing.get_context("spawn")
 
 
+def pure_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turn the C fast path off for handles opened from now on, here, in spawned children
+    (the environment) and in children given a :func:`segment_ref` (forkserver's too)."""
+    monkeypatch.setattr(hotpath, "_hot", None)
+    monkeypatch.setenv("SHMFS_PURE_PYTHON", "1")
+
+
 def segment_ref(seg: shmfs.Segment) -> dict[str, Any]:
-    """What a child needs to attach the same segment."""
-    return {"key": seg.key, "backend": seg.backend, "root": seg._spec["root"]}
+    """What a child needs to attach the same segment, the way this process does."""
+    return {
+        "key": seg.key,
+        "backend": seg.backend,
+        "root": seg._spec["root"],
+        "pure": not hotpath.available(),
+    }

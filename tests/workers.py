@@ -12,9 +12,12 @@ import time
 from typing import Any
 
 import shmfs
+from shmfs import hotpath
 
 
 def open_seg(ref: dict[str, Any], **kwargs: Any) -> shmfs.Segment:
+    if ref.get("pure"):  # the parent runs without the C fast path: so does this child
+        hotpath._hot = None
     return shmfs.attach(ref["key"], backend=ref["backend"], root=ref["root"], **kwargs)
 
 
@@ -222,7 +225,7 @@ def churn_until_gone(ref: dict[str, Any], running: Any) -> dict[str, int]:
     """Read, write and remove until the segment is destroyed; count outcomes by type.
     ``running`` is set after the first round, so the destroyer knows we are in."""
     outcomes: dict[str, int] = {}
-    seg = shmfs.attach(ref["key"], backend=ref["backend"], root=ref["root"])
+    seg = open_seg(ref)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

@@ -46,6 +46,7 @@ from shmfs.backends.varfile import (
 from shmfs.codecs import Pieces, Split
 from shmfs.errors import CorruptSegment, SegmentNotFound, ShmfsError, UnsafeSegment
 from shmfs.forking import fork_epoch, pid_alive
+from shmfs.hotpath import Hot, new_hot
 from shmfs.locking import HoldsSegmentLock, SegmentLock
 from shmfs.notify import FileWatch
 
@@ -103,6 +104,8 @@ class TmpfsBackend(HoldsSegmentLock):
     _views = 0  # views this handle has open
     _meta_mm: mmap.mmap | None = None
     _lock: SegmentLock | None = None
+    #: The C get and put of small values (shmfs.hotpath), or None: pure Python, or closed.
+    hot: Hot | None = None
     # Replaced per instance before any use.
     _vars: OrderedDict[int, VarFile] = OrderedDict()  # noqa: RUF012
 
@@ -130,6 +133,8 @@ class TmpfsBackend(HoldsSegmentLock):
             self.close()
             raise
         self._recoveries = self._meta[sd.RECOVERIES]
+        self.hot = new_hot(self._vars, self._meta)
+        self._reset_hot()
         self.size = int(self._meta[sd.SIZE])
         self.perm = int(self._meta[sd.PERM])
         dir_st = os.fstat(dir_fd)
@@ -237,12 +242,26 @@ class TmpfsBackend(HoldsSegmentLock):
                 os.close(fd)
         self._epoch = fork_epoch()
         self._dirty_tag = _dirty_tag()
+        self._reset_hot()
+
+    def _reset_hot(self) -> None:
+        """Tell the C fast path the lock, recovery count and DIRTY word it must use now."""
+        if self.hot is not None:
+            self.hot.reset(self._lock, self._recoveries, self._dirty_tag)
+
+    def _drop_mappings(self) -> None:
+        """Unmap every variable. The dict is emptied in place: the C fast path holds it."""
+        vars_ = list(self._vars.values())
+        self._vars.clear()
+        for var in vars_:
+            var.close()
 
     def close(self) -> None:
         """Unmap and close everything this handle opened. Idempotent."""
-        for var in self._vars.values():
-            var.close()
-        self._vars = OrderedDict()
+        if self.hot is not None:
+            self.hot.close()
+            self.hot = None
+        self._drop_mappings()
         if self._meta_mm is not None:
             try:
                 self._meta.release()
@@ -272,7 +291,7 @@ class TmpfsBackend(HoldsSegmentLock):
         except OSError as exc:
             # Already unpublished and marked: what is left is swept like a dead destroyer's.
             raise translate(exc, f"cannot finish destroying segment {self.key}") from exc
-        self._vars = OrderedDict()
+        self._drop_mappings()
 
     # ------------------------------------------------------------------------ locking
 
@@ -297,10 +316,9 @@ class TmpfsBackend(HoldsSegmentLock):
     def _forget_mappings(self) -> None:
         """Drop every cached mapping: a writer died between publishing a file and retiring
         the one it replaced, so a mapping we hold may be of a file no longer in the segment."""
-        vars_, self._vars = self._vars, OrderedDict()
-        for var in vars_.values():
-            var.close()
+        self._drop_mappings()
         self._recoveries = self._meta[sd.RECOVERIES]
+        self._reset_hot()
 
     def _recover_if_dirty(self) -> None:
         if self._meta[sd.STATE] & sd.DIRTY:

@@ -325,7 +325,7 @@ class VarFile:
         trusted: Whether only trusted uids can have written it (see ``Backend.trusted``).
     """
 
-    __slots__ = ("_mm", "_words", "capacity", "inode", "trusted", "writable")
+    __slots__ = ("_mm", "_words", "capacity", "hot", "inode", "trusted", "writable")
 
     def __init__(self, fd: int, *, writable: bool, trusted: bool) -> None:
         st = os.fstat(fd)
@@ -349,6 +349,8 @@ class VarFile:
         self.inode = st.st_ino
         self.writable = writable
         self.trusted = trusted
+        # What the C fast path (shmfs/_hot.c) reads of us, in one attribute lookup.
+        self.hot = (self._words, self.capacity, trusted, writable)
 
     @property
     def retired(self) -> bool:

@@ -1,0 +1,592 @@
+/*
+ * shmfs._hot: the tmpfs get and put of a small value, in C.
+ *
+ * Why it exists. A get in Python is a dozen interpreter-level steps (the handle's checks, the
+ * seqlock, the frame's header and checksum, the unpickle) and costs about 1.5 us, against
+ * lmdb's 0.6 us for one C call; a put pays as much again around its flock. This module does the
+ * common case of each in one call and answers SLOW for everything else, which the Python code
+ * in shmfs/backends/tmpfs.py and shmfs/backends/varfile.py then does as it always has. It
+ * follows exactly the protocols documented there (the variable file's seqlock and control word,
+ * the metadata's DIRTY word and counts, the segment's flock); it adds none of its own, so
+ * Python and C readers and writers, in one process or many, mix freely.
+ *
+ * What counts as the common case:
+ *   get: the handle has the variable mapped, no writer is mid-change (DIRTY clear), no
+ *        recovery happened since the handle last looked, the published slot is consistent,
+ *        the frame is unsigned, at most SMALL bytes, of a known codec, and passes its checks;
+ *        a pickling codec only for a file a trusted uid wrote.
+ *   put: the same mapping, writable; no thread of this process holds the segment lock and
+ *        flock(LOCK_NB) gets it at once; no DIRTY, recovery, views or destroy; the value fits
+ *        its slot and the segment's size.
+ * Anything else (damage included) is SLOW, and the Python path says precisely what is wrong.
+ *
+ * Threads. Every call runs start to end holding the GIL, so no other thread of this process
+ * runs meanwhile: that, and the lock's depth being zero, is what makes the flock ours alone.
+ * A build without a GIL (free-threaded CPython) does not build this module.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#if defined(Py_GIL_DISABLED)
+#error "shmfs._hot relies on the GIL; the pure-Python path serves free-threaded builds"
+#endif
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "shmfs's files are little-endian; the pure-Python path serves big-endian machines"
+#endif
+
+/* The variable file (varfile.py). */
+#define VAR_HEADER 64
+#define W_CONTROL 3
+#define W_SEQ 4
+#define W_LENGTH 6
+#define RETIRED 0x80000000ULL
+#define GENERATIONS 0x7FFFFFFFULL
+#define LOW 0xFFFFFFFFULL
+#define CHECK_MULTIPLIER 0x9E3779B1ULL
+#define CHECK_MASK 0x5BD1E995ULL
+
+/* The segment's metadata page (segdir.py). */
+#define M_SIZE 3
+#define M_STATE 5
+#define M_USED 6
+#define M_GENERATION 10
+#define M_WAITERS 11
+#define M_RECOVERIES 12
+#define M_VIEWS 13
+#define M_WORDS 14
+
+/* The frame (codecs.py): magic, version, codec, flags, reserved; length; crc32, reserved. */
+#define FRAME_HEADER 24
+#define CODEC_SHIFT 40
+/* Frames above this go the Python way: large values are read in pieces or into a reused buffer
+ * there, and their checksum covers only their ends (codecs.FULL_CHECK_LIMIT). */
+#define SMALL (64 * 1024)
+
+/* Bumped in every forked child: handles see that they must reopen what they share. */
+static uint64_t fork_epoch = 0;
+
+static void
+after_fork_in_child(void)
+{
+    fork_epoch++;
+}
+
+static inline uint64_t
+load(const uint64_t *word)
+{
+    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+
+static inline void
+store(uint64_t *word, uint64_t value)
+{
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
+}
+
+static inline uint64_t
+check_of(uint64_t high)
+{
+    return ((high * CHECK_MULTIPLIER) & LOW) ^ CHECK_MASK;
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *vars;    /* the backend's dict: index -> VarFile */
+    PyObject *meta;    /* the metadata page, a memoryview */
+    PyObject *lock;    /* the backend's SegmentLock: its _depth says whether this process holds it */
+    PyObject *acquire; /* its thread lock's acquire and release, bound */
+    PyObject *release;
+    PyObject *decoders[256];  /* codec id -> decode callable, or NULL */
+    char executes[256];       /* codec id -> whether decoding runs code (pickle) */
+    uint64_t first_word;      /* a frame's first word with the codec byte zeroed */
+    uint64_t recoveries;      /* the RECOVERIES count the backend's mappings belong to */
+    uint64_t dirty_tag;       /* DIRTY | pid << 32 */
+    uint64_t epoch;
+    int fd;                   /* the metadata file, which the segment's flock is on */
+} Hot;
+
+static PyObject *SLOW; /* "do it the Python way" */
+static PyObject *str_hot;
+static PyObject *str_depth;
+static PyObject *str_fd;
+static PyObject *str_thread_lock;
+
+/* A mapped buffer's base and length; NULL (no exception) if it was released. */
+static uint64_t *
+words_of(PyObject *view, Py_buffer *buffer, Py_ssize_t need)
+{
+    if (PyObject_GetBuffer(view, buffer, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (buffer->len < need || ((uintptr_t)buffer->buf & 7) != 0) {
+        PyBuffer_Release(buffer);
+        return NULL;
+    }
+    return (uint64_t *)buffer->buf;
+}
+
+/* (words, capacity, trusted, writable) of a mapped variable; borrowed, or NULL if absent. */
+static PyObject *
+mapped(Hot *self, PyObject *index)
+{
+    PyObject *var = PyDict_GetItemWithError(self->vars, index);
+    if (var == NULL) {
+        return NULL;
+    }
+    PyObject *hot = PyObject_GetAttr(var, str_hot);
+    if (hot == NULL) {
+        return NULL;
+    }
+    Py_DECREF(hot); /* the VarFile in the dict keeps it alive while we run */
+    if (!PyTuple_CheckExact(hot) || PyTuple_GET_SIZE(hot) != 4) {
+        return NULL;
+    }
+    return hot;
+}
+
+static PyObject *
+slow(void)
+{
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return NULL; /* KeyboardInterrupt and the like are not ours to swallow */
+        }
+        PyErr_Clear();
+    }
+    return Py_NewRef(SLOW);
+}
+
+static int
+metadata(Hot *self, uint64_t *state, uint64_t *recoveries)
+{
+    Py_buffer buffer;
+    uint64_t *meta = words_of(self->meta, &buffer, M_WORDS * 8);
+    if (meta == NULL) {
+        return -1;
+    }
+    *state = load(&meta[M_STATE]);
+    *recoveries = load(&meta[M_RECOVERIES]);
+    PyBuffer_Release(&buffer);
+    return 0;
+}
+
+PyDoc_STRVAR(hot_get_doc,
+"get(index) -> the value, or SLOW\n\n"
+"Read and decode a small value of a mapped variable without a lock (varfile.py's seqlock).");
+
+static PyObject *
+hot_get(Hot *self, PyObject *index)
+{
+    uint64_t state, recoveries;
+    if (self->lock == NULL || self->epoch != fork_epoch
+        || metadata(self, &state, &recoveries) < 0) {
+        return slow();
+    }
+    if (state & 2 || recoveries != self->recoveries) {
+        return slow(); /* DIRTY: the Python path asks whether that writer is alive */
+    }
+    PyObject *hot = mapped(self, index);
+    if (hot == NULL) {
+        return slow();
+    }
+    Py_ssize_t capacity = PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 1));
+    int trusted = PyObject_IsTrue(PyTuple_GET_ITEM(hot, 2));
+    if (capacity <= 0 || trusted < 0) {
+        return slow();
+    }
+    Py_buffer buffer;
+    uint64_t *words = words_of(PyTuple_GET_ITEM(hot, 0), &buffer, VAR_HEADER + 2 * capacity);
+    if (words == NULL) {
+        return slow();
+    }
+    uint64_t control = load(&words[W_CONTROL]);
+    uint64_t high = control >> 32;
+    uint64_t slot = high & 1;
+    uint64_t seq = high * 2;
+    uint64_t length = load(&words[W_LENGTH + slot]);
+    if ((control & LOW) != check_of(high) || high & RETIRED || load(&words[W_SEQ + slot]) != seq
+        || length < FRAME_HEADER || length > SMALL || length > (uint64_t)capacity) {
+        PyBuffer_Release(&buffer);
+        return slow();
+    }
+    const unsigned char *frame = (const unsigned char *)words + VAR_HEADER + slot * capacity;
+    uint64_t head[3];
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(length - FRAME_HEADER));
+    if (payload == NULL) {
+        PyBuffer_Release(&buffer);
+        return NULL;
+    }
+    memcpy(head, frame, FRAME_HEADER);
+    memcpy(PyBytes_AS_STRING(payload), frame + FRAME_HEADER, length - FRAME_HEADER);
+    /* The copies happen before the sequence word is read again (a seqlock's read side). */
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    uint64_t after = load(&words[W_SEQ + slot]);
+    PyBuffer_Release(&buffer);
+    if (after != seq) {
+        Py_DECREF(payload);
+        return slow(); /* a writer reused the slot: Python copies again */
+    }
+    /* head[0]: the first word; head[1]: the payload's length; head[2]: crc32 and a zero word. */
+    unsigned codec = (unsigned)(head[0] >> CODEC_SHIFT) & 0xFF;
+    PyObject *decode = self->decoders[codec];
+    uint64_t crc = crc32(crc32(0, (const Bytef *)head, 16),
+                         (const Bytef *)PyBytes_AS_STRING(payload), (uInt)(length - FRAME_HEADER));
+    if ((head[0] & ~(0xFFULL << CODEC_SHIFT)) != self->first_word || decode == NULL
+        || head[1] != length - FRAME_HEADER || head[2] != crc
+        || (self->executes[codec] && !trusted)) {
+        Py_DECREF(payload);
+        return slow(); /* damage, a signature, or an untrusted writer: Python says which */
+    }
+    PyObject *value = PyObject_CallOneArg(decode, payload);
+    Py_DECREF(payload);
+    return value != NULL ? value : slow(); /* Python reports a decoder's failure */
+}
+
+static int thread_unlock(Hot *self);
+
+/* 1: we hold the thread lock at depth 0; 0: not had at once, or held deeper (let go again);
+ * -1: an exception. */
+static int
+thread_lock(Hot *self)
+{
+    PyObject *got = PyObject_CallOneArg(self->acquire, Py_False);
+    if (got == NULL) {
+        return -1;
+    }
+    int taken = PyObject_IsTrue(got);
+    Py_DECREF(got);
+    if (taken != 1) {
+        return taken;
+    }
+    PyObject *depth = PyObject_GetAttr(self->lock, str_depth);
+    long held = depth != NULL ? PyLong_AsLong(depth) : -1;
+    Py_XDECREF(depth);
+    if (held == 0) {
+        return 1;
+    }
+    if (PyErr_Occurred() || thread_unlock(self) < 0) {
+        return -1;
+    }
+    return 0; /* this thread holds the segment lock already (lock(), update): Python's way */
+}
+
+static int
+thread_unlock(Hot *self)
+{
+    PyObject *done = PyObject_CallNoArgs(self->release);
+    Py_XDECREF(done);
+    return done != NULL ? 0 : -1;
+}
+
+PyDoc_STRVAR(hot_put_doc,
+"put(index, codec_id, payload) -> None, or SLOW\n\n"
+"Frame ``payload`` and write it in place into a mapped variable, under the segment's flock\n"
+"taken without waiting (tmpfs.py's write).");
+
+static PyObject *
+hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "put(index, codec_id, payload: bytes)");
+        return NULL;
+    }
+    PyObject *index = args[0];
+    long codec = PyLong_AsLong(args[1]);
+    if (codec < 0 || codec > 255 || self->decoders[codec] == NULL) {
+        return slow();
+    }
+    Py_ssize_t payload_length = PyBytes_GET_SIZE(args[2]);
+    uint64_t length = (uint64_t)payload_length + FRAME_HEADER;
+    if (self->lock == NULL || self->epoch != fork_epoch || length > SMALL) {
+        return slow();
+    }
+    PyObject *hot = mapped(self, index);
+    if (hot == NULL || PyObject_IsTrue(PyTuple_GET_ITEM(hot, 3)) != 1) {
+        return slow();
+    }
+    Py_ssize_t capacity = PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 1));
+    /* tmpfs._fits: in place only if it fits, and does not leave a big slot mostly empty. */
+    if (capacity <= 0 || length > (uint64_t)capacity
+        || (capacity > SMALL && length * 4 < (uint64_t)capacity)) {
+        return slow();
+    }
+    /* Built before the lock is taken: the frame's first three words. */
+    const unsigned char *payload = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+    uint64_t head[3] = {self->first_word | (uint64_t)codec << CODEC_SHIFT, (uint64_t)payload_length, 0};
+    head[2] = crc32(crc32(0, (const Bytef *)head, 16), payload, (uInt)payload_length);
+
+    Py_buffer meta_buffer, var_buffer;
+    uint64_t *meta = words_of(self->meta, &meta_buffer, M_WORDS * 8);
+    if (meta == NULL) {
+        return slow();
+    }
+    uint64_t *words = words_of(PyTuple_GET_ITEM(hot, 0), &var_buffer, VAR_HEADER + 2 * capacity);
+    if (words == NULL) {
+        PyBuffer_Release(&meta_buffer);
+        return slow();
+    }
+    PyObject *result = SLOW;
+    /* locking.py's order: the thread lock, then the file at depth 0. Holding the thread lock at
+     * depth 0 proves no thread of ours holds the file: taking it (and giving it back) happens
+     * inside the thread lock. Another thread between those steps makes us SLOW, not wrong. */
+    int taken = thread_lock(self);
+    if (taken < 0) {
+        result = NULL;
+        goto done;
+    }
+    if (!taken) {
+        goto done;
+    }
+    if (flock(self->fd, LOCK_EX | LOCK_NB) != 0) {
+        goto unlock_thread; /* held by another process: Python waits, with its timeout */
+    }
+    uint64_t control = load(&words[W_CONTROL]);
+    uint64_t high = control >> 32;
+    uint64_t size = load(&meta[M_SIZE]);
+    uint64_t used = load(&meta[M_USED]);
+    uint64_t old = load(&words[W_LENGTH + (high & 1)]);
+    if (load(&meta[M_STATE]) != 0 || load(&meta[M_RECOVERIES]) != self->recoveries
+        || load(&meta[M_VIEWS]) != 0 || load(&meta[M_WAITERS]) != 0
+        || (control & LOW) != check_of(high) || high & RETIRED || old > used
+        || used - old + length > size) {
+        /* Destroyed, DIRTY, recovered, viewed, waited on (Python wakes the waiters), damaged,
+         * replaced, or full. */
+        goto unlock;
+    }
+    /* tmpfs.py's write and varfile.py's VarFile.write, store for store. */
+    store(&meta[M_STATE], self->dirty_tag);
+    uint64_t generation = (high + 1) & GENERATIONS;
+    uint64_t slot = generation & 1;
+    store(&words[W_SEQ + slot], (generation * 2 - 1));
+    __atomic_thread_fence(__ATOMIC_RELEASE); /* the odd sequence is seen before any new byte */
+    unsigned char *frame = (unsigned char *)words + VAR_HEADER + slot * capacity;
+    memcpy(frame, head, FRAME_HEADER);
+    memcpy(frame + FRAME_HEADER, payload, (size_t)payload_length);
+    store(&words[W_LENGTH + slot], length);
+    store(&words[W_SEQ + slot], generation * 2);
+    store(&words[W_CONTROL], generation << 32 | check_of(generation));
+    store(&meta[M_USED], used - old + length);
+    store(&meta[M_GENERATION], load(&meta[M_GENERATION]) + 1);
+    store(&meta[M_STATE], 0);
+    result = Py_None;
+unlock:
+    if (flock(self->fd, LOCK_UN) != 0) {
+        /* Cannot happen on a descriptor we just locked; if it did, say so loudly. */
+        PyErr_SetFromErrno(PyExc_OSError);
+        result = NULL;
+    }
+unlock_thread:
+    if (thread_unlock(self) < 0) {
+        result = NULL;
+    }
+done:
+    PyBuffer_Release(&var_buffer);
+    PyBuffer_Release(&meta_buffer);
+    return result != NULL ? Py_NewRef(result) : NULL;
+}
+
+PyDoc_STRVAR(hot_reset_doc,
+"reset(lock, recoveries, dirty_tag)\n\n"
+"Say which SegmentLock guards the segment (its file descriptor is the flock's), which\n"
+"RECOVERIES count the backend's mappings belong to, and the DIRTY word its writes store;\n"
+"also after a fork, which this call acknowledges. Until the first reset, every call is SLOW.");
+
+static PyObject *
+hot_reset(Hot *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "reset(lock, recoveries, dirty_tag)");
+        return NULL;
+    }
+    uint64_t recoveries = PyLong_AsUnsignedLongLong(args[1]);
+    uint64_t dirty_tag = PyLong_AsUnsignedLongLong(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *fd = PyObject_GetAttr(args[0], str_fd);
+    long descriptor = fd != NULL ? PyLong_AsLong(fd) : -1;
+    Py_XDECREF(fd);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *thread = PyObject_GetAttr(args[0], str_thread_lock);
+    if (thread == NULL) {
+        return NULL;
+    }
+    PyObject *acquire = PyObject_GetAttrString(thread, "acquire");
+    PyObject *release = PyObject_GetAttrString(thread, "release");
+    Py_DECREF(thread);
+    if (acquire == NULL || release == NULL || descriptor < 0 || descriptor > INT32_MAX) {
+        Py_XDECREF(acquire);
+        Py_XDECREF(release);
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "reset: the lock's descriptor is not open");
+        }
+        return NULL;
+    }
+    Py_XSETREF(self->lock, Py_NewRef(args[0]));
+    Py_XSETREF(self->acquire, acquire);
+    Py_XSETREF(self->release, release);
+    self->recoveries = recoveries;
+    self->dirty_tag = dirty_tag;
+    self->fd = (int)descriptor;
+    self->epoch = fork_epoch;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(hot_close_doc, "close()\n\nDrop every reference: from now on, every call is SLOW.");
+
+static PyObject *
+hot_close(Hot *self, PyObject *Py_UNUSED(ignored))
+{
+    Py_CLEAR(self->vars);
+    Py_CLEAR(self->meta);
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    Py_RETURN_NONE;
+}
+
+static int
+hot_init(Hot *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"vars", "meta", "decoders", "first_word", NULL};
+    PyObject *vars, *meta, *decoders;
+    unsigned long long first_word;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO!K", names, &PyDict_Type, &vars, &meta,
+                                     &PyDict_Type, &decoders, &first_word)) {
+        return -1;
+    }
+    if (first_word & (0xFFULL << CODEC_SHIFT)) {
+        PyErr_SetString(PyExc_ValueError, "first_word must have its codec byte zero");
+        return -1;
+    }
+    PyObject *id, *entry;
+    Py_ssize_t at = 0;
+    while (PyDict_Next(decoders, &at, &id, &entry)) {
+        long codec = PyLong_AsLong(id);
+        if (codec < 0 || codec > 255 || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError,
+                                "decoders: {codec id 0-255: (decode, executes_code)}");
+            }
+            return -1;
+        }
+        int executes = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
+        if (executes < 0) {
+            return -1;
+        }
+        Py_XSETREF(self->decoders[codec], Py_NewRef(PyTuple_GET_ITEM(entry, 0)));
+        self->executes[codec] = (char)executes;
+    }
+    Py_XSETREF(self->vars, Py_NewRef(vars));
+    Py_XSETREF(self->meta, Py_NewRef(meta));
+    self->first_word = first_word;
+    self->epoch = fork_epoch;
+    self->fd = -1;
+    return 0;
+}
+
+static int
+hot_traverse(Hot *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->vars);
+    Py_VISIT(self->meta);
+    Py_VISIT(self->lock);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
+    for (int i = 0; i < 256; i++) {
+        Py_VISIT(self->decoders[i]);
+    }
+    return 0;
+}
+
+static int
+hot_clear(Hot *self)
+{
+    Py_CLEAR(self->vars);
+    Py_CLEAR(self->meta);
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    for (int i = 0; i < 256; i++) {
+        Py_CLEAR(self->decoders[i]);
+    }
+    return 0;
+}
+
+static void
+hot_dealloc(Hot *self)
+{
+    PyObject_GC_UnTrack(self);
+    hot_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef hot_methods[] = {
+    {"get", (PyCFunction)hot_get, METH_O, hot_get_doc},
+    {"put", (PyCFunction)(void (*)(void))hot_put, METH_FASTCALL, hot_put_doc},
+    {"reset", (PyCFunction)(void (*)(void))hot_reset, METH_FASTCALL, hot_reset_doc},
+    {"close", (PyCFunction)hot_close, METH_NOARGS, hot_close_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(hot_doc,
+"Hot(vars, meta, decoders, first_word)\n\n"
+"The C get and put of one tmpfs segment handle (see shmfs/hotpath.py).");
+
+static PyTypeObject HotType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmfs._hot.Hot",
+    .tp_basicsize = sizeof(Hot),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = hot_doc,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)hot_init,
+    .tp_dealloc = (destructor)hot_dealloc,
+    .tp_traverse = (traverseproc)hot_traverse,
+    .tp_clear = (inquiry)hot_clear,
+    .tp_methods = hot_methods,
+};
+
+static struct PyModuleDef hot_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "shmfs._hot",
+    .m_doc = "The tmpfs backend's get and put of small values, in C (see shmfs/hotpath.py).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__hot(void)
+{
+    if (PyType_Ready(&HotType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&hot_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    SLOW = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    str_hot = PyUnicode_InternFromString("hot");
+    str_depth = PyUnicode_InternFromString("_depth");
+    str_fd = PyUnicode_InternFromString("_fd");
+    str_thread_lock = PyUnicode_InternFromString("_thread_lock");
+    if (SLOW == NULL || str_hot == NULL || str_depth == NULL || str_fd == NULL
+        || str_thread_lock == NULL
+        || PyModule_AddObjectRef(module, "SLOW", SLOW) < 0
+        || PyModule_AddObjectRef(module, "Hot", (PyObject *)&HotType) < 0
+        || pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,72 @@
+"""The C get and put of small tmpfs values (``shmfs._hot``), when the build made it.
+
+A tmpfs get in Python is a dozen interpreter-level steps and costs about 1.5 us, against 0.6 us
+for lmdb's one C call; a put pays about as much again around its flock. ``shmfs/_hot.c`` does
+the common case of each in one call, following the protocols of ``backends/varfile.py`` and
+``backends/tmpfs.py`` store for store, and answers :data:`SLOW` for anything else: the Python
+path then does the work as it always has, and reports any error. So C and Python readers and
+writers mix freely, and the package works without the module, only slower: pip builds it when a
+C compiler and the headers of Python and zlib are there, and skips it, with a warning, when not.
+
+``SHMFS_PURE_PYTHON=1`` in the environment turns the module off (for comparisons, or to rule it
+out when chasing a problem); :func:`available` says whether it is in use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Final, Protocol
+
+from shmfs import codecs
+
+__all__ = ["SLOW", "Hot", "available", "new_hot"]
+
+
+class Hot(Protocol):
+    """One tmpfs handle's C fast path (``shmfs._hot.Hot``)."""
+
+    def get(self, index: int) -> Any:
+        """The value at a mapped ``index``, or :data:`SLOW`."""
+
+    def put(self, index: int, codec_id: int, payload: bytes) -> Any:
+        """``None`` once ``payload`` (a plain pickle) is stored at a mapped ``index``, or SLOW."""
+
+    def reset(self, lock: object, recoveries: int, dirty_tag: int) -> None:
+        """After opening, a fork, or a recovery: the lock, RECOVERIES and DIRTY word to use."""
+
+    def close(self) -> None:
+        """Drop every reference; every call is SLOW from then on."""
+
+
+try:
+    if os.environ.get("SHMFS_PURE_PYTHON"):
+        raise ImportError("SHMFS_PURE_PYTHON is set")
+    from shmfs import _hot  # type: ignore[attr-defined]  # a C module, built when possible
+except ImportError:
+    _hot = None
+
+#: "Do it the Python way": what a :class:`Hot` call answers outside the common case.
+SLOW: Final[object] = _hot.SLOW if _hot is not None else object()
+
+_FIRST_WORD: Final = codecs.first_word(0)
+# The codecs the C get decodes itself: every codec, called as Python would call it.
+_DECODERS: Final = {
+    codec.id: (codec.decode, codec.executes_code) for codec in codecs.CODECS.values()
+}
+
+
+def available() -> bool:
+    """Whether the C fast path is in use (built, and not turned off by SHMFS_PURE_PYTHON)."""
+    return _hot is not None
+
+
+def new_hot(vars_: dict[int, Any], meta: memoryview) -> Hot | None:
+    """A fast path over a tmpfs handle's mappings and metadata, or ``None`` without the module.
+
+    ``vars_`` must stay the handle's own dict for its whole life (cleared, never replaced), and
+    every value in it must have a ``hot`` attribute: ``(words, capacity, trusted, writable)``.
+    """
+    if _hot is None:
+        return None
+    hot: Hot = _hot.Hot(vars_, meta, _DECODERS, _FIRST_WORD)
+    return hot
