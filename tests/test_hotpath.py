@@ -1,0 +1,439 @@
+"""The C fast path of tmpfs gets and puts (shmfs._hot, shmfs.hotpath).
+
+Every tmpfs test already runs twice, with and without it (conftest's ``tmpfs-pure``). These
+tests are about the fast path itself: that the build made it, that it writes the very bytes the
+Python path writes and reads what the Python path wrote, and that each case outside its common
+case goes the Python way, where the right thing (or the right error) happens.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sysconfig
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import shmfs
+from shmfs import codecs, hotpath
+from shmfs.backends import segdir as sd
+from shmfs.locking import lock_holder_pid
+from tests.conftest import pure_python, segment_ref
+from tests.workers import Children, checked_value, hold_lock, is_intact, read_while, write_small
+
+WAIT = 60
+SMALL_VALUES = [
+    "x" * 100,
+    "",
+    "é" * 300,
+    0,
+    -(1 << 70),
+    3.5,
+    None,
+    True,
+    b"\x00\xff" * 50,
+    {"a": 1, "b": [1, 2, (3, 4)], "c": {"d": None}},
+    [{"k": frozenset({1, 2})}, {1.5, 2.5}],
+    "y" * 60_000,  # near the fast path's limit, still in it
+]
+
+
+@pytest.fixture
+def backend() -> str:
+    return "tmpfs"
+
+
+@pytest.fixture
+def hot(seg: shmfs.Segment) -> hotpath.Hot:
+    if seg._hot is None:
+        pytest.skip("the C fast path is off (not built, or SHMFS_PURE_PYTHON)")
+    return seg._hot
+
+
+@pytest.fixture
+def pure(attach: Callable[..., shmfs.Segment], seg: shmfs.Segment) -> Iterator[shmfs.Segment]:
+    """A second handle on ``seg``'s segment without the fast path."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hotpath, "_hot", None)
+        other = attach(seg.key)
+    assert other._hot is None
+    yield other
+
+
+def store(seg: shmfs.Segment, index: int, value: Any) -> None:
+    """Put ``value`` and map its file in this handle (a first put only creates the file, and a
+    get maps it): the next put of ``index`` may then be a fast one."""
+    seg[index] = value
+    seg.get(index)
+
+
+def frame(seg: shmfs.Segment, index: int) -> bytes:
+    """The stored frame of ``index``, as the Python path finds it."""
+    backend = seg._backend
+    backend.acquire(None)
+    try:
+        return bytes(backend._var(index).current())
+    finally:
+        backend.release()
+
+
+def test_the_build_made_it() -> None:
+    """pip builds the module where a C compiler is (CI must: it checks the fast path)."""
+    if os.environ.get("SHMFS_PURE_PYTHON"):
+        pytest.skip("SHMFS_PURE_PYTHON turns it off")
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if not os.environ.get("CI") and shutil.which(compiler) is None:
+        pytest.skip(f"no C compiler ({compiler}): shmfs runs on its pure-Python path")
+    assert hotpath.available(), "shmfs._hot was not built: see pip's build output"
+
+
+@pytest.mark.parametrize("value", SMALL_VALUES, ids=lambda value: repr(value)[:20])
+def test_c_writes_the_bytes_python_writes(
+    seg: shmfs.Segment, pure: shmfs.Segment, hot: hotpath.Hot, value: Any
+) -> None:
+    store(seg, 1, value)  # a file sized for it, mapped here
+    store(seg, 2, value)
+    payload = codecs.plain_payload(value)
+    assert payload is not None
+    assert hot.put(1, codecs.get_codec("cloudpickle").id, payload) is None
+    pure[2] = value
+    assert frame(seg, 1) == frame(seg, 2)
+    assert hot.get(1) == hot.get(2) == pure[1] == value
+    assert type(hot.get(1)) is type(value)
+
+
+@pytest.mark.parametrize("codec", ["cloudpickle", "pickle", "json", "raw"])
+def test_each_reads_what_the_other_wrote(
+    attach: Callable[..., shmfs.Segment], key: int, hot: hotpath.Hot, codec: str
+) -> None:
+    value: Any = b"raw bytes" if codec == "raw" else {"n": [1, 2.5, "three"]}
+    fast = attach(key, codec=codec)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hotpath, "_hot", None)
+        slow = attach(key, codec=codec)
+    fast[1] = slow[2] = "first" if codec != "raw" else b"first"
+    fast[1], slow[2] = value, value
+    for handle in (fast, slow):
+        assert handle[1] == handle[2] == value
+    assert fast._hot is not None
+    assert fast._hot.get(1) == fast._hot.get(2) == value  # decoded in C, whatever the codec
+
+
+def test_values_that_are_not_plain_go_through_cloudpickle(
+    seg: shmfs.Segment, pure: shmfs.Segment, hot: hotpath.Hot
+) -> None:
+    assert codecs.plain_payload(lambda x: x) is None
+    store(seg, 1, "placeholder")
+    seg[1] = lambda x: x * 3
+    assert pure[1](2) == 6
+    assert hot.get(1)(3) == 9  # a lambda, unpickled in C's call of the codec
+
+
+def test_a_missing_or_too_big_value_is_slow(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    assert hot.get(1) is hotpath.SLOW
+    assert seg.get(1, "absent") == "absent"
+    seg[1] = b"z" * 100_000  # a frame past 64 KiB: read in pieces by the Python path
+    assert hot.get(1) is hotpath.SLOW
+    assert seg[1] == b"z" * 100_000
+    big = codecs.plain_payload("w" * 60_000) + b"\x00" * 8000  # framed, past 64 KiB
+    assert hot.put(1, codecs.get_codec("pickle").id, big) is hotpath.SLOW
+
+
+def test_damage_is_reported_by_the_python_path(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    store(seg, 1, "precious")
+    var = seg._backend._vars[1]
+    with memoryview(var._mm) as whole:
+        start = 64 + (var.version[1] >> 32 & 1) * var.capacity + codecs.HEADER.size
+        whole[start] ^= 0x01
+    assert hot.get(1) is hotpath.SLOW
+    with pytest.raises(shmfs.CorruptSegment, match="checksum"):
+        seg[1]
+
+
+def test_a_decoder_failure_is_reported_by_the_python_path(
+    seg: shmfs.Segment, hot: hotpath.Hot
+) -> None:
+    payload = b"{not json"  # a sound frame around bytes its codec cannot decode
+    first = codecs.first_word(codecs.get_codec("json").id)
+    crc = zlib.crc32(
+        payload, zlib.crc32(first.to_bytes(8, "little") + len(payload).to_bytes(8, "little"))
+    )
+    stored = first.to_bytes(8, "little") + len(payload).to_bytes(8, "little")
+    stored += crc.to_bytes(8, "little") + payload
+    seg[1] = "placeholder"
+    backend = seg._backend
+    backend.acquire(None)
+    try:
+        backend.write(1, stored)
+    finally:
+        backend.release()
+    assert hot.get(1) is hotpath.SLOW
+    with pytest.raises(shmfs.SerializationError, match="json"):
+        seg[1]
+
+
+def test_an_untrusted_writer_is_refused_by_the_python_path(
+    seg: shmfs.Segment, hot: hotpath.Hot
+) -> None:
+    store(seg, 1, {"pickled": True})
+    store(seg, 2, "also pickled")
+    var = seg._backend._vars[1]
+    var.hot = (*var.hot[:2], False, var.hot[3])  # as if another, untrusted, uid had written it
+    var.trusted = False
+    assert hot.get(1) is hotpath.SLOW
+    with pytest.raises(shmfs.UnsafeSegment):
+        seg[1]
+    assert hot.get(2) == "also pickled"
+
+
+def test_a_segment_with_a_secret_never_takes_it(
+    attach: Callable[..., shmfs.Segment], key: int
+) -> None:
+    signed = attach(key, secret=b"k" * 32)
+    assert signed._hot is None
+    signed[1] = "signed"
+    assert signed[1] == "signed"
+
+
+def test_a_live_writers_dirty_state_is_slow(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    seg[1] = "before"
+    meta = seg._backend._meta
+    meta[sd.STATE] = sd.DIRTY | os.getpid() << 32  # a write of ours in progress
+    try:
+        assert hot.get(1) is hotpath.SLOW
+        assert seg[1] == "before"  # the Python path reads it: the writer is alive
+    finally:
+        meta[sd.STATE] = 0
+
+
+def test_after_a_recovery_the_mappings_are_renewed(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    seg[1] = "kept"
+    meta = seg._backend._meta
+    meta[sd.RECOVERIES] += 1  # another process repaired after a dead writer
+    assert hot.get(1) is hotpath.SLOW
+    assert hot.put(1, codecs.get_codec("cloudpickle").id, codecs.plain_payload("x")) is hotpath.SLOW
+    assert seg[1] == "kept"  # the Python path drops its mappings and tells the fast path
+    assert hot.get(1) == "kept"
+
+
+def test_a_replaced_file_is_followed(
+    seg: shmfs.Segment, pure: shmfs.Segment, hot: hotpath.Hot
+) -> None:
+    seg[1] = "small"
+    pure[1] = "big" * 10_000  # outgrows its slot: a new file, and ours is retired
+    assert hot.get(1) is hotpath.SLOW
+    assert seg[1] == "big" * 10_000
+    assert hot.get(1) == "big" * 10_000
+
+
+def test_a_full_segment_refuses_and_keeps_the_old_value(
+    attach: Callable[..., shmfs.Segment], key: int
+) -> None:
+    seg = attach(key, 200)
+    if seg._hot is None:
+        pytest.skip("the C fast path is off (not built, or SHMFS_PURE_PYTHON)")
+    seg[1] = "x" * 100
+    assert (
+        seg._hot.put(1, codecs.get_codec("cloudpickle").id, codecs.plain_payload("y" * 190))
+        is hotpath.SLOW
+    )
+    with pytest.raises(shmfs.SegmentFull):
+        seg[1] = "y" * 190
+    assert seg[1] == "x" * 100
+
+
+def test_a_value_that_outgrows_its_slot_gets_a_new_file(
+    seg: shmfs.Segment, hot: hotpath.Hot
+) -> None:
+    store(seg, 1, "x")
+    inode = seg._backend._vars[1].inode
+    assert (
+        hot.put(1, codecs.get_codec("cloudpickle").id, codecs.plain_payload("y" * 5000))
+        is hotpath.SLOW
+    )
+    seg[1] = "y" * 5000
+    assert seg[1] == "y" * 5000  # from the new file, mapped in place of the retired one
+    assert seg._backend._vars[1].inode != inode
+
+
+def test_waiters_and_views_make_puts_slow(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    seg[1] = b"viewed"
+    payload = codecs.plain_payload(b"new")
+    cloud = codecs.get_codec("cloudpickle").id
+    with seg.view(1) as view:
+        assert hot.put(1, cloud, payload) is hotpath.SLOW
+        seg[1] = b"new"  # the Python path publishes a new file; the view stays as it was
+        assert bytes(view) == b"viewed"
+    assert seg[1] == b"new"  # maps the new file
+    watching = seg.watch(1, timeout=WAIT)
+    try:
+        assert hot.put(1, cloud, payload) is hotpath.SLOW  # Python wakes the waiter
+    finally:
+        watching.close()
+    assert hot.put(1, cloud, payload) is None
+
+
+def test_a_read_only_mapping_is_refused_by_the_python_path(
+    seg: shmfs.Segment, hot: hotpath.Hot
+) -> None:
+    store(seg, 1, "theirs")
+    var = seg._backend._vars[1]
+    var.hot = (*var.hot[:3], False)  # as if the file were another trusted user's, read-only
+    var.writable = False
+    assert (
+        hot.put(1, codecs.get_codec("cloudpickle").id, codecs.plain_payload("ours")) is hotpath.SLOW
+    )
+    with pytest.raises(shmfs.UnsafeSegment, match="write permission"):
+        seg[1] = "ours"
+    assert seg[1] == "theirs"
+
+
+def test_a_destroyed_segment_is_reported(
+    seg: shmfs.Segment, pure: shmfs.Segment, hot: hotpath.Hot
+) -> None:
+    seg[1] = "doomed"
+    pure.destroy()
+    assert hot.get(1) is hotpath.SLOW
+    with pytest.raises(shmfs.SegmentNotFound):
+        seg[1] = "again"
+    with pytest.raises(shmfs.SegmentNotFound):
+        seg.get(1)
+
+
+def test_a_detached_handle_drops_its_references(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    seg[1] = "x"
+    seg.detach()
+    assert hot.get(1) is hotpath.SLOW
+    assert hot.put(1, 0, b"") is hotpath.SLOW
+    with pytest.raises(shmfs.SegmentDetached):
+        seg[1]
+
+
+def test_the_lock_held_by_this_thread_stays_held(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    """A put inside ``seg.lock()`` must not take, nor give back, the flock the block holds."""
+    seg[1] = 0
+    fd = seg._backend._meta_fd
+    cloud = codecs.get_codec("cloudpickle").id
+    with seg.lock():
+        assert hot.put(1, cloud, codecs.plain_payload(1)) is hotpath.SLOW
+        assert lock_holder_pid(fd) == os.getpid()
+        seg[1] = 1  # the Python path, re-entering the lock
+        assert lock_holder_pid(fd) == os.getpid()
+    assert lock_holder_pid(fd) is None
+    assert hot.put(1, cloud, codecs.plain_payload(2)) is None
+    assert lock_holder_pid(fd) is None  # and the fast put gave its own flock back
+    assert seg[1] == 2
+
+
+def test_a_lock_held_elsewhere_makes_the_put_wait(
+    attach: Callable[..., shmfs.Segment], key: int, spawn_ctx: Any
+) -> None:
+    seg = attach(key, lock_timeout=0.2)
+    if seg._hot is None:
+        pytest.skip("the C fast path is off (not built, or SHMFS_PURE_PYTHON)")
+    seg[1] = "before"
+    held, release = spawn_ctx.Event(), spawn_ctx.Event()
+    children = Children(spawn_ctx)
+    try:
+        children.start(hold_lock, segment_ref(seg), held, release)
+        assert held.wait(WAIT)
+        assert (
+            seg._hot.put(1, codecs.get_codec("cloudpickle").id, codecs.plain_payload("x"))
+            is hotpath.SLOW
+        )
+        with pytest.raises(shmfs.LockTimeout):
+            seg[1] = "during"
+    finally:
+        release.set()
+        children.stop()
+    seg[1] = "after"
+    assert seg[1] == "after"
+
+
+def test_a_forked_child_reopens_before_it_goes_fast(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    seg[1] = "parent's"
+    with seg.lock():  # the child must neither see this flock as its own nor release it
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                slow_first = hot.get(1) is hotpath.SLOW
+                cloud = codecs.get_codec("cloudpickle").id
+                slow_put = hot.put(1, cloud, codecs.plain_payload("child's")) is hotpath.SLOW
+                readable = seg.get(1) == "parent's"  # reopens the handle, resets the fast path
+                fast_after = hot.get(1) == "parent's"
+                code = 0 if slow_first and slow_put and readable and fast_after else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert seg._backend._lock.held  # still ours
+    seg[1] = "parent's again"
+    assert seg[1] == "parent's again"
+
+
+@pytest.mark.parametrize("writer_pure", [False, True], ids=["C writer", "Python writer"])
+def test_c_and_python_readers_beside_either_writer(
+    seg: shmfs.Segment, hot: hotpath.Hot, spawn_ctx: Any, writer_pure: bool
+) -> None:
+    """No torn or older values, whichever path reads and writes: one reader of each kind during
+    3000 puts in place."""
+    seg[1] = checked_value(0, 1500)
+    ref = segment_ref(seg)
+    stop, started = spawn_ctx.Event(), spawn_ctx.Event()
+    readies = [spawn_ctx.Event(), spawn_ctx.Event()]
+    readers = Children(spawn_ctx)
+    writers = Children(spawn_ctx)
+    try:
+        for ready, reader_pure in zip(readies, (False, True), strict=True):
+            readers.start(read_while, {**ref, "pure": reader_pure}, 1, stop, ready)
+        for ready in readies:
+            assert ready.wait(WAIT)
+        writers.start(write_small, {**ref, "pure": writer_pure}, 1, 3000, started)
+        assert writers.results(WAIT) == [3000]
+        stop.set()
+        counts = readers.results(WAIT)
+    finally:
+        stop.set()
+        writers.stop()
+        readers.stop()
+    for count in counts:
+        assert count["bad"] == count["backwards"] == count["missing"] == 0, counts
+        assert count["intact"] > 50, counts
+    assert is_intact(seg[1]) and seg[1]["seq"] == 3000
+
+
+def test_sigkilled_c_writers_leave_the_old_or_the_new_value(
+    seg: shmfs.Segment, hot: hotpath.Hot, spawn_ctx: Any
+) -> None:
+    """SIGKILL at random instants of a loop of fast puts (values that stay in their slots)."""
+    seg[1] = checked_value(0, 1500)
+    ref = segment_ref(seg)
+    for round_no in range(15):
+        started = spawn_ctx.Event()
+        writers = Children(spawn_ctx)
+        proc = writers.start(write_small, ref, 1, 10**9, started)
+        try:
+            assert started.wait(WAIT)
+            # Let it run a random number of puts; no sleep orders anything here.
+            for _ in range(round_no * 200):
+                seg.get(1)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(WAIT)
+        with seg.lock(timeout=5):  # the kernel freed the dead writer's flock
+            value = seg[1]
+        assert is_intact(value), f"round {round_no}: torn value"
+        assert seg.stats()["variables"] == 1
+    seg[1] = "after"
+    assert hot.get(1) == "after"
+
+
+def test_pure_python_fixture_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    pure_python(monkeypatch)
+    assert not hotpath.available()
+    assert hotpath.new_hot({}, memoryview(b"")) is None
