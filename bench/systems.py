@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Self
 
 import shmfs
 from bench.scratch import Scratch
+from shmfs import hotpath
 
 __all__ = [
     "FACTORIES",
@@ -250,13 +251,18 @@ class ShmfsSystem(System):
     in_shm = True
 
     @classmethod
-    def create_on(cls, scratch: Scratch, backend: str, codec: str | None = None) -> ShmfsSystem:
-        """Attach a new segment on ``backend``; ``Unavailable`` if that backend cannot run."""
+    def create_on(
+        cls, scratch: Scratch, backend: str, codec: str | None = None, *, pure: bool = False
+    ) -> ShmfsSystem:
+        """Attach a new segment on ``backend``; ``Unavailable`` if that backend cannot run.
+        ``pure``: without the C fast path (shmfs.hotpath), to show what it is worth."""
         from shmfs.backends import BACKENDS  # noqa: PLC0415  # only to ask what exists
 
         if backend not in BACKENDS:
             raise Unavailable(f"this shmfs has no {backend!r} backend")
-        params: dict[str, Any] = {"backend": backend, "codec": codec, "root": None}
+        if pure and not hotpath.available():
+            raise Unavailable("shmfs runs on its pure-Python path already (shmfs._hot not built)")
+        params: dict[str, Any] = {"backend": backend, "codec": codec, "root": None, "pure": pure}
         server: RedisServer | None = None
         if backend == "tmpfs":
             params["root"] = scratch.shm_path("shmfs-tmpfs")
@@ -292,18 +298,22 @@ class ShmfsSystem(System):
     def __init__(self, params: dict[str, Any], *, owner: bool) -> None:
         super().__init__(params, owner=owner)
         codec = params["codec"]
+        pure = bool(params.get("pure"))
         self.name = f"shmfs {params['backend']}" + (f", {codec} codec" if codec else "")
-        self.variant = codec is not None
+        self.name += ", pure Python" if pure else ""
+        self.variant = codec is not None or pure
         self.note = {
             "tmpfs": "shmfs.attach(key, root=<a private dir in /dev/shm>)",
             "sysv": "shmfs.attach(key, backend='sysv'): PHP's layout, PHP's semaphore per call",
             "redis": "shmfs.attach(key, backend='redis') on a redis-server of ours (unix socket)",
         }[params["backend"]] + (f", codec='{codec}'" if codec else ", default codec")
+        self.note += ", without the C fast path (shmfs.hotpath.pure_python)" if pure else ""
         self.server: RedisServer | None = None
         options: dict[str, Any] = {"backend": params["backend"], "root": params["root"]}
         if codec:
             options["codec"] = codec
-        self.seg = shmfs.attach(params["key"], params["size"], **options)
+        with hotpath.pure_python() if pure else contextlib.nullcontext():
+            self.seg = shmfs.attach(params["key"], params["size"], **options)
         self.ops = Ops(self.seg.get, self.seg.put, self.seg.incr)
 
     def fill(self, indices: range, value: Any) -> None:
@@ -732,6 +742,7 @@ _SHARED: dict[str, type[System]] = {
 #: Every system, in report order, as a factory that makes a fresh store or raises Unavailable.
 FACTORIES: dict[str, Callable[[Scratch], System]] = {
     "shmfs tmpfs": lambda scratch: ShmfsSystem.create_on(scratch, "tmpfs"),
+    "shmfs tmpfs, pure Python": lambda scratch: ShmfsSystem.create_on(scratch, "tmpfs", pure=True),
     "shmfs sysv": lambda scratch: ShmfsSystem.create_on(scratch, "sysv"),
     "shmfs sysv, php codec": lambda scratch: ShmfsSystem.create_on(scratch, "sysv", "php"),
     "shmfs redis": lambda scratch: ShmfsSystem.create_on(scratch, "redis"),

@@ -15,13 +15,14 @@
  *        recovery happened since the handle last looked, the published slot is consistent,
  *        the frame is unsigned, at most SMALL bytes, of a known codec, and passes its checks;
  *        a pickling codec only for a file a trusted uid wrote.
- *   put: the same mapping, writable; no thread of this process holds the segment lock and
- *        flock(LOCK_NB) gets it at once; no DIRTY, recovery, views or destroy; the value fits
- *        its slot and the segment's size.
+ *   put: the same mapping, writable; the segment lock is this thread's already (inside
+ *        lock(), update(), a Cache's set) or had at once (flock with LOCK_NB); no DIRTY,
+ *        recovery, views, waiters or destroy; the value fits its slot and the segment's size.
  * Anything else (damage included) is SLOW, and the Python path says precisely what is wrong.
  *
  * Threads. Every call runs start to end holding the GIL, so no other thread of this process
- * runs meanwhile: that, and the lock's depth being zero, is what makes the flock ours alone.
+ * runs meanwhile; the segment lock's thread lock is taken (without waiting) as locking.py
+ * takes it, so a put never writes beside another thread's locked section.
  * A build without a GIL (free-threaded CPython) does not build this module.
  */
 #define PY_SSIZE_T_CLEAN
@@ -253,8 +254,9 @@ hot_get(Hot *self, PyObject *index)
 
 static int thread_unlock(Hot *self);
 
-/* 1: we hold the thread lock at depth 0; 0: not had at once, or held deeper (let go again);
- * -1: an exception. */
+/* Takes the segment lock's thread lock without waiting. 1: had at depth 0, so the file lock is
+ * ours to take; 2: had re-entrantly, so this thread already holds the segment lock (in lock(),
+ * update(), a Cache's set), file lock included; 0: another thread has it; -1: an exception. */
 static int
 thread_lock(Hot *self)
 {
@@ -267,16 +269,30 @@ thread_lock(Hot *self)
     if (taken != 1) {
         return taken;
     }
+    /* An RLock another thread owns is not had without waiting, so ours is: at depth 0 nobody
+     * in this process holds the file lock (locking.py takes and gives it inside the thread
+     * lock); deeper, this thread does. */
     PyObject *depth = PyObject_GetAttr(self->lock, str_depth);
     long held = depth != NULL ? PyLong_AsLong(depth) : -1;
     Py_XDECREF(depth);
-    if (held == 0) {
-        return 1;
+    if (held >= 0 && !PyErr_Occurred()) {
+        return held == 0 ? 1 : 2;
     }
-    if (PyErr_Occurred() || thread_unlock(self) < 0) {
-        return -1;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback); /* no Python call with an exception pending */
+    int unlocked = thread_unlock(self);
+    if (unlocked == 0) {
+        PyErr_Restore(type, value, traceback);
     }
-    return 0; /* this thread holds the segment lock already (lock(), update): Python's way */
+    else {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+    }
+    if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_RuntimeError, "the segment lock's depth is negative");
+    }
+    return -1;
 }
 
 static int
@@ -335,19 +351,17 @@ hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
         return slow();
     }
     PyObject *result = SLOW;
-    /* locking.py's order: the thread lock, then the file at depth 0. Holding the thread lock at
-     * depth 0 proves no thread of ours holds the file: taking it (and giving it back) happens
-     * inside the thread lock. Another thread between those steps makes us SLOW, not wrong. */
+    /* locking.py's order: the thread lock, then the file lock at depth 0. */
     int taken = thread_lock(self);
     if (taken < 0) {
         result = NULL;
         goto done;
     }
-    if (!taken) {
-        goto done;
+    if (taken == 0) {
+        goto done; /* another thread of ours holds it: Python waits */
     }
-    if (flock(self->fd, LOCK_EX | LOCK_NB) != 0) {
-        goto unlock_thread; /* held by another process: Python waits, with its timeout */
+    if (taken == 1 && flock(self->fd, LOCK_EX | LOCK_NB) != 0) {
+        goto unlock_thread; /* another process holds it: Python waits, with its timeout */
     }
     uint64_t control = load(&words[W_CONTROL]);
     uint64_t high = control >> 32;
@@ -379,7 +393,7 @@ hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
     store(&meta[M_STATE], 0);
     result = Py_None;
 unlock:
-    if (flock(self->fd, LOCK_UN) != 0) {
+    if (taken == 1 && flock(self->fd, LOCK_UN) != 0) {
         /* Cannot happen on a descriptor we just locked; if it did, say so loudly. */
         PyErr_SetFromErrno(PyExc_OSError);
         result = NULL;

@@ -8,18 +8,21 @@ path then does the work as it always has, and reports any error. So C and Python
 writers mix freely, and the package works without the module, only slower: pip builds it when a
 C compiler and the headers of Python and zlib are there, and skips it, with a warning, when not.
 
-``SHMFS_PURE_PYTHON=1`` in the environment turns the module off (for comparisons, or to rule it
-out when chasing a problem); :func:`available` says whether it is in use.
+``SHMFS_PURE_PYTHON=1`` in the environment turns the module off for the process (to rule it
+out when chasing a problem), and handles attached inside ``with shmfs.hotpath.pure_python():``
+do without it (to compare the two in one process); :func:`available` says whether it is in use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any, Final, Protocol
 
 from shmfs import codecs
 
-__all__ = ["SLOW", "Hot", "available", "new_hot"]
+__all__ = ["SLOW", "Hot", "available", "new_hot", "pure_python"]
 
 
 class Hot(Protocol):
@@ -58,6 +61,18 @@ _DECODERS: Final = {
 def available() -> bool:
     """Whether the C fast path is in use (built, and not turned off by SHMFS_PURE_PYTHON)."""
     return _hot is not None
+
+
+@contextlib.contextmanager
+def pure_python() -> Iterator[None]:
+    """Handles attached inside the block do without the C fast path (in this thread and every
+    other, while the block lasts): for comparing the two paths in one process."""
+    global _hot  # noqa: PLW0603  # the module-wide switch is the point
+    saved, _hot = _hot, None
+    try:
+        yield
+    finally:
+        _hot = saved
 
 
 def new_hot(vars_: dict[int, Any], meta: memoryview) -> Hot | None:

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import sysconfig
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -313,20 +314,49 @@ def test_a_detached_handle_drops_its_references(seg: shmfs.Segment, hot: hotpath
         seg[1]
 
 
-def test_the_lock_held_by_this_thread_stays_held(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
-    """A put inside ``seg.lock()`` must not take, nor give back, the flock the block holds."""
-    seg[1] = 0
+def test_inside_this_threads_lock_it_writes_under_that_lock(
+    seg: shmfs.Segment, hot: hotpath.Hot
+) -> None:
+    """A put inside ``seg.lock()`` writes under the flock the block holds: it neither takes
+    it again nor gives it back."""
+    store(seg, 1, 0)
     fd = seg._backend._meta_fd
     cloud = codecs.get_codec("cloudpickle").id
     with seg.lock():
-        assert hot.put(1, cloud, codecs.plain_payload(1)) is hotpath.SLOW
+        assert hot.put(1, cloud, codecs.plain_payload(1)) is None
         assert lock_holder_pid(fd) == os.getpid()
-        seg[1] = 1  # the Python path, re-entering the lock
+        assert seg._backend._lock.held
+        with seg.lock():
+            assert hot.put(1, cloud, codecs.plain_payload(2)) is None
         assert lock_holder_pid(fd) == os.getpid()
+        assert seg[1] == 2
     assert lock_holder_pid(fd) is None
-    assert hot.put(1, cloud, codecs.plain_payload(2)) is None
-    assert lock_holder_pid(fd) is None  # and the fast put gave its own flock back
-    assert seg[1] == 2
+    assert hot.put(1, cloud, codecs.plain_payload(3)) is None
+    assert lock_holder_pid(fd) is None  # and a put outside gave its own flock back
+    assert seg[1] == 3
+
+
+def test_another_threads_lock_makes_the_put_wait(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    store(seg, 1, "before")
+    cloud = codecs.get_codec("cloudpickle").id
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with seg.lock():
+            held.set()
+            release.wait(WAIT)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(WAIT)
+        assert hot.put(1, cloud, codecs.plain_payload("during")) is hotpath.SLOW
+        assert seg[1] == "before"
+    finally:
+        release.set()
+        thread.join(WAIT)
+    assert hot.put(1, cloud, codecs.plain_payload("after")) is None
+    assert seg[1] == "after"
 
 
 def test_a_lock_held_elsewhere_makes_the_put_wait(
