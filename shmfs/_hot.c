@@ -115,6 +115,8 @@ typedef struct {
 } Hot;
 
 static PyObject *SLOW; /* "do it the Python way" */
+static PyObject *pickle_dumps; /* pickle.dumps, and the protocol shmfs writes (codecs._PROTOCOL) */
+static PyObject *protocol;
 static PyObject *str_hot;
 static PyObject *str_depth;
 static PyObject *str_fd;
@@ -303,24 +305,13 @@ thread_unlock(Hot *self)
     return done != NULL ? 0 : -1;
 }
 
-PyDoc_STRVAR(hot_put_doc,
-"put(index, codec_id, payload) -> None, or SLOW\n\n"
-"Frame ``payload`` and write it in place into a mapped variable, under the segment's flock\n"
-"taken without waiting (tmpfs.py's write).");
-
+/* The put of a pickled value; ``same_to`` > 0: only over a stored pickle with the same bytes in
+ * [same_from, same_to). */
 static PyObject *
-hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
+put_pickled(Hot *self, PyObject *index, long codec, PyObject *pickled, Py_ssize_t same_from,
+            Py_ssize_t same_to)
 {
-    if (nargs != 3 || !PyBytes_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "put(index, codec_id, payload: bytes)");
-        return NULL;
-    }
-    PyObject *index = args[0];
-    long codec = PyLong_AsLong(args[1]);
-    if (codec < 0 || codec > 255 || self->decoders[codec] == NULL) {
-        return slow();
-    }
-    Py_ssize_t payload_length = PyBytes_GET_SIZE(args[2]);
+    Py_ssize_t payload_length = PyBytes_GET_SIZE(pickled);
     uint64_t length = (uint64_t)payload_length + FRAME_HEADER;
     if (self->lock == NULL || self->epoch != fork_epoch || length > SMALL) {
         return slow();
@@ -336,7 +327,7 @@ hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
         return slow();
     }
     /* Built before the lock is taken: the frame's first three words. */
-    const unsigned char *payload = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+    const unsigned char *payload = (const unsigned char *)PyBytes_AS_STRING(pickled);
     uint64_t head[3] = {self->first_word | (uint64_t)codec << CODEC_SHIFT, (uint64_t)payload_length, 0};
     head[2] = crc32(crc32(0, (const Bytef *)head, 16), payload, (uInt)payload_length);
 
@@ -376,6 +367,16 @@ hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
          * replaced, or full. */
         goto unlock;
     }
+    if (same_to > 0) {
+        /* Only over a value framed alike whose payload has these bytes in common with ours. */
+        const unsigned char *now = (const unsigned char *)words + VAR_HEADER + (high & 1) * capacity;
+        if (old < FRAME_HEADER + (uint64_t)same_to || old > (uint64_t)capacity
+            || memcmp(now, head, 8) != 0
+            || memcmp(now + FRAME_HEADER + same_from, payload + same_from,
+                      (size_t)(same_to - same_from)) != 0) {
+            goto unlock;
+        }
+    }
     /* tmpfs.py's write and varfile.py's VarFile.write, store for store. */
     store(&meta[M_STATE], self->dirty_tag);
     uint64_t generation = (high + 1) & GENERATIONS;
@@ -406,6 +407,129 @@ done:
     PyBuffer_Release(&var_buffer);
     PyBuffer_Release(&meta_buffer);
     return result != NULL ? Py_NewRef(result) : NULL;
+}
+
+/* codecs._is_plain, check for check (builtin scalars in builtin containers of at most 64 items,
+ * nested at most 4 deep), within a budget: each item costs one, and each str or bytes its length,
+ * so that a value too big for the fast path is not pickled only to be pickled again. Runs no
+ * Python code, so nothing changes under it. */
+static int
+plain(PyObject *value, int depth, Py_ssize_t *budget)
+{
+    PyTypeObject *kind = Py_TYPE(value);
+    *budget -= 1;
+    if (kind == &PyUnicode_Type) {
+        *budget -= PyUnicode_GET_LENGTH(value);
+        return *budget >= 0;
+    }
+    if (kind == &PyBytes_Type) {
+        *budget -= PyBytes_GET_SIZE(value);
+        return *budget >= 0;
+    }
+    if (kind == &PyLong_Type || kind == &PyFloat_Type || kind == &PyBool_Type || value == Py_None) {
+        return *budget >= 0;
+    }
+    if (depth > 3) {
+        return 0;
+    }
+    if (kind == &PyList_Type || kind == &PyTuple_Type) {
+        Py_ssize_t size = PySequence_Fast_GET_SIZE(value);
+        if (size > 64) {
+            return 0;
+        }
+        for (Py_ssize_t i = 0; i < size; i++) {
+            if (!plain(PySequence_Fast_GET_ITEM(value, i), depth + 1, budget)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (kind == &PyDict_Type) {
+        if (PyDict_GET_SIZE(value) > 64) {
+            return 0;
+        }
+        Py_ssize_t at = 0;
+        PyObject *key, *item;
+        while (PyDict_Next(value, &at, &key, &item)) {
+            if (!plain(key, depth + 1, budget) || !plain(item, depth + 1, budget)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (kind == &PySet_Type || kind == &PyFrozenSet_Type) {
+        if (PySet_GET_SIZE(value) > 64) {
+            return 0;
+        }
+        PyObject *items = PyObject_GetIter(value);
+        if (items == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        PyObject *item;
+        int result = 1;
+        while (result && (item = PyIter_Next(items)) != NULL) {
+            result = plain(item, depth + 1, budget);
+            Py_DECREF(item);
+        }
+        Py_DECREF(items);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        return result;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(hot_put_doc,
+"put(index, codec_id, value[, head_at, head]) -> None, or SLOW\n\n"
+"Store a plain value (codecs._is_plain: what both pickling codecs write with pickle itself)\n"
+"in place in a mapped variable, under the segment's flock taken without waiting (tmpfs.py's\n"
+"write). With ``head_at`` and ``head``: only if the value's pickle has the bytes ``head`` at\n"
+"``head_at``, and so has the pickle stored now, framed by the same codec (a Cache's set:\n"
+"over the entry of the same key only).");
+
+static PyObject *
+hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 && !(nargs == 5 && PyBytes_CheckExact(args[4]))) {
+        PyErr_SetString(PyExc_TypeError, "put(index, codec_id, value[, head_at, head: bytes])");
+        return NULL;
+    }
+    long codec = PyLong_AsLong(args[1]);
+    if (codec == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t budget = SMALL;
+    if (codec < 0 || codec > 255 || !self->executes[codec] || self->lock == NULL
+        || self->epoch != fork_epoch || PyDict_GetItemWithError(self->vars, args[0]) == NULL
+        || !plain(args[2], 0, &budget)) {
+        return slow(); /* before pickling: a put that cannot be fast pickles once, in Python */
+    }
+    PyObject *pickled = PyObject_CallFunctionObjArgs(pickle_dumps, args[2], protocol, NULL);
+    if (pickled == NULL) {
+        return slow(); /* Python's encode() says why */
+    }
+    if (!PyBytes_CheckExact(pickled)) {
+        Py_DECREF(pickled);
+        return slow();
+    }
+    Py_ssize_t same_from = 0, same_to = 0;
+    if (nargs == 5) {
+        same_from = PyLong_AsSsize_t(args[3]);
+        Py_ssize_t size = PyBytes_GET_SIZE(args[4]);
+        if (same_from < 0 || size == 0 || same_from > PyBytes_GET_SIZE(pickled) - size
+            || memcmp(PyBytes_AS_STRING(pickled) + same_from, PyBytes_AS_STRING(args[4]),
+                      (size_t)size) != 0) {
+            Py_DECREF(pickled);
+            return slow();
+        }
+        same_to = same_from + size;
+    }
+    PyObject *result = put_pickled(self, args[0], codec, pickled, same_from, same_to);
+    Py_DECREF(pickled);
+    return result;
 }
 
 PyDoc_STRVAR(hot_reset_doc,
@@ -590,11 +714,15 @@ PyInit__hot(void)
         return NULL;
     }
     SLOW = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    PyObject *pickle = PyImport_ImportModule("pickle");
+    pickle_dumps = pickle != NULL ? PyObject_GetAttrString(pickle, "dumps") : NULL;
+    Py_XDECREF(pickle);
+    protocol = PyLong_FromLong(5);
     str_hot = PyUnicode_InternFromString("hot");
     str_depth = PyUnicode_InternFromString("_depth");
     str_fd = PyUnicode_InternFromString("_fd");
     str_thread_lock = PyUnicode_InternFromString("_thread_lock");
-    if (SLOW == NULL || str_hot == NULL || str_depth == NULL || str_fd == NULL
+    if (SLOW == NULL || pickle_dumps == NULL || protocol == NULL || str_hot == NULL || str_depth == NULL || str_fd == NULL
         || str_thread_lock == NULL
         || PyModule_AddObjectRef(module, "SLOW", SLOW) < 0
         || PyModule_AddObjectRef(module, "Hot", (PyObject *)&HotType) < 0

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from shmfs import cache_entry, cache_keys
+from shmfs import cache_entry, cache_keys, pickling
 from shmfs.cache_entry import (
     KEEP,
     MISSING,
@@ -42,6 +42,7 @@ from shmfs.cache_keys import FIRST_ENTRY, canonical, name_key
 from shmfs.cache_lru import FLUSH_EVERY, Evictor, Recency
 from shmfs.cache_memo import memoize
 from shmfs.errors import InvalidArgument, SegmentDetached, SegmentFull, ShmfsError, VariableNotFound
+from shmfs.hotpath import SLOW
 from shmfs.segment import Segment, attach
 
 __all__ = ["Cache"]
@@ -119,10 +120,14 @@ class Cache:
             raise
         self._segment = segment
         self._read = segment.get  # bound once: the hit path is a handful of operations
+        # The C get (shmfs.hotpath), called straight from a hit: Segment.get's own checks cost
+        # a tenth of the hit, and a cache's indices are ints it made itself.
+        self._fast_read = segment._hot.get if segment._hot is not None else None
         self._pending = self._recency.pending
         self._counts = self._recency.counts
         self._mask = self._recency.mask
         self._slots: dict[Any, tuple[str, int]] = {}
+        self._heads: dict[str, bytes] = {}  # canonical key -> pickling.tuple_head of it
         self._evictor = Evictor(segment, self._recency, codec)
         # What another process needs to open the same cache: a Cache pickles as a reference.
         self._spec = {
@@ -187,7 +192,10 @@ class Cache:
         """
         slot = self._slots.get(key) if type(key) in _MEMO_TYPES else None
         text, index = slot if slot is not None else self._slot(key)
-        stored = self._read(index, None)
+        fast = self._fast_read
+        stored = fast(index) if fast is not None else SLOW
+        if stored is SLOW:
+            stored = self._read(index, None)
         now = cache_entry.clock()
         if stored is not None:
             if type(stored) is tuple and len(stored) == 4 and stored[0] == text:
@@ -195,7 +203,8 @@ class Cache:
             else:
                 entry = find(stored, text)
             if entry is not None:
-                if live(entry, now):
+                expires = entry[2]  # live(), inlined: the hot path
+                if (expires is None or now < expires) and entry[3] <= now:
                     self._counts[0] += 1
                     self._pending[index & self._mask] = now  # _used(), inlined: the hot path
                     if now - self._recency.flushed_at > FLUSH_EVERY:
@@ -286,6 +295,8 @@ class Cache:
         """
         text, index = self._slot(key)
         life = self.ttl if ttl is None else check_ttl(ttl)
+        if self._set_in_place(index, text, value, life):
+            return
 
         def store(old: Entry | None, now: float) -> tuple[None, Entry]:
             return None, (text, value, None if life is None else now + life, now)
@@ -300,6 +311,25 @@ class Cache:
             self._write(index, text, store, value)
         else:
             self._used(index, now)
+
+    def _set_in_place(self, index: int, text: str, value: Any, life: float | None) -> bool:
+        """``set``'s fast path: over ``text``'s own entry, in one C call (shmfs.hotpath) that
+        compares the stored pickle's head with the new one's instead of decoding it; ``False``
+        if it cannot (pure Python, a value that is not plain, an empty variable, a bucket of
+        several keys, a lock to wait for): ``overwrite`` then does it."""
+        if self._fast_read is None:
+            return False
+        head = self._heads.get(text)
+        if head is None:
+            if len(self._heads) >= _MEMO_SIZE:
+                self._heads.clear()
+            head = self._heads[text] = pickling.tuple_head(text)
+        now = cache_entry.clock()
+        entry = (text, value, None if life is None else now + life, now)
+        if not self.segment._put_over(index, entry, pickling.TUPLE_HEAD_AT, head):
+            return False
+        self._used(index, now)
+        return True
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.set(key, value)

@@ -63,7 +63,6 @@ __all__ = [
     "encode",
     "first_word",
     "get_codec",
-    "plain_payload",
     "view_payload",
 ]
 
@@ -111,24 +110,6 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
         if type(child) not in scalars and not _is_plain(child, depth + 1):
             return False
     return True
-
-
-# Past this, a plain str or bytes is left to encode(): its frame is too big for the fast put,
-# and encode() writes a large bytes in pieces.
-_PLAIN_PAYLOAD_LIMIT: Final = FULL_CHECK_LIMIT - 1024
-
-
-def plain_payload(value: Any) -> bytes | None:
-    """What both pickling codecs store for a plain value (builtin scalars in small builtin
-    containers; see ``_is_plain``), or ``None`` for any other value and for a long str or
-    bytes: the payload a fast put frames itself, which :func:`encode` would also write."""
-    kind = type(value)
-    if kind is str or kind is bytes:
-        if len(value) > _PLAIN_PAYLOAD_LIMIT:
-            return None
-    elif kind not in _PLAIN_SCALARS and not _is_plain(value):
-        return None
-    return pickle.dumps(value, _PROTOCOL)
 
 
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships no type hints

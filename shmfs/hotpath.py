@@ -31,8 +31,11 @@ class Hot(Protocol):
     def get(self, index: int) -> Any:
         """The value at a mapped ``index``, or :data:`SLOW`."""
 
-    def put(self, index: int, codec_id: int, payload: bytes) -> Any:
-        """``None`` once ``payload`` (a plain pickle) is stored at a mapped ``index``, or SLOW."""
+    def put(
+        self, index: int, codec_id: int, value: Any, head_at: int = 0, head: bytes = b""
+    ) -> Any:
+        """``None`` once a plain ``value`` is stored at a mapped ``index``, or SLOW; with
+        ``head_at`` and ``head``, only over a stored pickle that has ``head`` there too."""
 
     def reset(self, lock: object, recoveries: int, dirty_tag: int) -> None:
         """After opening, a fork, or a recovery: the lock, RECOVERIES and DIRTY word to use."""

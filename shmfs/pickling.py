@@ -22,12 +22,14 @@ from typing import Any, Final
 from shmfs.errors import CorruptSegment
 
 __all__ = [
+    "TUPLE_HEAD_AT",
     "bytes_at",
     "bytes_pickle",
     "dumps_out_of_band",
     "loads_out_of_band",
     "lone_bytes",
     "pack_buffers",
+    "tuple_head",
     "unpack_buffers",
 ]
 
@@ -142,3 +144,19 @@ def bytes_at(opcodes: bytes | memoryview, payload_length: int) -> int | None:
         return None
     size = int.from_bytes(opcodes[3:start], "little")
     return start if len(opcodes) >= start and start + size + 1 == payload_length else None
+
+
+#: Where :func:`tuple_head`'s bytes lie in a pickle: after PROTO and FRAME with its length.
+TUPLE_HEAD_AT: Final = 11
+
+
+def tuple_head(first: str) -> bytes:
+    """What a protocol-5 pickle of a tuple of four or more items whose first item is the str
+    ``first`` has at :data:`TUPLE_HEAD_AT`, when the pickler framed the str with it (it does
+    below 64 KiB; check): MARK, the str (SHORT_BINUNICODE or BINUNICODE), MEMOIZE.
+
+    Two pickles with these bytes there are tuples beginning with the same str; ``Cache.set``
+    replaces only the entry of the same key that way, without decoding it.
+    """
+    alone = pickle.dumps(first, _PROTOCOL)  # PROTO, FRAME, the str, MEMOIZE, STOP
+    return b"(" + alone[TUPLE_HEAD_AT:-1]

@@ -366,16 +366,24 @@ class Segment(MutableMapping[int, Any]):
             raise self._closed_error()
         if type(index) is not int or not _INDEX_MIN <= index <= _INDEX_MAX:
             index = check_index(index)
-        if self._hot_codec is not None:
-            payload = codecs.plain_payload(value)
-            if payload is not None and self._hot.put(index, self._hot_codec, payload) is None:  # type: ignore[union-attr]  # set together with _hot_codec
-                return
+        if self._hot_codec is not None and self._hot.put(index, self._hot_codec, value) is None:  # type: ignore[union-attr]  # set together with _hot_codec
+            return
         data = self._encode(value)
         backend.acquire(self._lock_timeout)
         try:
             backend.write(index, data)
         finally:
             backend.release()
+
+    def _put_over(self, index: int, value: Any, head_at: int, head: bytes) -> bool:
+        """shmfs-internal (``Cache.set``): store ``value`` the fast way, but only over a value
+        whose pickle, like ``value``'s, has the bytes ``head`` at ``head_at``; ``False`` if
+        nothing was stored (no fast path, another value there, a lock to wait for): then the
+        caller takes its general path."""
+        if self._backend is None or self._hot_codec is None:
+            return False
+        put = self._hot.put  # type: ignore[union-attr]  # set together with _hot_codec
+        return put(index, self._hot_codec, value, head_at, head) is None
 
     def remove(self, index: int) -> None:
         """Remove ``index``, zeroing its bytes (PHP: ``shm_remove_var``).

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import shmfs
 from shmfs import codecs, hotpath
@@ -98,9 +100,7 @@ def test_c_writes_the_bytes_python_writes(
 ) -> None:
     store(seg, 1, value)  # a file sized for it, mapped here
     store(seg, 2, value)
-    payload = codecs.plain_payload(value)
-    assert payload is not None
-    assert hot.put(1, codecs.get_codec("cloudpickle").id, payload) is None
+    assert hot.put(1, codecs.get_codec("cloudpickle").id, value) is None
     pure[2] = value
     assert frame(seg, 1) == frame(seg, 2)
     assert hot.get(1) == hot.get(2) == pure[1] == value
@@ -127,11 +127,64 @@ def test_each_reads_what_the_other_wrote(
 def test_values_that_are_not_plain_go_through_cloudpickle(
     seg: shmfs.Segment, pure: shmfs.Segment, hot: hotpath.Hot
 ) -> None:
-    assert codecs.plain_payload(lambda x: x) is None
     store(seg, 1, "placeholder")
+    assert hot.put(1, codecs.get_codec("cloudpickle").id, lambda x: x) is hotpath.SLOW
     seg[1] = lambda x: x * 3
     assert pure[1](2) == 6
     assert hot.get(1)(3) == 9  # a lambda, unpickled in C's call of the codec
+
+
+class Text(str):
+    """A str subclass: not plain (cloudpickle writes its class)."""
+
+
+_LEAVES = (
+    st.text(max_size=4)
+    | st.binary(max_size=4)
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.booleans()
+    | st.none()
+    | st.builds(Text, st.text(max_size=2))
+    | st.decimals(allow_nan=False, places=2)
+)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+PLAIN_OR_NOT = st.integers(1, 7).map(_nested) | st.recursive(
+    _LEAVES,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=2), children, max_size=3)
+        | st.frozensets(st.integers(), max_size=3)
+        | st.sets(st.text(max_size=2), max_size=3)
+        | st.lists(st.integers(0, 9), min_size=62, max_size=67)
+    ),  # around the 64-item limit
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(value=PLAIN_OR_NOT)
+def test_c_takes_exactly_the_values_python_calls_plain(
+    seg: shmfs.Segment, hot: hotpath.Hot, value: Any
+) -> None:
+    """The C check of plainness is ``codecs._is_plain``'s, depth and size limits included: a
+    value taken by the fast put is written as Python's put would (pickle, not cloudpickle)."""
+    store(seg, 1, "x" * 8000)  # a slot every value here fits
+    fast = hot.put(1, codecs.get_codec("cloudpickle").id, value) is None
+    assert fast == codecs._is_plain(value)
+    if fast:
+        assert seg[1] == value
 
 
 def test_a_missing_or_too_big_value_is_slow(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
@@ -140,8 +193,8 @@ def test_a_missing_or_too_big_value_is_slow(seg: shmfs.Segment, hot: hotpath.Hot
     seg[1] = b"z" * 100_000  # a frame past 64 KiB: read in pieces by the Python path
     assert hot.get(1) is hotpath.SLOW
     assert seg[1] == b"z" * 100_000
-    big = codecs.plain_payload("w" * 60_000) + b"\x00" * 8000  # framed, past 64 KiB
-    assert hot.put(1, codecs.get_codec("pickle").id, big) is hotpath.SLOW
+    for big in ("w" * 70_000, ["w" * 40_000, "v" * 40_000], {1: b"u" * 70_000}):
+        assert hot.put(1, codecs.get_codec("pickle").id, big) is hotpath.SLOW  # past 64 KiB
 
 
 def test_damage_is_reported_by_the_python_path(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
@@ -216,7 +269,7 @@ def test_after_a_recovery_the_mappings_are_renewed(seg: shmfs.Segment, hot: hotp
     meta = seg._backend._meta
     meta[sd.RECOVERIES] += 1  # another process repaired after a dead writer
     assert hot.get(1) is hotpath.SLOW
-    assert hot.put(1, codecs.get_codec("cloudpickle").id, codecs.plain_payload("x")) is hotpath.SLOW
+    assert hot.put(1, codecs.get_codec("cloudpickle").id, "x") is hotpath.SLOW
     assert seg[1] == "kept"  # the Python path drops its mappings and tells the fast path
     assert hot.get(1) == "kept"
 
@@ -238,10 +291,7 @@ def test_a_full_segment_refuses_and_keeps_the_old_value(
     if seg._hot is None:
         pytest.skip("the C fast path is off (not built, or SHMFS_PURE_PYTHON)")
     seg[1] = "x" * 100
-    assert (
-        seg._hot.put(1, codecs.get_codec("cloudpickle").id, codecs.plain_payload("y" * 190))
-        is hotpath.SLOW
-    )
+    assert seg._hot.put(1, codecs.get_codec("cloudpickle").id, "y" * 190) is hotpath.SLOW
     with pytest.raises(shmfs.SegmentFull):
         seg[1] = "y" * 190
     assert seg[1] == "x" * 100
@@ -252,10 +302,7 @@ def test_a_value_that_outgrows_its_slot_gets_a_new_file(
 ) -> None:
     store(seg, 1, "x")
     inode = seg._backend._vars[1].inode
-    assert (
-        hot.put(1, codecs.get_codec("cloudpickle").id, codecs.plain_payload("y" * 5000))
-        is hotpath.SLOW
-    )
+    assert hot.put(1, codecs.get_codec("cloudpickle").id, "y" * 5000) is hotpath.SLOW
     seg[1] = "y" * 5000
     assert seg[1] == "y" * 5000  # from the new file, mapped in place of the retired one
     assert seg._backend._vars[1].inode != inode
@@ -263,7 +310,7 @@ def test_a_value_that_outgrows_its_slot_gets_a_new_file(
 
 def test_waiters_and_views_make_puts_slow(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
     seg[1] = b"viewed"
-    payload = codecs.plain_payload(b"new")
+    payload = b"new"
     cloud = codecs.get_codec("cloudpickle").id
     with seg.view(1) as view:
         assert hot.put(1, cloud, payload) is hotpath.SLOW
@@ -285,9 +332,7 @@ def test_a_read_only_mapping_is_refused_by_the_python_path(
     var = seg._backend._vars[1]
     var.hot = (*var.hot[:3], False)  # as if the file were another trusted user's, read-only
     var.writable = False
-    assert (
-        hot.put(1, codecs.get_codec("cloudpickle").id, codecs.plain_payload("ours")) is hotpath.SLOW
-    )
+    assert hot.put(1, codecs.get_codec("cloudpickle").id, "ours") is hotpath.SLOW
     with pytest.raises(shmfs.UnsafeSegment, match="write permission"):
         seg[1] = "ours"
     assert seg[1] == "theirs"
@@ -323,15 +368,15 @@ def test_inside_this_threads_lock_it_writes_under_that_lock(
     fd = seg._backend._meta_fd
     cloud = codecs.get_codec("cloudpickle").id
     with seg.lock():
-        assert hot.put(1, cloud, codecs.plain_payload(1)) is None
+        assert hot.put(1, cloud, 1) is None
         assert lock_holder_pid(fd) == os.getpid()
         assert seg._backend._lock.held
         with seg.lock():
-            assert hot.put(1, cloud, codecs.plain_payload(2)) is None
+            assert hot.put(1, cloud, 2) is None
         assert lock_holder_pid(fd) == os.getpid()
         assert seg[1] == 2
     assert lock_holder_pid(fd) is None
-    assert hot.put(1, cloud, codecs.plain_payload(3)) is None
+    assert hot.put(1, cloud, 3) is None
     assert lock_holder_pid(fd) is None  # and a put outside gave its own flock back
     assert seg[1] == 3
 
@@ -350,12 +395,12 @@ def test_another_threads_lock_makes_the_put_wait(seg: shmfs.Segment, hot: hotpat
     thread.start()
     try:
         assert held.wait(WAIT)
-        assert hot.put(1, cloud, codecs.plain_payload("during")) is hotpath.SLOW
+        assert hot.put(1, cloud, "during") is hotpath.SLOW
         assert seg[1] == "before"
     finally:
         release.set()
         thread.join(WAIT)
-    assert hot.put(1, cloud, codecs.plain_payload("after")) is None
+    assert hot.put(1, cloud, "after") is None
     assert seg[1] == "after"
 
 
@@ -371,10 +416,7 @@ def test_a_lock_held_elsewhere_makes_the_put_wait(
     try:
         children.start(hold_lock, segment_ref(seg), held, release)
         assert held.wait(WAIT)
-        assert (
-            seg._hot.put(1, codecs.get_codec("cloudpickle").id, codecs.plain_payload("x"))
-            is hotpath.SLOW
-        )
+        assert seg._hot.put(1, codecs.get_codec("cloudpickle").id, "x") is hotpath.SLOW
         with pytest.raises(shmfs.LockTimeout):
             seg[1] = "during"
     finally:
@@ -393,7 +435,7 @@ def test_a_forked_child_reopens_before_it_goes_fast(seg: shmfs.Segment, hot: hot
             try:
                 slow_first = hot.get(1) is hotpath.SLOW
                 cloud = codecs.get_codec("cloudpickle").id
-                slow_put = hot.put(1, cloud, codecs.plain_payload("child's")) is hotpath.SLOW
+                slow_put = hot.put(1, cloud, "child's") is hotpath.SLOW
                 readable = seg.get(1) == "parent's"  # reopens the handle, resets the fast path
                 fast_after = hot.get(1) == "parent's"
                 code = 0 if slow_first and slow_put and readable and fast_after else 2
