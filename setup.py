@@ -12,7 +12,7 @@ setup(
         Extension(
             "shmfs._hot",
             ["shmfs/_hot.c"],
-            libraries=["z"],
+            libraries=["z"],  # zlib's crc32: the frame's checksum
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
             optional=True,
         )

@@ -71,6 +71,90 @@
  * there, and their checksum covers only their ends (codecs.FULL_CHECK_LIMIT). */
 #define SMALL (64 * 1024)
 
+/* The frame's checksum is zlib's crc32 (codecs.py). zlib computes it fastest on long buffers,
+ * but on the short frames most gets and puts carry its set-up dominates: below SHORT_CRC bytes
+ * eight-byte slicing by tables is up to three times faster (measured here: 39 ns against 124 at
+ * 64 bytes, 67 against 108 at 128; level at about 320, zlib ahead past it). Checked against
+ * zlib.crc32 (tests/test_hotpath.py). */
+#define SHORT_CRC 320
+static uint32_t crc_table[8][256];
+
+static void
+crc_init(void)
+{
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) {
+            c = c & 1 ? 0xEDB88320U ^ (c >> 1) : c >> 1;
+        }
+        crc_table[0][n] = c;
+    }
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = crc_table[0][n];
+        for (int k = 1; k < 8; k++) {
+            c = crc_table[0][c & 0xFF] ^ (c >> 8);
+            crc_table[k][n] = c;
+        }
+    }
+}
+
+static uint32_t
+crc32_sliced(uint32_t crc, const unsigned char *bytes, size_t length)
+{
+    crc = ~crc;
+    for (; length >= 8; bytes += 8, length -= 8) {
+        uint64_t word;
+        memcpy(&word, bytes, 8); /* little-endian, checked above */
+        uint32_t low = (uint32_t)word ^ crc, high = (uint32_t)(word >> 32);
+        crc = crc_table[7][low & 0xFF] ^ crc_table[6][(low >> 8) & 0xFF]
+              ^ crc_table[5][(low >> 16) & 0xFF] ^ crc_table[4][low >> 24]
+              ^ crc_table[3][high & 0xFF] ^ crc_table[2][(high >> 8) & 0xFF]
+              ^ crc_table[1][(high >> 16) & 0xFF] ^ crc_table[0][high >> 24];
+    }
+    while (length--) {
+        crc = crc_table[0][(crc ^ *bytes++) & 0xFF] ^ (crc >> 8);
+    }
+    return ~crc;
+}
+
+static uint32_t
+checksum(uint32_t crc, const unsigned char *bytes, size_t length)
+{
+    if (length < SHORT_CRC) {
+        return crc32_sliced(crc, bytes, length);
+    }
+    return (uint32_t)crc32_z(crc, bytes, length);
+}
+
+PyDoc_STRVAR(crc32_doc,
+"crc32(data, value=0) -> int\n\n"
+"zlib.crc32, as the fast path computes it (for tests: the two must agree).");
+
+static PyObject *
+hot_crc32(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "crc32(data, value=0)");
+        return NULL;
+    }
+    unsigned long value = nargs == 2 ? PyLong_AsUnsignedLongMask(args[1]) : 0;
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    uint32_t crc = checksum((uint32_t)value, data.buf, (size_t)data.len);
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLong(crc);
+}
+
+static PyMethodDef module_methods[] = {
+    {"crc32", (PyCFunction)(void (*)(void))hot_crc32, METH_FASTCALL, crc32_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 /* Bumped in every forked child: handles see that they must reopen what they share. */
 static uint64_t fork_epoch = 0;
 
@@ -241,8 +325,8 @@ hot_get(Hot *self, PyObject *index)
     /* head[0]: the first word; head[1]: the payload's length; head[2]: crc32 and a zero word. */
     unsigned codec = (unsigned)(head[0] >> CODEC_SHIFT) & 0xFF;
     PyObject *decode = self->decoders[codec];
-    uint64_t crc = crc32(crc32(0, (const Bytef *)head, 16),
-                         (const Bytef *)PyBytes_AS_STRING(payload), (uInt)(length - FRAME_HEADER));
+    uint64_t crc = checksum(checksum(0, (const unsigned char *)head, 16),
+                         (const unsigned char *)PyBytes_AS_STRING(payload), length - FRAME_HEADER);
     if ((head[0] & ~(0xFFULL << CODEC_SHIFT)) != self->first_word || decode == NULL
         || head[1] != length - FRAME_HEADER || head[2] != crc
         || (self->executes[codec] && !trusted)) {
@@ -329,7 +413,7 @@ put_pickled(Hot *self, PyObject *index, long codec, PyObject *pickled, Py_ssize_
     /* Built before the lock is taken: the frame's first three words. */
     const unsigned char *payload = (const unsigned char *)PyBytes_AS_STRING(pickled);
     uint64_t head[3] = {self->first_word | (uint64_t)codec << CODEC_SHIFT, (uint64_t)payload_length, 0};
-    head[2] = crc32(crc32(0, (const Bytef *)head, 16), payload, (uInt)payload_length);
+    head[2] = checksum(checksum(0, (const unsigned char *)head, 16), payload, (size_t)payload_length);
 
     Py_buffer meta_buffer, var_buffer;
     uint64_t *meta = words_of(self->meta, &meta_buffer, M_WORDS * 8);
@@ -507,7 +591,8 @@ hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
         || !plain(args[2], 0, &budget)) {
         return slow(); /* before pickling: a put that cannot be fast pickles once, in Python */
     }
-    PyObject *pickled = PyObject_CallFunctionObjArgs(pickle_dumps, args[2], protocol, NULL);
+    PyObject *dumps_args[2] = {args[2], protocol};
+    PyObject *pickled = PyObject_Vectorcall(pickle_dumps, dumps_args, 2, NULL);
     if (pickled == NULL) {
         return slow(); /* Python's encode() says why */
     }
@@ -701,11 +786,13 @@ static struct PyModuleDef hot_module = {
     .m_name = "shmfs._hot",
     .m_doc = "The tmpfs backend's get and put of small values, in C (see shmfs/hotpath.py).",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC
 PyInit__hot(void)
 {
+    crc_init();
     if (PyType_Ready(&HotType) < 0) {
         return NULL;
     }

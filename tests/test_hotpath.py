@@ -94,6 +94,19 @@ def test_the_build_made_it() -> None:
     assert hotpath.available(), "shmfs._hot was not built: see pip's build output"
 
 
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=1500), offset=st.integers(0, 7), start=st.integers(0, 2**32 - 1))
+def test_the_checksum_is_zlibs(data: bytes, offset: int, start: int) -> None:
+    """The C checksum (its own below 320 bytes, zlib's above) is zlib.crc32, at any alignment."""
+    if not hotpath.available():
+        pytest.skip("the C fast path is off (not built, or SHMFS_PURE_PYTHON)")
+    from shmfs import _hot  # noqa: PLC0415  # only where it is built
+
+    view = memoryview(bytes(offset) + data)[offset:]
+    assert _hot.crc32(view) == zlib.crc32(data)
+    assert _hot.crc32(view, start) == zlib.crc32(data, start)
+
+
 @pytest.mark.parametrize("value", SMALL_VALUES, ids=lambda value: repr(value)[:20])
 def test_c_writes_the_bytes_python_writes(
     seg: shmfs.Segment, pure: shmfs.Segment, hot: hotpath.Hot, value: Any
