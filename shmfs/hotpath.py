@@ -8,6 +8,9 @@ path then does the work as it always has, and reports any error. So C and Python
 writers mix freely, and the package works without the module, only slower: pip builds it when a
 C compiler and the headers of Python and zlib are there, and skips it, with a warning, when not.
 
+The module also maps variable files without keeping a descriptor (:func:`map_file`), which
+``mmap.mmap`` does only from Python 3.13: so a handle may keep as many mappings on 3.11 and 3.12.
+
 ``SHMFS_PURE_PYTHON=1`` in the environment turns the module off for the process (to rule it
 out when chasing a problem), and handles attached inside ``with shmfs.hotpath.pure_python():``
 do without it (to compare the two in one process); :func:`available` says whether it is in use.
@@ -16,13 +19,23 @@ do without it (to compare the two in one process); :func:`available` says whethe
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
+import sys
 from collections.abc import Iterator
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from shmfs import codecs
 
-__all__ = ["SLOW", "Hot", "available", "new_hot", "pure_python"]
+__all__ = [
+    "SLOW",
+    "Hot",
+    "available",
+    "map_file",
+    "maps_without_descriptors",
+    "new_hot",
+    "pure_python",
+]
 
 
 class Hot(Protocol):
@@ -51,6 +64,10 @@ try:
 except ImportError:
     _hot = None
 
+# Chosen once, at import, and not by pure_python(): how many mappings a handle may keep is fixed
+# at import too (backends/tmpfs.py), and must not outgrow the descriptors they use.
+_Mapping = _hot.Mapping if _hot is not None and sys.version_info < (3, 13) else None
+
 #: "Do it the Python way": what a :class:`Hot` call answers outside the common case.
 SLOW: Final[object] = _hot.SLOW if _hot is not None else object()
 
@@ -64,6 +81,30 @@ _DECODERS: Final = {
 def available() -> bool:
     """Whether the C fast path is in use (built, and not turned off by SHMFS_PURE_PYTHON)."""
     return _hot is not None
+
+
+def maps_without_descriptors() -> bool:
+    """Whether :func:`map_file`'s mappings keep no file descriptor (Python 3.13's mmap, or the
+    C module's), so that the number of mappings is bounded by memory maps alone."""
+    return _Mapping is not None or sys.version_info >= (3, 13)
+
+
+def map_file(fd: int, size: int, *, writable: bool) -> mmap.mmap:
+    """Map ``size`` bytes of the open file ``fd``, shared; the caller may close ``fd`` at once.
+
+    Before Python 3.13, where ``mmap.mmap`` keeps a duplicate of ``fd``, the C module's
+    ``Mapping`` when it is built: the part of ``mmap.mmap`` that variable files use (slices
+    copied out as bytes, slice assignment, the buffer protocol, ``close``), without one.
+
+    Raises:
+        OSError: from ``mmap(2)``.
+    """
+    if _Mapping is not None:
+        return cast(mmap.mmap, _Mapping(fd, size, writable))  # the subset varfile.py uses
+    access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+    if sys.version_info >= (3, 13):
+        return mmap.mmap(fd, size, access=access, trackfd=False)
+    return mmap.mmap(fd, size, access=access)
 
 
 @contextlib.contextmanager

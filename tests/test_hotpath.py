@@ -8,10 +8,14 @@ case goes the Python way, where the right thing (or the right error) happens.
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import sysconfig
+import textwrap
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -516,6 +520,91 @@ def test_sigkilled_c_writers_leave_the_old_or_the_new_value(
         assert seg.stats()["variables"] == 1
     seg[1] = "after"
     assert hot.get(1) == "after"
+
+
+@pytest.mark.parametrize("kind", ["Mapping", "mmap"])
+def test_a_mapping_does_what_varfile_uses_of_mmap(root: str, kind: str) -> None:
+    """shmfs._hot.Mapping against mmap.mmap, on everything varfile.py does with a mapping."""
+    if kind == "Mapping" and not hotpath.available():
+        pytest.skip("the C module is off (not built, or SHMFS_PURE_PYTHON)")
+    from shmfs import _hot  # noqa: PLC0415  # only where it is built
+
+    path = os.path.join(root, "file")
+    with open(path, "wb") as file:
+        file.write(bytes(range(256)) * 32)
+
+    def mapped(writable: bool) -> Any:
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            if kind == "Mapping":
+                return _hot.Mapping(fd, 8192, writable)
+            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+            return mmap.mmap(fd, 8192, access=access)
+        finally:
+            os.close(fd)  # the mapping stays valid without it
+
+    mm = mapped(True)
+    assert len(mm) == 8192 and not mm.closed
+    assert mm[0:4] == b"\x00\x01\x02\x03" and mm[8190:9000] == b"\xfe\xff" and mm[5:5] == b""
+    mm[10:13] = b"abc"
+    with pytest.raises(IndexError):
+        mm[0:2] = b"xyz"  # the wrong size
+    words = memoryview(mm).cast("Q")
+    words[2] = 7
+    with pytest.raises(BufferError):
+        mm.close()  # a view of it is alive
+    words.release()
+    mm.close()
+    mm.close()  # idempotent
+    assert mm.closed
+    with pytest.raises(ValueError):
+        mm[0:1]
+    with pytest.raises(ValueError):
+        memoryview(mm)
+    reader = mapped(False)
+    assert reader[10:13] == b"abc" and reader[16:24] == (7).to_bytes(8, "little")
+    with pytest.raises(TypeError):
+        reader[0:1] = b"x"
+    with memoryview(reader) as view:
+        assert view.readonly
+    reader.close()
+    os.unlink(path)
+
+
+def test_shmfs_pure_python_turns_all_of_it_off(root: str) -> None:
+    """With SHMFS_PURE_PYTHON=1 at start-up, no C at all: Python's gets and puts, and mmap's
+    mappings (each with a descriptor before Python 3.13, so fewer of them per handle)."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import shmfs
+        from shmfs import hotpath
+        from shmfs.backends import tmpfs
+
+        seg = shmfs.attach(0x5E00_0001, root=sys.argv[1])
+        seg[1] = {"a": 1}
+        seg[1] = "x"  # in place, through Python
+        assert seg[1] == "x" and seg._hot is None and not hotpath.available()
+        mapping = type(seg._backend._vars[1]._mm).__name__
+        print(hotpath.maps_without_descriptors(), tmpfs.MAX_MAPPINGS, mapping)
+        seg.destroy()
+        """
+    )
+    env = {**os.environ, "SHMFS_PURE_PYTHON": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, root],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    without_descriptors, max_mappings, mapping = done.stdout.split()
+    assert mapping == "mmap"
+    if sys.version_info < (3, 13):
+        assert without_descriptors == "False"
+        assert int(max_mappings) <= 16384
 
 
 def test_pure_python_fixture_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,13 +10,14 @@ import mmap
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from unittest import mock
 
 import pytest
 
 import shmfs
+from shmfs import hotpath
 from shmfs.backends import segdir, tmpfs
 from shmfs.backends.varfile import HEADER_SIZE
 
@@ -258,23 +259,67 @@ def test_signed_values(attach: Any, key: int) -> None:
         attach(key, secret=b"k1")[1]
 
 
-def test_mappings_are_bounded(seg: shmfs.Segment) -> None:
-    count = tmpfs.MAX_MAPPINGS + 100
+@pytest.fixture
+def few_mappings(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A small mapping limit, so that tests can go past it with a few hundred variables."""
+    monkeypatch.setattr(tmpfs, "MAX_MAPPINGS", 200)
+    return 200
+
+
+def test_mappings_are_bounded(seg: shmfs.Segment, few_mappings: int) -> None:
+    count = few_mappings + 100
     for index in range(count):
         seg[index] = index
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(3):
         assert all(seg[index] == index for index in range(count))
-    # At most one descriptor per kept mapping (none from Python 3.13), never one per variable.
-    assert len(os.listdir("/proc/self/fd")) <= before + tmpfs.MAX_MAPPINGS + 2
+    assert len(seg._backend._vars) == few_mappings
+    # No descriptor per mapping where mappings keep none (the C module, or Python 3.13), at most
+    # one per kept mapping otherwise; never one per variable.
+    kept = 0 if hotpath.maps_without_descriptors() else few_mappings
+    assert len(os.listdir("/proc/self/fd")) <= before + kept + 2
     assert len(seg) == count
 
 
-def test_unmapped_variables_are_read_with_pread(seg: shmfs.Segment) -> None:
+def test_mappings_keep_no_descriptors_where_they_can(seg: shmfs.Segment) -> None:
+    if not hotpath.maps_without_descriptors():
+        pytest.skip("mmap keeps a descriptor before Python 3.13, and the C module is not built")
+    before = len(os.listdir("/proc/self/fd"))
+    for index in range(500):
+        seg[index] = index
+        assert seg[index] == index
+    assert len(seg._backend._vars) == 500
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
+    assert tmpfs.MAX_MAPPINGS == 16384
+
+
+def test_the_process_shares_one_budget_of_mappings(
+    attach: Callable[..., shmfs.Segment], key: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each handle keeps its own mappings, but all of them together stay within
+    PROCESS_MAPPINGS (each is an entry in vm.max_map_count): past it, a handle maps a variable
+    in place of one of its own, and reads the others without mapping them."""
+    from shmfs.backends.varfile import VarFile  # noqa: PLC0415  # the process-wide count
+
+    monkeypatch.setattr(tmpfs, "PROCESS_MAPPINGS", VarFile.live + 150)
+    first, second = attach(key), attach(key + 1)
+    for seg in (first, second):
+        for index in range(120):
+            seg[index] = index
+            assert seg[index] == index
+    assert len(first._backend._vars) == 120
+    assert len(second._backend._vars) <= 31  # what the budget left, plus the one it swaps in
+    assert all(second[index] == index for index in range(120))  # read all the same
+    assert VarFile.live <= tmpfs.PROCESS_MAPPINGS + 1
+    first.detach()
+    assert VarFile.live <= tmpfs.PROCESS_MAPPINGS + 1 - 120
+
+
+def test_unmapped_variables_are_read_with_pread(seg: shmfs.Segment, few_mappings: int) -> None:
     """Past the mapping limit, variables are copied with pread instead of mapped and unmapped
     on every get; a variable read often is mapped after all. Every value stays exact, and no
     descriptor or mapping is left behind."""
-    count = tmpfs.MAX_MAPPINGS + 300
+    count = few_mappings + 300
     for index in range(count):
         seg[index] = f"value {index}" * (1 + index % 50)
     for index in range(count):

@@ -221,8 +221,10 @@ def _scrub(dir_fd: int, name: str) -> None:
         return  # not a variable file we understand; it is unlinked all the same
     finally:
         os.close(fd)
-    var.retire_and_scrub()
-    var.close()
+    try:
+        var.retire_and_scrub()
+    finally:
+        var.close()
 
 
 def sweep_root(root_fd: int) -> list[str]:

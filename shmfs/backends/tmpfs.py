@@ -22,7 +22,6 @@ import mmap
 import os
 import resource
 import stat
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -46,19 +45,20 @@ from shmfs.backends.varfile import (
 from shmfs.codecs import Pieces, Split
 from shmfs.errors import CorruptSegment, SegmentNotFound, ShmfsError, UnsafeSegment
 from shmfs.forking import fork_epoch, pid_alive
-from shmfs.hotpath import Hot, new_hot
+from shmfs.hotpath import Hot, maps_without_descriptors, new_hot
 from shmfs.locking import HoldsSegmentLock, SegmentLock
 from shmfs.notify import FileWatch
 
-__all__ = ["MAX_MAPPINGS", "TmpfsBackend", "default_root"]
+__all__ = ["MAX_MAPPINGS", "PROCESS_MAPPINGS", "TmpfsBackend", "default_root"]
 
 
 def _max_mappings() -> int:
     """Mappings kept open per segment handle. Each is an entry in vm.max_map_count (65530) and,
-    before Python 3.13 (mmap's trackfd=False), a file descriptor too: there, a sixteenth of the
-    process's descriptor limit when this module is imported, and at least 256 (a limit of 1024,
-    the common default, gives 256; containers often allow a million, which gives the cap)."""
-    if sys.version_info >= (3, 13):
+    where mappings keep a file descriptor (Python before 3.13 without the C module), a
+    descriptor too: there, a sixteenth of the process's descriptor limit when this module is
+    imported, and at least 256 (a limit of 1024, the common default, gives 256; containers
+    often allow a million, which gives the cap)."""
+    if maps_without_descriptors():
         return _MAPPINGS_CAP
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
@@ -66,8 +66,20 @@ def _max_mappings() -> int:
     return max(256, min(_MAPPINGS_CAP, soft // 16))
 
 
+def _process_mappings() -> int:
+    """Mappings of variable files kept by all of a process's handles together: half of
+    vm.max_map_count (65530 by default), the rest being the process's own (its heap, its
+    libraries, numpy's arrays)."""
+    try:
+        with open("/proc/sys/vm/max_map_count", encoding="ascii") as limit:
+            return max(_MAPPINGS_CAP, int(limit.read()) // 2)
+    except (OSError, ValueError):
+        return 2 * _MAPPINGS_CAP
+
+
 _MAPPINGS_CAP: Final = 16384
 MAX_MAPPINGS: Final = _max_mappings()
+PROCESS_MAPPINGS: Final = _process_mappings()
 # Once the mappings are all taken, other variables are read with pread; one read this many times
 # among the last _MISS_MEMORY such reads is mapped (in place of the oldest mapping).
 _ADMIT_AFTER: Final = 8
@@ -389,7 +401,7 @@ class TmpfsBackend(HoldsSegmentLock):
             var = VarFile(fd, writable=writable, trusted=self._trusted(os.fstat(fd)))
         finally:
             os.close(fd)
-        if self._vars and len(self._vars) >= MAX_MAPPINGS:
+        if self._vars and self._no_room():
             self._vars.popitem(last=False)[1].close()
         self._vars[index] = var
         return var
@@ -412,7 +424,7 @@ class TmpfsBackend(HoldsSegmentLock):
             data = var.read()
             if data:
                 return data
-        elif len(self._vars) >= MAX_MAPPINGS and not self._admit(index):
+        elif self._no_room() and not self._admit(index):
             data = self._read_unmapped(index)
             if data is not MAP_IT:
                 return data
@@ -427,6 +439,11 @@ class TmpfsBackend(HoldsSegmentLock):
             if data == CONTENDED:
                 break
         return self._read_locked(index)
+
+    def _no_room(self) -> bool:
+        """Whether mapping another variable means unmapping one: this handle keeps
+        ``MAX_MAPPINGS``, or the process's handles together ``PROCESS_MAPPINGS``."""
+        return len(self._vars) >= MAX_MAPPINGS or VarFile.live >= PROCESS_MAPPINGS
 
     def _admit(self, index: int) -> bool:
         """Whether to map ``index`` now that the mappings are all taken, rather than copy its
@@ -510,7 +527,7 @@ class TmpfsBackend(HoldsSegmentLock):
         var = self._vars.get(index)
         if (
             var is None
-            and len(self._vars) >= MAX_MAPPINGS
+            and self._no_room()
             and not meta[_VIEWS]
             and not self._admit(index)
             and self._write_unmapped(index, data)

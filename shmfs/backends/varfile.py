@@ -51,12 +51,12 @@ import errno
 import mmap
 import os
 import stat
-import sys
 import threading
 from typing import Final
 
 from shmfs.codecs import SPLIT_HEAD, Pieces, Split, body_at
 from shmfs.errors import CorruptSegment
+from shmfs.hotpath import map_file
 
 __all__ = [
     "CONTENDED",
@@ -84,8 +84,6 @@ _CONTROL, _SEQ, _LENGTH = 3, 4, 6
 # Lock-free read attempts before the caller falls back to reading under the lock; a writer
 # reusing the slot being copied twice in a row is already rare.
 _SPINS: Final = 8
-# Before 3.13 every mmap object keeps a dup of its file descriptor; 3.13 lets us drop it.
-_NO_FD_DUP: Final[dict[str, bool]] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 #: Returned by :meth:`VarFile.read` when the file was retired: reopen it by name.
 REOPEN: Final = None
 #: Returned by :meth:`VarFile.read` when writers kept overtaking the copy: read under the lock.
@@ -325,7 +323,12 @@ class VarFile:
         trusted: Whether only trusted uids can have written it (see ``Backend.trusted``).
     """
 
-    __slots__ = ("_mm", "_words", "capacity", "hot", "inode", "trusted", "writable")
+    __slots__ = ("_mm", "_open", "_words", "capacity", "hot", "inode", "trusted", "writable")
+
+    #: How many variable files this process has mapped, every handle's (backends/tmpfs.py keeps
+    #: it under a budget: each mapping is an entry in vm.max_map_count).
+    live = 0
+    _counting = threading.Lock()
 
     def __init__(self, fd: int, *, writable: bool, trusted: bool) -> None:
         st = os.fstat(fd)
@@ -334,8 +337,7 @@ class VarFile:
             raise CorruptSegment("variable is not a regular file")
         if size < HEADER_SIZE + 16 or size % 8:
             raise CorruptSegment(f"variable file is {size} bytes, not a shmfs variable")
-        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-        self._mm = mmap.mmap(fd, size, access=access, **_NO_FD_DUP)
+        self._mm = map_file(fd, size, writable=writable)  # keeps no descriptor where it can
         self._words = memoryview(self._mm).cast("Q")
         magic, version, capacity = self._words[0], self._words[1], self._words[2]
         if not _sound_header(self._words, size):
@@ -351,6 +353,10 @@ class VarFile:
         self.trusted = trusted
         # What the C fast path (shmfs/_hot.c) reads of us, in one attribute lookup.
         self.hot = (self._words, self.capacity, trusted, writable)
+        counts = type(self)  # not the module's name for it, gone at interpreter exit
+        with counts._counting:
+            counts.live += 1
+        self._open = True
 
     @property
     def retired(self) -> bool:
@@ -474,10 +480,18 @@ class VarFile:
             self._mm[start : start + self.capacity] = bytes(self.capacity)
             words[_LENGTH + slot] = 0
 
+    def __del__(self) -> None:
+        self.close()  # a mapping dropped without close() still leaves the process's count
+
     def close(self) -> None:
         """Unmap; safe to call twice, and harmless while another thread still reads."""
+        if getattr(self, "_open", False):  # not set if __init__ failed
+            self._open = False
+            counts = type(self)
+            with counts._counting:
+                counts.live -= 1
         try:
             self._words.release()
             self._mm.close()
-        except (BufferError, ValueError):
+        except (AttributeError, BufferError, ValueError):  # AttributeError: __init__ failed
             pass  # a reader in another thread still holds it; the GC unmaps it later
