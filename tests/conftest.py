@@ -196,6 +196,15 @@ def spawn_ctx() -> Any:
     return multiprocessing.get_context("spawn")
 
 
+@pytest.fixture(params=["tmpfs", "tmpfs-pure"])
+def tmpfs_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """For modules whose tests reach into tmpfs files (``backend = tmpfs_backend`` there):
+    tmpfs with the C fast path and without it, as the ``backend`` fixture does."""
+    if request.param == "tmpfs-pure":
+        pure_python(monkeypatch)
+    return "tmpfs"
+
+
 def pure_python(monkeypatch: pytest.MonkeyPatch) -> None:
     """Turn the C fast path off for handles opened from now on, here, in spawned children
     (the environment) and in children given a :func:`segment_ref` (forkserver's too)."""

@@ -22,9 +22,10 @@ import shmfs
 
 
 @pytest.fixture
-def backend() -> str:
-    """These tests reach into tmpfs files: they run on the tmpfs backend only."""
-    return "tmpfs"
+def backend(tmpfs_backend: str) -> str:
+    """These tests reach into tmpfs files: they run on the tmpfs backend only (with the C
+    fast path and without it)."""
+    return tmpfs_backend
 
 
 FAULTABLE = (

@@ -17,9 +17,10 @@ from shmfs import codecs
 
 
 @pytest.fixture
-def backend() -> str:
-    """These tests reach into tmpfs files: they run on the tmpfs backend only."""
-    return "tmpfs"
+def backend(tmpfs_backend: str) -> str:
+    """These tests reach into tmpfs files: they run on the tmpfs backend only (with the C
+    fast path and without it)."""
+    return tmpfs_backend
 
 
 FLIP_EXAMPLES = int(os.environ.get("SHMFS_FUZZ_EXAMPLES", "1500"))

@@ -130,8 +130,8 @@ class TestWithoutMappings:
     """tmpfs past its mapping limit: readers copy with pread, writers may use pwrite."""
 
     @pytest.fixture
-    def backend(self) -> str:
-        return "tmpfs"
+    def backend(self, tmpfs_backend: str) -> str:
+        return tmpfs_backend
 
     @pytest.mark.parametrize("writer", ["mapped", "pwrite"])
     def test_pread_readers_never_see_torn_or_older_values(

@@ -23,9 +23,10 @@ from shmfs.backends.varfile import HEADER_SIZE
 
 
 @pytest.fixture
-def backend() -> str:
-    """These tests reach into tmpfs files: they run on the tmpfs backend only."""
-    return "tmpfs"
+def backend(tmpfs_backend: str) -> str:
+    """These tests reach into tmpfs files: they run on the tmpfs backend only (with the C
+    fast path and without it)."""
+    return tmpfs_backend
 
 
 NOBODY = 65534
@@ -526,3 +527,50 @@ def test_readers_repair_only_after_a_writer_that_is_gone(attach: Any, key: int) 
     gone.wait()
     _set_state(seg, segdir.DIRTY | gone.pid << 32)
     assert reader[1] == "x" and not os.path.exists(litter)
+
+
+def test_a_miss_is_remembered_until_the_segment_changes(
+    attach: Any, key: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An absent index is looked for once, not on every get, until a write or removal (in any
+    process) bumps the segment's generation; a destroyed segment is still reported."""
+    seg, other = attach(key), attach(key)
+    seg[1] = "present"
+    assert seg.get(5, None) is None
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(
+        tmpfs.os, "open", lambda *args, **kw: opened.append(args[0]) or real_open(*args, **kw)
+    )
+    assert seg.get(5, None) is None and 5 not in seg
+    assert opened == []  # remembered
+    other[5] = "now here"
+    assert seg[5] == "now here"
+    del other[5]
+    assert seg.get(5, None) is None
+    other.destroy()
+    with pytest.raises(shmfs.SegmentNotFound):
+        seg.get(5, None)
+
+
+def test_a_remembered_miss_does_not_hide_what_a_dead_writer_published(
+    attach: Any, key: int
+) -> None:
+    """A writer that died between publishing a file and bumping the generation: the reader that
+    repairs after it forgets every remembered miss, and finds the file."""
+    seg, writer = attach(key), attach(key)
+    seg[1] = "x"
+    assert seg.get(7, None) is None  # remembered as absent
+    backend = writer._backend
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    backend.acquire(None)
+    try:  # the dead writer's steps, up to the publication (no counts, no bump)
+        _set_state(writer, segdir.DIRTY | gone.pid << 32)
+        backend._replace(
+            7, shmfs.codecs.encode(shmfs.codecs.get_codec("pickle"), "left"), None, scrub=True
+        )
+    finally:
+        backend.release()
+    assert seg[7] == "left"
+    assert seg.stats()["variables"] == 2  # recounted
