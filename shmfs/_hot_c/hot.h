@@ -1,0 +1,117 @@
+/*
+ * What the parts of shmfs._hot share: the layouts they read (varfile.py, segdir.py, codecs.py),
+ * the module's globals, and each part's entry points. See module.c for what the module is for.
+ */
+#ifndef SHMFS_HOT_H
+#define SHMFS_HOT_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+
+#if defined(Py_GIL_DISABLED)
+#error "shmfs._hot relies on the GIL; the pure-Python path serves free-threaded builds"
+#endif
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "shmfs's files are little-endian; the pure-Python path serves big-endian machines"
+#endif
+
+/* The variable file (varfile.py). */
+#define VAR_HEADER 64
+#define W_CONTROL 3
+#define W_SEQ 4
+#define W_LENGTH 6
+#define RETIRED 0x80000000ULL
+#define GENERATIONS 0x7FFFFFFFULL
+#define LOW 0xFFFFFFFFULL
+#define CHECK_MULTIPLIER 0x9E3779B1ULL
+#define CHECK_MASK 0x5BD1E995ULL
+
+/* The segment's metadata page (segdir.py). */
+#define M_SIZE 3
+#define M_STATE 5
+#define M_USED 6
+#define M_GENERATION 10
+#define M_WAITERS 11
+#define M_RECOVERIES 12
+#define M_VIEWS 13
+#define M_WORDS 14
+
+/* The frame (codecs.py): magic, version, codec, flags, reserved; length; crc32, reserved. */
+#define FRAME_HEADER 24
+#define CODEC_SHIFT 40
+/* Frames above this go the Python way: large values are read in pieces or into a reused buffer
+ * there, and their checksum covers only their ends (codecs.FULL_CHECK_LIMIT). */
+#define SMALL (64 * 1024)
+
+/* module.c: bumped in every forked child, so handles see that they must reopen what they share;
+ * "do it the Python way"; pickle.dumps and the protocol shmfs writes (codecs._PROTOCOL); the
+ * attribute names the Hot type reads. */
+extern uint64_t fork_epoch;
+extern PyObject *SLOW;
+extern PyObject *pickle_dumps;
+extern PyObject *protocol;
+extern PyObject *str_hot;
+extern PyObject *str_depth;
+extern PyObject *str_fd;
+extern PyObject *str_thread_lock;
+
+/* checksum.c */
+void crc_init(void);
+uint32_t checksum(uint32_t crc, const unsigned char *bytes, size_t length);
+PyObject *hot_crc32(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+extern const char crc32_doc[];
+
+/* plain.c */
+int plain(PyObject *value, int depth, Py_ssize_t *budget);
+
+/* hot.c: the Hot type, and what its get and put share */
+typedef struct {
+    PyObject_HEAD
+    PyObject *vars;    /* the backend's dict: index -> VarFile */
+    PyObject *meta;    /* the metadata page, a memoryview */
+    PyObject *lock;    /* the backend's SegmentLock: its _depth says whether this process holds it */
+    PyObject *acquire; /* its thread lock's acquire and release, bound */
+    PyObject *release;
+    PyObject *decoders[256];  /* codec id -> decode callable, or NULL */
+    char executes[256];       /* codec id -> whether decoding runs code (pickle) */
+    uint64_t first_word;      /* a frame's first word with the codec byte zeroed */
+    uint64_t recoveries;      /* the RECOVERIES count the backend's mappings belong to */
+    uint64_t dirty_tag;       /* DIRTY | pid << 32 */
+    uint64_t epoch;
+    int fd;                   /* the metadata file, which the segment's flock is on */
+} Hot;
+
+extern PyTypeObject HotType;
+uint64_t *words_of(PyObject *view, Py_buffer *buffer, Py_ssize_t need);
+PyObject *mapped(Hot *self, PyObject *index);
+PyObject *slow(void);
+int metadata(Hot *self, uint64_t *state, uint64_t *recoveries);
+
+/* put.c */
+PyObject *hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs);
+extern const char hot_put_doc[];
+
+/* mapping.c */
+extern PyTypeObject MappingType;
+
+static inline uint64_t
+load(const uint64_t *word)
+{
+    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+
+static inline void
+store(uint64_t *word, uint64_t value)
+{
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
+}
+
+static inline uint64_t
+check_of(uint64_t high)
+{
+    return ((high * CHECK_MULTIPLIER) & LOW) ^ CHECK_MASK;
+}
+
+#endif

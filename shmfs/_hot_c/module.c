@@ -1,0 +1,94 @@
+/*
+ * shmfs._hot: the tmpfs get and put of a small value, in C.
+ *
+ * Why it exists. A get in Python is a dozen interpreter-level steps (the handle's checks, the
+ * seqlock, the frame's header and checksum, the unpickle) and costs about 1.5 us, against
+ * lmdb's 0.6 us for one C call; a put pays as much again around its flock. This module does the
+ * common case of each in one call and answers SLOW for everything else, which the Python code
+ * in shmfs/backends/tmpfs.py and shmfs/backends/varfile.py then does as it always has. It
+ * follows exactly the protocols documented there (the variable file's seqlock and control word,
+ * the metadata's DIRTY word and counts, the segment's flock); it adds none of its own, so
+ * Python and C readers and writers, in one process or many, mix freely.
+ *
+ * What counts as the common case:
+ *   get: the handle has the variable mapped, no writer is mid-change (DIRTY clear), no
+ *        recovery happened since the handle last looked, the published slot is consistent,
+ *        the frame is unsigned, at most SMALL bytes, of a known codec, and passes its checks;
+ *        a pickling codec only for a file a trusted uid wrote.
+ *   put: the same mapping, writable; the segment lock is this thread's already (inside
+ *        lock(), update(), a Cache's set) or had at once (flock with LOCK_NB); no DIRTY,
+ *        recovery, views, waiters or destroy; the value fits its slot and the segment's size.
+ * Anything else (damage included) is SLOW, and the Python path says precisely what is wrong.
+ *
+ * Threads. Every call runs start to end holding the GIL, so no other thread of this process
+ * runs meanwhile; the segment lock's thread lock is taken (without waiting) as locking.py
+ * takes it, so a put never writes beside another thread's locked section.
+ * A build without a GIL (free-threaded CPython) does not build this module.
+ *
+ * The parts: hot.c (the Hot type and its get), put.c (its put), plain.c (which values a put
+ * takes), checksum.c (the frame's crc32), mapping.c (Mapping: a file mapped without keeping
+ * its descriptor, for varfile.py before Python 3.13), and this file (the module).
+ */
+#include "hot.h"
+
+#include <pthread.h>
+
+uint64_t fork_epoch = 0;
+PyObject *SLOW;
+PyObject *pickle_dumps;
+PyObject *protocol;
+PyObject *str_hot;
+PyObject *str_depth;
+PyObject *str_fd;
+PyObject *str_thread_lock;
+
+static void
+after_fork_in_child(void)
+{
+    fork_epoch++;
+}
+
+static PyMethodDef module_methods[] = {
+    {"crc32", (PyCFunction)(void (*)(void))hot_crc32, METH_FASTCALL, crc32_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef hot_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "shmfs._hot",
+    .m_doc = "The tmpfs backend's get and put of small values, in C (see shmfs/hotpath.py).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__hot(void)
+{
+    crc_init();
+    if (PyType_Ready(&HotType) < 0 || PyType_Ready(&MappingType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&hot_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    SLOW = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    PyObject *pickle = PyImport_ImportModule("pickle");
+    pickle_dumps = pickle != NULL ? PyObject_GetAttrString(pickle, "dumps") : NULL;
+    Py_XDECREF(pickle);
+    protocol = PyLong_FromLong(5);
+    str_hot = PyUnicode_InternFromString("hot");
+    str_depth = PyUnicode_InternFromString("_depth");
+    str_fd = PyUnicode_InternFromString("_fd");
+    str_thread_lock = PyUnicode_InternFromString("_thread_lock");
+    if (SLOW == NULL || pickle_dumps == NULL || protocol == NULL || str_hot == NULL || str_depth == NULL || str_fd == NULL
+        || str_thread_lock == NULL
+        || PyModule_AddObjectRef(module, "SLOW", SLOW) < 0
+        || PyModule_AddObjectRef(module, "Hot", (PyObject *)&HotType) < 0
+        || PyModule_AddObjectRef(module, "Mapping", (PyObject *)&MappingType) < 0
+        || pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

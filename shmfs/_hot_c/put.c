@@ -1,0 +1,211 @@
+/* shmfs._hot.Hot.put: a plain value stored in place under the segment's flock (see module.c). */
+#include "hot.h"
+
+#include <string.h>
+#include <sys/file.h>
+
+static int thread_unlock(Hot *self);
+
+/* Takes the segment lock's thread lock without waiting. 1: had at depth 0, so the file lock is
+ * ours to take; 2: had re-entrantly, so this thread already holds the segment lock (in lock(),
+ * update(), a Cache's set), file lock included; 0: another thread has it; -1: an exception. */
+static int
+thread_lock(Hot *self)
+{
+    PyObject *got = PyObject_CallOneArg(self->acquire, Py_False);
+    if (got == NULL) {
+        return -1;
+    }
+    int taken = PyObject_IsTrue(got);
+    Py_DECREF(got);
+    if (taken != 1) {
+        return taken;
+    }
+    /* An RLock another thread owns is not had without waiting, so ours is: at depth 0 nobody
+     * in this process holds the file lock (locking.py takes and gives it inside the thread
+     * lock); deeper, this thread does. */
+    PyObject *depth = PyObject_GetAttr(self->lock, str_depth);
+    long held = depth != NULL ? PyLong_AsLong(depth) : -1;
+    Py_XDECREF(depth);
+    if (held >= 0 && !PyErr_Occurred()) {
+        return held == 0 ? 1 : 2;
+    }
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback); /* no Python call with an exception pending */
+    int unlocked = thread_unlock(self);
+    if (unlocked == 0) {
+        PyErr_Restore(type, value, traceback);
+    }
+    else {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+    }
+    if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_RuntimeError, "the segment lock's depth is negative");
+    }
+    return -1;
+}
+
+static int
+thread_unlock(Hot *self)
+{
+    PyObject *done = PyObject_CallNoArgs(self->release);
+    Py_XDECREF(done);
+    return done != NULL ? 0 : -1;
+}
+
+/* The put of a pickled value; ``same_to`` > 0: only over a stored pickle with the same bytes in
+ * [same_from, same_to). */
+static PyObject *
+put_pickled(Hot *self, PyObject *index, long codec, PyObject *pickled, Py_ssize_t same_from,
+            Py_ssize_t same_to)
+{
+    Py_ssize_t payload_length = PyBytes_GET_SIZE(pickled);
+    uint64_t length = (uint64_t)payload_length + FRAME_HEADER;
+    if (self->lock == NULL || self->epoch != fork_epoch || length > SMALL) {
+        return slow();
+    }
+    PyObject *hot = mapped(self, index);
+    if (hot == NULL || PyObject_IsTrue(PyTuple_GET_ITEM(hot, 3)) != 1) {
+        return slow();
+    }
+    Py_ssize_t capacity = PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 1));
+    /* tmpfs._fits: in place only if it fits, and does not leave a big slot mostly empty. */
+    if (capacity <= 0 || length > (uint64_t)capacity
+        || (capacity > SMALL && length * 4 < (uint64_t)capacity)) {
+        return slow();
+    }
+    /* Built before the lock is taken: the frame's first three words. */
+    const unsigned char *payload = (const unsigned char *)PyBytes_AS_STRING(pickled);
+    uint64_t head[3] = {self->first_word | (uint64_t)codec << CODEC_SHIFT, (uint64_t)payload_length, 0};
+    head[2] = checksum(checksum(0, (const unsigned char *)head, 16), payload, (size_t)payload_length);
+
+    Py_buffer meta_buffer, var_buffer;
+    uint64_t *meta = words_of(self->meta, &meta_buffer, M_WORDS * 8);
+    if (meta == NULL) {
+        return slow();
+    }
+    uint64_t *words = words_of(PyTuple_GET_ITEM(hot, 0), &var_buffer, VAR_HEADER + 2 * capacity);
+    if (words == NULL) {
+        PyBuffer_Release(&meta_buffer);
+        return slow();
+    }
+    PyObject *result = SLOW;
+    /* locking.py's order: the thread lock, then the file lock at depth 0. */
+    int taken = thread_lock(self);
+    if (taken < 0) {
+        result = NULL;
+        goto done;
+    }
+    if (taken == 0) {
+        goto done; /* another thread of ours holds it: Python waits */
+    }
+    if (taken == 1 && flock(self->fd, LOCK_EX | LOCK_NB) != 0) {
+        goto unlock_thread; /* another process holds it: Python waits, with its timeout */
+    }
+    uint64_t control = load(&words[W_CONTROL]);
+    uint64_t high = control >> 32;
+    uint64_t size = load(&meta[M_SIZE]);
+    uint64_t used = load(&meta[M_USED]);
+    uint64_t old = load(&words[W_LENGTH + (high & 1)]);
+    if (load(&meta[M_STATE]) != 0 || load(&meta[M_RECOVERIES]) != self->recoveries
+        || load(&meta[M_VIEWS]) != 0 || load(&meta[M_WAITERS]) != 0
+        || (control & LOW) != check_of(high) || high & RETIRED || old > used
+        || used - old + length > size) {
+        /* Destroyed, DIRTY, recovered, viewed, waited on (Python wakes the waiters), damaged,
+         * replaced, or full. */
+        goto unlock;
+    }
+    if (same_to > 0) {
+        /* Only over a value framed alike whose payload has these bytes in common with ours. */
+        const unsigned char *now = (const unsigned char *)words + VAR_HEADER + (high & 1) * capacity;
+        if (old < FRAME_HEADER + (uint64_t)same_to || old > (uint64_t)capacity
+            || memcmp(now, head, 8) != 0
+            || memcmp(now + FRAME_HEADER + same_from, payload + same_from,
+                      (size_t)(same_to - same_from)) != 0) {
+            goto unlock;
+        }
+    }
+    /* tmpfs.py's write and varfile.py's VarFile.write, store for store. */
+    store(&meta[M_STATE], self->dirty_tag);
+    uint64_t generation = (high + 1) & GENERATIONS;
+    uint64_t slot = generation & 1;
+    store(&words[W_SEQ + slot], (generation * 2 - 1));
+    __atomic_thread_fence(__ATOMIC_RELEASE); /* the odd sequence is seen before any new byte */
+    unsigned char *frame = (unsigned char *)words + VAR_HEADER + slot * capacity;
+    memcpy(frame, head, FRAME_HEADER);
+    memcpy(frame + FRAME_HEADER, payload, (size_t)payload_length);
+    store(&words[W_LENGTH + slot], length);
+    store(&words[W_SEQ + slot], generation * 2);
+    store(&words[W_CONTROL], generation << 32 | check_of(generation));
+    store(&meta[M_USED], used - old + length);
+    store(&meta[M_GENERATION], load(&meta[M_GENERATION]) + 1);
+    store(&meta[M_STATE], 0);
+    result = Py_None;
+unlock:
+    if (taken == 1 && flock(self->fd, LOCK_UN) != 0) {
+        /* Cannot happen on a descriptor we just locked; if it did, say so loudly. */
+        PyErr_SetFromErrno(PyExc_OSError);
+        result = NULL;
+    }
+unlock_thread:
+    if (thread_unlock(self) < 0) {
+        result = NULL;
+    }
+done:
+    PyBuffer_Release(&var_buffer);
+    PyBuffer_Release(&meta_buffer);
+    return result != NULL ? Py_NewRef(result) : NULL;
+}
+
+const char hot_put_doc[] =
+"put(index, codec_id, value[, head_at, head]) -> None, or SLOW\n\n"
+"Store a plain value (codecs._is_plain: what both pickling codecs write with pickle itself)\n"
+"in place in a mapped variable, under the segment's flock taken without waiting (tmpfs.py's\n"
+"write). With ``head_at`` and ``head``: only if the value's pickle has the bytes ``head`` at\n"
+"``head_at``, and so has the pickle stored now, framed by the same codec (a Cache's set:\n"
+"over the entry of the same key only).";
+
+PyObject *
+hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 && !(nargs == 5 && PyBytes_CheckExact(args[4]))) {
+        PyErr_SetString(PyExc_TypeError, "put(index, codec_id, value[, head_at, head: bytes])");
+        return NULL;
+    }
+    long codec = PyLong_AsLong(args[1]);
+    if (codec == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t budget = SMALL;
+    if (codec < 0 || codec > 255 || !self->executes[codec] || self->lock == NULL
+        || self->epoch != fork_epoch || PyDict_GetItemWithError(self->vars, args[0]) == NULL
+        || !plain(args[2], 0, &budget)) {
+        return slow(); /* before pickling: a put that cannot be fast pickles once, in Python */
+    }
+    PyObject *dumps_args[2] = {args[2], protocol};
+    PyObject *pickled = PyObject_Vectorcall(pickle_dumps, dumps_args, 2, NULL);
+    if (pickled == NULL) {
+        return slow(); /* Python's encode() says why */
+    }
+    if (!PyBytes_CheckExact(pickled)) {
+        Py_DECREF(pickled);
+        return slow();
+    }
+    Py_ssize_t same_from = 0, same_to = 0;
+    if (nargs == 5) {
+        same_from = PyLong_AsSsize_t(args[3]);
+        Py_ssize_t size = PyBytes_GET_SIZE(args[4]);
+        if (same_from < 0 || size == 0 || same_from > PyBytes_GET_SIZE(pickled) - size
+            || memcmp(PyBytes_AS_STRING(pickled) + same_from, PyBytes_AS_STRING(args[4]),
+                      (size_t)size) != 0) {
+            Py_DECREF(pickled);
+            return slow();
+        }
+        same_to = same_from + size;
+    }
+    PyObject *result = put_pickled(self, args[0], codec, pickled, same_from, same_to);
+    Py_DECREF(pickled);
+    return result;
+}
