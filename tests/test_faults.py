@@ -136,6 +136,7 @@ def test_nth_call_fault_loop(
 def test_in_place_puts_make_no_filesystem_calls(seg: shmfs.Segment) -> None:
     seg[1] = "first"
     seg.get(1)
+    seg.get(1)  # the second read maps it
     faults = Faults(1, errno.EIO, persistent=True)
     with injected(faults):
         seg[1] = "second"

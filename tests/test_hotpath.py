@@ -72,9 +72,11 @@ def pure(attach: Callable[..., shmfs.Segment], seg: shmfs.Segment) -> Iterator[s
 
 
 def store(seg: shmfs.Segment, index: int, value: Any) -> None:
-    """Put ``value`` and map its file in this handle (a first put only creates the file, and a
-    get maps it): the next put of ``index`` may then be a fast one."""
+    """Put ``value`` and map its file in this handle (a first put only creates the file, a
+    first get copies it with pread, a second get maps it): the next put of ``index`` may then
+    be a fast one."""
     seg[index] = value
+    seg.get(index)
     seg.get(index)
 
 
@@ -137,6 +139,7 @@ def test_each_reads_what_the_other_wrote(
     fast[1], slow[2] = value, value
     for handle in (fast, slow):
         assert handle[1] == handle[2] == value
+        assert handle[1] == handle[2] == value  # now read from the mappings
     assert fast._hot is not None
     assert fast._hot.get(1) == fast._hot.get(2) == value  # decoded in C, whatever the codec
 
@@ -288,6 +291,7 @@ def test_after_a_recovery_the_mappings_are_renewed(seg: shmfs.Segment, hot: hotp
     assert hot.get(1) is hotpath.SLOW
     assert hot.put(1, codecs.get_codec("cloudpickle").id, "x") is hotpath.SLOW
     assert seg[1] == "kept"  # the Python path drops its mappings and tells the fast path
+    assert seg[1] == "kept"  # and maps the variable again on its second read
     assert hot.get(1) == "kept"
 
 
@@ -444,7 +448,7 @@ def test_a_lock_held_elsewhere_makes_the_put_wait(
 
 
 def test_a_forked_child_reopens_before_it_goes_fast(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
-    seg[1] = "parent's"
+    store(seg, 1, "parent's")
     with seg.lock():  # the child must neither see this flock as its own nor release it
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child reports through its exit code

@@ -430,10 +430,8 @@ class TmpfsBackend(HoldsSegmentLock):
                 return data
         elif self._absent.get(index) == generation and not state & _DESTROYED:
             return None
-        elif self._no_room() and not self._admit(index):
-            data = self._read_unmapped(index)
-            if data is None:
-                self._note_absent(index, generation)
+        elif not self._admit(index, room=not self._no_room()):
+            data = self._read_unmapped(index, generation)
             if data is not MAP_IT:
                 return data
         for _ in range(3):
@@ -465,27 +463,32 @@ class TmpfsBackend(HoldsSegmentLock):
         ``MAX_MAPPINGS``, or the process's handles together ``PROCESS_MAPPINGS``."""
         return len(self._vars) >= MAX_MAPPINGS or VarFile.live >= PROCESS_MAPPINGS
 
-    def _admit(self, index: int) -> bool:
-        """Whether to map ``index`` now that the mappings are all taken, rather than copy its
-        value with ``pread``: mapping a file and unmapping another costs about 12 us, a pread
-        copy about 3 us, so only a variable missed ``_ADMIT_AFTER`` times lately is mapped."""
+    def _admit(self, index: int, *, room: bool = False) -> bool:
+        """Whether to map ``index`` now rather than copy its value with ``pread``. Mapping a
+        file costs about 12 us (most of it the first touch of its page), and unmapping another
+        to make room as much again, against about 5 us for a pread copy, while a mapped get
+        costs a fifteenth of that: so a variable is mapped on its second read while there is
+        ``room``, and once the mappings are all taken, only if missed ``_ADMIT_AFTER`` times
+        lately (a scan of many variables, each read once, maps none)."""
         misses = self._misses
         count = misses.pop(index, 0) + 1
-        if count >= _ADMIT_AFTER:
+        if count >= (2 if room else _ADMIT_AFTER):
             return True
         misses[index] = count
         if len(misses) > _MISS_MEMORY:
             misses.popitem(last=False)
         return False
 
-    def _read_unmapped(self, index: int) -> bytes | memoryview | Split | None:
-        """``read`` of a variable we keep no mapping of: a ``pread`` copy, or ``MAP_IT``."""
+    def _read_unmapped(self, index: int, generation: int) -> bytes | memoryview | Split | None:
+        """``read`` of a variable we keep no mapping of: a ``pread`` copy, or ``MAP_IT``;
+        ``generation``: the segment's when the read began (see ``_note_absent``)."""
         name = str(index)
         for _ in range(3):
             try:
                 fd = os.open(name, sd.OPEN_RO, dir_fd=self._dir_fd)
             except FileNotFoundError:
                 self._check()  # absent because destroyed? say so
+                self._note_absent(index, generation)
                 return None
             except OSError as exc:
                 raise translate(exc, f"segment {self.key}: cannot open index {index}") from exc
