@@ -80,6 +80,15 @@ def store(seg: shmfs.Segment, index: int, value: Any) -> None:
     seg.get(index)
 
 
+def python_reports(
+    seg: shmfs.Segment, hot: hotpath.Hot, error: type[Exception], match: str
+) -> None:
+    """The fast get leaves index 1 to the Python path, which raises ``error``."""
+    assert hot.get(1) is hotpath.SLOW
+    with pytest.raises(error, match=match):
+        seg[1]
+
+
 def frame(seg: shmfs.Segment, index: int) -> bytes:
     """The stored frame of ``index``, as the Python path finds it."""
     backend = seg._backend
@@ -223,9 +232,7 @@ def test_damage_is_reported_by_the_python_path(seg: shmfs.Segment, hot: hotpath.
     with memoryview(var._mm) as whole:
         start = 64 + (var.version[1] >> 32 & 1) * var.capacity + codecs.HEADER.size
         whole[start] ^= 0x01
-    assert hot.get(1) is hotpath.SLOW
-    with pytest.raises(shmfs.CorruptSegment, match="checksum"):
-        seg[1]
+    python_reports(seg, hot, shmfs.CorruptSegment, "checksum")
 
 
 def test_a_decoder_failure_is_reported_by_the_python_path(
@@ -245,9 +252,7 @@ def test_a_decoder_failure_is_reported_by_the_python_path(
         backend.write(1, stored)
     finally:
         backend.release()
-    assert hot.get(1) is hotpath.SLOW
-    with pytest.raises(shmfs.SerializationError, match="json"):
-        seg[1]
+    python_reports(seg, hot, shmfs.SerializationError, "json")
 
 
 def test_an_untrusted_writer_is_refused_by_the_python_path(
@@ -258,9 +263,7 @@ def test_an_untrusted_writer_is_refused_by_the_python_path(
     var = seg._backend._vars[1]
     var.hot = (*var.hot[:2], False, var.hot[3])  # as if another, untrusted, uid had written it
     var.trusted = False
-    assert hot.get(1) is hotpath.SLOW
-    with pytest.raises(shmfs.UnsafeSegment):
-        seg[1]
+    python_reports(seg, hot, shmfs.UnsafeSegment, "untrusted")
     assert hot.get(2) == "also pickled"
 
 

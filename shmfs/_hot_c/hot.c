@@ -186,14 +186,21 @@ hot_reset(Hot *self, PyObject *const *args, Py_ssize_t nargs)
 
 PyDoc_STRVAR(hot_close_doc, "close()\n\nDrop every reference: from now on, every call is SLOW.");
 
-static PyObject *
-hot_close(Hot *self, PyObject *Py_UNUSED(ignored))
+/* What ties a Hot to its handle; its decoders stay until it is collected. */
+static void
+drop_handle(Hot *self)
 {
     Py_CLEAR(self->vars);
     Py_CLEAR(self->meta);
     Py_CLEAR(self->lock);
     Py_CLEAR(self->acquire);
     Py_CLEAR(self->release);
+}
+
+static PyObject *
+hot_close(Hot *self, PyObject *Py_UNUSED(ignored))
+{
+    drop_handle(self);
     Py_RETURN_NONE;
 }
 
@@ -254,11 +261,7 @@ hot_traverse(Hot *self, visitproc visit, void *arg)
 static int
 hot_clear(Hot *self)
 {
-    Py_CLEAR(self->vars);
-    Py_CLEAR(self->meta);
-    Py_CLEAR(self->lock);
-    Py_CLEAR(self->acquire);
-    Py_CLEAR(self->release);
+    drop_handle(self);
     for (int i = 0; i < 256; i++) {
         Py_CLEAR(self->decoders[i]);
     }
