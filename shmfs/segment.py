@@ -380,7 +380,7 @@ class Segment(MutableMapping[int, Any]):
         whose pickle, like ``value``'s, has the bytes ``head`` at ``head_at``; ``False`` if
         nothing was stored (no fast path, another value there, a lock to wait for): then the
         caller takes its general path."""
-        if self._backend is None or self._hot_codec is None:
+        if self._hot_codec is None:
             return False
         put = self._hot.put  # type: ignore[union-attr]  # set together with _hot_codec
         return put(index, self._hot_codec, value, head_at, head) is None

@@ -55,19 +55,17 @@ thread_unlock(Hot *self)
     return done != NULL ? 0 : -1;
 }
 
-/* The put of a pickled value; ``same_to`` > 0: only over a stored pickle with the same bytes in
- * [same_from, same_to). */
+/* The put of a pickled value into the variable whose ``mapped`` tuple is ``hot``;
+ * ``same_to`` > 0: only over a stored pickle with the same bytes in [same_from, same_to). */
 static PyObject *
-put_pickled(Hot *self, PyObject *index, long codec, PyObject *pickled, Py_ssize_t same_from,
+put_pickled(Hot *self, PyObject *hot, long codec, PyObject *pickled, Py_ssize_t same_from,
             Py_ssize_t same_to)
 {
     Py_ssize_t payload_length = PyBytes_GET_SIZE(pickled);
     uint64_t length = (uint64_t)payload_length + FRAME_HEADER;
-    if (self->lock == NULL || self->epoch != fork_epoch || length > SMALL) {
-        return slow();
-    }
-    PyObject *hot = mapped(self, index);
-    if (hot == NULL || PyObject_IsTrue(PyTuple_GET_ITEM(hot, 3)) != 1) {
+    /* The lock again: pickling allocates, and a collection it starts may run code that closes
+     * this handle. */
+    if (self->lock == NULL || length > SMALL) {
         return slow();
     }
     Py_ssize_t capacity = PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 1));
@@ -180,18 +178,22 @@ hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t budget = SMALL;
     if (codec < 0 || codec > 255 || !self->executes[codec] || self->lock == NULL
-        || self->epoch != fork_epoch || PyDict_GetItemWithError(self->vars, args[0]) == NULL
-        || !plain(args[2], 0, &budget)) {
-        return slow(); /* before pickling: a put that cannot be fast pickles once, in Python */
+        || self->epoch != fork_epoch) {
+        return slow();
     }
+    /* Checked before pickling, so that a put which cannot be fast pickles once, in Python. */
+    PyObject *hot = mapped(self, args[0]);
+    if (hot == NULL || PyObject_IsTrue(PyTuple_GET_ITEM(hot, 3)) != 1
+        || !plain(args[2], 0, &budget)) {
+        return slow();
+    }
+    Py_INCREF(hot); /* held across pickling, which may let other code drop the variable */
     PyObject *dumps_args[2] = {args[2], protocol};
     PyObject *pickled = PyObject_Vectorcall(pickle_dumps, dumps_args, 2, NULL);
-    if (pickled == NULL) {
+    if (pickled == NULL || !PyBytes_CheckExact(pickled)) {
+        Py_XDECREF(pickled);
+        Py_DECREF(hot);
         return slow(); /* Python's encode() says why */
-    }
-    if (!PyBytes_CheckExact(pickled)) {
-        Py_DECREF(pickled);
-        return slow();
     }
     Py_ssize_t same_from = 0, same_to = 0;
     if (nargs == 5) {
@@ -201,11 +203,13 @@ hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
             || memcmp(PyBytes_AS_STRING(pickled) + same_from, PyBytes_AS_STRING(args[4]),
                       (size_t)size) != 0) {
             Py_DECREF(pickled);
+            Py_DECREF(hot);
             return slow();
         }
         same_to = same_from + size;
     }
-    PyObject *result = put_pickled(self, args[0], codec, pickled, same_from, same_to);
+    PyObject *result = put_pickled(self, hot, codec, pickled, same_from, same_to);
     Py_DECREF(pickled);
+    Py_DECREF(hot);
     return result;
 }
