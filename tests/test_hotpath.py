@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import shmfs
 from shmfs import codecs, hotpath
-from shmfs.backends import segdir as sd
+from shmfs.backends.tmpfs import segdir as sd
 from shmfs.locking import lock_holder_pid
 from tests.conftest import pure_python, segment_ref
 from tests.workers import Children, checked_value, hold_lock, is_intact, read_while, write_small

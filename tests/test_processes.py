@@ -140,7 +140,7 @@ class TestWithoutMappings:
         """The seqlock holds without mappings: a reader copying with pread and one reading its
         mapping, during 3000 puts in place by a writer writing through its mapping or with
         pwrite."""
-        seg[1] = checked_value(0, 1500)  # the file every put then writes in place
+        seg[1] = checked_value(0, 9000)  # the file every put then writes in place
         counts = _reads_during_writes(
             spawn_ctx, segment_ref(seg), (True, False), write_small, writer == "pwrite"
         )

@@ -18,9 +18,9 @@ import pytest
 
 import shmfs
 from shmfs import codecs
-from shmfs.backends import segdir, tmpfs
 from shmfs.backends import sysvipc as ipc
-from shmfs.backends.varfile import create
+from shmfs.backends.tmpfs import largevars, segdir
+from shmfs.backends.tmpfs.largefile import create
 
 NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
@@ -193,7 +193,7 @@ def _planted_variable(directory: str, name: str, frame: bytes) -> None:
 def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Reads through a mapping, or (past the mapping limit) copied with pread: both check trust."""
     if request.param == "pread":
-        monkeypatch.setattr(tmpfs, "MAX_MAPPINGS", 0)
+        monkeypatch.setattr(largevars, "MAX_MAPPINGS", 0)
         monkeypatch.setattr(tmpfs, "_ADMIT_AFTER", 10**9)
     return str(request.param)
 

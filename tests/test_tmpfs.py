@@ -18,8 +18,8 @@ import pytest
 
 import shmfs
 from shmfs import hotpath
-from shmfs.backends import segdir, tmpfs
-from shmfs.backends.varfile import HEADER_SIZE
+from shmfs.backends.tmpfs import largevars, segdir
+from shmfs.backends.tmpfs.largefile import HEADER_SIZE
 
 
 @pytest.fixture
@@ -263,7 +263,7 @@ def test_signed_values(attach: Any, key: int) -> None:
 @pytest.fixture
 def few_mappings(monkeypatch: pytest.MonkeyPatch) -> int:
     """A small mapping limit, so that tests can go past it with a few hundred variables."""
-    monkeypatch.setattr(tmpfs, "MAX_MAPPINGS", 200)
+    monkeypatch.setattr(largevars, "MAX_MAPPINGS", 200)
     return 200
 
 
@@ -291,7 +291,7 @@ def test_mappings_keep_no_descriptors_where_they_can(seg: shmfs.Segment) -> None
         assert seg[index] == seg[index] == index  # the second get maps it
     assert len(seg._backend._vars) == 500
     assert len(os.listdir("/proc/self/fd")) <= before + 2
-    assert tmpfs.MAX_MAPPINGS == 16384
+    assert largevars.MAX_MAPPINGS == 16384
 
 
 def test_the_process_shares_one_budget_of_mappings(
@@ -300,9 +300,9 @@ def test_the_process_shares_one_budget_of_mappings(
     """Each handle keeps its own mappings, but all of them together stay within
     PROCESS_MAPPINGS (each is an entry in vm.max_map_count): past it, a handle maps a variable
     in place of one of its own, and reads the others without mapping them."""
-    from shmfs.backends.varfile import VarFile  # noqa: PLC0415  # the process-wide count
+    from shmfs.backends.tmpfs.largefile import VarFile  # noqa: PLC0415  # the process-wide count
 
-    monkeypatch.setattr(tmpfs, "PROCESS_MAPPINGS", VarFile.live + 150)
+    monkeypatch.setattr(largevars, "PROCESS_MAPPINGS", VarFile.live + 150)
     first, second = attach(key), attach(key + 1)
     for seg in (first, second):
         for index in range(120):
@@ -311,9 +311,9 @@ def test_the_process_shares_one_budget_of_mappings(
     assert len(first._backend._vars) == 120
     assert len(second._backend._vars) <= 31  # what the budget left, plus the one it swaps in
     assert all(second[index] == index for index in range(120))  # read all the same
-    assert VarFile.live <= tmpfs.PROCESS_MAPPINGS + 1
+    assert VarFile.live <= largevars.PROCESS_MAPPINGS + 1
     first.detach()
-    assert VarFile.live <= tmpfs.PROCESS_MAPPINGS + 1 - 120
+    assert VarFile.live <= largevars.PROCESS_MAPPINGS + 1 - 120
 
 
 def test_unmapped_variables_are_read_with_pread(seg: shmfs.Segment, few_mappings: int) -> None:
@@ -329,20 +329,20 @@ def test_unmapped_variables_are_read_with_pread(seg: shmfs.Segment, few_mappings
     for index in range(count):
         assert seg[index] == f"value {index}" * (1 + index % 50)
     backend = seg._backend
-    assert len(backend._vars) == tmpfs.MAX_MAPPINGS
+    assert len(backend._vars) == largevars.MAX_MAPPINGS
     unmapped = count - 1
     assert unmapped not in backend._vars
     for _ in range(tmpfs._ADMIT_AFTER):
         assert seg[unmapped] == f"value {unmapped}" * (1 + unmapped % 50)
     assert unmapped in backend._vars  # read often enough to be mapped
-    assert len(backend._vars) == tmpfs.MAX_MAPPINGS
+    assert len(backend._vars) == largevars.MAX_MAPPINGS
     assert len(os.listdir("/proc/self/fd")) <= before + 1
 
 
 def test_unmapped_reads_see_replacements_and_removals(
     attach: Any, key: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tmpfs, "MAX_MAPPINGS", 0)  # every read finds no room to map
+    monkeypatch.setattr(largevars, "MAX_MAPPINGS", 0)  # every read finds no room to map
     monkeypatch.setattr(tmpfs, "_ADMIT_AFTER", 10**9)
     seg, other = attach(key, 1 << 20), attach(key)
     seg[1] = "small"
@@ -360,7 +360,7 @@ def test_unmapped_reads_see_replacements_and_removals(
 def test_unmapped_writes_go_in_place_with_pwrite(
     attach: Any, key: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tmpfs, "MAX_MAPPINGS", 0)  # every write finds no room to map
+    monkeypatch.setattr(largevars, "MAX_MAPPINGS", 0)  # every write finds no room to map
     monkeypatch.setattr(tmpfs, "_ADMIT_AFTER", 10**9)
     seg = attach(key, 1 << 20)
     seg[1] = "first"
@@ -425,7 +425,7 @@ def test_writer_dying_between_publish_and_retire(attach: Any, key: int) -> None:
         raise KeyboardInterrupt  # stands for SIGKILL: nothing after this point runs
 
     with (
-        mock.patch("shmfs.backends.varfile.VarFile.retire_and_scrub", die),
+        mock.patch("shmfs.backends.tmpfs.largefile.VarFile.retire_and_scrub", die),
         pytest.raises(KeyboardInterrupt),
     ):
         writer[1] = "new, and too big for the old slot" * 200

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import shmfs
-from shmfs.backends import segdir
+from shmfs.backends.tmpfs import segdir
 from tests.conftest import segment_ref
 from tests.workers import Children, put_values, view_forever
 

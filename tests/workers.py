@@ -75,21 +75,21 @@ def write_count(ref: dict[str, Any], index: int, count: int, started: Any) -> in
 def write_small(
     ref: dict[str, Any], index: int, count: int, started: Any, unmapped: bool = False
 ) -> int:
-    """``write_count`` with values small enough to stay in their file's first page, where a
-    tmpfs reader without a mapping copies them with pread. ``unmapped``: write with pwrite,
-    never through a mapping (see ``never_map``)."""
+    """``write_count`` with values too big for a slot and under 64 KiB: a tmpfs reader
+    without a mapping copies them with pread. ``unmapped``: write with pwrite, never through a
+    mapping (see ``never_map``)."""
     if unmapped:
         never_map()
     with open_seg(ref) as seg:
         started.set()
         for seq in range(1, count + 1):
-            seg.put(index, checked_value(seq, 100 if seq % 2 else 1500))
+            seg.put(index, checked_value(seq, 5000 if seq % 2 else 9000))
     return count
 
 
 def never_map() -> None:
     """Make this process's tmpfs handles read every variable with pread, never mapping one."""
-    from shmfs.backends import tmpfs  # noqa: PLC0415  # a test seam, for tmpfs tests only
+    from shmfs.backends.tmpfs import largevars as tmpfs  # noqa: PLC0415  # a test seam
 
     tmpfs.MAX_MAPPINGS = 0  # type: ignore[misc]  # the seam: reads find no room to map
     tmpfs._ADMIT_AFTER = sys.maxsize  # type: ignore[misc]
@@ -119,7 +119,8 @@ def read_while(
                 if value["seq"] < last:
                     counts["backwards"] += 1
                 last = value["seq"]
-        counts["mapped"] = len(getattr(seg._backend, "_vars", ()))
+        large = getattr(seg._backend, "_large", None)
+        counts["mapped"] = len(large.vars) if large is not None else 0
     return counts
 
 

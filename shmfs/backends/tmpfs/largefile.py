@@ -229,7 +229,7 @@ def read_length(fd: int) -> int:
         return 0
 
 
-#: Returned by :func:`read_unmapped` when the value is not in the file's first page: map it.
+#: Returned by :func:`read_unmapped` for a value over 64 KiB: map it.
 MAP_IT: Final = b"map"
 
 
@@ -238,8 +238,9 @@ def read_unmapped(fd: int, size: int) -> bytes | None:
     without mapping it; ``REOPEN``, ``CONTENDED`` as :meth:`VarFile.read`, or ``MAP_IT``.
 
     For variables read too rarely to be worth a mapping: mapping a file and later unmapping it
-    costs about 12 us, two preads under 1 us. The same seqlock as :meth:`VarFile.read`: the
-    first pread copies the header and the slot in one go, a second re-reads the slot's sequence.
+    costs about 12 us, a pread under 1 us. The same seqlock as :meth:`VarFile.read`: the first
+    pread copies the header (and the slot, when it is in the first page), the last re-reads the
+    slot's sequence.
 
     Raises:
         CorruptSegment: not a variable file of this version, or the control word fails its check.
@@ -261,9 +262,12 @@ def read_unmapped(fd: int, size: int) -> bytes | None:
         if slot < 0:
             continue
         start = HEADER_SIZE + slot * words[2]
-        if start + length > len(page):
+        if start + length <= len(page):
+            data = page[start : start + length]
+        elif length <= _SCRATCH_ABOVE:
+            data = os.pread(fd, length, start)
+        else:
             return MAP_IT
-        data = page[start : start + length]
         if int.from_bytes(os.pread(fd, 8, (_SEQ + slot) * 8), "little") == seq:
             return data
     return CONTENDED

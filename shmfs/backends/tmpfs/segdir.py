@@ -4,15 +4,19 @@ Layout under the root (default ``/dev/shm/shmfs-<uid>``, mode 0700)::
 
     <root>/<key>/.segment         metadata page (below); the segment lock is an flock on it
     <root>/<key>/.notify          written when someone waits for a change (notify.py)
-    <root>/<key>/<index>          one file per variable (varfile.py)
-    <root>/<key>/.tmp-<pid>-<n>   a value being written to a new file, until renamed
+    <root>/<key>/.index-<g>       the index: variable index -> where its value is (index.py)
+    <root>/<key>/.slab-<c>-<n>    slots of size class c holding small variables (slabs.py)
+    <root>/<key>/<index>          a variable too big for a slot, in a file of its own
+                                  (largefile.py)
+    <root>/<key>/.tmp-<pid>-<n>   a file being written, until renamed
     <root>/.new-<key>-<pid>-<n>   a segment being created, until renamed to <key>
     <root>/.dead-<key>-<pid>-<n>  a destroyed segment being wiped
 
-``.segment`` is one page of 8-byte words: magic, version, key, size, perm, state, used bytes,
-variable count, creation time, creator pid, generation, number of waiters, number of recoveries
-after dead writers, and from word 16 a table of the waiting processes' pids (so that waiters that
-died can be told from live ones).
+``.segment`` is one page of 8-byte words (``layout.M_*``): magic, version, key, size, perm, state,
+used bytes, variable count, creation time, creator pid, generation, number of waiters, number of
+recoveries after dead writers, the current index's generation, the last slot stamp, from word 16
+a table of the waiting processes' pids (so that waiters that died can be told from live ones),
+and from word 80 each slot class's free list and bump allocation.
 It is never replaced, which is why the lock lives on it: locking a file that ``rename()``
 replaces loses updates (reliability.md, "Lost updates").
 
@@ -32,7 +36,9 @@ from typing import Final
 
 from shmfs.backends import SegmentInfo
 from shmfs.backends.fsutil import dir_mode, file_mode, open_dir, translate, writable_by_others
-from shmfs.backends.varfile import PAGE, VarFile
+from shmfs.backends.tmpfs import layout as L
+from shmfs.backends.tmpfs.index import create_index, index_name
+from shmfs.backends.tmpfs.largefile import PAGE, VarFile
 from shmfs.errors import BackendUnavailable, CorruptSegment, UnsafeSegment
 from shmfs.forking import pid_alive
 
@@ -48,17 +54,17 @@ __all__ = [
 ]
 
 META_NAME: Final = ".segment"
-META_MAGIC: Final = int.from_bytes(b"SHMFSSEG", "little")
-META_VERSION: Final = 1
-(
-    MAGIC, VERSION, KEY, SIZE, PERM, STATE, USED, COUNT, CREATED, CREATOR, GENERATION, WAITERS,
-    RECOVERIES, VIEWS,
-) = range(14)  # fmt: skip
-WAITER_TABLE: Final = range(16, 16 + 64)
+META_MAGIC: Final = L.META_MAGIC
+META_VERSION: Final = L.META_VERSION
+MAGIC, VERSION, KEY, SIZE, PERM = L.M_MAGIC, L.M_VERSION, L.M_KEY, L.M_SIZE, L.M_PERM
+STATE, USED, COUNT, CREATED, CREATOR = L.M_STATE, L.M_USED, L.M_COUNT, L.M_CREATED, L.M_CREATOR
+GENERATION, WAITERS, RECOVERIES, VIEWS = L.M_GENERATION, L.M_WAITERS, L.M_RECOVERIES, L.M_VIEWS
+INDEX_GEN, STAMP = L.M_INDEX_GEN, L.M_STAMP
+WAITER_TABLE: Final = range(L.M_WAITER_TABLE, L.M_WAITER_TABLE + L.M_WAITER_SLOTS)
 NOTIFY_NAME: Final = ".notify"
 VIEWS_NAME: Final = ".views"  # flocked shared by every handle with a view open
-DESTROYED: Final = 1
-DIRTY: Final = 2
+DESTROYED: Final = L.STATE_DESTROYED
+DIRTY: Final = L.STATE_DIRTY
 OPEN_RW: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_RO: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Hidden directories of a creator or destroyer that died are removed once their process is gone
@@ -188,6 +194,7 @@ def _write_meta(dir_fd: int, key: int, size: int, perm: int) -> None:
     finally:
         os.close(fd)
     make_views_file(dir_fd, perm)
+    create_index(dir_fd, index_name(0), 0, L.IX_MIN_SHIFT, iter(()), file_mode(perm))
 
 
 def make_views_file(dir_fd: int, perm: int) -> None:
@@ -201,15 +208,34 @@ def make_views_file(dir_fd: int, perm: int) -> None:
 
 
 def wipe_dir(dir_fd: int) -> None:
-    """Zero every variable file in a segment directory, then unlink everything in it."""
+    """Zero every file that holds values in a segment directory, then unlink everything in it:
+    a process that still maps one sees zeros, never the old values."""
     for name in os.listdir(dir_fd):
         if index_of(name) is not None:
-            _scrub(dir_fd, name)
+            scrub_file(dir_fd, name)
+        elif name.startswith((".slab-", ".index-")):
+            zero_file(dir_fd, name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dir_fd)
 
 
-def _scrub(dir_fd: int, name: str) -> None:
+def zero_file(dir_fd: int, name: str) -> None:
+    """Overwrite a file with zeros in place (never truncate: a process mapping it would get
+    SIGBUS)."""
+    try:
+        fd = os.open(name, OPEN_RW, dir_fd=dir_fd)
+    except (FileNotFoundError, PermissionError):
+        return
+    try:
+        size = os.fstat(fd).st_size
+        zeros = bytes(min(size, 1 << 20))
+        for offset in range(0, size, len(zeros) or 1):
+            os.pwrite(fd, zeros[: size - offset], offset)
+    finally:
+        os.close(fd)
+
+
+def scrub_file(dir_fd: int, name: str) -> None:
     """Retire and zero one variable file, so a process still mapping it sees zeros."""
     try:
         fd = os.open(name, OPEN_RW, dir_fd=dir_fd)
