@@ -8,14 +8,14 @@ warns and goes on, and shmfs runs on its pure-Python path (the same protocols, s
 from setuptools import Extension, setup
 
 # shmfs/_hot_c/module.c says what each part does.
-PARTS = ("module", "hot", "put", "plain", "checksum", "mapping")
+PARTS = ("module", "hot", "slab", "put", "plain", "checksum", "mapping")
 
 setup(
     ext_modules=[
         Extension(
             "shmfs._hot",
             [f"shmfs/_hot_c/{part}.c" for part in PARTS],
-            depends=["shmfs/_hot_c/hot.h"],
+            depends=["shmfs/_hot_c/hot.h", "shmfs/_hot_c/layout.h"],
             libraries=["z"],  # zlib's crc32: the frame's checksum
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
             optional=True,

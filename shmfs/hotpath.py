@@ -1,9 +1,9 @@
 """The C get and put of small tmpfs values (``shmfs._hot``), when the build made it.
 
 A tmpfs get in Python is a dozen interpreter-level steps and costs about 1.5 us, against 0.6 us
-for lmdb's one C call; a put pays about as much again around its flock. ``shmfs/_hot.c`` does
-the common case of each in one call, following the protocols of ``backends/varfile.py`` and
-``backends/tmpfs.py`` store for store, and answers :data:`SLOW` for anything else: the Python
+for lmdb's one C call; a put pays about as much again around its flock. ``shmfs/_hot_c/`` does
+the common case of each in one call, following the protocols of ``backends/tmpfs/`` store for
+store, and answers :data:`SLOW` for anything else: the Python
 path then does the work as it always has, and reports any error. So C and Python readers and
 writers mix freely, and the package works without the module, only slower: pip builds it when a
 C compiler and the headers of Python and zlib are there, and skips it, with a warning, when not.
@@ -49,6 +49,9 @@ class Hot(Protocol):
     ) -> Any:
         """``None`` once a plain ``value`` is stored at a mapped ``index``, or SLOW; with
         ``head_at`` and ``head``, only over a stored pickle that has ``head`` there too."""
+
+    def index(self, words: memoryview, gen: int) -> None:
+        """The index the handle maps now, and its generation."""
 
     def reset(self, lock: object, recoveries: int, dirty_tag: int) -> None:
         """After opening, a fork, or a recovery: the lock, RECOVERIES and DIRTY word to use."""
@@ -119,13 +122,15 @@ def pure_python() -> Iterator[None]:
         _hot = saved
 
 
-def new_hot(vars_: dict[int, Any], meta: memoryview) -> Hot | None:
+def new_hot(vars_: dict[int, Any], slabs: dict[int, Any], meta: memoryview) -> Hot | None:
     """A fast path over a tmpfs handle's mappings and metadata, or ``None`` without the module.
 
-    ``vars_`` must stay the handle's own dict for its whole life (cleared, never replaced), and
-    every value in it must have a ``hot`` attribute: ``(words, capacity, trusted, writable)``.
+    ``vars_`` (large variables' files) and ``slabs`` (slab files) must stay the handle's own
+    dicts for its whole life (cleared, never replaced), and every value in them must have a
+    ``hot`` attribute: ``(words, capacity, trusted, writable)`` for a large variable's file,
+    ``(words, slot_size, slots, trusted, writable)`` for a slab file.
     """
     if _hot is None:
         return None
-    hot: Hot = _hot.Hot(vars_, meta, _DECODERS, _FIRST_WORD)
+    hot: Hot = _hot.Hot(vars_, slabs, meta, _DECODERS, _FIRST_WORD)
     return hot

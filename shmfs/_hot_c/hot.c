@@ -53,7 +53,7 @@ int
 metadata(Hot *self, uint64_t *state, uint64_t *recoveries)
 {
     Py_buffer buffer;
-    uint64_t *meta = words_of(self->meta, &buffer, M_WORDS * 8);
+    uint64_t *meta = words_of(self->meta, &buffer, (Py_ssize_t)PAGE);
     if (meta == NULL) {
         return -1;
     }
@@ -63,33 +63,44 @@ metadata(Hot *self, uint64_t *state, uint64_t *recoveries)
     return 0;
 }
 
-PyDoc_STRVAR(hot_get_doc,
-"get(index) -> the value, or SLOW\n\n"
-"Read and decode a small value of a mapped variable without a lock (varfile.py's seqlock).");
-
-static PyObject *
-hot_get(Hot *self, PyObject *index)
+PyObject *
+decode_frame(Hot *self, const uint64_t head[3], PyObject *payload, int trusted)
 {
-    uint64_t state, recoveries;
-    if (self->lock == NULL || self->epoch != fork_epoch
-        || metadata(self, &state, &recoveries) < 0) {
-        return slow();
+    /* head[0]: the first word; head[1]: the payload's length; head[2]: crc32 and a zero word. */
+    unsigned codec = (unsigned)(head[0] >> CODEC_SHIFT) & 0xFF;
+    PyObject *decode = self->decoders[codec];
+    Py_ssize_t length = PyBytes_GET_SIZE(payload);
+    uint64_t crc = checksum(checksum(0, (const unsigned char *)head, 16),
+                            (const unsigned char *)PyBytes_AS_STRING(payload), (size_t)length);
+    if ((head[0] & ~(0xFFULL << CODEC_SHIFT)) != self->first_word || decode == NULL
+        || head[1] != (uint64_t)length || head[2] != crc || (self->executes[codec] && !trusted)) {
+        Py_DECREF(payload);
+        return slow(); /* damage, a signature, or an untrusted writer: Python says which */
     }
-    if (state & 2 || recoveries != self->recoveries) {
-        return slow(); /* DIRTY: the Python path asks whether that writer is alive */
-    }
+    Py_INCREF(decode); /* held across the call, which runs code that may close this handle */
+    PyObject *value = PyObject_CallOneArg(decode, payload);
+    Py_DECREF(decode);
+    Py_DECREF(payload);
+    return value != NULL ? value : slow(); /* Python reports a decoder's failure */
+}
+
+/* The get of a large variable this handle maps (largefile.py's seqlock). */
+static PyObject *
+large_get(Hot *self, PyObject *index)
+{
     PyObject *hot = mapped(self, index);
     if (hot == NULL) {
         return slow();
     }
+    Py_INCREF(hot); /* held: the allocation below may run code that drops the variable */
     Py_ssize_t capacity = PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 1));
     int trusted = PyObject_IsTrue(PyTuple_GET_ITEM(hot, 2));
-    if (capacity <= 0 || trusted < 0) {
-        return slow();
-    }
     Py_buffer buffer;
-    uint64_t *words = words_of(PyTuple_GET_ITEM(hot, 0), &buffer, VAR_HEADER + 2 * capacity);
+    uint64_t *words = capacity > 0 && trusted >= 0
+                          ? words_of(PyTuple_GET_ITEM(hot, 0), &buffer, VAR_HEADER + 2 * capacity)
+                          : NULL;
     if (words == NULL) {
+        Py_DECREF(hot);
         return slow();
     }
     uint64_t control = load(&words[W_CONTROL]);
@@ -97,42 +108,104 @@ hot_get(Hot *self, PyObject *index)
     uint64_t slot = high & 1;
     uint64_t seq = high * 2;
     uint64_t length = load(&words[W_LENGTH + slot]);
-    if ((control & LOW) != check_of(high) || high & RETIRED || load(&words[W_SEQ + slot]) != seq
-        || length < FRAME_HEADER || length > SMALL || length > (uint64_t)capacity) {
+    PyObject *payload = NULL;
+    if ((control & LOW) == check_of(high) && !(high & RETIRED) && load(&words[W_SEQ + slot]) == seq
+        && length >= FRAME_HEADER && length <= SMALL && length <= (uint64_t)capacity) {
+        payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(length - FRAME_HEADER));
+    }
+    if (payload == NULL) {
         PyBuffer_Release(&buffer);
-        return slow();
+        Py_DECREF(hot);
+        return PyErr_Occurred() ? NULL : slow();
     }
     const unsigned char *frame = (const unsigned char *)words + VAR_HEADER + slot * capacity;
     uint64_t head[3];
-    PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(length - FRAME_HEADER));
-    if (payload == NULL) {
-        PyBuffer_Release(&buffer);
-        return NULL;
-    }
     memcpy(head, frame, FRAME_HEADER);
     memcpy(PyBytes_AS_STRING(payload), frame + FRAME_HEADER, length - FRAME_HEADER);
     /* The copies happen before the sequence word is read again (a seqlock's read side). */
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     uint64_t after = load(&words[W_SEQ + slot]);
     PyBuffer_Release(&buffer);
+    Py_DECREF(hot);
     if (after != seq) {
         Py_DECREF(payload);
         return slow(); /* a writer reused the slot: Python copies again */
     }
-    /* head[0]: the first word; head[1]: the payload's length; head[2]: crc32 and a zero word. */
-    unsigned codec = (unsigned)(head[0] >> CODEC_SHIFT) & 0xFF;
-    PyObject *decode = self->decoders[codec];
-    uint64_t crc = checksum(checksum(0, (const unsigned char *)head, 16),
-                         (const unsigned char *)PyBytes_AS_STRING(payload), length - FRAME_HEADER);
-    if ((head[0] & ~(0xFFULL << CODEC_SHIFT)) != self->first_word || decode == NULL
-        || head[1] != length - FRAME_HEADER || head[2] != crc
-        || (self->executes[codec] && !trusted)) {
-        Py_DECREF(payload);
-        return slow(); /* damage, a signature, or an untrusted writer: Python says which */
+    return decode_frame(self, head, payload, trusted);
+}
+
+PyDoc_STRVAR(hot_get_doc,
+"get(index) -> the value, or SLOW\n\n"
+"Find a variable in the index and read and decode its value without a lock: a slot's\n"
+"(slabs.py) or, if the handle maps it, a large variable's file (largefile.py).");
+
+static PyObject *
+hot_get(Hot *self, PyObject *index)
+{
+    if (self->lock == NULL || self->index == NULL || self->epoch != fork_epoch) {
+        return slow();
     }
-    PyObject *value = PyObject_CallOneArg(decode, payload);
-    Py_DECREF(payload);
-    return value != NULL ? value : slow(); /* Python reports a decoder's failure */
+    uint64_t key = PyLong_AsUnsignedLongLongMask(index);
+    if (key == (uint64_t)-1 && PyErr_Occurred()) {
+        return slow();
+    }
+    PyObject *meta_view = Py_NewRef(self->meta);
+    PyObject *index_view = Py_NewRef(self->index);
+    uint64_t gen = self->index_gen;
+    Py_buffer meta_buffer, index_buffer;
+    PyObject *result = NULL;
+    uint64_t *meta = words_of(meta_view, &meta_buffer, (Py_ssize_t)PAGE);
+    uint64_t *words = meta != NULL ? words_of(index_view, &index_buffer, 0) : NULL;
+    if (words == NULL) {
+        if (meta != NULL) {
+            PyBuffer_Release(&meta_buffer);
+        }
+        Py_DECREF(meta_view);
+        Py_DECREF(index_view);
+        return slow();
+    }
+    uint64_t word = 0;
+    uint64_t loc = find(words, index_buffer.len, key, &word);
+    if (load(&meta[M_STATE]) & STATE_DIRTY || load(&meta[M_RECOVERIES]) != self->recoveries
+        || load(&meta[M_INDEX_GEN]) != gen || loc <= LOC_TOMB || loc == ~0ULL) {
+        /* DIRTY (Python asks whether that writer is alive), recovered, another index, absent,
+         * or damaged */
+        result = slow();
+    }
+    else if (loc == LOC_LARGE) {
+        result = large_get(self, index);
+    }
+    else {
+        result = slab_get(self, meta, loc, key, gen);
+    }
+    PyBuffer_Release(&index_buffer);
+    PyBuffer_Release(&meta_buffer);
+    Py_DECREF(meta_view);
+    Py_DECREF(index_view);
+    return result;
+}
+
+PyDoc_STRVAR(hot_index_doc,
+"index(words, gen)\n\n"
+"Say which index the handle maps now (a memoryview of its words) and its generation.");
+
+static PyObject *
+hot_index(Hot *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "index(words, gen)");
+        return NULL;
+    }
+    uint64_t gen = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (self->vars == NULL) {
+        Py_RETURN_NONE; /* closed: stays closed */
+    }
+    Py_XSETREF(self->index, Py_NewRef(args[0]));
+    self->index_gen = gen;
+    Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(hot_reset_doc,
@@ -152,6 +225,9 @@ hot_reset(Hot *self, PyObject *const *args, Py_ssize_t nargs)
     uint64_t dirty_tag = PyLong_AsUnsignedLongLong(args[2]);
     if (PyErr_Occurred()) {
         return NULL;
+    }
+    if (self->vars == NULL) {
+        Py_RETURN_NONE; /* closed: a closed handle stays closed */
     }
     PyObject *fd = PyObject_GetAttr(args[0], str_fd);
     long descriptor = fd != NULL ? PyLong_AsLong(fd) : -1;
@@ -191,6 +267,8 @@ static void
 drop_handle(Hot *self)
 {
     Py_CLEAR(self->vars);
+    Py_CLEAR(self->slabs);
+    Py_CLEAR(self->index);
     Py_CLEAR(self->meta);
     Py_CLEAR(self->lock);
     Py_CLEAR(self->acquire);
@@ -207,11 +285,12 @@ hot_close(Hot *self, PyObject *Py_UNUSED(ignored))
 static int
 hot_init(Hot *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"vars", "meta", "decoders", "first_word", NULL};
-    PyObject *vars, *meta, *decoders;
+    static char *names[] = {"vars", "slabs", "meta", "decoders", "first_word", NULL};
+    PyObject *vars, *slabs, *meta, *decoders;
     unsigned long long first_word;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO!K", names, &PyDict_Type, &vars, &meta,
-                                     &PyDict_Type, &decoders, &first_word)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!OO!K", names, &PyDict_Type, &vars,
+                                     &PyDict_Type, &slabs, &meta, &PyDict_Type, &decoders,
+                                     &first_word)) {
         return -1;
     }
     if (first_word & (0xFFULL << CODEC_SHIFT)) {
@@ -237,6 +316,7 @@ hot_init(Hot *self, PyObject *args, PyObject *kwargs)
         self->executes[codec] = (char)executes;
     }
     Py_XSETREF(self->vars, Py_NewRef(vars));
+    Py_XSETREF(self->slabs, Py_NewRef(slabs));
     Py_XSETREF(self->meta, Py_NewRef(meta));
     self->first_word = first_word;
     self->epoch = fork_epoch;
@@ -248,6 +328,8 @@ static int
 hot_traverse(Hot *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->vars);
+    Py_VISIT(self->slabs);
+    Py_VISIT(self->index);
     Py_VISIT(self->meta);
     Py_VISIT(self->lock);
     Py_VISIT(self->acquire);
@@ -280,12 +362,13 @@ static PyMethodDef hot_methods[] = {
     {"get", (PyCFunction)hot_get, METH_O, hot_get_doc},
     {"put", (PyCFunction)(void (*)(void))hot_put, METH_FASTCALL, hot_put_doc},
     {"reset", (PyCFunction)(void (*)(void))hot_reset, METH_FASTCALL, hot_reset_doc},
+    {"index", (PyCFunction)(void (*)(void))hot_index, METH_FASTCALL, hot_index_doc},
     {"close", (PyCFunction)hot_close, METH_NOARGS, hot_close_doc},
     {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(hot_doc,
-"Hot(vars, meta, decoders, first_word)\n\n"
+"Hot(vars, slabs, meta, decoders, first_word)\n\n"
 "The C get and put of one tmpfs segment handle (see shmfs/hotpath.py).");
 
 PyTypeObject HotType = {

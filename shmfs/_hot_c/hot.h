@@ -17,9 +17,9 @@
 #error "shmfs's files are little-endian; the pure-Python path serves big-endian machines"
 #endif
 
-/* The variable file (varfile.py). */
+/* A large variable's own file (backends/tmpfs/largefile.py). */
 #define VAR_HEADER 64
-#define W_CONTROL 3
+#define W_CONTROL 3ULL
 #define W_SEQ 4
 #define W_LENGTH 6
 #define RETIRED 0x80000000ULL
@@ -28,15 +28,8 @@
 #define CHECK_MULTIPLIER 0x9E3779B1ULL
 #define CHECK_MASK 0x5BD1E995ULL
 
-/* The segment's metadata page (segdir.py). */
-#define M_SIZE 3
-#define M_STATE 5
-#define M_USED 6
-#define M_GENERATION 10
-#define M_WAITERS 11
-#define M_RECOVERIES 12
-#define M_VIEWS 13
-#define M_WORDS 14
+/* The segment's metadata page, the index and the slabs: generated from layout.py. */
+#include "layout.h"
 
 /* The frame (codecs.py): magic, version, codec, flags, reserved; length; crc32, reserved. */
 #define FRAME_HEADER 24
@@ -69,7 +62,10 @@ int plain(PyObject *value, int depth, Py_ssize_t *budget);
 /* hot.c: the Hot type, and what its get and put share */
 typedef struct {
     PyObject_HEAD
-    PyObject *vars;    /* the backend's dict: index -> VarFile */
+    PyObject *vars;    /* the backend's dict: index -> VarFile, for large variables */
+    PyObject *slabs;   /* the backend's dict: class << 16 | file -> SlabFile */
+    PyObject *index;   /* the current index's words, a memoryview, or NULL */
+    uint64_t index_gen; /* the generation the metadata names it by */
     PyObject *meta;    /* the metadata page, a memoryview */
     PyObject *lock;    /* the backend's SegmentLock: its _depth says whether this process holds it */
     PyObject *acquire; /* its thread lock's acquire and release, bound */
@@ -88,6 +84,18 @@ uint64_t *words_of(PyObject *view, Py_buffer *buffer, Py_ssize_t need);
 PyObject *mapped(Hot *self, PyObject *index);
 PyObject *slow(void);
 int metadata(Hot *self, uint64_t *state, uint64_t *recoveries);
+
+/* slab.c: the index lookup, and the get and put of a variable in a slot */
+uint64_t find(const uint64_t *index, Py_ssize_t length, uint64_t key, uint64_t *word);
+PyObject *slab_get(Hot *self, const uint64_t *meta, uint64_t loc, uint64_t key, uint64_t gen);
+PyObject *slab_put(Hot *self, PyObject *index, long codec, PyObject *pickled, Py_ssize_t same_from,
+                   Py_ssize_t same_to);
+PyObject *decode_frame(Hot *self, const uint64_t head[3], PyObject *payload, int trusted);
+
+/* put.c: the segment lock's thread half, taken without waiting (1: at depth 0, so the flock
+ * is ours to take; 2: re-entrantly; 0: another thread has it; -1: an exception), and given back */
+int thread_lock(Hot *self);
+int thread_unlock(Hot *self);
 
 /* put.c */
 PyObject *hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs);

@@ -4,12 +4,10 @@
 #include <string.h>
 #include <sys/file.h>
 
-static int thread_unlock(Hot *self);
-
 /* Takes the segment lock's thread lock without waiting. 1: had at depth 0, so the file lock is
  * ours to take; 2: had re-entrantly, so this thread already holds the segment lock (in lock(),
  * update(), a Cache's set), file lock included; 0: another thread has it; -1: an exception. */
-static int
+int
 thread_lock(Hot *self)
 {
     PyObject *got = PyObject_CallOneArg(self->acquire, Py_False);
@@ -47,7 +45,7 @@ thread_lock(Hot *self)
     return -1;
 }
 
-static int
+int
 thread_unlock(Hot *self)
 {
     PyObject *done = PyObject_CallNoArgs(self->release);
@@ -65,8 +63,9 @@ put_pickled(Hot *self, PyObject *hot, long codec, PyObject *pickled, Py_ssize_t 
     uint64_t length = (uint64_t)payload_length + FRAME_HEADER;
     /* The lock again: pickling allocates, and a collection it starts may run code that closes
      * this handle. */
-    if (self->lock == NULL || length > SMALL) {
-        return slow();
+    if (self->lock == NULL || self->acquire == NULL || length > SMALL
+        || length + SLOT_HEADER <= SLOT_MAX) {
+        return slow(); /* closed; or a value a slot takes, which the Python path moves there */
     }
     Py_ssize_t capacity = PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 1));
     /* tmpfs._fits: in place only if it fits, and does not leave a big slot mostly empty. */
@@ -181,18 +180,25 @@ hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
         || self->epoch != fork_epoch) {
         return slow();
     }
-    /* Checked before pickling, so that a put which cannot be fast pickles once, in Python. */
+    /* Checked before pickling, so that a put which cannot be fast pickles once, in Python. A
+     * variable with a file of its own is written there when the handle maps it; any other
+     * goes to a slot (slab.c). */
     PyObject *hot = mapped(self, args[0]);
-    if (hot == NULL || PyObject_IsTrue(PyTuple_GET_ITEM(hot, 3)) != 1
-        || !plain(args[2], 0, &budget)) {
+    if (hot == NULL) {
+        PyErr_Clear();
+    }
+    else if (PyObject_IsTrue(PyTuple_GET_ITEM(hot, 3)) != 1) {
         return slow();
     }
-    Py_INCREF(hot); /* held across pickling, which may let other code drop the variable */
+    if (!plain(args[2], 0, &budget)) {
+        return slow();
+    }
+    Py_XINCREF(hot); /* held across pickling, which may let other code drop the variable */
     PyObject *dumps_args[2] = {args[2], protocol};
     PyObject *pickled = PyObject_Vectorcall(pickle_dumps, dumps_args, 2, NULL);
     if (pickled == NULL || !PyBytes_CheckExact(pickled)) {
         Py_XDECREF(pickled);
-        Py_DECREF(hot);
+        Py_XDECREF(hot);
         return slow(); /* Python's encode() says why */
     }
     Py_ssize_t same_from = 0, same_to = 0;
@@ -203,13 +209,21 @@ hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
             || memcmp(PyBytes_AS_STRING(pickled) + same_from, PyBytes_AS_STRING(args[4]),
                       (size_t)size) != 0) {
             Py_DECREF(pickled);
-            Py_DECREF(hot);
+            Py_XDECREF(hot);
             return slow();
         }
         same_to = same_from + size;
     }
-    PyObject *result = put_pickled(self, hot, codec, pickled, same_from, same_to);
+    /* A value a slot takes goes to one, whatever this handle maps (a file the variable had
+     * before, retired since, say); slab_put answers SLOW for a variable that has a file. */
+    PyObject *result;
+    if ((uint64_t)PyBytes_GET_SIZE(pickled) + FRAME_HEADER + SLOT_HEADER <= SLOT_MAX) {
+        result = slab_put(self, args[0], codec, pickled, same_from, same_to);
+    }
+    else {
+        result = hot != NULL ? put_pickled(self, hot, codec, pickled, same_from, same_to) : slow();
+    }
     Py_DECREF(pickled);
-    Py_DECREF(hot);
+    Py_XDECREF(hot);
     return result;
 }

@@ -111,8 +111,10 @@ class TmpfsBackend(HoldsSegmentLock):
             self.close()
             raise
         self._recoveries = self._meta[_RECOVERIES]
-        self.hot = new_hot(self._large.vars, self._meta)
+        self.hot = new_hot(self._large.vars, self._slabs.files, self._meta)
         self._reset_hot()
+        if self.hot is not None and self._index is not None:
+            self.hot.index(self._index.words, self._index.gen)
 
     # ------------------------------------------------------------ opening and closing
 
@@ -226,9 +228,8 @@ class TmpfsBackend(HoldsSegmentLock):
             self._index = fresh
             if index is not None:
                 index.close()
-            set_index = getattr(self.hot, "index", None)
-            if set_index is not None:
-                set_index(fresh.words, gen)
+            if self.hot is not None:
+                self.hot.index(fresh.words, gen)
             return fresh
         raise CorruptSegment(f"segment {self.key}: its index keeps being replaced")
 

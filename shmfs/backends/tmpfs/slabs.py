@@ -76,7 +76,7 @@ class SlabFile:
         trusted: Whether only trusted uids can have written it.
     """
 
-    __slots__ = ("mm", "size", "slot_size", "slots", "trusted", "words", "writable")
+    __slots__ = ("hot", "mm", "size", "slot_size", "slots", "trusted", "words", "writable")
 
     def __init__(self, fd: int, number: int, file: int, *, writable: bool, trusted: bool) -> None:
         st = os.fstat(fd)
@@ -99,6 +99,8 @@ class SlabFile:
         self.slots = L.slots_in(number, file)
         self.writable = writable
         self.trusted = trusted
+        # What the C fast path (shmfs/_hot_c/slab.c) reads of us, in one attribute lookup.
+        self.hot = (self.words, self.slot_size, self.slots, trusted, writable)
 
     def close(self) -> None:
         """Unmap; harmless while another thread still reads (the GC unmaps it then)."""

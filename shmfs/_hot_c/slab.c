@@ -1,0 +1,316 @@
+/* shmfs._hot: a variable in a slot (backends/tmpfs/slabs.py), found through the index
+ * (backends/tmpfs/index.py): the lookup, the lock-free get, and the put, store for store as the
+ * Python code does them. Every shared word is read once into a local and checked before use. */
+#include "hot.h"
+
+#include <string.h>
+#include <sys/file.h>
+
+uint64_t
+find(const uint64_t *index, Py_ssize_t length, uint64_t key, uint64_t *word)
+{
+    uint64_t shift = load(&index[IX_W_SHIFT]);
+    if (shift < IX_MIN_SHIFT || shift > IX_MAX_SHIFT
+        || (IX_HEADER_WORDS + (2ULL << shift)) * WORD != (uint64_t)length) {
+        return ~0ULL; /* damage: Python says so */
+    }
+    uint64_t buckets = 1ULL << shift, mask = buckets - 1, free = 0;
+    uint64_t bucket = (key * FIB) >> (64 - shift);
+    for (uint64_t probe = 0; probe < buckets; probe++) {
+        uint64_t at = IX_HEADER_WORDS + 2 * bucket;
+        uint64_t loc = load(&index[at + 1]);
+        if (loc == LOC_EMPTY) {
+            *word = free ? free : at + 1;
+            return LOC_EMPTY;
+        }
+        if (loc == LOC_TOMB) {
+            free = free ? free : at + 1;
+        }
+        else if (load(&index[at]) == key) {
+            *word = at + 1;
+            return loc;
+        }
+        bucket = (bucket + 1) & mask;
+    }
+    return ~0ULL;
+}
+
+/* A mapped slot: its SlabFile's ``hot`` tuple (words, slot_size, slots, trusted, writable),
+ * held, and the slot's buffer; filled by ``open_slot``, emptied by ``close_slot``. */
+typedef struct {
+    PyObject *hot;
+    Py_buffer buffer;
+    uint64_t *words;
+    uint64_t at;        /* the slot's first word */
+    uint64_t slot_size;
+    int trusted;
+    int writable;
+} Slot;
+
+static void
+close_slot(Slot *slot)
+{
+    if (slot->words != NULL) {
+        PyBuffer_Release(&slot->buffer);
+        slot->words = NULL;
+    }
+    Py_CLEAR(slot->hot);
+}
+
+/* 0 with ``slot`` open, or -1 (no exception: the caller goes SLOW) if the location names no
+ * slot of a file this handle has mapped. */
+static int
+open_slot(PyObject *slabs, uint64_t loc, Slot *slot)
+{
+    uint64_t number = (loc >> LOC_CLASS_SHIFT) - 1;
+    uint64_t file = (loc >> LOC_FILE_SHIFT) & (LOC_FILES - 1);
+    uint64_t index = loc & (LOC_SLOTS - 1);
+    if (number >= NCLASSES) {
+        return -1;
+    }
+    PyObject *name = PyLong_FromUnsignedLongLong(number << 16 | file);
+    if (name == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    PyObject *var = PyDict_GetItemWithError(slabs, name);
+    Py_DECREF(name);
+    if (var == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_INCREF(var); /* held while its attribute is read: that may run code */
+    slot->hot = PyObject_GetAttr(var, str_hot);
+    Py_DECREF(var);
+    if (slot->hot == NULL || !PyTuple_CheckExact(slot->hot) || PyTuple_GET_SIZE(slot->hot) != 5) {
+        PyErr_Clear();
+        Py_CLEAR(slot->hot);
+        return -1;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(slot->hot, 1));
+    Py_ssize_t slots = PyLong_AsSsize_t(PyTuple_GET_ITEM(slot->hot, 2));
+    slot->trusted = PyObject_IsTrue(PyTuple_GET_ITEM(slot->hot, 3));
+    slot->writable = PyObject_IsTrue(PyTuple_GET_ITEM(slot->hot, 4));
+    if (size != (Py_ssize_t)CLASSES[number] || slots < 0 || index >= (uint64_t)slots
+        || slot->trusted < 0 || slot->writable < 0) {
+        PyErr_Clear();
+        Py_CLEAR(slot->hot);
+        return -1;
+    }
+    slot->slot_size = (uint64_t)size;
+    slot->words = words_of(PyTuple_GET_ITEM(slot->hot, 0), &slot->buffer,
+                           (Py_ssize_t)(SLAB_HEADER + (index + 1) * slot->slot_size));
+    if (slot->words == NULL) {
+        Py_CLEAR(slot->hot);
+        return -1;
+    }
+    slot->at = (SLAB_HEADER + index * slot->slot_size) / WORD;
+    return 0;
+}
+
+PyObject *
+slab_get(Hot *self, const uint64_t *meta, uint64_t loc, uint64_t key, uint64_t gen)
+{
+    Slot slot = {0};
+    if (self->slabs == NULL || open_slot(self->slabs, loc, &slot) < 0) {
+        return slow();
+    }
+    uint64_t seal = load(&slot.words[slot.at]);
+    uint64_t length = seal & SEAL_LENGTH_MASK;
+    if (seal == 0 || load(&slot.words[slot.at + 1]) != key || length < FRAME_HEADER
+        || length + SLOT_HEADER > slot.slot_size) {
+        close_slot(&slot);
+        return slow(); /* freed or reused since the lookup, or damage: Python looks again */
+    }
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(length - FRAME_HEADER));
+    if (payload == NULL) {
+        close_slot(&slot);
+        return NULL;
+    }
+    const unsigned char *frame = (const unsigned char *)&slot.words[slot.at] + SLOT_HEADER;
+    uint64_t head[3];
+    memcpy(head, frame, FRAME_HEADER);
+    memcpy(PyBytes_AS_STRING(payload), frame + FRAME_HEADER, length - FRAME_HEADER);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE); /* the copies before the seal is read again */
+    uint64_t after = load(&slot.words[slot.at]);
+    int trusted = slot.trusted;
+    close_slot(&slot);
+    if (after != seal || load(&meta[M_INDEX_GEN]) != gen) {
+        Py_DECREF(payload);
+        return slow(); /* a writer freed the slot, or replaced the index: Python looks again */
+    }
+    return decode_frame(self, head, payload, trusted);
+}
+
+static int
+class_for(uint64_t length)
+{
+    for (int number = 0; number < (int)NCLASSES; number++) {
+        if (CLASSES[number] >= length) {
+            return number;
+        }
+    }
+    return -1;
+}
+
+PyObject *
+slab_put(Hot *self, PyObject *index_object, long codec, PyObject *pickled, Py_ssize_t same_from,
+         Py_ssize_t same_to)
+{
+    uint64_t key = PyLong_AsUnsignedLongLongMask(index_object);
+    if (key == (uint64_t)-1 && PyErr_Occurred()) {
+        return slow();
+    }
+    Py_ssize_t payload_length = PyBytes_GET_SIZE(pickled);
+    uint64_t length = (uint64_t)payload_length + FRAME_HEADER;
+    int number = class_for(length + SLOT_HEADER);
+    if (number < 0 || self->lock == NULL || self->index == NULL || self->slabs == NULL) {
+        return slow();
+    }
+    const unsigned char *payload = (const unsigned char *)PyBytes_AS_STRING(pickled);
+    uint64_t head[3] = {self->first_word | (uint64_t)codec << CODEC_SHIFT, (uint64_t)payload_length, 0};
+    head[2] = checksum(checksum(0, (const unsigned char *)head, 16), payload, (size_t)payload_length);
+
+    /* Held for the whole call: an allocation below may start a collection whose finalizers
+     * close this handle, which drops the handle's own references. */
+    PyObject *meta_view = Py_NewRef(self->meta);
+    PyObject *index_view = Py_NewRef(self->index);
+    PyObject *slabs = Py_NewRef(self->slabs);
+    PyObject *lock = Py_NewRef(self->lock);
+    uint64_t gen = self->index_gen;
+    Slot old = {0}, new = {0};
+    Py_buffer meta_buffer, index_buffer;
+    PyObject *result = SLOW;
+    int taken = 0;
+    uint64_t *meta = words_of(meta_view, &meta_buffer, (Py_ssize_t)PAGE);
+    uint64_t *index = meta != NULL ? words_of(index_view, &index_buffer, 0) : NULL;
+    if (index == NULL) {
+        goto release;
+    }
+    taken = thread_lock(self);
+    if (taken <= 0) {
+        result = taken < 0 ? NULL : SLOW;
+        taken = 0;
+        goto release;
+    }
+    if (taken == 1 && flock(self->fd, LOCK_EX | LOCK_NB) != 0) {
+        goto unlock_thread;
+    }
+    uint64_t word = 0;
+    uint64_t loc = find(index, index_buffer.len, key, &word);
+    uint64_t used = load(&meta[M_USED]), size = load(&meta[M_SIZE]);
+    if (load(&meta[M_STATE]) != 0 || load(&meta[M_RECOVERIES]) != self->recoveries
+        || load(&meta[M_WAITERS]) != 0 || load(&meta[M_INDEX_GEN]) != gen || loc == ~0ULL
+        || loc == LOC_LARGE) {
+        goto unlock; /* destroyed, DIRTY, recovered, waited on, another index, damage, a file */
+    }
+    uint64_t old_length = 0, filled = load(&index[IX_W_FILLED]);
+    if (loc > LOC_TOMB) {
+        if (open_slot(slabs, loc, &old) < 0 || !old.writable) {
+            goto unlock;
+        }
+        uint64_t seal = load(&old.words[old.at]);
+        old_length = seal & SEAL_LENGTH_MASK;
+        const unsigned char *now = (const unsigned char *)&old.words[old.at] + SLOT_HEADER;
+        if (seal == 0 || load(&old.words[old.at + 1]) != key
+            || old_length + SLOT_HEADER > old.slot_size) {
+            goto unlock; /* damage: Python says which */
+        }
+        if (same_to > 0
+            && (old_length < FRAME_HEADER + (uint64_t)same_to || memcmp(now, head, 8) != 0
+                || memcmp(now + FRAME_HEADER + same_from, payload + same_from,
+                          (size_t)(same_to - same_from)) != 0)) {
+            goto unlock;
+        }
+    }
+    else if (same_to > 0
+             || (filled + 1) * IX_FILL_DEN > (index_buffer.len / WORD - IX_HEADER_WORDS) / 2 * IX_FILL_NUM) {
+        goto unlock; /* a set over another entry only; or the index must grow first */
+    }
+    if (old_length > used || used - old_length + length > size) {
+        goto unlock; /* full: Python says so */
+    }
+    uint64_t free_word = M_CLASSES + 2 * (uint64_t)number;
+    uint64_t new_loc = load(&meta[free_word]), next = 0, bump = 0;
+    if (new_loc != 0) {
+        if ((new_loc >> LOC_CLASS_SHIFT) - 1 != (uint64_t)number || open_slot(slabs, new_loc, &new) < 0
+            || load(&new.words[new.at]) != 0) {
+            goto unlock;
+        }
+        next = load(&new.words[new.at + 1]);
+    }
+    else {
+        bump = load(&meta[free_word + 1]);
+        if (bump == 0) {
+            goto unlock; /* the class's first file: Python adds it */
+        }
+        new_loc = ((uint64_t)number + 1) << LOC_CLASS_SHIFT | (bump >> 32) << LOC_FILE_SHIFT
+                  | (bump & 0xFFFFFFFFULL);
+        if ((bump >> 32) >= LOC_FILES || open_slot(slabs, new_loc, &new) < 0) {
+            goto unlock; /* used up, or not mapped here: Python adds or maps the file */
+        }
+    }
+    if (!new.writable || self->lock == NULL) {
+        goto unlock; /* closed meanwhile by code an allocation ran */
+    }
+    /* From here to the end nothing runs Python code: slabs.py's allocate, write and release,
+     * index.py's insert, backend.py's write, store for store. */
+    store(&meta[M_STATE], self->dirty_tag);
+    if (bump != 0) {
+        store(&meta[free_word + 1], bump + 1);
+    }
+    else {
+        store(&meta[free_word], next);
+    }
+    uint64_t stamp = load(&meta[M_STAMP]) + 1;
+    store(&meta[M_STAMP], stamp);
+    unsigned char *frame = (unsigned char *)&new.words[new.at] + SLOT_HEADER;
+    memcpy(frame, head, FRAME_HEADER);
+    memcpy(frame + FRAME_HEADER, payload, (size_t)payload_length);
+    store(&new.words[new.at + 1], key);
+    store(&new.words[new.at], stamp << SEAL_LENGTH_BITS | length);
+    if (loc > LOC_TOMB) {
+        store(&index[word], new_loc);
+        uint64_t old_free = M_CLASSES + 2 * ((loc >> LOC_CLASS_SHIFT) - 1);
+        store(&old.words[old.at], 0);
+        __atomic_thread_fence(__ATOMIC_RELEASE); /* the seal is seen cleared before any zero */
+        memset(&old.words[old.at + 2], 0, old.slot_size - SLOT_HEADER);
+        store(&old.words[old.at + 1], load(&meta[old_free]));
+        store(&meta[old_free], loc);
+    }
+    else {
+        if (load(&index[word]) == LOC_EMPTY) {
+            store(&index[IX_W_FILLED], filled + 1);
+        }
+        store(&index[word - 1], key);
+        store(&index[word], new_loc);
+        store(&meta[M_COUNT], load(&meta[M_COUNT]) + 1);
+    }
+    store(&meta[M_USED], used - old_length + length);
+    store(&meta[M_GENERATION], load(&meta[M_GENERATION]) + 1);
+    store(&meta[M_STATE], 0);
+    result = Py_None;
+unlock:
+    if (taken == 1 && flock(self->fd, LOCK_UN) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        result = NULL;
+    }
+unlock_thread:
+    if (thread_unlock(self) < 0) {
+        result = NULL;
+    }
+release:
+    close_slot(&old);
+    close_slot(&new);
+    if (index != NULL) {
+        PyBuffer_Release(&index_buffer);
+    }
+    if (meta != NULL) {
+        PyBuffer_Release(&meta_buffer);
+    }
+    Py_DECREF(meta_view);
+    Py_DECREF(index_view);
+    Py_DECREF(slabs);
+    Py_DECREF(lock);
+    return result != NULL ? Py_NewRef(result) : NULL;
+}
