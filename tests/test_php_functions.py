@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import shmfs
-from shmfs.backends import sysvipc as ipc
+from shmfs.backends.sysv import ipc
 from shmfs.php import (
     PHPWarning,
     ftok,

@@ -1,4 +1,4 @@
-"""shmfs.backends.php_layout: byte-identical with real PHP 8.2 sysvshm, and safe on hostile bytes.
+"""shmfs.backends.sysv.layout: byte-identical with real PHP 8.2 sysvshm, and safe on hostile bytes.
 
 The interop tests run the real ``php`` on a real System V segment with a random key, and always
 remove it (the ``sysv_key`` fixture fails a test that leaves one behind). Values are hard-coded
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shmfs.backends import php_layout as layout
-from shmfs.backends.php_layout import Header
+from shmfs.backends.sysv import layout
+from shmfs.backends.sysv.layout import Header
 from shmfs.errors import CorruptSegment, InvalidKey, InvalidKeyType, SegmentFull
 from tests.phpbin import run_php
 

@@ -210,7 +210,7 @@ def test_a_dead_pid_in_another_pid_namespace_is_not_taken_for_dead(
 ) -> None:
     """Containers with host networking share the hostname, not the pids: only the expiry
     frees such a holder's lock."""
-    from shmfs.backends import redis as backend  # noqa: PLC0415  # the module under test
+    from shmfs.backends.redis import backend  # noqa: PLC0415  # the module under test
 
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()

@@ -19,7 +19,7 @@ import pytest
 import shmfs
 from shmfs import codecs
 from shmfs.backends import segdir, tmpfs
-from shmfs.backends import sysvipc as ipc
+from shmfs.backends.sysv import ipc
 from shmfs.backends.varfile import create
 
 NOBODY = 65534
