@@ -453,6 +453,7 @@ class SysvBackend(HoldsSegmentLock):
                 "header and 24-39 bytes per variable besides the values)",
                 key=self.key,
                 index=index,
+                needed=layout.chunk_size(len(data)),  # what PHP's layout counts against size
             ) from exc
         finally:
             if journal is not None:
