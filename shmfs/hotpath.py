@@ -1,7 +1,7 @@
 """The C get and put of small tmpfs values (``shmfs._hot``), when the build made it.
 
 A tmpfs get in Python is a dozen interpreter-level steps and costs about 1.5 us, against 0.6 us
-for lmdb's one C call; a put pays about as much again around its flock. ``shmfs/_hot.c`` does
+for lmdb's one C call; a put pays about as much again around its flock. ``shmfs/_hot_c/`` does
 the common case of each in one call, following the protocols of ``backends/varfile.py`` and
 ``backends/tmpfs.py`` store for store, and answers :data:`SLOW` for anything else: the Python
 path then does the work as it always has, and reports any error. So C and Python readers and

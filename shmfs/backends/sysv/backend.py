@@ -8,7 +8,7 @@ other codecs carry the shmfs frame, whose first byte no PHP value starts with. T
 
 **Locking with PHP.** PHP's sysvshm takes no lock; PHP code guards a segment with
 ``sem_get($key)``/``sem_acquire``. This backend takes the same 3-semaphore set (key: the segment's
-key unless ``sem_key=`` says otherwise) with PHP's registration protocol (php-sysvshm.md §4),
+key unless ``sem_key=`` says otherwise) with PHP's registration protocol (docs/php-sysvshm.md §4),
 and ``SEM_UNDO`` on every operation, so the kernel releases the lock of a process that dies.
 
 **Reads take the lock**: PHP writers move chunks with ``memmove``, so no lock-free read is safe.
@@ -135,7 +135,7 @@ def _verify(stat: ipc.IpcStat, trust_uids: frozenset[int], what: str) -> None:
 
 
 class _PhpSemaphore:
-    """PHP's sysvsem set for one key: registration, acquire and release (php-sysvshm.md §4)."""
+    """PHP's sysvsem set for one key: registration, acquire and release (docs/php-sysvshm.md §4)."""
 
     def __init__(self, key: int, perm: int, trust_uids: frozenset[int]) -> None:
         self.key = key
