@@ -25,9 +25,10 @@ from typing import Any, Protocol
 
 import shmfs
 from bench import processes
+from bench.peers import FACTORIES
 from bench.php import PhpSubject
 from bench.scratch import Scratch
-from bench.systems import FACTORIES, Footprint, System, Unavailable
+from bench.system import Footprint, System, Unavailable
 from bench.timing import Stats, bracket_ns, measure, time_gets, time_puts, to_us
 from bench.values import SMALL, VALUES, Picks
 

@@ -16,7 +16,7 @@ import subprocess
 from typing import Any
 
 from bench.scratch import Scratch
-from bench.systems import Unavailable
+from bench.system import Unavailable
 from bench.values import Picks
 
 __all__ = ["PhpSubject"]

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.systems import Spec, System, open_child
+from bench.peers import open_child
+from bench.system import Spec, System
 
 __all__ = ["INDEX_COUNTER", "INDEX_VALUE", "VALUE_A", "VALUE_B", "Outcome", "run"]
 
@@ -31,7 +32,7 @@ VALUE_A, VALUE_B = "a" * 100, "b" * 100
 INDEX_VALUE, INDEX_COUNTER = 1, 2
 _CHECK_EVERY = 64  # calls between clock reads: a clock read costs as much as a dict get
 _READY_TIMEOUT = 120.0
-_PRELOAD = ["bench.processes", "bench.systems", "shmfs", "lmdb", "diskcache", "redis"]
+_PRELOAD = ["bench.processes", "bench.peers", "shmfs", "lmdb", "diskcache", "redis"]
 
 
 @dataclass

@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
+import tempfile
+
+import redis
 
 import shmfs
 from bench import wakeup
-from bench.systems import Redis
+from bench.redis_server import RedisServer
 from bench.timing import measure
 
 KEY = 0x5EB42
@@ -27,15 +31,17 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=15)
     parser.add_argument("--wakeups", type=int, default=300)
     args = parser.parse_args()
-    server = Redis()  # redis-server --port 0 --unixsocket ... --save '' --appendonly no
-    seg = shmfs.attach(KEY, 1 << 20, backend="redis", root=server.url)
+    directory = tempfile.mkdtemp(prefix="shmfs-redis-")
+    server = RedisServer.start(directory)  # on a unix socket only, saving nothing
+    raw = redis.Redis(unix_socket_path=server.socket)
+    seg: shmfs.Segment | None = None
     try:
+        seg = shmfs.attach(KEY, 1 << 20, backend="redis", root=server.url)
         seg[1] = VALUE
         seg[2] = 0
         assert seg._backend is not None
         frame = seg._backend.read(1)  # the exact bytes shmfs stores for VALUE
-        assert frame is not None
-        raw = server.client
+        assert isinstance(frame, bytes)
         raw.set("raw", frame)
         rows = {
             "redis-py GET": measure(lambda: raw.get("raw"), batch=args.batch, batches=args.batches),
@@ -49,8 +55,11 @@ def main() -> None:
         os.environ["SHMFS_REDIS_URL"] = server.url  # the wake-up writer child attaches by it
         wake = wakeup.measure("redis", args.wakeups)
     finally:
-        seg.destroy()
-        server.close()
+        if seg is not None:
+            seg.destroy()
+        raw.close()
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
     print(
         f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
     )

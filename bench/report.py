@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from bench.systems import Footprint
+from bench.system import Footprint
 from bench.targets import TMPFS, Row, memory_per_variable
 from bench.timing import Stats
 from bench.values import LABELS

@@ -27,7 +27,7 @@ Flag bit 1 marks a pickle whose protocol-5 buffers are stored apart, after it; t
 how a pickle of one ``bytes`` is recognised without unpickling it, are in ``shmfs.pickling``.
 
 Pickle-based codecs run code while decoding, so :attr:`Codec.executes_code` tells the segment to
-check who could have written the bytes before it decodes them (DESIGN.md §4.4).
+check who could have written the bytes before it decodes them (README.md, "Security model").
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships 
 
     def reducer_override(self, obj: Any) -> Any:
         # cloudpickle copies an open file's content into the pickle; storing a snapshot of a file
-        # the user meant to share is a surprise, so we say no (reliability.md, "Unpicklable").
+        # the user meant to share is a surprise, so we say no (docs/reliability.md, part g).
         if isinstance(obj, io.IOBase):
             raise pickle.PicklingError(f"cannot store an open file ({type(obj).__name__})")
         return super().reducer_override(obj)

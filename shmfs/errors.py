@@ -85,7 +85,10 @@ class SegmentNotFound(ShmfsError, LookupError):
 
 
 class SegmentFull(ShmfsError, MemoryError):
-    """The value does not fit: in the segment's ``size``, or on the filesystem (ENOSPC)."""
+    """The value does not fit: in the segment's ``size``, or on the filesystem (ENOSPC).
+
+    Over ``size``, ``needed`` holds the bytes the value takes as the segment counts them.
+    """
 
 
 class SerializationError(ShmfsError, ValueError):

@@ -441,7 +441,7 @@ class Segment(MutableMapping[int, Any]):
         finally:
             backend.release()
 
-    # DESIGN.md makes update(i, fn) a read-modify-write; update(mapping) still works as dict's.
+    # The README makes update(i, fn) a read-modify-write; update(mapping) still works as dict's.
     def update(self, index: Any, fn: Any = _MISSING, /, default: Any = _MISSING) -> Any:
         """Replace the value at ``index`` with ``fn(old)`` under the lock; return the new value.
 

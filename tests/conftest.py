@@ -11,7 +11,6 @@ import random
 import shutil
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 import shmfs
+from bench.redis_server import RedisServer, ServerError
 from shmfs import hotpath
 
 
@@ -83,44 +83,19 @@ def key() -> int:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A redis-server of our own on a unix socket in a private directory, for the session."""
-    server = shutil.which("redis-server")
-    if server is None:
-        # CI installs it (.ci/run), so there a missing server fails; elsewhere it skips.
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            "redis-server is not installed (apt-get install -y redis-server)"
-        )
     directory = tempfile.mkdtemp(prefix="shmfs-redis-")
-    path = os.path.join(directory, "redis.sock")
-    process = subprocess.Popen(
-        [
-            server,
-            "--port",
-            "0",
-            "--unixsocket",
-            path,
-            "--unixsocketperm",
-            "700",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            directory,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while not os.path.exists(path):
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            pytest.fail("redis-server did not start")
-        time.sleep(0.01)
     try:
-        yield f"unix://{path}"
+        try:
+            server = RedisServer.start(directory)
+        except ServerError as exc:
+            # CI installs it (.ci/run), so there a missing server fails; elsewhere it skips.
+            missing = shutil.which("redis-server") is None and not os.environ.get("CI")
+            (pytest.skip if missing else pytest.fail)(str(exc))
+        try:
+            yield server.url
+        finally:
+            server.stop()
     finally:
-        process.terminate()
-        process.wait(20)
         shutil.rmtree(directory, ignore_errors=True)
 
 

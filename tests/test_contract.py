@@ -263,6 +263,26 @@ def test_segment_full_keeps_old_value(attach: Any, key: int) -> None:
     assert seg.stats()["used"] <= 1024
 
 
+def test_segment_full_says_how_many_bytes_the_value_needs(attach: Any, key: int) -> None:
+    """``needed``: the bytes the value takes, as the segment counts them against its size, so
+    a caller can tell "never fits" from "fits once room is made" without encoding it again."""
+    seg = attach(key, 1024)
+    with pytest.raises(shmfs.SegmentFull) as too_big:
+        seg[1] = b"y" * 2000
+    assert isinstance(too_big.value.needed, int)
+    assert too_big.value.needed > max(2000, seg.size)
+    assert pickle.loads(pickle.dumps(too_big.value)).needed == too_big.value.needed
+    seg[1] = b"x" * 500
+    with pytest.raises(shmfs.SegmentFull) as no_room:
+        seg[2] = b"z" * 600
+    needed = no_room.value.needed
+    assert isinstance(needed, int)
+    assert 600 < needed <= seg.size
+    del seg[1]
+    assert seg.stats()["free"] >= needed  # the room it asked for is the room it takes
+    seg[2] = b"z" * 600
+
+
 def test_existing_segment_keeps_its_size_and_perm(attach: Any, key: int) -> None:
     first = attach(key, 4096, 0o600)
     second = attach(key, 99999, 0o644)

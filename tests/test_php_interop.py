@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 import shmfs
-from shmfs.backends import php_layout
-from shmfs.backends import sysvipc as ipc
+from shmfs.backends.sysv import ipc
+from shmfs.backends.sysv import layout as php_layout
 from shmfs.php import shm_attach, shm_put_var, shm_remove, shm_remove_var
 from tests.phpbin import php_binary, run_php
 from tests.workers import Children

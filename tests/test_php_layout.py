@@ -1,4 +1,4 @@
-"""shmfs.backends.php_layout: byte-identical with real PHP 8.2 sysvshm, and safe on hostile bytes.
+"""shmfs.backends.sysv.layout: byte-identical with real PHP 8.2 sysvshm, and safe on hostile bytes.
 
 The interop tests run the real ``php`` on a real System V segment with a random key, and always
 remove it (the ``sysv_key`` fixture fails a test that leaves one behind). Values are hard-coded
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shmfs.backends import php_layout as layout
-from shmfs.backends.php_layout import Header
+from shmfs.backends.sysv import layout
+from shmfs.backends.sysv.layout import Header
 from shmfs.errors import CorruptSegment, InvalidKey, InvalidKeyType, SegmentFull
 from tests.phpbin import run_php
 
@@ -248,7 +248,7 @@ def test_php_reads_a_segment_python_wrote(sysv_key: int) -> None:
 
 @pytest.mark.php
 def test_decodes_a_segment_php_wrote(sysv_key: int) -> None:
-    """The reference's §1.4 example, written by PHP's own API with PHP literals."""
+    """The example of docs/php-sysvshm.md §1.4, written by PHP's own API with PHP literals."""
     done = run_php(
         r"""<?php
         $key = (int)$argv[1];
@@ -355,7 +355,7 @@ def test_initialise_writes_what_php_writes_over_old_bytes(sysv_key: int) -> None
 
 
 def test_chunk_size_formula() -> None:
-    # [PRE] L377, checked with a C replica in the reference: 0:32 1:40 ... 8:40 9:48 ... 17:56
+    # [PRE] L377, as docs/php-sysvshm.md §1.2 lists: 0:32 1:40 ... 8:40 9:48 ... 17:56
     assert [layout.chunk_size(n) for n in (0, 1, 8, 9, 16, 17)] == [32, 40, 40, 48, 48, 56]
     with pytest.raises(ValueError):
         layout.chunk_size(-1)

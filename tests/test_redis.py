@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import shmfs
+from bench.redis_server import RedisServer
 from tests.conftest import redis_keys, segment_ref
 from tests.redis_workers import hold_then_write
 
@@ -47,52 +48,16 @@ def redis_leak_guard(redis_url: str) -> Iterator[None]:
 def private_server() -> Iterator[Callable[..., str]]:
     """Start (and restart) a redis-server of this test's own, persisting to its directory."""
     directory = tempfile.mkdtemp(prefix="shmfs-redis-own-")
-    path = os.path.join(directory, "redis.sock")
-    processes: list[subprocess.Popen[bytes]] = []
+    servers: list[RedisServer] = []
 
     def start(perm: str = "700", port: int = 0) -> str:
-        server = shutil.which("redis-server")
-        if server is None:
-            pytest.fail("redis-server is not installed")
-        process = subprocess.Popen(
-            [
-                server,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--unixsocket",
-                path,
-                "--unixsocketperm",
-                perm,
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                directory,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        processes.append(process)
-        client = redis.Redis(unix_socket_path=path)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.01)
-        client.close()
-        return f"unix://{path}"
+        server = RedisServer.start(directory, persist=True, socket_perm=perm, port=port)
+        servers.append(server)
+        return server.url
 
     def stop() -> None:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(20)
+        for server in servers:
+            server.stop()
 
     start.stop = stop  # type: ignore[attr-defined]
     yield start
@@ -210,7 +175,7 @@ def test_a_dead_pid_in_another_pid_namespace_is_not_taken_for_dead(
 ) -> None:
     """Containers with host networking share the hostname, not the pids: only the expiry
     frees such a holder's lock."""
-    from shmfs.backends import redis as backend  # noqa: PLC0415  # the module under test
+    from shmfs.backends.redis import backend  # noqa: PLC0415  # the module under test
 
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()

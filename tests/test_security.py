@@ -18,7 +18,7 @@ import pytest
 
 import shmfs
 from shmfs import codecs
-from shmfs.backends import sysvipc as ipc
+from shmfs.backends.sysv import ipc
 from shmfs.backends.tmpfs import largevars, segdir
 from shmfs.backends.tmpfs.largefile import create
 

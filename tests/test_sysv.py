@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 import shmfs
-from shmfs.backends import php_layout
-from shmfs.backends import sysvipc as ipc
+from shmfs.backends.sysv import ipc
+from shmfs.backends.sysv import layout as php_layout
 
 
 @pytest.fixture

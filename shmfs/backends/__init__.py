@@ -211,8 +211,8 @@ class Backend(Protocol):
 #: Registry: backend name -> "module:Class", imported on first use.
 BACKENDS: dict[str, str] = {
     "tmpfs": "shmfs.backends.tmpfs:TmpfsBackend",
-    "sysv": "shmfs.backends.sysv:SysvBackend",
-    "redis": "shmfs.backends.redis:RedisBackend",
+    "sysv": "shmfs.backends.sysv.backend:SysvBackend",
+    "redis": "shmfs.backends.redis.backend:RedisBackend",
 }
 
 

@@ -2,7 +2,7 @@
 owners and modes checked, and ``OSError`` translated into shmfs errors.
 
 ``/dev/shm`` is world-writable and, on the machines we target, ``fs.protected_symlinks`` may be 0,
-so the kernel does not stop us from following a link planted there (reliability.md, part e).
+so the kernel does not stop us from following a link planted there (docs/reliability.md, part e).
 Every path below is opened relative to a directory descriptor we verified, with ``O_NOFOLLOW``.
 """
 
@@ -59,7 +59,8 @@ def open_dir(name: str, dir_fd: int | None = None, *, search_only: bool = False)
         if isinstance(exc, FileNotFoundError):
             raise
         if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
-            # O_DIRECTORY|O_NOFOLLOW on a symlink gives ENOTDIR, not ELOOP (reliability.md, e).
+            # O_DIRECTORY|O_NOFOLLOW on a symlink gives ENOTDIR, not ELOOP
+            # (docs/reliability.md, part e).
             raise UnsafeSegment(f"{name} is a symlink or not a directory; refusing it") from exc
         raise translate(exc, f"cannot open {name}") from exc
 

@@ -1,6 +1,6 @@
 """An undo journal kept past the end of a PHP-layout segment, so a killed writer is rolled back.
 
-PHP's sysvshm compacts a segment with ``memmove`` on every replace and remove (php_layout.py), so
+PHP's sysvshm compacts a segment with ``memmove`` on every replace and remove (layout.py), so
 a writer killed half way leaves a broken chain: no old value, no new one. PHP has no answer; we
 keep one. When shmfs creates a System V segment it asks the kernel for more than the ``size`` the
 PHP header declares (``total``), and keeps this journal in the bytes past ``total``, which PHP
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from shmfs.backends.php_layout import HEADER_SIZE
+from shmfs.backends.sysv.layout import HEADER_SIZE
 
 __all__ = ["OVERHEAD", "Journal"]
 

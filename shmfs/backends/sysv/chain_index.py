@@ -1,6 +1,6 @@
 """Where each variable's chunk is in a PHP-layout segment, remembered between operations.
 
-A lookup in PHP's layout walks the chunk chain from ``start`` (php_layout.py), a few Python
+A lookup in PHP's layout walks the chunk chain from ``start`` (layout.py), a few Python
 operations per chunk: 10 us among 100 variables, more than the rest of a get. This index
 remembers the offset of every variable's chunk, and trusts it only as far as it can prove it.
 
@@ -37,13 +37,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from shmfs.backends import php_layout as layout
+from shmfs.backends.sysv import layout
 from shmfs.errors import CorruptSegment
 
 __all__ = ["ChainIndex"]
 
 _CHUNK_HEADER: Final = layout.CHUNK_HEADER_SIZE
-_MIN_CHUNK: Final = 32  # php_layout's smallest chunk
+_MIN_CHUNK: Final = 32  # layout's smallest chunk
 _END_WORD: Final = 2  # the header's ``end``, in word_view's words
 _MAX_AVERAGE_CHUNK: Final = 2048
 _RETRY: Final = 64
@@ -52,7 +52,7 @@ _RETRY: Final = 64
 class ChainIndex:
     """The offsets of one segment's chunks, proved against a copy of its bytes before use.
 
-    ``buf`` is the whole segment (format ``"B"``), as php_layout's functions take it.
+    ``buf`` is the whole segment (format ``"B"``), as layout's functions take it.
     """
 
     __slots__ = ("_buf", "_copy", "_moves", "_unfit", "_where", "_words")
@@ -70,7 +70,7 @@ class ChainIndex:
 
     @property
     def words(self) -> memoryview:
-        """The segment as native signed 64-bit words (php_layout's ``word_view``)."""
+        """The segment as native signed 64-bit words (layout's ``word_view``)."""
         if self._words is None:
             raise ValueError("the chain index was released")
         return self._words
@@ -79,7 +79,7 @@ class ChainIndex:
         """(offset, length, next) of the first chunk holding ``index``, or ``None``.
 
         Raises:
-            CorruptSegment: As php_layout's walk: the header, or a chunk before the match,
+            CorruptSegment: As layout's walk: the header, or a chunk before the match,
                 fails its checks.
         """
         copy = self._copy
@@ -204,7 +204,7 @@ def _max_moves(chunks: int) -> int:
 def _plain_find(
     words: memoryview, header: layout.Header, index: int
 ) -> tuple[int, int, int] | None:
-    """php_layout's walk, stopping at the first match."""
+    """layout's walk, stopping at the first match."""
     pos = header.start
     while pos < header.end:
         found, length, step = layout.chunk_at(words, header, pos)

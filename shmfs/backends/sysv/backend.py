@@ -3,12 +3,12 @@
 A PHP process and a Python process can share the segment: values stored with the ``php`` codec
 (and no ``secret``) are bare PHP ``serialize()`` bytes, readable by ``shm_get_var``; values of
 other codecs carry the shmfs frame, whose first byte no PHP value starts with. The layout is in
-``php_layout.py``; the undo journal that makes changes survive a SIGKILLed writer, in
-``journal.py``; the system calls, in ``sysvipc.py``.
+``layout.py``; the undo journal that makes changes survive a SIGKILLed writer, in
+``journal.py``; the system calls, in ``ipc.py``.
 
 **Locking with PHP.** PHP's sysvshm takes no lock; PHP code guards a segment with
 ``sem_get($key)``/``sem_acquire``. This backend takes the same 3-semaphore set (key: the segment's
-key unless ``sem_key=`` says otherwise) with PHP's registration protocol (php-sysvshm.md §4),
+key unless ``sem_key=`` says otherwise) with PHP's registration protocol (docs/php-sysvshm.md §4),
 and ``SEM_UNDO`` on every operation, so the kernel releases the lock of a process that dies.
 
 **Reads take the lock**: PHP writers move chunks with ``memmove``, so no lock-free read is safe.
@@ -33,10 +33,9 @@ import time
 from typing import Any, Final, Self
 
 from shmfs.backends import SegmentInfo, refuse_options
-from shmfs.backends import php_layout as layout
-from shmfs.backends import sysvipc as ipc
-from shmfs.backends.chain_index import ChainIndex
-from shmfs.backends.journal import OVERHEAD, Journal
+from shmfs.backends.sysv import ipc, layout
+from shmfs.backends.sysv.chain_index import ChainIndex
+from shmfs.backends.sysv.journal import OVERHEAD, Journal
 from shmfs.codecs import Pieces
 from shmfs.errors import (
     BackendUnavailable,
@@ -57,7 +56,7 @@ _SEM_USE, _SEM_USERS, _SEM_GATE = 0, 1, 2  # PHP's SYSVSEM_SEM, SYSVSEM_USAGE, S
 _TAKE: Final = ipc.SemOps([(_SEM_USE, -1, ipc.SEM_UNDO)])
 _TRY_TAKE: Final = ipc.SemOps([(_SEM_USE, -1, ipc.SEM_UNDO | ipc.IPC_NOWAIT)])
 _GIVE: Final = ipc.SemOps([(_SEM_USE, 1, ipc.SEM_UNDO)])
-_END: Final = 2  # the header's ``end``, in php_layout.word_view's words
+_END: Final = 2  # the header's ``end``, in layout.word_view's words
 _POLL: Final = 0.005
 _OPEN_ATTEMPTS: Final = 100
 
@@ -136,7 +135,7 @@ def _verify(stat: ipc.IpcStat, trust_uids: frozenset[int], what: str) -> None:
 
 
 class _PhpSemaphore:
-    """PHP's sysvsem set for one key: registration, acquire and release (php-sysvshm.md §4)."""
+    """PHP's sysvsem set for one key: registration, acquire and release (docs/php-sysvshm.md §4)."""
 
     def __init__(self, key: int, perm: int, trust_uids: frozenset[int]) -> None:
         self.key = key
@@ -454,6 +453,7 @@ class SysvBackend(HoldsSegmentLock):
                 "header and 24-39 bytes per variable besides the values)",
                 key=self.key,
                 index=index,
+                needed=layout.chunk_size(len(data)),  # what PHP's layout counts against size
             ) from exc
         finally:
             if journal is not None:

@@ -10,9 +10,9 @@ Cluster keeps them on one node)::
     shmfs:{K}:lock     string: the lock holder's token, with an expiry (see below)
     shmfs:{K}:changes  pub/sub channel: an index is published after each change
 
-Creating, writing, removing and destroying are Lua scripts, so each is one atomic step on the
-server: the size quota is checked and the bytes, the byte count and the generation change
-together (a put that does not fit leaves the old value).
+Creating, writing, removing and destroying are Lua scripts (:mod:`shmfs.backends.redis.scripts`),
+so each is one atomic step on the server: the size quota is checked and the bytes, the byte count
+and the generation change together (a put that does not fit leaves the old value).
 
 **The lock** (``with seg.lock()``, and every write: ``incr``/``cas``/``update`` are
 read-modify-writes under it) is ``SET NX PX`` with a token ``host:pid:space:random``, where
@@ -24,7 +24,7 @@ if the token is still ours. Failure modes:
   networking share a hostname but not pids), so the hostname alone is never trusted for it.
 - *A holder dies elsewhere* (another host, container or namespace): its lock expires after
   ``lock_expiry`` seconds (default 10). While a holder lives, a daemon thread
-  (:mod:`shmfs.backends.renewal`) extends its lock every third of that, so a long critical
+  (:mod:`shmfs.backends.redis.renewal`) extends its lock every third of that, so a long critical
   section keeps it.
 - *A holder stalls longer than the expiry* (SIGSTOP, a paused VM, cut off from the server): it
   loses exclusivity, and another process may take the lock. Its late writes cannot clobber the
@@ -56,7 +56,8 @@ from typing import Any, Final, Self
 import redis
 
 from shmfs.backends import SegmentInfo, refuse_options, segment_full
-from shmfs.backends.renewal import renewer
+from shmfs.backends.redis import scripts
+from shmfs.backends.redis.renewal import renewer
 from shmfs.codecs import Pieces
 from shmfs.errors import (
     BackendUnavailable,
@@ -75,63 +76,6 @@ _FIRST_POLL: Final = 0.0005
 _MAX_POLL: Final = 0.02
 _DEFAULT_EXPIRY: Final = 10.0
 _MIN_EXPIRY: Final = 0.1
-
-# KEYS: meta. ARGV: size, perm, created, creator_pid, owner. The first creator sets the fields.
-_OPEN = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'size', ARGV[1], 'perm', ARGV[2], 'used', 0, 'created', ARGV[3],
-             'creator_pid', ARGV[4], 'owner', ARGV[5])
-end
-return redis.call('HMGET', KEYS[1], 'size', 'perm')
-"""
-# Every mutation first checks that the caller still holds the lock (KEYS[1], ARGV[1]).
-_FENCE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LOST_LOCK') end
-if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('DESTROYED') end
-"""
-# KEYS: lock, meta, vars, gen, channel. ARGV: token, index, data.
-_PUT = (
-    _FENCE
-    + """
-local size = tonumber(redis.call('HGET', KEYS[2], 'size'))
-local used = tonumber(redis.call('HGET', KEYS[2], 'used'))
-if not size or not used then return redis.error_reply('CORRUPT') end
-local old = redis.call('HSTRLEN', KEYS[3], ARGV[2])
-local new = string.len(ARGV[3])
-if used - old + new > size then return {0, used - old} end
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-redis.call('HINCRBY', KEYS[2], 'used', new - old)
-redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
-redis.call('PUBLISH', KEYS[5], ARGV[2])
-return {1, used - old + new}
-"""
-)
-_REMOVE = (
-    _FENCE
-    + """
-local old = redis.call('HSTRLEN', KEYS[3], ARGV[2])
-if redis.call('HDEL', KEYS[3], ARGV[2]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[2], 'used', -old)
-redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
-redis.call('PUBLISH', KEYS[5], ARGV[2])
-return 1
-"""
-)
-_DESTROY = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LOST_LOCK') end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-redis.call('PUBLISH', KEYS[5], 'destroyed')
-return 1
-"""
-# KEYS: lock. ARGV: token [, expiry ms].
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 def _pid_space() -> str | None:
@@ -311,12 +255,12 @@ class RedisBackend(HoldsSegmentLock):
         # replies, and the parent's lock state is not ours.
         self._epoch = fork_epoch()
         self._client = client = _client(self.url)
-        self._open_script = client.register_script(_OPEN)
-        self._put = client.register_script(_PUT)
-        self._remove = client.register_script(_REMOVE)
-        self._destroy = client.register_script(_DESTROY)
-        self._release_script = client.register_script(_RELEASE)
-        self._renew_script = client.register_script(_RENEW)
+        self._open_script = client.register_script(scripts.OPEN)
+        self._put = client.register_script(scripts.PUT)
+        self._remove = client.register_script(scripts.REMOVE)
+        self._destroy = client.register_script(scripts.DESTROY)
+        self._release_script = client.register_script(scripts.RELEASE)
+        self._renew_script = client.register_script(scripts.RENEW)
         self._lock = ReentrantLock(f"segment {self.key}", self._take, self._give)
 
     @property
