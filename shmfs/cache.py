@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from shmfs import cache_entry, cache_keys, pickling
+from shmfs.backends import SLOW
 from shmfs.cache_entry import (
     KEEP,
     MISSING,
@@ -42,7 +43,6 @@ from shmfs.cache_keys import FIRST_ENTRY, canonical, name_key
 from shmfs.cache_lru import FLUSH_EVERY, Evictor, Recency
 from shmfs.cache_memo import memoize
 from shmfs.errors import InvalidArgument, SegmentDetached, SegmentFull, ShmfsError, VariableNotFound
-from shmfs.hotpath import SLOW
 from shmfs.segment import Segment, attach
 
 __all__ = ["Cache"]
@@ -120,9 +120,7 @@ class Cache:
             raise
         self._segment = segment
         self._read = segment.get  # bound once: the hit path is a handful of operations
-        # The C get (shmfs.hotpath), called straight from a hit: Segment.get's own checks cost
-        # a tenth of the hit, and a cache's indices are ints it made itself.
-        self._fast_read = segment._hot.get if segment._hot is not None else None
+        self._read_fast = segment.get_fast  # C where there is a fast path: see Segment
         self._pending = self._recency.pending
         self._counts = self._recency.counts
         self._mask = self._recency.mask
@@ -192,8 +190,7 @@ class Cache:
         """
         slot = self._slots.get(key) if type(key) in _MEMO_TYPES else None
         text, index = slot if slot is not None else self._slot(key)
-        fast = self._fast_read
-        stored = fast(index) if fast is not None else SLOW
+        stored = self._read_fast(index)
         if stored is SLOW:
             stored = self._read(index, None)
         now = cache_entry.clock()
@@ -313,12 +310,11 @@ class Cache:
             self._used(index, now)
 
     def _set_in_place(self, index: int, text: str, value: Any, life: float | None) -> bool:
-        """``set``'s fast path: over ``text``'s own entry, in one C call (shmfs.hotpath) that
-        compares the stored pickle's head with the new one's instead of decoding it; ``False``
-        if it cannot (pure Python, a value that is not plain, an empty variable, a bucket of
-        several keys, a lock to wait for): ``overwrite`` then does it."""
-        if self._fast_read is None:
-            return False
+        """``set``'s fast path: over ``text``'s own entry, in one lock-free call
+        (``Segment.put_if_head``) that compares the stored pickle's head with the new one's
+        instead of decoding it; ``False`` if it cannot (no fast path, a value that is not
+        plain, an empty variable, a bucket of several keys, a lock to wait for): ``overwrite``
+        then does it."""
         head = self._heads.get(text)
         if head is None:
             if len(self._heads) >= _MEMO_SIZE:
@@ -326,7 +322,7 @@ class Cache:
             head = self._heads[text] = pickling.tuple_head(text)
         now = cache_entry.clock()
         entry = (text, value, None if life is None else now + life, now)
-        if not self.segment._put_over(index, entry, pickling.TUPLE_HEAD_AT, head):
+        if not self.segment.put_if_head(index, entry, pickling.TUPLE_HEAD_AT, head):
             return False
         self._used(index, now)
         return True

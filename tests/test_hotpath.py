@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shmfs
-from shmfs import codecs, hotpath
+from shmfs import codecs, hotpath, pickling
 from shmfs.backends import segdir as sd
 from shmfs.locking import lock_holder_pid
 from tests.conftest import pure_python, segment_ref
@@ -214,6 +214,22 @@ def test_c_takes_exactly_the_values_python_calls_plain(
     assert fast == codecs._is_plain(value)
     if fast:
         assert seg[1] == value
+
+
+def test_get_fast_is_the_c_get(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    store(seg, 1, ("small", 1))
+    assert seg.get_fast(1) == ("small", 1)
+    assert seg.get_fast == hot.get
+
+
+def test_put_if_head_goes_fast_over_its_own_head(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    head = pickling.tuple_head("mine")
+    store(seg, 1, ("mine", 1, None, 0.0))
+    assert seg.put_if_head(1, ("mine", 2, None, 0.0), pickling.TUPLE_HEAD_AT, head)
+    assert seg[1] == ("mine", 2, None, 0.0)
+    store(seg, 2, ("theirs", 1, None, 0.0))
+    assert not seg.put_if_head(2, ("mine", 2, None, 0.0), pickling.TUPLE_HEAD_AT, head)
+    assert seg[2] == ("theirs", 1, None, 0.0)
 
 
 def test_a_missing_or_too_big_value_is_slow(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
