@@ -1,20 +1,22 @@
 """``shmfs.Cache``: a local cache shared by processes, on one segment.
 
-Built on the public :class:`~shmfs.Segment` API only (attach, get, put, remove, lock, update,
-watch), so it works on every backend. The parts, each in its own module:
+Built on the public :class:`~shmfs.Segment` API only (attach, get, get_fast, put,
+put_if_head, remove, lock, watch), so it works on every backend. The parts, each in its own
+module of this package:
 
-* ``shmfs.cache_keys``: a str name to a segment key, a key (str, bytes, int, tuples of them) to
+* ``keys``: a str name to a segment key, a key (str, bytes, int, tuples of them) to
   a canonical str and a variable index, both by BLAKE2b; memoize's call keys.
-* ``shmfs.cache_entry``: what a variable holds (one entry, or a bucket of the entries whose
+* ``entry``: what a variable holds (one entry, or a bucket of the entries whose
   indices collide), the expiry rule (absolute wall-clock deadlines), and the locked
   read-modify-write every write goes through, so ``add``, ``incr``, ``pop`` and ``touch`` are
   atomic across processes.
-* ``shmfs.cache_lru``: access stamps kept apart from the entries, so a hit writes nothing; the
+* ``lru``: access stamps kept apart from the entries, so a hit writes nothing; the
   shared stats counters; sampled LRU eviction when a write raises ``SegmentFull``.
-* ``shmfs.cache_memo``: memoize, with a lease so that one process computes and the others wait.
+* ``memo``: memoize, with a lease so that one process computes and the others wait; written
+  against the public calls of :class:`Cache` (``peek``, ``transact``, ``watch``, ``set``).
 
 Reads take no lock where the backend needs none. The variables below
-:data:`~shmfs.cache_keys.FIRST_ENTRY` are the cache's own (index 1: stamps and counters).
+:data:`~shmfs.cache.keys.FIRST_ENTRY` are the cache's own (index 1: stamps and counters).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from shmfs import cache_entry, cache_keys, pickling
+from shmfs import pickling
 from shmfs.backends import SLOW
-from shmfs.cache_entry import (
+from shmfs.cache import entry as cache_entry
+from shmfs.cache import keys as cache_keys
+from shmfs.cache.entry import (
     KEEP,
     MISSING,
     Change,
@@ -39,17 +43,21 @@ from shmfs.cache_entry import (
     rewrite,
     sweep,
 )
-from shmfs.cache_keys import FIRST_ENTRY, canonical, name_key
-from shmfs.cache_lru import FLUSH_EVERY, Evictor, Recency
-from shmfs.cache_memo import memoize
+from shmfs.cache.keys import FIRST_ENTRY, canonical, name_key
+from shmfs.cache.lru import FLUSH_EVERY, Evictor, Recency
+from shmfs.cache.memo import memoize
 from shmfs.errors import InvalidArgument, SegmentDetached, SegmentFull, ShmfsError, VariableNotFound
 from shmfs.segment import Segment, attach
+from shmfs.waiting import Watch
 
 __all__ = ["Cache"]
 
 _MEMO_TYPES: Final = frozenset({str, bytes, int})  # keys whose index a handle remembers
 _MEMO_SIZE: Final = 16384  # at most a few MiB; a 10,000-key working set fits
 _F = TypeVar("_F", bound=Callable[..., Any])
+#: ``change(live entry or None, now) -> (answer, (value, expires) | None | KEEP)``: see
+#: :meth:`Cache.transact`.
+Transaction = Callable[[Entry | None, float], tuple[Any, Any]]
 
 
 def _missing(key: Any) -> VariableNotFound:
@@ -63,7 +71,7 @@ class Cache:
 
     Args:
         name: The segment key (an int), or a name mapped to one by a stable hash (a str; see
-            ``shmfs.cache_keys.name_key``).
+            ``shmfs.cache.keys.name_key``).
         size: Capacity in bytes when the cache is created; an existing cache keeps its own.
         ttl: Seconds an entry lives unless ``set`` says otherwise; ``None`` keeps entries until
             they are evicted or deleted.
@@ -214,10 +222,16 @@ class Cache:
             self._recency.flush(now)
         return default
 
-    def _peek(self, index: int, text: str) -> Any:
-        """The live value at ``index`` for ``text``, or ``MISSING``; counts nothing."""
+    def peek(self, key: Any, default: Any = None) -> Any:
+        """Return the value of ``key``'s live entry, or ``default``, counting neither a hit nor
+        a miss nor a use (for looking without disturbing the LRU or the stats).
+
+        Raises:
+            The errors of :meth:`get`.
+        """
+        text, index = self._slot(key)
         entry = find(self._read(index, None), text)
-        return entry[1] if entry is not None and live(entry, cache_entry.clock()) else MISSING
+        return entry[1] if entry is not None and live(entry, cache_entry.clock()) else default
 
     def __getitem__(self, key: Any) -> Any:
         value = self.get(key, MISSING)
@@ -227,8 +241,7 @@ class Cache:
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` has a live entry (counts neither a hit nor a miss)."""
-        text, index = self._slot(key)
-        return self._peek(index, text) is not MISSING
+        return self.peek(key, MISSING) is not MISSING
 
     def __iter__(self) -> Iterator[Any]:
         """The keys of live entries, in no meaningful order; reads every entry (like
@@ -469,6 +482,58 @@ class Cache:
             return True, (text, old[1], None if life is None else now + life, now)
 
         return bool(self._write(index, text, renew))
+
+    def transact(self, key: Any, change: Transaction, *, lease: bool = False) -> Any:
+        """Rewrite ``key``'s entry with ``change``, atomically across processes, and return
+        what ``change`` answers: the step ``add``, ``pop``, ``incr`` and ``touch`` are made of.
+
+        ``change(old, now)`` gets ``key``'s live entry, ``(canonical key, value, expires,
+        written)``, or ``None``, and the time (``time.time()`` seconds) the rewrite runs at; it
+        returns ``(answer, new)``, where ``new`` is ``(value, expires)`` to store (``expires``
+        absolute, or ``None``: never), ``None`` to remove the entry, or
+        :data:`shmfs.cache.entry.KEEP` to leave it as it is. It runs under the segment lock:
+        keep it short, and do not call the cache from it.
+
+        Args:
+            key: The key.
+            change: The rewrite.
+            lease: Rewrite ``key``'s *lease* instead of its entry: a variable of its own, which
+                eviction never takes, for the processes that compute ``key``'s value to agree
+                on which one does (memoize's lease).
+
+        Returns:
+            ``change``'s answer.
+
+        Raises:
+            The errors of :meth:`set`, and whatever ``change`` raises (nothing is changed then).
+        """
+        text, index = self._slot(key)
+
+        def entry_of(old: Entry | None, now: float) -> tuple[Any, Any]:
+            answer, new = change(old, now)
+            if new is None or new is KEEP:
+                return answer, new
+            value, expires = new
+            return answer, (text, value, expires, now)
+
+        return self._write(-index if lease else index, text, entry_of)
+
+    def watch(self, key: Any, timeout: float | None = None) -> Watch:
+        """Wake on every write of ``key``'s variable, without polling: an iterator that yields
+        once for each (what it yields is the stored variable, not for use: look with
+        :meth:`peek`). Close it, or use it in ``with``, to stop watching.
+
+        Args:
+            key: The key.
+            timeout: Seconds to wait for each write at most; ``None`` waits for ever.
+
+        Raises:
+            WaitTimeout: (from ``next()``) no write within ``timeout``.
+            InvalidKeyType: ``key`` is not a str, bytes, int or tuple of them.
+            SegmentDetached: the cache was closed.
+            SegmentNotFound: the cache was destroyed.
+        """
+        return self.segment.watch(self._slot(key)[1], timeout)
 
     # ------------------------------------------------------------------- housekeeping
 
