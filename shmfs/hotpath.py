@@ -29,7 +29,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, Final, cast
 
-from shmfs import codecs
+from shmfs import codecs, frame
 from shmfs.backends import SLOW, Hot
 
 __all__ = [
@@ -54,7 +54,7 @@ except ImportError:
 # at import too (backends/tmpfs.py), and must not outgrow the descriptors they use.
 _Mapping = _hot.Mapping if _hot is not None and sys.version_info < (3, 13) else None
 
-_FIRST_WORD: Final = codecs.first_word(0)
+_FIRST_WORD: Final = frame.first_word(0)
 # The codecs the C get decodes itself: every codec, called as Python would call it.
 _DECODERS: Final = {
     codec.id: (codec.decode, codec.executes_code) for codec in codecs.CODECS.values()

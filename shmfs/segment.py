@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from types import TracebackType
 from typing import Any, Final
 
-from shmfs import codecs, waiting
+from shmfs import codecs, frame, waiting
 from shmfs.backends import SLOW, Backend, Hot, backend_class, backend_name, capabilities
 from shmfs.errors import (
     CorruptSegment,
@@ -196,7 +196,7 @@ class Segment(MutableMapping[int, Any]):
         self._hot: Hot | None = hot
         if hot is not None:
             self.get_fast = hot.get
-        self._hot_codec = codec.id if hot is not None and codec.executes_code else None
+        self._hot_codec = codec.id if hot is not None and codec.pickle_dialect else None
         self._backend = backend
 
     # ------------------------------------------------------------------- properties
@@ -288,21 +288,21 @@ class Segment(MutableMapping[int, Any]):
                 return self.get(index, default)
             return self._decode(backend, index, data)
 
-    def _read_locked(self, index: int) -> bytes | memoryview | codecs.Split | None:
+    def _read_locked(self, index: int) -> bytes | memoryview | frame.Split | None:
         with self._holding() as backend:
             return backend.read(index)
 
-    def _decode(self, backend: Backend, index: int, data: bytes | memoryview | codecs.Split) -> Any:
+    def _decode(self, backend: Backend, index: int, data: bytes | memoryview | frame.Split) -> Any:
         secret = self._secret
         if (
             backend.native_codec is not None
             and secret is None
-            and not isinstance(data, codecs.Split)
-            and data[:4] != codecs.MAGIC
+            and not isinstance(data, frame.Split)
+            and data[:4] != frame.MAGIC
         ):
             native = codecs.get_codec(backend.native_codec)
             return codecs.decode_payload(native, memoryview(data))
-        codec, payload = codecs.decode(data, secret)
+        codec, payload = frame.decode(data, secret)
         if codec.executes_code and secret is None and not backend.trusted(index):
             raise self._untrusted(backend, index)
         try:
@@ -344,16 +344,16 @@ class Segment(MutableMapping[int, Any]):
             value = self.get(index)
             yield memoryview(value).toreadonly() if type(value) is bytes else value
             return
-        with pin(index, self._lock_timeout) as frame:
-            if frame is None:
+        with pin(index, self._lock_timeout) as pinned:
+            if pinned is None:
                 raise self._not_found(index)
-            codec, payload = codecs.decode(frame, self._secret)
+            codec, payload = frame.decode(pinned, self._secret)
             if codec.executes_code and self._secret is None and not backend.trusted(index):
                 raise self._untrusted(backend, index)
-            yield codecs.view_payload(codec, payload)
+            yield frame.view_payload(codec, payload)
 
-    def _encode(self, value: Any) -> bytes | codecs.Pieces:
-        return codecs.encode(
+    def _encode(self, value: Any) -> bytes | frame.Pieces:
+        return frame.encode(
             self._codec, value, self._secret, framed=self._framed, pieces=self._pieces
         )
 

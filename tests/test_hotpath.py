@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 import shmfs
 from shmfs import codecs, hotpath, pickling
+from shmfs import frame as framing
 from shmfs.backends import segdir as sd
 from shmfs.locking import lock_holder_pid
 from tests.conftest import pure_python, segment_ref
@@ -207,11 +208,11 @@ PLAIN_OR_NOT = st.integers(1, 7).map(_nested) | st.recursive(
 def test_c_takes_exactly_the_values_python_calls_plain(
     seg: shmfs.Segment, hot: hotpath.Hot, value: Any
 ) -> None:
-    """The C check of plainness is ``codecs._is_plain``'s, depth and size limits included: a
+    """The C check of plainness is ``codecs.is_plain``'s, depth and size limits included: a
     value taken by the fast put is written as Python's put would (pickle, not cloudpickle)."""
     store(seg, 1, "x" * 8000)  # a slot every value here fits
     fast = hot.put(1, codecs.get_codec("cloudpickle").id, value) is None
-    assert fast == codecs._is_plain(value)
+    assert fast == codecs.is_plain(value)
     if fast:
         assert seg[1] == value
 
@@ -246,7 +247,7 @@ def test_damage_is_reported_by_the_python_path(seg: shmfs.Segment, hot: hotpath.
     store(seg, 1, "precious")
     var = seg._backend._vars[1]
     with memoryview(var._mm) as whole:
-        start = 64 + (var.version[1] >> 32 & 1) * var.capacity + codecs.HEADER.size
+        start = 64 + (var.version[1] >> 32 & 1) * var.capacity + framing.HEADER.size
         whole[start] ^= 0x01
     python_reports(seg, hot, shmfs.CorruptSegment, "checksum")
 
@@ -255,7 +256,7 @@ def test_a_decoder_failure_is_reported_by_the_python_path(
     seg: shmfs.Segment, hot: hotpath.Hot
 ) -> None:
     payload = b"{not json"  # a sound frame around bytes its codec cannot decode
-    first = codecs.first_word(codecs.get_codec("json").id)
+    first = framing.first_word(codecs.get_codec("json").id)
     crc = zlib.crc32(
         payload, zlib.crc32(first.to_bytes(8, "little") + len(payload).to_bytes(8, "little"))
     )

@@ -1,6 +1,6 @@
 """The backend seam: what a storage backend must do, and the name -> class registry.
 
-A backend moves framed bytes (see :mod:`shmfs.codecs`) between a segment's variables and the
+A backend moves framed bytes (see :mod:`shmfs.frame`) between a segment's variables and the
 caller. It does not validate keys, encode values, check trust rules or manage handle lifecycles:
 :class:`shmfs.segment.Segment` does all of that once, for every backend. The only backend-specific
 knowledge the segment needs is carried by the attributes the :class:`Backend` Protocol declares
@@ -23,8 +23,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Protocol, Self
 
-from shmfs.codecs import Pieces, Split
 from shmfs.errors import BackendUnavailable, InvalidArgument, SegmentFull
+from shmfs.frame import Pieces, Split
 
 __all__ = [
     "BACKENDS",
@@ -196,7 +196,7 @@ class Backend(Protocol):
         """Return the stored bytes of ``index``, or ``None`` if it holds no value.
 
         A memoryview may be of a buffer the backend reuses: decode it before the next read. A
-        :class:`~shmfs.codecs.Split` is a frame read in pieces (``codecs.decode`` takes it).
+        :class:`~shmfs.frame.Split` is a frame read in pieces (``frame.decode`` takes it).
         """
         ...
 
@@ -264,7 +264,7 @@ class Capabilities:
         hot: The instance attribute ``hot``: a :class:`Hot` fast path for small values, or
             ``None`` (the default: every value takes the Python path).
         writes_pieces: The class attribute ``writes_pieces``: ``write`` takes a large frame as
-            :class:`~shmfs.codecs.Pieces` (default ``False``: always ``bytes``).
+            :class:`~shmfs.frame.Pieces` (default ``False``: always ``bytes``).
         pin: The method ``pin(index, timeout)``, a context manager giving the stored frame in
             place (``None`` if absent), unchanging until it exits, so ``Segment.view`` is
             zero-copy; default ``None``: ``view`` decodes a private copy.

@@ -57,7 +57,6 @@ import redis
 
 from shmfs.backends import SegmentInfo, refuse_options, segment_full
 from shmfs.backends.renewal import renewer
-from shmfs.codecs import Pieces
 from shmfs.errors import (
     BackendUnavailable,
     CorruptSegment,
@@ -67,6 +66,7 @@ from shmfs.errors import (
     ShmfsError,
 )
 from shmfs.forking import fork_epoch, pid_alive
+from shmfs.frame import Pieces
 from shmfs.locking import HoldsSegmentLock, ReentrantLock
 
 __all__ = ["RedisBackend", "default_url"]

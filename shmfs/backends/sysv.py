@@ -37,7 +37,6 @@ from shmfs.backends import php_layout as layout
 from shmfs.backends import sysvipc as ipc
 from shmfs.backends.chain_index import ChainIndex
 from shmfs.backends.journal import OVERHEAD, Journal
-from shmfs.codecs import Pieces
 from shmfs.errors import (
     BackendUnavailable,
     CorruptSegment,
@@ -48,6 +47,7 @@ from shmfs.errors import (
     UnsafeSegment,
 )
 from shmfs.forking import fork_epoch
+from shmfs.frame import Pieces
 from shmfs.locking import HoldsSegmentLock, ReentrantLock
 from shmfs.validate import check_key
 

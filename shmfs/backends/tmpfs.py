@@ -42,9 +42,9 @@ from shmfs.backends.varfile import (
     unmapped_state,
     write_unmapped,
 )
-from shmfs.codecs import Pieces, Split
 from shmfs.errors import CorruptSegment, SegmentNotFound, ShmfsError, UnsafeSegment
 from shmfs.forking import fork_epoch, pid_alive
+from shmfs.frame import Pieces, Split
 from shmfs.hotpath import Hot, maps_without_descriptors, new_hot
 from shmfs.locking import HoldsSegmentLock, SegmentLock
 from shmfs.notify import FileWatch

@@ -46,6 +46,7 @@ from shmfs.cache.entry import (
 from shmfs.cache.keys import FIRST_ENTRY, canonical, name_key
 from shmfs.cache.lru import FLUSH_EVERY, Evictor, Recency
 from shmfs.cache.memo import memoize
+from shmfs.codecs import get_codec
 from shmfs.errors import InvalidArgument, SegmentDetached, SegmentFull, ShmfsError, VariableNotFound
 from shmfs.segment import Segment, attach
 from shmfs.waiting import Watch
@@ -111,17 +112,17 @@ class Cache:
     ) -> None:
         if policy not in ("lru", "error"):
             raise InvalidArgument(f"policy must be 'lru' or 'error', not {policy!r}")
-        if codec == "raw":
+        if get_codec(codec).bytes_only:
             raise InvalidArgument(
-                "codec 'raw' stores bytes only, and a cache entry holds its key and expiry too; "
-                "use cloudpickle, pickle, json or php"
+                f"codec {codec!r} stores bytes only, and a cache entry holds its key and expiry "
+                "too; use cloudpickle, pickle, json or php"
             )
         self.ttl = check_ttl(ttl)
         self.policy = policy
         key = name_key(name)
         segment = attach(key, size, backend=backend, root=root, codec=codec, **options)
         try:
-            self._recency = Recency(segment, binary=codec in ("cloudpickle", "pickle"))
+            self._recency = Recency(segment, binary=get_codec(codec).pickle_dialect)
             self._recency.install()
         except BaseException:
             segment.detach()

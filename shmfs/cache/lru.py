@@ -30,7 +30,7 @@ import threading
 from array import array
 from typing import Any, Final
 
-from shmfs import codecs
+from shmfs import codecs, frame
 from shmfs.cache import entry as cache_entry
 from shmfs.cache.entry import entries, live
 from shmfs.cache.keys import FIRST_ENTRY
@@ -216,7 +216,7 @@ class Evictor:
             needed = full.__cause__.needed
         if needed is None and value is not None:
             with contextlib.suppress(ShmfsError):  # it was encoded once already
-                needed = len(codecs.encode(self.codec, value))
+                needed = len(frame.encode(self.codec, value))
         if isinstance(needed, int) and needed > self.segment.size:
             return False
         return self.evict(attempt)
