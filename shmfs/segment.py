@@ -4,6 +4,9 @@ A backend moves framed bytes (``shmfs.backends``). Everything else happens here,
 keys and indices, encoding and framing values, deciding whether bytes may be unpickled, taking
 the segment lock around writes and read-modify-writes, translating errors, and the handle's
 lifecycle (detach, destroy, pickling by reference).
+
+Longer than 400 lines because ``Segment`` is one class, the public API: most of its length is
+the docstrings of its public calls, and its code owns one piece of state, the open backend.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ module of this package:
 
 Reads take no lock where the backend needs none. The variables below
 :data:`~shmfs.cache.keys.FIRST_ENTRY` are the cache's own (index 1: stamps and counters).
+
+Longer than 400 lines because ``Cache`` is one class, the public API, and most of its length is
+the docstrings of its public calls; what it owns besides is split into the modules above.
 """
 
 from __future__ import annotations
