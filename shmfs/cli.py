@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import shmfs
-from shmfs.backends import backend_class
+from shmfs.backends import backend_class, backend_name
 from shmfs.forking import pid_alive
 
 __all__ = ["main"]
@@ -96,7 +95,7 @@ def _attach(
 ) -> shmfs.Segment:
     """Attach ``--key``; only ``send`` creates, the others report an unknown segment."""
     key = args.key if key is None else key
-    backend = backend_class(args.backend or os.environ.get("SHMFS_BACKEND") or "tmpfs")
+    backend = backend_class(backend_name(args.backend))
     if not create:
         existing = {info["key"] for info in shmfs.segments(backend=args.backend, root=args.root)}
         if key not in existing:

@@ -87,8 +87,12 @@ class SegmentNotFound(ShmfsError, LookupError):
 class SegmentFull(ShmfsError, MemoryError):
     """The value does not fit: in the segment's ``size``, or on the filesystem (ENOSPC).
 
-    Over ``size``, ``needed`` holds the bytes the value takes as the segment counts them.
+    Attributes:
+        needed: The bytes the value needs where the backend says (``None`` where it cannot),
+            so that a caller such as ``Cache`` need not encode the value again to learn it.
     """
+
+    needed: int | None = None
 
 
 class SerializationError(ShmfsError, ValueError):

@@ -11,6 +11,10 @@ C compiler and the headers of Python and zlib are there, and skips it, with a wa
 The module also maps variable files without keeping a descriptor (:func:`map_file`), which
 ``mmap.mmap`` does only from Python 3.13: so a handle may keep as many mappings on 3.11 and 3.12.
 
+:class:`Hot`, the fast path's Protocol, and :data:`SLOW`, its "do it the Python way" answer, are
+the Backend Protocol's (``shmfs.backends``), where any backend's fast path is declared; they are
+named here too for the tmpfs code and the tests that use them with this module.
+
 ``SHMFS_PURE_PYTHON=1`` in the environment turns the module off for the process (to rule it
 out when chasing a problem), and handles attached inside ``with shmfs.hotpath.pure_python():``
 do without it (to compare the two in one process); :func:`available` says whether it is in use.
@@ -25,11 +29,13 @@ import sys
 from collections.abc import Iterator
 from typing import Any, Final, Protocol, cast
 
-from shmfs import codecs
+from shmfs import codecs, frame
+from shmfs.backends import SLOW, Hot
 
 __all__ = [
     "SLOW",
     "Hot",
+    "TmpfsHot",
     "available",
     "map_file",
     "maps_without_descriptors",
@@ -38,26 +44,11 @@ __all__ = [
 ]
 
 
-class Hot(Protocol):
-    """One tmpfs handle's C fast path (``shmfs._hot.Hot``)."""
-
-    def get(self, index: int) -> Any:
-        """The value at a mapped ``index``, or :data:`SLOW`."""
-
-    def put(
-        self, index: int, codec_id: int, value: Any, head_at: int = 0, head: bytes = b""
-    ) -> Any:
-        """``None`` once a plain ``value`` is stored at a mapped ``index``, or SLOW; with
-        ``head_at`` and ``head``, only over a stored pickle that has ``head`` there too."""
+class TmpfsHot(Hot, Protocol):
+    """The tmpfs fast path: :class:`~shmfs.backends.Hot`, told which index the handle maps."""
 
     def index(self, words: memoryview, gen: int) -> None:
         """The index the handle maps now, and its generation."""
-
-    def reset(self, lock: object, recoveries: int, dirty_tag: int) -> None:
-        """After opening, a fork, or a recovery: the lock, RECOVERIES and DIRTY word to use."""
-
-    def close(self) -> None:
-        """Drop every reference; every call is SLOW from then on."""
 
 
 try:
@@ -71,10 +62,7 @@ except ImportError:
 # at import too (backends/tmpfs.py), and must not outgrow the descriptors they use.
 _Mapping = _hot.Mapping if _hot is not None and sys.version_info < (3, 13) else None
 
-#: "Do it the Python way": what a :class:`Hot` call answers outside the common case.
-SLOW: Final[object] = _hot.SLOW if _hot is not None else object()
-
-_FIRST_WORD: Final = codecs.first_word(0)
+_FIRST_WORD: Final = frame.first_word(0)
 # The codecs the C get decodes itself: every codec, called as Python would call it.
 _DECODERS: Final = {
     codec.id: (codec.decode, codec.executes_code) for codec in codecs.CODECS.values()
@@ -122,7 +110,7 @@ def pure_python() -> Iterator[None]:
         _hot = saved
 
 
-def new_hot(vars_: dict[int, Any], slabs: dict[int, Any], meta: memoryview) -> Hot | None:
+def new_hot(vars_: dict[int, Any], slabs: dict[int, Any], meta: memoryview) -> TmpfsHot | None:
     """A fast path over a tmpfs handle's mappings and metadata, or ``None`` without the module.
 
     ``vars_`` (large variables' files) and ``slabs`` (slab files) must stay the handle's own
@@ -132,5 +120,5 @@ def new_hot(vars_: dict[int, Any], slabs: dict[int, Any], meta: memoryview) -> H
     """
     if _hot is None:
         return None
-    hot: Hot = _hot.Hot(vars_, slabs, meta, _DECODERS, _FIRST_WORD)
+    hot: TmpfsHot = _hot.Hot(vars_, slabs, meta, _DECODERS, _FIRST_WORD)
     return hot

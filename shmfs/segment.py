@@ -4,18 +4,20 @@ A backend moves framed bytes (``shmfs.backends``). Everything else happens here,
 keys and indices, encoding and framing values, deciding whether bytes may be unpickled, taking
 the segment lock around writes and read-modify-writes, translating errors, and the handle's
 lifecycle (detach, destroy, pickling by reference).
+
+Longer than 400 lines because ``Segment`` is one class, the public API: most of its length is
+the docstrings of its public calls, and its code owns one piece of state, the open backend.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from types import TracebackType
 from typing import Any, Final
 
-from shmfs import codecs, waiting
-from shmfs.backends import Backend, backend_class
+from shmfs import codecs, frame, waiting
+from shmfs.backends import SLOW, Backend, Hot, backend_class, backend_name, capabilities
 from shmfs.errors import (
     CorruptSegment,
     SegmentDetached,
@@ -24,7 +26,6 @@ from shmfs.errors import (
     UnsafeSegment,
     VariableNotFound,
 )
-from shmfs.hotpath import SLOW, Hot
 from shmfs.validate import check_index, check_key, check_options, trusted_uids
 
 __all__ = ["Segment", "attach", "segments"]
@@ -79,19 +80,19 @@ def attach(
     """
     key = check_key(key)
     size, perm = check_options(size, perm, lock_timeout)
-    backend_name = backend or os.environ.get("SHMFS_BACKEND") or "tmpfs"
+    chosen_backend = backend_name(backend)
     chosen = codecs.get_codec(codec)
     if isinstance(secret, str):
         secret = secret.encode()
     trusted = trusted_uids(trust_uids)
-    opened = backend_class(backend_name).open(
+    opened = backend_class(chosen_backend).open(
         key, size, perm, root=root, trust_uids=trusted, **options
     )
     spec = {
         "key": key,
         "size": size,
         "perm": perm,
-        "backend": backend_name,
+        "backend": chosen_backend,
         "root": root,
         "codec": codec,
         "lock_timeout": lock_timeout,
@@ -112,8 +113,21 @@ def segments(*, backend: str | None = None, root: str | None = None) -> list[dic
         InvalidArgument: no such backend.
         UnsafeSegment: the root is unsafe.
     """
-    cls = backend_class(backend or os.environ.get("SHMFS_BACKEND") or "tmpfs")
+    cls = backend_class(backend_name(backend))
     return [info.as_dict() for info in cls.list_segments(root)]
+
+
+def _no_fast_get(index: int) -> Any:
+    """``seg.get_fast(index)``: the value at ``index`` read by the backend's lock-free fast path
+    in one call, or :data:`shmfs.backends.SLOW`, which says "ask :meth:`Segment.get`".
+
+    For loops that call it millions of times with indices they made themselves (``Cache``'s
+    hits): ``get``'s checks cost a tenth of a tmpfs hit. It raises nothing: SLOW stands for
+    every case it does not handle in full (an absent, large, damaged or untrusted value, a
+    bad index, a writer mid-write, a detached handle) and for handles without a fast path
+    (sysv, redis, pure Python, a ``secret=``), where it is this function and always SLOW.
+    """
+    return SLOW
 
 
 def _reattach(spec: dict[str, Any]) -> Segment:
@@ -136,6 +150,17 @@ class _Locked:
         self._backend.release()
 
 
+class _Holding(_Locked):
+    """Segment's own lock-then-act: ``with self._holding() as backend:`` (the backend is kept
+    out of the public ``lock()``)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Backend:  # type: ignore[override]  # the private form gives the backend
+        self._backend.acquire(self._timeout)
+        return self._backend
+
+
 class Segment(MutableMapping[int, Any]):
     """A handle on one shared segment: variables indexed by int, shared by every process.
 
@@ -147,6 +172,8 @@ class Segment(MutableMapping[int, Any]):
     # Class-level defaults so detach() and __del__ work after a failed __init__.
     _backend: Backend | None = None
     _destroyed = False
+    # The fast path's own bound ``get`` where there is one (see __init__): no Python frame.
+    get_fast: Callable[[int], Any] = staticmethod(_no_fast_get)
 
     def __init__(
         self,
@@ -162,13 +189,17 @@ class Segment(MutableMapping[int, Any]):
         self._spec = spec
         # The backend's native codec is stored bare, so its other users (PHP) can read it.
         self._framed = not (codec.name == backend.native_codec and secret is None)
-        self._pieces = bool(getattr(backend, "writes_pieces", False))  # optional, see Backend
-        # The C get and put of small values (shmfs.hotpath; optional, see Backend). They read
+        offers = capabilities(backend)
+        self._pieces = offers.writes_pieces
+        self._pin = offers.pin
+        # The backend's fast get and put of small values (tmpfs's C module). They read
         # unsigned frames only, so a segment with a secret never uses them; the put frames a
         # plain pickle, so only a pickling codec's segment puts through it.
-        hot = getattr(backend, "hot", None) if secret is None else None
+        hot = offers.hot if secret is None else None
         self._hot: Hot | None = hot
-        self._hot_codec = codec.id if hot is not None and codec.executes_code else None
+        if hot is not None:
+            self.get_fast = hot.get
+        self._hot_codec = codec.id if hot is not None and codec.pickle_dialect else None
         self._backend = backend
 
     # ------------------------------------------------------------------- properties
@@ -198,6 +229,10 @@ class Segment(MutableMapping[int, Any]):
         if backend is None:
             raise self._closed_error()
         return backend
+
+    def _holding(self) -> _Holding:
+        """The segment lock for one act: ``with self._holding() as backend:``."""
+        return _Holding(self._open(), self._lock_timeout)
 
     def _not_found(self, index: int) -> VariableNotFound:
         key = self._spec["key"]
@@ -256,25 +291,21 @@ class Segment(MutableMapping[int, Any]):
                 return self.get(index, default)
             return self._decode(backend, index, data)
 
-    def _read_locked(self, index: int) -> bytes | memoryview | codecs.Split | None:
-        backend = self._open()
-        backend.acquire(self._lock_timeout)
-        try:
+    def _read_locked(self, index: int) -> bytes | memoryview | frame.Split | None:
+        with self._holding() as backend:
             return backend.read(index)
-        finally:
-            backend.release()
 
-    def _decode(self, backend: Backend, index: int, data: bytes | memoryview | codecs.Split) -> Any:
+    def _decode(self, backend: Backend, index: int, data: bytes | memoryview | frame.Split) -> Any:
         secret = self._secret
         if (
             backend.native_codec is not None
             and secret is None
-            and not isinstance(data, codecs.Split)
-            and data[:4] != codecs.MAGIC
+            and not isinstance(data, frame.Split)
+            and data[:4] != frame.MAGIC
         ):
             native = codecs.get_codec(backend.native_codec)
             return codecs.decode_payload(native, memoryview(data))
-        codec, payload = codecs.decode(data, secret)
+        codec, payload = frame.decode(data, secret)
         if codec.executes_code and secret is None and not backend.trusted(index):
             raise self._untrusted(backend, index)
         try:
@@ -311,21 +342,21 @@ class Segment(MutableMapping[int, Any]):
         """
         backend = self._open()
         index = check_index(index)
-        pin = getattr(backend, "pin", None)  # the optional Backend method for zero-copy reads
+        pin = self._pin
         if pin is None:
             value = self.get(index)
             yield memoryview(value).toreadonly() if type(value) is bytes else value
             return
-        with pin(index, self._lock_timeout) as frame:
-            if frame is None:
+        with pin(index, self._lock_timeout) as pinned:
+            if pinned is None:
                 raise self._not_found(index)
-            codec, payload = codecs.decode(frame, self._secret)
+            codec, payload = frame.decode(pinned, self._secret)
             if codec.executes_code and self._secret is None and not backend.trusted(index):
                 raise self._untrusted(backend, index)
-            yield codecs.view_payload(codec, payload)
+            yield frame.view_payload(codec, payload)
 
-    def _encode(self, value: Any) -> bytes | codecs.Pieces:
-        return codecs.encode(
+    def _encode(self, value: Any) -> bytes | frame.Pieces:
+        return frame.encode(
             self._codec, value, self._secret, framed=self._framed, pieces=self._pieces
         )
 
@@ -369,17 +400,40 @@ class Segment(MutableMapping[int, Any]):
         if self._hot_codec is not None and self._hot.put(index, self._hot_codec, value) is None:  # type: ignore[union-attr]  # set together with _hot_codec
             return
         data = self._encode(value)
-        backend.acquire(self._lock_timeout)
-        try:
-            backend.write(index, data)
-        finally:
-            backend.release()
+        with self._holding() as held:
+            held.write(index, data)
 
-    def _put_over(self, index: int, value: Any, head_at: int, head: bytes) -> bool:
-        """shmfs-internal (``Cache.set``): store ``value`` the fast way, but only over a value
-        whose pickle, like ``value``'s, has the bytes ``head`` at ``head_at``; ``False`` if
-        nothing was stored (no fast path, another value there, a lock to wait for): then the
-        caller takes its general path."""
+    def put_if_head(self, index: int, value: Any, head_at: int, head: bytes) -> bool:
+        """Store ``value`` at ``index`` in one lock-free fast call, if the value stored there
+        now pickles with the bytes ``head`` at offset ``head_at``, as ``value`` does.
+
+        For a caller that keeps values of one known shape at an index (``Cache`` keeps
+        ``(key, value, expires, written)`` tuples, whose pickles start alike for one key):
+        comparing the stored pickle's head replaces decoding it under the lock. The store is
+        as atomic as :meth:`put`'s. ``False`` says only that nothing was stored: the head
+        differs, the index is empty, the value is not a small plain one, a lock is held, or
+        this handle has no fast path (sysv, redis, pure Python, a ``secret=``, a codec that
+        does not pickle); the caller then takes its general path.
+
+        Args:
+            index: The variable.
+            value: The new value.
+            head_at: Where ``head`` lies in the stored value's pickle (protocol 5).
+            head: The bytes the stored pickle must have there.
+
+        Returns:
+            Whether ``value`` was stored.
+
+        Raises:
+            InvalidKeyType: ``index`` is not an int.
+            InvalidKey: ``index`` is out of range.
+            SegmentDetached: the handle was detached.
+            SegmentNotFound: the segment was destroyed.
+        """
+        if self._backend is None:
+            raise self._closed_error()
+        if type(index) is not int or not _INDEX_MIN <= index <= _INDEX_MAX:
+            index = check_index(index)
         if self._hot_codec is None:
             return False
         put = self._hot.put  # type: ignore[union-attr]  # set together with _hot_codec
@@ -396,13 +450,10 @@ class Segment(MutableMapping[int, Any]):
             SegmentDetached: the handle was detached.
             SegmentNotFound: the segment was destroyed.
         """
-        backend = self._open()
+        self._open()  # a closed handle's error before a bad index's
         index = check_index(index)
-        backend.acquire(self._lock_timeout)
-        try:
+        with self._holding() as backend:
             found = backend.delete(index)
-        finally:
-            backend.release()
         if not found:
             raise self._not_found(index)
 
@@ -429,17 +480,14 @@ class Segment(MutableMapping[int, Any]):
         Raises:
             The errors of :meth:`put`.
         """
-        backend = self._open()
+        self._open()  # a closed handle's error before a bad index's
         index = check_index(index)
         data = self._encode(value)
-        backend.acquire(self._lock_timeout)
-        try:
+        with self._holding() as backend:
             if backend.read(index) is not None:
                 return False
             backend.write(index, data)
             return True
-        finally:
-            backend.release()
 
     # The README makes update(i, fn) a read-modify-write; update(mapping) still works as dict's.
     def update(self, index: Any, fn: Any = _MISSING, /, default: Any = _MISSING) -> Any:
@@ -502,17 +550,14 @@ class Segment(MutableMapping[int, Any]):
     def _modify(self, index: int, change: Callable[[Any], tuple[bool, Any]], default: Any) -> Any:
         """Read, ``change``, write back, all under the lock; ``change`` sees ``_MISSING`` for
         an empty index without a ``default``."""
-        backend = self._open()
+        self._open()  # a closed handle's error before a bad index's
         index = check_index(index)
-        backend.acquire(self._lock_timeout)
-        try:
+        with self._holding() as backend:
             old = self.get(index, _ABSENT)
             write, new = change(default if old is _ABSENT else old)
             if write:
                 backend.write(index, self._encode(new))
             return new
-        finally:
-            backend.release()
 
     # ------------------------------------------------------------- mapping protocol
 
@@ -536,13 +581,9 @@ class Segment(MutableMapping[int, Any]):
 
     def clear(self) -> None:
         """Remove every variable, atomically with respect to other writers."""
-        backend = self._open()
-        backend.acquire(self._lock_timeout)
-        try:
+        with self._holding() as backend:
             for index in backend.indices():
                 backend.delete(index)
-        finally:
-            backend.release()
 
     # ----------------------------------------------------------------- waiting
 
@@ -629,12 +670,8 @@ class Segment(MutableMapping[int, Any]):
             SegmentDetached: the handle was detached.
             SegmentNotFound: the segment was already destroyed.
         """
-        backend = self._open()
-        backend.acquire(self._lock_timeout)
-        try:
+        with self._holding() as backend:
             backend.destroy()
-        finally:
-            backend.release()
         self._destroyed = True
         self.detach()
 

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 import shmfs
-from shmfs import cache_entry, cache_keys, cache_lru
+from shmfs.cache import entry as cache_entry
+from shmfs.cache import keys as cache_keys
+from shmfs.cache import lru as cache_lru
 from tests.cache_workers import count_and_incr, fill_cache, hold_lease, memo_square
 from tests.workers import Children
 

@@ -345,6 +345,39 @@ def test_cas(seg: shmfs.Segment) -> None:
     assert seg[1] == "c"
 
 
+def test_put_if_head_stores_only_over_its_head(seg: shmfs.Segment) -> None:
+    """Whatever the backend, ``put_if_head`` never stores over a value of another shape nor
+    into an empty index; where it says it stored, the value is there (it may decline)."""
+    # A 4-tuple's protocol-5 pickle has at offset 11 MARK, its first item, MEMOIZE.
+    head = b"(" + pickle.dumps("mine", 5)[11:-1]
+    assert not seg.put_if_head(1, ("mine", 2, None, 0.0), 11, head)
+    assert 1 not in seg
+    seg[1] = ("other", 1, None, 0.0)
+    assert not seg.put_if_head(1, ("mine", 2, None, 0.0), 11, head)
+    assert seg[1] == ("other", 1, None, 0.0)
+    seg[1] = ("mine", 1, None, 0.0)
+    stored = seg.put_if_head(1, ("mine", 2, None, 0.0), 11, head)
+    assert seg[1] == ("mine", 2 if stored else 1, None, 0.0)
+    with pytest.raises(shmfs.InvalidKeyType):
+        seg.put_if_head("1", "x", 11, head)  # type: ignore[arg-type]  # refused clearly
+    seg.detach()
+    with pytest.raises(shmfs.SegmentDetached):
+        seg.put_if_head(1, "x", 11, head)
+
+
+def test_get_fast_answers_the_value_or_slow(seg: shmfs.Segment) -> None:
+    from shmfs.backends import SLOW  # noqa: PLC0415  # the fast path's documented answer
+
+    seg[1] = ("small", 1)
+    seg.get(1)
+    seg.get(1)  # a tmpfs handle maps a variable on its second read
+    assert seg.get_fast(1) in (("small", 1), SLOW)
+    assert seg.get_fast(2) is SLOW  # absent
+    assert seg.get_fast("1") is SLOW  # type: ignore[arg-type]  # anything odd is get's to say
+    seg.detach()
+    assert seg.get_fast(1) is SLOW
+
+
 def test_update_read_modify_write(seg: shmfs.Segment) -> None:
     assert seg.update(1, lambda old: [*old, 1], default=[]) == [1]
     assert seg.update(1, lambda old: [*old, 2]) == [1, 2]

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shmfs
-from shmfs import codecs
+from shmfs import codecs, frame
 
 
 @pytest.fixture
@@ -105,13 +105,13 @@ def test_truncated_variable_files(stored: tuple[Any, bytes, str], key: int, cut:
     data=st.data(),
 )
 def test_damaged_frames(value: Any, data: Any) -> None:
-    frame = bytearray(codecs.encode(codecs.get_codec("cloudpickle"), value))
-    offset = data.draw(st.integers(0, len(frame) - 1))
+    framed = bytearray(frame.encode(codecs.get_codec("cloudpickle"), value))
+    offset = data.draw(st.integers(0, len(framed) - 1))
     flip = data.draw(st.integers(1, 255))
-    frame[offset] ^= flip
-    cut = data.draw(st.integers(0, len(frame)))
+    framed[offset] ^= flip
+    cut = data.draw(st.integers(0, len(framed)))
     try:
-        codec, payload = codecs.decode(bytes(frame[:cut]))
+        codec, payload = frame.decode(bytes(framed[:cut]))
     except shmfs.CorruptSegment:
         return
     pytest.fail(f"a damaged frame passed its checks ({codec.name}, {len(payload)} bytes)")
@@ -147,11 +147,11 @@ def test_large_bytes_frames(codec_name: str, size: int) -> None:
     value = os.urandom(size)
     codec = codecs.get_codec(codec_name)
     for secret in (None, b"key"):
-        frame = codecs.encode(codec, value, secret)
-        found, payload = codecs.decode(frame, secret)
+        framed = frame.encode(codec, value, secret)
+        found, payload = frame.decode(framed, secret)
         assert found is codec and pickle.loads(payload) == value
-        for offset in (codecs.HEADER.size + 5, len(frame) - (33 if secret else 1) - 100):
-            damaged = bytearray(frame)
+        for offset in (frame.HEADER.size + 5, len(framed) - (33 if secret else 1) - 100):
+            damaged = bytearray(framed)
             damaged[offset] ^= 0x40
             with pytest.raises((shmfs.CorruptSegment, shmfs.UnsafeSegment)):
-                codecs.decode(bytes(damaged), secret)
+                frame.decode(bytes(damaged), secret)

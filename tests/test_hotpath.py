@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shmfs
-from shmfs import codecs, hotpath
+from shmfs import codecs, hotpath, pickling
+from shmfs import frame as framing
 from shmfs.backends.tmpfs import segdir as sd
 from shmfs.locking import lock_holder_pid
 from tests.conftest import pure_python, segment_ref
@@ -207,13 +208,29 @@ PLAIN_OR_NOT = st.integers(1, 7).map(_nested) | st.recursive(
 def test_c_takes_exactly_the_values_python_calls_plain(
     seg: shmfs.Segment, hot: hotpath.Hot, value: Any
 ) -> None:
-    """The C check of plainness is ``codecs._is_plain``'s, depth and size limits included: a
+    """The C check of plainness is ``codecs.is_plain``'s, depth and size limits included: a
     value taken by the fast put is written as Python's put would (pickle, not cloudpickle)."""
     store(seg, 1, "x" * 8000)  # a slot every value here fits
     fast = hot.put(1, codecs.get_codec("cloudpickle").id, value) is None
-    assert fast == codecs._is_plain(value)
+    assert fast == codecs.is_plain(value)
     if fast:
         assert seg[1] == value
+
+
+def test_get_fast_is_the_c_get(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    store(seg, 1, ("small", 1))
+    assert seg.get_fast(1) == ("small", 1)
+    assert seg.get_fast == hot.get
+
+
+def test_put_if_head_goes_fast_over_its_own_head(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
+    head = pickling.tuple_head("mine")
+    store(seg, 1, ("mine", 1, None, 0.0))
+    assert seg.put_if_head(1, ("mine", 2, None, 0.0), pickling.TUPLE_HEAD_AT, head)
+    assert seg[1] == ("mine", 2, None, 0.0)
+    store(seg, 2, ("theirs", 1, None, 0.0))
+    assert not seg.put_if_head(2, ("mine", 2, None, 0.0), pickling.TUPLE_HEAD_AT, head)
+    assert seg[2] == ("theirs", 1, None, 0.0)
 
 
 def test_a_missing_or_too_big_value_is_slow(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
@@ -230,7 +247,7 @@ def test_damage_is_reported_by_the_python_path(seg: shmfs.Segment, hot: hotpath.
     store(seg, 1, "precious")
     var = seg._backend._vars[1]
     with memoryview(var._mm) as whole:
-        start = 64 + (var.version[1] >> 32 & 1) * var.capacity + codecs.HEADER.size
+        start = 64 + (var.version[1] >> 32 & 1) * var.capacity + framing.HEADER.size
         whole[start] ^= 0x01
     python_reports(seg, hot, shmfs.CorruptSegment, "checksum")
 
@@ -239,7 +256,7 @@ def test_a_decoder_failure_is_reported_by_the_python_path(
     seg: shmfs.Segment, hot: hotpath.Hot
 ) -> None:
     payload = b"{not json"  # a sound frame around bytes its codec cannot decode
-    first = codecs.first_word(codecs.get_codec("json").id)
+    first = framing.first_word(codecs.get_codec("json").id)
     crc = zlib.crc32(
         payload, zlib.crc32(first.to_bytes(8, "little") + len(payload).to_bytes(8, "little"))
     )

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import shmfs
-from shmfs import codecs
+from shmfs import frame
 from shmfs.backends.sysv import ipc
 from shmfs.backends.tmpfs import largevars, segdir
 from shmfs.backends.tmpfs.largefile import create
@@ -175,7 +175,7 @@ def _malicious_frame(marker: str) -> bytes:
             return (os.system, (f"touch {marker}",))
 
     payload = pickle.dumps(Exploit(), 5)
-    head = codecs.HEADER.pack(codecs.MAGIC, codecs.FORMAT_VERSION, 1, 0, 0, len(payload), 0, 0)
+    head = frame.HEADER.pack(frame.MAGIC, frame.FORMAT_VERSION, 1, 0, 0, len(payload), 0, 0)
     crc = zlib.crc32(payload, zlib.crc32(head[:16]))
     return head[:16] + struct.pack("<I", crc) + head[20:] + payload
 

@@ -568,7 +568,7 @@ def test_a_remembered_miss_does_not_hide_what_a_dead_writer_published(
     try:  # the dead writer's steps, up to the publication (no counts, no bump)
         _set_state(writer, segdir.DIRTY | gone.pid << 32)
         backend._replace(
-            7, shmfs.codecs.encode(shmfs.codecs.get_codec("pickle"), "left"), None, scrub=True
+            7, shmfs.frame.encode(shmfs.codecs.get_codec("pickle"), "left"), None, scrub=True
         )
     finally:
         backend.release()

@@ -72,7 +72,10 @@ PyInit__hot(void)
     if (module == NULL) {
         return NULL;
     }
-    SLOW = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    /* One SLOW for C and Python: the Backend Protocol's (shmfs/backends/__init__.py). */
+    PyObject *backends = PyImport_ImportModule("shmfs.backends");
+    SLOW = backends != NULL ? PyObject_GetAttrString(backends, "SLOW") : NULL;
+    Py_XDECREF(backends);
     PyObject *pickle = PyImport_ImportModule("pickle");
     pickle_dumps = pickle != NULL ? PyObject_GetAttrString(pickle, "dumps") : NULL;
     Py_XDECREF(pickle);

@@ -1,10 +1,15 @@
 """The backend seam: what a storage backend must do, and the name -> class registry.
 
-A backend moves framed bytes (see :mod:`shmfs.codecs`) between a segment's variables and the
+A backend moves framed bytes (see :mod:`shmfs.frame`) between a segment's variables and the
 caller. It does not validate keys, encode values, check trust rules or manage handle lifecycles:
 :class:`shmfs.segment.Segment` does all of that once, for every backend. The only backend-specific
-knowledge the segment needs is carried by class attributes here (``native_codec``,
-``lock_free_reads``), never by testing a backend's name.
+knowledge the segment needs is carried by the attributes the :class:`Backend` Protocol declares
+(``native_codec``, ``lock_free_reads``, ``trust_option``) and by the optional capabilities that
+:func:`capabilities` reads with their defaults, never by testing a backend's name.
+
+A backend may offer a fast path for small values (:class:`Hot`, tmpfs's C module); its calls
+answer :data:`SLOW` outside the common case, which the one sentinel defined here stands for in
+Python and in C alike (the C module takes it from this module).
 
 Backends are imported lazily, so the ``sysv`` and ``redis`` extras are only needed by their users.
 """
@@ -12,22 +17,38 @@ Backends are imported lazily, so the ``sysv`` and ``redis`` extras are only need
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, ClassVar, Final, Protocol, Self
 
-from shmfs.codecs import Pieces, Split
 from shmfs.errors import BackendUnavailable, InvalidArgument, SegmentFull
+from shmfs.frame import Pieces, Split
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_BACKEND",
+    "SLOW",
     "Backend",
+    "Capabilities",
+    "Hot",
     "SegmentInfo",
     "Watcher",
     "backend_class",
+    "backend_name",
+    "capabilities",
     "refuse_options",
     "segment_full",
 ]
+
+
+#: "Do it the Python way": what a :class:`Hot` call answers outside the common case. The C
+#: module imports this very object, so there is one ``SLOW``.
+SLOW: Final[object] = object()
+
+#: The backend used when neither ``backend=`` nor ``$SHMFS_BACKEND`` names one.
+DEFAULT_BACKEND: Final = "tmpfs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +111,34 @@ class Watcher(Protocol):
         ...
 
 
+class Hot(Protocol):
+    """A backend handle's fast path for small values (tmpfs's ``shmfs._hot.Hot``).
+
+    Every call answers :data:`SLOW` when it cannot do the job in full (a missing or large value,
+    a lock to wait for, damage, a closed handle): the caller then takes the Python path, which
+    does the work as it always has and reports any error.
+    """
+
+    def get(self, index: int) -> Any:
+        """The value at a mapped ``index``, or :data:`SLOW`."""
+
+    def put(
+        self, index: int, codec_id: int, value: Any, head_at: int = 0, head: bytes = b""
+    ) -> Any:
+        """``None`` once a plain ``value`` is stored at a mapped ``index``, or SLOW; with
+        ``head_at`` and ``head``, only over a stored pickle that has ``head`` there too."""
+
+    def reset(self, lock: object, recoveries: int, dirty_tag: int) -> None:
+        """After opening, a fork, or a recovery: the lock, RECOVERIES and DIRTY word to use."""
+
+    def close(self) -> None:
+        """Drop every reference; every call is SLOW from then on."""
+
+
+#: ``pin(index, timeout)``: see :class:`Capabilities`.
+Pin = Callable[[int, float | None], AbstractContextManager[memoryview | None]]
+
+
 class Backend(Protocol):
     """One open segment on some storage: framed bytes in, framed bytes out.
 
@@ -97,10 +146,9 @@ class Backend(Protocol):
     lock held (``acquire``); ``read`` may be called without it where ``lock_free_reads`` is true.
     A backend that finds its segment destroyed raises ``SegmentNotFound``.
 
-    Two optional abilities, looked up with ``getattr`` so other backends need not declare them:
-    ``writes_pieces = True`` (``write`` takes a large frame as ``codecs.Pieces``), and
-    ``pin(index, timeout)``, a context manager giving the stored frame in place, unchanging
-    until it exits (``Segment.view`` is zero-copy where it exists; tmpfs has both).
+    Besides the members below, a backend may offer the optional capabilities that
+    :class:`Capabilities` lists; :func:`capabilities` reads them, with their defaults for a
+    backend that does not (tmpfs has all three; sysv and redis none).
     """
 
     #: The registry name.
@@ -148,7 +196,7 @@ class Backend(Protocol):
         """Return the stored bytes of ``index``, or ``None`` if it holds no value.
 
         A memoryview may be of a buffer the backend reuses: decode it before the next read. A
-        :class:`~shmfs.codecs.Split` is a frame read in pieces (``codecs.decode`` takes it).
+        :class:`~shmfs.frame.Split` is a frame read in pieces (``frame.decode`` takes it).
         """
         ...
 
@@ -206,6 +254,39 @@ class Backend(Protocol):
     def destroy(self) -> None:
         """Wipe and remove the segment for every process."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """The optional capabilities of a backend, and their defaults.
+
+    Attributes:
+        hot: The instance attribute ``hot``: a :class:`Hot` fast path for small values, or
+            ``None`` (the default: every value takes the Python path).
+        writes_pieces: The class attribute ``writes_pieces``: ``write`` takes a large frame as
+            :class:`~shmfs.frame.Pieces` (default ``False``: always ``bytes``).
+        pin: The method ``pin(index, timeout)``, a context manager giving the stored frame in
+            place (``None`` if absent), unchanging until it exits, so ``Segment.view`` is
+            zero-copy; default ``None``: ``view`` decodes a private copy.
+    """
+
+    hot: Hot | None = None
+    writes_pieces: bool = False
+    pin: Pin | None = None
+
+
+def capabilities(backend: Backend) -> Capabilities:
+    """The optional capabilities ``backend`` offers, the defaults standing for those it lacks."""
+    return Capabilities(
+        hot=getattr(backend, "hot", None),
+        writes_pieces=bool(getattr(backend, "writes_pieces", False)),
+        pin=getattr(backend, "pin", None),
+    )
+
+
+def backend_name(name: str | None) -> str:
+    """The backend to use: ``name``, else ``$SHMFS_BACKEND``, else :data:`DEFAULT_BACKEND`."""
+    return name or os.environ.get("SHMFS_BACKEND") or DEFAULT_BACKEND
 
 
 #: Registry: backend name -> "module:Class", imported on first use.

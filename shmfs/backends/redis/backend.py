@@ -58,7 +58,7 @@ import redis
 from shmfs.backends import SegmentInfo, refuse_options, segment_full
 from shmfs.backends.redis import scripts
 from shmfs.backends.redis.renewal import renewer
-from shmfs.codecs import Pieces
+from shmfs.frame import Pieces
 from shmfs.errors import (
     BackendUnavailable,
     CorruptSegment,
@@ -68,6 +68,7 @@ from shmfs.errors import (
     ShmfsError,
 )
 from shmfs.forking import fork_epoch, pid_alive
+from shmfs.frame import Pieces
 from shmfs.locking import HoldsSegmentLock, ReentrantLock
 
 __all__ = ["RedisBackend", "default_url"]

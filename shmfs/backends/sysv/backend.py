@@ -36,7 +36,7 @@ from shmfs.backends import SegmentInfo, refuse_options
 from shmfs.backends.sysv import ipc, layout
 from shmfs.backends.sysv.chain_index import ChainIndex
 from shmfs.backends.sysv.journal import OVERHEAD, Journal
-from shmfs.codecs import Pieces
+from shmfs.frame import Pieces
 from shmfs.errors import (
     BackendUnavailable,
     CorruptSegment,
@@ -47,6 +47,7 @@ from shmfs.errors import (
     UnsafeSegment,
 )
 from shmfs.forking import fork_epoch
+from shmfs.frame import Pieces
 from shmfs.locking import HoldsSegmentLock, ReentrantLock
 from shmfs.validate import check_key
 

@@ -33,10 +33,10 @@ from shmfs.backends.tmpfs.recovery import recover
 from shmfs.backends.tmpfs.slabs import Slabs
 from shmfs.backends.tmpfs.views import Views
 from shmfs.backends.tmpfs.waiters import TmpfsWatcher, set_waiter
-from shmfs.codecs import Pieces, Split
+from shmfs.frame import Pieces, Split
 from shmfs.errors import CorruptSegment, SegmentNotFound
 from shmfs.forking import fork_epoch, pid_alive
-from shmfs.hotpath import Hot, new_hot
+from shmfs.hotpath import TmpfsHot, new_hot
 from shmfs.locking import HoldsSegmentLock, SegmentLock
 
 __all__ = ["TmpfsBackend", "default_root"]
@@ -81,7 +81,7 @@ class TmpfsBackend(HoldsSegmentLock):
     _slabs: Slabs
     _views: Views
     #: The C get and put of small values (shmfs.hotpath), or None: pure Python, or closed.
-    hot: Hot | None = None
+    hot: TmpfsHot | None = None
 
     def __init__(
         self, key: int, root: str, root_fd: int, dir_fd: int, trust_uids: frozenset[int]

@@ -54,8 +54,8 @@ import stat
 import threading
 from typing import Final
 
-from shmfs.codecs import SPLIT_HEAD, Pieces, Split, body_at
 from shmfs.errors import CorruptSegment
+from shmfs.frame import SPLIT_HEAD, Pieces, Split, body_at
 from shmfs.hotpath import map_file
 
 __all__ = [

@@ -31,7 +31,7 @@ from shmfs.backends.tmpfs.largefile import (
     unmapped_state,
     write_unmapped,
 )
-from shmfs.codecs import Pieces, Split
+from shmfs.frame import Pieces, Split
 from shmfs.errors import CorruptSegment, UnsafeSegment
 from shmfs.hotpath import maps_without_descriptors
 

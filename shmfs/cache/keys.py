@@ -128,7 +128,7 @@ def key_index(text: str) -> int:
     """The variable index of the entry whose canonical key is ``text``: 64 bits of BLAKE2b,
     folded into ``FIRST_ENTRY .. 2**63 - 1``.
 
-    This is the cache's test seam: replace ``shmfs.cache_keys.key_index`` (before opening the
+    This is the cache's test seam: replace ``shmfs.cache.keys.key_index`` (before opening the
     cache, which remembers the indices of recent keys) to force hash collisions.
     """
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()

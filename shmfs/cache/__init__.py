@@ -1,20 +1,25 @@
 """``shmfs.Cache``: a local cache shared by processes, on one segment.
 
-Built on the public :class:`~shmfs.Segment` API only (attach, get, put, remove, lock, update,
-watch), so it works on every backend. The parts, each in its own module:
+Built on the public :class:`~shmfs.Segment` API only (attach, get, get_fast, put,
+put_if_head, remove, lock, watch), so it works on every backend. The parts, each in its own
+module of this package:
 
-* ``shmfs.cache_keys``: a str name to a segment key, a key (str, bytes, int, tuples of them) to
+* ``keys``: a str name to a segment key, a key (str, bytes, int, tuples of them) to
   a canonical str and a variable index, both by BLAKE2b; memoize's call keys.
-* ``shmfs.cache_entry``: what a variable holds (one entry, or a bucket of the entries whose
+* ``entry``: what a variable holds (one entry, or a bucket of the entries whose
   indices collide), the expiry rule (absolute wall-clock deadlines), and the locked
   read-modify-write every write goes through, so ``add``, ``incr``, ``pop`` and ``touch`` are
   atomic across processes.
-* ``shmfs.cache_lru``: access stamps kept apart from the entries, so a hit writes nothing; the
+* ``lru``: access stamps kept apart from the entries, so a hit writes nothing; the
   shared stats counters; sampled LRU eviction when a write raises ``SegmentFull``.
-* ``shmfs.cache_memo``: memoize, with a lease so that one process computes and the others wait.
+* ``memo``: memoize, with a lease so that one process computes and the others wait; written
+  against the public calls of :class:`Cache` (``peek``, ``transact``, ``watch``, ``set``).
 
 Reads take no lock where the backend needs none. The variables below
-:data:`~shmfs.cache_keys.FIRST_ENTRY` are the cache's own (index 1: stamps and counters).
+:data:`~shmfs.cache.keys.FIRST_ENTRY` are the cache's own (index 1: stamps and counters).
+
+Longer than 400 lines because ``Cache`` is one class, the public API, and most of its length is
+the docstrings of its public calls; what it owns besides is split into the modules above.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from shmfs import cache_entry, cache_keys, pickling
-from shmfs.cache_entry import (
+from shmfs import pickling
+from shmfs.backends import SLOW
+from shmfs.cache import entry as cache_entry
+from shmfs.cache import keys as cache_keys
+from shmfs.cache.entry import (
     KEEP,
     MISSING,
     Change,
@@ -38,18 +46,22 @@ from shmfs.cache_entry import (
     rewrite,
     sweep,
 )
-from shmfs.cache_keys import FIRST_ENTRY, canonical, name_key
-from shmfs.cache_lru import FLUSH_EVERY, Evictor, Recency
-from shmfs.cache_memo import memoize
+from shmfs.cache.keys import FIRST_ENTRY, canonical, name_key
+from shmfs.cache.lru import FLUSH_EVERY, Evictor, Recency
+from shmfs.cache.memo import memoize
+from shmfs.codecs import get_codec
 from shmfs.errors import InvalidArgument, SegmentDetached, SegmentFull, ShmfsError, VariableNotFound
-from shmfs.hotpath import SLOW
 from shmfs.segment import Segment, attach
+from shmfs.waiting import Watch
 
 __all__ = ["Cache"]
 
 _MEMO_TYPES: Final = frozenset({str, bytes, int})  # keys whose index a handle remembers
 _MEMO_SIZE: Final = 16384  # at most a few MiB; a 10,000-key working set fits
 _F = TypeVar("_F", bound=Callable[..., Any])
+#: ``change(live entry or None, now) -> (answer, (value, expires) | None | KEEP)``: see
+#: :meth:`Cache.transact`.
+Transaction = Callable[[Entry | None, float], tuple[Any, Any]]
 
 
 def _missing(key: Any) -> VariableNotFound:
@@ -63,7 +75,7 @@ class Cache:
 
     Args:
         name: The segment key (an int), or a name mapped to one by a stable hash (a str; see
-            ``shmfs.cache_keys.name_key``).
+            ``shmfs.cache.keys.name_key``).
         size: Capacity in bytes when the cache is created; an existing cache keeps its own.
         ttl: Seconds an entry lives unless ``set`` says otherwise; ``None`` keeps entries until
             they are evicted or deleted.
@@ -103,26 +115,24 @@ class Cache:
     ) -> None:
         if policy not in ("lru", "error"):
             raise InvalidArgument(f"policy must be 'lru' or 'error', not {policy!r}")
-        if codec == "raw":
+        if get_codec(codec).bytes_only:
             raise InvalidArgument(
-                "codec 'raw' stores bytes only, and a cache entry holds its key and expiry too; "
-                "use cloudpickle, pickle, json or php"
+                f"codec {codec!r} stores bytes only, and a cache entry holds its key and expiry "
+                "too; use cloudpickle, pickle, json or php"
             )
         self.ttl = check_ttl(ttl)
         self.policy = policy
         key = name_key(name)
         segment = attach(key, size, backend=backend, root=root, codec=codec, **options)
         try:
-            self._recency = Recency(segment, binary=codec in ("cloudpickle", "pickle"))
+            self._recency = Recency(segment, binary=get_codec(codec).pickle_dialect)
             self._recency.install()
         except BaseException:
             segment.detach()
             raise
         self._segment = segment
         self._read = segment.get  # bound once: the hit path is a handful of operations
-        # The C get (shmfs.hotpath), called straight from a hit: Segment.get's own checks cost
-        # a tenth of the hit, and a cache's indices are ints it made itself.
-        self._fast_read = segment._hot.get if segment._hot is not None else None
+        self._read_fast = segment.get_fast  # C where there is a fast path: see Segment
         self._pending = self._recency.pending
         self._counts = self._recency.counts
         self._mask = self._recency.mask
@@ -192,8 +202,7 @@ class Cache:
         """
         slot = self._slots.get(key) if type(key) in _MEMO_TYPES else None
         text, index = slot if slot is not None else self._slot(key)
-        fast = self._fast_read
-        stored = fast(index) if fast is not None else SLOW
+        stored = self._read_fast(index)
         if stored is SLOW:
             stored = self._read(index, None)
         now = cache_entry.clock()
@@ -217,10 +226,16 @@ class Cache:
             self._recency.flush(now)
         return default
 
-    def _peek(self, index: int, text: str) -> Any:
-        """The live value at ``index`` for ``text``, or ``MISSING``; counts nothing."""
+    def peek(self, key: Any, default: Any = None) -> Any:
+        """Return the value of ``key``'s live entry, or ``default``, counting neither a hit nor
+        a miss nor a use (for looking without disturbing the LRU or the stats).
+
+        Raises:
+            The errors of :meth:`get`.
+        """
+        text, index = self._slot(key)
         entry = find(self._read(index, None), text)
-        return entry[1] if entry is not None and live(entry, cache_entry.clock()) else MISSING
+        return entry[1] if entry is not None and live(entry, cache_entry.clock()) else default
 
     def __getitem__(self, key: Any) -> Any:
         value = self.get(key, MISSING)
@@ -230,8 +245,7 @@ class Cache:
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` has a live entry (counts neither a hit nor a miss)."""
-        text, index = self._slot(key)
-        return self._peek(index, text) is not MISSING
+        return self.peek(key, MISSING) is not MISSING
 
     def __iter__(self) -> Iterator[Any]:
         """The keys of live entries, in no meaningful order; reads every entry (like
@@ -313,12 +327,11 @@ class Cache:
             self._used(index, now)
 
     def _set_in_place(self, index: int, text: str, value: Any, life: float | None) -> bool:
-        """``set``'s fast path: over ``text``'s own entry, in one C call (shmfs.hotpath) that
-        compares the stored pickle's head with the new one's instead of decoding it; ``False``
-        if it cannot (pure Python, a value that is not plain, an empty variable, a bucket of
-        several keys, a lock to wait for): ``overwrite`` then does it."""
-        if self._fast_read is None:
-            return False
+        """``set``'s fast path: over ``text``'s own entry, in one lock-free call
+        (``Segment.put_if_head``) that compares the stored pickle's head with the new one's
+        instead of decoding it; ``False`` if it cannot (no fast path, a value that is not
+        plain, an empty variable, a bucket of several keys, a lock to wait for): ``overwrite``
+        then does it."""
         head = self._heads.get(text)
         if head is None:
             if len(self._heads) >= _MEMO_SIZE:
@@ -326,7 +339,7 @@ class Cache:
             head = self._heads[text] = pickling.tuple_head(text)
         now = cache_entry.clock()
         entry = (text, value, None if life is None else now + life, now)
-        if not self.segment._put_over(index, entry, pickling.TUPLE_HEAD_AT, head):
+        if not self.segment.put_if_head(index, entry, pickling.TUPLE_HEAD_AT, head):
             return False
         self._used(index, now)
         return True
@@ -473,6 +486,58 @@ class Cache:
             return True, (text, old[1], None if life is None else now + life, now)
 
         return bool(self._write(index, text, renew))
+
+    def transact(self, key: Any, change: Transaction, *, lease: bool = False) -> Any:
+        """Rewrite ``key``'s entry with ``change``, atomically across processes, and return
+        what ``change`` answers: the step ``add``, ``pop``, ``incr`` and ``touch`` are made of.
+
+        ``change(old, now)`` gets ``key``'s live entry, ``(canonical key, value, expires,
+        written)``, or ``None``, and the time (``time.time()`` seconds) the rewrite runs at; it
+        returns ``(answer, new)``, where ``new`` is ``(value, expires)`` to store (``expires``
+        absolute, or ``None``: never), ``None`` to remove the entry, or
+        :data:`shmfs.cache.entry.KEEP` to leave it as it is. It runs under the segment lock:
+        keep it short, and do not call the cache from it.
+
+        Args:
+            key: The key.
+            change: The rewrite.
+            lease: Rewrite ``key``'s *lease* instead of its entry: a variable of its own, which
+                eviction never takes, for the processes that compute ``key``'s value to agree
+                on which one does (memoize's lease).
+
+        Returns:
+            ``change``'s answer.
+
+        Raises:
+            The errors of :meth:`set`, and whatever ``change`` raises (nothing is changed then).
+        """
+        text, index = self._slot(key)
+
+        def entry_of(old: Entry | None, now: float) -> tuple[Any, Any]:
+            answer, new = change(old, now)
+            if new is None or new is KEEP:
+                return answer, new
+            value, expires = new
+            return answer, (text, value, expires, now)
+
+        return self._write(-index if lease else index, text, entry_of)
+
+    def watch(self, key: Any, timeout: float | None = None) -> Watch:
+        """Wake on every write of ``key``'s variable, without polling: an iterator that yields
+        once for each (what it yields is the stored variable, not for use: look with
+        :meth:`peek`). Close it, or use it in ``with``, to stop watching.
+
+        Args:
+            key: The key.
+            timeout: Seconds to wait for each write at most; ``None`` waits for ever.
+
+        Raises:
+            WaitTimeout: (from ``next()``) no write within ``timeout``.
+            InvalidKeyType: ``key`` is not a str, bytes, int or tuple of them.
+            SegmentDetached: the cache was closed.
+            SegmentNotFound: the cache was destroyed.
+        """
+        return self.segment.watch(self._slot(key)[1], timeout)
 
     # ------------------------------------------------------------------- housekeeping
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from shmfs.cache_keys import FIRST_ENTRY, decode_canonical
+from shmfs.cache.keys import FIRST_ENTRY, decode_canonical
 from shmfs.errors import InvalidArgument
 from shmfs.segment import Segment
 
@@ -40,7 +40,7 @@ __all__ = [
     "sweep",
 ]
 
-#: The cache's clock: wall-clock seconds. Tests replace ``shmfs.cache_entry.clock`` to move time
+#: The cache's clock: wall-clock seconds. Tests replace ``shmfs.cache.entry.clock`` to move time
 #: without sleeping.
 clock: Callable[[], float] = time.time
 

@@ -30,9 +30,10 @@ import threading
 from array import array
 from typing import Any, Final
 
-from shmfs import cache_entry, codecs
-from shmfs.cache_entry import entries, live
-from shmfs.cache_keys import FIRST_ENTRY
+from shmfs import codecs, frame
+from shmfs.cache import entry as cache_entry
+from shmfs.cache.entry import entries, live
+from shmfs.cache.keys import FIRST_ENTRY
 from shmfs.errors import (
     CorruptSegment,
     LockTimeout,
@@ -210,10 +211,12 @@ class Evictor:
         make it fit, only empty the cache. Its size comes from the error where the backend says
         (``needed``), else from encoding ``value`` (the value being stored, if any) once more.
         """
-        needed = getattr(full, "needed", None) or getattr(full.__cause__, "needed", None)
-        if not isinstance(needed, int) and value is not None:
+        needed = full.needed
+        if needed is None and isinstance(full.__cause__, SegmentFull):
+            needed = full.__cause__.needed
+        if needed is None and value is not None:
             with contextlib.suppress(ShmfsError):  # it was encoded once already
-                needed = len(codecs.encode(self.codec, value))
+                needed = len(frame.encode(self.codec, value))
         if isinstance(needed, int) and needed > self.segment.size:
             return False
         return self.evict(attempt)
