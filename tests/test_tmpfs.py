@@ -448,9 +448,7 @@ def _sized(index: int) -> str:
     return large(f"value {index}") + "z" * (index % 50 * 40)
 
 
-def test_unmapped_variables_are_read_with_pread(
-    attach: Any, key: int, few_mappings: int
-) -> None:
+def test_unmapped_variables_are_read_with_pread(attach: Any, key: int, few_mappings: int) -> None:
     """Past the mapping limit, variables are copied with pread instead of mapped and unmapped
     on every get; a variable read often is mapped after all. Every value stays exact, and no
     descriptor or mapping is left behind. (About files: large values only are mapped.)"""
@@ -711,9 +709,11 @@ def test_a_remembered_miss_does_not_hide_what_a_dead_writer_published(
     frame = shmfs.codecs.encode(shmfs.codecs.get_codec("pickle"), "left")
     backend.acquire(None)
     try:  # the dead writer's steps, up to the publication (no counts, no bump)
-        with mock.patch.object(backend, "_changed", side_effect=KeyboardInterrupt):
-            with pytest.raises(KeyboardInterrupt):  # stands for SIGKILL right after publishing
-                backend.write(7, frame)
+        with (
+            mock.patch.object(backend, "_changed", side_effect=KeyboardInterrupt),
+            pytest.raises(KeyboardInterrupt),  # stands for SIGKILL right after publishing
+        ):
+            backend.write(7, frame)
         _set_state(writer, segdir.DIRTY | gone.pid << 32)
     finally:
         backend.release()
