@@ -5,7 +5,29 @@ warns and goes on, and shmfs runs on its pure-Python path (the same protocols, s
 ``shmfs/hotpath.py``.
 """
 
+import importlib.util
+from pathlib import Path
+
 from setuptools import Extension, setup
+
+
+def _write_layout_header() -> None:
+    """shmfs/_hot_c/layout.h from shmfs/backends/tmpfs/layout.py, the one source of the tmpfs
+    format's numbers (it imports nothing of shmfs, so it loads before shmfs is installed)."""
+    here = Path(__file__).resolve().parent
+    spec = importlib.util.spec_from_file_location(
+        "shmfs_layout", here / "shmfs" / "backends" / "tmpfs" / "layout.py"
+    )
+    assert spec is not None and spec.loader is not None
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    header = here / "shmfs" / "_hot_c" / "layout.h"
+    text = layout.header_text()
+    if not header.exists() or header.read_text(encoding="ascii") != text:
+        header.write_text(text, encoding="ascii")
+
+
+_write_layout_header()
 
 # shmfs/_hot_c/module.c says what each part does.
 PARTS = ("module", "hot", "slab", "put", "plain", "checksum", "mapping")

@@ -31,6 +31,7 @@ from shmfs import frame as framing
 from shmfs.backends.tmpfs import segdir as sd
 from shmfs.locking import lock_holder_pid
 from tests.conftest import pure_python, segment_ref
+from tests.tmpfs_files import large, pwrite, slot_of
 from tests.workers import Children, checked_value, hold_lock, is_intact, read_while, write_small
 
 WAIT = 60
@@ -73,9 +74,9 @@ def pure(attach: Callable[..., shmfs.Segment], seg: shmfs.Segment) -> Iterator[s
 
 
 def store(seg: shmfs.Segment, index: int, value: Any) -> None:
-    """Put ``value`` and map its file in this handle (a first put only creates the file, a
-    first get copies it with pread, a second get maps it): the next put of ``index`` may then
-    be a fast one."""
+    """Put ``value`` and, if it has a file of its own, map it in this handle (a first put only
+    creates the file, a first get copies it with pread, a second get maps it): the next put of
+    ``index`` may then be a fast one. (A small value's slab file is mapped on first use.)"""
     seg[index] = value
     seg.get(index)
     seg.get(index)
@@ -92,12 +93,9 @@ def python_reports(
 
 def frame(seg: shmfs.Segment, index: int) -> bytes:
     """The stored frame of ``index``, as the Python path finds it."""
-    backend = seg._backend
-    backend.acquire(None)
-    try:
-        return bytes(backend._var(index).current())
-    finally:
-        backend.release()
+    data = seg._backend._read_locked(index)
+    assert isinstance(data, (bytes, memoryview)), type(data)
+    return bytes(data)
 
 
 def test_the_build_made_it() -> None:
@@ -210,7 +208,9 @@ def test_c_takes_exactly_the_values_python_calls_plain(
 ) -> None:
     """The C check of plainness is ``codecs.is_plain``'s, depth and size limits included: a
     value taken by the fast put is written as Python's put would (pickle, not cloudpickle)."""
-    store(seg, 1, "x" * 8000)  # a slot every value here fits
+    # The value itself first, by Python: a slot of its class, or a file of its own that it
+    # fits, so that only plainness decides whether the fast put takes it again.
+    store(seg, 1, value)
     fast = hot.put(1, codecs.get_codec("cloudpickle").id, value) is None
     assert fast == codecs.is_plain(value)
     if fast:
@@ -244,11 +244,25 @@ def test_a_missing_or_too_big_value_is_slow(seg: shmfs.Segment, hot: hotpath.Hot
 
 
 def test_damage_is_reported_by_the_python_path(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
-    store(seg, 1, "precious")
-    var = seg._backend._vars[1]
+    """About files: a value with a file of its own, damaged in its mapping."""
+    store(seg, 1, large("precious"))
+    var = seg._backend._large.vars[1]
     with memoryview(var._mm) as whole:
         start = 64 + (var.version[1] >> 32 & 1) * var.capacity + framing.HEADER.size
         whole[start] ^= 0x01
+    python_reports(seg, hot, shmfs.CorruptSegment, "checksum")
+
+
+def test_damage_in_a_slot_is_reported_by_the_python_path(
+    seg: shmfs.Segment, hot: hotpath.Hot
+) -> None:
+    """A small value's slot, damaged in its payload: the C get leaves it to Python, which
+    raises ``CorruptSegment``."""
+    store(seg, 1, "precious")
+    path, offset, _ = slot_of(seg, 1)
+    with open(path, "rb") as slab:
+        byte = slab.read()[offset + 16 + framing.HEADER.size]
+    pwrite(path, bytes([byte ^ 0x01]), offset + 16 + framing.HEADER.size)
     python_reports(seg, hot, shmfs.CorruptSegment, "checksum")
 
 
@@ -275,13 +289,14 @@ def test_a_decoder_failure_is_reported_by_the_python_path(
 def test_an_untrusted_writer_is_refused_by_the_python_path(
     seg: shmfs.Segment, hot: hotpath.Hot
 ) -> None:
-    store(seg, 1, {"pickled": True})
-    store(seg, 2, "also pickled")
-    var = seg._backend._vars[1]
+    """About files: values with a file of their own, one of them marked untrusted."""
+    store(seg, 1, {"pickled": True, "pad": large("p")})
+    store(seg, 2, large("also pickled"))
+    var = seg._backend._large.vars[1]
     var.hot = (*var.hot[:2], False, var.hot[3])  # as if another, untrusted, uid had written it
     var.trusted = False
     python_reports(seg, hot, shmfs.UnsafeSegment, "untrusted")
-    assert hot.get(2) == "also pickled"
+    assert hot.get(2) == large("also pickled")
 
 
 def test_a_segment_with_a_secret_never_takes_it(
@@ -318,8 +333,9 @@ def test_after_a_recovery_the_mappings_are_renewed(seg: shmfs.Segment, hot: hotp
 def test_a_replaced_file_is_followed(
     seg: shmfs.Segment, pure: shmfs.Segment, hot: hotpath.Hot
 ) -> None:
-    seg[1] = "small"
-    pure[1] = "big" * 10_000  # outgrows its slot: a new file, and ours is retired
+    """About files: a value with a file of its own, replaced by a bigger one's file."""
+    store(seg, 1, large("mapped"))
+    pure[1] = "big" * 10_000  # outgrows its file: a new file, and ours is retired
     assert hot.get(1) is hotpath.SLOW
     assert seg[1] == "big" * 10_000
     assert hot.get(1) == "big" * 10_000
@@ -341,23 +357,26 @@ def test_a_full_segment_refuses_and_keeps_the_old_value(
 def test_a_value_that_outgrows_its_slot_gets_a_new_file(
     seg: shmfs.Segment, hot: hotpath.Hot
 ) -> None:
-    store(seg, 1, "x")
-    inode = seg._backend._vars[1].inode
-    assert hot.put(1, codecs.get_codec("cloudpickle").id, "y" * 5000) is hotpath.SLOW
-    seg[1] = "y" * 5000
-    assert seg[1] == "y" * 5000  # from the new file, mapped in place of the retired one
-    assert seg._backend._vars[1].inode != inode
+    """About files: a value with a file of its own outgrowing it."""
+    store(seg, 1, large("x"))
+    inode = seg._backend._large.vars[1].inode
+    assert hot.put(1, codecs.get_codec("cloudpickle").id, "y" * 20_000) is hotpath.SLOW
+    seg[1] = "y" * 20_000
+    assert seg[1] == "y" * 20_000  # from the new file, mapped in place of the retired one
+    assert seg._backend._large.vars[1].inode != inode
 
 
 def test_waiters_and_views_make_puts_slow(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
-    seg[1] = b"viewed"
-    payload = b"new"
+    """About files: views in place exist only for values with a file of their own."""
+    seg[1] = b"viewed" * 1000
+    payload = b"new" * 2000
     cloud = codecs.get_codec("cloudpickle").id
     with seg.view(1) as view:
         assert hot.put(1, cloud, payload) is hotpath.SLOW
-        seg[1] = b"new"  # the Python path publishes a new file; the view stays as it was
-        assert bytes(view) == b"viewed"
-    assert seg[1] == b"new"  # maps the new file
+        seg[1] = payload  # the Python path publishes a new file; the view stays as it was
+        assert bytes(view) == b"viewed" * 1000
+    assert seg[1] == payload
+    assert seg[1] == payload  # maps the new file
     watching = seg.watch(1, timeout=WAIT)
     try:
         assert hot.put(1, cloud, payload) is hotpath.SLOW  # Python wakes the waiter
@@ -369,14 +388,15 @@ def test_waiters_and_views_make_puts_slow(seg: shmfs.Segment, hot: hotpath.Hot) 
 def test_a_read_only_mapping_is_refused_by_the_python_path(
     seg: shmfs.Segment, hot: hotpath.Hot
 ) -> None:
-    store(seg, 1, "theirs")
-    var = seg._backend._vars[1]
+    """About files: a value with a file of its own, mapped read-only."""
+    store(seg, 1, large("theirs"))
+    var = seg._backend._large.vars[1]
     var.hot = (*var.hot[:3], False)  # as if the file were another trusted user's, read-only
     var.writable = False
-    assert hot.put(1, codecs.get_codec("cloudpickle").id, "ours") is hotpath.SLOW
+    assert hot.put(1, codecs.get_codec("cloudpickle").id, large("ours")) is hotpath.SLOW
     with pytest.raises(shmfs.UnsafeSegment, match="write permission"):
-        seg[1] = "ours"
-    assert seg[1] == "theirs"
+        seg[1] = large("ours")
+    assert seg[1] == large("theirs")
 
 
 def test_a_destroyed_segment_is_reported(
@@ -606,10 +626,10 @@ def test_shmfs_pure_python_turns_all_of_it_off(root: str) -> None:
         from shmfs.backends import tmpfs
 
         seg = shmfs.attach(0x5E00_0001, root=sys.argv[1])
-        seg[1] = {"a": 1}
-        seg[1] = "x"  # in place, through Python
-        assert seg[1] == "x" and seg._hot is None and not hotpath.available()
-        mapping = type(seg._backend._vars[1]._mm).__name__
+        seg[1] = {"a": "x" * 5000}  # a file of its own
+        seg[1] = "y" * 5000  # in place, through Python
+        assert seg[1] == "y" * 5000 and seg._hot is None and not hotpath.available()
+        mapping = type(seg._backend._large.vars[1]._mm).__name__
         print(hotpath.maps_without_descriptors(), tmpfs.MAX_MAPPINGS, mapping)
         seg.destroy()
         """
@@ -634,4 +654,4 @@ def test_shmfs_pure_python_turns_all_of_it_off(root: str) -> None:
 def test_pure_python_fixture_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     pure_python(monkeypatch)
     assert not hotpath.available()
-    assert hotpath.new_hot({}, memoryview(b"")) is None
+    assert hotpath.new_hot({}, {}, memoryview(b"")) is None

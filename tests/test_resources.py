@@ -87,19 +87,38 @@ def test_oversized_value_never_sigbus(small_tmpfs: str) -> None:
     assert done.stdout.strip() == "SegmentFull small"
 
 
+def _big(index: int) -> str:
+    """A value with a file (an inode) of its own: too big for a slot."""
+    return f"{index}:" + "x" * 5000
+
+
 @pytest.mark.parametrize("small_tmpfs", ["size=4m,nr_inodes=16"], indirect=True)
 def test_inode_exhaustion_raises_segment_full(small_tmpfs: str) -> None:
+    """About files: large values, each taking an inode, until none is left."""
     seg = shmfs.attach(0x5EED, 64 << 20, root=small_tmpfs)
     created = 0
     with pytest.raises(shmfs.SegmentFull):
         for index in range(100):
-            seg[index] = index
+            seg[index] = _big(index)
             created += 1
     assert 0 < created < 16
-    assert all(seg[index] == index for index in range(created))
+    assert all(seg[index] == _big(index) for index in range(created))
     with pytest.raises(shmfs.SegmentFull):
         shmfs.attach(0x5EEE, root=small_tmpfs)  # no inode left for a new segment either
     del seg[0]
-    seg[500] = "fits again"
-    assert seg[500] == "fits again"
+    seg[500] = _big(500)
+    assert seg[500] == _big(500)
+    seg.destroy()
+
+
+@pytest.mark.parametrize("small_tmpfs", ["size=4m,nr_inodes=16"], indirect=True)
+def test_many_small_values_fit_where_inodes_are_few(small_tmpfs: str) -> None:
+    """Small values share slab files: a thousand of them (and the index's growth past its
+    first table, several times) fit in a tmpfs with 16 inodes."""
+    seg = shmfs.attach(0x5EED, 4 << 20, root=small_tmpfs)
+    for index in range(1000):
+        seg[index] = f"small value {index}"
+    assert all(seg[index] == f"small value {index}" for index in range(1000))
+    assert len(seg) == 1000
+    assert len(os.listdir(seg.stats()["location"])) < 12
     seg.destroy()

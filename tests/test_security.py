@@ -21,6 +21,7 @@ from shmfs import frame
 from shmfs.backends.sysv import ipc
 from shmfs.backends.tmpfs import largevars, segdir
 from shmfs.backends.tmpfs.largefile import create
+from tests.tmpfs_files import large, slab_files
 
 NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
@@ -194,7 +195,7 @@ def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     """Reads through a mapping, or (past the mapping limit) copied with pread: both check trust."""
     if request.param == "pread":
         monkeypatch.setattr(largevars, "MAX_MAPPINGS", 0)
-        monkeypatch.setattr(tmpfs, "_ADMIT_AFTER", 10**9)
+        monkeypatch.setattr(largevars, "_ADMIT_AFTER", 10**9)
     return str(request.param)
 
 
@@ -202,16 +203,27 @@ def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 def test_pickle_from_another_user_is_never_unpickled(
     shared_root: str, key: int, tmp_path: Any
 ) -> None:
+    """About files: large values, each with a file of its own (small values' slab files are
+    the next test). A file planted where the index names nothing is no value at all."""
     seg = shmfs.attach(key, 1 << 20, 0o666, root=shared_root)  # a world-writable segment
-    seg[1] = "root's value"
+    seg[1] = large("root's value")
+    seg[7] = large("root's other value")
     directory = os.path.join(shared_root, str(key))
     marker = tmp_path / "pwned"
     os.chmod(tmp_path, 0o777)
     frame = _malicious_frame(str(marker))
-    assert as_nobody(lambda: _planted_variable(directory, "7", frame)) is None
+
+    def replace_seven() -> None:
+        _planted_variable(directory, ".evil7", frame)
+        os.rename(os.path.join(directory, ".evil7"), os.path.join(directory, "7"))
+
+    assert as_nobody(replace_seven) is None
     assert os.stat(os.path.join(directory, "7")).st_uid == NOBODY
     with pytest.raises(shmfs.UnsafeSegment):
         seg.get(7)
+    assert as_nobody(lambda: _planted_variable(directory, "8", frame)) is None
+    assert seg.get(8, "absent") == "absent"  # the index does not name it
+    os.unlink(os.path.join(directory, "8"))
     # Replacing one of root's own values by rename is refused the same way.
     as_nobody(lambda: _planted_variable(directory, ".evil", frame))
     os.rename(os.path.join(directory, ".evil"), os.path.join(directory, "1"))
@@ -221,10 +233,38 @@ def test_pickle_from_another_user_is_never_unpickled(
     seg.destroy()
 
 
+def test_slab_file_of_another_user_is_never_unpickled(root: str, key: int) -> None:
+    """Small values: trust is per slab file, by its owner. Pickles in a slab file another user
+    owns (whose slots that user could have filled with anything) are refused; its json values,
+    which run no code, and values in root's own files are read; trusting that user reads it."""
+    with shmfs.attach(key, 1 << 20, root=root) as seg:
+        seg[1] = {"pickled": True}
+        seg[2] = {"pickled": "in a file of its own", "pad": large("p")}
+    with shmfs.attach(key, root=root, codec="json") as seg:
+        seg[3] = {"json": True}
+    with shmfs.attach(key, root=root) as seg:
+        slabs = slab_files(seg)
+    for slab in slabs:  # every small value's slab file, not the large value's own file
+        os.chown(os.path.join(root, str(key), slab), NOBODY, NOBODY)
+    with shmfs.attach(key, root=root) as seg:
+        with pytest.raises(shmfs.UnsafeSegment):
+            seg.get(1)
+        assert seg[3] == {"json": True}
+        assert seg[2] == {"pickled": "in a file of its own", "pad": large("p")}
+    with shmfs.attach(key, root=root, trust_uids=[NOBODY]) as seg:
+        assert seg[1] == {"pickled": True}
+        seg.destroy()
+
+
 @pytest.mark.usefixtures("read_path")
-def test_world_writable_file_is_not_trusted_for_pickles(shared_root: str, key: int) -> None:
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_world_writable_file_is_not_trusted_for_pickles(
+    shared_root: str, key: int, size: str
+) -> None:
+    """A value in a slab file (small) or in a file of its own (large), both mode 0666."""
     seg = shmfs.attach(key, 1 << 20, 0o666, root=shared_root)
-    seg[1] = {"pickled": True}  # root owns the file, but anyone may have written into it
+    # root owns the file, but anyone may have written into it
+    seg[1] = {"pickled": True, "pad": large("p") if size == "large" else ""}
     with pytest.raises(shmfs.UnsafeSegment):
         seg.get(1)
     seg.destroy()

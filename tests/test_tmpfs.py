@@ -6,6 +6,7 @@ means something for the tmpfs backend.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import stat
@@ -18,8 +19,10 @@ import pytest
 
 import shmfs
 from shmfs import hotpath
+from shmfs.backends import tmpfs
 from shmfs.backends.tmpfs import largevars, segdir
 from shmfs.backends.tmpfs.largefile import HEADER_SIZE
+from tests.tmpfs_files import large, pwrite, slab_files, slot_of, var_path
 
 
 @pytest.fixture
@@ -139,71 +142,136 @@ def test_squatted_segment_refused(root: str, key: int) -> None:
 def test_symlinked_variable_refused_and_victim_untouched(
     root: str, key: int, tmp_path: Any
 ) -> None:
+    """A large variable's file replaced by a symlink: reads and writes refuse it and never
+    follow it. (Only values too big for a slot have a file of their own.)"""
     victim = tmp_path / "victim"
     victim.write_bytes(b"IMPORTANT CONTENT" * 500)
     with shmfs.attach(key, 1 << 20, root=root) as seg:
-        os.symlink(victim, os.path.join(root, str(key), "7"))
+        seg[7] = large("mine")
+    path = os.path.join(root, str(key), "7")
+    os.unlink(path)
+    os.symlink(victim, path)
+    with shmfs.attach(key, root=root) as seg:
         with pytest.raises(shmfs.UnsafeSegment):
             seg.get(7)
         with pytest.raises(shmfs.UnsafeSegment):
-            seg.put(7, "overwrite")
-        os.unlink(os.path.join(root, str(key), "7"))
+            seg.put(7, large("overwrite"))
+        os.unlink(path)
         seg.destroy()
     assert victim.read_bytes() == b"IMPORTANT CONTENT" * 500
 
 
-def test_value_from_untrusted_user_not_unpickled(root: str, key: int) -> None:
+def test_planted_symlink_named_like_a_variable_is_never_followed(
+    root: str, key: int, tmp_path: Any
+) -> None:
+    """A symlink planted where no variable is: the index does not name it, so it is no value;
+    storing that index (small or large) never writes through it."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"IMPORTANT CONTENT" * 500)
     with shmfs.attach(key, 1 << 20, root=root) as seg:
-        seg[1] = {"pickled": True}
-        seg[2] = {"pickled": "by me"}
+        path = os.path.join(root, str(key), "7")
+        os.symlink(victim, path)
+        assert 7 not in seg and seg.get(7, "absent") == "absent"
+        seg[7] = "small"
+        assert seg[7] == "small"
+        with contextlib.suppress(shmfs.UnsafeSegment):  # refusing it is as good as replacing it
+            seg[7] = large("big")
+            assert seg[7] == large("big") and not os.path.islink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        seg.destroy()
+    assert victim.read_bytes() == b"IMPORTANT CONTENT" * 500
+
+
+def test_symlinked_slab_file_refused_and_victim_untouched(
+    root: str, key: int, tmp_path: Any
+) -> None:
+    """A slab file replaced by a symlink: small values in it are refused (``UnsafeSegment``),
+    never read or written through the link."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"IMPORTANT CONTENT" * 500)
+    with shmfs.attach(key, 1 << 20, root=root) as seg:
+        seg[1] = "small"
+        (slab,) = slab_files(seg)
+    path = os.path.join(root, str(key), slab)
+    os.rename(path, path + "-saved")
+    os.symlink(victim, path)
+    try:
+        with shmfs.attach(key, root=root) as seg:
+            with pytest.raises(shmfs.UnsafeSegment):
+                seg.get(1)
+            with pytest.raises(shmfs.UnsafeSegment):
+                seg.put(1, "overwrite")
+    finally:
+        os.unlink(path)
+        os.rename(path + "-saved", path)
+        shmfs.attach(key, root=root).destroy()
+        assert victim.read_bytes() == b"IMPORTANT CONTENT" * 500
+
+
+def test_value_from_untrusted_user_not_unpickled(root: str, key: int) -> None:
+    """About files: large values, each with a file of its own, chowned one by one (the slab
+    files of small values are covered in test_security.py)."""
+    pad = large("p")
+    with shmfs.attach(key, 1 << 20, root=root) as seg:
+        seg[1] = {"pickled": True, "pad": pad}
+        seg[2] = {"pickled": "by me", "pad": pad}
+        seg[4] = {"small": "in a slab, not chowned"}
     with shmfs.attach(key, root=root, codec="json") as seg:
-        seg[3] = {"json": True}
+        seg[3] = {"json": True, "pad": pad}
     for name in ("1", "3"):
         os.chown(os.path.join(root, str(key), name), NOBODY, NOBODY)
     with shmfs.attach(key, root=root) as seg:
         with pytest.raises(shmfs.UnsafeSegment):
             seg.get(1)
-        assert seg[3] == {"json": True}  # json runs no code: readable from anyone
-        assert seg[2] == {"pickled": "by me"}
+        assert seg[3] == {"json": True, "pad": pad}  # json runs no code: readable from anyone
+        assert seg[2] == {"pickled": "by me", "pad": pad}
+        assert seg[4] == {"small": "in a slab, not chowned"}
     with shmfs.attach(key, root=root, trust_uids=[NOBODY]) as seg:
-        assert seg[1] == {"pickled": True}
+        assert seg[1] == {"pickled": True, "pad": pad}
         seg.destroy()
 
 
 def test_destroy_zeroes_what_observers_map(root: str, key: int) -> None:
+    """Both kinds of file: a large value's own file and the slab file of a small one."""
     seg = shmfs.attach(key, 1 << 20, root=root)
-    seg[1] = b"TOP-SECRET" * 100
-    path = os.path.join(root, str(key), "1")
+    seg[1] = b"TOP-SECRET" * 600
+    seg[2] = b"SLAB-SECRET" * 10
+    views = []
+    for path in (var_path(seg, 1), slot_of(seg, 2)[0]):
+        with open(path, "rb") as observer:
+            views.append(mmap.mmap(observer.fileno(), 0, access=mmap.ACCESS_READ))
+    try:
+        assert b"TOP-SECRET" in views[0][:] and b"SLAB-SECRET" in views[1][:]
+        seg.destroy()
+        assert b"TOP-SECRET" not in views[0][:]
+        assert b"SLAB-SECRET" not in views[1][:]
+        assert not os.path.exists(os.path.join(root, str(key)))
+    finally:
+        for view in views:
+            view.close()
+
+
+@pytest.mark.parametrize("size", ["large", "small"])
+def test_remove_zeroes_what_observers_map(seg: shmfs.Segment, size: str) -> None:
+    """A large value's own file, or a small value's slot in its slab file."""
+    seg[1] = b"TOP-SECRET" * (600 if size == "large" else 10)
+    seg[2] = b"NEIGHBOUR" * 10
+    path = var_path(seg, 1) if size == "large" else slot_of(seg, 1)[0]
     with open(path, "rb") as observer:
         view = mmap.mmap(observer.fileno(), 0, access=mmap.ACCESS_READ)
     try:
         assert b"TOP-SECRET" in view[:]
-        seg.destroy()
-        assert b"TOP-SECRET" not in view[:]
-        assert not os.path.exists(os.path.join(root, str(key)))
-    finally:
-        view.close()
-
-
-def test_remove_zeroes_what_observers_map(seg: shmfs.Segment) -> None:
-    seg[1] = b"TOP-SECRET" * 100
-    path = os.path.join(seg.stats()["location"], "1")
-    with open(path, "rb") as observer:
-        view = mmap.mmap(observer.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
         seg.remove(1)
         assert b"TOP-SECRET" not in view[:]
+        assert seg[2] == b"NEIGHBOUR" * 10
     finally:
         view.close()
 
 
 def _damage(seg: shmfs.Segment, index: int, offset: int, data: bytes) -> None:
-    path = os.path.join(seg.stats()["location"], str(index))
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
+    """Damage a large variable's own file."""
+    pwrite(var_path(seg, index), data, offset)
 
 
 @pytest.mark.parametrize(
@@ -220,8 +288,9 @@ def _damage(seg: shmfs.Segment, index: int, offset: int, data: bytes) -> None:
 def test_damaged_files_raise_corrupt_segment(
     attach: Any, key: int, offset: int, data: bytes, message: str
 ) -> None:
+    """About files: a large value's own file, damaged (slots: the next test)."""
     seg = attach(key, 1 << 20)
-    seg[1] = "a value long enough to damage in the middle"
+    seg[1] = large("a value long enough to damage in the middle")
     _damage(seg, 1, offset, data)
     reader = attach(key)
     with pytest.raises(shmfs.CorruptSegment):
@@ -230,24 +299,69 @@ def test_damaged_files_raise_corrupt_segment(
     assert reader[2] == "the rest of the segment still works"
 
 
-def test_truncated_and_foreign_files_raise_corrupt_segment(attach: Any, key: int) -> None:
+@pytest.mark.parametrize(
+    ("at", "data", "message"),
+    [
+        (16, b"\x00\x00\x00\x00", "magic"),  # the frame's magic
+        (16 + 4, b"\x09", "version"),  # a future frame format
+        (16 + 30, b"\xff\xfe", "checksum"),  # a flipped payload byte
+        (0, (0xFFFF).to_bytes(2, "little"), "length"),  # seal length beyond the slot
+        (8, (99).to_bytes(8, "little"), "another variable"),  # the slot names index 99
+    ],
+)
+def test_damaged_slots_raise_corrupt_segment(
+    attach: Any, key: int, at: int, data: bytes, message: str
+) -> None:
+    """A small value's slot, damaged in its frame, its seal or the index it names: the reader
+    gets ``CorruptSegment`` naming the segment and the index, and the rest works."""
     seg = attach(key, 1 << 20)
-    seg.put(1, "x")
+    seg[1] = "a value long enough to damage in the middle"
+    seg[2] = "a neighbour in the same slab file"
+    path, offset, _ = slot_of(seg, 1)
+    pwrite(path, data, offset + at)
+    reader = attach(key)
+    with pytest.raises(shmfs.CorruptSegment) as info:
+        reader.get(1)
+    found = info.value
+    if message in ("length", "another variable"):  # found by the backend, which names them
+        assert (found.key, found.index) == (key, 1), message
+    else:  # found by the frame's checks (codecs.py), which may not know them
+        assert (getattr(found, "key", key), getattr(found, "index", 1)) == (key, 1), message
+    assert reader[2] == "a neighbour in the same slab file"
+    reader[3] = "the rest of the segment still works"
+    assert reader[3] == "the rest of the segment still works"
+    reader[1] = "overwriting a damaged value clears it"
+    assert reader[1] == "overwriting a damaged value clears it"
+
+
+def test_truncated_and_foreign_files_raise_corrupt_segment(attach: Any, key: int) -> None:
+    """Files of their own truncated or replaced by foreign bytes, and a truncated slab file:
+    ``CorruptSegment``. A foreign file the index does not name is no value at all."""
+    seg = attach(key, 1 << 20)
+    seg.put(1, large("x"))
+    seg.put(2, large("y"))
+    seg.put(3, "small")
     location = seg.stats()["location"]
+    (slab,) = slab_files(seg)
     seg.detach()  # a truncated file must not be mapped by a live reader (SIGBUS)
     os.truncate(os.path.join(location, "1"), 10)
     with open(os.path.join(location, "2"), "wb") as foreign:
         foreign.write(os.urandom(4096))
+    os.truncate(os.path.join(location, slab), 100)
+    with open(os.path.join(location, "4"), "wb") as foreign:
+        foreign.write(os.urandom(4096))
     reader = attach(key)
-    for index in (1, 2):
+    for index in (1, 2, 3):
         with pytest.raises(shmfs.CorruptSegment):
             reader.get(index)
+    assert reader.get(4, "absent") == "absent"
+    os.unlink(os.path.join(location, "4"))
 
 
 def test_signed_values(attach: Any, key: int) -> None:
     signer = attach(key, 1 << 20, secret=b"k1")
-    signer[1] = {"signed": 1}
-    assert signer[1] == {"signed": 1}
+    signer[1] = {"signed": 1, "pad": large("p")}  # a file of its own, damaged below
+    assert signer[1] == {"signed": 1, "pad": large("p")}
     with pytest.raises(shmfs.UnsafeSegment):
         attach(key)[1]  # no secret: refuses a signed value
     with pytest.raises(shmfs.UnsafeSegment):
@@ -267,14 +381,20 @@ def few_mappings(monkeypatch: pytest.MonkeyPatch) -> int:
     return 200
 
 
-def test_mappings_are_bounded(seg: shmfs.Segment, few_mappings: int) -> None:
+def _big(index: int) -> str:
+    """A value with a file of its own: only those are mapped one by one."""
+    return f"{index}:" + large("v")
+
+
+def test_mappings_are_bounded(attach: Any, key: int, few_mappings: int) -> None:
+    seg = attach(key, 16 << 20)
     count = few_mappings + 100
     for index in range(count):
-        seg[index] = index
+        seg[index] = _big(index)
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(3):
-        assert all(seg[index] == index for index in range(count))
-    assert len(seg._backend._vars) == few_mappings
+        assert all(seg[index] == _big(index) for index in range(count))
+    assert len(seg._backend._large.vars) == few_mappings
     # No descriptor per mapping where mappings keep none (the C module, or Python 3.13), at most
     # one per kept mapping otherwise; never one per variable.
     kept = 0 if hotpath.maps_without_descriptors() else few_mappings
@@ -282,14 +402,15 @@ def test_mappings_are_bounded(seg: shmfs.Segment, few_mappings: int) -> None:
     assert len(seg) == count
 
 
-def test_mappings_keep_no_descriptors_where_they_can(seg: shmfs.Segment) -> None:
+def test_mappings_keep_no_descriptors_where_they_can(attach: Any, key: int) -> None:
     if not hotpath.maps_without_descriptors():
         pytest.skip("mmap keeps a descriptor before Python 3.13, and the C module is not built")
+    seg = attach(key, 16 << 20)
     before = len(os.listdir("/proc/self/fd"))
     for index in range(500):
-        seg[index] = index
-        assert seg[index] == seg[index] == index  # the second get maps it
-    assert len(seg._backend._vars) == 500
+        seg[index] = _big(index)
+        assert seg[index] == seg[index] == _big(index)  # the second get maps it
+    assert len(seg._backend._large.vars) == 500
     assert len(os.listdir("/proc/self/fd")) <= before + 2
     assert largevars.MAX_MAPPINGS == 16384
 
@@ -303,39 +424,46 @@ def test_the_process_shares_one_budget_of_mappings(
     from shmfs.backends.tmpfs.largefile import VarFile  # noqa: PLC0415  # the process-wide count
 
     monkeypatch.setattr(largevars, "PROCESS_MAPPINGS", VarFile.live + 150)
-    first, second = attach(key), attach(key + 1)
+    first, second = attach(key, 4 << 20), attach(key + 1, 4 << 20)
     for seg in (first, second):
         for index in range(120):
-            seg[index] = index
-            assert seg[index] == seg[index] == index  # the second get maps it, if there is room
-    assert len(first._backend._vars) == 120
-    assert len(second._backend._vars) <= 31  # what the budget left, plus the one it swaps in
-    assert all(second[index] == index for index in range(120))  # read all the same
+            seg[index] = _big(index)
+            # the second get maps it, if there is room
+            assert seg[index] == seg[index] == _big(index)
+    assert len(first._backend._large.vars) == 120
+    assert len(second._backend._large.vars) <= 31  # what the budget left, plus the one swapped in
+    assert all(second[index] == _big(index) for index in range(120))  # read all the same
     assert VarFile.live <= largevars.PROCESS_MAPPINGS + 1
     first.detach()
     assert VarFile.live <= largevars.PROCESS_MAPPINGS + 1 - 120
 
 
-def test_unmapped_variables_are_read_with_pread(seg: shmfs.Segment, few_mappings: int) -> None:
+def _sized(index: int) -> str:
+    """Values of varying sizes, each with a file of its own."""
+    return large(f"value {index}") + "z" * (index % 50 * 40)
+
+
+def test_unmapped_variables_are_read_with_pread(attach: Any, key: int, few_mappings: int) -> None:
     """Past the mapping limit, variables are copied with pread instead of mapped and unmapped
     on every get; a variable read often is mapped after all. Every value stays exact, and no
-    descriptor or mapping is left behind."""
+    descriptor or mapping is left behind. (About files: large values only are mapped.)"""
+    seg = attach(key, 32 << 20)
     count = few_mappings + 300
     for index in range(count):
-        seg[index] = f"value {index}" * (1 + index % 50)
+        seg[index] = _sized(index)
     for index in range(count):
-        assert seg[index] == f"value {index}" * (1 + index % 50)
+        assert seg[index] == _sized(index)
     before = len(os.listdir("/proc/self/fd"))  # the mappings' own, before Python 3.13
     for index in range(count):
-        assert seg[index] == f"value {index}" * (1 + index % 50)
-    backend = seg._backend
-    assert len(backend._vars) == largevars.MAX_MAPPINGS
+        assert seg[index] == _sized(index)
+    vars_ = seg._backend._large.vars
+    assert len(vars_) == largevars.MAX_MAPPINGS
     unmapped = count - 1
-    assert unmapped not in backend._vars
-    for _ in range(tmpfs._ADMIT_AFTER):
-        assert seg[unmapped] == f"value {unmapped}" * (1 + unmapped % 50)
-    assert unmapped in backend._vars  # read often enough to be mapped
-    assert len(backend._vars) == largevars.MAX_MAPPINGS
+    assert unmapped not in vars_
+    for _ in range(largevars._ADMIT_AFTER):
+        assert seg[unmapped] == _sized(unmapped)
+    assert unmapped in vars_  # read often enough to be mapped
+    assert len(vars_) == largevars.MAX_MAPPINGS
     assert len(os.listdir("/proc/self/fd")) <= before + 1
 
 
@@ -343,16 +471,20 @@ def test_unmapped_reads_see_replacements_and_removals(
     attach: Any, key: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(largevars, "MAX_MAPPINGS", 0)  # every read finds no room to map
-    monkeypatch.setattr(tmpfs, "_ADMIT_AFTER", 10**9)
+    monkeypatch.setattr(largevars, "_ADMIT_AFTER", 10**9)
     seg, other = attach(key, 1 << 20), attach(key)
-    seg[1] = "small"
-    assert seg[1] == "small"
+    seg[1] = large("first")
+    assert seg[1] == large("first")
     other[1] = b"x" * 100_000  # a new, bigger file: past the first page, so it is mapped
     assert seg[1] == b"x" * 100_000
-    seg[2] = "two"
-    assert seg[2] == "two" and 2 not in seg._backend._vars
-    other[2] = "replaced by another handle"
-    assert seg[2] == "replaced by another handle"
+    seg[2] = large("two")
+    assert seg[2] == large("two") and 2 not in seg._backend._large.vars
+    other[2] = large("replaced by another handle")
+    assert seg[2] == large("replaced by another handle")
+    other[2] = "made small by another handle"  # its file goes: a slot now
+    assert seg[2] == "made small by another handle"
+    other[2] = large("large again")
+    assert seg[2] == large("large again")
     del other[2]
     assert 2 not in seg and seg.get(2, "gone") == "gone"
 
@@ -360,32 +492,38 @@ def test_unmapped_reads_see_replacements_and_removals(
 def test_unmapped_writes_go_in_place_with_pwrite(
     attach: Any, key: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """About files: values with a file of their own (at most its capacity, 6112 bytes here,
+    so they go in place)."""
     monkeypatch.setattr(largevars, "MAX_MAPPINGS", 0)  # every write finds no room to map
-    monkeypatch.setattr(tmpfs, "_ADMIT_AFTER", 10**9)
+    monkeypatch.setattr(largevars, "_ADMIT_AFTER", 10**9)
     seg = attach(key, 1 << 20)
-    seg[1] = "first"
+    seg[1] = large("first")
     path = os.path.join(seg.stats()["location"], "1")
     inode = os.stat(path).st_ino
     for round_no in range(5):  # both slots, more than once
-        seg[1] = f"value {round_no}" * (1 + round_no)
-        assert seg[1] == f"value {round_no}" * (1 + round_no)
-    assert os.stat(path).st_ino == inode and not seg._backend._vars
-    assert seg.stats()["used"] == len(seg._encode("value 4" * 5))
+        seg[1] = f"value {round_no}" * (600 + round_no)
+        assert seg[1] == f"value {round_no}" * (600 + round_no)
+    assert os.stat(path).st_ino == inode and not seg._backend._large.vars
+    assert seg.stats()["used"] == len(seg._encode("value 4" * 604))
     seg[1] = os.urandom(50_000)  # too big for the slot: a new file, through the mapped path
     assert os.stat(path).st_ino != inode
     with seg.view(1) as viewed:  # viewed: never in place
         inode = os.stat(path).st_ino
-        seg[1] = b"small"
+        seg[1] = b"smaller" * 1000
         assert os.stat(path).st_ino != inode and len(viewed) == 50_000
-    assert seg[1] == b"small"
+    assert seg[1] == b"smaller" * 1000
 
 
 def test_dead_writer_litter_is_cleaned_on_attach(attach: Any, key: int) -> None:
+    """What a dead writer may leave: a temporary file, an index it built and never published,
+    a file of its own renamed into place and never in the index; and wrong counts."""
     seg = attach(key, 1 << 20)
     seg[1] = "x"
     location = seg.stats()["location"]
-    with open(os.path.join(location, ".tmp-999999-0"), "wb") as litter:
-        litter.write(b"half a value")
+    clean = sorted(os.listdir(location))
+    for name in (".tmp-999999-0", ".index-7", "9"):
+        with open(os.path.join(location, name), "wb") as litter:
+            litter.write(b"half a value")
     meta = os.path.join(location, segdir.META_NAME)
     fd = os.open(meta, os.O_RDWR)
     try:  # what a writer killed between setting and clearing DIRTY leaves
@@ -395,9 +533,8 @@ def test_dead_writer_litter_is_cleaned_on_attach(attach: Any, key: int) -> None:
     finally:
         os.close(fd)
     fresh = attach(key)
-    assert sorted(os.listdir(location)) == sorted(
-        [segdir.NOTIFY_NAME, segdir.META_NAME, segdir.VIEWS_NAME, "1"]
-    )
+    assert sorted(os.listdir(location)) == clean
+    assert {segdir.NOTIFY_NAME, segdir.META_NAME, segdir.VIEWS_NAME, ".index-0"} < set(clean)
     assert fresh.stats()["used"] == seg.stats()["used"] < 100
     assert fresh[1] == "x"
 
@@ -418,8 +555,8 @@ def test_writer_dying_between_publish_and_retire(attach: Any, key: int) -> None:
     repairs that, and every handle drops its stale mappings."""
     reader = attach(key, 1 << 20)
     writer = attach(key)
-    writer[1] = "old"
-    assert reader[1] == "old"  # the reader now maps the old file
+    writer[1] = large("old")  # a file of its own: only those are replaced by rename
+    assert reader[1] == reader[1] == large("old")  # the reader now maps the old file
 
     def die(self: Any, *, scrub: bool = True) -> None:
         raise KeyboardInterrupt  # stands for SIGKILL: nothing after this point runs
@@ -540,7 +677,7 @@ def test_a_miss_is_remembered_until_the_segment_changes(
     opened = []
     real_open = os.open
     monkeypatch.setattr(
-        tmpfs.os, "open", lambda *args, **kw: opened.append(args[0]) or real_open(*args, **kw)
+        os, "open", lambda *args, **kw: opened.append(args[0]) or real_open(*args, **kw)
     )
     assert seg.get(5, None) is None and 5 not in seg
     assert opened == []  # remembered
@@ -556,20 +693,23 @@ def test_a_miss_is_remembered_until_the_segment_changes(
 def test_a_remembered_miss_does_not_hide_what_a_dead_writer_published(
     attach: Any, key: int
 ) -> None:
-    """A writer that died between publishing a file and bumping the generation: the reader that
-    repairs after it forgets every remembered miss, and finds the file."""
+    """A writer that died between publishing a value in the index and bumping the generation:
+    the reader that repairs after it forgets every remembered miss, and finds the value."""
     seg, writer = attach(key), attach(key)
     seg[1] = "x"
     assert seg.get(7, None) is None  # remembered as absent
     backend = writer._backend
     gone = subprocess.Popen(["true"])
     gone.wait()
+    frame = shmfs.frame.encode(shmfs.codecs.get_codec("pickle"), "left")
     backend.acquire(None)
     try:  # the dead writer's steps, up to the publication (no counts, no bump)
+        with (
+            mock.patch.object(backend, "_changed", side_effect=KeyboardInterrupt),
+            pytest.raises(KeyboardInterrupt),  # stands for SIGKILL right after publishing
+        ):
+            backend.write(7, frame)
         _set_state(writer, segdir.DIRTY | gone.pid << 32)
-        backend._replace(
-            7, shmfs.frame.encode(shmfs.codecs.get_codec("pickle"), "left"), None, scrub=True
-        )
     finally:
         backend.release()
     assert seg[7] == "left"

@@ -1,8 +1,10 @@
 """Segment.view: values read where they lie in shared memory, kept still while viewed.
 
-On tmpfs a view is zero-copy, so what must hold is that nothing changes the viewed bytes while
+On tmpfs a view of a value with a file of its own (too big for a slot) is zero-copy, so what
+must hold is that nothing changes the viewed bytes while
 the view is open, whoever writes (this handle, another handle, another process), and that a
-viewer that dies does not slow writers for ever. On sysv and redis a view is a private copy.
+viewer that dies does not slow writers for ever. A small tmpfs value's view, and every view on
+sysv and redis, is a private copy.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 import shmfs
 from shmfs.backends.tmpfs import segdir
 from tests.conftest import segment_ref
+from tests.tmpfs_files import LARGE, slot_of
 from tests.workers import Children, put_values, view_forever
 
 WAIT = 60
@@ -108,8 +111,9 @@ class TestZeroCopy:
         self, seg: shmfs.Segment, spawn_ctx: Any
     ) -> None:
         """A viewer SIGKILLed in its view: its flock goes with it, so the next writer sees nobody
-        views, resets the count, and writes in place again (same file, no new one per put)."""
-        seg[1] = b"x" * 100
+        views, resets the count, and writes in place again (same file, no new one per put).
+        About files: a value with a file of its own (only those are viewed in place)."""
+        seg[1] = b"x" * LARGE
         viewing = spawn_ctx.Event()
         viewer = spawn_ctx.Process(target=view_forever, args=(segment_ref(seg), 1, viewing))
         viewer.start()
@@ -118,25 +122,41 @@ class TestZeroCopy:
             assert _meta_word(seg, segdir.VIEWS) == 1
             location = os.path.join(seg.stats()["location"], "1")
             inode = os.stat(location).st_ino
-            seg[1] = b"y" * 100
+            seg[1] = b"y" * LARGE
             assert os.stat(location).st_ino != inode  # viewed: published as a new file
         finally:
             os.kill(viewer.pid, signal.SIGKILL)
             viewer.join(WAIT)
         inode = os.stat(location).st_ino
-        seg[1] = b"z" * 100
+        seg[1] = b"z" * LARGE
         assert _meta_word(seg, segdir.VIEWS) == 0
-        assert os.stat(location).st_ino == inode and seg[1] == b"z" * 100  # in place again
+        assert os.stat(location).st_ino == inode and seg[1] == b"z" * LARGE  # in place again
 
     def test_views_nest_and_count_back_to_zero(
         self, seg: shmfs.Segment, key: int, attach: Any
     ) -> None:
-        seg[1], seg[2] = b"one", b"two"
+        """Views in place (large values) are counted; a small value's view is a private copy
+        and is not."""
+        seg[1], seg[2], seg[3] = b"one" * LARGE, b"two" * LARGE, b"small"
         other = attach(key)
-        with seg.view(1) as one, seg.view(2) as two, other.view(1) as again:
+        with seg.view(1) as one, seg.view(2) as two, other.view(1) as again, seg.view(3) as small:
             assert _meta_word(seg, segdir.VIEWS) == 3
-            assert (one, two, again) == (b"one", b"two", b"one")
+            assert (one, two, again) == (b"one" * LARGE, b"two" * LARGE, b"one" * LARGE)
+            assert small == b"small"
         assert _meta_word(seg, segdir.VIEWS) == 0
+
+    def test_a_small_values_view_is_a_private_copy(self, seg: shmfs.Segment) -> None:
+        """A value in a slot is viewed as a copy: no view is counted, writers reuse and zero
+        its slot at once, and the view keeps the bytes it was given."""
+        seg[1] = b"small and viewed"
+        path = slot_of(seg, 1)[0]
+        with seg.view(1) as view:
+            assert _meta_word(seg, segdir.VIEWS) == 0
+            seg[1] = b"replaced"
+            del seg[1]
+            with open(path, "rb") as slab:
+                assert b"small and viewed" not in slab.read()  # its slot was zeroed
+            assert view == b"small and viewed"
 
     def test_untrusted_pickles_are_not_viewed(
         self, seg: shmfs.Segment, monkeypatch: pytest.MonkeyPatch
@@ -170,9 +190,9 @@ class TestZeroCopy:
         assert os.stat(path).st_mode & 0o777 == 0o640
         os.unlink(path)
         other = attach(key)
-        seg[1] = b"value"
+        seg[1] = b"value" * LARGE  # viewed in place: its own file
         with other.view(1) as view:
-            assert view == b"value"
+            assert view == b"value" * LARGE
             assert os.stat(path).st_mode & 0o777 == 0o640
-            seg[1] = b"other"  # a writer still sees the view
-            assert view == b"value"
+            seg[1] = b"other" * LARGE  # a writer still sees the view
+            assert view == b"value" * LARGE

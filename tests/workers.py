@@ -278,3 +278,39 @@ def view_forever(ref: dict[str, Any], index: int, viewing: Any) -> None:
         viewing.set()
         while True:
             time.sleep(1)
+
+
+def small_value(index: int, seq: int) -> dict[str, Any]:
+    """A checked value for ``index`` small enough for a slot (sizes across several classes)."""
+    value = checked_value(seq, SMALL_SIZES[seq % len(SMALL_SIZES)])
+    value["index"] = index
+    return value
+
+
+SMALL_SIZES = (1, 20, 100, 300, 1000, 3000)
+
+
+def churn_small(ref: dict[str, Any], first: int, started: Any) -> None:
+    """Until killed: put values at new indices (from ``first`` up: inserts that grow the index),
+    replace and remove existing ones, all small. ``started`` is set after the first change."""
+    import random  # noqa: PLC0415  # only this worker draws
+
+    rng = random.Random(first)
+    with open_seg(ref) as seg:
+        live = list(seg)
+        seq, fresh = first, first
+        while True:
+            draw = rng.random()
+            if draw < 0.35 or not live:
+                seg.put(fresh, small_value(fresh, seq))
+                live.append(fresh)
+                fresh += 1
+            elif draw < 0.8:
+                index = rng.choice(live)
+                seg.put(index, small_value(index, seq))
+            else:
+                index = live.pop(rng.randrange(len(live)))
+                seg.remove(index)
+            if seq == first:
+                started.set()
+            seq += 1

@@ -1,7 +1,5 @@
-/* The tmpfs format's numbers, generated from shmfs/backends/tmpfs/layout.py by
- *   python -c 'from shmfs.backends.tmpfs import layout; print(layout.header_text(), end="")'
- *     > shmfs/_hot_c/layout.h
- * Do not edit; tests/test_layout.py holds it equal to its source. */
+/* The tmpfs format's numbers, generated from shmfs/backends/tmpfs/layout.py by setup.py
+ * (python setup.py build_ext --inplace). Do not edit; tests/test_layout.py checks it. */
 #ifndef SHMFS_LAYOUT_H
 #define SHMFS_LAYOUT_H
 

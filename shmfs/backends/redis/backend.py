@@ -58,7 +58,6 @@ import redis
 from shmfs.backends import SegmentInfo, refuse_options, segment_full
 from shmfs.backends.redis import scripts
 from shmfs.backends.redis.renewal import renewer
-from shmfs.frame import Pieces
 from shmfs.errors import (
     BackendUnavailable,
     CorruptSegment,

@@ -36,7 +36,6 @@ from shmfs.backends import SegmentInfo, refuse_options
 from shmfs.backends.sysv import ipc, layout
 from shmfs.backends.sysv.chain_index import ChainIndex
 from shmfs.backends.sysv.journal import OVERHEAD, Journal
-from shmfs.frame import Pieces
 from shmfs.errors import (
     BackendUnavailable,
     CorruptSegment,

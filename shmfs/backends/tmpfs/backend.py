@@ -33,9 +33,9 @@ from shmfs.backends.tmpfs.recovery import recover
 from shmfs.backends.tmpfs.slabs import Slabs
 from shmfs.backends.tmpfs.views import Views
 from shmfs.backends.tmpfs.waiters import TmpfsWatcher, set_waiter
-from shmfs.frame import Pieces, Split
 from shmfs.errors import CorruptSegment, SegmentNotFound
 from shmfs.forking import fork_epoch, pid_alive
+from shmfs.frame import Pieces, Split
 from shmfs.hotpath import TmpfsHot, new_hot
 from shmfs.locking import HoldsSegmentLock, SegmentLock
 
@@ -409,16 +409,25 @@ class TmpfsBackend(HoldsSegmentLock):
                 if data == CONTENDED:
                     break
                 return data
-            try:
-                data = self._slabs.read(loc, key)
-            except CorruptSegment:
-                if meta[_INDEX_GEN] != gen or index_map.find(key)[0] != loc:
-                    continue  # a stale location: the slot was reused
-                raise self._damaged(index, "its index entry names no slot") from None
-            if data is not None and meta[_INDEX_GEN] == gen:
-                self._last.value = (index, self._slabs.trusted(loc))
+            data = self._read_slot(index, index_map, loc, gen)
+            if data is not None:
                 return data
         return self._read_locked(index)
+
+    def _read_slot(self, index: int, index_map: Index, loc: int, gen: int) -> bytes | None:
+        """The frame in slot ``loc``, if it still holds ``index`` and the index ``gen`` is still
+        the current one; ``None``: look again."""
+        key = index & _M64
+        try:
+            data = self._slabs.read(loc, key)
+        except CorruptSegment:
+            if self._meta[_INDEX_GEN] != gen or index_map.find(key)[0] != loc:
+                return None  # a stale location: the slot was reused
+            raise self._damaged(index, "its index entry names no slot") from None
+        if data is None or self._meta[_INDEX_GEN] != gen:
+            return None
+        self._last.value = (index, self._slabs.trusted(loc))
+        return data
 
     def _damaged(self, index: int, what: str) -> CorruptSegment:
         return CorruptSegment(
@@ -552,7 +561,12 @@ class TmpfsBackend(HoldsSegmentLock):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self._dir_fd)  # built by a writer that died before publishing
         create_index(
-            self._dir_fd, name, gen, shift_for(len(entries)), iter(entries), file_mode(self.perm)
+            self._dir_fd,
+            name,
+            gen,
+            shift_for(len(entries)),
+            entries=iter(entries),
+            mode=file_mode(self.perm),
         )
         self._meta[_INDEX_GEN] = gen
         with contextlib.suppress(FileNotFoundError):

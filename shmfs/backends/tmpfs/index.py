@@ -57,7 +57,7 @@ def shift_for(live: int) -> int:
 
 
 def create_index(
-    dir_fd: int, name: str, gen: int, shift: int, entries: Iterator[tuple[int, int]], mode: int
+    dir_fd: int, name: str, gen: int, shift: int, *, entries: Iterator[tuple[int, int]], mode: int
 ) -> None:
     """Write a complete index file ``name`` holding ``entries`` ((unsigned key, location)).
 

@@ -31,8 +31,8 @@ from shmfs.backends.tmpfs.largefile import (
     unmapped_state,
     write_unmapped,
 )
-from shmfs.frame import Pieces, Split
 from shmfs.errors import CorruptSegment, UnsafeSegment
+from shmfs.frame import Pieces, Split
 from shmfs.hotpath import maps_without_descriptors
 
 __all__ = ["GONE", "MAX_MAPPINGS", "PROCESS_MAPPINGS", "LargeVars"]

@@ -1,8 +1,9 @@
 """Every number of the tmpfs format (version 2), in one place, for Python and C alike.
 
-``shmfs/_hot_c/layout.h`` is generated from this module (:func:`header_text`; the command is
-in the header's first line) and a test holds the two equal, so the C fast path and the Python
-path cannot disagree about a single offset. This module imports nothing of shmfs.
+``shmfs/_hot_c/layout.h`` is generated from this module (:func:`header_text`) by ``setup.py`` at
+every build of the C module, and a test holds the committed header equal to it, so the C fast
+path and the Python path cannot disagree about a single offset. This module imports nothing of
+shmfs, so ``setup.py`` can load it before shmfs is installed.
 
 The files of a segment directory, and what each holds (``docs/tmpfs-format.md`` draws them):
 
@@ -165,10 +166,8 @@ def header_text() -> str:
         if name.isupper() and isinstance(value, int) and not isinstance(value, bool)
     ]
     lines = [
-        "/* The tmpfs format's numbers, generated from shmfs/backends/tmpfs/layout.py by",
-        " *   python -c 'from shmfs.backends.tmpfs import layout; print(layout.header_text(), end=\"\")'",
-        " *     > shmfs/_hot_c/layout.h",
-        " * Do not edit; tests/test_layout.py holds it equal to its source. */",
+        "/* The tmpfs format's numbers, generated from shmfs/backends/tmpfs/layout.py by setup.py",
+        " * (python setup.py build_ext --inplace). Do not edit; tests/test_layout.py checks it. */",
         "#ifndef SHMFS_LAYOUT_H",
         "#define SHMFS_LAYOUT_H",
         "",
@@ -178,4 +177,3 @@ def header_text() -> str:
     lines += [f"    {size}," for size in CLASSES]
     lines += ["};", "", "#endif", ""]
     return "\n".join(lines)
-

@@ -28,6 +28,7 @@ import stat
 from collections.abc import Callable
 from typing import Final
 
+from shmfs.backends.fsutil import translate
 from shmfs.backends.tmpfs import layout as L
 from shmfs.errors import CorruptSegment
 
@@ -174,6 +175,8 @@ class Slabs:
             fd = os.open(name, _OPEN_RO, dir_fd=self._dir_fd())
         except FileNotFoundError:
             raise CorruptSegment(f"slab file {name} is missing") from None
+        except OSError as exc:  # ELOOP: a symlink put in its place, which O_NOFOLLOW refused
+            raise translate(exc, f"cannot open slab file {name}") from exc
         try:
             slab = SlabFile(
                 fd, number, file, writable=writable, trusted=self._trusted(os.fstat(fd))
