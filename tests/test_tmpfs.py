@@ -714,3 +714,42 @@ def test_a_remembered_miss_does_not_hide_what_a_dead_writer_published(
         backend.release()
     assert seg[7] == "left"
     assert seg.stats()["variables"] == 2  # recounted
+
+
+def test_a_file_renamed_into_place_is_not_read_before_the_index_names_it(
+    attach: Any, key: int
+) -> None:
+    """A variable moving from a slot to a file of its own: the writer renames the new file into
+    place, then publishes it in the index. A reader whose lookup is stale (it found LARGE for an
+    earlier value, then slept) opens the file by name and may find the unpublished one: it must
+    look again, not return a value newer than the one the index names (which its next read
+    would then go back to)."""
+    reader, writer = attach(key, 1 << 22), attach(key)
+    reader[1] = "published, in a slot"
+    backend = writer._backend
+    backend.acquire(None)
+    try:
+        with (
+            mock.patch.object(backend, "_publish", side_effect=KeyboardInterrupt),
+            pytest.raises(KeyboardInterrupt),  # the writer, paused between rename and publish
+        ):
+            backend.write(1, shmfs.frame.encode(shmfs.codecs.get_codec("pickle"), large("next")))
+        _set_state(writer, 0)  # as it is while that writer lives and works on
+        assert os.path.exists(var_path(reader, 1))  # renamed into place, not in the index
+        index_type = type(reader._backend._index)
+        real_find = index_type.find
+        stale = iter([(tmpfs.layout.LOC_LARGE, 0)])  # the reader's first lookup is stale
+
+        def find(self: Any, wanted: int) -> tuple[int, int]:
+            return next(stale, None) or real_find(self, wanted)
+
+        with mock.patch.object(index_type, "find", find):
+            data = reader._backend.read(1)
+        assert data is not None
+        codec, payload = shmfs.frame.decode(data)
+        assert codec.decode(payload) == "published, in a slot"
+        _set_state(writer, segdir.DIRTY)  # the writer's death: the next lock holder tidies
+    finally:
+        backend.release()
+    assert reader[1] == "published, in a slot"
+    assert not os.path.exists(var_path(reader, 1))

@@ -408,6 +408,11 @@ class TmpfsBackend(HoldsSegmentLock):
                     continue  # made small, or removed, since we looked: look again
                 if data == CONTENDED:
                     break
+                # The file is found by name, and a writer renames a new one into place before
+                # the index names it: if the index no longer says LARGE, what we read may be a
+                # value not yet published, newer than the one the index names. Look again.
+                if meta[_INDEX_GEN] != gen or index_map.find(key)[0] != _LARGE:
+                    continue
                 return data
             data = self._read_slot(index, index_map, loc, gen)
             if data is not None:
