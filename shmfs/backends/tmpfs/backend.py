@@ -403,21 +403,29 @@ class TmpfsBackend(HoldsSegmentLock):
                     self._check()  # absent because destroyed: say so
                 return None
             if loc == _LARGE:
-                data = self._large.read(index)
-                if data is GONE:
-                    continue  # made small, or removed, since we looked: look again
-                if data == CONTENDED:
+                found = self._read_large(index, index_map, gen)
+                if found == CONTENDED:
                     break
-                # The file is found by name, and a writer renames a new one into place before
-                # the index names it: if the index no longer says LARGE, what we read may be a
-                # value not yet published, newer than the one the index names. Look again.
-                if meta[_INDEX_GEN] != gen or index_map.find(key)[0] != _LARGE:
-                    continue
-                return data
-            data = self._read_slot(index, index_map, loc, gen)
-            if data is not None:
-                return data
+            else:
+                found = self._read_slot(index, index_map, loc, gen)
+            if found is not None:
+                return found
         return self._read_locked(index)
+
+    def _read_large(
+        self, index: int, index_map: Index, gen: int
+    ) -> bytes | memoryview | Split | None:
+        """The frame in ``index``'s own file, if the index still names that file; ``None``:
+        look again; ``CONTENDED``: read under the lock."""
+        data = self._large.read(index)
+        if data is GONE or data == CONTENDED:
+            return data  # GONE: made small, or removed, since we looked
+        # The file is found by name, and a writer renames a new one into place before the index
+        # names it: if the index no longer says LARGE, what we read may be a value not yet
+        # published, newer than the one the index names. Look again.
+        if self._meta[_INDEX_GEN] != gen or index_map.find(index & _M64)[0] != _LARGE:
+            return None
+        return data
 
     def _read_slot(self, index: int, index_map: Index, loc: int, gen: int) -> bytes | None:
         """The frame in slot ``loc``, if it still holds ``index`` and the index ``gen`` is still
