@@ -15,7 +15,7 @@ import sys
 import time
 from types import FrameType
 
-from bench import cases, environment, report, targets
+from bench import cases, environment, report, scale, targets
 from bench.scratch import Scratch
 
 
@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         fill = cases.fill_curve(scratch, plan, progress)
         pairs = cases.writer_readers(scratch, plan, progress)
         incr = cases.incr_contention(scratch, plan, progress)
+        variables, operations = plan.churn
+        scaled = {
+            "curve": scale.scale_curve(scratch, plan.scale_sizes, progress),
+            "docker": scale.docker_fill(progress),
+            "churn": scale.churn(scratch, progress, variables=variables, operations=operations),
+            "cache": scale.cache_compare(scratch, progress, keys=plan.cache_keys),
+        }
     except KeyboardInterrupt:
         progress("interrupted: cleaning up")
         return 130
@@ -70,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, previous)
         for problem in problems:
             progress(f"CLEANUP PROBLEM: {problem}")
-    rows = targets.evaluate(points, fill, pairs, incr)
+    rows = targets.evaluate(points, fill, pairs, incr) + targets.scale_rows(scaled)
     plan_info = {"quick": args.quick, **dataclasses.asdict(plan)}
-    print(report.markdown(env, plan_info, rows, points, fill, pairs, incr))
+    print(report.markdown(env, plan_info, rows, points, fill, pairs, incr, scaled))
     json_path = os.path.join(args.out, "results.json")
     report.write_json(
         json_path,
@@ -84,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             "fill_curve": fill,
             "writer_readers": pairs,
             "incr_contention": incr,
+            "scale": scaled,
             "seconds": time.monotonic() - progress.began,
         },
     )
     png_path = os.path.join(args.out, "results.png")
-    why_not = report.chart(png_path, points, fill, pairs, incr)
+    why_not = report.chart(png_path, points, fill, pairs, incr, scaled)
     progress(f"wrote {json_path}" + (f"; no chart: {why_not}" if why_not else f" and {png_path}"))
     progress(f"done in {time.monotonic() - progress.began:.0f} s")
     return 1 if problems else 0

@@ -62,6 +62,9 @@ class Plan:
     incr_workers: tuple[int, ...]
     process_seconds: float  # each multi-process run
     repeats: int  # runs of each multi-process configuration, interleaved
+    scale_sizes: tuple[int, ...]  # bench/scale.py: variables filled to, one tmpfs
+    churn: tuple[int, int]  # variables, operations
+    cache_keys: int
 
 
 QUICK = Plan(
@@ -77,6 +80,9 @@ QUICK = Plan(
     incr_workers=(8,),
     process_seconds=0.4,
     repeats=1,
+    scale_sizes=(10, 1000, 10_000),
+    churn=(5_000, 20_000),
+    cache_keys=5_000,
 )
 FULL = Plan(
     rounds=21,
@@ -91,6 +97,9 @@ FULL = Plan(
     incr_workers=(1, 2, 4, 8),
     process_seconds=1.5,
     repeats=3,
+    scale_sizes=(10, 1000, 10_000, 100_000, 1_000_000),
+    churn=(100_000, 1_000_000),
+    cache_keys=200_000,
 )
 
 

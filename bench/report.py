@@ -122,6 +122,25 @@ def _fill(fill: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _scale(scaled: dict[str, Any]) -> list[str]:
+    curve = scaled["curve"]["results"]
+    rows = [
+        [name, f"{size:,}", f"{f['put']:.2f}", f"{f['get']:.2f}", f"{f['bytes']:,.0f}"]
+        for name, sizes in curve.items()
+        for size, f in sizes.items()
+    ]
+    lines = [
+        "## Scale: 100-byte str variables on one tmpfs (bench/scale.py)",
+        "",
+        "put: average while filling up to N (one transaction each); get: each of the N read "
+        "once in random order; bytes: tmpfs blocks of every file plus the kernel's inode and "
+        "dentry per file, per variable.",
+        "",
+    ]
+    lines += _table(["system", "variables", "put µs", "get µs", "bytes/variable"], rows)
+    return lines
+
+
 def _memory(fill: dict[str, Any]) -> list[str]:
     rows = []
     for name in fill["footprint"]:
@@ -222,6 +241,7 @@ def markdown(
     fill: dict[str, Any],
     pairs: dict[str, Any],
     incr: dict[str, Any],
+    scaled: dict[str, Any],
 ) -> str:
     """The whole report."""
     lines = ["# shmfs benchmark\n"]
@@ -237,6 +257,7 @@ def markdown(
     lines += _per_value(points)
     lines += _fill(fill)
     lines += _memory(fill)
+    lines += _scale(scaled)
     lines += _processes(pairs, incr, plan["process_seconds"], plan["repeats"])
     lines += _availability(points)
     return "\n".join(lines)
@@ -269,6 +290,7 @@ def chart(  # one figure, six panels, drawn in order
     fill: dict[str, Any],
     pairs: dict[str, Any],
     incr: dict[str, Any],
+    scaled: dict[str, Any],
 ) -> str | None:
     """Draw the PNG; return why not if matplotlib is missing."""
     try:
@@ -278,7 +300,7 @@ def chart(  # one figure, six panels, drawn in order
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return "matplotlib not installed (pip install -e '.[bench]')"
-    figure, axes = plt.subplots(2, 3, figsize=(20, 11))
+    figure, axes = plt.subplots(3, 3, figsize=(20, 16))
     palette = plt.get_cmap("tab20")
     for axis in axes[1]:
         # Up to 12 lines per panel: the default 10-colour cycle would repeat colours.
@@ -330,6 +352,22 @@ def chart(  # one figure, six panels, drawn in order
         axis.set_yscale("log")
         axis.set_xlabel(xlabel)
         axis.set_title(title)
+        axis.legend(fontsize=7)
+    curve = scaled["curve"]["results"]
+    for axis, key, ylabel in (
+        (axes[2][0], "bytes", "tmpfs bytes per variable (log)"),
+        (axes[2][1], "get", "random-order get µs (log)"),
+        (axes[2][2], "put", "put µs while filling (log)"),
+    ):
+        for name, sizes in curve.items():
+            xs = sorted(sizes)
+            width = 3 if name == TMPFS else 1.2
+            axis.plot(xs, [sizes[n][key] for n in xs], marker="o", label=name, linewidth=width)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("100-byte variables stored")
+        axis.set_ylabel(ylabel)
+        axis.set_title(f"scale: {ylabel.split(' (')[0]}")
         axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.timing import Stats
 
-__all__ = ["SYSV", "TMPFS", "Row", "evaluate", "memory_per_variable"]
+__all__ = ["SYSV", "TMPFS", "Row", "evaluate", "memory_per_variable", "scale_rows"]
 
 TMPFS, SYSV, LMDB, LMDB_DEFAULTS, DISKCACHE, MEMCPY = (
     "shmfs tmpfs",
@@ -220,4 +220,87 @@ def evaluate(  # a flat list of targets reads best as one list
             f" (from {memory['from']:,} to {memory['to']:,} variables)"
         )
         rows.append(Row(label, text, True, stated=True))
+    return rows
+
+
+def scale_rows(scaled: dict[str, Any]) -> list[Row]:
+    """The slab-storage targets: many small variables, measured in ``bench/scale.py``."""
+    rows: list[Row] = []
+    curve = scaled["curve"]["results"]
+    ours, lmdb = curve.get(TMPFS, {}), curve.get(LMDB, {})
+    largest = max(ours) if ours else 0
+    big = f"{largest:,} variables"
+    if not ours:
+        why = scaled["curve"]["unavailable"].get(TMPFS, "not measured")
+        return [Row("tmpfs scale targets", why, None)]
+    rows.append(
+        Row(
+            f"tmpfs bytes per 100-byte variable <= 256 at {big}",
+            f"{ours[largest]['bytes']:,.0f} B",
+            ours[largest]["bytes"] <= 256,
+        )
+    )
+    if largest in lmdb:
+        put = ours[largest]["put"] / lmdb[largest]["put"]
+        rows.append(
+            Row(
+                f"tmpfs put filling to {big} <= 0.5x lmdb's (sync=False)",
+                f"{ours[largest]['put']:.2f} / {lmdb[largest]['put']:.2f} µs = {put:.2f}x",
+                put <= 0.5,
+            )
+        )
+        get = ours[largest]["get"] / lmdb[largest]["get"]
+        rows.append(
+            Row(
+                f"tmpfs random-order get at {big} <= 1.0x lmdb's",
+                f"{ours[largest]['get']:.2f} / {lmdb[largest]['get']:.2f} µs = {get:.2f}x",
+                get <= 1.0,
+            )
+        )
+    else:
+        rows.append(Row(f"tmpfs against lmdb at {big}", "lmdb not measured", None))
+    among10 = scaled["curve"]["get10"].get(TMPFS)
+    if among10:
+        r = ours[largest]["get"] / among10
+        rows.append(
+            Row(
+                f"tmpfs random-order get at {big} <= 3x a get among 10",
+                f"{ours[largest]['get']:.2f} / {among10:.2f} µs = {r:.2f}x",
+                r <= 3.0,
+            )
+        )
+    docker = scaled["docker"]
+    label = "64 MiB tmpfs: >= 250,000 100-byte variables before SegmentFull, all readable"
+    if docker["error"]:
+        rows.append(Row(label, docker["error"], None))
+    else:
+        text = f"{docker['variables']:,} variables, {docker['wrong']} read back wrong"
+        rows.append(Row(label, text, docker["variables"] >= 250_000 and not docker["wrong"]))
+    churned = scaled["churn"]
+    r = churned["after"] / churned["before"]
+    rows.append(
+        Row(
+            "churn of mixed sizes: tmpfs bytes after <= 1.5x before, every value right",
+            f"{churned['before'] / 2**20:.1f} -> {churned['after'] / 2**20:.1f} MiB = {r:.2f}x, "
+            f"{churned['wrong']} wrong",
+            r <= 1.5 and not churned["wrong"],
+        )
+    )
+    cache = scaled["cache"]["results"]
+    mine, theirs = cache.get("shmfs.Cache"), cache.get(DISKCACHE)
+    if mine is None or theirs is None:
+        rows.append(Row("Cache against diskcache", "diskcache not measured", None))
+        return rows
+    for op, times in (("get", 5.0), ("set", 10.0)):
+        r = theirs[op] / mine[op]
+        rows.append(
+            Row(
+                f"Cache {op}, str keys, random order: >= {times:.0f}x faster than diskcache",
+                f"{theirs[op]:.2f} / {mine[op]:.2f} µs = {r:.1f}x",
+                r >= times,
+            )
+        )
+    rows.append(
+        Row("Cache bytes per entry <= 256", f"{mine['bytes']:,.0f} B", mine["bytes"] <= 256)
+    )
     return rows

@@ -173,9 +173,13 @@ def _stat(args: argparse.Namespace) -> str:
         stats = seg.stats()
     if args.json:
         return json.dumps(stats)
-    return "\n".join(
-        f"{name}: {oct(value) if name == 'perm' else value}" for name, value in stats.items()
-    )
+    lines = []
+    for name, value in stats.items():
+        if isinstance(value, dict):  # storage: one line per kind of bytes
+            lines += [f"{name}.{part}: {amount}" for part, amount in value.items()]
+        elif value is not None:
+            lines.append(f"{name}: {oct(value) if name == 'perm' else value}")
+    return "\n".join(lines)
 
 
 def _rm(args: argparse.Namespace) -> str:

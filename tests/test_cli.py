@@ -57,6 +57,18 @@ def test_json_output(run, key: int) -> None:
     assert key not in [info["key"] for info in json.loads(run("ls", "--json").stdout)]
 
 
+def test_stat_shows_where_the_bytes_go(run, backend: str, key: int) -> None:
+    assert run("send", "1", "x" * 100, "--key", str(key)).returncode == 0
+    shown = run("stat", "--key", str(key))
+    assert shown.returncode == 0, shown.stderr
+    lines = dict(line.split(": ", 1) for line in shown.stdout.splitlines())
+    assert lines["variables"] == "1"
+    if backend == "tmpfs":  # the one backend whose storage is files it can count
+        assert int(lines["storage.slot_bytes_in_use"]) > 100
+        assert int(lines["storage.index"]) > 0
+    assert run("delete", "--key", str(key)).returncode == 0
+
+
 def test_errors_are_one_line_and_non_zero(run, key: int) -> None:
     assert run("send", "1", "x", "--key", str(key)).returncode == 0
     missing = run("get", "7", "--key", str(key))

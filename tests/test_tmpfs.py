@@ -753,3 +753,26 @@ def test_a_file_renamed_into_place_is_not_read_before_the_index_names_it(
         backend.release()
     assert reader[1] == "published, in a slot"
     assert not os.path.exists(var_path(reader, 1))
+
+
+def test_stats_say_where_the_bytes_go(seg: shmfs.Segment) -> None:
+    """``stats()["storage"]``: bytes of slab, index and large files, and how many slot bytes
+    hold a value, so ``shmfs stat`` shows the overhead and what churn left unused."""
+    for index in range(1000):
+        seg[index] = "v" * 100
+    seg[5000] = large("big")
+    storage = seg.stats()["storage"]
+    slot = tmpfs.layout.CLASSES[tmpfs.layout.class_for(len(_frame_of("v" * 100)) + 16)]
+    assert storage["slot_bytes_in_use"] == 1000 * slot
+    assert storage["slabs"] >= storage["slot_bytes_in_use"]
+    assert storage["slot_bytes_unused"] == storage["slabs"] - storage["slot_bytes_in_use"]
+    assert storage["index"] > 0 and storage["large"] >= len(large("big"))
+    for index in range(0, 1000, 2):
+        del seg[index]
+    after = seg.stats()["storage"]
+    assert after["slot_bytes_in_use"] == 500 * slot
+    assert after["slot_bytes_unused"] == storage["slot_bytes_unused"] + 500 * slot
+
+
+def _frame_of(value: Any) -> bytes:
+    return bytes(shmfs.frame.encode(shmfs.codecs.get_codec("cloudpickle"), value))

@@ -67,6 +67,9 @@ class SegmentInfo:
     creator_pid: int | None = None
     #: Processes attached right now, where the backend can tell (System V's ``nattch``).
     attached: int | None = None
+    #: Where the bytes go, where the backend can tell (tmpfs: bytes of slab, index and large
+    #: files, and the slot bytes not holding a value).
+    storage: dict[str, int] | None = None
 
     @property
     def free(self) -> int:
@@ -88,6 +91,7 @@ class SegmentInfo:
             "created": self.created,
             "creator_pid": self.creator_pid,
             "attached": self.attached,
+            "storage": self.storage,
         }
 
 

@@ -19,6 +19,7 @@ import contextlib
 import mmap
 import os
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Final, Self
 
@@ -712,7 +713,33 @@ class TmpfsBackend(HoldsSegmentLock):
             location=self.path,
             created=meta[L.M_CREATED] / 1e9,
             creator_pid=int(meta[L.M_CREATOR]),
+            storage=self._storage(),
         )
+
+    def _storage(self) -> dict[str, int]:
+        """Bytes of tmpfs by kind of file, and how many slot bytes hold no value (free slots,
+        and the room left in each used slot): what ``shmfs stat`` reports as overhead."""
+        kinds = {"slabs": 0, "index": 0, "large": 0, "other": 0}
+        try:
+            for entry in os.scandir(self._dir_fd):
+                size = entry.stat(follow_symlinks=False).st_blocks * 512
+                if entry.name.startswith(".slab-"):
+                    kinds["slabs"] += size
+                elif entry.name.startswith(".index-"):
+                    kinds["index"] += size
+                elif sd.index_of(entry.name) is not None:
+                    kinds["large"] += size
+                else:
+                    kinds["other"] += size
+        except OSError as exc:
+            raise translate(exc, f"segment {self.key}: cannot list") from exc
+        classes = Counter(loc >> L.LOC_CLASS_SHIFT for _, loc in self._current_index().entries())
+        in_slots = sum(
+            L.CLASSES[tag - 1] * count for tag, count in classes.items() if 0 < tag <= L.NCLASSES
+        )
+        kinds["slot_bytes_in_use"] = in_slots
+        kinds["slot_bytes_unused"] = max(kinds["slabs"] - in_slots, 0)
+        return kinds
 
     @classmethod
     def scope(cls, root: str | None) -> str:
