@@ -59,7 +59,7 @@ except ImportError:
     _hot = None
 
 # Chosen once, at import, and not by pure_python(): how many mappings a handle may keep is fixed
-# at import too (backends/tmpfs.py), and must not outgrow the descriptors they use.
+# at import too (backends/tmpfs/largevars.py), and must not outgrow the descriptors they use.
 _Mapping = _hot.Mapping if _hot is not None and sys.version_info < (3, 13) else None
 
 _FIRST_WORD: Final = frame.first_word(0)
@@ -91,7 +91,7 @@ def map_file(fd: int, size: int, *, writable: bool) -> mmap.mmap:
         OSError: from ``mmap(2)``.
     """
     if _Mapping is not None:
-        return cast(mmap.mmap, _Mapping(fd, size, writable))  # the subset varfile.py uses
+        return cast(mmap.mmap, _Mapping(fd, size, writable))  # the subset largefile.py uses
     access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
     if sys.version_info >= (3, 13):
         return mmap.mmap(fd, size, access=access, trackfd=False)

@@ -1,5 +1,5 @@
 /*
- * What the parts of shmfs._hot share: the layouts they read (varfile.py, segdir.py, codecs.py),
+ * What the parts of shmfs._hot share: the layouts they read (layout.h, largefile.py, frame.py),
  * the module's globals, and each part's entry points. See module.c for what the module is for.
  */
 #ifndef SHMFS_HOT_H

@@ -7,7 +7,7 @@
 /*
  * Before Python 3.13, every mmap.mmap holds a dup of its file's descriptor, so a handle could
  * keep only a sixteenth of RLIMIT_NOFILE mapped (256 under the common 1024). A mapping needs no
- * descriptor once made; this is the part of mmap.mmap that varfile.py uses (slices copied out
+ * descriptor once made; this is the part of mmap.mmap that largefile.py uses (slices copied out
  * as bytes, slice assignment, the buffer protocol, close), without one.
  */
 

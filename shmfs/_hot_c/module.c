@@ -5,19 +5,22 @@
  * seqlock, the frame's header and checksum, the unpickle) and costs about 1.5 us, against
  * lmdb's 0.6 us for one C call; a put pays as much again around its flock. This module does the
  * common case of each in one call and answers SLOW for everything else, which the Python code
- * in shmfs/backends/tmpfs.py and shmfs/backends/varfile.py then does as it always has. It
- * follows exactly the protocols documented there (the variable file's seqlock and control word,
- * the metadata's DIRTY word and counts, the segment's flock); it adds none of its own, so
- * Python and C readers and writers, in one process or many, mix freely.
+ * in shmfs/backends/tmpfs/ then does as it always has. It follows exactly the protocols
+ * documented there and in docs/tmpfs-format.md (the index's stores, the slot's seal, the large
+ * file's seqlock and control word, the metadata's DIRTY word and counts, the segment's flock);
+ * it adds none of its own, so Python and C readers and writers, in one process or many, mix
+ * freely.
  *
- * What counts as the common case:
- *   get: the handle has the variable mapped, no writer is mid-change (DIRTY clear), no
- *        recovery happened since the handle last looked, the published slot is consistent,
- *        the frame is unsigned, at most SMALL bytes, of a known codec, and passes its checks;
- *        a pickling codec only for a file a trusted uid wrote.
- *   put: the same mapping, writable; the segment lock is this thread's already (inside
- *        lock(), update(), a Cache's set) or had at once (flock with LOCK_NB); no DIRTY,
- *        recovery, views, waiters or destroy; the value fits its slot and the segment's size.
+ * What counts as the common case (docs/c-fast-path.md says it at length):
+ *   get: the index names the variable and is the current one, no writer is mid-change (DIRTY
+ *        clear), no recovery happened since the handle last looked; the slot (or the large
+ *        variable's mapped file) holds it whole; the frame is unsigned, at most SMALL bytes, of a
+ *        known codec, and passes its checks; a pickling codec only for a file a trusted uid
+ *        wrote.
+ *   put: the segment lock is this thread's already (inside lock(), update(), a Cache's set) or
+ *        had at once (flock with LOCK_NB); no DIRTY, recovery, waiters or destroy; a slot of a
+ *        file this handle maps is free (or the large variable's mapped file takes it in place);
+ *        the value fits the segment's size, and the index needs no growing.
  * Anything else (damage included) is SLOW, and the Python path says precisely what is wrong.
  *
  * Threads. Every call runs start to end holding the GIL, so no other thread of this process
@@ -25,9 +28,9 @@
  * takes it, so a put never writes beside another thread's locked section.
  * A build without a GIL (free-threaded CPython) does not build this module.
  *
- * The parts: hot.c (the Hot type and its get), put.c (its put), plain.c (which values a put
- * takes), checksum.c (the frame's crc32), mapping.c (Mapping: a file mapped without keeping
- * its descriptor, for varfile.py before Python 3.13), and this file (the module).
+ * The parts: hot.c (the Hot type, its get, the large-file get), slab.c (the index lookup, the
+ * slot get and put), put.c (its put), plain.c (which values a put takes), checksum.c (the frame's crc32), mapping.c (Mapping: a file mapped without keeping
+ * its descriptor, for largefile.py before Python 3.13), and this file (the module).
  */
 #include "hot.h"
 

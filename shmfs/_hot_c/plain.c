@@ -1,7 +1,7 @@
 /* shmfs._hot: which values the fast put takes. */
 #include "hot.h"
 
-/* codecs._is_plain, check for check (builtin scalars in builtin containers of at most 64 items,
+/* codecs.is_plain, check for check (builtin scalars in builtin containers of at most 64 items,
  * nested at most 4 deep), within a budget: each item costs one, and each str or bytes its length,
  * so that a value too big for the fast path is not pickled only to be pickled again. Runs no
  * Python code, so nothing changes under it. */

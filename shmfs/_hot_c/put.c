@@ -124,7 +124,7 @@ put_pickled(Hot *self, PyObject *hot, long codec, PyObject *pickled, Py_ssize_t 
             goto unlock;
         }
     }
-    /* tmpfs.py's write and varfile.py's VarFile.write, store for store. */
+    /* backend.py's write and largefile.py's VarFile.write, store for store. */
     store(&meta[M_STATE], self->dirty_tag);
     uint64_t generation = (high + 1) & GENERATIONS;
     uint64_t slot = generation & 1;
@@ -158,9 +158,9 @@ done:
 
 const char hot_put_doc[] =
 "put(index, codec_id, value[, head_at, head]) -> None, or SLOW\n\n"
-"Store a plain value (codecs._is_plain: what both pickling codecs write with pickle itself)\n"
-"in place in a mapped variable, under the segment's flock taken without waiting (tmpfs.py's\n"
-"write). With ``head_at`` and ``head``: only if the value's pickle has the bytes ``head`` at\n"
+"Store a plain value (codecs.is_plain: what both pickling codecs write with pickle itself)\n"
+"in a slot, or in place in a mapped large variable, under the segment's flock taken without\n"
+"waiting (backend.py's write). With ``head_at`` and ``head``: only if the value's pickle has the bytes ``head`` at\n"
 "``head_at``, and so has the pickle stored now, framed by the same codec (a Cache's set:\n"
 "over the entry of the same key only).";
 

@@ -329,7 +329,7 @@ class VarFile:
 
     __slots__ = ("_mm", "_open", "_words", "capacity", "hot", "inode", "trusted", "writable")
 
-    #: How many variable files this process has mapped, every handle's (backends/tmpfs.py keeps
+    #: How many variable files this process has mapped, every handle's (largevars.py keeps
     #: it under a budget: each mapping is an entry in vm.max_map_count).
     live = 0
     _counting = threading.Lock()
