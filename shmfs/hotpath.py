@@ -41,6 +41,7 @@ __all__ = [
     "maps_without_descriptors",
     "new_hot",
     "pure_python",
+    "rehash",
 ]
 
 
@@ -96,6 +97,15 @@ def map_file(fd: int, size: int, *, writable: bool) -> mmap.mmap:
     if sys.version_info >= (3, 13):
         return mmap.mmap(fd, size, access=access, trackfd=False)
     return mmap.mmap(fd, size, access=access)
+
+
+def rehash(source: memoryview, target: memoryview) -> int | None:
+    """Copy an index's live entries into an empty bigger one in C (``backends/tmpfs/index.py``
+    says how); ``None`` without the module, for the Python loop to do it."""
+    if _hot is None:
+        return None
+    copied: int = _hot.rehash(source, target)
+    return copied
 
 
 @contextlib.contextmanager

@@ -567,8 +567,8 @@ def test_sigkilled_c_writers_leave_the_old_or_the_new_value(
 
 
 @pytest.mark.parametrize("kind", ["Mapping", "mmap"])
-def test_a_mapping_does_what_varfile_uses_of_mmap(root: str, kind: str) -> None:
-    """shmfs._hot.Mapping against mmap.mmap, on everything varfile.py does with a mapping."""
+def test_a_mapping_does_what_largefile_uses_of_mmap(root: str, kind: str) -> None:
+    """shmfs._hot.Mapping against mmap.mmap, on everything largefile.py does with a mapping."""
     if kind == "Mapping" and not hotpath.available():
         pytest.skip("the C module is off (not built, or SHMFS_PURE_PYTHON)")
     from shmfs import _hot  # noqa: PLC0415  # only where it is built

@@ -239,7 +239,9 @@ def test_lock_of_a_killed_holder_is_free_at_once(seg: shmfs.Segment, spawn_ctx: 
 # ------------------------------------------------ tmpfs format 2: slots and the index, killed
 
 
-def _small_churn_rounds(seg: shmfs.Segment, ctx: Any, rounds: int) -> tuple[int, int]:
+def _small_churn_rounds(
+    seg: shmfs.Segment, ctx: Any, rounds: int, *, broken: bool = False
+) -> tuple[int, int]:
     """Kill a writer that inserts (growing the index), replaces and removes small values at a
     random instant, ``rounds`` times; after each, check what a SIGKILL must leave. Returns how
     many variables the last round left, and the index generation (how often it grew)."""
@@ -250,7 +252,7 @@ def _small_churn_rounds(seg: shmfs.Segment, ctx: Any, rounds: int) -> tuple[int,
     for round_no in range(rounds):
         started = ctx.Event()
         first = (round_no + 1) * 1_000_000
-        writer = ctx.Process(target=churn_small, args=(ref, first, started))
+        writer = ctx.Process(target=churn_small, args=(ref, first, started, broken))
         writer.start()
         try:
             assert started.wait(WAIT), "writer never started"
@@ -269,6 +271,8 @@ def _small_churn_rounds(seg: shmfs.Segment, ctx: Any, rounds: int) -> tuple[int,
             assert count == len(indices) == reader.stats()["variables"], f"round {round_no}"
         finally:
             reader.detach()
+        lost = sorted(set(previous) - set(values))  # the writer removes only its own
+        assert not lost, f"round {round_no}: lost {lost[:5]}"
         for index, value in values.items():
             assert is_intact(value) and value["index"] == index, f"round {round_no}: torn"
             if value != previous.get(index):  # not the old value: a new one, of this writer
@@ -303,6 +307,19 @@ def test_sigkilled_small_writers_leave_whole_slots_and_index(
     the indices, and no temporary file or old index file is left after the repair."""
     left, grown = _small_churn_rounds(small_churn_seg, forkserver, 50)
     assert left > 0 and grown > 0, (left, grown)
+
+
+def test_the_kill_rounds_catch_a_writer_that_frees_before_it_publishes(
+    root: str, key: int, forkserver: Any
+) -> None:
+    """The negative control: the same rounds, against a writer that frees a variable's old slot
+    before the index names the new one, fail (a variable is lost or torn)."""
+    seg = shmfs.attach(key, 32 << 20, root=root)
+    try:
+        with pytest.raises(AssertionError, match=r"lost|torn|went back"):
+            _small_churn_rounds(seg, forkserver, 30, broken=True)
+    finally:
+        seg.destroy()
 
 
 @pytest.mark.stress

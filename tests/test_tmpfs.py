@@ -776,3 +776,25 @@ def test_stats_say_where_the_bytes_go(seg: shmfs.Segment) -> None:
 
 def _frame_of(value: Any) -> bytes:
     return bytes(shmfs.frame.encode(shmfs.codecs.get_codec("cloudpickle"), value))
+
+
+def test_mappings_grow_with_slab_files_not_variables(attach: Any, key: int) -> None:
+    """A process that reads 100,000 small variables of a segment maps its slab files and its
+    index once each, and keeps no descriptor open for them."""
+    seg = attach(key, 1 << 26)
+    for index in range(100_000):
+        seg[index] = f"{index:08d}".ljust(100, "v")
+    reader = attach(key)
+    fds = len(os.listdir("/proc/self/fd"))
+    for index in range(0, 100_000, 7):
+        assert reader[index].startswith(f"{index:08d}")
+    location = reader.stats()["location"]
+    with open("/proc/self/maps", encoding="ascii") as maps:
+        mapped = {line.split()[-1] for line in maps if location in line}
+    files = {os.path.join(location, name) for name in os.listdir(location)}
+    slabs = {path for path in files if "/.slab-" in path}
+    # Two handles (writer and reader) of one process; 100,000 variables of one class take a
+    # few dozen slab files.
+    assert mapped <= files and slabs <= mapped and len(slabs) < 40
+    if hotpath.maps_without_descriptors():  # else mmap keeps one per file (Python < 3.13)
+        assert len(os.listdir("/proc/self/fd")) <= fds

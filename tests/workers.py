@@ -290,27 +290,64 @@ def small_value(index: int, seq: int) -> dict[str, Any]:
 SMALL_SIZES = (1, 20, 100, 300, 1000, 3000)
 
 
-def churn_small(ref: dict[str, Any], first: int, started: Any) -> None:
+def churn_small(ref: dict[str, Any], first: int, started: Any, broken: bool = False) -> None:
     """Until killed: put values at new indices (from ``first`` up: inserts that grow the index),
-    replace and remove existing ones, all small. ``started`` is set after the first change."""
+    replace existing ones, and remove some of the ones this call inserted (so any variable of an
+    earlier call that is missing was lost, not removed), all small. ``started`` is set after
+    the first change.
+
+    ``broken``: the negative control. The writer frees a variable's old slot before it
+    publishes the new one (the order the format forbids), with the gap between the two widened
+    so that a random kill lands in it most of the time, on the Python path."""
     import random  # noqa: PLC0415  # only this worker draws
 
+    if broken:
+        _free_before_publishing()
     rng = random.Random(first)
     with open_seg(ref) as seg:
-        live = list(seg)
+        older = list(seg)
+        mine: list[int] = []
         seq, fresh = first, first
         while True:
             draw = rng.random()
-            if draw < 0.35 or not live:
+            if draw < 0.35 or not (older or mine):
                 seg.put(fresh, small_value(fresh, seq))
-                live.append(fresh)
+                mine.append(fresh)
                 fresh += 1
-            elif draw < 0.8:
-                index = rng.choice(live)
+            elif draw < 0.8 or not mine:
+                index = (
+                    rng.choice(older or mine) if rng.random() < 0.7 else rng.choice(mine or older)
+                )
                 seg.put(index, small_value(index, seq))
             else:
-                index = live.pop(rng.randrange(len(live)))
+                index = mine.pop(rng.randrange(len(mine)))
                 seg.remove(index)
             if seq == first:
                 started.set()
             seq += 1
+
+
+def _free_before_publishing() -> None:
+    """Swap the tmpfs writer's last two steps, for the negative control of the kill tests."""
+    import time  # noqa: PLC0415
+
+    from shmfs import hotpath  # noqa: PLC0415
+    from shmfs.backends.tmpfs.backend import TmpfsBackend  # noqa: PLC0415
+
+    hotpath._hot = None  # type: ignore[attr-defined]  # the seam: Python writes every value
+    publish, unpublished = TmpfsBackend._publish, TmpfsBackend._unpublished
+    held: list[tuple[Any, ...]] = []
+
+    def hold(*args: Any) -> None:
+        held.append(args)
+
+    def free_then_publish(self: Any, index: int, loc: int, new: int) -> None:
+        unpublished(self, index, loc, new)
+        until = time.perf_counter() + 0.0002  # the gap a kill must find
+        while time.perf_counter() < until:
+            pass
+        if held:  # a removal publishes nothing
+            publish(*held.pop())
+
+    TmpfsBackend._publish = staticmethod(hold)  # type: ignore[method-assign, assignment]
+    TmpfsBackend._unpublished = free_then_publish  # type: ignore[method-assign]

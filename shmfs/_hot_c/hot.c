@@ -18,21 +18,23 @@ words_of(PyObject *view, Py_buffer *buffer, Py_ssize_t need)
     return (uint64_t *)buffer->buf;
 }
 
-/* (words, capacity, trusted, writable) of a mapped variable; borrowed, or NULL if absent. */
+/* (words, capacity, trusted, writable) of a mapped large variable: a new reference (the
+ * handle may drop its VarFile while the caller still reads), or NULL if absent. */
 PyObject *
 mapped(Hot *self, PyObject *index)
 {
+    if (self->vars == NULL) {
+        return NULL; /* closed */
+    }
     PyObject *var = PyDict_GetItemWithError(self->vars, index);
     if (var == NULL) {
         return NULL;
     }
+    Py_INCREF(var); /* held while its attribute is read */
     PyObject *hot = PyObject_GetAttr(var, str_hot);
-    if (hot == NULL) {
-        return NULL;
-    }
-    Py_DECREF(hot); /* the VarFile in the dict keeps it alive while we run */
-    if (!PyTuple_CheckExact(hot) || PyTuple_GET_SIZE(hot) != 4) {
-        return NULL;
+    Py_DECREF(var);
+    if (hot != NULL && (!PyTuple_CheckExact(hot) || PyTuple_GET_SIZE(hot) != 4)) {
+        Py_CLEAR(hot);
     }
     return hot;
 }
@@ -88,11 +90,10 @@ decode_frame(Hot *self, const uint64_t head[3], PyObject *payload, int trusted)
 static PyObject *
 large_get(Hot *self, PyObject *index)
 {
-    PyObject *hot = mapped(self, index);
+    PyObject *hot = mapped(self, index); /* held: an allocation below may drop the variable */
     if (hot == NULL) {
         return slow();
     }
-    Py_INCREF(hot); /* held: the allocation below may run code that drops the variable */
     Py_ssize_t capacity = PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 1));
     int trusted = PyObject_IsTrue(PyTuple_GET_ITEM(hot, 2));
     Py_buffer buffer;

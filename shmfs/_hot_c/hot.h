@@ -91,6 +91,8 @@ PyObject *slab_get(Hot *self, const uint64_t *meta, uint64_t loc, uint64_t key, 
 PyObject *slab_put(Hot *self, PyObject *index, long codec, PyObject *pickled, Py_ssize_t same_from,
                    Py_ssize_t same_to);
 PyObject *decode_frame(Hot *self, const uint64_t head[3], PyObject *payload, int trusted);
+PyObject *hot_rehash(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+extern const char rehash_doc[];
 
 /* put.c: the segment lock's thread half, taken without waiting (1: at depth 0, so the flock
  * is ours to take; 2: re-entrantly; 0: another thread has it; -1: an exception), and given back */

@@ -53,6 +53,7 @@ after_fork_in_child(void)
 
 static PyMethodDef module_methods[] = {
     {"crc32", (PyCFunction)(void (*)(void))hot_crc32, METH_FASTCALL, crc32_doc},
+    {"rehash", (PyCFunction)(void (*)(void))hot_rehash, METH_FASTCALL, rehash_doc},
     {NULL, NULL, 0, NULL},
 };
 

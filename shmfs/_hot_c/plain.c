@@ -3,8 +3,9 @@
 
 /* codecs.is_plain, check for check (builtin scalars in builtin containers of at most 64 items,
  * nested at most 4 deep), within a budget: each item costs one, and each str or bytes its length,
- * so that a value too big for the fast path is not pickled only to be pickled again. Runs no
- * Python code, so nothing changes under it. */
+ * so that a value too big for the fast path is not pickled only to be pickled again. It runs
+ * no Python code itself, but iterating a set allocates, which may start a collection whose
+ * finalizers change the containers being checked: every item is held while it is checked. */
 int
 plain(PyObject *value, int depth, Py_ssize_t *budget)
 {
@@ -25,12 +26,17 @@ plain(PyObject *value, int depth, Py_ssize_t *budget)
         return 0;
     }
     if (kind == &PyList_Type || kind == &PyTuple_Type) {
-        Py_ssize_t size = PySequence_Fast_GET_SIZE(value);
-        if (size > 64) {
+        if (PySequence_Fast_GET_SIZE(value) > 64) {
             return 0;
         }
-        for (Py_ssize_t i = 0; i < size; i++) {
-            if (!plain(PySequence_Fast_GET_ITEM(value, i), depth + 1, budget)) {
+        /* The size is read again each time and each item held while it is checked: a set's
+         * iterator allocates, a collection it starts may run a finalizer that changes a list
+         * being checked here. */
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(value); i++) {
+            PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(value, i));
+            int result = plain(item, depth + 1, budget);
+            Py_DECREF(item);
+            if (!result) {
                 return 0;
             }
         }
@@ -43,7 +49,12 @@ plain(PyObject *value, int depth, Py_ssize_t *budget)
         Py_ssize_t at = 0;
         PyObject *key, *item;
         while (PyDict_Next(value, &at, &key, &item)) {
-            if (!plain(key, depth + 1, budget) || !plain(item, depth + 1, budget)) {
+            Py_INCREF(key); /* held while checked, as list items are */
+            Py_INCREF(item);
+            int result = plain(key, depth + 1, budget) && plain(item, depth + 1, budget);
+            Py_DECREF(key);
+            Py_DECREF(item);
+            if (!result) {
                 return 0;
             }
         }

@@ -109,7 +109,7 @@ put_pickled(Hot *self, PyObject *hot, long codec, PyObject *pickled, Py_ssize_t 
     if (load(&meta[M_STATE]) != 0 || load(&meta[M_RECOVERIES]) != self->recoveries
         || load(&meta[M_VIEWS]) != 0 || load(&meta[M_WAITERS]) != 0
         || (control & LOW) != check_of(high) || high & RETIRED || old > used
-        || used - old + length > size) {
+        || length > size || used - old > size - length) { /* no sum that can wrap */
         /* Destroyed, DIRTY, recovered, viewed, waited on (Python wakes the waiters), damaged,
          * replaced, or full. */
         goto unlock;
@@ -183,17 +183,15 @@ hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
     /* Checked before pickling, so that a put which cannot be fast pickles once, in Python. A
      * variable with a file of its own is written there when the handle maps it; any other
      * goes to a slot (slab.c). */
-    PyObject *hot = mapped(self, args[0]);
+    PyObject *hot = mapped(self, args[0]); /* held: checking and pickling may drop the variable */
     if (hot == NULL) {
         PyErr_Clear();
     }
-    else if (PyObject_IsTrue(PyTuple_GET_ITEM(hot, 3)) != 1) {
+    if ((hot != NULL && PyObject_IsTrue(PyTuple_GET_ITEM(hot, 3)) != 1)
+        || !plain(args[2], 0, &budget)) {
+        Py_XDECREF(hot);
         return slow();
     }
-    if (!plain(args[2], 0, &budget)) {
-        return slow();
-    }
-    Py_XINCREF(hot); /* held across pickling, which may let other code drop the variable */
     PyObject *dumps_args[2] = {args[2], protocol};
     PyObject *pickled = PyObject_Vectorcall(pickle_dumps, dumps_args, 2, NULL);
     if (pickled == NULL || !PyBytes_CheckExact(pickled)) {

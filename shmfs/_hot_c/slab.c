@@ -112,7 +112,13 @@ PyObject *
 slab_get(Hot *self, const uint64_t *meta, uint64_t loc, uint64_t key, uint64_t gen)
 {
     Slot slot = {0};
-    if (self->slabs == NULL || open_slot(self->slabs, loc, &slot) < 0) {
+    if (self->slabs == NULL) {
+        return slow();
+    }
+    PyObject *slabs = Py_NewRef(self->slabs); /* the lookup allocates: a closing may drop it */
+    int opened = open_slot(slabs, loc, &slot);
+    Py_DECREF(slabs);
+    if (opened < 0) {
         return slow();
     }
     uint64_t seal = load(&slot.words[slot.at]);
@@ -227,8 +233,8 @@ slab_put(Hot *self, PyObject *index_object, long codec, PyObject *pickled, Py_ss
              || (filled + 1) * IX_FILL_DEN > (index_buffer.len / WORD - IX_HEADER_WORDS) / 2 * IX_FILL_NUM) {
         goto unlock; /* a set over another entry only; or the index must grow first */
     }
-    if (old_length > used || used - old_length + length > size) {
-        goto unlock; /* full: Python says so */
+    if (old_length > used || length > size || used - old_length > size - length) {
+        goto unlock; /* full, or a count that would wrap (damage): Python says which */
     }
     uint64_t free_word = M_CLASSES + 2 * (uint64_t)number;
     uint64_t new_loc = load(&meta[free_word]), next = 0, bump = 0;
@@ -313,4 +319,78 @@ release:
     Py_DECREF(slabs);
     Py_DECREF(lock);
     return result != NULL ? Py_NewRef(result) : NULL;
+}
+
+/* An index's words, checked: its bucket count from its own header, or 0 if its size disagrees. */
+static uint64_t
+buckets_of(const uint64_t *words, Py_ssize_t length)
+{
+    if (length < (Py_ssize_t)(IX_HEADER_WORDS * WORD)) {
+        return 0;
+    }
+    uint64_t shift = words[IX_W_SHIFT];
+    if (shift < IX_MIN_SHIFT || shift > IX_MAX_SHIFT
+        || (IX_HEADER_WORDS + (2ULL << shift)) * WORD != (uint64_t)length) {
+        return 0;
+    }
+    return 1ULL << shift;
+}
+
+const char rehash_doc[] =
+"rehash(source, target) -> entries copied\n\n"
+"Insert every live entry of the index words ``source`` into the empty index words ``target``\n"
+"(its header already written), and store its count of filled buckets: index.py's\n"
+"create_index, in one call (a million entries in Python take most of a second).";
+
+PyObject *
+hot_rehash(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "rehash(source, target)");
+        return NULL;
+    }
+    Py_buffer source, target;
+    if (PyObject_GetBuffer(args[0], &source, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &target, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&source);
+        return NULL;
+    }
+    const uint64_t *from = (const uint64_t *)source.buf;
+    uint64_t *to = (uint64_t *)target.buf;
+    uint64_t from_buckets = ((uintptr_t)from & 7) ? 0 : buckets_of(from, source.len);
+    uint64_t to_buckets = ((uintptr_t)to & 7) ? 0 : buckets_of(to, target.len);
+    PyObject *result = NULL;
+    if (from_buckets == 0 || to_buckets == 0) {
+        PyErr_SetString(PyExc_ValueError, "rehash: not index words of a consistent size");
+        goto done;
+    }
+    uint64_t shift = to[IX_W_SHIFT], mask = to_buckets - 1, filled = 0;
+    for (uint64_t bucket = 0; bucket < from_buckets; bucket++) {
+        uint64_t loc = from[IX_HEADER_WORDS + 2 * bucket + 1];
+        if (loc <= LOC_TOMB) {
+            continue;
+        }
+        uint64_t key = from[IX_HEADER_WORDS + 2 * bucket];
+        uint64_t at = (key * FIB) >> (64 - shift);
+        uint64_t probes = 0;
+        while (to[IX_HEADER_WORDS + 2 * at + 1] != LOC_EMPTY) {
+            at = (at + 1) & mask;
+            if (++probes == to_buckets) {
+                PyErr_SetString(PyExc_ValueError, "rehash: the target index is too small");
+                goto done;
+            }
+        }
+        to[IX_HEADER_WORDS + 2 * at] = key;
+        to[IX_HEADER_WORDS + 2 * at + 1] = loc;
+        filled++;
+    }
+    to[IX_W_FILLED] = filled;
+    result = PyLong_FromUnsignedLongLong(filled);
+done:
+    PyBuffer_Release(&target);
+    PyBuffer_Release(&source);
+    return result;
 }

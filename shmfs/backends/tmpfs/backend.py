@@ -511,6 +511,10 @@ class TmpfsBackend(HoldsSegmentLock):
             raise segment_full(self.key, index, len(data), self.size, used - old)
         number = L.class_for(len(data) + _SLOT_HEADER)
         meta[_STATE] = self._dirty_tag  # DIRTY: a death from here on is repaired
+        # Growing the index, storing a large value and taking a slot each either succeed or
+        # fail having changed nothing the index names (an index or file not yet published is
+        # removed as it fails): a failure there (ENOSPC, say) needs no recovery.
+        changed = False
         try:
             if loc <= _TOMB and index_map.full():
                 index_map = self._grow()
@@ -520,16 +524,18 @@ class TmpfsBackend(HoldsSegmentLock):
                 new = _LARGE
             else:
                 new = self._slabs.allocate(meta, number, file_mode(self.perm), _tmp_name())
+            changed = True
+            if number >= 0:
                 meta[_STAMP] = stamp = meta[_STAMP] + 1
                 frame = data if isinstance(data, bytes) else b"".join(data.parts)
                 self._slabs.write(new, key, frame, stamp)
             self._publish(index_map, word, key, loc, new)
             self._unpublished(index, loc, new)
         except OSError as exc:
-            self._failed()
+            self._failed(repair=changed)
             raise translate(exc, f"segment {self.key}: cannot store index {index}") from exc
         except BaseException:
-            self._failed()
+            self._failed(repair=True)  # stopped anywhere (KeyboardInterrupt): recount
             raise
         self._changed(used - old + len(data), 1 if loc <= _TOMB else 0)
 
@@ -571,15 +577,14 @@ class TmpfsBackend(HoldsSegmentLock):
         old = self._current_index()
         gen = old.gen + 1
         name = index_name(gen)
-        entries = list(old.entries())
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self._dir_fd)  # built by a writer that died before publishing
-        create_index(
+        create_index(  # tombstones are not copied: the new table is sized for the live entries
             self._dir_fd,
             name,
             gen,
-            shift_for(len(entries)),
-            entries=iter(entries),
+            shift_for(old.live_count()),
+            copy_from=old,
             mode=file_mode(self.perm),
         )
         self._meta[_INDEX_GEN] = gen
@@ -587,10 +592,22 @@ class TmpfsBackend(HoldsSegmentLock):
             os.unlink(index_name(old.gen), dir_fd=self._dir_fd)  # mappings of it stay valid
         return self._current_index()
 
-    def _failed(self) -> None:
-        """A change failed part way and we live on: leave DIRTY, naming no live writer, for a
-        recovery (which runs at our own next lock, or the next holder's)."""
-        self._meta[_STATE] = _DIRTY
+    def _failed(self, *, repair: bool) -> None:
+        """A change failed and we live on. If it may have changed something, leave DIRTY,
+        naming no live writer, for a recovery (at our own next lock, or the next holder's). If
+        it changed nothing, remove what it may have left (a file of ours not yet published, an
+        index not yet published) and clear DIRTY; if even that fails, leave DIRTY too."""
+        if not repair:
+            current = index_name(int(self._meta[_INDEX_GEN]))
+            mine = f".tmp-{os.getpid()}-"
+            try:
+                for name in os.listdir(self._dir_fd):
+                    if name.startswith(mine) or (name.startswith(".index-") and name != current):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(name, dir_fd=self._dir_fd)
+            except OSError:
+                repair = True
+        self._meta[_STATE] = _DIRTY if repair else 0
 
     def _changed(self, used: int, added: int) -> None:
         """Store the counts after a change, clear DIRTY, wake waiters. Lock held."""
@@ -617,10 +634,10 @@ class TmpfsBackend(HoldsSegmentLock):
             index_map.words[word] = _TOMB
             self._unpublished(index, loc, _TOMB)
         except OSError as exc:
-            self._failed()
+            self._failed(repair=True)
             raise translate(exc, f"segment {self.key}: cannot remove index {index}") from exc
         except BaseException:
-            self._failed()
+            self._failed(repair=True)
             raise
         self._changed(meta[_USED] - length, -1)
         return True

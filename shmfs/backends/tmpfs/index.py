@@ -26,13 +26,14 @@ run for ever (no empty bucket) is caught by bounding the probe to the table's si
 from __future__ import annotations
 
 import contextlib
-import mmap
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Final
 
 from shmfs.backends.tmpfs import layout as L
 from shmfs.errors import CorruptSegment
+from shmfs.hotpath import map_file, rehash
 
 __all__ = ["Index", "create_index", "index_name", "shift_for"]
 
@@ -57,9 +58,17 @@ def shift_for(live: int) -> int:
 
 
 def create_index(
-    dir_fd: int, name: str, gen: int, shift: int, *, entries: Iterator[tuple[int, int]], mode: int
+    dir_fd: int,
+    name: str,
+    gen: int,
+    shift: int,
+    *,
+    entries: Iterable[tuple[int, int]] = (),
+    copy_from: Index | None = None,
+    mode: int,
 ) -> None:
-    """Write a complete index file ``name`` holding ``entries`` ((unsigned key, location)).
+    """Write a complete index file ``name`` holding ``entries`` ((unsigned key, location)) and
+    the live entries of ``copy_from`` (copied in C where the module is built).
 
     The caller renames it into place and publishes it; until then nobody sees it. The file is
     allocated with ``posix_fallocate`` before it is written, so a full tmpfs is an ``OSError``
@@ -76,6 +85,12 @@ def create_index(
     words[L.IX_W_SHIFT], words[L.IX_W_GEN] = shift, gen
     mask, down = buckets - 1, 64 - shift
     filled = 0
+    if copy_from is not None:
+        copied = rehash(copy_from.words, words)
+        if copied is None:
+            entries = itertools.chain(copy_from.entries(), entries)
+        else:
+            filled = copied
     for key, loc in entries:
         bucket = ((key * _FIB) & _M64) >> down
         while words[_H + 2 * bucket + 1] != _EMPTY:
@@ -116,8 +131,7 @@ class Index:
         size = os.fstat(fd).st_size
         if size < (_H + (2 << L.IX_MIN_SHIFT)) * L.WORD:
             raise CorruptSegment(f"index file is {size} bytes, too short")
-        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-        self._mm = mmap.mmap(fd, size, access=access)
+        self._mm = map_file(fd, size, writable=writable)  # keeps no descriptor where it can
         self.words = memoryview(self._mm).cast("Q")
         words = self.words
         shift = words[L.IX_W_SHIFT]
@@ -184,6 +198,11 @@ class Index:
             loc = words[_H + 2 * bucket + 1]
             if loc > _TOMB:
                 yield _H + 2 * bucket + 1, words[_H + 2 * bucket], loc
+
+    def live_count(self) -> int:
+        """How many buckets hold a live entry. Segment lock held."""
+        locs = self.words[_H:].tolist()[1::2]
+        return len(locs) - locs.count(_EMPTY) - locs.count(_TOMB)
 
     def recount(self) -> None:
         """Store how many buckets hold a key (after a recovery). Segment lock held."""

@@ -194,7 +194,7 @@ def _write_meta(dir_fd: int, key: int, size: int, perm: int) -> None:
     finally:
         os.close(fd)
     make_views_file(dir_fd, perm)
-    create_index(dir_fd, index_name(0), 0, L.IX_MIN_SHIFT, entries=iter(()), mode=file_mode(perm))
+    create_index(dir_fd, index_name(0), 0, L.IX_MIN_SHIFT, mode=file_mode(perm))
 
 
 def make_views_file(dir_fd: int, perm: int) -> None:

@@ -22,7 +22,6 @@ before it is mapped, so a full tmpfs is ``SegmentFull`` when a file is added, ne
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import stat
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Final
 from shmfs.backends.fsutil import translate
 from shmfs.backends.tmpfs import layout as L
 from shmfs.errors import CorruptSegment
+from shmfs.hotpath import map_file
 
 __all__ = ["SlabFile", "Slabs", "location", "slab_name", "split_location"]
 
@@ -84,8 +84,7 @@ class SlabFile:
         self.size = L.slab_size(number, file)
         if not stat.S_ISREG(st.st_mode) or st.st_size != self.size:
             raise CorruptSegment(f"slab file {slab_name(number, file)} is not {self.size} bytes")
-        access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-        self.mm = mmap.mmap(fd, self.size, access=access)
+        self.mm = map_file(fd, self.size, writable=writable)  # keeps no descriptor where it can
         self.words = memoryview(self.mm).cast("Q")
         words = self.words
         if (
