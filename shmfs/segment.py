@@ -274,7 +274,12 @@ class Segment(MutableMapping[int, Any]):
             value = hot.get(index)
             if value is not SLOW:
                 return value
-        data = backend.read(index) if backend.lock_free_reads else self._read_locked(index)
+        try:
+            data = backend.read(index) if backend.lock_free_reads else self._read_locked(index)
+        except Exception as exc:
+            if self._backend is None:  # detached meanwhile (a finalizer, another thread)
+                raise self._closed_error() from exc
+            raise
         if data is None:
             if default is _MISSING:
                 raise self._not_found(index)

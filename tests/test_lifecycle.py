@@ -128,3 +128,39 @@ def test_a_used_count_near_two_to_the_64_does_not_wrap(seg: shmfs.Segment) -> No
         seg.put(2, "w" * 104)  # four bytes more, in the same slot class: the sum would wrap
     assert words[layout.M_USED] == (1 << 64) - 2 and seg[2] == "v" * 100
     words[layout.M_USED] = used
+
+
+@pytest.mark.parametrize("pad", [0, 6000], ids=["slot", "large"])
+def test_a_finalizer_that_detaches_during_the_fast_get(root: str, key: int, pad: int) -> None:
+    """The get allocates the bytes it copies into; a collection there detaches the handle. The
+    mapping it is copying from must stay mapped until the get is done (the C module lets go of
+    what it keeps only when no call of its runs)."""
+    done = _run(
+        root,
+        key,
+        f"""
+        seg[0] = "x" * {pad + 1}
+        seg[0], seg[0]  # mapped, for a large value
+
+        class Detacher:
+            def __init__(self):
+                self.me = self
+            def __del__(self):
+                seg.detach()
+
+        got = []
+        for _ in range(20):
+            for _ in range(50):
+                Detacher()
+            gc.set_threshold(1)
+            try:
+                got.append(seg.get(0) == "x" * {pad + 1})
+            except shmfs.SegmentDetached:
+                got.append(True)
+            gc.set_threshold(700)
+            seg = shmfs.attach({key}, root={root!r})
+        print("alive", all(got))
+        seg.destroy()
+        """,
+    )
+    assert done.returncode == 0 and done.stdout == "alive True\n", (done.returncode, done.stderr)

@@ -51,19 +51,6 @@ slow(void)
     return Py_NewRef(SLOW);
 }
 
-int
-metadata(Hot *self, uint64_t *state, uint64_t *recoveries)
-{
-    Py_buffer buffer;
-    uint64_t *meta = words_of(self->meta, &buffer, (Py_ssize_t)PAGE);
-    if (meta == NULL) {
-        return -1;
-    }
-    *state = load(&meta[M_STATE]);
-    *recoveries = load(&meta[M_RECOVERIES]);
-    PyBuffer_Release(&buffer);
-    return 0;
-}
 
 PyObject *
 decode_frame(Hot *self, const uint64_t head[3], PyObject *payload, int trusted)
@@ -141,48 +128,36 @@ PyDoc_STRVAR(hot_get_doc,
 "(slabs.py) or, if the handle maps it, a large variable's file (largefile.py).");
 
 static PyObject *
-hot_get(Hot *self, PyObject *index)
+get_entered(Hot *self, PyObject *index)
 {
-    if (self->lock == NULL || self->index == NULL || self->epoch != fork_epoch) {
+    uint64_t *meta = meta_words(self), *words = self->index_words;
+    if (self->closing || meta == NULL || words == NULL || self->epoch != fork_epoch) {
         return slow();
     }
     uint64_t key = PyLong_AsUnsignedLongLongMask(index);
     if (key == (uint64_t)-1 && PyErr_Occurred()) {
         return slow();
     }
-    PyObject *meta_view = Py_NewRef(self->meta);
-    PyObject *index_view = Py_NewRef(self->index);
-    uint64_t gen = self->index_gen;
-    Py_buffer meta_buffer, index_buffer;
-    PyObject *result = NULL;
-    uint64_t *meta = words_of(meta_view, &meta_buffer, (Py_ssize_t)PAGE);
-    uint64_t *words = meta != NULL ? words_of(index_view, &index_buffer, 0) : NULL;
-    if (words == NULL) {
-        if (meta != NULL) {
-            PyBuffer_Release(&meta_buffer);
-        }
-        Py_DECREF(meta_view);
-        Py_DECREF(index_view);
-        return slow();
-    }
-    uint64_t word = 0;
-    uint64_t loc = find(words, index_buffer.len, key, &word);
+    uint64_t gen = self->index_gen, word = 0;
+    uint64_t loc = find(words, self->index_buffer.len, key, &word);
     if (load(&meta[M_STATE]) & STATE_DIRTY || load(&meta[M_RECOVERIES]) != self->recoveries
         || load(&meta[M_INDEX_GEN]) != gen || loc <= LOC_TOMB || loc == ~0ULL) {
         /* DIRTY (Python asks whether that writer is alive), recovered, another index, absent,
          * or damaged */
-        result = slow();
+        return slow();
     }
-    else if (loc == LOC_LARGE) {
-        result = large_get(self, index);
+    if (loc == LOC_LARGE) {
+        return large_get(self, index);
     }
-    else {
-        result = slab_get(self, meta, loc, key, gen);
-    }
-    PyBuffer_Release(&index_buffer);
-    PyBuffer_Release(&meta_buffer);
-    Py_DECREF(meta_view);
-    Py_DECREF(index_view);
+    return slab_get(self, meta, loc, key, gen);
+}
+
+static PyObject *
+hot_get(Hot *self, PyObject *index)
+{
+    enter(self); /* what the call reads stays mapped until it leaves (maps.c) */
+    PyObject *result = get_entered(self, index);
+    leave(self);
     return result;
 }
 
@@ -201,11 +176,9 @@ hot_index(Hot *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    if (self->vars == NULL) {
-        Py_RETURN_NONE; /* closed: stays closed */
+    if (!self->closing) { /* closed: stays closed */
+        set_index(self, args[0], gen);
     }
-    Py_XSETREF(self->index, Py_NewRef(args[0]));
-    self->index_gen = gen;
     Py_RETURN_NONE;
 }
 
@@ -227,7 +200,7 @@ hot_reset(Hot *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    if (self->vars == NULL) {
+    if (self->closing) {
         Py_RETURN_NONE; /* closed: a closed handle stays closed */
     }
     PyObject *fd = PyObject_GetAttr(args[0], str_fd);
@@ -263,13 +236,13 @@ hot_reset(Hot *self, PyObject *const *args, Py_ssize_t nargs)
 
 PyDoc_STRVAR(hot_close_doc, "close()\n\nDrop every reference: from now on, every call is SLOW.");
 
-/* What ties a Hot to its handle; its decoders stay until it is collected. */
-static void
+/* What ties a Hot to its handle; its decoders stay until it is collected. maps.c calls it
+ * once no call is running (a close from inside a call only marks the Hot closing). */
+void
 drop_handle(Hot *self)
 {
     Py_CLEAR(self->vars);
     Py_CLEAR(self->slabs);
-    Py_CLEAR(self->index);
     Py_CLEAR(self->meta);
     Py_CLEAR(self->lock);
     Py_CLEAR(self->acquire);
@@ -279,7 +252,7 @@ drop_handle(Hot *self)
 static PyObject *
 hot_close(Hot *self, PyObject *Py_UNUSED(ignored))
 {
-    drop_handle(self);
+    let_go(self);
     Py_RETURN_NONE;
 }
 
@@ -330,7 +303,7 @@ hot_traverse(Hot *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->vars);
     Py_VISIT(self->slabs);
-    Py_VISIT(self->index);
+    Py_VISIT(self->pending_index);
     Py_VISIT(self->meta);
     Py_VISIT(self->lock);
     Py_VISIT(self->acquire);
@@ -344,7 +317,7 @@ hot_traverse(Hot *self, visitproc visit, void *arg)
 static int
 hot_clear(Hot *self)
 {
-    drop_handle(self);
+    let_go(self); /* unreachable: no call of its own is running */
     for (int i = 0; i < 256; i++) {
         Py_CLEAR(self->decoders[i]);
     }

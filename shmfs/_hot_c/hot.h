@@ -59,13 +59,31 @@ extern const char crc32_doc[];
 /* plain.c */
 int plain(PyObject *value, int depth, Py_ssize_t *budget);
 
+/* maps.c: one slab file's mapping, as a Hot keeps it between calls */
+typedef struct {
+    Py_buffer buffer;   /* an export of the mapping: it stays mapped while held */
+    uint64_t *words;    /* NULL: not kept */
+    uint64_t slot_size;
+    uint64_t slots;
+    int trusted;
+    int writable;
+} SlabMap;
+
+/* One slot, found: where its words are (in a mapping the Hot keeps) and its file's traits. */
+typedef struct {
+    uint64_t *words;
+    uint64_t at;        /* the slot's first word */
+    uint64_t slot_size;
+    int trusted;
+    int writable;
+} Slot;
+
 /* hot.c: the Hot type, and what its get and put share */
 typedef struct {
     PyObject_HEAD
     PyObject *vars;    /* the backend's dict: index -> VarFile, for large variables */
     PyObject *slabs;   /* the backend's dict: class << 16 | file -> SlabFile */
-    PyObject *index;   /* the current index's words, a memoryview, or NULL */
-    uint64_t index_gen; /* the generation the metadata names it by */
+    uint64_t index_gen; /* the generation the metadata names the kept index by (maps.c) */
     PyObject *meta;    /* the metadata page, a memoryview */
     PyObject *lock;    /* the backend's SegmentLock: its _depth says whether this process holds it */
     PyObject *acquire; /* its thread lock's acquire and release, bound */
@@ -77,13 +95,34 @@ typedef struct {
     uint64_t dirty_tag;       /* DIRTY | pid << 32 */
     uint64_t epoch;
     int fd;                   /* the metadata file, which the segment's flock is on */
+    /* maps.c: the mappings kept between calls, and when they may be let go */
+    Py_buffer meta_buffer;
+    uint64_t *meta_words;
+    Py_buffer index_buffer;
+    uint64_t *index_words;
+    PyObject *pending_index;  /* an index set while a call ran, taken when none does */
+    uint64_t pending_gen;
+    SlabMap *maps[NCLASSES];
+    Py_ssize_t map_count[NCLASSES];
+    int busy;                 /* calls running (a finalizer may start one inside another) */
+    int closing;
 } Hot;
 
 extern PyTypeObject HotType;
 uint64_t *words_of(PyObject *view, Py_buffer *buffer, Py_ssize_t need);
 PyObject *mapped(Hot *self, PyObject *index);
 PyObject *slow(void);
-int metadata(Hot *self, uint64_t *state, uint64_t *recoveries);
+void drop_handle(Hot *self);
+
+/* maps.c */
+void enter(Hot *self);
+void leave(Hot *self);
+void let_go(Hot *self);
+void set_index(Hot *self, PyObject *words, uint64_t gen);
+uint64_t *meta_words(Hot *self);
+/* A slot's mapping, kept; ``may_map``: ask the handle for a file not kept yet, which runs
+ * Python code (never with the segment lock held: that code could write the segment). */
+int open_slot(Hot *self, uint64_t loc, Slot *slot, int may_map);
 
 /* slab.c: the index lookup, and the get and put of a variable in a slot */
 uint64_t find(const uint64_t *index, Py_ssize_t length, uint64_t key, uint64_t *word);

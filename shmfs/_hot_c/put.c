@@ -78,14 +78,13 @@ put_pickled(Hot *self, PyObject *hot, long codec, PyObject *pickled, Py_ssize_t 
     uint64_t head[3] = {self->first_word | (uint64_t)codec << CODEC_SHIFT, (uint64_t)payload_length, 0};
     head[2] = checksum(checksum(0, (const unsigned char *)head, 16), payload, (size_t)payload_length);
 
-    Py_buffer meta_buffer, var_buffer;
-    uint64_t *meta = words_of(self->meta, &meta_buffer, M_WORDS * 8);
+    Py_buffer var_buffer;
+    uint64_t *meta = meta_words(self); /* kept by the Hot until the call leaves (maps.c) */
     if (meta == NULL) {
         return slow();
     }
     uint64_t *words = words_of(PyTuple_GET_ITEM(hot, 0), &var_buffer, VAR_HEADER + 2 * capacity);
     if (words == NULL) {
-        PyBuffer_Release(&meta_buffer);
         return slow();
     }
     PyObject *result = SLOW;
@@ -152,7 +151,6 @@ unlock_thread:
     }
 done:
     PyBuffer_Release(&var_buffer);
-    PyBuffer_Release(&meta_buffer);
     return result != NULL ? Py_NewRef(result) : NULL;
 }
 
@@ -164,8 +162,19 @@ const char hot_put_doc[] =
 "``head_at``, and so has the pickle stored now, framed by the same codec (a Cache's set:\n"
 "over the entry of the same key only).";
 
+static PyObject *put_entered(Hot *self, PyObject *const *args, Py_ssize_t nargs);
+
 PyObject *
 hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    enter(self); /* what the call writes stays mapped until it leaves (maps.c) */
+    PyObject *result = put_entered(self, args, nargs);
+    leave(self);
+    return result;
+}
+
+static PyObject *
+put_entered(Hot *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3 && !(nargs == 5 && PyBytes_CheckExact(args[4]))) {
         PyErr_SetString(PyExc_TypeError, "put(index, codec_id, value[, head_at, head: bytes])");
@@ -176,8 +185,8 @@ hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_ssize_t budget = SMALL;
-    if (codec < 0 || codec > 255 || !self->executes[codec] || self->lock == NULL
-        || self->epoch != fork_epoch) {
+    if (codec < 0 || codec > 255 || !self->executes[codec] || self->closing
+        || self->lock == NULL || self->epoch != fork_epoch) {
         return slow();
     }
     /* Checked before pickling, so that a put which cannot be fast pickles once, in Python. A

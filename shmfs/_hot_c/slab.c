@@ -35,102 +35,21 @@ find(const uint64_t *index, Py_ssize_t length, uint64_t key, uint64_t *word)
     return ~0ULL;
 }
 
-/* A mapped slot: its SlabFile's ``hot`` tuple (words, slot_size, slots, trusted, writable),
- * held, and the slot's buffer; filled by ``open_slot``, emptied by ``close_slot``. */
-typedef struct {
-    PyObject *hot;
-    Py_buffer buffer;
-    uint64_t *words;
-    uint64_t at;        /* the slot's first word */
-    uint64_t slot_size;
-    int trusted;
-    int writable;
-} Slot;
-
-static void
-close_slot(Slot *slot)
-{
-    if (slot->words != NULL) {
-        PyBuffer_Release(&slot->buffer);
-        slot->words = NULL;
-    }
-    Py_CLEAR(slot->hot);
-}
-
-/* 0 with ``slot`` open, or -1 (no exception: the caller goes SLOW) if the location names no
- * slot of a file this handle has mapped. */
-static int
-open_slot(PyObject *slabs, uint64_t loc, Slot *slot)
-{
-    uint64_t number = (loc >> LOC_CLASS_SHIFT) - 1;
-    uint64_t file = (loc >> LOC_FILE_SHIFT) & (LOC_FILES - 1);
-    uint64_t index = loc & (LOC_SLOTS - 1);
-    if (number >= NCLASSES) {
-        return -1;
-    }
-    PyObject *name = PyLong_FromUnsignedLongLong(number << 16 | file);
-    if (name == NULL) {
-        PyErr_Clear();
-        return -1;
-    }
-    PyObject *var = PyDict_GetItemWithError(slabs, name);
-    Py_DECREF(name);
-    if (var == NULL) {
-        PyErr_Clear();
-        return -1;
-    }
-    Py_INCREF(var); /* held while its attribute is read: that may run code */
-    slot->hot = PyObject_GetAttr(var, str_hot);
-    Py_DECREF(var);
-    if (slot->hot == NULL || !PyTuple_CheckExact(slot->hot) || PyTuple_GET_SIZE(slot->hot) != 5) {
-        PyErr_Clear();
-        Py_CLEAR(slot->hot);
-        return -1;
-    }
-    Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(slot->hot, 1));
-    Py_ssize_t slots = PyLong_AsSsize_t(PyTuple_GET_ITEM(slot->hot, 2));
-    slot->trusted = PyObject_IsTrue(PyTuple_GET_ITEM(slot->hot, 3));
-    slot->writable = PyObject_IsTrue(PyTuple_GET_ITEM(slot->hot, 4));
-    if (size != (Py_ssize_t)CLASSES[number] || slots < 0 || index >= (uint64_t)slots
-        || slot->trusted < 0 || slot->writable < 0) {
-        PyErr_Clear();
-        Py_CLEAR(slot->hot);
-        return -1;
-    }
-    slot->slot_size = (uint64_t)size;
-    slot->words = words_of(PyTuple_GET_ITEM(slot->hot, 0), &slot->buffer,
-                           (Py_ssize_t)(SLAB_HEADER + (index + 1) * slot->slot_size));
-    if (slot->words == NULL) {
-        Py_CLEAR(slot->hot);
-        return -1;
-    }
-    slot->at = (SLAB_HEADER + index * slot->slot_size) / WORD;
-    return 0;
-}
-
 PyObject *
 slab_get(Hot *self, const uint64_t *meta, uint64_t loc, uint64_t key, uint64_t gen)
 {
-    Slot slot = {0};
-    if (self->slabs == NULL) {
-        return slow();
-    }
-    PyObject *slabs = Py_NewRef(self->slabs); /* the lookup allocates: a closing may drop it */
-    int opened = open_slot(slabs, loc, &slot);
-    Py_DECREF(slabs);
-    if (opened < 0) {
+    Slot slot;
+    if (open_slot(self, loc, &slot, 1) < 0) {
         return slow();
     }
     uint64_t seal = load(&slot.words[slot.at]);
     uint64_t length = seal & SEAL_LENGTH_MASK;
     if (seal == 0 || load(&slot.words[slot.at + 1]) != key || length < FRAME_HEADER
         || length + SLOT_HEADER > slot.slot_size) {
-        close_slot(&slot);
         return slow(); /* freed or reused since the lookup, or damage: Python looks again */
     }
     PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(length - FRAME_HEADER));
     if (payload == NULL) {
-        close_slot(&slot);
         return NULL;
     }
     const unsigned char *frame = (const unsigned char *)&slot.words[slot.at] + SLOT_HEADER;
@@ -138,14 +57,11 @@ slab_get(Hot *self, const uint64_t *meta, uint64_t loc, uint64_t key, uint64_t g
     memcpy(head, frame, FRAME_HEADER);
     memcpy(PyBytes_AS_STRING(payload), frame + FRAME_HEADER, length - FRAME_HEADER);
     __atomic_thread_fence(__ATOMIC_ACQUIRE); /* the copies before the seal is read again */
-    uint64_t after = load(&slot.words[slot.at]);
-    int trusted = slot.trusted;
-    close_slot(&slot);
-    if (after != seal || load(&meta[M_INDEX_GEN]) != gen) {
+    if (load(&slot.words[slot.at]) != seal || load(&meta[M_INDEX_GEN]) != gen) {
         Py_DECREF(payload);
         return slow(); /* a writer freed the slot, or replaced the index: Python looks again */
     }
-    return decode_frame(self, head, payload, trusted);
+    return decode_frame(self, head, payload, slot.trusted);
 }
 
 static int
@@ -170,40 +86,47 @@ slab_put(Hot *self, PyObject *index_object, long codec, PyObject *pickled, Py_ss
     Py_ssize_t payload_length = PyBytes_GET_SIZE(pickled);
     uint64_t length = (uint64_t)payload_length + FRAME_HEADER;
     int number = class_for(length + SLOT_HEADER);
-    if (number < 0 || self->lock == NULL || self->index == NULL || self->slabs == NULL) {
+    uint64_t *meta = meta_words(self), *index = self->index_words;
+    if (number < 0 || self->closing || meta == NULL || index == NULL) {
         return slow();
     }
+    Py_ssize_t index_length = self->index_buffer.len;
+    uint64_t gen = self->index_gen;
     const unsigned char *payload = (const unsigned char *)PyBytes_AS_STRING(pickled);
     uint64_t head[3] = {self->first_word | (uint64_t)codec << CODEC_SHIFT, (uint64_t)payload_length, 0};
     head[2] = checksum(checksum(0, (const unsigned char *)head, 16), payload, (size_t)payload_length);
 
-    /* Held for the whole call: an allocation below may start a collection whose finalizers
-     * close this handle, which drops the handle's own references. */
-    PyObject *meta_view = Py_NewRef(self->meta);
-    PyObject *index_view = Py_NewRef(self->index);
-    PyObject *slabs = Py_NewRef(self->slabs);
-    PyObject *lock = Py_NewRef(self->lock);
-    uint64_t gen = self->index_gen;
+    /* The mappings stay mapped, and the handle's references held, until the caller's leave():
+     * a close that a finalizer runs meanwhile only marks them (maps.c). Under the lock no
+     * Python code may run (it could write this segment in this thread), so the files the put
+     * will likely touch are looked up first, from an unlocked look at where things stand. */
     Slot old = {0}, new = {0};
-    Py_buffer meta_buffer, index_buffer;
-    PyObject *result = SLOW;
-    int taken = 0;
-    uint64_t *meta = words_of(meta_view, &meta_buffer, (Py_ssize_t)PAGE);
-    uint64_t *index = meta != NULL ? words_of(index_view, &index_buffer, 0) : NULL;
-    if (index == NULL) {
-        goto release;
+    uint64_t free_word = M_CLASSES + 2 * (uint64_t)number, hint_word = 0;
+    uint64_t hint = find(index, index_length, key, &hint_word);
+    if (hint > LOC_LARGE && hint != ~0ULL) {
+        (void)open_slot(self, hint, &old, 1);
     }
-    taken = thread_lock(self);
+    uint64_t ahead = load(&meta[free_word]), bump_ahead = load(&meta[free_word + 1]);
+    if (ahead == 0 && bump_ahead != 0) {
+        ahead = ((uint64_t)number + 1) << LOC_CLASS_SHIFT | (bump_ahead >> 32) << LOC_FILE_SHIFT
+                | (bump_ahead & 0xFFFFFFFFULL);
+    }
+    if (ahead != 0) {
+        (void)open_slot(self, ahead, &new, 1);
+    }
+    if (self->closing) {
+        return slow(); /* closed by what those lookups ran */
+    }
+    PyObject *result = SLOW;
+    int taken = thread_lock(self);
     if (taken <= 0) {
-        result = taken < 0 ? NULL : SLOW;
-        taken = 0;
-        goto release;
+        return taken < 0 ? NULL : slow();
     }
     if (taken == 1 && flock(self->fd, LOCK_EX | LOCK_NB) != 0) {
         goto unlock_thread;
     }
     uint64_t word = 0;
-    uint64_t loc = find(index, index_buffer.len, key, &word);
+    uint64_t loc = find(index, index_length, key, &word);
     uint64_t used = load(&meta[M_USED]), size = load(&meta[M_SIZE]);
     if (load(&meta[M_STATE]) != 0 || load(&meta[M_RECOVERIES]) != self->recoveries
         || load(&meta[M_WAITERS]) != 0 || load(&meta[M_INDEX_GEN]) != gen || loc == ~0ULL
@@ -212,7 +135,7 @@ slab_put(Hot *self, PyObject *index_object, long codec, PyObject *pickled, Py_ss
     }
     uint64_t old_length = 0, filled = load(&index[IX_W_FILLED]);
     if (loc > LOC_TOMB) {
-        if (open_slot(slabs, loc, &old) < 0 || !old.writable) {
+        if (open_slot(self, loc, &old, 0) < 0 || !old.writable) {
             goto unlock;
         }
         uint64_t seal = load(&old.words[old.at]);
@@ -230,16 +153,15 @@ slab_put(Hot *self, PyObject *index_object, long codec, PyObject *pickled, Py_ss
         }
     }
     else if (same_to > 0
-             || (filled + 1) * IX_FILL_DEN > (index_buffer.len / WORD - IX_HEADER_WORDS) / 2 * IX_FILL_NUM) {
+             || (filled + 1) * IX_FILL_DEN > (index_length / WORD - IX_HEADER_WORDS) / 2 * IX_FILL_NUM) {
         goto unlock; /* a set over another entry only; or the index must grow first */
     }
     if (old_length > used || length > size || used - old_length > size - length) {
         goto unlock; /* full, or a count that would wrap (damage): Python says which */
     }
-    uint64_t free_word = M_CLASSES + 2 * (uint64_t)number;
     uint64_t new_loc = load(&meta[free_word]), next = 0, bump = 0;
     if (new_loc != 0) {
-        if ((new_loc >> LOC_CLASS_SHIFT) - 1 != (uint64_t)number || open_slot(slabs, new_loc, &new) < 0
+        if ((new_loc >> LOC_CLASS_SHIFT) - 1 != (uint64_t)number || open_slot(self, new_loc, &new, 0) < 0
             || load(&new.words[new.at]) != 0) {
             goto unlock;
         }
@@ -252,11 +174,11 @@ slab_put(Hot *self, PyObject *index_object, long codec, PyObject *pickled, Py_ss
         }
         new_loc = ((uint64_t)number + 1) << LOC_CLASS_SHIFT | (bump >> 32) << LOC_FILE_SHIFT
                   | (bump & 0xFFFFFFFFULL);
-        if ((bump >> 32) >= LOC_FILES || open_slot(slabs, new_loc, &new) < 0) {
+        if ((bump >> 32) >= LOC_FILES || open_slot(self, new_loc, &new, 0) < 0) {
             goto unlock; /* used up, or not mapped here: Python adds or maps the file */
         }
     }
-    if (!new.writable || self->lock == NULL) {
+    if (!new.writable || self->closing) {
         goto unlock; /* closed meanwhile by code an allocation ran */
     }
     /* From here to the end nothing runs Python code: slabs.py's allocate, write and release,
@@ -305,19 +227,6 @@ unlock_thread:
     if (thread_unlock(self) < 0) {
         result = NULL;
     }
-release:
-    close_slot(&old);
-    close_slot(&new);
-    if (index != NULL) {
-        PyBuffer_Release(&index_buffer);
-    }
-    if (meta != NULL) {
-        PyBuffer_Release(&meta_buffer);
-    }
-    Py_DECREF(meta_view);
-    Py_DECREF(index_view);
-    Py_DECREF(slabs);
-    Py_DECREF(lock);
     return result != NULL ? Py_NewRef(result) : NULL;
 }
 
