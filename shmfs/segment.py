@@ -408,7 +408,9 @@ class Segment(MutableMapping[int, Any]):
         with self._holding() as held:
             held.write(index, data)
 
-    def put_if_head(self, index: int, value: Any, head_at: int, head: bytes) -> bool:
+    def put_if_head(
+        self, index: int, value: Any, head_at: int, head: bytes, *, or_absent: bool = False
+    ) -> bool:
         """Store ``value`` at ``index`` in one lock-free fast call, if the value stored there
         now pickles with the bytes ``head`` at offset ``head_at``, as ``value`` does.
 
@@ -416,15 +418,16 @@ class Segment(MutableMapping[int, Any]):
         ``(key, value, expires, written)`` tuples, whose pickles start alike for one key):
         comparing the stored pickle's head replaces decoding it under the lock. The store is
         as atomic as :meth:`put`'s. ``False`` says only that nothing was stored: the head
-        differs, the index is empty, the value is not a small plain one, a lock is held, or
-        this handle has no fast path (sysv, redis, pure Python, a ``secret=``, a codec that
-        does not pickle); the caller then takes its general path.
+        differs, the index is empty (unless ``or_absent``), the value is not a small plain one,
+        a lock is held, or this handle has no fast path (sysv, redis, pure Python, a
+        ``secret=``, a codec that does not pickle); the caller then takes its general path.
 
         Args:
             index: The variable.
             value: The new value.
             head_at: Where ``head`` lies in the stored value's pickle (protocol 5).
             head: The bytes the stored pickle must have there.
+            or_absent: Also store it if ``index`` holds no value (a first ``set`` of a key).
 
         Returns:
             Whether ``value`` was stored.
@@ -442,7 +445,7 @@ class Segment(MutableMapping[int, Any]):
         if self._hot_codec is None:
             return False
         put = self._hot.put  # type: ignore[union-attr]  # set together with _hot_codec
-        return put(index, self._hot_codec, value, head_at, head) is None
+        return put(index, self._hot_codec, value, head_at, head, or_absent) is None
 
     def remove(self, index: int) -> None:
         """Remove ``index``, zeroing its bytes (PHP: ``shm_remove_var``).

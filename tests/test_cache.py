@@ -491,3 +491,12 @@ def test_other_codecs(opener: Callable[..., shmfs.Cache], codec: str, now: list[
 def test_errors_pickle() -> None:
     error = shmfs.VariableNotFound("'k' is not in the cache", key="'k'")
     assert pickle.loads(pickle.dumps(error)).key == "'k'"
+
+
+def test_a_first_set_takes_the_fast_path_and_stays_exact(cache: Any) -> None:
+    """``Cache.set`` of a key not stored yet goes into an empty variable in the one fast call
+    (``put_if_head(..., or_absent=True)``); it must store exactly what the general path would."""
+    for n in range(300):
+        cache.set(f"first:{n}", {"n": n})
+    assert all(cache.get(f"first:{n}") == {"n": n} for n in range(300))
+    assert cache.stats()["entries"] >= 300

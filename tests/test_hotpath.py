@@ -231,6 +231,13 @@ def test_put_if_head_goes_fast_over_its_own_head(seg: shmfs.Segment, hot: hotpat
     store(seg, 2, ("theirs", 1, None, 0.0))
     assert not seg.put_if_head(2, ("mine", 2, None, 0.0), pickling.TUPLE_HEAD_AT, head)
     assert seg[2] == ("theirs", 1, None, 0.0)
+    assert not seg.put_if_head(
+        2, ("mine", 2, None, 0.0), pickling.TUPLE_HEAD_AT, head, or_absent=True
+    )
+    assert not seg.put_if_head(3, ("mine", 3, None, 0.0), pickling.TUPLE_HEAD_AT, head)
+    assert 3 not in seg  # an empty index takes it only when asked to
+    assert seg.put_if_head(3, ("mine", 3, None, 0.0), pickling.TUPLE_HEAD_AT, head, or_absent=True)
+    assert seg[3] == ("mine", 3, None, 0.0) and len(seg) == 3
 
 
 def test_a_missing_or_too_big_value_is_slow(seg: shmfs.Segment, hot: hotpath.Hot) -> None:

@@ -128,7 +128,7 @@ int open_slot(Hot *self, uint64_t loc, Slot *slot, int may_map);
 uint64_t find(const uint64_t *index, Py_ssize_t length, uint64_t key, uint64_t *word);
 PyObject *slab_get(Hot *self, const uint64_t *meta, uint64_t loc, uint64_t key, uint64_t gen);
 PyObject *slab_put(Hot *self, PyObject *index, long codec, PyObject *pickled, Py_ssize_t same_from,
-                   Py_ssize_t same_to);
+                   Py_ssize_t same_to, int or_absent);
 PyObject *decode_frame(Hot *self, const uint64_t head[3], PyObject *payload, int trusted);
 PyObject *hot_rehash(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 extern const char rehash_doc[];

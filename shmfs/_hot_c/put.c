@@ -160,7 +160,7 @@ const char hot_put_doc[] =
 "in a slot, or in place in a mapped large variable, under the segment's flock taken without\n"
 "waiting (backend.py's write). With ``head_at`` and ``head``: only if the value's pickle has the bytes ``head`` at\n"
 "``head_at``, and so has the pickle stored now, framed by the same codec (a Cache's set:\n"
-"over the entry of the same key only).";
+"over the entry of the same key only); with ``or_absent`` true, also where none is stored.";
 
 static PyObject *put_entered(Hot *self, PyObject *const *args, Py_ssize_t nargs);
 
@@ -176,8 +176,13 @@ hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 put_entered(Hot *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 && !(nargs == 5 && PyBytes_CheckExact(args[4]))) {
-        PyErr_SetString(PyExc_TypeError, "put(index, codec_id, value[, head_at, head: bytes])");
+    if (nargs != 3 && !((nargs == 5 || nargs == 6) && PyBytes_CheckExact(args[4]))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "put(index, codec_id, value[, head_at, head: bytes[, or_absent]])");
+        return NULL;
+    }
+    int or_absent = nargs == 6 ? PyObject_IsTrue(args[5]) : 0;
+    if (or_absent < 0) {
         return NULL;
     }
     long codec = PyLong_AsLong(args[1]);
@@ -209,7 +214,7 @@ put_entered(Hot *self, PyObject *const *args, Py_ssize_t nargs)
         return slow(); /* Python's encode() says why */
     }
     Py_ssize_t same_from = 0, same_to = 0;
-    if (nargs == 5) {
+    if (nargs >= 5) {
         same_from = PyLong_AsSsize_t(args[3]);
         Py_ssize_t size = PyBytes_GET_SIZE(args[4]);
         if (same_from < 0 || size == 0 || same_from > PyBytes_GET_SIZE(pickled) - size
@@ -225,7 +230,7 @@ put_entered(Hot *self, PyObject *const *args, Py_ssize_t nargs)
      * before, retired since, say); slab_put answers SLOW for a variable that has a file. */
     PyObject *result;
     if ((uint64_t)PyBytes_GET_SIZE(pickled) + FRAME_HEADER + SLOT_HEADER <= SLOT_MAX) {
-        result = slab_put(self, args[0], codec, pickled, same_from, same_to);
+        result = slab_put(self, args[0], codec, pickled, same_from, same_to, or_absent);
     }
     else {
         result = hot != NULL ? put_pickled(self, hot, codec, pickled, same_from, same_to) : slow();

@@ -77,7 +77,7 @@ class_for(uint64_t length)
 
 PyObject *
 slab_put(Hot *self, PyObject *index_object, long codec, PyObject *pickled, Py_ssize_t same_from,
-         Py_ssize_t same_to)
+         Py_ssize_t same_to, int or_absent)
 {
     uint64_t key = PyLong_AsUnsignedLongLongMask(index_object);
     if (key == (uint64_t)-1 && PyErr_Occurred()) {
@@ -152,9 +152,9 @@ slab_put(Hot *self, PyObject *index_object, long codec, PyObject *pickled, Py_ss
             goto unlock;
         }
     }
-    else if (same_to > 0
+    else if ((same_to > 0 && !or_absent)
              || (filled + 1) * IX_FILL_DEN > (index_length / WORD - IX_HEADER_WORDS) / 2 * IX_FILL_NUM) {
-        goto unlock; /* a set over another entry only; or the index must grow first */
+        goto unlock; /* over a stored value only; or the index must grow first */
     }
     if (old_length > used || length > size || used - old_length > size - length) {
         goto unlock; /* full, or a count that would wrap (damage): Python says which */

@@ -126,11 +126,18 @@ class Hot(Protocol):
     def get(self, index: int) -> Any:
         """The value at a mapped ``index``, or :data:`SLOW`."""
 
-    def put(
-        self, index: int, codec_id: int, value: Any, head_at: int = 0, head: bytes = b""
+    def put(  # noqa: PLR0917  # the C module's call: positional, as its vectorcall takes them
+        self,
+        index: int,
+        codec_id: int,
+        value: Any,
+        head_at: int = 0,
+        head: bytes = b"",
+        or_absent: bool = False,
     ) -> Any:
-        """``None`` once a plain ``value`` is stored at a mapped ``index``, or SLOW; with
-        ``head_at`` and ``head``, only over a stored pickle that has ``head`` there too."""
+        """``None`` once a plain ``value`` is stored at ``index``, or SLOW; with ``head_at``
+        and ``head``, only over a stored pickle that has ``head`` there too (or, with
+        ``or_absent``, where ``index`` holds no value)."""
 
     def reset(self, lock: object, recoveries: int, dirty_tag: int) -> None:
         """After opening, a fork, or a recovery: the lock, RECOVERIES and DIRTY word to use."""

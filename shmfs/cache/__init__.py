@@ -330,8 +330,8 @@ class Cache:
         """``set``'s fast path: over ``text``'s own entry, in one lock-free call
         (``Segment.put_if_head``) that compares the stored pickle's head with the new one's
         instead of decoding it; ``False`` if it cannot (no fast path, a value that is not
-        plain, an empty variable, a bucket of several keys, a lock to wait for): ``overwrite``
-        then does it."""
+        plain, a bucket of several keys, a lock to wait for): ``overwrite`` then does it. An
+        empty variable takes the entry in the same call: ``overwrite`` would store it there too."""
         head = self._heads.get(text)
         if head is None:
             if len(self._heads) >= _MEMO_SIZE:
@@ -339,7 +339,7 @@ class Cache:
             head = self._heads[text] = pickling.tuple_head(text)
         now = cache_entry.clock()
         entry = (text, value, None if life is None else now + life, now)
-        if not self.segment.put_if_head(index, entry, pickling.TUPLE_HEAD_AT, head):
+        if not self.segment.put_if_head(index, entry, pickling.TUPLE_HEAD_AT, head, or_absent=True):
             return False
         self._used(index, now)
         return True
