@@ -564,8 +564,19 @@ class Segment(MutableMapping[int, Any]):
             old = self.get(index, _ABSENT)
             write, new = change(default if old is _ABSENT else old)
             if write:
-                backend.write(index, self._encode(new))
+                self._write_held(backend, index, new)
             return new
+
+    def _write_held(self, backend: Backend, index: int, value: Any) -> None:
+        """Store ``value`` with the lock held: the fast path's put where it takes the value (it
+        writes under the lock this thread holds), else the backend's write."""
+        hot = self._hot
+        if (
+            self._hot_codec is None
+            or hot is None
+            or hot.put(index, self._hot_codec, value) is not None
+        ):
+            backend.write(index, self._encode(value))
 
     # ------------------------------------------------------------- mapping protocol
 

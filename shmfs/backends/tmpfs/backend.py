@@ -3,42 +3,31 @@ a mapped index, and a large variable has a file of its own.
 
 What lives where is in ``segdir.py`` (the directory and its metadata page) and ``layout.py``
 (every number of the format); the index in ``index.py``, slots in ``slabs.py``, large files in
-``largefile.py`` and ``largevars.py``, views in ``views.py``, waiters in ``waiters.py``. This
-module ties them to the Backend protocol.
-
-A writer sets the DIRTY bit in the metadata, with its pid, before it changes anything and clears
-it after; a writer killed in between leaves it set, and the next process to take the lock (or a
-reader that finds the pid dead) rebuilds what the death left (``recovery.py``). ``destroy()``
-marks the segment DESTROYED (every handle checks it), renames the directory away, then zeroes
-and unlinks each file.
+``largefile.py`` and ``largevars.py``, views in ``views.py``, waiters in ``waiters.py``, and the
+handle's life (opening, locking, recovery, closing) in ``handle.py``. This module ties them to
+the Backend protocol: reads, writes, removals, views and reports
+(``docs/tmpfs-format.md`` draws the protocols).
 """
 
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any, Final, Self
+from typing import Final
 
-from shmfs.backends import SegmentInfo, refuse_options, segment_full
-from shmfs.backends.fsutil import file_mode, open_dir, translate, verify_owner, writable_by_others
+from shmfs.backends import SegmentInfo, segment_full
+from shmfs.backends.fsutil import file_mode, translate
 from shmfs.backends.tmpfs import layout as L
 from shmfs.backends.tmpfs import segdir as sd
+from shmfs.backends.tmpfs.handle import TmpfsHandle, default_root
 from shmfs.backends.tmpfs.index import Index, create_index, index_name, shift_for
-from shmfs.backends.tmpfs.largefile import CONTENDED, PAGE
-from shmfs.backends.tmpfs.largevars import GONE, LargeVars
-from shmfs.backends.tmpfs.recovery import recover
-from shmfs.backends.tmpfs.slabs import Slabs
-from shmfs.backends.tmpfs.views import Views
-from shmfs.backends.tmpfs.waiters import TmpfsWatcher, set_waiter
-from shmfs.errors import CorruptSegment, SegmentNotFound
+from shmfs.backends.tmpfs.largefile import CONTENDED
+from shmfs.backends.tmpfs.largevars import GONE
+from shmfs.errors import CorruptSegment
 from shmfs.forking import fork_epoch, pid_alive
 from shmfs.frame import Pieces, Split
-from shmfs.hotpath import TmpfsHot, new_hot
-from shmfs.locking import HoldsSegmentLock, SegmentLock
 
 __all__ = ["TmpfsBackend", "default_root"]
 
@@ -48,19 +37,12 @@ _RECOVERIES, _INDEX_GEN, _STAMP = L.M_RECOVERIES, L.M_INDEX_GEN, L.M_STAMP
 _EMPTY, _TOMB, _LARGE = L.LOC_EMPTY, L.LOC_TOMB, L.LOC_LARGE
 _M64: Final = L.MASK64
 _SLOT_HEADER: Final = L.SLOT_HEADER
-# Attempts to open a segment that keeps being destroyed under us before giving up.
-_OPEN_ATTEMPTS: Final = 100
 # Lock-free lookups a reader makes while writers keep changing what it looks at, before it
 # reads under the lock.
 _SPINS: Final = 8
 
 
-def default_root() -> str:
-    """The root used when neither ``root=`` nor ``SHMFS_ROOT`` names one."""
-    return os.environ.get("SHMFS_ROOT") or f"/dev/shm/shmfs-{os.geteuid()}"
-
-
-class TmpfsBackend(HoldsSegmentLock):
+class TmpfsBackend(TmpfsHandle):
     """A segment stored as a directory of mapped files on tmpfs."""
 
     name = "tmpfs"
@@ -68,315 +50,6 @@ class TmpfsBackend(HoldsSegmentLock):
     lock_free_reads = True
     writes_pieces = True  # a large value is copied into its file once, not joined first
     trust_option = "trust_uids="
-
-    # Class-level defaults so close() works on an instance whose __init__ failed part way.
-    _root_fd = -1
-    _dir_fd = -1
-    _meta_fd = -1
-    _notify_fd = -1
-    _meta_mm: Any = None
-    _index: Index | None = None
-    _lock: SegmentLock | None = None
-    # Set first thing in __init__; close() finds them with getattr after a failed one.
-    _large: LargeVars
-    _slabs: Slabs
-    _views: Views
-    #: The C get and put of small values (shmfs.hotpath), or None: pure Python, or closed.
-    hot: TmpfsHot | None = None
-
-    def __init__(
-        self, key: int, root: str, root_fd: int, dir_fd: int, trust_uids: frozenset[int]
-    ) -> None:
-        self.key = key
-        self.root = root
-        self.path = os.path.join(root, str(key))
-        self._root_fd = root_fd
-        self._dir_fd = dir_fd
-        self._trust_uids = trust_uids
-        self._epoch = fork_epoch()
-        self._dirty_tag = _dirty_tag()
-        self._last = threading.local()  # .value: (index, trusted) of this thread's last read
-        dir_st = os.fstat(dir_fd)
-        self.owner = dir_st.st_uid
-        self._dir_trusted = dir_st.st_uid in trust_uids and not writable_by_others(dir_st)
-        self._slabs = Slabs(self._directory, self._trusted)
-        self._large = LargeVars(key, self._directory, self._trusted)
-        try:
-            self._open_meta()
-            self.size = int(self._meta[L.M_SIZE])
-            self.perm = int(self._meta[L.M_PERM])
-            self._views = Views(key, self.perm, self._directory)
-            self._current_index()
-        except BaseException:
-            self._dir_fd = self._root_fd = -1  # the caller owns these until we succeed
-            self.close()
-            raise
-        self._recoveries = self._meta[_RECOVERIES]
-        self.hot = new_hot(self._large.vars, self._slabs.files, self._meta)
-        self._reset_hot()
-        if self.hot is not None and self._index is not None:
-            self.hot.index(self._index.words, self._index.gen)
-
-    # ------------------------------------------------------------ opening and closing
-
-    @classmethod
-    def open(
-        cls,
-        key: int,
-        size: int,
-        perm: int,
-        *,
-        root: str | None,
-        trust_uids: frozenset[int],
-        **options: Any,
-    ) -> Self:
-        """Open segment ``key`` under ``root``, creating it if absent."""
-        refuse_options(cls.name, options)
-        root = root or default_root()
-        root_fd = sd.open_root(root)
-        try:
-            for _ in range(_OPEN_ATTEMPTS):
-                dir_fd = _open_or_create_dir(root_fd, key, size, perm, trust_uids)
-                if dir_fd is None:
-                    continue  # lost a race with a destroy; try again
-                try:
-                    backend = cls(key, root, root_fd, dir_fd, trust_uids)
-                except SegmentNotFound:
-                    os.close(dir_fd)
-                    continue  # destroyed while we opened it: attach makes a fresh one
-                except BaseException:
-                    os.close(dir_fd)
-                    raise
-                try:
-                    backend._recover_if_dirty()
-                except BaseException:
-                    backend.close()
-                    raise
-                return backend
-            raise CorruptSegment(f"segment {key}: could not open it after {_OPEN_ATTEMPTS} tries")
-        except BaseException:
-            if root_fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(root_fd)
-            raise
-
-    def _directory(self) -> int:
-        return self._dir_fd
-
-    @property
-    def dir_fd(self) -> int:
-        """The segment directory's descriptor (for watchers)."""
-        return self._dir_fd
-
-    def _open_meta(self) -> None:
-        try:
-            fd = os.open(sd.META_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
-        except FileNotFoundError:
-            raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key) from None
-        except OSError as exc:
-            raise translate(exc, f"cannot open segment {self.key}") from exc
-        self._meta_fd = fd
-        st = os.fstat(fd)
-        verify_owner(st, self._trust_uids, f"segment {self.key} metadata")
-        if st.st_size != PAGE:
-            raise CorruptSegment(f"segment {self.key}: metadata is {st.st_size} bytes, not {PAGE}")
-        self._meta_mm = mmap.mmap(fd, PAGE)
-        self._meta = memoryview(self._meta_mm).cast("Q")
-        if self._meta[L.M_MAGIC] != L.META_MAGIC:
-            raise CorruptSegment(f"segment {self.key}: metadata has a bad magic number")
-        version = self._meta[L.M_VERSION]
-        if version == 1:
-            raise CorruptSegment(
-                f"segment {self.key} was made by shmfs 0.1 (tmpfs format 1), which this shmfs "
-                f"does not read: remove it with `shmfs rm --key {self.key} --root {self.root}` "
-                "(its values go with it) and store them again"
-            )
-        if version != L.META_VERSION:
-            raise CorruptSegment(
-                f"segment {self.key}: metadata version {version}; "
-                f"this shmfs reads {L.META_VERSION} (upgrade shmfs)"
-            )
-        if self._meta[_STATE] & _DESTROYED:
-            raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
-        self._lock = SegmentLock(fd, f"segment {self.key}")
-
-    def _current_index(self) -> Index:
-        """The mapping of the index the metadata names, remapped if it was replaced."""
-        for _ in range(_OPEN_ATTEMPTS):
-            gen = int(self._meta[_INDEX_GEN])
-            index = self._index
-            if index is not None and index.gen == gen:
-                return index
-            try:
-                fd = os.open(index_name(gen), sd.OPEN_RW, dir_fd=self._dir_fd)
-                writable = True
-            except PermissionError:
-                fd = os.open(index_name(gen), sd.OPEN_RO, dir_fd=self._dir_fd)
-                writable = False
-            except FileNotFoundError:
-                if self._meta[_INDEX_GEN] != gen:
-                    continue  # replaced again while we opened it
-                self._check()
-                raise CorruptSegment(f"segment {self.key}: its index file is missing") from None
-            except OSError as exc:
-                raise translate(exc, f"segment {self.key}: cannot open its index") from exc
-            try:
-                fresh = Index(fd, gen, writable=writable)
-            except CorruptSegment as exc:
-                raise CorruptSegment(f"segment {self.key}: {exc}", key=self.key) from exc
-            finally:
-                os.close(fd)
-            self._index = fresh
-            if index is not None:
-                index.close()
-            if self.hot is not None:
-                self.hot.index(fresh.words, gen)
-            return fresh
-        raise CorruptSegment(f"segment {self.key}: its index keeps being replaced")
-
-    def _check(self) -> None:
-        """Reopen what a fork shares with the parent; refuse a destroyed segment."""
-        if self._epoch != fork_epoch():
-            self._after_fork()
-        if self._meta[_STATE] & _DESTROYED:
-            raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
-
-    def _after_fork(self) -> None:
-        # The child shares the parent's open file descriptions: an flock on them is the
-        # parent's lock, and LOCK_UN from the child would release it. Open our own, and only
-        # close (never unlock) the inherited ones. Mappings stay valid across fork.
-        inherited = (self._dir_fd, self._meta_fd, self._root_fd, self._notify_fd)
-        try:
-            self._dir_fd = open_dir(".", inherited[0])
-            self._meta_fd = os.open(sd.META_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
-            self._root_fd = open_dir(".", inherited[2], search_only=True)
-        except OSError as exc:
-            raise translate(exc, f"segment {self.key}: cannot reopen after fork") from exc
-        self._lock = SegmentLock(self._meta_fd, f"segment {self.key}")
-        self._notify_fd = -1
-        self._views.after_fork()
-        for fd in inherited:
-            if fd >= 0:
-                os.close(fd)
-        self._epoch = fork_epoch()
-        self._dirty_tag = _dirty_tag()
-        self._reset_hot()
-
-    def _reset_hot(self) -> None:
-        """Tell the C fast path the lock, recovery count and DIRTY word it must use now."""
-        if self.hot is not None:
-            self.hot.reset(self._lock, self._recoveries, self._dirty_tag)
-
-    def is_open(self) -> bool:
-        """Whether this handle is still open (for watchers)."""
-        return self._meta_mm is not None
-
-    def close(self) -> None:
-        """Unmap and close everything this handle opened. Idempotent."""
-        if self.hot is not None:
-            self.hot.close()
-            self.hot = None
-        for part in ("_large", "_slabs", "_views"):
-            owned = getattr(self, part, None)
-            if owned is not None:
-                owned.close()
-        if self._index is not None:
-            self._index.close()
-            self._index = None
-        if self._meta_mm is not None:
-            try:
-                self._meta.release()
-                self._meta_mm.close()
-            except BufferError:
-                pass  # another thread still reads it; the GC unmaps it
-            self._meta_mm = None
-        for attr in ("_notify_fd", "_meta_fd", "_dir_fd", "_root_fd"):
-            fd = getattr(self, attr)
-            if fd >= 0:
-                setattr(self, attr, -1)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-    def destroy(self) -> None:
-        """Mark destroyed, unpublish, then zero and remove every file. Lock held."""
-        self._check()
-        self._meta[_STATE] = self._meta[_STATE] | _DESTROYED
-        self._notify()  # waiters wake up and find the segment gone
-        grave = f".dead-{self.key}-{sd.token()}"
-        try:
-            with contextlib.suppress(FileNotFoundError):  # a destroy that died got that far
-                os.rename(str(self.key), grave, src_dir_fd=self._root_fd, dst_dir_fd=self._root_fd)
-            sd.wipe_dir(self._dir_fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(grave, dir_fd=self._root_fd)
-        except OSError as exc:
-            # Already unpublished and marked: what is left is swept like a dead destroyer's.
-            raise translate(exc, f"cannot finish destroying segment {self.key}") from exc
-        self._large.close()
-
-    # ------------------------------------------------------------------------ locking
-
-    def acquire(self, timeout: float | None) -> None:
-        """Take the segment lock; refuse a destroyed segment; repair after a dead writer."""
-        self._check()
-        assert self._lock is not None
-        self._lock.acquire(timeout)
-        state = self._meta[_STATE]
-        if state & _DESTROYED:
-            self._lock.release()
-            raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
-        if state & _DIRTY:
-            try:
-                self._recover()
-            except BaseException:
-                self._lock.release()
-                raise
-        if self._meta[_RECOVERIES] != self._recoveries:
-            self._forget_mappings()
-
-    def _forget_mappings(self) -> None:
-        """Drop every cached large-variable mapping: a writer died between publishing a file
-        and retiring the one it replaced, so a mapping we hold may be of a file no longer in
-        the segment. Slab files are never replaced: their mappings stay."""
-        self._large.close()
-        self._recoveries = self._meta[_RECOVERIES]
-        self._reset_hot()
-
-    def _recover_if_dirty(self) -> None:
-        if self._meta[_STATE] & _DIRTY:
-            self.acquire(None)  # acquire() repairs
-            self.release()
-
-    def _recover_if_abandoned(self) -> None:
-        """DIRTY and the lock free: the writer died, so repair now rather than wait for the
-        next writer."""
-        assert self._lock is not None
-        if self._lock.try_lock():
-            try:
-                if self._meta[_STATE] & _DIRTY:
-                    self._recover()
-            finally:
-                self._lock.release()
-
-    def _recover(self) -> None:
-        """A writer died (or failed) mid-change: see ``recovery.py``. Lock held."""
-        meta = self._meta
-        try:
-            recover(self._dir_fd, meta, self._current_index(), self._slabs, self._large_length)
-        except OSError as exc:
-            raise translate(
-                exc, f"segment {self.key}: cannot recover after a failed write"
-            ) from exc
-        meta[_RECOVERIES] = meta[_RECOVERIES] + 1  # every handle drops its large mappings
-        meta[_STATE] = meta[_STATE] & ~_DIRTY
-
-    def _large_length(self, index: int) -> int | None:
-        self._large.forget(index)
-        if self._large.var(index) is None:
-            return None
-        return self._large.length(index)
-
-    # ---------------------------------------------------------------------- reading
 
     def read(self, index: int) -> bytes | memoryview | Split | None:
         """Return the current bytes of ``index`` without taking the lock, or ``None``."""
@@ -443,11 +116,6 @@ class TmpfsBackend(HoldsSegmentLock):
         self._last.value = (index, self._slabs.trusted(loc))
         return data
 
-    def _damaged(self, index: int, what: str) -> CorruptSegment:
-        return CorruptSegment(
-            f"segment {self.key} index {index}: {what}", key=self.key, index=index
-        )
-
     def _read_locked(self, index: int) -> bytes | memoryview | Split | None:
         """Read with no writer running: anything but a value or absence is damage."""
         self.acquire(None)
@@ -478,9 +146,6 @@ class TmpfsBackend(HoldsSegmentLock):
             return bool(last[1])
         return self._large.trusted(index)
 
-    def _trusted(self, st: os.stat_result) -> bool:
-        return self._dir_trusted and st.st_uid in self._trust_uids and not writable_by_others(st)
-
     def version(self, index: int) -> object:
         """A slot's seal, or a file's inode and control word: every write changes it."""
         self._check()
@@ -494,8 +159,6 @@ class TmpfsBackend(HoldsSegmentLock):
             return (loc, self._slabs.seal(loc))
         except CorruptSegment:
             return (loc, -1)
-
-    # ---------------------------------------------------------------------- writing
 
     def write(self, index: int, data: bytes | Pieces) -> None:
         """Store ``data`` at ``index``: in a slot, or in a file of its own if too big. Lock
@@ -642,21 +305,6 @@ class TmpfsBackend(HoldsSegmentLock):
         self._changed(meta[_USED] - length, -1)
         return True
 
-    def watcher(self) -> TmpfsWatcher:
-        """Register as a waiter and watch ``.notify``."""
-        self._check()
-        return TmpfsWatcher(self)
-
-    def register_waiter(self, pid: int, *, register: bool) -> None:
-        """Add or remove ``pid`` in the segment's waiter table."""
-        self.acquire(None)
-        try:
-            set_waiter(self._meta, pid, register=register)
-        finally:
-            self.release()
-
-    # ------------------------------------------------------------------------ views
-
     @contextlib.contextmanager
     def pin(self, index: int, timeout: float | None) -> Iterator[memoryview | None]:
         """The current frame of ``index``, unchanging until the block ends (a large value in
@@ -692,17 +340,6 @@ class TmpfsBackend(HoldsSegmentLock):
                 self._views.drop(self._meta)
             finally:
                 self.release()
-
-    def _notify(self) -> None:
-        """Wake waiters: a write to ``.notify`` is an inotify event; mapped writes raise none."""
-        try:
-            if self._notify_fd < 0:
-                self._notify_fd = os.open(sd.NOTIFY_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
-            os.pwrite(self._notify_fd, self._meta[_GENERATION].to_bytes(8, "little"), 0)
-        except OSError:
-            pass  # waiters also re-check on their own every second; a lost wake-up only delays
-
-    # ---------------------------------------------------------------------- reporting
 
     def indices(self) -> list[int]:
         """Indices holding values, ascending."""
@@ -758,58 +395,6 @@ class TmpfsBackend(HoldsSegmentLock):
         kinds["slot_bytes_unused"] = max(kinds["slabs"] - in_slots, 0)
         return kinds
 
-    @classmethod
-    def scope(cls, root: str | None) -> str:
-        """The root directory segments live under."""
-        return f"under {root or default_root()}"
-
-    @classmethod
-    def list_segments(cls, root: str | None) -> list[SegmentInfo]:
-        """Report every readable segment under ``root``."""
-        root = root or default_root()
-        try:
-            root_fd = open_dir(root)
-        except FileNotFoundError:
-            return []
-        try:
-            names = os.listdir(root_fd)
-            found = [
-                sd.peek(root_fd, root, name) for name in names if sd.index_of(name) is not None
-            ]
-        except OSError as exc:
-            raise translate(exc, f"cannot list segments in {root}") from exc
-        finally:
-            os.close(root_fd)
-        return sorted((info for info in found if info is not None), key=lambda info: info.key)
-
-
-def _dirty_tag() -> int:
-    """The STATE word a writer of this process stores while it changes the segment: DIRTY,
-    and its pid in the high half (readers ask whether it is alive)."""
-    return _DIRTY | os.getpid() << 32
-
 
 def _tmp_name() -> str:
     return f".tmp-{sd.token()}"
-
-
-def _open_or_create_dir(
-    root_fd: int, key: int, size: int, perm: int, trust_uids: frozenset[int]
-) -> int | None:
-    """A verified descriptor of segment ``key``'s directory, created if absent; ``None`` when a
-    concurrent destroy removed it between our steps."""
-    name = str(key)
-    try:
-        fd = open_dir(name, root_fd)
-    except FileNotFoundError:
-        sd.publish_new_segment(root_fd, key, size, perm)
-        try:
-            fd = open_dir(name, root_fd)
-        except FileNotFoundError:
-            return None
-    try:
-        verify_owner(os.fstat(fd), trust_uids, f"segment {key} directory")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
