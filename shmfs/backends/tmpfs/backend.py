@@ -106,14 +106,14 @@ class TmpfsBackend(TmpfsHandle):
         the current one; ``None``: look again."""
         key = index & _M64
         try:
-            data = self._slabs.read(loc, key)
+            data, trusted = self._slabs.read(loc, key)
         except CorruptSegment:
             if self._meta[_INDEX_GEN] != gen or index_map.find(key)[0] != loc:
                 return None  # a stale location: the slot was reused
             raise self._damaged(index, "its index entry names no slot") from None
         if data is None or self._meta[_INDEX_GEN] != gen:
             return None
-        self._last.value = (index, self._slabs.trusted(loc))
+        self._last.value = (index, trusted)
         return data
 
     def _read_locked(self, index: int) -> bytes | memoryview | Split | None:
@@ -186,7 +186,7 @@ class TmpfsBackend(TmpfsHandle):
                 self._write_large(index, data, loc)
                 new = _LARGE
             else:
-                new = self._slabs.allocate(meta, number, file_mode(self.perm), _tmp_name())
+                new = self._slabs.allocate(meta, number, file_mode(self.perm), _tmp_name)
             changed = True
             if number >= 0:
                 meta[_STAMP] = stamp = meta[_STAMP] + 1

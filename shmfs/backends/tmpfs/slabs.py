@@ -186,23 +186,33 @@ class Slabs:
         return slab
 
     def slot(self, loc: int) -> tuple[SlabFile, int]:
-        """The mapping a slot lies in, and the slot's first word there."""
-        number, file, slot = split_location(loc)
-        slab = self.file(number, file)
+        """The mapping a slot lies in, and the slot's first word there.
+
+        Raises:
+            CorruptSegment: the location names no slot of the format.
+        """
+        slab = self.files.get((loc >> _CLASS_SHIFT) - 1 << 16 | loc >> _FILE_SHIFT & _FILE_MASK)
+        slot = loc & _SLOT_MASK
+        if slab is None:  # not mapped yet, or no such file: checked in full
+            number, file, slot = split_location(loc)
+            slab = self.file(number, file)
+        elif slot >= slab.slots:
+            raise CorruptSegment(f"location {loc:#x} names no slot")
         return slab, (L.SLAB_HEADER + slot * slab.slot_size) // L.WORD
 
-    def read(self, loc: int, key: int) -> bytes | None:
-        """Copy the frame in slot ``loc`` if it holds variable ``key`` (unsigned) whole;
-        ``None`` if a writer freed or reused it meanwhile (look it up again)."""
+    def read(self, loc: int, key: int) -> tuple[bytes | None, bool]:
+        """Copy the frame in slot ``loc`` if it holds variable ``key`` (unsigned) whole, with
+        whether only trusted uids can have written its file; ``None`` if a writer freed or
+        reused the slot meanwhile (look it up again)."""
         slab, word = self.slot(loc)
         words = slab.words
         seal = words[word]
         length = seal & _LENGTH
         if not seal or words[word + 1] != key or length + L.SLOT_HEADER > slab.slot_size:
-            return None
+            return None, False
         start = word * L.WORD + L.SLOT_HEADER
         data = slab.mm[start : start + length]
-        return data if words[word] == seal else None
+        return (data if words[word] == seal else None), slab.trusted
 
     def frame(self, loc: int, key: int) -> bytes:
         """The frame in slot ``loc``, read with no writer running. Segment lock held.
@@ -210,7 +220,7 @@ class Slabs:
         Raises:
             CorruptSegment: the slot is free, or holds another variable or a bad length.
         """
-        data = self.read(loc, key)
+        data = self.read(loc, key)[0]
         if data is None:
             raise CorruptSegment("the index names a slot that is free, or another variable's")
         return data
@@ -242,7 +252,7 @@ class Slabs:
         words[word + 1] = meta[head]
         meta[head] = loc
 
-    def allocate(self, meta: memoryview, number: int, mode: int, tmp: str) -> int:
+    def allocate(self, meta: memoryview, number: int, mode: int, tmp: Callable[[], str]) -> int:
         """Take a free slot of class ``number``: the head of its free list, else the next
         never-used slot, adding a file when the last is used up. Segment lock held; the caller
         has marked the segment DIRTY (a death from here on leaks the slot until a recovery).
@@ -265,7 +275,7 @@ class Slabs:
             file, slot = (0, 0) if bump == 0 else (file + 1, 0)
             if file >= L.LOC_FILES:
                 raise OSError(28, "the slot class has no file number left")
-            create_slab(self._dir_fd(), number, file, mode, tmp)
+            create_slab(self._dir_fd(), number, file, mode, tmp())
         meta[head + 1] = file << 32 | (slot + 1)
         return location(number, file, slot)
 
