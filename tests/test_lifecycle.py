@@ -164,3 +164,52 @@ def test_a_finalizer_that_detaches_during_the_fast_get(root: str, key: int, pad:
         """,
     )
     assert done.returncode == 0 and done.stdout == "alive True\n", (done.returncode, done.stderr)
+
+
+def test_a_slice_that_closes_the_mapping_is_refused(tmp_path: Any) -> None:
+    """``Mapping`` (the C module's descriptor-free mapping) converts a slice before it checks it
+    is open: a slice whose ``__index__`` closes it gets ValueError, never a copy from or a write
+    to an unmapped address."""
+    path = tmp_path / "mapped"
+    path.write_bytes(bytes(4096))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import os
+                from shmfs import hotpath
+                fd = os.open({str(path)!r}, os.O_RDWR)
+                mapping = hotpath.map_file(fd, 4096, writable=True)
+                os.close(fd)
+                print(type(mapping).__name__)
+
+                class Closes:
+                    def __index__(self):
+                        mapping.close()
+                        return 10
+
+                for use in (lambda: mapping[Closes():20], lambda: mapping.__setitem__(
+                        slice(Closes(), 20), b"x" * 10)):
+                    try:
+                        use()
+                        print("used")
+                    except ValueError:
+                        print("refused")
+                    mapping = hotpath.map_file(os.open({str(path)!r}, os.O_RDWR), 4096,
+                                               writable=True)
+                """
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    kind, *outcomes = done.stdout.split()
+    if kind != "Mapping":
+        pytest.skip("mmap.mmap maps here (Python 3.13): its own checks apply")
+    assert outcomes == ["refused", "refused"]
+    assert path.read_bytes() == bytes(4096)

@@ -115,21 +115,27 @@ mapping_range(Mapping *self, PyObject *item, Py_ssize_t *start, Py_ssize_t *leng
     return 0;
 }
 
+/* The slice is converted first (its __index__ may run code that closes the mapping), then the
+ * mapping checked open; while the bytes are copied it counts as exported, so that code an
+ * allocation runs (a collection's finalizers) cannot unmap it under the copy. */
 static PyObject *
 mapping_subscript(Mapping *self, PyObject *item)
 {
     Py_ssize_t start, length;
-    if (mapping_open(self) < 0 || mapping_range(self, item, &start, &length) < 0) {
+    if (mapping_range(self, item, &start, &length) < 0 || mapping_open(self) < 0) {
         return NULL;
     }
-    return PyBytes_FromStringAndSize(self->data + start, length);
+    self->exports++;
+    PyObject *copy = PyBytes_FromStringAndSize(self->data + start, length);
+    self->exports--;
+    return copy;
 }
 
 static int
 mapping_ass_subscript(Mapping *self, PyObject *item, PyObject *value)
 {
     Py_ssize_t start, length;
-    if (mapping_open(self) < 0 || mapping_range(self, item, &start, &length) < 0) {
+    if (mapping_range(self, item, &start, &length) < 0) {
         return -1;
     }
     if (!self->writable) {
@@ -142,6 +148,10 @@ mapping_ass_subscript(Mapping *self, PyObject *item, PyObject *value)
     }
     Py_buffer source;
     if (PyObject_GetBuffer(value, &source, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    if (mapping_open(self) < 0) { /* checked last: the conversions above may run code */
+        PyBuffer_Release(&source);
         return -1;
     }
     if (source.len != length) {
