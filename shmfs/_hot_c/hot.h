@@ -137,6 +137,9 @@ extern const char rehash_doc[];
  * is ours to take; 2: re-entrantly; 0: another thread has it; -1: an exception), and given back */
 int thread_lock(Hot *self);
 int thread_unlock(Hot *self);
+/* put.c: the counts stored after a change, DIRTY cleared; and the lock given back as taken */
+void changed(uint64_t *meta, uint64_t used);
+PyObject *unlock(Hot *self, int taken, PyObject *result);
 
 /* put.c */
 PyObject *hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs);

@@ -45,6 +45,28 @@ thread_lock(Hot *self)
     return -1;
 }
 
+void
+changed(uint64_t *meta, uint64_t used)
+{
+    store(&meta[M_USED], used);
+    store(&meta[M_GENERATION], load(&meta[M_GENERATION]) + 1);
+    store(&meta[M_STATE], 0);
+}
+
+PyObject *
+unlock(Hot *self, int taken, PyObject *result)
+{
+    if (taken == 1 && flock(self->fd, LOCK_UN) != 0) {
+        /* Cannot happen on a descriptor we just locked; if it did, say so loudly. */
+        PyErr_SetFromErrno(PyExc_OSError);
+        result = NULL;
+    }
+    if (thread_unlock(self) < 0) {
+        result = NULL;
+    }
+    return result;
+}
+
 int
 thread_unlock(Hot *self)
 {
@@ -135,16 +157,11 @@ put_pickled(Hot *self, PyObject *hot, long codec, PyObject *pickled, Py_ssize_t 
     store(&words[W_LENGTH + slot], length);
     store(&words[W_SEQ + slot], generation * 2);
     store(&words[W_CONTROL], generation << 32 | check_of(generation));
-    store(&meta[M_USED], used - old + length);
-    store(&meta[M_GENERATION], load(&meta[M_GENERATION]) + 1);
-    store(&meta[M_STATE], 0);
+    changed(meta, used - old + length);
     result = Py_None;
 unlock:
-    if (taken == 1 && flock(self->fd, LOCK_UN) != 0) {
-        /* Cannot happen on a descriptor we just locked; if it did, say so loudly. */
-        PyErr_SetFromErrno(PyExc_OSError);
-        result = NULL;
-    }
+    result = unlock(self, taken, result);
+    goto done;
 unlock_thread:
     if (thread_unlock(self) < 0) {
         result = NULL;

@@ -214,15 +214,11 @@ slab_put(Hot *self, PyObject *index_object, long codec, PyObject *pickled, Py_ss
         store(&index[word], new_loc);
         store(&meta[M_COUNT], load(&meta[M_COUNT]) + 1);
     }
-    store(&meta[M_USED], used - old_length + length);
-    store(&meta[M_GENERATION], load(&meta[M_GENERATION]) + 1);
-    store(&meta[M_STATE], 0);
+    changed(meta, used - old_length + length);
     result = Py_None;
 unlock:
-    if (taken == 1 && flock(self->fd, LOCK_UN) != 0) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        result = NULL;
-    }
+    result = unlock(self, taken, result);
+    return result != NULL ? Py_NewRef(result) : NULL;
 unlock_thread:
     if (thread_unlock(self) < 0) {
         result = NULL;
