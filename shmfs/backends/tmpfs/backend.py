@@ -184,11 +184,10 @@ class TmpfsBackend(TmpfsHandle):
                 loc, word = index_map.find(key)
             if number < 0:
                 self._write_large(index, data, loc)
-                new = _LARGE
+                changed, new = True, _LARGE
             else:
                 new = self._slabs.allocate(meta, number, file_mode(self.perm), _tmp_name)
-            changed = True
-            if number >= 0:
+                changed = True
                 meta[_STAMP] = stamp = meta[_STAMP] + 1
                 frame = data if isinstance(data, bytes) else b"".join(data.parts)
                 self._slabs.write(new, key, frame, stamp)
@@ -209,7 +208,7 @@ class TmpfsBackend(TmpfsHandle):
         if loc == _LARGE:
             return self._large.length(index)
         try:
-            return len(self._slabs.frame(loc, index & _M64))
+            return self._slabs.length(loc, index & _M64)
         except CorruptSegment:
             return 0  # damage: overwriting or removing it is how a user clears it
 

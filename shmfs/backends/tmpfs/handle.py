@@ -207,10 +207,10 @@ class TmpfsHandle(HoldsSegmentLock):
             finally:
                 os.close(fd)
             self._index = fresh
+            if self.hot is not None:  # first: the C module lets go of the old one's words
+                self.hot.index(fresh.words, gen)
             if index is not None:
                 index.close()
-            if self.hot is not None:
-                self.hot.index(fresh.words, gen)
             return fresh
         raise CorruptSegment(f"segment {self.key}: its index keeps being replaced")
 

@@ -86,7 +86,7 @@ def _length(
     if loc == L.LOC_LARGE:
         return large_length(_signed(key))
     try:
-        return len(slabs.frame(loc, key))
+        return slabs.length(loc, key)
     except CorruptSegment:
         return None
 

@@ -109,6 +109,15 @@ class SlabFile:
             self.mm.close()
 
 
+def _whole(slab: SlabFile, word: int, key: int, seal: int) -> int:
+    """The frame length ``seal`` gives if the slot at ``word`` is sealed, names variable ``key``
+    and has room for that length; else -1."""
+    length: int = seal & _LENGTH
+    if not seal or slab.words[word + 1] != key or length + L.SLOT_HEADER > slab.slot_size:
+        return -1
+    return length
+
+
 def create_slab(dir_fd: int, number: int, file: int, mode: int, tmp: str) -> None:
     """Add class ``number``'s file ``file``, whole and allocated, unless it is there already
     (a writer that died after adding it left it, all slots free). Segment lock held.
@@ -207,12 +216,25 @@ class Slabs:
         slab, word = self.slot(loc)
         words = slab.words
         seal = words[word]
-        length = seal & _LENGTH
-        if not seal or words[word + 1] != key or length + L.SLOT_HEADER > slab.slot_size:
+        length = _whole(slab, word, key, seal)
+        if length < 0:
             return None, False
         start = word * L.WORD + L.SLOT_HEADER
         data = slab.mm[start : start + length]
         return (data if words[word] == seal else None), slab.trusted
+
+    def length(self, loc: int, key: int) -> int:
+        """The length of the frame in slot ``loc``, read with no writer running (no copy).
+        Segment lock held.
+
+        Raises:
+            CorruptSegment: the slot is free, or holds another variable or a bad length.
+        """
+        slab, word = self.slot(loc)
+        length = _whole(slab, word, key, slab.words[word])
+        if length < 0:
+            raise CorruptSegment("the index names a slot that is free, or another variable's")
+        return length
 
     def frame(self, loc: int, key: int) -> bytes:
         """The frame in slot ``loc``, read with no writer running. Segment lock held.
