@@ -91,7 +91,7 @@ class TmpfsBackend(TmpfsHandle):
     ) -> bytes | memoryview | Split | None:
         """The frame in ``index``'s own file, if the index still names that file; ``None``:
         look again; ``CONTENDED``: read under the lock."""
-        data = self._large.read(index)
+        data, trusted = self._large.read(index)
         if data is GONE or data == CONTENDED:
             return data  # GONE: made small, or removed, since we looked
         # The file is found by name, and a writer renames a new one into place before the index
@@ -99,6 +99,7 @@ class TmpfsBackend(TmpfsHandle):
         # published, newer than the one the index names. Look again.
         if self._meta[_INDEX_GEN] != gen or index_map.find(index & _M64)[0] != _LARGE:
             return None
+        self._last.value = (index, trusted)  # the file read, not the one there when asked
         return data
 
     def _read_slot(self, index: int, index_map: Index, loc: int, gen: int) -> bytes | None:
@@ -126,8 +127,9 @@ class TmpfsBackend(TmpfsHandle):
             if loc == _LARGE:
                 var = self._large.var(index)
                 data = var.read() if var is not None else None
-                if not data:
+                if not data or var is None:
                     raise self._damaged(index, "its file is missing or inconsistent")
+                self._last.value = (index, var.trusted)
                 return data
             try:
                 frame = self._slabs.frame(loc, index & _M64)
@@ -318,6 +320,7 @@ class TmpfsBackend(TmpfsHandle):
                 if var is not None:
                     frame = var.current()
                     self._views.hold(self._meta)
+                    self._last.value = (index, var.trusted)
             elif loc > _LARGE:
                 try:
                     frame = memoryview(self._slabs.frame(loc, key)).toreadonly()

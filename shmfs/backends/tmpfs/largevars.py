@@ -13,7 +13,6 @@ import contextlib
 import os
 import resource
 import stat
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
@@ -104,30 +103,30 @@ class LargeVars:
         # index -> recent reads without a mapping. OrderedDicts, because both are trimmed
         # from the oldest end in O(1).
         self._misses: OrderedDict[int, int] = OrderedDict()
-        self._last = threading.local()  # .last: (index, trusted) of this thread's last pread
 
     # ------------------------------------------------------------------ reading
 
-    def read(self, index: int) -> _Data | None:
-        """The current frame of ``index`` without the lock; :data:`GONE` if it has no file;
-        ``CONTENDED`` if writers kept overtaking the copy (read it under the lock)."""
+    def read(self, index: int) -> tuple[_Data | None, bool]:
+        """The current frame of ``index`` without the lock, with whether only trusted uids can
+        have written the file it came from; :data:`GONE` if it has no file; ``CONTENDED`` if
+        writers kept overtaking the copy (read it under the lock)."""
         var = self.vars.get(index)
         if var is not None:
             data = var.read()
             if data:
-                return data
+                return data, var.trusted
         elif not self._admit(index, room=not self.no_room()):
-            data = self._read_unmapped(index)
-            if data is not MAP_IT:
-                return data
+            found = self._read_unmapped(index)
+            if found[0] is not MAP_IT:
+                return found
         for _ in range(3):
             var = self.var(index)
             if var is None:
-                return GONE
+                return GONE, False
             data = var.read()
             if data or data == CONTENDED:
-                return data
-        return CONTENDED
+                return data, var.trusted
+        return CONTENDED, False
 
     def no_room(self) -> bool:
         """Whether mapping another variable means unmapping one."""
@@ -148,14 +147,14 @@ class LargeVars:
             misses.popitem(last=False)
         return False
 
-    def _read_unmapped(self, index: int) -> _Data | None:
+    def _read_unmapped(self, index: int) -> tuple[_Data | None, bool]:
         """``read`` of a variable we keep no mapping of: a ``pread`` copy, or ``MAP_IT``."""
         name = str(index)
         for _ in range(3):
             try:
                 fd = os.open(name, sd.OPEN_RO, dir_fd=self._dir_fd())
             except FileNotFoundError:
-                return GONE
+                return GONE, False
             except OSError as exc:
                 raise translate(exc, f"segment {self.key}: cannot open index {index}") from exc
             try:
@@ -170,20 +169,13 @@ class LargeVars:
             if data is None:
                 continue  # replaced between our open and our read: open the new file
             if data is CONTENDED:
-                return CONTENDED
-            self._last.value = (index, self._trusted(st))  # Segment.get asks trusted() next
-            return data
-        return MAP_IT
+                return CONTENDED, False
+            return data, self._trusted(st)
+        return MAP_IT, False
 
     def trusted(self, index: int) -> bool:
         """Whether only trusted uids could have written ``index``'s current file."""
-        var = self.vars.get(index)
-        if var is None:
-            last = getattr(self._last, "value", None)
-            if last is not None and last[0] == index:
-                self._last.value = None  # it speaks for one read only
-                return bool(last[1])
-            var = self.var(index)
+        var = self.var(index)
         return var is not None and var.trusted
 
     def var(self, index: int) -> VarFile | None:
