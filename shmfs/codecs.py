@@ -30,6 +30,7 @@ __all__ = [
     "CODECS",
     "PROTOCOL",
     "Codec",
+    "decode_error",
     "decode_failed",
     "decode_payload",
     "get_codec",
@@ -188,6 +189,12 @@ def decode_payload(codec: Codec, payload: bytes | memoryview) -> Any:
         raise
     except Exception as exc:  # a checked payload that fails to decode is the codec's failure
         raise decode_failed(codec, exc) from exc
+
+
+def decode_error(codec: Codec, exc: Exception) -> Exception:
+    """The error a get raises when ``codec``'s decoder raised ``exc`` on a checked payload:
+    ``exc`` itself if it is a SerializationError, else :func:`decode_failed`'s."""
+    return exc if isinstance(exc, SerializationError) else decode_failed(codec, exc)
 
 
 def decode_failed(codec: Codec, exc: Exception) -> SerializationError:

@@ -23,6 +23,7 @@ do without it (to compare the two in one process); :func:`available` says whethe
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import sys
@@ -64,9 +65,11 @@ except ImportError:
 _Mapping = _hot.Mapping if _hot is not None and sys.version_info < (3, 13) else None
 
 _FIRST_WORD: Final = frame.first_word(0)
-# The codecs the C get decodes itself: every codec, called as Python would call it.
+# The codecs the C get decodes itself: every codec, called as Python would call it, and the
+# error a get raises when one fails (the C get raises it: a value is decoded once per get).
 _DECODERS: Final = {
-    codec.id: (codec.decode, codec.executes_code) for codec in codecs.CODECS.values()
+    codec.id: (codec.decode, codec.executes_code, functools.partial(codecs.decode_error, codec))
+    for codec in codecs.CODECS.values()
 }
 
 

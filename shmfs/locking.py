@@ -18,17 +18,48 @@ call, on a path every put takes. Contended and timed waits go through ``portaloc
 
 from __future__ import annotations
 
+import array
+import contextlib
 import fcntl
 import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Final, NamedTuple, NoReturn
 
 import portalocker
 
-from shmfs.errors import LockTimeout, ShmfsError
+from shmfs.errors import LockTimeout, SegmentDetached, ShmfsError
+from shmfs.forking import fork_epoch
 
-__all__ = ["HoldsSegmentLock", "ReentrantLock", "SegmentLock", "lock_holder_pid"]
+__all__ = [
+    "CLOSED",
+    "DEPTH",
+    "FD",
+    "FLAGS",
+    "INHERITED",
+    "WORDS",
+    "HoldsSegmentLock",
+    "LockInterface",
+    "ReentrantLock",
+    "SegmentLock",
+    "lock_holder_pid",
+]
+
+# A lock's state words (LockInterface.words), which the C fast path reads; shmfs/_hot_c/hot.h
+# has the same numbers (tests/test_layout.py holds them equal).
+#: How many times the holding thread holds the lock; 0: no thread of this process holds it.
+DEPTH: Final = 0
+#: The descriptor the process-level lock is an flock on; -1: not an flock.
+FD: Final = 1
+#: Nonzero: take the lock through Python, which refuses it (the bits say why).
+FLAGS: Final = 2
+#: The number of words.
+WORDS: Final = 3
+#: FLAGS bit: the lock was closed (its descriptor may be too).
+CLOSED: Final = 1
+#: FLAGS bit: a forked child inside a section its parent's thread locked.
+INHERITED: Final = 2
 
 # Backoff for timed waits: flock has no timeout of its own, and a blocking flock cannot be
 # interrupted from another thread, so timed waits poll. Start short so a lock released within a
@@ -37,35 +68,72 @@ _FIRST_POLL = 0.0002
 _MAX_POLL = 0.02
 
 
+class LockInterface(NamedTuple):
+    """What the C fast path uses of a :class:`ReentrantLock` (``docs/c-fast-path.md``).
+
+    The C module takes the thread half without waiting (``acquire(False)``), reads ``words``,
+    takes the file half itself at depth 0 with ``flock(LOCK_NB)`` on the descriptor ``words``
+    names, and gives both back before it runs any Python code. ``words`` is the lock's own state,
+    one signed 64-bit word each: :data:`DEPTH`, :data:`FD`, :data:`FLAGS`.
+    """
+
+    #: The thread lock's ``acquire``, bound.
+    acquire: Callable[..., bool]
+    #: The thread lock's ``release``, bound.
+    release: Callable[[], None]
+    #: The lock's state words, shared with the Python code that keeps them.
+    words: array.array[int]
+
+
 class ReentrantLock:
     """A lock exclusive across threads and processes, re-entrant for the holding thread.
+
+    Its life ends with :meth:`close`, which waits for no one: a thread that holds the lock (or
+    is taking it) keeps it and finishes what it does, and the last release runs what ``close``
+    was given; from then on ``acquire`` raises ``SegmentDetached``.
 
     Args:
         name: What the lock guards, for error messages.
         take: Takes the process-level lock within a timeout (``None``: for ever), or raises
             ``LockTimeout``.
         give: Releases the process-level lock.
+        fd: The descriptor the process-level lock is an ``flock`` on, for the C fast path; -1
+            when it is not one.
     """
 
     def __init__(
-        self, name: str, take: Callable[[float | None], None], give: Callable[[], None]
+        self,
+        name: str,
+        take: Callable[[float | None], None],
+        give: Callable[[], None],
+        fd: int = -1,
     ) -> None:
         self._name = name
         self._take = take
         self._give = give
         self._thread_lock = threading.RLock()
-        self._depth = 0
+        self._words = array.array("q", [0] * WORDS)
+        self._words[FD] = fd
+        self._finish: Callable[[], None] | None = None
+        self._taking = False  # the holder of the thread half is taking the process-level lock
+        self._debt = 0  # releases owed to the parent's sections this forked child is inside
+        #: The declared interface of the C fast path to this lock.
+        self.interface = LockInterface(
+            self._thread_lock.acquire, self._thread_lock.release, self._words
+        )
 
     @property
     def held(self) -> bool:
         """Whether the calling thread holds the lock."""
-        return self._depth > 0 and self._thread_lock._is_owned()  # type: ignore[attr-defined]  # RLock's own ownership test, stable since 3.2
+        return self._words[DEPTH] > 0 and self._thread_lock._is_owned()  # type: ignore[attr-defined]  # RLock's own ownership test, stable since 3.2
 
     def acquire(self, timeout: float | None = None) -> None:
         """Take the lock, waiting at most ``timeout`` seconds (``None``: for ever).
 
         Raises:
             LockTimeout: the lock was not had in time; ``holder_pid`` names the holder if known.
+            SegmentDetached: the lock was closed.
+            ShmfsError: this is a forked child inside a section its parent's thread locked.
         """
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         got = (
@@ -80,33 +148,119 @@ class ReentrantLock:
                 holder_pid=os.getpid(),
                 timeout=timeout,
             )
-        if self._depth == 0:
+        words = self._words
+        if words[DEPTH] == 0:
+            if words[FLAGS] & CLOSED:
+                self._refuse()
+            # A close (a finalizer's, run by an allocation here) waits until this take is done:
+            # its descriptor must stay open under the take.
+            self._taking = True
             try:
                 self._take(None if deadline is None else max(deadline - time.monotonic(), 0.0))
             except BaseException:
+                self._taking = False
                 self._thread_lock.release()
+                if self._finish is not None:
+                    self._try_finish()
                 raise
-        self._depth += 1
+            self._taking = False
+        words[DEPTH] += 1
 
     def try_acquire(self, try_take: Callable[[], bool]) -> bool:
         """Take the lock only if that needs no waiting; ``try_take`` tries the process-level
-        lock once. Cheaper than ``acquire(0)``, which reports who holds it."""
+        lock once. Cheaper than ``acquire(0)``, which reports who holds it. ``False`` for a
+        closed lock too."""
         if not self._thread_lock.acquire(blocking=False):
             return False
-        if self._depth == 0 and not try_take():
-            self._thread_lock.release()
+        words = self._words
+        if words[DEPTH] == 0 and (words[FLAGS] & CLOSED or not try_take()):
+            try:
+                if words[FLAGS] & CLOSED:
+                    self._run_finish()  # a close waiting for the lock to be free
+            finally:
+                self._thread_lock.release()
             return False
-        self._depth += 1
+        words[DEPTH] += 1
         return True
 
     def release(self) -> None:
         """Give the lock back; the process-level lock goes with the outermost release."""
-        self._depth -= 1
+        words = self._words
+        if words[DEPTH] == 0 and self._debt:
+            # A section the parent's thread locked, unwinding in a forked child: nothing of it
+            # is ours to give back. (The child's own sections are inside it: they go first.)
+            self._debt -= 1
+            if not self._debt:
+                words[FLAGS] &= ~INHERITED
+            return
+        words[DEPTH] -= 1
         try:
-            if self._depth == 0:
+            if words[DEPTH] == 0:
                 self._give()
         finally:
             self._thread_lock.release()
+        if self._finish is not None:
+            self._try_finish()
+
+    def close(self, finish: Callable[[], None]) -> None:
+        """End the lock's life: run ``finish`` (which closes what the lock's halves use) once no
+        thread holds the lock, now if none does, else at the holder's last release; from now
+        on ``acquire`` raises ``SegmentDetached``. Idempotent: a second ``finish`` is ignored."""
+        if self._words[FLAGS] & CLOSED:
+            return
+        # The order matters: a holder reads _finish after it releases, so either it sees
+        # _finish or this call finds the thread lock free.
+        self._finish = finish
+        self._words[FLAGS] |= CLOSED
+        self._try_finish()
+
+    def _try_finish(self) -> None:
+        if not self._thread_lock.acquire(blocking=False):
+            return  # the holder runs it when it lets go
+        try:
+            if self._words[DEPTH] == 0 and not self._taking:
+                self._run_finish()
+        finally:
+            self._thread_lock.release()
+
+    def _run_finish(self) -> None:
+        """Run the pending ``finish``, once. Thread lock held, no section open."""
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            with contextlib.suppress(Exception):  # closing must not fail the caller's release
+                finish()
+
+    def _refuse(self) -> NoReturn:
+        """A take of a closed lock: refuse it, giving the thread half back."""
+        try:
+            self._run_finish()  # a close waiting for the lock to be free
+        finally:
+            self._thread_lock.release()
+        raise SegmentDetached(f"{self._name}: this handle was detached")
+
+    def inherit(self, parent: ReentrantLock | None) -> None:
+        """In a forked child, take ``parent``'s place. If the forking thread held ``parent``,
+        the child is inside a section the parent locked and holds none of it: the releases
+        that unwind the section change nothing, taking this lock takes it afresh (waiting for
+        the parent, if it still holds it), and a write without that (:meth:`check_writable`)
+        is refused, so the child never writes under its parent's lock."""
+        if parent is not None and parent.held:
+            self._debt = parent._words[DEPTH]
+            self._words[FLAGS] |= INHERITED  # the C fast path leaves such a child to Python
+
+    def check_writable(self) -> None:
+        """Refuse a write (lock held, says the caller) in a forked child that holds only a
+        section its parent locked (see :meth:`inherit`).
+
+        Raises:
+            ShmfsError: the child does not hold the lock.
+        """
+        if self._debt and self._words[DEPTH] == 0:
+            raise ShmfsError(
+                f"{self._name}: this process forked while its thread held the segment lock (in "
+                "pickling a value, say): the child does not hold it, so it cannot go on with "
+                "the locked write; start the operation again in the child"
+            )
 
 
 class SegmentLock(ReentrantLock):
@@ -118,7 +272,7 @@ class SegmentLock(ReentrantLock):
     """
 
     def __init__(self, fd: int, name: str) -> None:
-        super().__init__(name, self._lock_file, self._unlock_file)
+        super().__init__(name, self._lock_file, self._unlock_file, fd)
         self._fd = fd
 
     def _unlock_file(self) -> None:
@@ -201,6 +355,21 @@ class HoldsSegmentLock:
     release and ownership test every such backend has (acquiring differs per backend)."""
 
     _lock: ReentrantLock | None = None
+
+    def close(self) -> None:
+        """Release this handle's resources, once no thread of ours holds or is taking its lock
+        (now, if none does: else that thread's last release does it); idempotent. A forked
+        child that has not used the handle closes what it inherited at once: no thread of its
+        own can be inside the parent's lock."""
+        lock = self._lock
+        if lock is None or getattr(self, "_epoch", None) != fork_epoch():
+            self._close_now()
+        else:
+            lock.close(self._close_now)
+
+    def _close_now(self) -> None:
+        """Close everything this handle opened, at once. Idempotent."""
+        raise NotImplementedError
 
     def release(self) -> None:
         """Release the segment lock."""

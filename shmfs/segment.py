@@ -12,17 +12,26 @@ the docstrings of its public calls, and its code owns one piece of state, the op
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from shmfs import codecs, frame, waiting
-from shmfs.backends import SLOW, Backend, Hot, backend_class, backend_name, capabilities
+from shmfs.backends import (
+    SLOW,
+    Backend,
+    Hot,
+    Pin,
+    Watcher,
+    backend_class,
+    backend_name,
+    capabilities,
+)
 from shmfs.errors import (
     CorruptSegment,
     SegmentDetached,
     SegmentNotFound,
-    SerializationError,
     UnsafeSegment,
     VariableNotFound,
 )
@@ -34,6 +43,27 @@ _MISSING: Final[Any] = object()  # "no default given"
 _ABSENT: Final[Any] = object()  # "the index holds no value", inside read-modify-write
 _INDEX_MIN: Final = -(1 << 63)
 _INDEX_MAX: Final = (1 << 63) - 1
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _detached_says_so(
+    method: Callable[Concatenate[Segment, _P], _R],
+) -> Callable[Concatenate[Segment, _P], _R]:
+    """A call that fails because another thread (or a finalizer) detached or destroyed the
+    handle meanwhile raises what a call after that would: ``SegmentDetached`` or
+    ``SegmentNotFound``, never what the closed backend happened to raise."""
+
+    @functools.wraps(method)
+    def checked(self: Segment, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            self._say_closed(exc)
+            raise
+
+    return checked
 
 
 def attach(
@@ -122,10 +152,11 @@ def _no_fast_get(index: int) -> Any:
     in one call, or :data:`shmfs.backends.SLOW`, which says "ask :meth:`Segment.get`".
 
     For loops that call it millions of times with indices they made themselves (``Cache``'s
-    hits): ``get``'s checks cost a tenth of a tmpfs hit. It raises nothing: SLOW stands for
-    every case it does not handle in full (an absent, large, damaged or untrusted value, a
-    bad index, a writer mid-write, a detached handle) and for handles without a fast path
-    (sysv, redis, pure Python, a ``secret=``), where it is this function and always SLOW.
+    hits): ``get``'s checks cost a tenth of a tmpfs hit. It raises only what decoding the value
+    raises (``SerializationError``, as ``get`` would: a value is decoded once per get): SLOW
+    stands for every case it does not handle in full (an absent, large, damaged or untrusted
+    value, a bad index, a writer mid-write, a detached handle) and for handles without a fast
+    path (sysv, redis, pure Python, a ``secret=``), where it is this function and always SLOW.
     """
     return SLOW
 
@@ -135,16 +166,24 @@ def _reattach(spec: dict[str, Any]) -> Segment:
 
 
 class _Locked:
-    """``with seg.lock():`` — a plain class, since a generator-based context costs ~1 us."""
+    """``with seg.lock():`` — a plain class, since a generator-based context costs ~1 us.
 
-    __slots__ = ("_backend", "_timeout")
+    The release goes to the backend whose lock was taken, even if the handle was detached in
+    the block: a backend closes only once its lock is let go (``shmfs.locking``)."""
 
-    def __init__(self, backend: Backend, timeout: float | None) -> None:
+    __slots__ = ("_backend", "_segment", "_timeout")
+
+    def __init__(self, segment: Segment, backend: Backend, timeout: float | None) -> None:
+        self._segment = segment
         self._backend = backend
         self._timeout = timeout
 
     def __enter__(self) -> None:
-        self._backend.acquire(self._timeout)
+        try:
+            self._backend.acquire(self._timeout)
+        except Exception as exc:
+            self._segment._say_closed(exc)
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self._backend.release()
@@ -157,8 +196,37 @@ class _Holding(_Locked):
     __slots__ = ()
 
     def __enter__(self) -> Backend:  # type: ignore[override]  # the private form gives the backend
-        self._backend.acquire(self._timeout)
+        try:
+            self._backend.acquire(self._timeout)
+        except Exception as exc:
+            self._segment._say_closed(exc)
+            raise
         return self._backend
+
+
+class _Watched:
+    """What ``shmfs.waiting`` uses of a backend, with a detached handle's errors said as such
+    (a watch outlives the call that made it)."""
+
+    __slots__ = ("_backend", "_segment")
+
+    def __init__(self, segment: Segment, backend: Backend) -> None:
+        self._segment = segment
+        self._backend = backend
+
+    def version(self, index: int) -> object:
+        try:
+            return self._backend.version(index)
+        except Exception as exc:
+            self._segment._say_closed(exc)
+            raise
+
+    def watcher(self) -> Watcher:
+        try:
+            return self._backend.watcher()
+        except Exception as exc:
+            self._segment._say_closed(exc)
+            raise
 
 
 class Segment(MutableMapping[int, Any]):
@@ -224,6 +292,15 @@ class Segment(MutableMapping[int, Any]):
         """The segment's permission bits."""
         return self._open().perm
 
+    def _say_closed(self, exc: Exception) -> None:
+        """Raise the closed handle's error from ``exc`` (raised by a call on this handle) if
+        the handle was detached or destroyed meanwhile and ``exc`` is not that error already;
+        the caller re-raises ``exc`` if this returns."""
+        if self._backend is None:
+            closed = self._closed_error()
+            if type(exc) is not type(closed):
+                raise closed from exc
+
     def _open(self) -> Backend:
         backend = self._backend
         if backend is None:
@@ -232,7 +309,7 @@ class Segment(MutableMapping[int, Any]):
 
     def _holding(self) -> _Holding:
         """The segment lock for one act: ``with self._holding() as backend:``."""
-        return _Holding(self._open(), self._lock_timeout)
+        return _Holding(self, self._open(), self._lock_timeout)
 
     def _not_found(self, index: int) -> VariableNotFound:
         key = self._spec["key"]
@@ -269,32 +346,33 @@ class Segment(MutableMapping[int, Any]):
             raise self._closed_error()
         if type(index) is not int or not _INDEX_MIN <= index <= _INDEX_MAX:
             index = check_index(index)  # the slow path: raises, or accepts an __index__ type
-        hot = self._hot
-        if hot is not None:
-            value = hot.get(index)
-            if value is not SLOW:
-                return value
         try:
+            hot = self._hot
+            if hot is not None:
+                # One decode per get: a decoder's failure in C is this get's error.
+                value = hot.get(index)
+                if value is not SLOW:
+                    return value
             data = backend.read(index) if backend.lock_free_reads else self._read_locked(index)
-        except Exception as exc:
-            if self._backend is None:  # detached meanwhile (a finalizer, another thread)
-                raise self._closed_error() from exc
-            raise
-        if data is None:
-            if default is _MISSING:
-                raise self._not_found(index)
-            return default
-        try:
-            return self._decode(backend, index, data)
-        except CorruptSegment:
-            if not backend.lock_free_reads:
-                raise
-            # A lock-free copy that fails its checksum may have raced a writer on a CPU that
-            # reorders loads; under the lock no writer runs, so a second failure is real damage.
-            data = self._read_locked(index)
             if data is None:
-                return self.get(index, default)
-            return self._decode(backend, index, data)
+                if default is _MISSING:
+                    raise self._not_found(index)
+                return default
+            try:
+                return self._decode(backend, index, data)
+            except CorruptSegment:
+                if not backend.lock_free_reads:
+                    raise
+                # A lock-free copy that fails its checksum may have raced a writer on a CPU
+                # that reorders loads; under the lock no writer runs, so a second failure is
+                # real damage.
+                data = self._read_locked(index)
+                if data is None:
+                    return self.get(index, default)
+                return self._decode(backend, index, data)
+        except Exception as exc:  # detached meanwhile (a finalizer, another thread)?
+            self._say_closed(exc)
+            raise
 
     def _read_locked(self, index: int) -> bytes | memoryview | frame.Split | None:
         with self._holding() as backend:
@@ -315,10 +393,11 @@ class Segment(MutableMapping[int, Any]):
             raise self._untrusted(backend, index)
         try:
             return codec.decode(payload)
-        except SerializationError:
-            raise
         except Exception as exc:  # a checked payload that fails to decode is the codec's failure
-            raise codecs.decode_failed(codec, exc) from exc
+            error = codecs.decode_error(codec, exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     def _untrusted(self, backend: Backend, index: int) -> UnsafeSegment:
         return UnsafeSegment(
@@ -352,19 +431,38 @@ class Segment(MutableMapping[int, Any]):
             value = self.get(index)
             yield memoryview(value).toreadonly() if type(value) is bytes else value
             return
-        with pin(index, self._lock_timeout) as pinned:
-            if pinned is None:
-                raise self._not_found(index)
-            codec, payload = frame.decode(pinned, self._secret)
-            if codec.executes_code and self._secret is None and not backend.trusted(index):
-                raise self._untrusted(backend, index)
-            yield frame.view_payload(codec, payload)
+        with self._pinned(backend, pin, index) as viewed:
+            yield viewed
+
+    @contextlib.contextmanager
+    def _pinned(self, backend: Backend, pin: Pin, index: int) -> Iterator[Any]:
+        """``view``'s zero-copy form: the payload of the pinned frame, decoded in place."""
+        try:
+            pinning = pin(index, self._lock_timeout)
+            pinned = pinning.__enter__()
+        except Exception as exc:
+            self._say_closed(exc)
+            raise
+        with contextlib.ExitStack() as stack:
+            stack.push(pinning)
+            try:
+                if pinned is None:
+                    raise self._not_found(index)
+                codec, payload = frame.decode(pinned, self._secret)
+                if codec.executes_code and self._secret is None and not backend.trusted(index):
+                    raise self._untrusted(backend, index)
+                viewed = frame.view_payload(codec, payload)
+            except Exception as exc:
+                self._say_closed(exc)
+                raise
+            yield viewed
 
     def _encode(self, value: Any) -> bytes | frame.Pieces:
         return frame.encode(
             self._codec, value, self._secret, framed=self._framed, pieces=self._pieces
         )
 
+    @_detached_says_so
     def has(self, index: int) -> bool:
         """Whether ``index`` holds a value (PHP: ``shm_has_var``).
 
@@ -402,12 +500,19 @@ class Segment(MutableMapping[int, Any]):
             raise self._closed_error()
         if type(index) is not int or not _INDEX_MIN <= index <= _INDEX_MAX:
             index = check_index(index)
-        if self._hot_codec is not None and self._hot.put(index, self._hot_codec, value) is None:  # type: ignore[union-attr]  # set together with _hot_codec
-            return
-        data = self._encode(value)
-        with self._holding() as held:
-            held.write(index, data)
+        try:
+            if (
+                self._hot_codec is not None and self._hot.put(index, self._hot_codec, value) is None  # type: ignore[union-attr]  # set together with _hot_codec
+            ):
+                return
+            data = self._encode(value)
+            with self._holding() as held:
+                held.write(index, data)
+        except Exception as exc:  # detached meanwhile (a finalizer, another thread)?
+            self._say_closed(exc)
+            raise
 
+    @_detached_says_so
     def put_if_head(
         self, index: int, value: Any, head_at: int, head: bytes, *, or_absent: bool = False
     ) -> bool:
@@ -447,6 +552,7 @@ class Segment(MutableMapping[int, Any]):
         put = self._hot.put  # type: ignore[union-attr]  # set together with _hot_codec
         return put(index, self._hot_codec, value, head_at, head, or_absent) is None
 
+    @_detached_says_so
     def remove(self, index: int) -> None:
         """Remove ``index``, zeroing its bytes (PHP: ``shm_remove_var``).
 
@@ -480,8 +586,9 @@ class Segment(MutableMapping[int, Any]):
             LockTimeout: not had in time (on entering the block).
             SegmentDetached: the handle was detached.
         """
-        return _Locked(self._open(), self._lock_timeout if timeout is None else timeout)
+        return _Locked(self, self._open(), self._lock_timeout if timeout is None else timeout)
 
+    @_detached_says_so
     def add(self, index: int, value: Any) -> bool:
         """Store ``value`` only if ``index`` is empty, atomically; return whether it did.
 
@@ -498,6 +605,7 @@ class Segment(MutableMapping[int, Any]):
             return True
 
     # The README makes update(i, fn) a read-modify-write; update(mapping) still works as dict's.
+    @_detached_says_so
     def update(self, index: Any, fn: Any = _MISSING, /, default: Any = _MISSING) -> Any:
         """Replace the value at ``index`` with ``fn(old)`` under the lock; return the new value.
 
@@ -555,6 +663,7 @@ class Segment(MutableMapping[int, Any]):
             raise self._not_found(index)
         return old
 
+    @_detached_says_so
     def _modify(self, index: int, change: Callable[[Any], tuple[bool, Any]], default: Any) -> Any:
         """Read, ``change``, write back, all under the lock; ``change`` sees ``_MISSING`` for
         an empty index without a ``default``."""
@@ -592,12 +701,15 @@ class Segment(MutableMapping[int, Any]):
     def __contains__(self, index: object) -> bool:
         return self.has(index)  # type: ignore[arg-type]  # has() refuses non-ints clearly
 
+    @_detached_says_so
     def __len__(self) -> int:
         return self._open().count()
 
+    @_detached_says_so
     def __iter__(self) -> Iterator[int]:
         return iter(self._open().indices())
 
+    @_detached_says_so
     def clear(self) -> None:
         """Remove every variable, atomically with respect to other writers."""
         with self._holding() as backend:
@@ -606,6 +718,7 @@ class Segment(MutableMapping[int, Any]):
 
     # ----------------------------------------------------------------- waiting
 
+    @_detached_says_so
     def wait(self, index: int, timeout: float | None = None) -> Any:
         """Block until ``index`` is written again, and return the new value.
 
@@ -622,9 +735,10 @@ class Segment(MutableMapping[int, Any]):
             SegmentDetached: the handle was detached.
             SegmentNotFound: the segment was destroyed.
         """
-        backend = self._open()
-        return waiting.wait_next(backend, self.get, check_index(index), timeout)
+        watched = _Watched(self, self._open())
+        return waiting.wait_next(watched, self.get, check_index(index), timeout)
 
+    @_detached_says_so
     def watch(self, index: int, timeout: float | None = None) -> waiting.Watch:
         """Yield each new value of ``index`` as it is written (the progress-bar case).
 
@@ -640,8 +754,8 @@ class Segment(MutableMapping[int, Any]):
             WaitTimeout: no new value within ``timeout``.
             The errors of :meth:`wait`.
         """
-        backend = self._open()
-        return waiting.Watch(backend, self.get, check_index(index), timeout)
+        watched = _Watched(self, self._open())
+        return waiting.Watch(watched, self.get, check_index(index), timeout)
 
     async def wait_async(self, index: int, timeout: float | None = None) -> Any:
         """:meth:`wait` for asyncio: the event loop watches a descriptor, no thread is used.
@@ -649,8 +763,8 @@ class Segment(MutableMapping[int, Any]):
         Raises:
             The errors of :meth:`wait`.
         """
-        backend = self._open()
-        return await waiting.wait_async(backend, self.get, check_index(index), timeout)
+        watched = _Watched(self, self._open())
+        return await waiting.wait_async(watched, self.get, check_index(index), timeout)
 
     def watch_async(self, index: int, timeout: float | None = None) -> waiting.AsyncWatch:
         """:meth:`watch` for asyncio: ``async for value in seg.watch_async(i): ...``.
@@ -658,11 +772,12 @@ class Segment(MutableMapping[int, Any]):
         Raises:
             The errors of :meth:`watch`.
         """
-        backend = self._open()
-        return waiting.AsyncWatch(backend, self.get, check_index(index), timeout)
+        watched = _Watched(self, self._open())
+        return waiting.AsyncWatch(watched, self.get, check_index(index), timeout)
 
     # --------------------------------------------------------------- lifecycle
 
+    @_detached_says_so
     def stats(self) -> dict[str, Any]:
         """Report key, backend, size, used, free, variables, perm, owner and location.
 
@@ -678,6 +793,7 @@ class Segment(MutableMapping[int, Any]):
         if backend is not None:
             backend.close()
 
+    @_detached_says_so
     def destroy(self) -> None:
         """Wipe and remove the segment for every process (PHP: ``shm_remove``).
 

@@ -15,12 +15,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from shmfs.backends import Backend, Watcher
+from shmfs.backends import Watcher
 from shmfs.errors import WaitTimeout
 
-__all__ = ["AsyncWatch", "Watch", "wait_async", "wait_next"]
+__all__ = ["AsyncWatch", "Versioned", "Watch", "wait_async", "wait_next"]
+
+
+class Versioned(Protocol):
+    """What waiting uses of a backend (``Segment`` hands it one that reports a detached handle
+    as such)."""
+
+    def version(self, index: int) -> object:
+        """See :meth:`shmfs.backends.Backend.version`."""
+
+    def watcher(self) -> Watcher:
+        """See :meth:`shmfs.backends.Backend.watcher`."""
+
 
 # Longest sleep between checks of our own, whatever the watcher says.
 _RECHECK: Final = 1.0
@@ -46,7 +58,7 @@ def _remaining(deadline: float | None, index: int, timeout: float | None) -> flo
     return min(left, _RECHECK)
 
 
-def _changed(backend: Backend, get: Getter, index: int, base: object) -> tuple[Any, object]:
+def _changed(backend: Versioned, get: Getter, index: int, base: object) -> tuple[Any, object]:
     """``(value, version)`` if ``index`` holds a value newer than ``base``, else
     ``(_ABSENT, version)``. The version is read on both sides of the get, so the value returned
     is never older than the version recorded for it."""
@@ -61,7 +73,7 @@ def _changed(backend: Backend, get: Getter, index: int, base: object) -> tuple[A
         # Written again (or removed) between our reads: look again rather than pair them wrongly.
 
 
-def _look(backend: Backend, get: Getter, index: int, base: object) -> tuple[Any, object]:
+def _look(backend: Versioned, get: Getter, index: int, base: object) -> tuple[Any, object]:
     """One look: ``(new value, its version)``, or ``(_ABSENT, the base to keep waiting from)``;
     after a removal that base is ``None``, so whatever is stored next counts as new."""
     value, version = _changed(backend, get, index, base)
@@ -71,7 +83,7 @@ def _look(backend: Backend, get: Getter, index: int, base: object) -> tuple[Any,
 
 
 def _next(
-    backend: Backend,
+    backend: Versioned,
     watcher: Watcher,
     get: Getter,
     index: int,
@@ -87,7 +99,7 @@ def _next(
         watcher.wait(_remaining(deadline, index, timeout))
 
 
-def wait_next(backend: Backend, get: Getter, index: int, timeout: float | None) -> Any:
+def wait_next(backend: Versioned, get: Getter, index: int, timeout: float | None) -> Any:
     """Block until ``index`` gets a new value; return it."""
     watcher = backend.watcher()
     try:
@@ -100,7 +112,7 @@ class _Registered:
     """A waiter registered, and the variable's version noted, when made: not on the first
     ``next()``, so nothing written after ``watch()`` returns is missed."""
 
-    def __init__(self, backend: Backend, get: Getter, index: int, timeout: float | None) -> None:
+    def __init__(self, backend: Versioned, get: Getter, index: int, timeout: float | None) -> None:
         self._backend, self._get, self._index, self._timeout = backend, get, index, timeout
         self._watcher: Watcher | None = backend.watcher()
         self._base = backend.version(index)
@@ -164,7 +176,7 @@ async def _sleep_on(watcher: Watcher, timeout: float) -> None:
 
 
 async def _next_async(
-    backend: Backend,
+    backend: Versioned,
     watcher: Watcher,
     get: Getter,
     index: int,
@@ -180,7 +192,7 @@ async def _next_async(
         await _sleep_on(watcher, _remaining(deadline, index, timeout))
 
 
-async def wait_async(backend: Backend, get: Getter, index: int, timeout: float | None) -> Any:
+async def wait_async(backend: Versioned, get: Getter, index: int, timeout: float | None) -> Any:
     """``wait_next`` for asyncio: the loop polls the watcher's descriptor, no thread is used."""
     watcher = backend.watcher()
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import shmfs
-from shmfs import hotpath
+from shmfs import hotpath, locking
 from shmfs.backends.tmpfs import layout as L
 from shmfs.backends.tmpfs.index import Index, create_index, index_name, shift_for
 
@@ -228,3 +228,10 @@ def _bytes(dir_fd: int, name: str) -> bytearray:
         return bytearray(os.pread(fd, 1 << 24, 0))
     finally:
         os.close(fd)
+
+
+def test_the_lock_words_are_the_c_modules() -> None:
+    """The C fast path reads a lock's state words (``locking.LockInterface``) by number."""
+    if not hotpath.available():
+        pytest.skip("the C module is not built")
+    assert hotpath._hot.LOCK_WORDS == (locking.DEPTH, locking.FD, locking.FLAGS, locking.WORDS)

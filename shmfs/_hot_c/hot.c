@@ -52,6 +52,48 @@ slow(void)
 }
 
 
+/* The decoder of ``codec`` raised: raise instead what Python's get raises for that (its
+ * ``failures`` entry: a SerializationError, from the decoder's error). KeyboardInterrupt and
+ * the like stand as they are. */
+static PyObject *
+decode_failed(Hot *self, unsigned codec)
+{
+    PyObject *failed = self->failures[codec];
+    if (failed == NULL || !PyErr_ExceptionMatches(PyExc_Exception)) {
+        return NULL;
+    }
+    PyObject *type, *raised, *traceback;
+    PyErr_Fetch(&type, &raised, &traceback); /* no Python call with an exception pending */
+    PyErr_NormalizeException(&type, &raised, &traceback);
+    if (traceback != NULL) {
+        PyException_SetTraceback(raised, traceback);
+    }
+    Py_INCREF(failed); /* held across the call */
+    PyObject *error = PyObject_CallOneArg(failed, raised);
+    Py_DECREF(failed);
+    if (error == NULL || error == raised || !PyExceptionInstance_Check(error)) {
+        if (error != NULL && error != raised) {
+            PyErr_SetString(PyExc_TypeError, "a codec's failure must be an exception");
+        }
+        Py_XDECREF(error);
+        if (PyErr_Occurred()) { /* the translation's own error stands */
+            Py_XDECREF(type);
+            Py_XDECREF(raised);
+            Py_XDECREF(traceback);
+        }
+        else {
+            PyErr_Restore(type, raised, traceback);
+        }
+        return NULL;
+    }
+    PyException_SetCause(error, raised); /* raise error from raised: steals the reference */
+    PyErr_SetObject((PyObject *)Py_TYPE(error), error);
+    Py_DECREF(error);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    return NULL;
+}
+
 PyObject *
 decode_frame(Hot *self, const uint64_t head[3], PyObject *payload, int trusted)
 {
@@ -70,7 +112,9 @@ decode_frame(Hot *self, const uint64_t head[3], PyObject *payload, int trusted)
     PyObject *value = PyObject_CallOneArg(decode, payload);
     Py_DECREF(decode);
     Py_DECREF(payload);
-    return value != NULL ? value : slow(); /* Python reports a decoder's failure */
+    /* One decode per get: a decoder that failed here is not run again by Python (a pickle's
+     * side effects would run twice); its failure is this get's error, as Python says it. */
+    return value != NULL ? value : decode_failed(self, codec);
 }
 
 /* The get of a large variable this handle maps (largefile.py's seqlock). */
@@ -82,7 +126,8 @@ large_get(Hot *self, PyObject *index)
         return slow();
     }
     Py_ssize_t capacity = PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 1));
-    int trusted = PyObject_IsTrue(PyTuple_GET_ITEM(hot, 2));
+    /* No Python call with an exception pending: a bad capacity ends it here. */
+    int trusted = capacity > 0 ? PyObject_IsTrue(PyTuple_GET_ITEM(hot, 2)) : -1;
     Py_buffer buffer;
     uint64_t *words = capacity > 0 && trusted >= 0
                           ? words_of(PyTuple_GET_ITEM(hot, 0), &buffer, VAR_HEADER + 2 * capacity)
@@ -184,9 +229,10 @@ hot_index(Hot *self, PyObject *const *args, Py_ssize_t nargs)
 
 PyDoc_STRVAR(hot_reset_doc,
 "reset(lock, recoveries, dirty_tag)\n\n"
-"Say which SegmentLock guards the segment (its file descriptor is the flock's), which\n"
-"RECOVERIES count the backend's mappings belong to, and the DIRTY word its writes store;\n"
-"also after a fork, which this call acknowledges. Until the first reset, every call is SLOW.");
+"Say which lock guards the segment (its LockInterface: acquire, release, words; see\n"
+"shmfs/locking.py), which RECOVERIES count the backend's mappings belong to, and the DIRTY\n"
+"word its writes store; also after a fork, which this call acknowledges. Until the first\n"
+"reset, every put is SLOW.");
 
 static PyObject *
 hot_reset(Hot *self, PyObject *const *args, Py_ssize_t nargs)
@@ -203,33 +249,39 @@ hot_reset(Hot *self, PyObject *const *args, Py_ssize_t nargs)
     if (self->closing) {
         Py_RETURN_NONE; /* closed: a closed handle stays closed */
     }
-    PyObject *fd = PyObject_GetAttr(args[0], str_fd);
-    long descriptor = fd != NULL ? PyLong_AsLong(fd) : -1;
-    Py_XDECREF(fd);
-    if (PyErr_Occurred()) {
+    PyObject *lock = args[0];
+    if (!PyTuple_Check(lock) || PyTuple_GET_SIZE(lock) != 3
+        || !PyCallable_Check(PyTuple_GET_ITEM(lock, 0))
+        || !PyCallable_Check(PyTuple_GET_ITEM(lock, 1))) {
+        PyErr_SetString(PyExc_TypeError, "reset: lock must be a LockInterface");
         return NULL;
     }
-    PyObject *thread = PyObject_GetAttr(args[0], str_thread_lock);
-    if (thread == NULL) {
+    Py_buffer buffer;
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(lock, 2), &buffer, PyBUF_FORMAT) < 0) {
         return NULL;
     }
-    PyObject *acquire = PyObject_GetAttrString(thread, "acquire");
-    PyObject *release = PyObject_GetAttrString(thread, "release");
-    Py_DECREF(thread);
-    if (acquire == NULL || release == NULL || descriptor < 0 || descriptor > INT32_MAX) {
-        Py_XDECREF(acquire);
-        Py_XDECREF(release);
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "reset: the lock's descriptor is not open");
-        }
+    if (buffer.len != LOCK_WORDS * 8 || buffer.itemsize != 8 || buffer.format == NULL
+        || strcmp(buffer.format, "q") != 0 || ((uintptr_t)buffer.buf & 7) != 0) {
+        PyBuffer_Release(&buffer);
+        PyErr_SetString(PyExc_ValueError, "reset: the lock's words are not its state words");
         return NULL;
     }
-    Py_XSETREF(self->lock, Py_NewRef(args[0]));
-    Py_XSETREF(self->acquire, acquire);
-    Py_XSETREF(self->release, release);
+    if (self->closing) {
+        PyBuffer_Release(&buffer);
+        Py_RETURN_NONE; /* closed: a closed handle stays closed */
+    }
+    /* Swapped even inside a call (a finalizer's reset): no call keeps a pointer to the words
+     * across Python code; each reads them afresh right after taking the thread lock. */
+    if (self->lock_words != NULL) {
+        PyBuffer_Release(&self->lock_buffer);
+    }
+    self->lock_buffer = buffer;
+    self->lock_words = (int64_t *)buffer.buf;
+    Py_XSETREF(self->lock, Py_NewRef(lock));
+    Py_XSETREF(self->acquire, Py_NewRef(PyTuple_GET_ITEM(lock, 0)));
+    Py_XSETREF(self->release, Py_NewRef(PyTuple_GET_ITEM(lock, 1)));
     self->recoveries = recoveries;
     self->dirty_tag = dirty_tag;
-    self->fd = (int)descriptor;
     self->epoch = fork_epoch;
     Py_RETURN_NONE;
 }
@@ -244,6 +296,10 @@ drop_handle(Hot *self)
     Py_CLEAR(self->vars);
     Py_CLEAR(self->slabs);
     Py_CLEAR(self->meta);
+    if (self->lock_words != NULL) {
+        PyBuffer_Release(&self->lock_buffer);
+        self->lock_words = NULL;
+    }
     Py_CLEAR(self->lock);
     Py_CLEAR(self->acquire);
     Py_CLEAR(self->release);
@@ -275,10 +331,10 @@ hot_init(Hot *self, PyObject *args, PyObject *kwargs)
     Py_ssize_t at = 0;
     while (PyDict_Next(decoders, &at, &id, &entry)) {
         long codec = PyLong_AsLong(id);
-        if (codec < 0 || codec > 255 || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2) {
+        if (codec < 0 || codec > 255 || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_ValueError,
-                                "decoders: {codec id 0-255: (decode, executes_code)}");
+                                "decoders: {codec id 0-255: (decode, executes_code, failure)}");
             }
             return -1;
         }
@@ -287,6 +343,7 @@ hot_init(Hot *self, PyObject *args, PyObject *kwargs)
             return -1;
         }
         Py_XSETREF(self->decoders[codec], Py_NewRef(PyTuple_GET_ITEM(entry, 0)));
+        Py_XSETREF(self->failures[codec], Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
         self->executes[codec] = (char)executes;
     }
     Py_XSETREF(self->vars, Py_NewRef(vars));
@@ -294,7 +351,6 @@ hot_init(Hot *self, PyObject *args, PyObject *kwargs)
     Py_XSETREF(self->meta, Py_NewRef(meta));
     self->first_word = first_word;
     self->epoch = fork_epoch;
-    self->fd = -1;
     return 0;
 }
 
@@ -310,6 +366,7 @@ hot_traverse(Hot *self, visitproc visit, void *arg)
     Py_VISIT(self->release);
     for (int i = 0; i < 256; i++) {
         Py_VISIT(self->decoders[i]);
+        Py_VISIT(self->failures[i]);
     }
     return 0;
 }
@@ -320,6 +377,7 @@ hot_clear(Hot *self)
     let_go(self); /* unreachable: no call of its own is running */
     for (int i = 0; i < 256; i++) {
         Py_CLEAR(self->decoders[i]);
+        Py_CLEAR(self->failures[i]);
     }
     return 0;
 }

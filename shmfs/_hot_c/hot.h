@@ -38,17 +38,21 @@
  * there, and their checksum covers only their ends (codecs.FULL_CHECK_LIMIT). */
 #define SMALL (64 * 1024)
 
+/* The segment lock's state words (locking.py's LockInterface.words: DEPTH, FD, FLAGS), signed
+ * 64-bit; tests/test_layout.py holds these equal to locking.py's. */
+#define LOCK_DEPTH 0
+#define LOCK_FD 1
+#define LOCK_FLAGS 2
+#define LOCK_WORDS 3
+
 /* module.c: bumped in every forked child, so handles see that they must reopen what they share;
  * "do it the Python way"; pickle.dumps and the protocol shmfs writes (codecs._PROTOCOL); the
- * attribute names the Hot type reads. */
+ * attribute name of a mapped file's state (largevars.py, slabs.py). */
 extern uint64_t fork_epoch;
 extern PyObject *SLOW;
 extern PyObject *pickle_dumps;
 extern PyObject *protocol;
 extern PyObject *str_hot;
-extern PyObject *str_depth;
-extern PyObject *str_fd;
-extern PyObject *str_thread_lock;
 
 /* checksum.c */
 void crc_init(void);
@@ -85,16 +89,18 @@ typedef struct {
     PyObject *slabs;   /* the backend's dict: class << 16 | file -> SlabFile */
     uint64_t index_gen; /* the generation the metadata names the kept index by (maps.c) */
     PyObject *meta;    /* the metadata page, a memoryview */
-    PyObject *lock;    /* the backend's SegmentLock: its _depth says whether this process holds it */
+    PyObject *lock;    /* the segment lock's LockInterface (locking.py): acquire, release, words */
     PyObject *acquire; /* its thread lock's acquire and release, bound */
     PyObject *release;
+    Py_buffer lock_buffer;    /* an export of its state words, held while the Hot keeps it */
+    int64_t *lock_words;      /* NULL: no lock yet, or let go */
     PyObject *decoders[256];  /* codec id -> decode callable, or NULL */
+    PyObject *failures[256];  /* codec id -> the error a get raises for its decoder's (codecs.py) */
     char executes[256];       /* codec id -> whether decoding runs code (pickle) */
     uint64_t first_word;      /* a frame's first word with the codec byte zeroed */
     uint64_t recoveries;      /* the RECOVERIES count the backend's mappings belong to */
     uint64_t dirty_tag;       /* DIRTY | pid << 32 */
     uint64_t epoch;
-    int fd;                   /* the metadata file, which the segment's flock is on */
     /* maps.c: the mappings kept between calls, and when they may be let go */
     Py_buffer meta_buffer;
     uint64_t *meta_words;
@@ -134,9 +140,12 @@ PyObject *hot_rehash(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 extern const char rehash_doc[];
 
 /* put.c: the segment lock's thread half, taken without waiting (1: at depth 0, so the flock
- * is ours to take; 2: re-entrantly; 0: another thread has it; -1: an exception), and given back */
+ * is ours to take; 2: re-entrantly; 0: another thread has it, or the lock is closed or
+ * inherited across a fork; -1: an exception), and given back; the flock taken without waiting
+ * (0: had) */
 int thread_lock(Hot *self);
 int thread_unlock(Hot *self);
+int file_lock(Hot *self);
 /* put.c: the counts stored after a change, DIRTY cleared; and the lock given back as taken */
 void changed(uint64_t *meta, uint64_t used);
 PyObject *unlock(Hot *self, int taken, PyObject *result);

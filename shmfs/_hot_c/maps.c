@@ -144,9 +144,12 @@ map_slab(Hot *self, uint64_t number, uint64_t file)
         goto fail;
     }
     Py_ssize_t size = PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 1));
-    Py_ssize_t slots = PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 2));
+    Py_ssize_t slots = size != -1 ? PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 2)) : -1;
+    if (size != (Py_ssize_t)CLASSES[number] || slots <= 0) {
+        goto fail; /* before any other call: no Python call with an exception pending */
+    }
     found.trusted = PyObject_IsTrue(PyTuple_GET_ITEM(hot, 3));
-    found.writable = PyObject_IsTrue(PyTuple_GET_ITEM(hot, 4));
+    found.writable = found.trusted >= 0 ? PyObject_IsTrue(PyTuple_GET_ITEM(hot, 4)) : -1;
     if (size != (Py_ssize_t)CLASSES[number] || slots <= 0 || found.trusted < 0
         || found.writable < 0 || self->closing) {
         goto fail;

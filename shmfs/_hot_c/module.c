@@ -41,9 +41,6 @@ PyObject *SLOW;
 PyObject *pickle_dumps;
 PyObject *protocol;
 PyObject *str_hot;
-PyObject *str_depth;
-PyObject *str_fd;
-PyObject *str_thread_lock;
 
 static void
 after_fork_in_child(void)
@@ -85,17 +82,18 @@ PyInit__hot(void)
     Py_XDECREF(pickle);
     protocol = PyLong_FromLong(5);
     str_hot = PyUnicode_InternFromString("hot");
-    str_depth = PyUnicode_InternFromString("_depth");
-    str_fd = PyUnicode_InternFromString("_fd");
-    str_thread_lock = PyUnicode_InternFromString("_thread_lock");
-    if (SLOW == NULL || pickle_dumps == NULL || protocol == NULL || str_hot == NULL || str_depth == NULL || str_fd == NULL
-        || str_thread_lock == NULL
+    /* The lock words' numbers, for tests/test_layout.py to hold equal to locking.py's. */
+    PyObject *lock_words = Py_BuildValue("(iiii)", LOCK_DEPTH, LOCK_FD, LOCK_FLAGS, LOCK_WORDS);
+    if (SLOW == NULL || pickle_dumps == NULL || protocol == NULL || str_hot == NULL
         || PyModule_AddObjectRef(module, "SLOW", SLOW) < 0
+        || lock_words == NULL || PyModule_AddObjectRef(module, "LOCK_WORDS", lock_words) < 0
         || PyModule_AddObjectRef(module, "Hot", (PyObject *)&HotType) < 0
         || PyModule_AddObjectRef(module, "Mapping", (PyObject *)&MappingType) < 0
         || pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
+        Py_XDECREF(lock_words);
         Py_DECREF(module);
         return NULL;
     }
+    Py_DECREF(lock_words);
     return module;
 }

@@ -1,6 +1,7 @@
 /* shmfs._hot.Hot.put: a plain value stored in place under the segment's flock (see module.c). */
 #include "hot.h"
 
+#include <errno.h>
 #include <string.h>
 #include <sys/file.h>
 
@@ -10,6 +11,9 @@
 int
 thread_lock(Hot *self)
 {
+    if (self->acquire == NULL || self->lock_words == NULL) {
+        return 0; /* no lock yet, or closed */
+    }
     PyObject *got = PyObject_CallOneArg(self->acquire, Py_False);
     if (got == NULL) {
         return -1;
@@ -21,28 +25,20 @@ thread_lock(Hot *self)
     }
     /* An RLock another thread owns is not had without waiting, so ours is: at depth 0 nobody
      * in this process holds the file lock (locking.py takes and gives it inside the thread
-     * lock); deeper, this thread does. */
-    PyObject *depth = PyObject_GetAttr(self->lock, str_depth);
-    long held = depth != NULL ? PyLong_AsLong(depth) : -1;
-    Py_XDECREF(depth);
-    if (held >= 0 && !PyErr_Occurred()) {
-        return held == 0 ? 1 : 2;
+     * lock); deeper, this thread does. A closed lock (its descriptor may be too) or a forked
+     * child's inherited one is Python's to refuse. */
+    const int64_t *words = self->lock_words;
+    int64_t depth = words[LOCK_DEPTH];
+    if (words[LOCK_FLAGS] == 0 && depth >= 0 && words[LOCK_FD] >= 0 && words[LOCK_FD] <= INT32_MAX) {
+        return depth == 0 ? 1 : 2;
     }
-    PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback); /* no Python call with an exception pending */
-    int unlocked = thread_unlock(self);
-    if (unlocked == 0) {
-        PyErr_Restore(type, value, traceback);
-    }
-    else {
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(traceback);
-    }
-    if (!PyErr_Occurred()) {
-        PyErr_SetString(PyExc_RuntimeError, "the segment lock's depth is negative");
-    }
-    return -1;
+    return thread_unlock(self) < 0 ? -1 : 0;
+}
+
+int
+file_lock(Hot *self)
+{
+    return flock((int)self->lock_words[LOCK_FD], LOCK_EX | LOCK_NB);
 }
 
 void
@@ -56,13 +52,15 @@ changed(uint64_t *meta, uint64_t used)
 PyObject *
 unlock(Hot *self, int taken, PyObject *result)
 {
-    if (taken == 1 && flock(self->fd, LOCK_UN) != 0) {
-        /* Cannot happen on a descriptor we just locked; if it did, say so loudly. */
-        PyErr_SetFromErrno(PyExc_OSError);
-        result = NULL;
-    }
+    /* Cannot fail on a descriptor we just locked; if it did, say so loudly, once the thread
+     * half is given back (no Python call with an exception pending). */
+    int failed = taken == 1 && flock((int)self->lock_words[LOCK_FD], LOCK_UN) != 0 ? errno : 0;
     if (thread_unlock(self) < 0) {
-        result = NULL;
+        return NULL;
+    }
+    if (failed) {
+        errno = failed;
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
     return result;
 }
@@ -85,9 +83,11 @@ put_pickled(Hot *self, PyObject *hot, long codec, PyObject *pickled, Py_ssize_t 
     uint64_t length = (uint64_t)payload_length + FRAME_HEADER;
     /* The lock again: pickling allocates, and a collection it starts may run code that closes
      * this handle. */
-    if (self->lock == NULL || self->acquire == NULL || length > SMALL
+    if (self->lock == NULL || self->acquire == NULL || self->epoch != fork_epoch || length > SMALL
         || length + SLOT_HEADER <= SLOT_MAX) {
-        return slow(); /* closed; or a value a slot takes, which the Python path moves there */
+        /* closed, or forked (by what pickling ran); or a value a slot takes, which the Python
+         * path moves there */
+        return slow();
     }
     Py_ssize_t capacity = PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 1));
     /* tmpfs._fits: in place only if it fits, and does not leave a big slot mostly empty. */
@@ -119,7 +119,7 @@ put_pickled(Hot *self, PyObject *hot, long codec, PyObject *pickled, Py_ssize_t 
     if (taken == 0) {
         goto done; /* another thread of ours holds it: Python waits */
     }
-    if (taken == 1 && flock(self->fd, LOCK_EX | LOCK_NB) != 0) {
+    if (taken == 1 && file_lock(self) != 0) {
         goto unlock_thread; /* another process holds it: Python waits, with its timeout */
     }
     uint64_t control = load(&words[W_CONTROL]);

@@ -114,15 +114,15 @@ slab_put(Hot *self, PyObject *index_object, long codec, PyObject *pickled, Py_ss
     if (ahead != 0) {
         (void)open_slot(self, ahead, &new, 1);
     }
-    if (self->closing) {
-        return slow(); /* closed by what those lookups ran */
+    if (self->closing || self->epoch != fork_epoch) {
+        return slow(); /* closed, or forked, by what pickling or those lookups ran */
     }
     PyObject *result = SLOW;
     int taken = thread_lock(self);
     if (taken <= 0) {
         return taken < 0 ? NULL : slow();
     }
-    if (taken == 1 && flock(self->fd, LOCK_EX | LOCK_NB) != 0) {
+    if (taken == 1 && file_lock(self) != 0) {
         goto unlock_thread;
     }
     uint64_t word = 0;

@@ -261,7 +261,16 @@ class RedisBackend(HoldsSegmentLock):
         self._destroy = client.register_script(scripts.DESTROY)
         self._release_script = client.register_script(scripts.RELEASE)
         self._renew_script = client.register_script(scripts.RENEW)
+        parent = self._lock
         self._lock = ReentrantLock(f"segment {self.key}", self._take, self._give)
+        self._lock.inherit(parent)
+
+    def _writable(self) -> None:
+        """Reconnect after fork; refuse a write in a section of the parent's lock (its token is
+        the parent's, and would pass the server's check)."""
+        self.client  # noqa: B018  # reconnects after fork
+        assert self._lock is not None
+        self._lock.check_writable()
 
     @property
     def client(self) -> redis.Redis:
@@ -415,7 +424,7 @@ class RedisBackend(HoldsSegmentLock):
     def write(self, index: int, data: bytes | Pieces) -> None:
         """Store ``data``: the lock, quota check and write are one script (lock held)."""
         data = bytes(data)  # always bytes already: this class does not set writes_pieces
-        self.client  # noqa: B018  # reconnects after fork
+        self._writable()
         with self._guard:
             stored, used = self._put(keys=self._keys, args=[self._token, index, data])
         if not stored:
@@ -423,7 +432,7 @@ class RedisBackend(HoldsSegmentLock):
 
     def delete(self, index: int) -> bool:
         """Remove ``index`` (lock held); whether it existed. Redis frees the bytes."""
-        self.client  # noqa: B018  # reconnects after fork
+        self._writable()
         with self._guard:
             return bool(self._remove(keys=self._keys, args=[self._token, index]))
 
@@ -467,7 +476,7 @@ class RedisBackend(HoldsSegmentLock):
         with self._guard:
             return _info(client, self.key, self.url)
 
-    def close(self) -> None:
+    def _close_now(self) -> None:
         """Close the connection pool. Idempotent."""
         client, self._client = self._client, None
         if client is not None:
@@ -476,7 +485,7 @@ class RedisBackend(HoldsSegmentLock):
 
     def destroy(self) -> None:
         """Delete every key of the segment (lock held) and wake its waiters."""
-        self.client  # noqa: B018  # reconnects after fork
+        self._writable()
         with self._guard:
             self._destroy(keys=self._keys, args=[self._token])
 

@@ -236,7 +236,7 @@ class SysvBackend(HoldsSegmentLock):
             self._setup(key, shmid, trust_uids, created=created, semaphore=semaphore, lock=lock)
         except BaseException:
             self._semaphore = None  # the caller abandons it
-            self.close()
+            self._close_now()
             raise
 
     def _setup(
@@ -383,11 +383,20 @@ class SysvBackend(HoldsSegmentLock):
             # and gets a lock object of its own (a parent thread may hold the old one).
             assert self._semaphore is not None
             self._semaphore.register()
-            self._lock = ReentrantLock(
-                f"segment {self.key}", self._semaphore.take, self._semaphore.give
+            parent, self._lock = (
+                self._lock,
+                ReentrantLock(f"segment {self.key}", self._semaphore.take, self._semaphore.give),
             )
+            self._lock.inherit(parent)
             self._epoch = fork_epoch()
         return self._buf
+
+    def _check_writable(self) -> None:
+        """``_check``, for a change made with the lock held: refuse one a forked child would
+        make under its parent's lock."""
+        self._check()
+        assert self._lock is not None
+        self._lock.check_writable()
 
     def _live(self) -> memoryview:
         """Like ``_check``, under the lock: a header zeroed by ``destroy()`` means gone."""
@@ -437,6 +446,7 @@ class SysvBackend(HoldsSegmentLock):
     def write(self, index: int, data: bytes | Pieces) -> None:
         """Store ``data``: PHP's remove-then-append, journalled. Lock held."""
         data = bytes(data)  # always bytes already: this class does not set writes_pieces
+        self._check_writable()
         chain, found = self._find(index)
         pos, old = (found[0], found[2]) if found is not None else (-1, 0)
         # The header is checked: by the walk, or as bytes equal to those of a checked one.
@@ -463,6 +473,7 @@ class SysvBackend(HoldsSegmentLock):
 
     def delete(self, index: int) -> bool:
         """Remove ``index`` and zero the bytes it frees. Lock held."""
+        self._check_writable()
         chain, found = self._find(index)
         if found is None:
             return False
@@ -533,7 +544,7 @@ class SysvBackend(HoldsSegmentLock):
 
     # ------------------------------------------------------------------- lifecycle
 
-    def close(self) -> None:
+    def _close_now(self) -> None:
         """Detach and stop counting ourselves a semaphore user. Idempotent."""
         if self._chain is not None:
             self._chain.release()
@@ -554,6 +565,7 @@ class SysvBackend(HoldsSegmentLock):
     def destroy(self) -> None:
         """Wipe the bytes and remove the segment (lock held); ``close()`` then removes the
         semaphore set too, unless another process still uses it."""
+        self._check_writable()
         buf = self._live()
         if self._chain is not None:
             self._chain.forget()

@@ -165,7 +165,7 @@ class TmpfsBackend(TmpfsHandle):
     def write(self, index: int, data: bytes | Pieces) -> None:
         """Store ``data`` at ``index``: in a slot, or in a file of its own if too big. Lock
         held."""
-        self._check()
+        self._check_writable()
         meta = self._meta
         index_map = self._current_index()
         key = index & _M64
@@ -286,7 +286,7 @@ class TmpfsBackend(TmpfsHandle):
 
     def delete(self, index: int) -> bool:
         """Unpublish ``index`` and zero its bytes; whether it existed. Lock held."""
-        self._check()
+        self._check_writable()
         index_map = self._current_index()
         loc, word = index_map.find(index & _M64)
         if loc <= _TOMB:

@@ -91,7 +91,7 @@ class TmpfsHandle(HoldsSegmentLock):
             self._current_index()
         except BaseException:
             self._dir_fd = self._root_fd = -1  # the caller owns these until we succeed
-            self.close()
+            self._close_now()
             raise
         self._recoveries = self._meta[_RECOVERIES]
         self.hot = new_hot(self._large.vars, self._slabs.files, self._meta)
@@ -207,10 +207,11 @@ class TmpfsHandle(HoldsSegmentLock):
             finally:
                 os.close(fd)
             self._index = fresh
-            if self.hot is not None:  # first: the C module lets go of the old one's words
+            if self.hot is not None:
                 self.hot.index(fresh.words, gen)
-            if index is not None:
-                index.close()
+            # The old index is not closed: a lock-free read in another thread may be inside
+            # it (it looks again once it sees the generation moved). It is unmapped when the
+            # last reference to it goes, which is here unless such a read holds it.
             return fresh
         raise CorruptSegment(f"segment {self.key}: its index keeps being replaced")
 
@@ -232,7 +233,8 @@ class TmpfsHandle(HoldsSegmentLock):
             self._root_fd = open_dir(".", inherited[2], search_only=True)
         except OSError as exc:
             raise translate(exc, f"segment {self.key}: cannot reopen after fork") from exc
-        self._lock = SegmentLock(self._meta_fd, f"segment {self.key}")
+        parent, self._lock = self._lock, SegmentLock(self._meta_fd, f"segment {self.key}")
+        self._lock.inherit(parent)
         self._notify_fd = -1
         self._views.after_fork()
         for fd in inherited:
@@ -245,13 +247,14 @@ class TmpfsHandle(HoldsSegmentLock):
     def _reset_hot(self) -> None:
         """Tell the C fast path the lock, recovery count and DIRTY word it must use now."""
         if self.hot is not None:
-            self.hot.reset(self._lock, self._recoveries, self._dirty_tag)
+            assert self._lock is not None
+            self.hot.reset(self._lock.interface, self._recoveries, self._dirty_tag)
 
     def is_open(self) -> bool:
         """Whether this handle is still open (for watchers)."""
         return self._meta_mm is not None
 
-    def close(self) -> None:
+    def _close_now(self) -> None:
         """Unmap and close everything this handle opened. Idempotent."""
         if self.hot is not None:
             self.hot.close()
@@ -277,9 +280,16 @@ class TmpfsHandle(HoldsSegmentLock):
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
+    def _check_writable(self) -> None:
+        """``_check``, for a change made with the lock held: refuse one a forked child would
+        make under its parent's lock."""
+        self._check()
+        assert self._lock is not None
+        self._lock.check_writable()
+
     def destroy(self) -> None:
         """Mark destroyed, unpublish, then zero and remove every file. Lock held."""
-        self._check()
+        self._check_writable()
         self._meta[_STATE] = self._meta[_STATE] | _DESTROYED
         self._notify()  # waiters wake up and find the segment gone
         grave = f".dead-{self.key}-{sd.token()}"
@@ -297,20 +307,20 @@ class TmpfsHandle(HoldsSegmentLock):
     def acquire(self, timeout: float | None) -> None:
         """Take the segment lock; refuse a destroyed segment; repair after a dead writer."""
         self._check()
-        assert self._lock is not None
-        self._lock.acquire(timeout)
-        state = self._meta[_STATE]
-        if state & _DESTROYED:
-            self._lock.release()
-            raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
-        if state & _DIRTY:
-            try:
+        lock = self._lock
+        assert lock is not None
+        lock.acquire(timeout)
+        try:  # a lock is never held past an exception
+            state = self._meta[_STATE]
+            if state & _DESTROYED:
+                raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
+            if state & _DIRTY:
                 self._recover()
-            except BaseException:
-                self._lock.release()
-                raise
-        if self._meta[_RECOVERIES] != self._recoveries:
-            self._forget_mappings()
+            if self._meta[_RECOVERIES] != self._recoveries:
+                self._forget_mappings()
+        except BaseException:
+            lock.release()
+            raise
 
     def _forget_mappings(self) -> None:
         """Drop every cached large-variable mapping: a writer died between publishing a file
