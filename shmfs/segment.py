@@ -5,6 +5,9 @@ keys and indices, encoding and framing values, deciding whether bytes may be unp
 the segment lock around writes and read-modify-writes, translating errors, and the handle's
 lifecycle (detach, destroy, pickling by reference).
 
+How a call reaches the backend (the lock-then-act contexts, and a closed handle's errors said
+as such) is in ``access.py``.
+
 Longer than 400 lines because ``Segment`` is one class, the public API: most of its length is
 the docstrings of its public calls, and its code owns one piece of state, the open backend.
 """
@@ -18,12 +21,12 @@ from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from shmfs import codecs, frame, waiting
+from shmfs.access import Holding, Locked, Watched
 from shmfs.backends import (
     SLOW,
     Backend,
     Hot,
     Pin,
-    Watcher,
     backend_class,
     backend_name,
     capabilities,
@@ -165,70 +168,6 @@ def _reattach(spec: dict[str, Any]) -> Segment:
     return attach(**spec)
 
 
-class _Locked:
-    """``with seg.lock():`` — a plain class, since a generator-based context costs ~1 us.
-
-    The release goes to the backend whose lock was taken, even if the handle was detached in
-    the block: a backend closes only once its lock is let go (``shmfs.locking``)."""
-
-    __slots__ = ("_backend", "_segment", "_timeout")
-
-    def __init__(self, segment: Segment, backend: Backend, timeout: float | None) -> None:
-        self._segment = segment
-        self._backend = backend
-        self._timeout = timeout
-
-    def __enter__(self) -> None:
-        try:
-            self._backend.acquire(self._timeout)
-        except Exception as exc:
-            self._segment._say_closed(exc)
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self._backend.release()
-
-
-class _Holding(_Locked):
-    """Segment's own lock-then-act: ``with self._holding() as backend:`` (the backend is kept
-    out of the public ``lock()``)."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> Backend:  # type: ignore[override]  # the private form gives the backend
-        try:
-            self._backend.acquire(self._timeout)
-        except Exception as exc:
-            self._segment._say_closed(exc)
-            raise
-        return self._backend
-
-
-class _Watched:
-    """What ``shmfs.waiting`` uses of a backend, with a detached handle's errors said as such
-    (a watch outlives the call that made it)."""
-
-    __slots__ = ("_backend", "_segment")
-
-    def __init__(self, segment: Segment, backend: Backend) -> None:
-        self._segment = segment
-        self._backend = backend
-
-    def version(self, index: int) -> object:
-        try:
-            return self._backend.version(index)
-        except Exception as exc:
-            self._segment._say_closed(exc)
-            raise
-
-    def watcher(self) -> Watcher:
-        try:
-            return self._backend.watcher()
-        except Exception as exc:
-            self._segment._say_closed(exc)
-            raise
-
-
 class Segment(MutableMapping[int, Any]):
     """A handle on one shared segment: variables indexed by int, shared by every process.
 
@@ -307,9 +246,9 @@ class Segment(MutableMapping[int, Any]):
             raise self._closed_error()
         return backend
 
-    def _holding(self) -> _Holding:
+    def _holding(self) -> Holding:
         """The segment lock for one act: ``with self._holding() as backend:``."""
-        return _Holding(self, self._open(), self._lock_timeout)
+        return Holding(self._open(), self._lock_timeout, self._say_closed)
 
     def _not_found(self, index: int) -> VariableNotFound:
         key = self._spec["key"]
@@ -573,7 +512,7 @@ class Segment(MutableMapping[int, Any]):
 
     # ---------------------------------------------------------------- atomic ops
 
-    def lock(self, timeout: float | None = None) -> _Locked:
+    def lock(self, timeout: float | None = None) -> Locked:
         """Hold the segment's cross-process lock: ``with seg.lock(): ...``.
 
         Calls on this handle from the same thread inside the block do not deadlock. A holder
@@ -586,7 +525,8 @@ class Segment(MutableMapping[int, Any]):
             LockTimeout: not had in time (on entering the block).
             SegmentDetached: the handle was detached.
         """
-        return _Locked(self, self._open(), self._lock_timeout if timeout is None else timeout)
+        timeout = self._lock_timeout if timeout is None else timeout
+        return Locked(self._open(), timeout, self._say_closed)
 
     @_detached_says_so
     def add(self, index: int, value: Any) -> bool:
@@ -735,7 +675,7 @@ class Segment(MutableMapping[int, Any]):
             SegmentDetached: the handle was detached.
             SegmentNotFound: the segment was destroyed.
         """
-        watched = _Watched(self, self._open())
+        watched = Watched(self._open(), self._say_closed)
         return waiting.wait_next(watched, self.get, check_index(index), timeout)
 
     @_detached_says_so
@@ -754,7 +694,7 @@ class Segment(MutableMapping[int, Any]):
             WaitTimeout: no new value within ``timeout``.
             The errors of :meth:`wait`.
         """
-        watched = _Watched(self, self._open())
+        watched = Watched(self._open(), self._say_closed)
         return waiting.Watch(watched, self.get, check_index(index), timeout)
 
     async def wait_async(self, index: int, timeout: float | None = None) -> Any:
@@ -763,7 +703,7 @@ class Segment(MutableMapping[int, Any]):
         Raises:
             The errors of :meth:`wait`.
         """
-        watched = _Watched(self, self._open())
+        watched = Watched(self._open(), self._say_closed)
         return await waiting.wait_async(watched, self.get, check_index(index), timeout)
 
     def watch_async(self, index: int, timeout: float | None = None) -> waiting.AsyncWatch:
@@ -772,7 +712,7 @@ class Segment(MutableMapping[int, Any]):
         Raises:
             The errors of :meth:`watch`.
         """
-        watched = _Watched(self, self._open())
+        watched = Watched(self._open(), self._say_closed)
         return waiting.AsyncWatch(watched, self.get, check_index(index), timeout)
 
     # --------------------------------------------------------------- lifecycle
