@@ -282,4 +282,4 @@ def test_eight_threads_with_detach_and_destroy(attach: Any, key: int) -> None:
 
 @pytest.mark.stress
 def test_eight_threads_with_detach_and_destroy_long(attach: Any, key: int) -> None:
-    lifecycle_stress(attach, key, 60, 5000)
+    lifecycle_stress(attach, key, 40, 2000)
