@@ -14,6 +14,11 @@ re-enter (``with seg.lock(): seg.put(...)``). Only the outermost acquire touches
 The uncontended path calls the same ``fcntl.flock`` portalocker would, with ``LOCK_NB``:
 portalocker's wrapper costs about 5 us per lock/unlock pair against 0.8 us for the bare system
 call, on a path every put takes. Contended and timed waits go through ``portalocker.lock``.
+
+A lock's life ends with :meth:`ReentrantLock.close`, which waits for no thread: one that holds
+the lock, or is taking it, keeps it, and its last release closes what the lock's halves use (a
+handle's descriptors and mappings), so nothing is closed under it. The C fast path takes the
+lock through :class:`LockInterface`, a declared interface, never by attribute names.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ __all__ = [
 DEPTH: Final = 0
 #: The descriptor the process-level lock is an flock on; -1: not an flock.
 FD: Final = 1
-#: Nonzero: take the lock through Python, which refuses it (the bits say why).
+#: Nonzero: the C fast path leaves the lock to Python (the bits say why).
 FLAGS: Final = 2
 #: The number of words.
 WORDS: Final = 3

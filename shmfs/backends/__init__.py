@@ -140,7 +140,8 @@ class Hot(Protocol):
         ``or_absent``, where ``index`` holds no value)."""
 
     def reset(self, lock: object, recoveries: int, dirty_tag: int) -> None:
-        """After opening, a fork, or a recovery: the lock, RECOVERIES and DIRTY word to use."""
+        """After opening, a fork, or a recovery: the lock (its ``locking.LockInterface``),
+        RECOVERIES and DIRTY word to use."""
 
     def close(self) -> None:
         """Drop every reference; every call is SLOW from then on."""
@@ -259,7 +260,10 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None:
-        """Release this handle's resources; the segment stays. Idempotent."""
+        """Release this handle's resources; the segment stays. Idempotent. A thread of ours
+        that holds the lock, or is taking it, keeps what it uses: the resources go when it lets
+        go of the lock (``locking.ReentrantLock.close``), and later takes raise
+        ``SegmentDetached``."""
         ...
 
     def destroy(self) -> None:
