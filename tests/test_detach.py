@@ -208,3 +208,14 @@ def test_a_watch_whose_handle_another_thread_detaches(seg: shmfs.Segment) -> Non
     assert not thread.is_alive()
     assert isinstance(outcome[0], shmfs.SegmentDetached), outcome
     watch.close()
+
+
+def test_a_view_whose_handle_is_detached_in_its_block(seg: shmfs.Segment) -> None:
+    """A view open when the handle is detached ends quietly: the handle let go of what the
+    view held as it closed, and the viewed bytes stay readable until the block ends."""
+    seg[1] = b"v" * 10_000  # a file of its own: viewed in place on tmpfs
+    with seg.view(1) as viewed:
+        seg.detach()
+        assert bytes(viewed[:3]) == b"vvv"
+    with pytest.raises(shmfs.SegmentDetached):
+        seg.view(1).__enter__()

@@ -25,7 +25,7 @@ from shmfs.backends.tmpfs.handle import TmpfsHandle, default_root
 from shmfs.backends.tmpfs.index import Index, create_index, index_name, shift_for
 from shmfs.backends.tmpfs.largefile import CONTENDED
 from shmfs.backends.tmpfs.largevars import GONE
-from shmfs.errors import CorruptSegment
+from shmfs.errors import CorruptSegment, SegmentDetached
 from shmfs.forking import fork_epoch, pid_alive
 from shmfs.frame import Pieces, Split
 
@@ -337,11 +337,14 @@ class TmpfsBackend(TmpfsHandle):
         finally:
             with contextlib.suppress(BufferError):  # still exported (a numpy array, say)
                 frame.release()
-            self.acquire(timeout)
-            try:
-                self._views.drop(self._meta)
-            finally:
-                self.release()
+            # A handle closed during the block (another thread detached it) let go of its
+            # views flock as it closed: there is nothing left to drop, and no lock to take.
+            with contextlib.suppress(SegmentDetached, ValueError):
+                self.acquire(timeout)  # ValueError: its metadata view, released
+                try:
+                    self._views.drop(self._meta)
+                finally:
+                    self.release()
 
     def indices(self) -> list[int]:
         """Indices holding values, ascending."""
