@@ -26,7 +26,8 @@ import contextlib
 import mmap
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any, Final, Protocol, cast
 
 from shmfs import codecs, frame
@@ -37,6 +38,8 @@ __all__ = [
     "Hot",
     "TmpfsHot",
     "available",
+    "cache_hits",
+    "key_slots",
     "map_file",
     "maps_without_descriptors",
     "new_hot",
@@ -106,6 +109,37 @@ def rehash(source: memoryview, target: memoryview) -> int | None:
         return None
     copied: int = _hot.rehash(source, target)
     return copied
+
+
+def key_slots() -> Callable[[Callable[[Any], tuple[str, int]], int], Any] | None:
+    """The C module's ``KeySlots(fallback, limit)``, the twin of ``shmfs.cache.keys.SlotMemo``;
+    ``None`` without the module, or inside :func:`pure_python`."""
+    if _hot is None:
+        return None
+    maker: Callable[[Callable[[Any], tuple[str, int]], int], Any] = _hot.KeySlots
+    return maker
+
+
+def cache_hits(
+    slots: object,
+    read: Callable[[int], Any],
+    *,
+    entry: ModuleType,
+    recency: object,
+    counts: list[int],
+    pending: dict[int, float],
+    mask: int,
+) -> Callable[[Any], Any] | None:
+    """A Cache's get of a live entry in one C call (``shmfs/_hot_c/cachehits.c``): ``key ->
+    value``, noted as a hit exactly as ``Cache.get`` notes one, or :data:`SLOW` for anything
+    else, having changed nothing. ``None`` without the module, or when ``slots`` is not the
+    module's own ``KeySlots`` (see :func:`key_slots`)."""
+    if _hot is None or not isinstance(slots, _hot.KeySlots):
+        return None
+    hits: Callable[[Any], Any] = _hot.CacheHits(
+        slots, read, entry, recency, counts, pending, mask
+    ).get
+    return hits
 
 
 @contextlib.contextmanager

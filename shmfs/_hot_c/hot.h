@@ -56,6 +56,17 @@ uint32_t checksum(uint32_t crc, const unsigned char *bytes, size_t length);
 PyObject *hot_crc32(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 extern const char crc32_doc[];
 
+/* keyhash.c */
+int keyhash_init(void);
+PyObject *hot_key_slot(PyObject *module, PyObject *key);
+extern const char key_slot_doc[];
+extern PyTypeObject KeySlotsType;
+/* ``slots`` must be a KeySlots: (text, index) of ``key``, or NULL with an exception set. */
+PyObject *keyslots_slot_of(PyObject *slots, PyObject *key);
+
+/* cachehits.c */
+extern PyTypeObject CacheHitsType;
+
 /* plain.c */
 int plain(PyObject *value, int depth, Py_ssize_t *budget);
 

@@ -29,7 +29,7 @@
  * A build without a GIL (free-threaded CPython) does not build this module.
  *
  * The parts: hot.c (the Hot type, its get, the large-file get), slab.c (the index lookup, the
- * slot get and put), put.c (its put), plain.c (which values a put takes), checksum.c (the frame's crc32), mapping.c (Mapping: a file mapped without keeping
+ * slot get and put), put.c (its put), plain.c (which values a put takes), checksum.c (the frame's crc32), keyhash.c (a Cache key's index), cachehits.c (a Cache's hit), mapping.c (Mapping: a file mapped without keeping
  * its descriptor, for largefile.py before Python 3.13), and this file (the module).
  */
 #include "hot.h"
@@ -54,6 +54,7 @@ after_fork_in_child(void)
 static PyMethodDef module_methods[] = {
     {"crc32", (PyCFunction)(void (*)(void))hot_crc32, METH_FASTCALL, crc32_doc},
     {"rehash", (PyCFunction)(void (*)(void))hot_rehash, METH_FASTCALL, rehash_doc},
+    {"key_slot", hot_key_slot, METH_O, key_slot_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -69,7 +70,11 @@ PyMODINIT_FUNC
 PyInit__hot(void)
 {
     crc_init();
-    if (PyType_Ready(&HotType) < 0 || PyType_Ready(&MappingType) < 0) {
+    if (keyhash_init() < 0) {
+        return NULL;
+    }
+    if (PyType_Ready(&HotType) < 0 || PyType_Ready(&MappingType) < 0
+        || PyType_Ready(&KeySlotsType) < 0 || PyType_Ready(&CacheHitsType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&hot_module);
@@ -93,6 +98,8 @@ PyInit__hot(void)
         || PyModule_AddObjectRef(module, "SLOW", SLOW) < 0
         || PyModule_AddObjectRef(module, "Hot", (PyObject *)&HotType) < 0
         || PyModule_AddObjectRef(module, "Mapping", (PyObject *)&MappingType) < 0
+        || PyModule_AddObjectRef(module, "KeySlots", (PyObject *)&KeySlotsType) < 0
+        || PyModule_AddObjectRef(module, "CacheHits", (PyObject *)&CacheHitsType) < 0
         || pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         Py_DECREF(module);
         return NULL;
