@@ -38,6 +38,7 @@ PARTS = (
     "put",
     "plain",
     "checksum",
+    "unpickle",
     "keyhash",
     "cachehits",
     "mapping",

@@ -35,6 +35,7 @@ from shmfs.backends import SLOW, Hot
 
 __all__ = [
     "SLOW",
+    "CacheHits",
     "Hot",
     "TmpfsHot",
     "available",
@@ -120,6 +121,17 @@ def key_slots() -> Callable[[Callable[[Any], tuple[str, int]], int], Any] | None
     return maker
 
 
+class CacheHits(Protocol):
+    """A Cache's get of a live entry in one C call (``shmfs/_hot_c/cachehits.c``)."""
+
+    def hit(self, key: Any) -> Any:
+        """The value of ``key``'s live entry, noted as a hit exactly as ``Cache.get`` notes
+        one; :data:`SLOW` for anything else, having changed nothing."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """``Cache.get``: :meth:`hit`, and the Python get (``slow_get``) for anything else."""
+
+
 def cache_hits(
     slots: object,
     read: Callable[[int], Any],
@@ -129,16 +141,13 @@ def cache_hits(
     counts: list[int],
     pending: dict[int, float],
     mask: int,
-) -> Callable[[Any], Any] | None:
-    """A Cache's get of a live entry in one C call (``shmfs/_hot_c/cachehits.c``): ``key ->
-    value``, noted as a hit exactly as ``Cache.get`` notes one, or :data:`SLOW` for anything
-    else, having changed nothing. ``None`` without the module, or when ``slots`` is not the
-    module's own ``KeySlots`` (see :func:`key_slots`)."""
+    slow_get: Callable[[Any, Any], Any],
+) -> CacheHits | None:
+    """A Cache's :class:`CacheHits`, or ``None`` without the module, or when ``slots`` is not
+    the module's own ``KeySlots`` (see :func:`key_slots`)."""
     if _hot is None or not isinstance(slots, _hot.KeySlots):
         return None
-    hits: Callable[[Any], Any] = _hot.CacheHits(
-        slots, read, entry, recency, counts, pending, mask
-    ).get
+    hits: CacheHits = _hot.CacheHits(slots, read, entry, recency, counts, pending, mask, slow_get)
     return hits
 
 

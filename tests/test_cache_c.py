@@ -152,9 +152,10 @@ def test_the_cache_uses_them_unless_the_seam_is_in_use(
 
 
 def _hits_of(cache: shmfs.Cache) -> Any:
-    hit = cache._hit
-    assert getattr(hit, "__self__", None).__class__ is _hot().CacheHits
-    return hit
+    """The cache's C hit (``CacheHits.hit``), checking that its ``get`` is the C one."""
+    hits = getattr(cache.get, "__self__", None)
+    assert type(hits) is _hot().CacheHits
+    return hits.hit
 
 
 def test_a_hit_is_noted_exactly_as_python_notes_it(cache: shmfs.Cache) -> None:
@@ -219,7 +220,7 @@ def _drop_the_victim(value: str) -> str:
     for cache, close in _VICTIM:
         if close:
             cache.close()
-        for name in ("_counts", "_pending", "_recency", "_hit", "_slot"):
+        for name in ("_counts", "_pending", "_recency", "get", "_slot"):
             setattr(cache, name, None)
     gc.collect()
     return value
@@ -251,3 +252,38 @@ def test_a_value_whose_unpickling_drops_the_cache_cannot_pull_the_hit_from_under
     cache.segment.detach()
     cache._segment = None  # close() has nothing left to share the counts with
     gc.collect()
+
+
+def test_the_c_get_is_cache_get_in_every_way_of_calling_it(cache: shmfs.Cache) -> None:
+    _hits_of(cache)
+    cache.set("k", "v")
+    assert cache.get("k") == "v" and cache.get("k", 5) == "v"
+    assert cache.get("nope") is None and cache.get("nope", 5) == 5
+    assert cache.get("nope", default=6) == 6 and cache.get(key="k") == "v"
+    with pytest.raises(TypeError):
+        cache.get()
+    with pytest.raises(TypeError):
+        cache.get("k", 1, 2)
+    with pytest.raises(shmfs.InvalidKeyType):
+        cache.get(1.5)
+    assert cache["k"] == "v" and "k" in cache
+    with pytest.raises(KeyError):
+        cache["nope"]
+
+
+class Counting(shmfs.Cache):
+    gets = 0
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        Counting.gets += 1
+        return super().get(key, default)
+
+
+def test_a_subclass_get_is_not_bypassed() -> None:
+    root = tempfile.mkdtemp(prefix="shmfs-test-", dir="/dev/shm")
+    try:
+        with Counting(random.randrange(1, 2**31 - 1), size=1 << 20, root=root) as counting:
+            counting.set("k", "v")
+            assert counting.get("k") == "v" and counting["k"] == "v" and Counting.gets == 2
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

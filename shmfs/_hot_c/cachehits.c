@@ -19,6 +19,7 @@ typedef struct {
     PyObject *recency;  /* its ``due``: when the LRU notes are to be merged (Python does it) */
     PyObject *counts;   /* [hits, misses, evictions] not yet shared */
     PyObject *pending;  /* LRU slot -> latest use, not yet shared */
+    PyObject *slow_get; /* Cache.get in Python: (key, default) -> value, for all but hits */
     uint64_t mask;      /* the LRU slots' mask */
 } CacheHits;
 
@@ -29,12 +30,12 @@ static PyObject *one;
 static int
 cachehits_init(CacheHits *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"slots", "read", "entry", "recency", "counts", "pending", "mask", NULL};
-    PyObject *slots, *read, *entry, *recency, *counts, *pending;
+    static char *names[] = {"slots", "read", "entry", "recency", "counts", "pending", "mask", "slow_get", NULL};
+    PyObject *slots, *read, *entry, *recency, *counts, *pending, *slow_get;
     unsigned long long mask;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOO!O!K:CacheHits", names, &KeySlotsType, &slots,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOO!O!KO:CacheHits", names, &KeySlotsType, &slots,
                                      &read, &entry, &recency, &PyList_Type, &counts, &PyDict_Type,
-                                     &pending, &mask)) {
+                                     &pending, &mask, &slow_get)) {
         return -1;
     }
     if (str_clock == NULL && (str_clock = PyUnicode_InternFromString("clock")) == NULL) {
@@ -52,6 +53,7 @@ cachehits_init(CacheHits *self, PyObject *args, PyObject *kwargs)
     Py_XSETREF(self->recency, Py_NewRef(recency));
     Py_XSETREF(self->counts, Py_NewRef(counts));
     Py_XSETREF(self->pending, Py_NewRef(pending));
+    Py_XSETREF(self->slow_get, Py_NewRef(slow_get));
     self->mask = mask;
     return 0;
 }
@@ -65,6 +67,7 @@ cachehits_traverse(CacheHits *self, visitproc visit, void *arg)
     Py_VISIT(self->recency);
     Py_VISIT(self->counts);
     Py_VISIT(self->pending);
+    Py_VISIT(self->slow_get);
     return 0;
 }
 
@@ -77,6 +80,7 @@ cachehits_clear(CacheHits *self)
     Py_CLEAR(self->recency);
     Py_CLEAR(self->counts);
     Py_CLEAR(self->pending);
+    Py_CLEAR(self->slow_get);
     return 0;
 }
 
@@ -204,7 +208,7 @@ done:
 }
 
 static PyObject *
-cachehits_get(CacheHits *self, PyObject *key)
+cachehits_hit(CacheHits *self, PyObject *key)
 {
     if (self->slots == NULL) {
         PyErr_SetString(PyExc_ValueError, "CacheHits: not initialised");
@@ -237,9 +241,32 @@ done:
     return result;
 }
 
+/* Cache.get itself, for the handle to bind as its ``get``: a hit here, anything else by the
+ * Python get (which reads again: SLOW changed nothing). */
+static PyObject *
+cachehits_get(CacheHits *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (self->slow_get == NULL) {
+        PyErr_SetString(PyExc_ValueError, "CacheHits: not initialised");
+        return NULL;
+    }
+    if (kwnames != NULL || nargs < 1 || nargs > 2) {
+        /* keywords, or a wrong count: the Python get takes them, or says what is wrong */
+        return PyObject_Vectorcall(self->slow_get, args, (size_t)nargs, kwnames);
+    }
+    PyObject *value = cachehits_hit(self, args[0]);
+    if (value != SLOW) {
+        return value;
+    }
+    Py_DECREF(value);
+    return PyObject_Vectorcall(self->slow_get, args, (size_t)nargs, NULL);
+}
+
 static PyMethodDef cachehits_methods[] = {
-    {"get", (PyCFunction)cachehits_get, METH_O,
-     "get(key, /)\n--\n\nThe value of key's live entry, noted as a hit; SLOW for anything else."},
+    {"hit", (PyCFunction)cachehits_hit, METH_O,
+     "hit(key, /)\n--\n\nThe value of key's live entry, noted as a hit; SLOW for anything else."},
+    {"get", (PyCFunction)(void (*)(void))cachehits_get, METH_FASTCALL | METH_KEYWORDS,
+     "get(key, default=None)\n--\n\nshmfs.Cache.get: a hit in C, anything else in Python."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -248,7 +275,7 @@ PyTypeObject CacheHitsType = {
     .tp_name = "shmfs._hot.CacheHits",
     .tp_basicsize = sizeof(CacheHits),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = PyDoc_STR("CacheHits(slots, read, entry, recency, counts, pending, mask)\n--\n\n"
+    .tp_doc = PyDoc_STR("CacheHits(slots, read, entry, recency, counts, pending, mask, slow_get)\n--\n\n"
                         "A Cache's get of a live entry in one call (see cachehits.c)."),
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)cachehits_init,

@@ -25,6 +25,7 @@ the docstrings of its public calls; what it owns besides is split into the modul
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -61,11 +62,6 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 #: ``change(live entry or None, now) -> (answer, (value, expires) | None | KEEP)``: see
 #: :meth:`Cache.transact`.
 Transaction = Callable[[Entry | None, float], tuple[Any, Any]]
-
-
-def _no_hit(key: Any) -> Any:
-    """``Cache.get``'s C step where there is none: "do it in Python"."""
-    return SLOW
 
 
 def _missing(key: Any) -> VariableNotFound:
@@ -143,18 +139,25 @@ class Cache:
         # key -> (canonical str, index), remembered for recent keys: see slot_memo
         slots = cache_keys.slot_memo(_MEMO_SIZE)
         self._slot = slots.slot
-        # A hit in one C call where the segment reads in C: see hotpath.cache_hits.
+        # A hit in one C call where the segment reads in C (see hotpath.cache_hits): bound as
+        # this handle's get, unless a subclass has its own.
         read = segment.get_fast
-        fast = read is not Segment.get_fast and hotpath.cache_hits(
-            slots,
-            read,
-            entry=cache_entry,
-            recency=self._recency,
-            counts=self._counts,
-            pending=self._pending,
-            mask=self._mask,
+        hits = (
+            hotpath.cache_hits(
+                slots,
+                read,
+                entry=cache_entry,
+                recency=self._recency,
+                counts=self._counts,
+                pending=self._pending,
+                mask=self._mask,
+                slow_get=types.MethodType(Cache.get, self),
+            )
+            if read is not Segment.get_fast and type(self).get is Cache.get
+            else None
         )
-        self._hit: Callable[[Any], Any] = fast or _no_hit
+        if hits is not None:
+            self.get = hits.get  # type: ignore[method-assign]  # the same get, in C
         self._heads: dict[str, bytes] = {}  # canonical key -> pickling.tuple_head of it
         self._evictor = Evictor(segment, self._recency, codec)
         # What another process needs to open the same cache: a Cache pickles as a reference.
@@ -203,9 +206,6 @@ class Cache:
             SegmentDetached: the cache was closed.
             SegmentNotFound: the cache was destroyed.
         """
-        value = self._hit(key)  # the common case, a live entry, in C: the same steps as below
-        if value is not SLOW:
-            return value
         text, index = self._slot(key)
         stored = self._read_fast(index)
         if stored is SLOW:
