@@ -30,7 +30,19 @@ def _write_layout_header() -> None:
 _write_layout_header()
 
 # shmfs/_hot_c/module.c says what each part does.
-PARTS = ("module", "hot", "maps", "slab", "put", "plain", "checksum", "mapping")
+PARTS = (
+    "module",
+    "hot",
+    "maps",
+    "slab",
+    "put",
+    "plain",
+    "checksum",
+    "unpickle",
+    "keyhash",
+    "cachehits",
+    "mapping",
+)
 
 setup(
     ext_modules=[

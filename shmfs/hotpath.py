@@ -27,7 +27,8 @@ import functools
 import mmap
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any, Final, Protocol, cast
 
 from shmfs import codecs, frame
@@ -35,9 +36,12 @@ from shmfs.backends import SLOW, Hot
 
 __all__ = [
     "SLOW",
+    "CacheHits",
     "Hot",
     "TmpfsHot",
     "available",
+    "cache_hits",
+    "key_slots",
     "map_file",
     "maps_without_descriptors",
     "new_hot",
@@ -109,6 +113,45 @@ def rehash(source: memoryview, target: memoryview) -> int | None:
         return None
     copied: int = _hot.rehash(source, target)
     return copied
+
+
+def key_slots() -> Callable[[Callable[[Any], tuple[str, int]], int], Any] | None:
+    """The C module's ``KeySlots(fallback, limit)``, the twin of ``shmfs.cache.keys.SlotMemo``;
+    ``None`` without the module, or inside :func:`pure_python`."""
+    if _hot is None:
+        return None
+    maker: Callable[[Callable[[Any], tuple[str, int]], int], Any] = _hot.KeySlots
+    return maker
+
+
+class CacheHits(Protocol):
+    """A Cache's get of a live entry in one C call (``shmfs/_hot_c/cachehits.c``)."""
+
+    def hit(self, key: Any) -> Any:
+        """The value of ``key``'s live entry, noted as a hit exactly as ``Cache.get`` notes
+        one; :data:`SLOW` for anything else, having changed nothing."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """``Cache.get``: :meth:`hit`, and the Python get (``slow_get``) for anything else."""
+
+
+def cache_hits(
+    slots: object,
+    read: Callable[[int], Any],
+    *,
+    entry: ModuleType,
+    recency: object,
+    counts: list[int],
+    pending: dict[int, float],
+    mask: int,
+    slow_get: Callable[[Any, Any], Any],
+) -> CacheHits | None:
+    """A Cache's :class:`CacheHits`, or ``None`` without the module, or when ``slots`` is not
+    the module's own ``KeySlots`` (see :func:`key_slots`)."""
+    if _hot is None or not isinstance(slots, _hot.KeySlots):
+        return None
+    hits: CacheHits = _hot.CacheHits(slots, read, entry, recency, counts, pending, mask, slow_get)
+    return hits
 
 
 @contextlib.contextmanager

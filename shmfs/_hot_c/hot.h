@@ -51,6 +51,7 @@
 extern uint64_t fork_epoch;
 extern PyObject *SLOW;
 extern PyObject *pickle_dumps;
+extern PyObject *pickle_loads;
 extern PyObject *protocol;
 extern PyObject *str_hot;
 
@@ -59,6 +60,23 @@ void crc_init(void);
 uint32_t checksum(uint32_t crc, const unsigned char *bytes, size_t length);
 PyObject *hot_crc32(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 extern const char crc32_doc[];
+
+/* unpickle.c: a plain value's pickle read without pickle.loads; NULL when declined (an
+ * exception may be set: the caller decides what to do with it) */
+PyObject *plain_loads(const char *data, Py_ssize_t length);
+PyObject *hot_plain_loads(PyObject *module, PyObject *data);
+extern const char plain_loads_doc[];
+
+/* keyhash.c */
+int keyhash_init(void);
+PyObject *hot_key_slot(PyObject *module, PyObject *key);
+extern const char key_slot_doc[];
+extern PyTypeObject KeySlotsType;
+/* ``slots`` must be a KeySlots: (text, index) of ``key``, or NULL with an exception set. */
+PyObject *keyslots_slot_of(PyObject *slots, PyObject *key);
+
+/* cachehits.c */
+extern PyTypeObject CacheHitsType;
 
 /* plain.c */
 int plain(PyObject *value, int depth, Py_ssize_t *budget);

@@ -29,7 +29,7 @@
  * A build without a GIL (free-threaded CPython) does not build this module.
  *
  * The parts: hot.c (the Hot type, its get, the large-file get), slab.c (the index lookup, the
- * slot get and put), put.c (its put), plain.c (which values a put takes), checksum.c (the frame's crc32), mapping.c (Mapping: a file mapped without keeping
+ * slot get and put), put.c (its put), plain.c (which values a put takes), checksum.c (the frame's crc32), unpickle.c (plain values' pickles read), keyhash.c (a Cache key's index), cachehits.c (a Cache's hit), mapping.c (Mapping: a file mapped without keeping
  * its descriptor, for largefile.py before Python 3.13), and this file (the module).
  */
 #include "hot.h"
@@ -39,6 +39,7 @@
 uint64_t fork_epoch = 0;
 PyObject *SLOW;
 PyObject *pickle_dumps;
+PyObject *pickle_loads;
 PyObject *protocol;
 PyObject *str_hot;
 
@@ -51,6 +52,8 @@ after_fork_in_child(void)
 static PyMethodDef module_methods[] = {
     {"crc32", (PyCFunction)(void (*)(void))hot_crc32, METH_FASTCALL, crc32_doc},
     {"rehash", (PyCFunction)(void (*)(void))hot_rehash, METH_FASTCALL, rehash_doc},
+    {"key_slot", hot_key_slot, METH_O, key_slot_doc},
+    {"plain_loads", hot_plain_loads, METH_O, plain_loads_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -66,7 +69,11 @@ PyMODINIT_FUNC
 PyInit__hot(void)
 {
     crc_init();
-    if (PyType_Ready(&HotType) < 0 || PyType_Ready(&MappingType) < 0) {
+    if (keyhash_init() < 0) {
+        return NULL;
+    }
+    if (PyType_Ready(&HotType) < 0 || PyType_Ready(&MappingType) < 0
+        || PyType_Ready(&KeySlotsType) < 0 || PyType_Ready(&CacheHitsType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&hot_module);
@@ -79,16 +86,19 @@ PyInit__hot(void)
     Py_XDECREF(backends);
     PyObject *pickle = PyImport_ImportModule("pickle");
     pickle_dumps = pickle != NULL ? PyObject_GetAttrString(pickle, "dumps") : NULL;
+    pickle_loads = pickle != NULL ? PyObject_GetAttrString(pickle, "loads") : NULL;
     Py_XDECREF(pickle);
     protocol = PyLong_FromLong(5);
     str_hot = PyUnicode_InternFromString("hot");
     /* The lock words' numbers, for tests/test_layout.py to hold equal to locking.py's. */
     PyObject *lock_words = Py_BuildValue("(iiii)", LOCK_DEPTH, LOCK_FD, LOCK_FLAGS, LOCK_WORDS);
-    if (SLOW == NULL || pickle_dumps == NULL || protocol == NULL || str_hot == NULL
+    if (SLOW == NULL || pickle_dumps == NULL || pickle_loads == NULL || protocol == NULL || str_hot == NULL
         || PyModule_AddObjectRef(module, "SLOW", SLOW) < 0
         || lock_words == NULL || PyModule_AddObjectRef(module, "LOCK_WORDS", lock_words) < 0
         || PyModule_AddObjectRef(module, "Hot", (PyObject *)&HotType) < 0
         || PyModule_AddObjectRef(module, "Mapping", (PyObject *)&MappingType) < 0
+        || PyModule_AddObjectRef(module, "KeySlots", (PyObject *)&KeySlotsType) < 0
+        || PyModule_AddObjectRef(module, "CacheHits", (PyObject *)&CacheHitsType) < 0
         || pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         Py_XDECREF(lock_words);
         Py_DECREF(module);

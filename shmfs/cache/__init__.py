@@ -25,11 +25,12 @@ the docstrings of its public calls; what it owns besides is split into the modul
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from shmfs import pickling
+from shmfs import hotpath, pickling
 from shmfs.backends import SLOW
 from shmfs.cache import entry as cache_entry
 from shmfs.cache import keys as cache_keys
@@ -46,8 +47,8 @@ from shmfs.cache.entry import (
     rewrite,
     sweep,
 )
-from shmfs.cache.keys import FIRST_ENTRY, canonical, name_key
-from shmfs.cache.lru import FLUSH_EVERY, Evictor, Recency
+from shmfs.cache.keys import FIRST_ENTRY, name_key
+from shmfs.cache.lru import Evictor, Recency
 from shmfs.cache.memo import memoize
 from shmfs.codecs import get_codec
 from shmfs.errors import InvalidArgument, SegmentDetached, SegmentFull, ShmfsError, VariableNotFound
@@ -56,7 +57,6 @@ from shmfs.waiting import Watch
 
 __all__ = ["Cache"]
 
-_MEMO_TYPES: Final = frozenset({str, bytes, int})  # keys whose index a handle remembers
 _MEMO_SIZE: Final = 16384  # at most a few MiB; a 10,000-key working set fits
 _F = TypeVar("_F", bound=Callable[..., Any])
 #: ``change(live entry or None, now) -> (answer, (value, expires) | None | KEEP)``: see
@@ -136,7 +136,28 @@ class Cache:
         self._pending = self._recency.pending
         self._counts = self._recency.counts
         self._mask = self._recency.mask
-        self._slots: dict[Any, tuple[str, int]] = {}
+        # key -> (canonical str, index), remembered for recent keys: see slot_memo
+        slots = cache_keys.slot_memo(_MEMO_SIZE)
+        self._slot = slots.slot
+        # A hit in one C call where the segment reads in C (see hotpath.cache_hits): bound as
+        # this handle's get, unless a subclass has its own.
+        read = segment.get_fast
+        hits = (
+            hotpath.cache_hits(
+                slots,
+                read,
+                entry=cache_entry,
+                recency=self._recency,
+                counts=self._counts,
+                pending=self._pending,
+                mask=self._mask,
+                slow_get=types.MethodType(Cache.get, self),
+            )
+            if read is not Segment.get_fast and type(self).get is Cache.get
+            else None
+        )
+        if hits is not None:
+            self.get = hits.get  # type: ignore[method-assign]  # the same get, in C
         self._heads: dict[str, bytes] = {}  # canonical key -> pickling.tuple_head of it
         self._evictor = Evictor(segment, self._recency, codec)
         # What another process needs to open the same cache: a Cache pickles as a reference.
@@ -164,28 +185,13 @@ class Cache:
 
     # ------------------------------------------------------------------------- keys
 
-    def _slot(self, key: Any) -> tuple[str, int]:
-        """The canonical str and index of ``key``; remembered for str, bytes and int keys,
-        since hashing costs as much as the rest of a hit."""
-        if type(key) not in _MEMO_TYPES:
-            text = canonical(key)  # tuples are not remembered: (1,) == (True,)
-            return text, cache_keys.key_index(text)
-        slot = self._slots.get(key)
-        if slot is None:
-            text = canonical(key)
-            slot = (text, cache_keys.key_index(text))
-            if len(self._slots) >= _MEMO_SIZE:
-                self._slots.clear()
-            self._slots[key] = slot
-        return slot
-
     def _life(self, ttl: float | None) -> float | None:
         return self.ttl if ttl is None else check_ttl(ttl)
 
     def _used(self, index: int, now: float) -> None:
         """Note a use of ``index`` for the LRU; share the notes now and then."""
         self._pending[index & self._mask] = now
-        if now - self._recency.flushed_at > FLUSH_EVERY:
+        if now > self._recency.due:
             self._recency.flush(now)
 
     # ---------------------------------------------------------------------- reading
@@ -200,8 +206,7 @@ class Cache:
             SegmentDetached: the cache was closed.
             SegmentNotFound: the cache was destroyed.
         """
-        slot = self._slots.get(key) if type(key) in _MEMO_TYPES else None
-        text, index = slot if slot is not None else self._slot(key)
+        text, index = self._slot(key)
         stored = self._read_fast(index)
         if stored is SLOW:
             stored = self._read(index, None)
@@ -216,13 +221,13 @@ class Cache:
                 if (expires is None or now < expires) and entry[3] <= now:
                     self._counts[0] += 1
                     self._pending[index & self._mask] = now  # _used(), inlined: the hot path
-                    if now - self._recency.flushed_at > FLUSH_EVERY:
+                    if now > self._recency.due:
                         self._recency.flush(now)
                     return entry[1]
                 if entry[2] is not None and now >= entry[2]:
                     self._drop_expired(index, text)  # not one from "the future": see live()
         self._counts[1] += 1
-        if now - self._recency.flushed_at > FLUSH_EVERY:
+        if now > self._recency.due:
             self._recency.flush(now)
         return default
 

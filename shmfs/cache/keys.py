@@ -26,15 +26,19 @@ import pickle
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from shmfs import hotpath
 from shmfs.errors import InvalidKeyType
 
 __all__ = [
     "FIRST_ENTRY",
+    "SlotMemo",
     "call_key",
     "canonical",
     "decode_canonical",
     "key_index",
     "name_key",
+    "slot",
+    "slot_memo",
 ]
 
 #: Indices below this are the cache's own bookkeeping (see ``shmfs.cache``); entries live at
@@ -137,6 +141,91 @@ def key_index(text: str) -> int:
 
 
 _BLAKE2B_8: Final = hashlib.blake2b(digest_size=8)
+_KEY_INDEX: Final = key_index
+_MEMO_TYPES: Final = frozenset({str, bytes, int})  # keys whose slot a memo keeps
+
+
+def slot(key: Any) -> tuple[str, int]:
+    """``(canonical(key), key_index(canonical(key)))``.
+
+    Raises:
+        InvalidKeyType: as :func:`canonical`.
+    """
+    text = canonical(key)
+    return text, key_index(text)
+
+
+class SlotMemo:
+    """:func:`slot` with memory: the slots of recent str, bytes and int keys, at most ``limit``
+    of them, since hashing a key costs as much as the rest of a cache hit. Tuples and
+    subclasses are not remembered: ``True == 1`` and ``(True,) == (1,)``, yet those are no
+    keys (:func:`canonical` refuses bools), so they must never be found here.
+
+    A full memo starts afresh if at least half of its lookups since it was last emptied were
+    hits (the working set moved). If not, the keys are too many or too scattered for it, and
+    storing each miss (then emptying the memo of them) would cost more than the hits save, so
+    it *rests*: it keeps what it holds and stores nothing for ``REST`` times ``limit`` misses,
+    then starts afresh to try again. :func:`slot_memo` gives the C module's twin where it can.
+    """
+
+    REST: Final = 4
+
+    def __init__(self, fallback: Callable[[Any], tuple[str, int]], limit: int) -> None:
+        self._fallback = fallback
+        self._limit = limit
+        self._memo: dict[Any, tuple[str, int]] = {}
+        self._hits = self._misses = self._resting = 0
+
+    def slot(self, key: Any) -> tuple[str, int]:
+        """``slot(key)``, remembered."""
+        if type(key) not in _MEMO_TYPES:
+            return self._fallback(key)
+        found = self._memo.get(key)
+        if found is not None:
+            self._hits += 1
+            return found
+        found = self._fallback(key)
+        if self._admit():
+            self._memo[key] = found
+        return found
+
+    def _admit(self) -> bool:
+        """Whether a missed key is to be stored; empties the memo when its turn comes."""
+        if self._resting:
+            self._resting -= 1
+            if self._resting:
+                return False
+            self.clear()
+        elif len(self._memo) >= self._limit:
+            if self._hits < self._misses:
+                self._resting = self.REST * self._limit
+                return False
+            self.clear()
+        self._misses += 1
+        return True
+
+    def clear(self) -> None:
+        """Forget every key."""
+        self._memo.clear()
+        self._hits = self._misses = self._resting = 0
+
+    @property
+    def size(self) -> int:
+        """How many keys are remembered now."""
+        return len(self._memo)
+
+
+def slot_memo(limit: int) -> SlotMemo:
+    """A :class:`SlotMemo` of ``limit`` keys: in C when the C module is in use (a remembered
+    key costs a dict lookup, another one BLAKE2b in C, bit for bit this module's, so processes
+    with and without the module find the same entries), unless :func:`key_index` is replaced:
+    the test seam must see every key.
+    """
+    key_slots = hotpath.key_slots() if key_index is _KEY_INDEX else None
+    if key_slots is not None:
+        memo: SlotMemo = key_slots(slot, limit)  # the same ``slot`` method, in C
+        return memo
+    return SlotMemo(slot, limit)
 
 
 # ------------------------------------------------------------------------------ memoize keys

@@ -13,7 +13,11 @@ A hit costs a dict store in the handle (``pending[slot] = now``). A handle merge
 stamps and counts into the shared array with its first operation :data:`FLUSH_EVERY` seconds or
 more after the last merge, before it evicts, in ``stats()`` and on ``close()``: one
 read-modify-write of 0.5 to 128 KiB under the lock, instead of a write per hit. Stamps are only
-ever raised (``max``), so merges in any order agree.
+ever raised (``max``), so merges in any order agree. A merge of thousands of slots takes
+milliseconds (a handle reading keys at random touches a new slot with nearly every hit), so the
+wait before the next one grows to :data:`FLUSH_SHARE` times the last merge's duration, up to
+:data:`FLUSH_AT_MOST` seconds: merging never takes more than about 2% of a handle's time, and
+other processes see its stamps and counts at most a second late.
 
 Eviction (:class:`Evictor`) happens when a write raises ``SegmentFull``.
 
@@ -27,6 +31,7 @@ import base64
 import contextlib
 import random
 import threading
+import time
 from array import array
 from typing import Any, Final
 
@@ -45,11 +50,21 @@ from shmfs.errors import (
 from shmfs.forking import fork_epoch
 from shmfs.segment import Segment
 
-__all__ = ["COUNTERS", "FLUSH_EVERY", "STAMPS", "Evictor", "Recency"]
+__all__ = [
+    "COUNTERS",
+    "FLUSH_AT_MOST",
+    "FLUSH_EVERY",
+    "FLUSH_SHARE",
+    "STAMPS",
+    "Evictor",
+    "Recency",
+]
 
 STAMPS: Final = 1  # the variable holding the counters and the stamps
 COUNTERS: Final = 3  # hits, misses, evictions come first in the array
 FLUSH_EVERY: Final = 0.05  # seconds a handle keeps its stamps and counts before sharing them
+FLUSH_SHARE: Final = 50  # ... or this many times as long as its last merge took
+FLUSH_AT_MOST: Final = 1.0  # ... but never longer than this
 _MIN_SLOTS: Final = 64
 _MAX_SLOTS: Final = 16384
 _BYTES_PER_SLOT: Final = 256
@@ -80,7 +95,8 @@ class Recency:
         self.pending: dict[int, float] = {}
         #: hits, misses, evictions counted by this handle and not yet shared
         self.counts = [0, 0, 0]
-        self.flushed_at = 0.0
+        #: when the next merge is due, on ``cache_entry.clock()``'s scale (0: at the first use)
+        self.due = 0.0
         self._epoch = fork_epoch()
         # Two threads flushing the same counts would share them twice.
         self._flushing = threading.Lock()
@@ -119,7 +135,7 @@ class Recency:
         flush (stamps only guide eviction; counts are kept, not lost). If another thread of
         this process is flushing the same handle, return at once, unless ``wait``.
         """
-        self.flushed_at = now
+        self.due = now + FLUSH_EVERY
         if self._epoch != fork_epoch():
             # A forked child inherited its parent's unshared counts: they are the parent's to
             # share, not ours, or both processes would count them. And a lock another thread
@@ -131,10 +147,13 @@ class Recency:
             return
         if not self._flushing.acquire(blocking=wait):
             return
+        started = time.perf_counter()
         try:
             self._flush()
         finally:
             self._flushing.release()
+            spent = time.perf_counter() - started
+            self.due = now + min(max(FLUSH_EVERY, FLUSH_SHARE * spent), FLUSH_AT_MOST)
 
     def _flush(self) -> None:
         counts = list(self.counts)
@@ -149,7 +168,8 @@ class Recency:
             for number in range(COUNTERS):
                 shared[number] += counts[number]
             for slot, stamp in stamps.items():
-                shared[COUNTERS + slot] = max(shared[COUNTERS + slot], stamp)
+                if stamp > shared[COUNTERS + slot]:  # noqa: PLR1730  # max() costs a call per slot
+                    shared[COUNTERS + slot] = stamp
             return self._pack(shared)
 
         try:

@@ -1,0 +1,289 @@
+"""The cache's C steps: a key's slot (BLAKE2b in C, bit for bit hashlib's), the memo of slots
+(``KeySlots``, the twin of ``keys.SlotMemo``), and a hit in one call (``CacheHits``), each
+checked against the Python it replaces; and the hit's call kept whole when the value's own
+unpickling closes the cache under it."""
+
+from __future__ import annotations
+
+import gc
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import shmfs
+from shmfs import hotpath
+from shmfs.backends import SLOW
+from shmfs.cache import entry as cache_entry
+from shmfs.cache import keys as cache_keys
+
+pytestmark = pytest.mark.skipif(not hotpath.available(), reason="the C module is not built")
+
+
+def _hot() -> Any:
+    return hotpath._hot
+
+
+def python_slot(key: Any) -> tuple[str, int]:
+    text = cache_keys.canonical(key)
+    return text, cache_keys.key_index(text)
+
+
+@pytest.fixture
+def cache() -> Iterator[shmfs.Cache]:
+    root = tempfile.mkdtemp(prefix="shmfs-test-", dir="/dev/shm")
+    opened = shmfs.Cache(random.randrange(1, 2**31 - 1), size=1 << 20, root=root)
+    try:
+        yield opened
+    finally:
+        opened.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- key_slot
+
+
+@pytest.mark.parametrize("length", [0, 1, 111, 127, 128, 129, 255, 256, 257, 1000])
+def test_key_slot_is_blake2b_at_every_block_boundary(length: int) -> None:
+    for key in ("x" * length, "é" * length, b"\xff\x00" * (length // 2), "🙂" * (length // 4)):
+        assert _hot().key_slot(key) == python_slot(key), (length, type(key))
+
+
+@given(st.one_of(st.text(), st.binary(), st.integers()))
+@settings(max_examples=500, deadline=None)
+def test_key_slot_is_the_python_slot(key: str | bytes | int) -> None:
+    if isinstance(key, str) and any(0xD800 <= ord(char) <= 0xDFFF for char in key):
+        assert _hot().key_slot(key) is None  # surrogatepass is Python's to do
+    else:
+        assert _hot().key_slot(key) == python_slot(key)
+
+
+class Name(str):
+    pass
+
+
+@pytest.mark.parametrize("key", [(1, "a"), True, Name("a"), 1.0, None, "\udc80"])
+def test_key_slot_leaves_the_rest_to_python(key: Any) -> None:
+    assert _hot().key_slot(key) is None
+
+
+def test_an_int_past_the_digit_limit_fails_as_in_python() -> None:
+    with pytest.raises(ValueError, match="digits"):
+        python_slot(10**5000)
+    with pytest.raises(ValueError, match="digits"):
+        _hot().key_slot(10**5000)
+
+
+# --------------------------------------------------------------------------- the memo
+
+
+def _twins(limit: int) -> tuple[Any, cache_keys.SlotMemo]:
+    return _hot().KeySlots(cache_keys.slot, limit), cache_keys.SlotMemo(cache_keys.slot, limit)
+
+
+def test_the_memo_is_its_python_twin_key_for_key() -> None:
+    """Same answers and the same number of keys remembered after every step, through working
+    sets that fit, that move, and that are too scattered to be worth storing (the rest)."""
+    c_memo, py_memo = _twins(64)
+    rng = random.Random(7)
+    hot_keys = [f"hot:{n}" for n in range(40)]
+    steps: list[Any] = []
+    steps += [rng.choice(hot_keys) for _ in range(2000)]  # fits: mostly hits
+    steps += [f"cold:{n}" for n in range(1000)]  # scattered: the memo rests
+    steps += [rng.choice(hot_keys) + "'" for _ in range(2000)]  # a new working set
+    steps += [rng.choice([7, b"7", "7", (7,), ("7", b"7"), Name("7")]) for _ in range(300)]
+    for number, key in enumerate(steps):
+        assert c_memo.slot(key) == py_memo.slot(key) == python_slot(key), number
+        assert c_memo.size == py_memo.size, number
+    c_memo.clear()
+    py_memo.clear()
+    assert c_memo.size == py_memo.size == 0
+
+
+def test_a_memo_that_does_not_pay_stops_storing() -> None:
+    c_memo, _ = _twins(100)
+    for n in range(100):  # fills it with keys never asked for again
+        c_memo.slot(n)
+    for n in range(4 * 100):  # the rest: 4 x 100 misses stored nowhere, nothing emptied
+        c_memo.slot(-1 - n)
+        assert c_memo.size == 100
+    assert c_memo.slot(0) == python_slot(0) and c_memo.size == 100  # still remembered
+    c_memo.slot("next")
+    assert c_memo.size == 1  # the rest is over: emptied, and this miss stored
+
+
+def test_the_memo_does_not_take_true_for_1() -> None:
+    """``True == 1`` and both hash alike, but a bool is no cache key: remembering 1 must not
+    make True one."""
+    c_memo, py_memo = _twins(16)
+    for memo in (c_memo, py_memo):
+        assert memo.slot(1) == python_slot(1) and memo.slot((1,)) == python_slot((1,))
+        for refused in (True, (True,), 1.0):
+            with pytest.raises(shmfs.InvalidKeyType):
+                memo.slot(refused)
+
+
+def test_a_failing_key_is_not_remembered() -> None:
+    c_memo, _ = _twins(16)
+    with pytest.raises(shmfs.InvalidKeyType):
+        c_memo.slot(1.5)
+    with pytest.raises(shmfs.InvalidKeyType):
+        c_memo.slot([1])
+    assert c_memo.size == 0
+
+
+def test_the_cache_uses_them_unless_the_seam_is_in_use(
+    cache: shmfs.Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(cache_keys.slot_memo(8), _hot().KeySlots)
+    cache.set("a", 1)
+    hits = cache.stats()["hits"]
+    assert cache.get("a") == 1 and cache.stats()["hits"] == hits + 1
+    monkeypatch.setattr(cache_keys, "key_index", lambda text: 1234)
+    assert type(cache_keys.slot_memo(8)) is cache_keys.SlotMemo
+
+
+# --------------------------------------------------------------------------- the hit
+
+
+def _hits_of(cache: shmfs.Cache) -> Any:
+    """The cache's C hit (``CacheHits.hit``), checking that its ``get`` is the C one."""
+    hits = getattr(cache.get, "__self__", None)
+    assert type(hits) is _hot().CacheHits
+    return hits.hit
+
+
+def test_a_hit_is_noted_exactly_as_python_notes_it(cache: shmfs.Cache) -> None:
+    hit = _hits_of(cache)
+    cache.set("k", {"v": 1}, ttl=60)
+    cache._recency.flush(cache_entry.clock(), wait=True)
+    counts, pending = list(cache._counts), dict(cache._pending)
+    value = hit("k")
+    assert value == {"v": 1}
+    assert cache._counts == [counts[0] + 1, counts[1], counts[2]]
+    slot = cache._slot("k")[1] & cache._mask
+    assert set(cache._pending) == set(pending) | {slot} and cache._pending[slot] > 0
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "expired", "from the future", "merge due", "not a tuple", "other key"]
+)
+def test_everything_but_a_live_hit_is_left_to_python_untouched(
+    cache: shmfs.Cache, now_moment: list[float], case: str
+) -> None:
+    hit = _hits_of(cache)
+    cache.set("k", "v", ttl=10)
+    cache._recency.due = now_moment[0] + 100
+    index = cache._slot("k")[1]
+    if case == "expired":
+        now_moment[0] += 11
+    elif case == "from the future":
+        now_moment[0] -= 3600
+    elif case == "merge due":
+        cache._recency.due = now_moment[0] - 1
+    elif case == "not a tuple":
+        cache.segment.put(index, "just a str")
+    elif case == "other key":
+        cache.segment.put(index, ("not k", "v", None, now_moment[0]))
+    counts, pending = list(cache._counts), dict(cache._pending)
+    assert hit("missing" if case == "missing" else "k") is SLOW
+    assert cache._counts == counts and cache._pending == pending
+
+
+@pytest.fixture
+def now_moment(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    moment = [1_700_000_000.0]
+    monkeypatch.setattr(cache_entry, "clock", lambda: moment[0])  # the C hit looks it up too
+    return moment
+
+
+def test_a_hit_after_close_is_slow_and_get_says_detached(cache: shmfs.Cache) -> None:
+    hit = _hits_of(cache)
+    cache.set("k", "v")
+    cache.close()
+    assert hit("k") is SLOW
+    with pytest.raises(shmfs.SegmentDetached):
+        cache.get("k")
+
+
+_VICTIM: list[tuple[shmfs.Cache, bool]] = []
+
+
+def _drop_the_victim(value: str) -> str:
+    """Unpickled inside the C hit: drops every reference the cache has to what the hit is
+    using (and closes the cache, if asked)."""
+    for cache, close in _VICTIM:
+        if close:
+            cache.close()
+        for name in ("_counts", "_pending", "_recency", "get", "_slot"):
+            setattr(cache, name, None)
+    gc.collect()
+    return value
+
+
+class DropsOnLoad:
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (_drop_the_victim, (self.value,))
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_a_value_whose_unpickling_drops_the_cache_cannot_pull_the_hit_from_under_it(
+    cache: shmfs.Cache, close: bool
+) -> None:
+    hit = _hits_of(cache)
+    cache.set("k", DropsOnLoad("v"))
+    cache._recency.due = cache_entry.clock() + 3600  # no merge due, however slow gc is
+    _VICTIM.append((cache, close))
+    try:
+        answer = hit("k")  # under AddressSanitizer (.ci/sanitize), a use after free fails here
+    finally:
+        _VICTIM.clear()
+    # Closed mid-read, the C get cannot vouch for what it read and says so.
+    assert answer == ("v" if not close else SLOW)
+    del hit
+    cache.segment.detach()
+    cache._segment = None  # close() has nothing left to share the counts with
+    gc.collect()
+
+
+def test_the_c_get_is_cache_get_in_every_way_of_calling_it(cache: shmfs.Cache) -> None:
+    _hits_of(cache)
+    cache.set("k", "v")
+    assert cache.get("k") == "v" and cache.get("k", 5) == "v"
+    assert cache.get("nope") is None and cache.get("nope", 5) == 5
+    assert cache.get("nope", default=6) == 6 and cache.get(key="k") == "v"
+    with pytest.raises(TypeError):
+        cache.get()
+    with pytest.raises(TypeError):
+        cache.get("k", 1, 2)
+    with pytest.raises(shmfs.InvalidKeyType):
+        cache.get(1.5)
+    assert cache["k"] == "v" and "k" in cache
+    with pytest.raises(KeyError):
+        cache["nope"]
+
+
+class Counting(shmfs.Cache):
+    gets = 0
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        Counting.gets += 1
+        return super().get(key, default)
+
+
+def test_a_subclass_get_is_not_bypassed() -> None:
+    root = tempfile.mkdtemp(prefix="shmfs-test-", dir="/dev/shm")
+    try:
+        with Counting(random.randrange(1, 2**31 - 1), size=1 << 20, root=root) as counting:
+            counting.set("k", "v")
+            assert counting.get("k") == "v" and counting["k"] == "v" and Counting.gets == 2
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
