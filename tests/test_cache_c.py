@@ -246,8 +246,9 @@ def test_a_value_whose_unpickling_drops_the_cache_cannot_pull_the_hit_from_under
         answer = hit("k")  # under AddressSanitizer (.ci/sanitize), a use after free fails here
     finally:
         _VICTIM.clear()
-    # Closed mid-read, the C get cannot vouch for what it read and says so.
-    assert answer == ("v" if not close else SLOW)
+    # Closed mid-read, the C get either finished the read it had begun or leaves the get to
+    # Python (which then says detached); either way nothing was freed under it.
+    assert answer == "v" or (close and answer is SLOW)
     del hit
     cache.segment.detach()
     cache._segment = None  # close() has nothing left to share the counts with
