@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import socket
 import stat
@@ -57,7 +58,7 @@ def _sysctl(path: str) -> int | None:
 
 def _unescape(field: str) -> str:
     """A mountinfo path: spaces and the like are written as octal escapes (proc(5))."""
-    return field.encode().decode("unicode_escape")
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match[1], 8)), field)
 
 
 def _mount_of(path: str) -> tuple[str, str]:
