@@ -177,6 +177,7 @@ echo "Message sent to shared memory segment.\\n";
 """
 
 
+@pytest.mark.php
 def test_get_stat_delete_point_to_the_php_segment(root: str, key: int) -> None:
     done = run_php(ARTICLE_SEND, str(key), "1", "Hello from PHP")
     assert done.returncode == 0, done.stderr
@@ -207,6 +208,7 @@ def test_a_tmpfs_key_is_pointed_to_from_sysv(root: str, key: int) -> None:
     assert cli("delete", "--key", str(key), root=root).returncode == 0
 
 
+@pytest.mark.php
 def test_ls_lists_every_local_backend(root: str, key: int) -> None:
     done = run_php(ARTICLE_SEND, str(key + 1), "1", "php")
     assert done.returncode == 0, done.stderr
