@@ -380,3 +380,16 @@ def test_doctor_reports_what_decides_behaviour(root: str, redis_url: str) -> Non
     assert f"tmpfs root:       {root} (owner uid" in human.stdout
     assert "IPC namespace:    ipc:[" in human.stdout
     assert "note: the C fast path is off: SHMFS_PURE_PYTHON is set" in human.stdout
+
+
+def test_output_into_a_closed_pipe_is_quiet(root: str) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "shmfs", "--backend", "tmpfs", "ls"],
+        env={**os.environ, "SHMFS_ROOT": root},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as listing:
+        assert listing.stdout is not None and listing.stderr is not None
+        listing.stdout.close()  # as `| head -0` would, before anything is written
+        assert listing.wait(60) == 1
+        assert listing.stderr.read() == b""

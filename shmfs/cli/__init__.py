@@ -18,6 +18,7 @@ decides behaviour on this machine).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -44,5 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     if output:
-        print(output)
+        try:
+            print(output, flush=True)
+        except BrokenPipeError:
+            # The reader went away (`shmfs ls | head -1`): no traceback, and none at exit either
+            # when Python flushes stdout again (the Python docs' recipe, signal module).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
     return 0
