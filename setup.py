@@ -1,11 +1,12 @@
 """Builds shmfs's one C module; everything else about the package is in pyproject.toml.
 
 ``shmfs._hot`` is optional: without a C compiler, or the headers of Python and zlib, the build
-warns and goes on, and shmfs runs on its pure-Python path (the same protocols, slower); see
-``shmfs/hotpath.py``.
+warns and goes on, and shmfs runs on its pure-Python path (the same protocols, slower; ``shmfs
+--version`` says which); see ``shmfs/hotpath.py``. ``SHMFS_REQUIRE_C=1`` makes it required.
 """
 
 import importlib.util
+import os
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -52,7 +53,8 @@ setup(
             depends=["shmfs/_hot_c/hot.h", "shmfs/_hot_c/layout.h"],
             libraries=["z"],  # zlib's crc32: the frame's checksum
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
-            optional=True,
+            # SHMFS_REQUIRE_C=1 (wheels for PyPI, CI) turns a failed build into an error.
+            optional=not os.environ.get("SHMFS_REQUIRE_C"),
         )
     ]
 )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import mmap
 import os
 import sys
@@ -47,6 +48,7 @@ __all__ = [
     "new_hot",
     "pure_python",
     "rehash",
+    "why_unavailable",
 ]
 
 
@@ -57,12 +59,25 @@ class TmpfsHot(Hot, Protocol):
         """The index the handle maps now, and its generation."""
 
 
+# Why the module is not in use, for ``shmfs --version`` and ``shmfs doctor``: pip shows the
+# build's warning only with -v, so a silent pure-Python install must be explainable afterwards.
+_WHY_NOT: str | None = None
 try:
     if os.environ.get("SHMFS_PURE_PYTHON"):
         raise ImportError("SHMFS_PURE_PYTHON is set")
     from shmfs import _hot  # type: ignore[attr-defined]  # a C module, built when possible
-except ImportError:
+except ImportError as exc:
     _hot = None
+    if os.environ.get("SHMFS_PURE_PYTHON"):
+        _WHY_NOT = "SHMFS_PURE_PYTHON is set in the environment"
+    elif importlib.util.find_spec("shmfs._hot") is None:
+        _WHY_NOT = (
+            "shmfs._hot was not built when shmfs was installed (it needs a C compiler and the "
+            "headers of Python and zlib: apt-get install -y gcc python3-dev zlib1g-dev, then "
+            "reinstall)"
+        )
+    else:
+        _WHY_NOT = f"shmfs._hot could not be loaded: {exc}"
 
 # Chosen once, at import, and not by pure_python(): how many mappings a handle may keep is fixed
 # at import too (backends/tmpfs/largevars.py), and must not outgrow the descriptors they use.
@@ -80,6 +95,14 @@ _DECODERS: Final = {
 def available() -> bool:
     """Whether the C fast path is in use (built, and not turned off by SHMFS_PURE_PYTHON)."""
     return _hot is not None
+
+
+def why_unavailable() -> str | None:
+    """Why the C fast path is not in use (``None`` when it is): not built, not loadable,
+    turned off by ``SHMFS_PURE_PYTHON``, or inside :func:`pure_python`."""
+    if _hot is not None:
+        return None
+    return _WHY_NOT or "turned off in this process (shmfs.hotpath.pure_python)"
 
 
 def maps_without_descriptors() -> bool:

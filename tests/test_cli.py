@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import site
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import shmfs
+from shmfs import hotpath
+from shmfs.cli import show
+from tests.phpbin import run_php
+
+NOBODY = 65534
+PACKAGE = Path(shmfs.__file__).resolve().parent
 
 COMMANDS = {
     "script": [shutil.which("shmfs") or "shmfs"],
@@ -126,8 +135,8 @@ def test_gc_removes_only_orphans_old_enough(run, where: str, backend: str, key: 
             assert run("delete", "--key", str(key)).returncode == 0
             return
         assert json.loads(run("gc", "--older-than", "0", "--json").stdout) == {"removed": [key]}
-        keys = [info["key"] for info in json.loads(run("ls", "--json").stdout)]
-        assert keys == [key + 1]
+        listed = json.loads(run("ls", "--json").stdout)  # every local backend's
+        assert [info["key"] for info in listed if info["backend"] == backend] == [key + 1]
     finally:
         live.destroy()
 
@@ -144,3 +153,243 @@ def test_ls_shows_age(run, key: int) -> None:
 def test_bench_command_runs_the_quick_benchmark_or_says_how(run) -> None:
     done = run("bench", "--help")
     assert done.returncode == 0 and "quick benchmark" in done.stdout
+
+
+def cli(*args: str, root: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m shmfs ARGS`` with ``root`` for tmpfs and no backend chosen in the
+    environment, as a user who never set SHMFS_BACKEND runs it."""
+    base = {k: v for k, v in os.environ.items() if k not in ("SHMFS_BACKEND", "SHMFS_ROOT")}
+    return subprocess.run(
+        [sys.executable, "-m", "shmfs", *args],
+        env={**base, "SHMFS_ROOT": root, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+# The article's program, as PHP runs it: shm_attach with 0666 and a put (on the key it is given).
+ARTICLE_SEND = """<?php
+$segment = shm_attach((int) $argv[1], 1024, 0666);
+shm_put_var($segment, (int) $argv[2], $argv[3]);
+echo "Message sent to shared memory segment.\\n";
+"""
+
+
+@pytest.mark.php
+def test_get_stat_delete_point_to_the_php_segment(root: str, key: int) -> None:
+    done = run_php(ARTICLE_SEND, str(key), "1", "Hello from PHP")
+    assert done.returncode == 0, done.stderr
+    try:
+        for command in (["get", "1"], ["stat"], ["delete"]):
+            missed = cli(*command, "--key", str(key), root=root)
+            assert missed.returncode == 1 and missed.stderr.count("\n") == 1
+            assert f"no segment with key {key}" in missed.stderr
+            assert "a sysv segment with that key exists" in missed.stderr
+            assert "--backend sysv" in missed.stderr
+        found = cli("--backend", "sysv", "get", "1", "--key", str(key), root=root)
+        assert found.returncode == 0 and found.stdout == "Hello from PHP\n"
+        # With a tmpfs segment of that key too, its value comes with a pointer to the other.
+        assert cli("send", "1", "stale", "--key", str(key), root=root).returncode == 0
+        both = cli("get", "1", "--key", str(key), root=root)
+        assert both.stdout == "stale\n" and "--backend sysv" in both.stderr
+        removed = cli("delete", "--key", str(key), root=root)
+        assert removed.returncode == 0 and "sysv segment with that key exists" in removed.stderr
+        assert cli("get", "1", "--key", str(key), root=root).returncode == 1
+    finally:
+        assert cli("--backend", "sysv", "delete", "--key", str(key), root=root).returncode == 0
+
+
+def test_a_tmpfs_key_is_pointed_to_from_sysv(root: str, key: int) -> None:
+    assert cli("send", "1", "here", "--key", str(key), root=root).returncode == 0
+    missed = cli("--backend", "sysv", "get", "1", "--key", str(key), root=root)
+    assert missed.returncode == 1 and "--backend tmpfs" in missed.stderr
+    assert cli("delete", "--key", str(key), root=root).returncode == 0
+
+
+@pytest.mark.php
+def test_ls_lists_every_local_backend(root: str, key: int) -> None:
+    done = run_php(ARTICLE_SEND, str(key + 1), "1", "php")
+    assert done.returncode == 0, done.stderr
+    try:
+        assert cli("send", "1", "x", "--key", str(key), root=root).returncode == 0
+        listed = json.loads(cli("ls", "--json", root=root).stdout)
+        ours = {(info["key"], info["backend"]) for info in listed if info["key"] in (key, key + 1)}
+        assert ours == {(key, "tmpfs"), (key + 1, "sysv")}
+        table = cli("ls", root=root).stdout.splitlines()
+        assert table[0].split()[:2] == ["KEY", "BACKEND"]
+        rows = {line.split()[0]: line.split() for line in table[1:]}
+        assert rows[str(key)][1] == "tmpfs" and rows[str(key + 1)][1] == "sysv"
+        # PHP's 0666 shows as 666 (it used to be read as decimal: 154).
+        assert rows[str(key + 1)][5] == "666"
+        for narrowed in ("tmpfs", "sysv"):
+            only = json.loads(cli("--backend", narrowed, "ls", "--json", root=root).stdout)
+            assert {info["backend"] for info in only} == {narrowed}
+    finally:
+        assert cli("delete", "--key", str(key), root=root).returncode == 0
+        assert cli("--backend", "sysv", "delete", "--key", str(key + 1), root=root).returncode == 0
+
+
+@pytest.mark.parametrize("perm", [0o600, 0o640, 0o666])
+def test_sysv_segments_report_their_perm(key: int, perm: int) -> None:
+    with shmfs.attach(key, 1024, perm, backend="sysv") as seg:
+        try:
+            assert seg.stats()["perm"] == perm
+            listed = shmfs.segments(backend="sysv")
+            assert [info["perm"] for info in listed if info["key"] == key] == [perm]
+        finally:
+            seg.destroy()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives files to another user: needs root")
+def test_trust_uid_reaches_another_users_root_and_segment(root: str, key: int) -> None:
+    theirs = os.path.join(root, "theirs")
+    os.mkdir(theirs, 0o700)
+    try:
+        assert cli("send", "1", "their value", "--key", str(key), root=theirs).returncode == 0
+        for directory, _, files in os.walk(theirs):
+            for name in [directory, *(os.path.join(directory, f) for f in files)]:
+                os.chown(name, NOBODY, NOBODY)
+        refused = cli("get", "1", "--key", str(key), root=theirs)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+        assert "uid 65534" in refused.stderr and "--trust-uid" in refused.stderr
+        for who in ("65534", "nobody"):
+            got = cli("--trust-uid", who, "get", "1", "--key", str(key), root=theirs)
+            assert got.returncode == 0, got.stderr
+            assert got.stdout == "their value\n"
+        removed = cli("delete", "--key", str(key), "--trust-uid", "nobody", root=theirs)
+        assert removed.returncode == 0, removed.stderr
+    finally:
+        shutil.rmtree(theirs)
+
+
+def test_a_failed_send_leaves_nothing(run, where: str, backend: str, key: int) -> None:
+    too_big = run("send", "1", "y" * 5000, "--size", "1024", "--key", str(key))
+    assert too_big.returncode == 1 and "size=" in too_big.stderr
+    bad_json = run("send", "1", "not json", "--codec", "json", "--key", str(key + 1))
+    assert bad_json.returncode == 1 and "not JSON" in bad_json.stderr
+    listed = json.loads(run("--backend", backend, "ls", "--json").stdout)
+    assert [info["key"] for info in listed if info["key"] in (key, key + 1)] == []
+    if backend != "redis":
+        assert shmfs.segments(backend=backend, root=where) == []
+
+
+def test_send_parses_value_with_the_codec(run, where: str, backend: str, key: int) -> None:
+    assert run("send", "--codec", "json", "2", "5", "--key", str(key)).returncode == 0
+    assert (
+        run("send", "3", '{"a": [1, 2.5, null]}', "--codec", "json", "--key", str(key)).returncode
+        == 0
+    )
+    assert run("send", "4", "5", "--key", str(key)).returncode == 0  # no codec: a string
+    with shmfs.attach(key, backend=backend, root=where) as seg:
+        assert seg.incr(2) == 6
+        assert seg[3] == {"a": [1, 2.5, None]}
+        assert seg[4] == "5"
+    got = json.loads(run("get", "3", "--json", "--key", str(key)).stdout)
+    assert got == {"index": 3, "value": {"a": [1, 2.5, None]}}
+    assert run("delete", "--key", str(key)).returncode == 0
+
+
+def test_stat_reads_as_times_and_names(run, key: int) -> None:
+    assert run("send", "1", "x", "--key", str(key)).returncode == 0
+    lines = dict(line.split(": ", 1) for line in run("stat", "--key", str(key)).stdout.splitlines())
+    user = show.user(os.geteuid())
+    assert lines["owner"] == user and "(" in user
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+ \(\d+s ago\)", lines["created"])
+    assert lines["perm"] == "0o600"
+    raw = json.loads(run("stat", "--json", "--key", str(key)).stdout)
+    assert raw["owner"] == os.geteuid() and isinstance(raw["created"], float)
+    assert raw["perm"] == 0o600
+    assert run("delete", "--key", str(key)).returncode == 0
+
+
+def installed_elsewhere(tmp_path: Path) -> Path:
+    """A copy of the package alone, as a wheel installs it: no source checkout around it, and
+    no C module (as when the build had no compiler)."""
+    site = tmp_path / "site"
+    shutil.copytree(PACKAGE, site / "shmfs", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    return site
+
+
+def test_bench_outside_a_checkout_fails_clearly(tmp_path: Path) -> None:
+    site = installed_elsewhere(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "shmfs", "bench"],
+        cwd=site,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("shmfs: error: shmfs bench needs a source checkout")
+    assert done.stderr.count("\n") == 1 and done.stdout == ""
+
+
+def test_version_says_whether_the_c_fast_path_is_on(tmp_path: Path) -> None:
+    def version(*options: str, **env: str) -> str:
+        done = subprocess.run(
+            [sys.executable, *options, "-m", "shmfs", "--version"],
+            cwd=tmp_path,  # -m puts the working directory first on the path
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("\n") == 1
+        assert done.stdout.startswith(f"shmfs {shmfs.__version__} (Python ")
+        return done.stdout
+
+    if hotpath.available():
+        assert version().rstrip().endswith("C fast path: on")
+    assert "C fast path: off (SHMFS_PURE_PYTHON is set" in version(SHMFS_PURE_PYTHON="1")
+    # -S: no .pth files, so no editable install's finder supplies the checkout's C module;
+    # the dependencies come from site-packages on the path.
+    path = [str(installed_elsewhere(tmp_path)), *site.getsitepackages()]
+    without = version("-S", PYTHONPATH=os.pathsep.join(path))
+    assert "C fast path: off (shmfs._hot was not built" in without
+    assert "gcc python3-dev zlib1g-dev" in without
+
+
+def test_doctor_reports_what_decides_behaviour(root: str, redis_url: str) -> None:
+    done = cli("doctor", "--json", root=root, SHMFS_REDIS_URL=redis_url)
+    assert done.returncode == 0, done.stderr
+    facts = json.loads(done.stdout)
+    assert facts["root"]["path"] == root and facts["root"]["exists"]
+    assert facts["root"]["filesystem"] == "tmpfs" and facts["root"]["mode"] == 0o700
+    vfs = os.statvfs("/dev/shm")
+    assert facts["dev_shm"]["size"] == vfs.f_blocks * vfs.f_frsize
+    assert 0 < facts["dev_shm"]["free"] <= facts["dev_shm"]["size"]
+    for name in ("vm/max_map_count", "kernel/shmmax", "kernel/shmmni"):
+        with open(f"/proc/sys/{name}", encoding="ascii") as value:
+            assert facts[name.replace("/", ".")] == int(value.read())
+    assert facts["ipc_namespace"] == os.readlink("/proc/self/ns/ipc")
+    assert facts["c_fast_path"] is hotpath.available()
+    if shutil.which("php") or os.environ.get("CI"):
+        assert facts["php"]["found"]
+        assert facts["php"]["reply"].endswith("sysvshm=yes sysvsem=yes")
+    assert facts["redis"]["server"] == "reachable"
+    unreachable = cli("doctor", "--json", root=root, SHMFS_REDIS_URL="unix:///nonexistent.sock")
+    assert json.loads(unreachable.stdout)["redis"]["server"].startswith("unreachable")
+    human = cli("doctor", root=root, SHMFS_REDIS_URL=redis_url, SHMFS_PURE_PYTHON="1")
+    assert human.returncode == 0, human.stderr
+    assert f"tmpfs root:       {root} (owner uid" in human.stdout
+    assert "IPC namespace:    ipc:[" in human.stdout
+    assert "note: the C fast path is off: SHMFS_PURE_PYTHON is set" in human.stdout
+
+
+def test_output_into_a_closed_pipe_is_quiet(root: str) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "shmfs", "--backend", "tmpfs", "ls"],
+        env={**os.environ, "SHMFS_ROOT": root},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as listing:
+        assert listing.stdout is not None and listing.stderr is not None
+        listing.stdout.close()  # as `| head -0` would, before anything is written
+        assert listing.wait(60) == 1
+        assert listing.stderr.read() == b""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,3 +59,24 @@ def test_sidecar_example_across_ipc_namespaces(root: str) -> None:
             proc.kill()
             proc.communicate(timeout=30)
     shmfs.attach(4242, root=root).destroy()
+
+
+def test_sidecar_image_builds_from_the_checkout() -> None:
+    """docker-compose.yml builds examples/sidecar/Dockerfile with the checkout as its context
+    (shmfs is not on a package index to pip install by name): every file the Dockerfile
+    copies is in that context, and no step installs shmfs from an index."""
+    sidecar = EXAMPLES / "sidecar"
+    compose = (sidecar / "docker-compose.yml").read_text(encoding="utf-8")
+    context = re.search(r"^\s+context: (\S+)$", compose, re.M)
+    dockerfile = re.search(r"^\s+dockerfile: (\S+)$", compose, re.M)
+    assert context and dockerfile
+    top = (sidecar / context[1]).resolve()
+    assert (top / "pyproject.toml").is_file() and (top / "shmfs" / "__init__.py").is_file()
+    steps = (top / dockerfile[1]).read_text(encoding="utf-8")
+    copies = re.findall(r"^COPY (?!--from)(.+) \S+$", steps, re.M)
+    assert copies
+    for sources in copies:
+        for source in sources.split():
+            assert (top / source).exists(), source
+    for text in (compose, steps, (sidecar / "pod.yaml").read_text(encoding="utf-8")):
+        assert not re.search(r"pip install( -\S+)* shmfs\b", text)

@@ -58,6 +58,7 @@ import redis
 from shmfs.backends import SegmentInfo, refuse_options, segment_full
 from shmfs.backends.redis import scripts
 from shmfs.backends.redis.renewal import renewer
+from shmfs.backends.redis.url import default_url, redacted
 from shmfs.errors import (
     BackendUnavailable,
     CorruptSegment,
@@ -93,20 +94,7 @@ _HOST: Final = socket.gethostname().replace(":", "_")
 _SPACE: Final = _pid_space()
 
 
-def default_url() -> str:
-    """The server used when ``root=`` names none: ``$SHMFS_REDIS_URL``, else ``$SHMFS_ROOT``
-    if it is a URL, else a server on localhost."""
-    root = os.environ.get("SHMFS_ROOT", "")
-    fallback = root if "://" in root else "redis://localhost:6379/0"
-    return os.environ.get("SHMFS_REDIS_URL", fallback)
-
-
-def _redacted(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+_redacted = redacted
 
 
 def _client(url: str) -> redis.Redis:

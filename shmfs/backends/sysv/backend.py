@@ -596,7 +596,13 @@ class SysvBackend(HoldsSegmentLock):
         except OSError:
             return []
         for row in rows:
-            info = _peek(*(int(row[column]) for column in (0, 1, 2, 3, 4, 7, 13, 6)))
+            # proc(5): every column is decimal but perms, which is octal ("666" is 0o666).
+            info = _peek(
+                *(
+                    int(row[column], 8 if column == 2 else 10)
+                    for column in (0, 1, 2, 3, 4, 7, 13, 6)
+                )
+            )
             if info is not None:
                 found.append(info)
         return sorted(found, key=lambda info: info.key)

@@ -42,8 +42,10 @@ _OPEN_ATTEMPTS: Final = 100
 
 
 def default_root() -> str:
-    """The root used when neither ``root=`` nor ``SHMFS_ROOT`` names one."""
-    return os.environ.get("SHMFS_ROOT") or f"/dev/shm/shmfs-{os.geteuid()}"
+    """The root used when ``root=`` names none: ``$SHMFS_ROOT``, unless it is a URL (then it
+    is the Redis backend's server), else a per-user directory in /dev/shm."""
+    chosen = os.environ.get("SHMFS_ROOT", "")
+    return chosen if chosen and "://" not in chosen else f"/dev/shm/shmfs-{os.geteuid()}"
 
 
 class TmpfsHandle(HoldsSegmentLock):
@@ -113,7 +115,7 @@ class TmpfsHandle(HoldsSegmentLock):
         """Open segment ``key`` under ``root``, creating it if absent."""
         refuse_options(cls.name, options)
         root = root or default_root()
-        root_fd = sd.open_root(root)
+        root_fd = sd.open_root(root, trust_uids)
         try:
             for _ in range(_OPEN_ATTEMPTS):
                 dir_fd = _open_or_create_dir(root_fd, key, size, perm, trust_uids)

@@ -89,11 +89,15 @@ def index_of(name: str) -> int | None:
         return None
 
 
-def open_root(root: str) -> int:
+def open_root(root: str, trust_uids: frozenset[int]) -> int:
     """Open (creating it 0700 if absent) and verify the root directory.
 
+    Args:
+        root: The root's path.
+        trust_uids: Its owner must be one of these (this user and root, unless widened).
+
     Raises:
-        UnsafeSegment: a symlink, another user's, or writable by group or others.
+        UnsafeSegment: a symlink, an untrusted user's, or writable by group or others.
         BackendUnavailable: its parent does not exist (no /dev/shm here).
     """
     try:
@@ -114,9 +118,11 @@ def open_root(root: str) -> int:
         fd = open_dir(root, search_only=True)
     try:
         st = os.fstat(fd)
-        if st.st_uid not in (os.geteuid(), 0):
+        if st.st_uid not in trust_uids:
             raise UnsafeSegment(
-                f"shmfs root {root} is owned by uid {st.st_uid}; refusing it", owner=st.st_uid
+                f"shmfs root {root} is owned by uid {st.st_uid}, which is not trusted "
+                f"(trusted: {sorted(trust_uids)}); refusing it (pass trust_uids= to allow)",
+                owner=st.st_uid,
             )
         if writable_by_others(st) and not st.st_mode & stat.S_ISVTX:
             # Others could rename our segments away and put theirs in their place. A sticky
