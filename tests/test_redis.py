@@ -175,22 +175,22 @@ def test_a_dead_pid_in_another_pid_namespace_is_not_taken_for_dead(
 ) -> None:
     """Containers with host networking share the hostname, not the pids: only the expiry
     frees such a holder's lock."""
-    from shmfs.backends.redis import backend  # noqa: PLC0415  # the module under test
+    from shmfs.backends.redis import lease as backend  # noqa: PLC0415  # the module under test
 
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()
     seg = shmfs.attach(key, 4096, backend="redis", root=redis_url)
     client = redis.Redis.from_url(redis_url)
     try:
-        here = f"{backend._HOST}:{dead.pid}:{backend._SPACE}:abcd"
-        elsewhere = f"{backend._HOST}:{dead.pid}:another-space:abcd"
+        here = f"{backend.HOST}:{dead.pid}:{backend.SPACE}:abcd"
+        elsewhere = f"{backend.HOST}:{dead.pid}:another-space:abcd"
         client.set(f"shmfs:{{{key}}}:lock", here, px=30_000)
         with seg.lock(timeout=5):  # our namespace, dead pid: freed at once
             pass
         client.set(f"shmfs:{{{key}}}:lock", elsewhere, px=500)
         with pytest.raises(shmfs.LockTimeout) as info, seg.lock(timeout=0.1):
             pass
-        assert f"pid {dead.pid} on {backend._HOST}" in str(info.value)
+        assert f"pid {dead.pid} on {backend.HOST}" in str(info.value)
         assert info.value.holder_pid is None
         with seg.lock(timeout=5):  # at expiry
             pass

@@ -1,8 +1,8 @@
 """The Lua scripts of the redis backend: each change to a segment is one atomic step on the server.
 
-Key layout and the lock protocol are described in :mod:`shmfs.backends.redis.backend`. Every
-script that changes a segment first checks that its caller still holds the lock (a fencing check),
-so a holder whose lease expired writes nothing.
+Key layout and the lock protocol are described in :mod:`shmfs.backends.redis.backend` and
+:mod:`shmfs.backends.redis.lease`. Every script that changes a segment first checks that its
+caller still holds the lock (a fencing check), so a holder whose lease expired writes nothing.
 """
 
 from __future__ import annotations
