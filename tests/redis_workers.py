@@ -19,3 +19,11 @@ def hold_then_write(ref: dict[str, Any], held: Any, go: Any, expiry: float) -> s
         except shmfs.LockTimeout:
             return "refused"
         return "written"
+
+
+def incr_many(ref: dict[str, Any], index: int, times: int) -> int:
+    """Increment ``index`` ``times`` times; how many increments were made."""
+    with open_seg(ref) as seg:
+        for _ in range(times):
+            seg.incr(index)
+    return times

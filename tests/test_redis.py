@@ -6,6 +6,7 @@ the kernel frees and whose files carry an owner."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import select
 import shutil
@@ -25,7 +26,8 @@ import pytest
 import shmfs
 from bench.redis_server import RedisServer
 from tests.conftest import redis_keys, segment_ref
-from tests.redis_workers import hold_then_write
+from tests.redis_proxy import Proxy
+from tests.redis_workers import hold_then_write, incr_many
 
 redis = pytest.importorskip("redis")
 
@@ -318,3 +320,175 @@ def test_async_waiters_sleep_on_the_subscription_socket(redis_url: str, key: int
         written.set()
         thread.join(WAIT)
     seg.destroy()
+
+
+# ------------------------------------------------------------------- single operations' outcome
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[Proxy]:
+    """A fault-injecting proxy in front of the test server (see tests/redis_proxy.py)."""
+    directory = tempfile.mkdtemp(prefix="shmfs-redis-proxy-")
+    made = Proxy(os.path.join(directory, "proxy.sock"), redis_url.removeprefix("unix://"))
+    try:
+        yield made
+    finally:
+        made.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _incr_retrying_when_not_made(seg: shmfs.Segment, proxy: Proxy) -> None:
+    """A careful caller: retries an ``incr`` only when the error says it was not made."""
+    try:
+        seg.incr(1)
+    except shmfs.BackendUnavailable as exc:
+        proxy.heal()
+        if getattr(exc, "committed", False) is False:
+            seg.incr(1)
+
+
+def test_a_change_that_reached_the_server_is_never_reported_as_not_made(
+    redis_url: str, proxy: Proxy, key: int
+) -> None:
+    """The server gets an incr and the connection dies before its reply: the call cannot say it
+    failed (a retrying caller would count twice); it says the outcome is unknown."""
+    seg = shmfs.attach(key, 4096, backend="redis", root=proxy.url, codec="json")
+    try:
+        seg[1] = 7_000_000_001
+        proxy.marker = b"7000000002"  # the incr's new value, in the request that writes it
+        _incr_retrying_when_not_made(seg, proxy)
+        assert proxy.tripped.is_set()
+        assert seg[1] == 7_000_000_002  # counted once
+    finally:
+        proxy.heal()
+        seg.destroy()
+
+
+def test_a_reply_lost_after_the_change_says_the_outcome_is_unknown(
+    redis_url: str, proxy: Proxy, key: int
+) -> None:
+    seg = shmfs.attach(key, 4096, backend="redis", root=proxy.url, codec="json")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        proxy.marker = b"marked value"
+        with pytest.raises(shmfs.BackendUnavailable) as info:
+            seg.put(1, "marked value")
+        assert info.value.committed is None
+        assert "may or may not have been made" in str(info.value)
+        proxy.heal()
+        assert seg[1] == "marked value"  # it was made, once
+        assert client.hget(f"shmfs:{{{key}}}:gen", "1") == b"1"
+        proxy.marker = None
+    finally:
+        proxy.heal()
+        client.close()
+        seg.destroy()
+
+
+def test_a_server_that_cannot_be_reached_says_nothing_was_changed(key: int) -> None:
+    directory = tempfile.mkdtemp(prefix="shmfs-redis-none-")
+    try:
+        server = RedisServer.start(directory)
+        seg = shmfs.attach(key, 4096, backend="redis", root=server.url, codec="json")
+        server.stop()
+        for call in (lambda: seg.put(1, 2), lambda: seg.incr(1), lambda: seg.remove(1)):
+            with pytest.raises(shmfs.BackendUnavailable) as info:
+                call()
+            assert info.value.committed is False
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_single_operations_take_no_lock_and_send_one_script(redis_url: str, key: int) -> None:
+    """put, remove, add, cas and a warm incr are one script call each: no lock key ever set."""
+    seg = shmfs.attach(key, 4096, backend="redis", root=redis_url, codec="json")
+    client = redis.Redis.from_url(redis_url)
+    monitor = client.monitor()
+    try:
+        seg.put(1, 5)
+        seg.incr(1)  # warm: the put's version is remembered
+        seg.add(2, "x")
+        seg.cas(2, "x", "y")
+        seg.remove(2)
+        commands: list[str] = []
+        client.ping()  # its connection is made before the monitor starts
+        with monitor as m:
+            seg.put(1, 5)
+            seg.incr(1)
+            seg.add(2, "x")
+            seg.cas(2, "x", "y")
+            seg.remove(2)
+            client.ping()
+            for event in m.listen():
+                if event["command"] == "PING":
+                    break
+                if event.get("client_type") != "lua":  # not the scripts' own calls
+                    commands.append(event["command"].split()[0])
+        assert commands == ["EVALSHA"] * 5
+        assert seg[1] == 6
+    finally:
+        client.close()
+        seg.destroy()
+
+
+def test_writers_wait_out_an_explicit_lock_and_are_fenced_inside_it(
+    redis_url: str, key: int
+) -> None:
+    seg = shmfs.attach(key, 4096, backend="redis", root=redis_url, codec="json")
+    other = shmfs.attach(key, backend="redis", root=redis_url, codec="json", lock_timeout=0.2)
+    try:
+        with seg.lock():
+            seg[1] = 1  # the holder writes through its own lock
+            assert seg.incr(1) == 2
+            for call in (
+                lambda: other.put(1, 9),
+                lambda: other.incr(1),
+                lambda: other.remove(1),
+                lambda: other.add(3, 1),
+                lambda: other.cas(1, 2, 9),
+                other.clear,
+            ):
+                with pytest.raises(shmfs.LockTimeout) as info:
+                    call()
+                assert "0.2 s" in str(info.value)
+        assert other.incr(1) == 3  # free again
+    finally:
+        other.detach()
+        seg.destroy()
+
+
+def test_optimistic_updates_are_exact_across_processes(redis_url: str, key: int) -> None:
+    seg = shmfs.attach(key, 4096, backend="redis", root=redis_url)
+    ctx = multiprocessing.get_context("spawn")
+    ref = segment_ref(seg)
+    try:
+        with ctx.Pool(4) as pool:
+            results = pool.starmap(incr_many, [(ref, 1, 300)] * 4)
+        assert results == [300] * 4
+        assert seg[1] == 1200
+        assert seg.cas(1, 1200, "done") and seg[1] == "done"
+        assert not seg.cas(1, 1200, "again")
+    finally:
+        seg.destroy()
+
+
+def test_update_recomputes_from_the_value_another_process_wrote(redis_url: str, key: int) -> None:
+    """A remembered version that went stale is refused, and fn runs again on the new value."""
+    seg = shmfs.attach(key, 4096, backend="redis", root=redis_url)
+    other = shmfs.attach(key, backend="redis", root=redis_url)
+    try:
+        seg[1] = [1]
+        seg.update(1, lambda old: [*old, 2])  # seg now remembers [1, 2]
+        other[1] = ["other"]
+        seen: list[Any] = []
+        assert seg.update(1, lambda old: seen.append(old) or [*old, 3]) == ["other", 3]
+        assert seen[-1] == ["other"]
+        assert not seg.cas(1, [1, 2], "stale")  # decided on what is there now
+        assert seg.cas(1, ["other", 3], "fresh")
+        other.remove(1)
+        with pytest.raises(shmfs.VariableNotFound):
+            seg.update(1, lambda old: old)
+        assert seg.incr(1) == 1
+    finally:
+        other.detach()
+        seg.destroy()

@@ -3,18 +3,17 @@
 Key layout, for segment key K (all keys of a segment share the hash tag ``{K}``, so a Redis
 Cluster keeps them on one node)::
 
-    shmfs:{K}:meta     hash: size, perm, used, created, creator_pid, owner
+    shmfs:{K}:meta     hash: size, perm, used, created, creator_pid, owner, epoch
     shmfs:{K}:vars     hash: index -> the value's frame (shmfs.codecs)
     shmfs:{K}:gen      hash: index -> a counter bumped on every write or removal
-    shmfs:{K}:lock     string: the lock holder's token, with an expiry (see below)
+    shmfs:{K}:lock     string: the explicit lock holder's token, with an expiry
     shmfs:{K}:changes  pub/sub channel: an index is published after each change
 
-Creating, writing, removing and destroying are Lua scripts (:mod:`shmfs.backends.redis.scripts`),
-so each is one atomic step on the server: the size quota is checked and the bytes, the byte count
-and the generation change together (a put that does not fit leaves the old value).
-
-The lock (``with seg.lock()``, and every write) is a lease (:mod:`shmfs.backends.redis.lease`);
-who is trusted to have written pickles is decided in :mod:`shmfs.backends.redis.connection`.
+Every change is one script call (:mod:`shmfs.backends.redis.ops`, the scripts in
+:mod:`shmfs.backends.redis.scripts`); the explicit lock, ``with seg.lock()``, is a lease
+(:mod:`shmfs.backends.redis.lease`). Who is trusted to have written pickles is decided per
+connection: when the client connects, and again on each reconnection and at least every
+``TRUST_RECHECK`` seconds (:mod:`shmfs.backends.redis.connection`).
 """
 
 from __future__ import annotations
@@ -22,34 +21,45 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
+import threading
 import time
+import warnings
+import weakref
 from typing import Any, Final, Self
 
 import redis
 
-from shmfs.backends import SegmentInfo, refuse_options, segment_full
+from shmfs.backends import SegmentInfo, refuse_options
 from shmfs.backends.redis import listing, scripts
+from shmfs.backends.redis.call import command
 from shmfs.backends.redis.connection import (
     client as make_client,
 )
 from shmfs.backends.redis.connection import (
     default_url,
+    no_listener_on,
     no_network_listener,
     redacted,
     socket_private,
 )
 from shmfs.backends.redis.guard import Guard
 from shmfs.backends.redis.lease import Lease
+from shmfs.backends.redis.ops import Operations
 from shmfs.backends.redis.watcher import PubSubWatcher
-from shmfs.errors import CorruptSegment, InvalidArgument, SegmentNotFound
+from shmfs.errors import CorruptSegment, InvalidArgument, UnsafeSegment
 from shmfs.forking import fork_epoch
 from shmfs.frame import Pieces
 from shmfs.locking import HoldsSegmentLock, ReentrantLock
 
-__all__ = ["RedisBackend", "default_url"]
+__all__ = ["TRUST_RECHECK", "RedisBackend", "default_url"]
 
 _DEFAULT_EXPIRY: Final = 10.0
 _MIN_EXPIRY: Final = 0.1
+#: Seconds a "nobody else can reach this server" verdict is kept before it is checked again,
+#: besides on every new connection: a listener added at run time (``CONFIG SET port``) stops
+#: pickles from being trusted within this time.
+TRUST_RECHECK: Final = 1.0
 
 
 def _lock_expiry(options: dict[str, Any]) -> float:
@@ -62,6 +72,34 @@ def _lock_expiry(options: dict[str, Any]) -> float:
     ):
         raise InvalidArgument(f"lock_expiry must be a number of seconds >= {_MIN_EXPIRY}")
     return float(value)
+
+
+def _flag(options: dict[str, Any], name: str) -> bool:
+    value = options.pop(name, False)
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{name} must be True or False")
+    return value
+
+
+def _check_eviction(client: redis.Redis, url: str, allow: bool) -> None:
+    """Refuse a server that may evict keys, unless ``allow`` (then warn)."""
+    try:
+        policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
+    except redis.ResponseError:
+        return  # CONFIG disabled (managed servers): partial eviction is still detected
+    if policy in {"", "noeviction"}:
+        return
+    what = (
+        f"Redis at {redacted(url)} evicts keys at its maxmemory (maxmemory-policy {policy}): "
+        "it may drop part of a segment (values vanish; detected later as CorruptSegment) or, "
+        "with a volatile-* policy, a held lock"
+    )
+    if not allow:
+        raise UnsafeSegment(
+            f"{what}; set maxmemory-policy noeviction, or attach with allow_eviction=True",
+            url=redacted(url),
+        )
+    warnings.warn(what, RuntimeWarning, stacklevel=5)
 
 
 class RedisBackend(HoldsSegmentLock):
@@ -94,22 +132,54 @@ class RedisBackend(HoldsSegmentLock):
         self._keys = [self._lock_key, self._meta, self._vars, self._gen, self._channel]
         self._token = ""
         self._lease = Lease(key, self._lock_key, lock_expiry, self._guard)
-        self._connect()
-        self._trusted = trust_server or (
-            socket_private(url, trust_uids) and self._call(no_network_listener, self.client)
+        self.atomic = Operations(
+            key,
+            keys=self._keys,
+            guard=self._guard,
+            lease=self._lease,
+            client=self._client_now,
+            token=self._held_token,
+            size=lambda: self.size,
         )
+        self._trust_server = trust_server
+        # Only a unix socket can be private; the server's listeners are checked per connection.
+        self._by_socket = not trust_server and socket_private(url, trust_uids)
+        self._verdict = False
+        self._checked = -math.inf
+        self._verdict_lock = threading.Lock()
+        self._connect()
 
     def _connect(self) -> None:
         # After fork too: a socket shared with the parent would interleave both processes'
         # replies, and the parent's lock state is not ours.
         self._epoch = fork_epoch()
-        self._client = client = make_client(self.url)
+        me = weakref.ref(self)  # the pool keeps the hook: it must not keep the handle alive
+
+        def connected(connection: Any) -> None:
+            backend = me()
+            if backend is not None:
+                backend._connected(connection)
+
+        self._client = client = make_client(self.url, connected)
         self._open_script = client.register_script(scripts.OPEN)
-        self._put = client.register_script(scripts.PUT)
-        self._remove = client.register_script(scripts.REMOVE)
-        self._destroy = client.register_script(scripts.DESTROY)
         self._lease.bind(client)
         self._lock = ReentrantLock(f"segment {self.key}", self._take, self._give)
+
+    def _connected(self, connection: Any) -> None:
+        """Each new connection: judge the server again, release what could not be released."""
+        if self._by_socket:
+            verdict = no_listener_on(connection)
+            with self._verdict_lock:
+                self._verdict, self._checked = verdict, time.monotonic()
+        self._lease.on_connect(connection)
+
+    def _client_now(self) -> redis.Redis:
+        return self.client
+
+    def _held_token(self) -> str:
+        """The lock's token if this thread holds it (the scripts fence on it), else ``""``."""
+        lock = self._lock
+        return self._token if lock is not None and lock.held else ""
 
     @property
     def client(self) -> redis.Redis:
@@ -118,10 +188,6 @@ class RedisBackend(HoldsSegmentLock):
             self._connect()
         assert self._client is not None
         return self._client
-
-    def _call(self, fn: Any, *args: Any) -> Any:
-        with self._guard:
-            return fn(*args)
 
     @classmethod
     def open(
@@ -136,13 +202,13 @@ class RedisBackend(HoldsSegmentLock):
     ) -> Self:
         """Open segment ``key`` on the server ``root`` names, creating it if absent.
 
-        Options: ``lock_expiry`` (seconds a dead holder elsewhere keeps the lock, default 10)
-        and ``trust_server`` (decode pickles read from this server whoever can reach it).
+        Options: ``lock_expiry`` (seconds a dead holder elsewhere keeps the lock, default 10),
+        ``trust_server`` (decode pickles read from this server whoever can reach it) and
+        ``allow_eviction`` (accept, with a warning, a server whose maxmemory-policy evicts).
         """
         lock_expiry = _lock_expiry(options)
-        trust_server = options.pop("trust_server", False)
-        if not isinstance(trust_server, bool):
-            raise InvalidArgument("trust_server must be True or False")
+        trust_server = _flag(options, "trust_server")
+        allow_eviction = _flag(options, "allow_eviction")
         refuse_options(cls.name, options)
         backend = cls(
             key,
@@ -153,7 +219,12 @@ class RedisBackend(HoldsSegmentLock):
         )
         try:
             with backend._guard:
-                args = [size, perm, time.time(), os.getpid(), os.geteuid()]
+                client = backend.client
+                _check_eviction(client, backend.url, allow_eviction)
+                args: list[str | int | float] = [
+                    *(size, perm, time.time(), os.getpid(), os.geteuid()),
+                    secrets.token_hex(8),
+                ]
                 got = backend._open_script(keys=[backend._meta], args=args)
             backend.size, backend.perm = int(got[0]), int(got[1])
         except ValueError as exc:
@@ -195,28 +266,21 @@ class RedisBackend(HoldsSegmentLock):
     # ---------------------------------------------------------------- variables
 
     def read(self, index: int) -> bytes | None:
-        """The frame of ``index``, or ``None``."""
+        """The frame of ``index``, or ``None``: one ``HGET``."""
         client = self.client
         with self._guard:
-            data = client.hget(self._vars, str(index))
-            if data is None and not client.exists(self._meta):
-                raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
-        return data if data is None or isinstance(data, bytes) else data.encode()
+            data = command(client, self._guard.url, "HGET", self._vars, index, changes=False)
+            if data is None:
+                listing.check_whole(client, self.key)
+        return data if data is None or isinstance(data, bytes) else bytes(data)
 
     def write(self, index: int, data: bytes | Pieces) -> None:
-        """Store ``data``: the lock, quota check and write are one script (lock held)."""
-        data = bytes(data)  # always bytes already: this class does not set writes_pieces
-        self.client  # noqa: B018  # reconnects after fork
-        with self._guard:
-            stored, used = self._put(keys=self._keys, args=[self._token, index, data])
-        if not stored:
-            raise segment_full(self.key, index, len(data), self.size, int(used))
+        """Store ``data`` (lock held): one script, as ``atomic.commit`` does."""
+        self.atomic.commit(index, bytes(data), ("any", None), None)
 
     def delete(self, index: int) -> bool:
         """Remove ``index`` (lock held); whether it existed. Redis frees the bytes."""
-        self.client  # noqa: B018  # reconnects after fork
-        with self._guard:
-            return bool(self._remove(keys=self._keys, args=[self._token, index]))
+        return self.atomic.discard(index, None)
 
     def indices(self) -> list[int]:
         """Indices holding values, ascending."""
@@ -231,10 +295,20 @@ class RedisBackend(HoldsSegmentLock):
             return int(client.hlen(self._vars))
 
     def trusted(self, index: int) -> bool:
-        """See the module docstring: ``trust_server=True``, or a server only trusted users
-        can reach."""
+        """``trust_server=True``, or a server only trusted users can reach, as judged on the
+        latest connection and at most ``TRUST_RECHECK`` seconds ago."""
         del index
-        return self._trusted
+        if self._trust_server:
+            return True
+        if not self._by_socket:
+            return False
+        if time.monotonic() - self._checked > TRUST_RECHECK:
+            client = self.client
+            with self._guard:
+                verdict = no_network_listener(client)
+            with self._verdict_lock:
+                self._verdict, self._checked = verdict, time.monotonic()
+        return self._verdict
 
     def version(self, index: int) -> object:
         """The index's write counter; ``None`` if it holds no value."""
@@ -267,6 +341,4 @@ class RedisBackend(HoldsSegmentLock):
 
     def destroy(self) -> None:
         """Delete every key of the segment (lock held) and wake its waiters."""
-        self.client  # noqa: B018  # reconnects after fork
-        with self._guard:
-            self._destroy(keys=self._keys, args=[self._token])
+        self.atomic.destroy(None)

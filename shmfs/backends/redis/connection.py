@@ -13,14 +13,28 @@ codecs, which are safe across any server.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import urllib.parse
+from collections.abc import Callable
+from typing import Any, Final
 
 import redis
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 
 from shmfs.errors import InvalidArgument
 
-__all__ = ["client", "default_url", "no_network_listener", "redacted", "socket_private"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "SOCKET_TIMEOUT",
+    "check_url",
+    "client",
+    "default_url",
+    "no_listener_on",
+    "no_network_listener",
+    "redacted",
+    "socket_private",
+]
 
 
 def default_url() -> str:
@@ -31,20 +45,96 @@ def default_url() -> str:
     return os.environ.get("SHMFS_REDIS_URL", fallback)
 
 
+#: Seconds to wait for a connection, and for a reply, unless the URL says otherwise
+#: (``?socket_connect_timeout=``, ``?socket_timeout=``): a server that stalls fails a call
+#: within seconds instead of blocking it.
+CONNECT_TIMEOUT: Final = 3.0
+SOCKET_TIMEOUT: Final = 5.0
+
+# The URL options a user may set, by scheme: redis-py's own parsed options, and what its
+# connection classes take (anything else would only fail at the first connection, untyped).
+_COMMON: Final = frozenset(URL_QUERY_ARGUMENT_PARSERS) | {
+    "password",
+    "username",
+    "client_name",
+    "encoding",
+    "encoding_errors",
+}
+_OPTIONS: Final = {
+    "unix": _COMMON,
+    "redis": _COMMON,
+    "rediss": _COMMON
+    | {
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_cert_reqs",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_ciphers",
+    },
+}
+
+
 def redacted(url: str) -> str:
-    """``url`` with its password shown as ``***``, for messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
-def client(url: str) -> redis.Redis:
-    """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs."""
+    """``url`` with every password in it (``user:pw@`` or ``?password=``) shown as ``***``."""
     try:
-        return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            user, _, host = netloc.rpartition("@")
+            if ":" in user:
+                netloc = f"{user.split(':', 1)[0]}:***@{host}"
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        if any(name == "password" for name, _ in query):
+            shown = [(name, "***" if name == "password" else value) for name, value in query]
+            parts = parts._replace(query=urllib.parse.urlencode(shown, safe="*"))
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        # Not even a URL: hide whatever could be a password rather than show it.
+        return re.sub(r"password=[^&#]*", "password=***", re.sub(r":[^:/@]*@", ":***@", url))
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL redis-py would misread or fail on later: ``InvalidArgument``."""
+    shown = redacted(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018  # parses the port, raising ValueError for a bad one
     except ValueError as exc:
+        raise InvalidArgument(f"not a Redis URL: {shown} ({exc})") from exc
+    allowed = _OPTIONS.get(parts.scheme)
+    if allowed is None:
+        raise InvalidArgument(
+            f"not a Redis URL: {shown} (the scheme must be redis://, rediss:// or unix://)"
+        )
+    unknown = sorted({name for name, _ in urllib.parse.parse_qsl(parts.query)} - allowed)
+    if unknown:
+        raise InvalidArgument(
+            f"Redis URL {shown}: unknown option {', '.join(unknown)} (known: "
+            f"{', '.join(sorted(allowed))})"
+        )
+
+
+def client(url: str, on_connect: Callable[[Any], None] | None = None) -> redis.Redis:
+    """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs; ``on_connect(connection)``
+    runs on every new connection, after redis-py's own handshake (authentication, database)."""
+    check_url(url)
+    hook = None
+    if on_connect is not None:
+
+        def hook(connection: Any) -> None:
+            connection.on_connect()
+            on_connect(connection)
+
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=SOCKET_TIMEOUT,
+            redis_connect_func=hook,
+        )
+    except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"not a Redis URL: {redacted(url)} ({exc})") from exc
 
 
@@ -65,10 +155,26 @@ def socket_private(url: str, trust_uids: frozenset[int]) -> bool:
     return bool(private and not replaceable)
 
 
+def no_listener_on(connection: Any) -> bool:
+    """Whether the server behind ``connection`` (a redis-py connection) says it listens on no
+    TCP or TLS port; unknown (``CONFIG`` disabled or renamed) counts as no."""
+    for name in ("port", "tls-port"):
+        connection.send_command("CONFIG", "GET", name)
+        try:
+            reply = connection.read_response()
+        except redis.ResponseError:
+            return False
+        # A pair as RESP2 sends it, or a map as redis-py may parse it.
+        values = list(reply.values()) if isinstance(reply, dict) else list(reply)[1:]
+        if values not in ([b"0"], ["0"]):
+            return False
+    return True
+
+
 def no_network_listener(client: redis.Redis) -> bool:
     """Whether the server says it listens on no TCP or TLS port (unknown counts as no)."""
     try:
         ports = [client.config_get(name).get(name, "0") for name in ("port", "tls-port")]
-    except redis.RedisError:
+    except redis.ResponseError:
         return False  # CONFIG disabled or renamed: we cannot tell, so we do not trust
     return all(str(port) == "0" for port in ports)

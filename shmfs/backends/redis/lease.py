@@ -24,7 +24,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import redis
 
@@ -32,13 +32,15 @@ from shmfs.backends.redis import scripts
 from shmfs.backends.redis.guard import Guard
 from shmfs.backends.redis.listing import text
 from shmfs.backends.redis.renewal import renewer
-from shmfs.errors import LockTimeout
+from shmfs.errors import BackendUnavailable, LockTimeout
 from shmfs.forking import pid_alive
 
-__all__ = ["HOST", "SPACE", "Lease", "describe", "holder_pid"]
+__all__ = ["HOST", "SPACE", "Lease", "Waiter", "describe", "holder_pid"]
 
 _FIRST_POLL: Final = 0.0005
 _MAX_POLL: Final = 0.02
+#: Seconds between attempts to release a lock whose release the server did not get.
+RELEASE_RETRY: Final = 0.2
 
 
 def _pid_space() -> str | None:
@@ -82,6 +84,8 @@ class Lease:
         self._client: redis.Redis | None = None
         self._release: Callable[..., object] | None = None
         self._renew: Callable[..., object] | None = None
+        #: Tokens of locks given back while the server was unreachable (see give()).
+        self.pending: set[str] = set()
 
     def bind(self, client: redis.Redis) -> None:
         """Use ``client`` from now on (a new one after fork)."""
@@ -89,39 +93,35 @@ class Lease:
         self._release = client.register_script(scripts.RELEASE)
         self._renew = client.register_script(scripts.RENEW)
 
+    def waiter(self, timeout: float | None) -> Waiter:
+        """A wait for the lock to be free, of at most ``timeout`` seconds from now."""
+        assert self._release is not None
+        return Waiter(self, timeout)
+
+    def free_dead(self, holder: str) -> bool:
+        """Free the lock if ``holder`` died in our PID namespace; whether it did."""
+        pid = holder_pid(holder)
+        if pid is None or pid_alive(pid):
+            return False
+        # Not at expiry: now (the script deletes it only if it is still that holder's).
+        assert self._release is not None
+        with self._guard:
+            self._release(keys=[self.lock_key], args=[holder])
+        return True
+
     def take(self, timeout: float | None) -> str:
         """Wait for the lock (``LockTimeout`` after ``timeout`` s); return our token."""
-        client, release = self._client, self._release
-        assert client is not None and release is not None
+        client = self._client
+        assert client is not None
         token = f"{HOST}:{os.getpid()}:{SPACE or '-'}:{secrets.token_hex(8)}"
-        deadline = None if timeout is None else time.monotonic() + timeout
-        poll = _FIRST_POLL
+        waiter = self.waiter(timeout)
         with self._guard:
             while not client.set(self.lock_key, token, nx=True, px=self._expiry_ms):
                 raw = client.get(self.lock_key)
                 holder = text(raw) if raw else ""
                 if holder == token:
                     break  # our SET went through but its reply was lost, and redis-py retried
-                pid = holder_pid(holder)
-                if pid is not None and not pid_alive(pid):
-                    # A holder in our PID namespace that died: free its lock now, not at
-                    # expiry (the script deletes it only if it is still that holder's).
-                    release(keys=[self.lock_key], args=[holder])
-                    continue
-                if deadline is not None and time.monotonic() >= deadline:
-                    who = describe(holder) if holder else "another process"
-                    raise LockTimeout(
-                        f"segment {self.key}: lock not acquired within {timeout} s (held by "
-                        f"{who}; a holder that died elsewhere loses it within "
-                        f"lock_expiry={self.expiry:g} s)",
-                        key=self.key,
-                        holder_pid=pid,
-                        timeout=timeout,
-                    )
-                time.sleep(
-                    poll if deadline is None else max(min(poll, deadline - time.monotonic()), 0)
-                )
-                poll = min(poll * 2, _MAX_POLL)
+                waiter.pause(holder)
         renewer().hold(token, self._renewal(token), self.expiry / 3)
         return token
 
@@ -139,9 +139,77 @@ class Lease:
         return renew
 
     def give(self, token: str) -> None:
-        """Release the lock ``token`` holds (nothing if it expired meanwhile)."""
+        """Release the lock ``token`` holds (nothing if it expired meanwhile).
+
+        A release the server does not get (it is down, or restarting) is not an error of the
+        caller's: the changes made under the lock are each committed or reported already. It
+        is retried in the background every ``RELEASE_RETRY`` seconds and on this handle's next
+        connection, so a server restarted from its append-only file does not keep a live
+        holder's released lock until its expiry.
+        """
         renewer().drop(token)
-        assert self._release is not None
-        with self._guard:
-            # 0 if the lock expired while held: any write after that was refused already.
-            self._release(keys=[self.lock_key], args=[token])
+        try:
+            with self._guard:
+                # 0 if the lock expired while held: any write after that was refused already.
+                self._script(self._release)(keys=[self.lock_key], args=[token])
+        except BackendUnavailable:
+            self.pending.add(token)
+            renewer().hold(f"release {token}", self._retry_release(token), RELEASE_RETRY)
+
+    def _retry_release(self, token: str) -> Callable[[], bool]:
+        script, keys = self._script(self._release), [self.lock_key]
+
+        def retry() -> bool:
+            if token not in self.pending:
+                return False  # released on a reconnection meanwhile
+            try:
+                script(keys=keys, args=[token])
+            except redis.RedisError:
+                return True  # still unreachable: try again next period
+            self.pending.discard(token)
+            return False
+
+        return retry
+
+    def on_connect(self, conn: Any) -> None:
+        """On each new connection: release the locks whose release the server did not get."""
+        for token in list(self.pending):
+            conn.send_command("EVAL", scripts.RELEASE, 1, self.lock_key, token)
+            conn.read_response()
+            self.pending.discard(token)
+
+    @staticmethod
+    def _script(script: Callable[..., object] | None) -> Callable[..., object]:
+        assert script is not None, "bind() comes first"
+        return script
+
+
+class Waiter:
+    """Waiting for another holder's lock: backs off, frees a dead holder's at once, and raises
+    ``LockTimeout`` at the deadline."""
+
+    def __init__(self, lease: Lease, timeout: float | None) -> None:
+        self._lease = lease
+        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._poll = _FIRST_POLL
+
+    def pause(self, holder: str) -> None:
+        """``holder`` has the lock: free it if it died, else sleep a while (or time out)."""
+        if holder and self._lease.free_dead(holder):
+            return
+        deadline = self._deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            lease = self._lease
+            who = describe(holder) if holder else "another process"
+            raise LockTimeout(
+                f"segment {lease.key}: lock not acquired within {self._timeout:.3g} s (held by "
+                f"{who}; a holder that died elsewhere loses it within "
+                f"lock_expiry={lease.expiry:g} s)",
+                key=lease.key,
+                holder_pid=holder_pid(holder),
+                timeout=self._timeout,
+            )
+        poll = self._poll
+        time.sleep(poll if deadline is None else max(min(poll, deadline - time.monotonic()), 0))
+        self._poll = min(poll * 2, _MAX_POLL)

@@ -9,15 +9,34 @@ import redis
 from shmfs.backends import SegmentInfo
 from shmfs.backends.redis.connection import client as make_client
 from shmfs.backends.redis.connection import redacted
-from shmfs.backends.redis.guard import Guard
+from shmfs.backends.redis.guard import Guard, evicted, gone
 from shmfs.errors import CorruptSegment, SegmentNotFound
 
-__all__ = ["list_segments", "segment_info", "text"]
+__all__ = ["check_whole", "list_segments", "segment_info", "text"]
 
 
 def text(value: bytes | str) -> str:
     """A reply as ``str``."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def check_whole(client: redis.Redis, key: int) -> None:
+    """After a read found nothing: ``SegmentNotFound`` if the segment is gone,
+    ``CorruptSegment`` if the server evicted part of it."""
+    pipe = client.pipeline(transaction=True)
+    pipe.exists(f"shmfs:{{{key}}}:meta")
+    pipe.exists(f"shmfs:{{{key}}}:vars")
+    pipe.exists(f"shmfs:{{{key}}}:gen")
+    pipe.hget(f"shmfs:{{{key}}}:meta", "used")
+    meta, values, generations, used = pipe.execute()
+    if not meta:
+        if values or generations:
+            raise evicted(key, "metadata")
+        raise gone(key)
+    if values and not generations:
+        raise evicted(key, "generations")
+    if not values and used is not None and text(used).lstrip("-").isdigit() and int(used) > 0:
+        raise evicted(key, "values")
 
 
 def segment_info(client: redis.Redis, key: int, url: str) -> SegmentInfo:
@@ -27,7 +46,7 @@ def segment_info(client: redis.Redis, key: int, url: str) -> SegmentInfo:
     pipe.hlen(f"shmfs:{{{key}}}:vars")
     raw, variables = pipe.execute()
     if not raw:
-        raise SegmentNotFound(f"segment {key} was destroyed", key=key)
+        raise gone(key)
     meta = {text(k): text(v) for k, v in raw.items()}
     try:
         return SegmentInfo(
