@@ -6,6 +6,7 @@ the kernel frees and whose files carry an owner."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import select
@@ -61,7 +62,14 @@ def private_server() -> Iterator[Callable[..., str]]:
         for server in servers:
             server.stop()
 
+    def crash() -> None:
+        """SIGKILL: the server saves nothing more than its append-only file holds."""
+        servers[-1].process.kill()
+        servers[-1].process.wait(WAIT)
+
     start.stop = stop  # type: ignore[attr-defined]
+    start.crash = crash  # type: ignore[attr-defined]
+    start.process = lambda: servers[-1].process  # type: ignore[attr-defined]
     yield start
     stop()
     shutil.rmtree(directory, ignore_errors=True)
@@ -88,16 +96,115 @@ def test_server_restart_is_survived(private_server: Callable[..., str], key: int
     seg.destroy()
 
 
+def test_after_a_crash_and_restart_a_live_clients_lock_is_not_waited_out(
+    private_server: Callable[..., str], key: int
+) -> None:
+    """The holder leaves its block while the server is down, so its release is lost; the
+    append-only file brings the lock back with the restart. Its holder lives, and releases it
+    as soon as the server is back: no writer waits for the lease to expire."""
+    url = private_server()
+    holder = shmfs.attach(key, 4096, backend="redis", root=url, codec="json")
+    writer = shmfs.attach(key, backend="redis", root=url, codec="json")
+    try:
+        block = holder.lock()
+        block.__enter__()
+        holder[1] = "under the lock"
+        private_server.crash()  # type: ignore[attr-defined]
+        block.__exit__(None, None, None)  # its release cannot reach the server: no error
+        private_server()
+        began = time.monotonic()
+        writer.put(1, "after the restart")
+        with writer.lock(timeout=WAIT):
+            waited = time.monotonic() - began
+        assert waited < 1.5, f"a writer waited {waited:.1f} s on a released lock"
+        assert holder[1] == "after the restart"
+    finally:
+        holder.detach()
+        writer.destroy()
+
+
 def test_password_is_never_shown(key: int) -> None:
-    with pytest.raises(shmfs.BackendUnavailable) as info:
-        shmfs.attach(key, backend="redis", root="redis://:hunter2@127.0.0.1:1/0")
-    assert "hunter2" not in str(info.value) and "***" in str(info.value)
-    assert isinstance(info.value.__cause__, redis.ConnectionError)
+    for url in (
+        "redis://:hunter2@127.0.0.1:1/0",
+        "redis://user:hunter2@127.0.0.1:1/0",
+        "redis://127.0.0.1:1/0?password=hunter2",
+        "unix://:hunter2@/nonexistent/redis.sock",
+        "unix:///nonexistent/redis.sock?db=0&password=hunter2",
+    ):
+        with pytest.raises(shmfs.BackendUnavailable) as info:
+            shmfs.attach(key, backend="redis", root=url)
+        assert "hunter2" not in str(info.value) and "***" in str(info.value), url
+        assert "hunter2" not in info.value.url and "***" in info.value.url
+        assert isinstance(info.value.__cause__, redis.ConnectionError)
+        done = subprocess.run(
+            [sys.executable, "-m", "shmfs", "--backend", "redis", "--root", url, "get", "1"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=WAIT,
+            check=False,
+        )
+        assert done.returncode != 0 and "***" in done.stderr
+        assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_a_password_is_redacted_in_stats_and_a_wrong_one_says_so(
+    private_server: Callable[..., str], key: int
+) -> None:
+    url = private_server()
+    admin = redis.Redis.from_url(url)
+    admin.config_set("requirepass", "hunter2")
+    admin.close()
+    path = url.removeprefix("unix://")
+    try:
+        with shmfs.attach(
+            key, 4096, backend="redis", root=f"unix://{path}?password=hunter2"
+        ) as seg:
+            stats = seg.stats()
+            assert "hunter2" not in repr(stats) and "***" in stats["location"]
+            assert "hunter2" not in repr(
+                shmfs.segments(backend="redis", root=f"unix://{path}?password=hunter2")
+            )
+            seg.destroy()
+        with pytest.raises(shmfs.BackendUnavailable, match="authentication failed") as info:
+            shmfs.attach(key, backend="redis", root=f"unix://{path}?password=wrong")
+        assert "wrong" not in str(info.value)
+    finally:
+        with contextlib.closing(redis.Redis.from_url(url, password="hunter2")) as admin:
+            admin.config_set("requirepass", "")
+
+
+def test_a_stalled_server_fails_a_call_within_seconds(
+    private_server: Callable[..., str], key: int
+) -> None:
+    url = private_server()
+    seg = shmfs.attach(key, 4096, backend="redis", root=url, codec="json")
+    quick = shmfs.attach(key, backend="redis", root=f"{url}?socket_timeout=0.5", codec="json")
+    server = private_server.process()  # type: ignore[attr-defined]
+    try:
+        server.send_signal(signal.SIGSTOP)
+        began = time.monotonic()
+        with pytest.raises(shmfs.BackendUnavailable):
+            quick.put(1, 1)
+        assert time.monotonic() - began < 3
+        began = time.monotonic()
+        with pytest.raises(shmfs.BackendUnavailable):
+            seg.get(1)
+        assert time.monotonic() - began < 12  # the default: 5 s for the reply, not 30
+    finally:
+        server.send_signal(signal.SIGCONT)
+        quick.detach()
+        seg.destroy()
 
 
 def test_bad_url_and_options_are_refused(redis_url: str, key: int) -> None:
     with pytest.raises(shmfs.InvalidArgument):
         shmfs.attach(key, backend="redis", root="http://example.invalid/")
+    for option in ("socket_timout=1", "pasword=x"):
+        with pytest.raises(shmfs.InvalidArgument, match="unknown option"):
+            shmfs.attach(key, backend="redis", root=f"{redis_url}?{option}")
+    with pytest.raises(shmfs.InvalidArgument):
+        shmfs.attach(key, backend="redis", root="redis://127.0.0.1:notaport/0")
     with pytest.raises(shmfs.InvalidArgument):
         shmfs.attach(key, backend="redis", root=redis_url, sem_key=5)
     for expiry in (0, -1, float("nan"), "10", True):
@@ -275,6 +382,67 @@ def test_a_private_socket_is_not_enough_when_the_server_also_listens_on_tcp(
         seg[1] = "pickled"
         with pytest.raises(shmfs.UnsafeSegment):
             seg.get(1)
+        seg.destroy()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:  # a free loopback port for the server
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _plant_pickle(port: int, key: int, index: int) -> None:
+    """Write, over TCP (where any local user could), a frame shmfs would unpickle."""
+    from shmfs import codecs, frame  # noqa: PLC0415  # only this helper forges frames
+
+    planted = frame.encode(codecs.get_codec("cloudpickle"), {"planted": True}, None)
+    with contextlib.closing(redis.Redis(host="127.0.0.1", port=port)) as tcp:
+        tcp.hset(f"shmfs:{{{key}}}:vars", str(index), bytes(planted))
+
+
+def test_a_server_restarted_with_a_tcp_listener_is_no_longer_trusted(
+    private_server: Callable[..., str], key: int
+) -> None:
+    url = private_server()
+    seg = shmfs.attach(key, 4096, backend="redis", root=url)
+    try:
+        seg[1] = {"mine": True}
+        assert seg[1] == {"mine": True}  # a private socket, no TCP: trusted
+        private_server.stop()  # type: ignore[attr-defined]
+        port = _free_port()
+        private_server(port=port)
+        _plant_pickle(port, key, 2)
+        with pytest.raises(shmfs.UnsafeSegment):
+            seg.get(2)  # judged again on the new connection
+        with pytest.raises(shmfs.UnsafeSegment):
+            seg.get(1)
+    finally:
+        seg.destroy()
+
+
+def test_a_server_that_gains_a_tcp_listener_at_run_time_is_no_longer_trusted(
+    private_server: Callable[..., str], key: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``CONFIG SET port`` keeps our connection: the verdict is judged again after
+    ``TRUST_RECHECK`` seconds (made 0 here, so that no test waits for it)."""
+    from shmfs.backends.redis import backend  # noqa: PLC0415  # the module under test
+
+    url = private_server()
+    seg = shmfs.attach(key, 4096, backend="redis", root=url)
+    admin = redis.Redis.from_url(url)
+    try:
+        seg[1] = {"mine": True}
+        assert seg[1] == {"mine": True}
+        port = _free_port()
+        admin.config_set("port", port)
+        _plant_pickle(port, key, 2)
+        monkeypatch.setattr(backend, "TRUST_RECHECK", 0.0, raising=False)
+        with pytest.raises(shmfs.UnsafeSegment):
+            seg.get(2)
+        admin.config_set("port", 0)
+        assert seg[1] == {"mine": True}  # private again: trusted again
+    finally:
+        admin.close()
         seg.destroy()
 
 
