@@ -660,3 +660,87 @@ def test_update_recomputes_from_the_value_another_process_wrote(redis_url: str, 
     finally:
         other.detach()
         seg.destroy()
+
+
+# --------------------------------------------------------------------------------------- memory
+
+
+def test_at_maxmemory_a_put_is_segment_full_and_removal_still_works(
+    private_server: Callable[..., str], key: int
+) -> None:
+    url = private_server()
+    admin = redis.Redis.from_url(url)
+    seg = shmfs.attach(key, 1 << 30, backend="redis", root=url, codec="raw")
+    chunk = b"m" * (256 << 10)
+    try:
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + (2 << 20))
+        stored = 0
+        with pytest.raises(shmfs.SegmentFull, match="maxmemory") as info:
+            for index in range(64):
+                seg[index] = chunk
+                stored += 1
+        assert info.value.key == key
+        assert 0 < stored < 64
+        assert all(seg[index] == chunk for index in range(stored))  # nothing lost
+        assert stored not in seg  # nothing half written
+        with seg.lock():
+            pass  # the lock needs no memory it cannot have
+        seg.remove(0)
+        seg.clear()
+        assert len(seg) == 0
+        seg[0] = chunk  # room again
+        seg.destroy()
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+
+
+def test_an_evicting_server_is_refused_unless_accepted(
+    private_server: Callable[..., str], key: int
+) -> None:
+    url = private_server()
+    admin = redis.Redis.from_url(url)
+    try:
+        for policy in ("allkeys-lru", "volatile-lru"):
+            admin.config_set("maxmemory-policy", policy)
+            with pytest.raises(shmfs.UnsafeSegment, match=policy):
+                shmfs.attach(key, backend="redis", root=url)
+            with pytest.warns(RuntimeWarning, match=policy):
+                seg = shmfs.attach(key, backend="redis", root=url, allow_eviction=True)
+            seg.destroy()
+        with pytest.raises(shmfs.InvalidArgument):
+            shmfs.attach(key, backend="redis", root=url, allow_eviction="yes")
+    finally:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.close()
+
+
+@pytest.mark.parametrize("lost", ["vars", "gen", "meta"])
+def test_a_partly_evicted_segment_is_corrupt_never_silent(
+    redis_url: str, key: int, lost: str
+) -> None:
+    seg = shmfs.attach(key, 4096, backend="redis", root=redis_url, codec="json")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        seg[1] = "kept"
+        seg[2] = 5
+        client.delete(f"shmfs:{{{key}}}:{lost}")  # what an evicting server does to one key
+        for call in (
+            lambda: seg.get(3),
+            lambda: seg.put(3, "x"),
+            lambda: seg.incr(2),
+            lambda: seg.remove(3),
+            *((lambda: seg.get(1),) if lost == "vars" else ()),  # the value itself is gone
+        ):
+            with pytest.raises(shmfs.CorruptSegment, match="evicted"):
+                call()
+        if lost != "vars":
+            assert seg.get(1) == "kept"  # a value still whole is still read
+    finally:
+        seg.destroy()  # what is left can always go
+        assert not redis_keys_of(client, key)
+        client.close()
+
+
+def redis_keys_of(client: Any, key: int) -> list[bytes]:
+    return list(client.scan_iter(match=f"shmfs:{{{key}}}:*"))
