@@ -13,7 +13,16 @@ from typing import Any
 
 from bench.timing import Stats
 
-__all__ = ["SYSV", "TMPFS", "Row", "evaluate", "memory_per_variable", "scale_rows"]
+__all__ = [
+    "REDIS_TARGETS",
+    "SYSV",
+    "TMPFS",
+    "Row",
+    "evaluate",
+    "memory_per_variable",
+    "redis_rows",
+    "scale_rows",
+]
 
 TMPFS, SYSV, LMDB, LMDB_DEFAULTS, DISKCACHE, MEMCPY = (
     "shmfs tmpfs",
@@ -205,6 +214,14 @@ def evaluate(  # a flat list of targets reads best as one list
             extra = f"; {one.median:.2f} µs with 1 variable" if one else ""
             rows.append(Row(label, _us(stats) + extra, stats.median <= limit))
 
+    str100 = results.get("str100", {})
+    ours, theirs = str100.get("shmfs redis", {}), str100.get("redis-py (unix socket)", {})
+    rows += redis_rows(
+        {"get": ours.get("get"), "put": ours.get("put")},
+        {"GET": theirs.get("get"), "SET": theirs.get("put")},
+        "two servers of one build; python -m bench.redis_compare shares one",
+    )[:2]
+
     memory = memory_per_variable(fill, TMPFS)
     label = "tmpfs bytes per 100-byte variable: stated"
     if memory is None:
@@ -303,4 +320,29 @@ def scale_rows(scaled: dict[str, Any]) -> list[Row]:
     rows.append(
         Row("Cache bytes per entry <= 256", f"{mine['bytes']:,.0f} B", mine["bytes"] <= 256)
     )
+    return rows
+
+
+#: One process, same server, same socket: shmfs's operation against redis-py's own command.
+REDIS_TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("get", "GET", 1.1),
+    ("put", "SET", 1.3),
+    ("incr", "INCR", 1.3),
+)
+
+
+def redis_rows(ours: dict[str, Stats | None], raw: dict[str, Stats | None], how: str) -> list[Row]:
+    """The redis targets: shmfs's ``get``/``put``/``incr`` (``ours``, by operation) against
+    redis-py's ``GET``/``SET``/``INCR`` (``raw``, by command) measured in the same run; ``how``
+    says where (same server and socket, or not)."""
+    rows = []
+    for op, command, limit in REDIS_TARGETS:
+        label = f"redis {op} <= {limit}x redis-py {command} ({how})"
+        mine, theirs = ours.get(op), raw.get(command)
+        if mine is None or theirs is None:
+            rows.append(Row(label, "not measured in this run", None))
+            continue
+        r = mine.ratio(theirs)
+        text = f"{mine.median:.1f} / {theirs.median:.1f} µs = {r:.2f}x"
+        rows.append(Row(label, text, r <= limit))
     return rows

@@ -42,19 +42,16 @@ elseif holder then
   return {-1, holder}
 end
 local meta = redis.call('HMGET', KEYS[2], 'size', 'used', 'epoch')
-local values = redis.call('EXISTS', KEYS[3])
+-- How many of values and generations exist: values exist only beside their generations, and
+-- only while some bytes are used (a frame is never empty), so any other count is damage.
+local present = redis.call('EXISTS', KEYS[3], KEYS[4])
 if not meta[1] then
-  if values == 1 or redis.call('EXISTS', KEYS[4]) == 1 then
-    return redis.error_reply('EVICTED metadata')
-  end
+  if present > 0 then return redis.error_reply('EVICTED metadata') end
   return redis.error_reply('DESTROYED')
 end
 local size, used = tonumber(meta[1]), tonumber(meta[2])
 if not size or not used then return redis.error_reply('CORRUPT') end
-if values == 1 and redis.call('EXISTS', KEYS[4]) == 0 then
-  return redis.error_reply('EVICTED generations')
-end
-if values == 0 and used > 0 then return redis.error_reply('EVICTED values') end
+if used > 0 and present < 2 then return redis.error_reply('EVICTED values or generations') end
 local epoch = meta[3] or ''
 """
 
@@ -67,19 +64,17 @@ WRITE: Final = (
     "#!lua\n"
     + _GATE
     + """
-local cur = false
 if ARGV[4] ~= 'any' then
-  cur = redis.call('HGET', KEYS[3], ARGV[2])
-  local ok
-  if ARGV[4] == 'absent' then
-    ok = not cur
-  elseif ARGV[4] == 'version' then
-    ok = epoch .. ':' .. (redis.call('HGET', KEYS[4], ARGV[2]) or '0') == ARGV[5]
+  local found = epoch .. ':' .. (redis.call('HGET', KEYS[4], ARGV[2]) or '0')
+  local ok, cur
+  if ARGV[4] == 'version' then
+    ok = found == ARGV[5]
   else
-    ok = cur == ARGV[5]
+    cur = redis.call('HGET', KEYS[3], ARGV[2])
+    if ARGV[4] == 'absent' then ok = not cur else ok = cur == ARGV[5] end
   end
   if not ok then
-    local found = epoch .. ':' .. (redis.call('HGET', KEYS[4], ARGV[2]) or '0')
+    if cur == nil then cur = redis.call('HGET', KEYS[3], ARGV[2]) end
     if cur then return {0, found, cur} end
     return {0, found}
   end
