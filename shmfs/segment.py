@@ -72,7 +72,8 @@ def attach(
         trust_uids: Users, besides this one and root, whose pickled values may be decoded.
         **options: The backend's own options: ``sem_key=`` for ``sysv`` (the semaphore set PHP
             code guards the segment with; default: the segment's key); ``lock_expiry=``
-            (seconds, default 10) and ``trust_server=`` for ``redis`` (see Scaling out).
+            (seconds, default 10), ``trust_server=`` and ``allow_eviction=`` for ``redis`` (see
+            Scaling out in the README).
 
     Returns:
         A :class:`Segment` handle.
