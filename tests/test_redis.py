@@ -96,6 +96,25 @@ def test_server_restart_is_survived(private_server: Callable[..., str], key: int
     seg.destroy()
 
 
+def test_a_restart_without_persistence_says_the_data_is_gone(key: int) -> None:
+    directory = tempfile.mkdtemp(prefix="shmfs-redis-volatile-")
+    try:
+        server = RedisServer.start(directory)  # saves nothing
+        seg = shmfs.attach(key, 4096, backend="redis", root=server.url, codec="json")
+        seg[1] = "lost"
+        server.stop()
+        server = RedisServer.start(directory)
+        try:
+            for call in (lambda: seg.get(1), lambda: seg.put(1, "x"), seg.stats):
+                with pytest.raises(shmfs.SegmentNotFound, match="without persistence"):
+                    call()
+        finally:
+            seg.detach()
+            server.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_after_a_crash_and_restart_a_live_clients_lock_is_not_waited_out(
     private_server: Callable[..., str], key: int
 ) -> None:
@@ -671,23 +690,27 @@ def test_at_maxmemory_a_put_is_segment_full_and_removal_still_works(
     url = private_server()
     admin = redis.Redis.from_url(url)
     seg = shmfs.attach(key, 1 << 30, backend="redis", root=url, codec="raw")
-    chunk = b"m" * (256 << 10)
+    chunk = b"m" * (64 << 10)
     try:
-        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + (2 << 20))
-        stored = 0
+        for index in range(4):
+            seg[index] = chunk
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + (1 << 20))
+        fillers = 0
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            while True:  # other data fills the server to its limit
+                admin.set(f"filler:{fillers}", b"f" * 512)  # small: no big request buffer
+                fillers += 1
         with pytest.raises(shmfs.SegmentFull, match="maxmemory") as info:
-            for index in range(64):
-                seg[index] = chunk
-                stored += 1
+            seg[9] = b"s" * 4096
         assert info.value.key == key
-        assert 0 < stored < 64
-        assert all(seg[index] == chunk for index in range(stored))  # nothing lost
-        assert stored not in seg  # nothing half written
+        assert all(seg[index] == chunk for index in range(4))  # nothing lost
+        assert 9 not in seg  # nothing half written
         with seg.lock():
-            pass  # the lock needs no memory it cannot have
+            pass  # the lock is had at the limit too
         seg.remove(0)
         seg.clear()
         assert len(seg) == 0
+        admin.delete(*(f"filler:{n}" for n in range(fillers)))
         seg[0] = chunk  # room again
         seg.destroy()
     finally:

@@ -162,6 +162,7 @@ class RedisBackend(HoldsSegmentLock):
 
         self._client = client = make_client(self.url, connected)
         self._open_script = client.register_script(scripts.OPEN)
+        self._version_script = client.register_script(scripts.VERSION)
         self._lease.bind(client)
         self._lock = ReentrantLock(f"segment {self.key}", self._take, self._give)
 
@@ -312,13 +313,10 @@ class RedisBackend(HoldsSegmentLock):
 
     def version(self, index: int) -> object:
         """The index's write counter; ``None`` if it holds no value."""
-        client = self.client
+        self.client  # noqa: B018  # reconnects after fork
         with self._guard:
-            pipe = client.pipeline(transaction=True)
-            pipe.hexists(self._vars, str(index))
-            pipe.hget(self._gen, str(index))
-            exists, generation = pipe.execute()
-        return generation if exists else None
+            found = self._version_script(keys=[self._vars, self._gen], args=[index])
+        return found[0] if found else None
 
     def watcher(self) -> PubSubWatcher:
         """A subscription to the segment's change channel."""

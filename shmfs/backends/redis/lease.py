@@ -82,6 +82,7 @@ class Lease:
         self._expiry_ms = round(expiry * 1000)
         self._guard = guard
         self._client: redis.Redis | None = None
+        self._take: Callable[..., object] | None = None
         self._release: Callable[..., object] | None = None
         self._renew: Callable[..., object] | None = None
         #: Tokens of locks given back while the server was unreachable (see give()).
@@ -90,6 +91,7 @@ class Lease:
     def bind(self, client: redis.Redis) -> None:
         """Use ``client`` from now on (a new one after fork)."""
         self._client = client
+        self._take = client.register_script(scripts.TAKE)
         self._release = client.register_script(scripts.RELEASE)
         self._renew = client.register_script(scripts.RENEW)
 
@@ -111,12 +113,12 @@ class Lease:
 
     def take(self, timeout: float | None) -> str:
         """Wait for the lock (``LockTimeout`` after ``timeout`` s); return our token."""
-        client = self._client
+        client, take = self._client, self._script(self._take)
         assert client is not None
         token = f"{HOST}:{os.getpid()}:{SPACE or '-'}:{secrets.token_hex(8)}"
         waiter = self.waiter(timeout)
         with self._guard:
-            while not client.set(self.lock_key, token, nx=True, px=self._expiry_ms):
+            while not take(keys=[self.lock_key], args=[token, self._expiry_ms]):
                 raw = client.get(self.lock_key)
                 holder = text(raw) if raw else ""
                 if holder == token:

@@ -7,6 +7,7 @@ import contextlib
 import redis
 
 from shmfs.backends import SegmentInfo
+from shmfs.backends.redis import scripts
 from shmfs.backends.redis.connection import client as make_client
 from shmfs.backends.redis.connection import redacted
 from shmfs.backends.redis.guard import Guard, evicted, gone
@@ -23,28 +24,25 @@ def text(value: bytes | str) -> str:
 def check_whole(client: redis.Redis, key: int) -> None:
     """After a read found nothing: ``SegmentNotFound`` if the segment is gone,
     ``CorruptSegment`` if the server evicted part of it."""
-    pipe = client.pipeline(transaction=True)
-    pipe.exists(f"shmfs:{{{key}}}:meta")
-    pipe.exists(f"shmfs:{{{key}}}:vars")
-    pipe.exists(f"shmfs:{{{key}}}:gen")
-    pipe.hget(f"shmfs:{{{key}}}:meta", "used")
-    meta, values, generations, used = pipe.execute()
+    prefix = f"shmfs:{{{key}}}:"
+    keys = [prefix + "meta", prefix + "vars", prefix + "gen"]
+    meta, values, generations, used = client.register_script(scripts.STATE)(keys=keys)
     if not meta:
         if values or generations:
             raise evicted(key, "metadata")
         raise gone(key)
     if values and not generations:
         raise evicted(key, "generations")
-    if not values and used is not None and text(used).lstrip("-").isdigit() and int(used) > 0:
+    if not values and text(used).lstrip("-").isdigit() and int(used) > 0:
         raise evicted(key, "values")
 
 
 def segment_info(client: redis.Redis, key: int, url: str) -> SegmentInfo:
     """Report on segment ``key`` (``SegmentNotFound`` if it has no metadata)."""
-    pipe = client.pipeline(transaction=True)
-    pipe.hgetall(f"shmfs:{{{key}}}:meta")
-    pipe.hlen(f"shmfs:{{{key}}}:vars")
-    raw, variables = pipe.execute()
+    keys = [f"shmfs:{{{key}}}:meta", f"shmfs:{{{key}}}:vars"]
+    reply = list(client.register_script(scripts.INFO)(keys=keys))
+    variables = reply.pop()
+    raw = dict(zip(reply[::2], reply[1::2], strict=True))
     if not raw:
         raise gone(key)
     meta = {text(k): text(v) for k, v in raw.items()}

@@ -20,7 +20,20 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["CLEAR", "DESTROY", "OPEN", "PEEK", "RELEASE", "REMOVE", "RENEW", "WRITE"]
+__all__ = [
+    "CLEAR",
+    "DESTROY",
+    "INFO",
+    "OPEN",
+    "PEEK",
+    "RELEASE",
+    "REMOVE",
+    "RENEW",
+    "STATE",
+    "TAKE",
+    "VERSION",
+    "WRITE",
+]
 
 # KEYS: meta. ARGV: size, perm, created, creator_pid, owner, epoch. The first creator sets the
 # fields; a segment made before versions had an epoch gets one.
@@ -138,6 +151,27 @@ local version = epoch .. ':' .. (redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 local value = redis.call('HGET', KEYS[2], ARGV[1])
 if value then return {version, value} end
 return {version}
+"""
+# Reads in one step that a server at its maxmemory still answers (it refuses MULTI there).
+# KEYS: meta, vars, gen. Reply {meta exists, values exist, generations exist, used or ''}.
+STATE: Final = """#!lua flags=no-writes
+return {redis.call('EXISTS', KEYS[1]), redis.call('EXISTS', KEYS[2]), redis.call('EXISTS', KEYS[3]),
+        redis.call('HGET', KEYS[1], 'used') or ''}
+"""
+# KEYS: vars, gen. ARGV: index. Reply {generation or false} if the index holds a value, else {}.
+VERSION: Final = """#!lua flags=no-writes
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {} end
+return {redis.call('HGET', KEYS[2], ARGV[1])}
+"""
+# KEYS: meta, vars. Reply {the metadata as field, value, ..., number of variables}.
+INFO: Final = """#!lua flags=no-writes
+local reply = redis.call('HGETALL', KEYS[1])
+table.insert(reply, redis.call('HLEN', KEYS[2]))
+return reply
+"""
+# KEYS: lock. ARGV: token, expiry ms. Allowed at maxmemory: the lock frees memory's users.
+TAKE: Final = """#!lua flags=allow-oom
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 """
 # KEYS: lock. ARGV: token [, expiry ms].
 RELEASE: Final = """#!lua flags=allow-oom
