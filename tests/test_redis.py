@@ -798,3 +798,73 @@ def test_a_partly_evicted_segment_is_corrupt_never_silent(
 
 def redis_keys_of(client: Any, key: int) -> list[bytes]:
     return list(client.scan_iter(match=f"shmfs:{{{key}}}:*"))
+
+
+# ------------------------------------------------------------------------------------ topologies
+
+
+@pytest.fixture
+def tls_server() -> Iterator[tuple[str, str]]:
+    """A redis-server of our own listening on TLS only, with a self-signed certificate:
+    ``(rediss URL, certificate path)``."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a certificate")
+    directory = tempfile.mkdtemp(prefix="shmfs-redis-tls-")
+    cert, private = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", private, "-out", cert, "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=WAIT,
+    )
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            *("redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
+            *("--tls-cert-file", cert, "--tls-key-file", private, "--tls-ca-cert-file", cert),
+            *("--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:  # the server gives no other sign that it listens
+            try:
+                with contextlib.closing(redis.Redis.from_url(url)) as probe:
+                    probe.ping()
+                break
+            except redis.ConnectionError:
+                assert server.poll() is None and time.monotonic() < deadline, "no TLS server"
+                time.sleep(0.01)
+        yield url, cert
+    finally:
+        server.terminate()
+        server.wait(WAIT)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_tls_works_and_is_never_trusted_for_pickles(tls_server: tuple[str, str], key: int) -> None:
+    url, _ = tls_server
+    seg = shmfs.attach(key, 4096, backend="redis", root=url, codec="json")
+    try:
+        seg[1] = {"over": "tls"}
+        assert seg[1] == {"over": "tls"}
+        assert seg.incr(2) == 1 and seg.cas(2, 1, 5) and seg[2] == 5
+        with seg.lock(timeout=5):
+            seg[3] = "locked"
+        assert seg.stats()["location"].startswith("rediss://127.0.0.1:")
+        with shmfs.attach(key, backend="redis", root=url) as pickling:
+            pickling[4] = {"pickled": True}
+            with pytest.raises(shmfs.UnsafeSegment):
+                pickling.get(4)  # any local user can reach a TCP port
+        with pytest.raises(shmfs.BackendUnavailable):
+            shmfs.attach(key, backend="redis", root=url.split("?")[0])  # no CA: refused
+    finally:
+        seg.destroy()
