@@ -868,3 +868,63 @@ def test_tls_works_and_is_never_trusted_for_pickles(tls_server: tuple[str, str],
             shmfs.attach(key, backend="redis", root=url.split("?")[0])  # no CA: refused
     finally:
         seg.destroy()
+
+
+@pytest.fixture
+def sentinel_url() -> Iterator[str]:
+    """One master (TCP and a unix socket) and one Sentinel watching it, both our own:
+    a ``redis+sentinel://`` URL for the service ``shmfs-test``."""
+    directory = tempfile.mkdtemp(prefix="shmfs-redis-sentinel-")
+    master_port, sentinel_port = _free_port(), _free_port()
+    master = RedisServer.start(directory, port=master_port)
+    config = os.path.join(directory, "sentinel.conf")
+    with open(config, "w", encoding="ascii") as conf:
+        conf.write(
+            f"port {sentinel_port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor shmfs-test 127.0.0.1 {master_port} 1\n"
+        )
+    sentinel = subprocess.Popen(
+        ["redis-server", config, "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:  # until the Sentinel answers with the master it watches
+            try:
+                with contextlib.closing(redis.Redis(port=sentinel_port)) as probe:
+                    if probe.sentinel_get_master_addr_by_name("shmfs-test"):
+                        break
+            except redis.ConnectionError:
+                pass
+            assert sentinel.poll() is None and time.monotonic() < deadline, "no Sentinel"
+            time.sleep(0.01)
+        yield f"redis+sentinel://127.0.0.1:{sentinel_port}/shmfs-test/0"
+    finally:
+        sentinel.terminate()
+        sentinel.wait(WAIT)
+        master.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_sentinel_url_finds_the_master(sentinel_url: str, key: int) -> None:
+    seg = shmfs.attach(key, 4096, backend="redis", root=sentinel_url, codec="json")
+    try:
+        seg[1] = {"via": "sentinel"}
+        assert seg[1] == {"via": "sentinel"}
+        assert seg.incr(2) == 1
+        with seg.lock(timeout=5):
+            seg[3] = "locked"
+        assert seg.stats()["location"].startswith("redis+sentinel://")
+        assert [info["key"] for info in shmfs.segments(backend="redis", root=sentinel_url)] == [key]
+        with shmfs.attach(key, backend="redis", root=sentinel_url) as pickling:
+            pickling[4] = {"pickled": True}
+            with pytest.raises(shmfs.UnsafeSegment):
+                pickling.get(4)  # found over TCP: not private
+        with pytest.raises(shmfs.BackendUnavailable):
+            shmfs.attach(key, backend="redis", root=sentinel_url.replace("shmfs-test", "nope"))
+        with pytest.raises(shmfs.InvalidArgument):
+            shmfs.attach(key, backend="redis", root="redis+sentinel://127.0.0.1:1")
+    finally:
+        seg.destroy()

@@ -37,6 +37,9 @@ from shmfs.backends.redis.connection import (
     client as make_client,
 )
 from shmfs.backends.redis.connection import (
+    close as close_client,
+)
+from shmfs.backends.redis.connection import (
     default_url,
     no_listener_on,
     no_network_listener,
@@ -335,7 +338,7 @@ class RedisBackend(HoldsSegmentLock):
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):  # closing must not fail a detach
-                client.close()
+                close_client(client)
 
     def destroy(self) -> None:
         """Delete every key of the segment (lock held) and wake its waiters."""

@@ -21,14 +21,17 @@ from typing import Any, Final
 
 import redis
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.sentinel import Sentinel
 
 from shmfs.errors import InvalidArgument
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "SENTINEL",
     "SOCKET_TIMEOUT",
     "check_url",
     "client",
+    "close",
     "default_url",
     "no_listener_on",
     "no_network_listener",
@@ -44,6 +47,11 @@ def default_url() -> str:
     fallback = root if "://" in root else "redis://localhost:6379/0"
     return os.environ.get("SHMFS_REDIS_URL", fallback)
 
+
+#: The scheme of a URL that names Sentinels and a service, not a server:
+#: ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``. The password is
+#: the master's; the Sentinels are asked without one.
+SENTINEL: Final = "redis+sentinel"
 
 #: Seconds to wait for a connection, and for a reply, unless the URL says otherwise
 #: (``?socket_connect_timeout=``, ``?socket_timeout=``): a server that stalls fails a call
@@ -63,6 +71,7 @@ _COMMON: Final = frozenset(URL_QUERY_ARGUMENT_PARSERS) | {
 _OPTIONS: Final = {
     "unix": _COMMON,
     "redis": _COMMON,
+    SENTINEL: _COMMON,
     "rediss": _COMMON
     | {
         "ssl_ca_certs",
@@ -100,13 +109,15 @@ def check_url(url: str) -> None:
     shown = redacted(url)
     try:
         parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018  # parses the port, raising ValueError for a bad one
+        if parts.scheme != SENTINEL:  # its several host:port pairs are parsed where used
+            parts.port  # noqa: B018  # parses the port, raising ValueError for a bad one
     except ValueError as exc:
         raise InvalidArgument(f"not a Redis URL: {shown} ({exc})") from exc
     allowed = _OPTIONS.get(parts.scheme)
     if allowed is None:
         raise InvalidArgument(
-            f"not a Redis URL: {shown} (the scheme must be redis://, rediss:// or unix://)"
+            f"not a Redis URL: {shown} (the scheme must be redis://, rediss://, unix:// or "
+            f"{SENTINEL}://)"
         )
     unknown = sorted({name for name, _ in urllib.parse.parse_qsl(parts.query)} - allowed)
     if unknown:
@@ -117,8 +128,9 @@ def check_url(url: str) -> None:
 
 
 def client(url: str, on_connect: Callable[[Any], None] | None = None) -> redis.Redis:
-    """A client for ``redis://``, ``rediss://`` or ``unix://`` URLs; ``on_connect(connection)``
-    runs on every new connection, after redis-py's own handshake (authentication, database)."""
+    """A client for ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URLs;
+    ``on_connect(connection)`` runs on every new connection, after redis-py's own handshake
+    (authentication, database)."""
     check_url(url)
     hook = None
     if on_connect is not None:
@@ -127,15 +139,48 @@ def client(url: str, on_connect: Callable[[Any], None] | None = None) -> redis.R
             connection.on_connect()
             on_connect(connection)
 
+    timeouts = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": SOCKET_TIMEOUT}
     try:
-        return redis.Redis.from_url(
-            url,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=SOCKET_TIMEOUT,
-            redis_connect_func=hook,
-        )
+        if url.startswith(f"{SENTINEL}://"):
+            return _sentinel_client(url, hook, timeouts)
+        return redis.Redis.from_url(url, redis_connect_func=hook, **timeouts)
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"not a Redis URL: {redacted(url)} ({exc})") from exc
+
+
+def _sentinel_client(url: str, hook: Any, timeouts: dict[str, float]) -> redis.Redis:
+    """The master a Sentinel URL names, found (and found again after a failover) by asking
+    its Sentinels."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for address in netloc.split(","):
+        host, _, port = address.rpartition(":")
+        sentinels.append((host or "localhost", int(port or 26379)))
+    path = [piece for piece in parts.path.split("/") if piece]
+    if not path:
+        raise ValueError("a Sentinel URL names the service: redis+sentinel://host:port/service")
+    options: dict[str, Any] = dict(timeouts)
+    if len(path) > 1:
+        options["db"] = int(path[1])
+    for name, value in urllib.parse.parse_qsl(parts.query):
+        parser: Any = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        options[name] = parser(value) if parser is not None else value
+    if parts.password is not None:
+        options["password"] = urllib.parse.unquote(parts.password)
+    if parts.username:
+        options["username"] = urllib.parse.unquote(parts.username)
+    manager = Sentinel(sentinels, sentinel_kwargs=dict(timeouts), **options)  # type: ignore[no-untyped-call]  # redis-py leaves Sentinel unannotated
+    master: redis.Redis = manager.master_for(path[0], redis_connect_func=hook, **options)  # type: ignore[no-untyped-call]  # likewise
+    return master
+
+
+def close(client: redis.Redis) -> None:
+    """Close ``client``'s connections, and those to the Sentinels that found its server."""
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    client.close()
+    for sentinel in getattr(manager, "sentinels", ()):
+        sentinel.close()
 
 
 def socket_private(url: str, trust_uids: frozenset[int]) -> bool:

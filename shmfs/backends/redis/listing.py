@@ -9,6 +9,7 @@ import redis
 from shmfs.backends import SegmentInfo
 from shmfs.backends.redis import scripts
 from shmfs.backends.redis.connection import client as make_client
+from shmfs.backends.redis.connection import close as close_client
 from shmfs.backends.redis.connection import redacted
 from shmfs.backends.redis.guard import Guard, evicted, gone
 from shmfs.errors import CorruptSegment, SegmentNotFound
@@ -74,5 +75,5 @@ def list_segments(url: str) -> list[SegmentInfo]:
                 with contextlib.suppress(ValueError, SegmentNotFound):
                     found.append(segment_info(client, int(tag), url))  # not ours if not an int
     finally:
-        client.close()
+        close_client(client)
     return sorted(found, key=lambda info: info.key)
