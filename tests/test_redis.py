@@ -893,7 +893,7 @@ def sentinel_url() -> Iterator[str]:
         deadline = time.monotonic() + WAIT
         while True:  # until the Sentinel answers with the master it watches
             try:
-                with contextlib.closing(redis.Redis(port=sentinel_port)) as probe:
+                with contextlib.closing(redis.Redis(host="127.0.0.1", port=sentinel_port)) as probe:
                     if probe.sentinel_get_master_addr_by_name("shmfs-test"):
                         break
             except redis.ConnectionError:
@@ -928,3 +928,98 @@ def test_a_sentinel_url_finds_the_master(sentinel_url: str, key: int) -> None:
             shmfs.attach(key, backend="redis", root="redis+sentinel://127.0.0.1:1")
     finally:
         seg.destroy()
+
+
+@pytest.fixture
+def cluster_url() -> Iterator[str]:
+    """A Redis Cluster of three masters of our own, on loopback ports: one node's URL."""
+    if shutil.which("redis-cli") is None:
+        pytest.skip("needs redis-cli to form a cluster")
+    directory = tempfile.mkdtemp(prefix="shmfs-redis-cluster-")
+    ports = [_free_port() for _ in range(3)]
+    nodes = []
+    try:
+        for port in ports:
+            node_dir = os.path.join(directory, str(port))
+            os.mkdir(node_dir)
+            nodes.append(
+                subprocess.Popen(
+                    [
+                        *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+                        *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+                        *("--save", "", "--appendonly", "no", "--dir", node_dir),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        for port in ports:
+            deadline = time.monotonic() + WAIT
+            while True:
+                try:
+                    with contextlib.closing(redis.Redis(host="127.0.0.1", port=port)) as probe:
+                        probe.ping()
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "a cluster node did not start"
+                    time.sleep(0.01)
+        subprocess.run(
+            [
+                *("redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)),
+                *("--cluster-replicas", "0", "--cluster-yes"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=WAIT,
+        )
+        deadline = time.monotonic() + WAIT
+        while True:  # every node agrees the cluster is whole
+            states = []
+            for port in ports:
+                with contextlib.closing(redis.Redis(host="127.0.0.1", port=port)) as probe:
+                    info = probe.execute_command("CLUSTER", "INFO")
+                    text = info.decode() if isinstance(info, bytes) else str(info)
+                    states.append("ok" if "cluster_state:ok" in text else text)
+            if states == ["ok"] * 3:
+                break
+            assert time.monotonic() < deadline, f"cluster not ok: {states}"
+            time.sleep(0.05)
+        yield f"redis+cluster://127.0.0.1:{ports[0]}"
+    finally:
+        for node in nodes:
+            node.terminate()
+            node.wait(WAIT)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_cluster_keeps_each_segment_on_one_node(cluster_url: str) -> None:
+    keys = [4242, 98765, 1234567, 77]  # their tags hash to slots on different nodes
+    segs = [shmfs.attach(k, 4096, backend="redis", root=cluster_url, codec="json") for k in keys]
+    try:
+        for number, seg in enumerate(segs):
+            seg[1] = {"segment": number}
+            assert seg.incr(2) == 1 and seg.cas(2, 1, 7) and seg.add(3, "x")
+            with seg.lock(timeout=5):
+                seg[4] = "locked"
+            seg.remove(3)
+        for number, seg in enumerate(segs):
+            assert seg[1] == {"segment": number} and seg[2] == 7 and 3 not in seg
+            assert seg.stats()["variables"] == 3
+        listed = {info["key"] for info in shmfs.segments(backend="redis", root=cluster_url)}
+        assert listed == set(keys)
+        port = cluster_url.rsplit(":", 1)[1]
+        with contextlib.closing(
+            redis.cluster.RedisCluster(host="127.0.0.1", port=int(port))
+        ) as direct:
+            slots = {
+                direct.keyslot(f"shmfs:{{{k}}}:{part}")
+                for k in keys[:1]
+                for part in ("meta", "vars", "gen", "lock")
+            }
+            assert len(slots) == 1
+            owners = {direct.get_node_from_key(f"shmfs:{{{k}}}:meta").name for k in keys}
+            assert len(owners) > 1  # the segments are spread over the nodes
+    finally:
+        for seg in segs:
+            seg.destroy()

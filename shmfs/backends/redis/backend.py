@@ -273,7 +273,9 @@ class RedisBackend(HoldsSegmentLock):
         """The frame of ``index``, or ``None``: one ``HGET``."""
         client = self.client
         with self._guard:
-            data = command(client, self._guard.url, "HGET", self._vars, index, changes=False)
+            data = command(
+                client, self._guard.url, "HGET", self._vars, index, changes=False, key=self._vars
+            )
             if data is None:
                 listing.check_whole(client, self.key)
         return data if data is None or isinstance(data, bytes) else bytes(data)

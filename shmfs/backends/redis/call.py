@@ -18,7 +18,8 @@ import hashlib
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, MovedError, NoScriptError
 
 from shmfs.errors import BackendUnavailable
 
@@ -51,7 +52,17 @@ def _unavailable(url: str, exc: Exception, committed: bool | None) -> BackendUna
     )
 
 
-def command(client: redis.Redis, url: str, *args: Any, changes: bool) -> Any:
+def _pool(client: Any, key: str | None) -> Any:
+    """The connection pool of the server that holds ``key``: a cluster's node for its slot."""
+    if key is not None and isinstance(client, RedisCluster):
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        return client.get_redis_connection(node).connection_pool
+    return client.connection_pool
+
+
+def command(
+    client: redis.Redis, url: str, *args: Any, changes: bool, key: str | None = None
+) -> Any:
     """Send ``args`` on a pooled connection and return the reply (see the module docstring).
 
     Raises:
@@ -59,8 +70,8 @@ def command(client: redis.Redis, url: str, *args: Any, changes: bool) -> Any:
             ``committed`` is ``None`` for a change).
         redis.ResponseError: the server answered with an error (nothing was changed).
     """
-    pool = client.connection_pool
     for attempt in (0, 1):
+        pool = _pool(client, key)
         try:
             conn: Any = pool.get_connection()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -74,6 +85,13 @@ def command(client: redis.Redis, url: str, *args: Any, changes: bool) -> Any:
                 raise _unavailable(url, exc, False) from exc
             try:
                 return conn.read_response()
+            except (MovedError, AskError):
+                # The slot lives elsewhere now (a resharding): the node ran nothing. Learn the
+                # cluster's layout again, and send it there.
+                if attempt:
+                    raise
+                client.nodes_manager.initialize()  # type: ignore[attr-defined]  # a cluster's
+                continue
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 conn.disconnect()
                 if changes or attempt:
@@ -94,7 +112,27 @@ def run(
 ) -> Any:
     """Run ``script`` (``EVALSHA``, then ``EVAL`` on ``NOSCRIPT``) and return its reply."""
     try:
-        return command(client, url, "EVALSHA", script.sha, len(keys), *keys, *args, changes=changes)
+        return command(
+            client,
+            url,
+            "EVALSHA",
+            script.sha,
+            len(keys),
+            *keys,
+            *args,
+            changes=changes,
+            key=keys[0],
+        )
     except NoScriptError:
         # The server ran nothing: it did not know the script.
-        return command(client, url, "EVAL", script.source, len(keys), *keys, *args, changes=changes)
+        return command(
+            client,
+            url,
+            "EVAL",
+            script.source,
+            len(keys),
+            *keys,
+            *args,
+            changes=changes,
+            key=keys[0],
+        )

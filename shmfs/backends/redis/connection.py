@@ -20,12 +20,14 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import redis
+from redis.cluster import RedisCluster
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.sentinel import Sentinel
 
 from shmfs.errors import InvalidArgument
 
 __all__ = [
+    "CLUSTER",
     "CONNECT_TIMEOUT",
     "SENTINEL",
     "SOCKET_TIMEOUT",
@@ -52,6 +54,10 @@ def default_url() -> str:
 #: ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``. The password is
 #: the master's; the Sentinels are asked without one.
 SENTINEL: Final = "redis+sentinel"
+#: The scheme of a URL that names one node of a Redis Cluster: ``redis+cluster://host:port``;
+#: the client learns the others from it, and sends each segment's calls to the node holding
+#: its hash slot (every key of a segment has the tag ``{KEY}``, so they share one).
+CLUSTER: Final = "redis+cluster"
 
 #: Seconds to wait for a connection, and for a reply, unless the URL says otherwise
 #: (``?socket_connect_timeout=``, ``?socket_timeout=``): a server that stalls fails a call
@@ -72,6 +78,7 @@ _OPTIONS: Final = {
     "unix": _COMMON,
     "redis": _COMMON,
     SENTINEL: _COMMON,
+    CLUSTER: _COMMON - {"db"},
     "rediss": _COMMON
     | {
         "ssl_ca_certs",
@@ -116,8 +123,8 @@ def check_url(url: str) -> None:
     allowed = _OPTIONS.get(parts.scheme)
     if allowed is None:
         raise InvalidArgument(
-            f"not a Redis URL: {shown} (the scheme must be redis://, rediss://, unix:// or "
-            f"{SENTINEL}://)"
+            f"not a Redis URL: {shown} (the scheme must be redis://, rediss://, unix://, "
+            f"{SENTINEL}:// or {CLUSTER}://)"
         )
     unknown = sorted({name for name, _ in urllib.parse.parse_qsl(parts.query)} - allowed)
     if unknown:
@@ -143,6 +150,11 @@ def client(url: str, on_connect: Callable[[Any], None] | None = None) -> redis.R
     try:
         if url.startswith(f"{SENTINEL}://"):
             return _sentinel_client(url, hook, timeouts)
+        if url.startswith(f"{CLUSTER}://"):
+            node_url = "redis://" + url.removeprefix(f"{CLUSTER}://")
+            # Not a redis.Redis, though it answers the same calls: typed as what it stands in for.
+            cluster: Any = RedisCluster.from_url(node_url, redis_connect_func=hook, **timeouts)
+            return cluster  # type: ignore[no-any-return]  # see above
         return redis.Redis.from_url(url, redis_connect_func=hook, **timeouts)
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"not a Redis URL: {redacted(url)} ({exc})") from exc
@@ -177,7 +189,8 @@ def _sentinel_client(url: str, hook: Any, timeouts: dict[str, float]) -> redis.R
 
 def close(client: redis.Redis) -> None:
     """Close ``client``'s connections, and those to the Sentinels that found its server."""
-    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    pool = getattr(client, "connection_pool", None)  # a cluster client has one per node
+    manager = getattr(pool, "sentinel_manager", None)
     client.close()
     for sentinel in getattr(manager, "sentinels", ()):
         sentinel.close()

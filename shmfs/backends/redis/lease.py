@@ -177,7 +177,10 @@ class Lease:
         """On each new connection: release the locks whose release the server did not get."""
         for token in list(self.pending):
             conn.send_command("EVAL", scripts.RELEASE, 1, self.lock_key, token)
-            conn.read_response()
+            try:
+                conn.read_response()
+            except redis.ResponseError:
+                continue  # another cluster node's key: the background retry routes it
             self.pending.discard(token)
 
     @staticmethod
