@@ -12,6 +12,7 @@ a waiter in this process sees a put made in another one. Prints the target rows 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import random
@@ -20,14 +21,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import shmfs
-from bench import wakeup
+from bench import redis_mixed, wakeup
 from bench.redis_server import RedisServer, ServerError
-from bench.targets import redis_rows
+from bench.targets import redis_crowd_rows, redis_rows
 from bench.timing import Stats, bracket_ns, to_us
 
-KEY = 0x5EB42
+KEY = redis_mixed.KEY
 VALUE = "x" * 100  # a small value: what a counter, a flag or a progress record costs
 
 
@@ -54,11 +56,36 @@ def interleaved(
     return {name: Stats.of(values) for name, values in samples.items()}
 
 
+def contended(server: RedisServer, processes: int, seconds: float) -> dict[str, dict[str, Any]]:
+    """``processes`` processes of mixed get/put/incr on shared variables, raw redis-py and then
+    shmfs, twice each in turn: operations per second and put latencies of each."""
+    ctx = multiprocessing.get_context("spawn")
+    totals: dict[str, dict[str, Any]] = {
+        kind: {"ops": 0, "seconds": 0.0, "puts": []} for kind in ("raw", "shmfs")
+    }
+    with ctx.Pool(processes) as pool:
+        for kind in ("raw", "shmfs", "raw", "shmfs"):
+            start_at = time.time() + 2.0  # time for every worker to be ready
+            args = (kind, server.url, server.socket, seconds / 2, start_at)
+            for result in pool.starmap(redis_mixed.mixed, [args] * processes):
+                totals[kind]["ops"] += result["ops"]
+                totals[kind]["puts"].extend(result["puts"])
+            totals[kind]["seconds"] += seconds / 2
+    return {
+        kind: {"rate": t["ops"] / t["seconds"], "put": Stats.of(t["puts"])}
+        for kind, t in totals.items()
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.redis_compare")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--batches", type=int, default=15)
     parser.add_argument("--wakeups", type=int, default=300)
+    parser.add_argument(
+        "--processes", type=int, default=8, help="processes of the mixed case (0: skip it)"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each mixed run")
     args = parser.parse_args()
     try:
         import redis  # noqa: PLC0415  # the peer: reported, not a traceback, when absent
@@ -78,6 +105,7 @@ def main() -> int:
         seg = shmfs.attach(KEY, 1 << 20, backend="redis", root=server.url)
         seg[1] = VALUE
         seg[2] = 0
+        seg[3] = VALUE
         frame = raw.hget(f"shmfs:{{{KEY}}}:vars", "1")  # the exact bytes shmfs stores
         assert isinstance(frame, bytes)
         raw.set("raw", frame)
@@ -94,6 +122,7 @@ def main() -> int:
             args.batch,
             args.batches,
         )
+        crowd = contended(server, args.processes, args.seconds) if args.processes > 0 else None
         # The wake-up writer child attaches by it; set for this run only.
         os.environ["SHMFS_REDIS_URL"] = server.url
         wake = wakeup.measure("redis", args.wakeups)
@@ -125,7 +154,10 @@ def main() -> int:
         print(f"{label:<14} {stats[name].median:>10.1f} {stats[name].p99:>8.1f}")
     ours = {op: stats[op] for op in ("get", "put", "incr")}
     theirs = {command: stats[command] for command in ("GET", "SET", "INCR")}
-    for row in redis_rows(ours, theirs, "same server, same socket"):
+    rows = redis_rows(ours, theirs, "same server, same socket")
+    if crowd is not None:
+        rows += redis_crowd_rows(crowd["shmfs"], crowd["raw"], args.processes, args.seconds)
+    for row in rows:
         print(f"{row.verdict:>4}  {row.target}: {row.measured}")
     print(
         f"wake-up (another process's put -> watch): p50 {wake['p50_us']:.0f} us, "

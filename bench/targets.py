@@ -20,6 +20,7 @@ __all__ = [
     "Row",
     "evaluate",
     "memory_per_variable",
+    "redis_crowd_rows",
     "redis_rows",
     "scale_rows",
 ]
@@ -346,3 +347,25 @@ def redis_rows(ours: dict[str, Stats | None], raw: dict[str, Stats | None], how:
         text = f"{mine.median:.1f} / {theirs.median:.1f} µs = {r:.2f}x"
         rows.append(Row(label, text, r <= limit))
     return rows
+
+
+def redis_crowd_rows(
+    ours: dict[str, Any], raw: dict[str, Any], processes: int, seconds: float
+) -> list[Row]:
+    """The contended redis targets: ``processes`` processes of mixed get/put/incr for
+    ``seconds`` (``{"rate": ops/s, "put": Stats}`` for shmfs and for raw redis-py)."""
+    rate = ours["rate"] / raw["rate"]
+    p99 = ours["put"].p99 / raw["put"].p99
+    return [
+        Row(
+            f"redis, {processes} processes mixed get/put/incr for {seconds:g} s: throughput "
+            ">= 0.8x raw redis-py",
+            f"{ours['rate']:,.0f} / {raw['rate']:,.0f} ops/s = {rate:.2f}x",
+            rate >= 0.8,
+        ),
+        Row(
+            f"redis, {processes} processes: put p99 <= 3x raw redis-py's SET p99",
+            f"{ours['put'].p99:,.0f} / {raw['put'].p99:,.0f} µs = {p99:.2f}x",
+            p99 <= 3.0,
+        ),
+    ]
