@@ -584,10 +584,13 @@ class Segment(MutableMapping[int, Any]):
         if atomic is not None and _bytes_decide(expected):
             backend = self._open()
             index = check_index(index)
+            expect = None
             if atomic.seen(index) is None:
+                with contextlib.suppress(SerializationError):  # this codec cannot: compare values
+                    expect = ("bytes", self._encode(expected))
+            if expect is not None:
                 # One round trip: the backend swaps if it holds exactly what ``expected``
                 # encodes to, and else answers with what it holds, compared here as values.
-                expect = ("bytes", self._encode(expected))
                 done = atomic.commit(index, self._encode(new), expect, self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
                 if done.done:
                     return True

@@ -1023,3 +1023,19 @@ def test_a_cluster_keeps_each_segment_on_one_node(cluster_url: str) -> None:
     finally:
         for seg in segs:
             seg.destroy()
+
+
+def test_cas_with_an_expected_value_the_codec_cannot_encode_compares_values(
+    redis_url: str, key: int
+) -> None:
+    seg = shmfs.attach(key, 4096, backend="redis", root=redis_url, codec="json")
+    try:
+        seg[1] = "text"
+        assert not seg.cas(1, b"text", "new")  # json cannot encode bytes: no error, no match
+        assert seg.cas(1, "text", "new") and seg[1] == "new"
+        seg[2] = 1.0
+        assert seg.cas(2, 1, "int matches float")  # equal values, different encodings
+        seg[3] = float("nan")
+        assert not seg.cas(3, float("nan"), "nan")  # NaN != NaN, though its bytes match
+    finally:
+        seg.destroy()
