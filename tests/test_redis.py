@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import random
 import select
 import shutil
 import signal
@@ -875,7 +876,7 @@ def sentinel_url() -> Iterator[str]:
     """One master (TCP and a unix socket) and one Sentinel watching it, both our own:
     a ``redis+sentinel://`` URL for the service ``shmfs-test``."""
     directory = tempfile.mkdtemp(prefix="shmfs-redis-sentinel-")
-    master_port, sentinel_port = _free_port(), _free_port()
+    master_port, sentinel_port = _cluster_ports(2)  # distinct, as two _free_port() may not be
     master = RedisServer.start(directory, port=master_port)
     config = os.path.join(directory, "sentinel.conf")
     with open(config, "w", encoding="ascii") as conf:
@@ -930,13 +931,31 @@ def test_a_sentinel_url_finds_the_master(sentinel_url: str, key: int) -> None:
         seg.destroy()
 
 
+def _cluster_ports(count: int) -> list[int]:
+    """Distinct free ports whose cluster bus ports (10000 above) are free too."""
+    found: list[int] = []
+    rng = random.Random()
+    while len(found) < count:
+        port = rng.randrange(20000, 50000)
+        if port in found:
+            continue
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        found.append(port)
+    return found
+
+
 @pytest.fixture
 def cluster_url() -> Iterator[str]:
     """A Redis Cluster of three masters of our own, on loopback ports: one node's URL."""
     if shutil.which("redis-cli") is None:
         pytest.skip("needs redis-cli to form a cluster")
     directory = tempfile.mkdtemp(prefix="shmfs-redis-cluster-")
-    ports = [_free_port() for _ in range(3)]
+    ports = _cluster_ports(3)
     nodes = []
     try:
         for port in ports:
@@ -962,6 +981,7 @@ def cluster_url() -> Iterator[str]:
                         probe.ping()
                     break
                 except redis.ConnectionError:
+                    assert all(node.poll() is None for node in nodes), "a cluster node exited"
                     assert time.monotonic() < deadline, "a cluster node did not start"
                     time.sleep(0.01)
         subprocess.run(
