@@ -13,7 +13,17 @@ from typing import Any
 
 from bench.timing import Stats
 
-__all__ = ["SYSV", "TMPFS", "Row", "evaluate", "memory_per_variable", "scale_rows"]
+__all__ = [
+    "REDIS_TARGETS",
+    "SYSV",
+    "TMPFS",
+    "Row",
+    "evaluate",
+    "memory_per_variable",
+    "redis_crowd_rows",
+    "redis_rows",
+    "scale_rows",
+]
 
 TMPFS, SYSV, LMDB, LMDB_DEFAULTS, DISKCACHE, MEMCPY = (
     "shmfs tmpfs",
@@ -205,6 +215,14 @@ def evaluate(  # a flat list of targets reads best as one list
             extra = f"; {one.median:.2f} µs with 1 variable" if one else ""
             rows.append(Row(label, _us(stats) + extra, stats.median <= limit))
 
+    str100 = results.get("str100", {})
+    ours, theirs = str100.get("shmfs redis", {}), str100.get("redis-py (unix socket)", {})
+    rows += redis_rows(
+        {"get": ours.get("get"), "put": ours.get("put")},
+        {"GET": theirs.get("get"), "SET": theirs.get("put")},
+        "two servers of one build; python -m bench.redis_compare shares one",
+    )[:2]
+
     memory = memory_per_variable(fill, TMPFS)
     label = "tmpfs bytes per 100-byte variable: stated"
     if memory is None:
@@ -304,3 +322,50 @@ def scale_rows(scaled: dict[str, Any]) -> list[Row]:
         Row("Cache bytes per entry <= 256", f"{mine['bytes']:,.0f} B", mine["bytes"] <= 256)
     )
     return rows
+
+
+#: One process, same server, same socket: shmfs's operation against redis-py's own command.
+REDIS_TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("get", "GET", 1.1),
+    ("put", "SET", 1.3),
+    ("incr", "INCR", 1.3),
+)
+
+
+def redis_rows(ours: dict[str, Stats | None], raw: dict[str, Stats | None], how: str) -> list[Row]:
+    """The redis targets: shmfs's ``get``/``put``/``incr`` (``ours``, by operation) against
+    redis-py's ``GET``/``SET``/``INCR`` (``raw``, by command) measured in the same run; ``how``
+    says where (same server and socket, or not)."""
+    rows = []
+    for op, command, limit in REDIS_TARGETS:
+        label = f"redis {op} <= {limit}x redis-py {command} ({how})"
+        mine, theirs = ours.get(op), raw.get(command)
+        if mine is None or theirs is None:
+            rows.append(Row(label, "not measured in this run", None))
+            continue
+        r = mine.ratio(theirs)
+        text = f"{mine.median:.1f} / {theirs.median:.1f} µs = {r:.2f}x"
+        rows.append(Row(label, text, r <= limit))
+    return rows
+
+
+def redis_crowd_rows(
+    ours: dict[str, Any], raw: dict[str, Any], processes: int, seconds: float
+) -> list[Row]:
+    """The contended redis targets: ``processes`` processes of mixed get/put/incr for
+    ``seconds`` (``{"rate": ops/s, "put": Stats}`` for shmfs and for raw redis-py)."""
+    rate = ours["rate"] / raw["rate"]
+    p99 = ours["put"].p99 / raw["put"].p99
+    return [
+        Row(
+            f"redis, {processes} processes mixed get/put/incr for {seconds:g} s: throughput "
+            ">= 0.8x raw redis-py",
+            f"{ours['rate']:,.0f} / {raw['rate']:,.0f} ops/s = {rate:.2f}x",
+            rate >= 0.8,
+        ),
+        Row(
+            f"redis, {processes} processes: put p99 <= 3x raw redis-py's SET p99",
+            f"{ours['put'].p99:,.0f} / {raw['put'].p99:,.0f} µs = {p99:.2f}x",
+            p99 <= 3.0,
+        ),
+    ]

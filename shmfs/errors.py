@@ -120,4 +120,13 @@ class WaitTimeout(ShmfsError, TimeoutError):
 
 
 class BackendUnavailable(ShmfsError):
-    """The backend cannot be reached: no /dev/shm, SysV IPC disabled, Redis unreachable."""
+    """The backend cannot be reached: no /dev/shm, SysV IPC disabled, Redis unreachable.
+
+    Attributes:
+        committed: ``False``: the call changed nothing, and may be retried. ``None``: the
+            outcome is unknown, since the connection to a Redis server was lost after the
+            change was sent (it may or may not have been made; read back before retrying a
+            change that must not happen twice, such as ``incr``).
+    """
+
+    committed: bool | None = False

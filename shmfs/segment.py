@@ -24,6 +24,7 @@ from shmfs import codecs, frame, waiting
 from shmfs.access import Holding, Locked, Watched
 from shmfs.backends import (
     SLOW,
+    Atomic,
     Backend,
     Hot,
     Pin,
@@ -35,6 +36,7 @@ from shmfs.errors import (
     CorruptSegment,
     SegmentDetached,
     SegmentNotFound,
+    SerializationError,
     UnsafeSegment,
     VariableNotFound,
 )
@@ -97,7 +99,8 @@ def attach(
         trust_uids: Users, besides this one and root, whose pickled values may be decoded.
         **options: The backend's own options: ``sem_key=`` for ``sysv`` (the semaphore set PHP
             code guards the segment with; default: the segment's key); ``lock_expiry=``
-            (seconds, default 10) and ``trust_server=`` for ``redis`` (see Scaling out).
+            (seconds, default 10), ``trust_server=`` and ``allow_eviction=`` for ``redis`` (see
+            Scaling out in the README).
 
     Returns:
         A :class:`Segment` handle.
@@ -164,6 +167,15 @@ def _no_fast_get(index: int) -> Any:
     return SLOW
 
 
+def _bytes_decide(value: Any) -> bool:
+    """Whether equal encodings of ``value`` and a stored value make them equal (``==``), for
+    plain values: a NaN is not equal to itself, and a class may define equality as it likes."""
+    kind = type(value)
+    if kind is float:
+        return bool(value == value)  # noqa: PLR0124  # False only for NaN
+    return kind in {int, str, bytes, bool, type(None)}
+
+
 def _reattach(spec: dict[str, Any]) -> Segment:
     return attach(**spec)
 
@@ -199,6 +211,9 @@ class Segment(MutableMapping[int, Any]):
         offers = capabilities(backend)
         self._pieces = offers.writes_pieces
         self._pin = offers.pin
+        # Where single changes are each one atomic step of the backend's (redis: one script
+        # call), they take no segment lock here; read-modify-writes become optimistic.
+        self._atomic: Atomic | None = offers.atomic
         # The backend's fast get and put of small values (tmpfs's C module). They read
         # unsigned frames only, so a segment with a secret never uses them; the put frames a
         # plain pickle, so only a pickling codec's segment puts through it.
@@ -445,6 +460,10 @@ class Segment(MutableMapping[int, Any]):
             ):
                 return
             data = self._encode(value)
+            atomic = self._atomic
+            if atomic is not None:
+                atomic.commit(index, data, ("any", None), self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
+                return
             with self._holding() as held:
                 held.write(index, data)
         except Exception as exc:  # detached meanwhile (a finalizer, another thread)?
@@ -505,8 +524,12 @@ class Segment(MutableMapping[int, Any]):
         """
         self._open()  # a closed handle's error before a bad index's
         index = check_index(index)
-        with self._holding() as backend:
-            found = backend.delete(index)
+        atomic = self._atomic
+        if atomic is not None:
+            found = atomic.discard(index, self._lock_timeout)
+        else:
+            with self._holding() as backend:
+                found = backend.delete(index)
         if not found:
             raise self._not_found(index)
 
@@ -538,6 +561,9 @@ class Segment(MutableMapping[int, Any]):
         self._open()  # a closed handle's error before a bad index's
         index = check_index(index)
         data = self._encode(value)
+        atomic = self._atomic
+        if atomic is not None:
+            return atomic.commit(index, data, ("absent", None), self._lock_timeout).done  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
         with self._holding() as backend:
             if backend.read(index) is not None:
                 return False
@@ -549,7 +575,9 @@ class Segment(MutableMapping[int, Any]):
     def update(self, index: Any, fn: Any = _MISSING, /, default: Any = _MISSING) -> Any:
         """Replace the value at ``index`` with ``fn(old)`` under the lock; return the new value.
 
-        ``seg.update(mapping)`` (one argument) stores every item, as ``dict.update`` does.
+        ``seg.update(mapping)`` (one argument) stores every item, as ``dict.update`` does. On
+        redis no lock is taken: the new value is stored only if no other write came between,
+        else ``fn`` runs again on the newer value, so ``fn`` should have no side effects.
 
         Args:
             index: The variable, or a mapping/iterable of pairs to store.
@@ -594,6 +622,22 @@ class Segment(MutableMapping[int, Any]):
             swapped = old is not _MISSING and bool(old == expected)
             return swapped, new
 
+        atomic = self._atomic
+        if atomic is not None and _bytes_decide(expected):
+            backend = self._open()
+            index = check_index(index)
+            expect = None
+            if atomic.seen(index) is None:
+                with contextlib.suppress(SerializationError):  # this codec cannot: compare values
+                    expect = ("bytes", self._encode(expected))
+            if expect is not None:
+                # One round trip: the backend swaps if it holds exactly what ``expected``
+                # encodes to, and else answers with what it holds, compared here as values.
+                done = atomic.commit(index, self._encode(new), expect, self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
+                if done.done:
+                    return True
+                if done.current is None or not swap(self._decode(backend, index, done.current))[0]:
+                    return False
         self._modify(index, swap, _MISSING)
         return swapped
 
@@ -607,14 +651,51 @@ class Segment(MutableMapping[int, Any]):
     def _modify(self, index: int, change: Callable[[Any], tuple[bool, Any]], default: Any) -> Any:
         """Read, ``change``, write back, all under the lock; ``change`` sees ``_MISSING`` for
         an empty index without a ``default``."""
-        self._open()  # a closed handle's error before a bad index's
+        backend = self._open()  # a closed handle's error before a bad index's
         index = check_index(index)
+        if self._atomic is not None:
+            return self._modify_optimistic(self._atomic, backend, index, change, default)
         with self._holding() as backend:
             old = self.get(index, _ABSENT)
             write, new = change(default if old is _ABSENT else old)
             if write:
                 self._write_held(backend, index, new)
             return new
+
+    def _modify_optimistic(
+        self,
+        atomic: Atomic,
+        backend: Backend,
+        index: int,
+        change: Callable[[Any], tuple[bool, Any]],
+        default: Any,
+    ) -> Any:
+        """``_modify`` without the lock: compute from a version of the old value, and commit
+        only if the index is still at it; else again, from the value the refusal returned. A
+        remembered version saves the read; decisions not to write are made on a fresh one."""
+        known = atomic.seen(index)
+        fresh = known is None
+        if known is None:
+            known = atomic.peek(index)
+        while True:
+            version, data = known
+            old = default if data is None else self._decode(backend, index, data)
+            try:
+                write, new = change(old)
+            except Exception:
+                if fresh:
+                    raise
+                known, fresh = atomic.peek(index), True  # the memory may be what misled it
+                continue
+            if not write:
+                if fresh:
+                    return new
+                known, fresh = atomic.peek(index), True
+                continue
+            done = atomic.commit(index, self._encode(new), ("version", version), self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
+            if done.done:
+                return new
+            known, fresh = (done.version, done.current), True
 
     def _write_held(self, backend: Backend, index: int, value: Any) -> None:
         """Store ``value`` with the lock held: the fast path's put where it takes the value (it
@@ -652,6 +733,11 @@ class Segment(MutableMapping[int, Any]):
     @_detached_says_so
     def clear(self) -> None:
         """Remove every variable, atomically with respect to other writers."""
+        atomic = self._atomic
+        if atomic is not None:
+            self._open()
+            atomic.clear(self._lock_timeout)
+            return
         with self._holding() as backend:
             for index in backend.indices():
                 backend.delete(index)
@@ -745,8 +831,13 @@ class Segment(MutableMapping[int, Any]):
             SegmentDetached: the handle was detached.
             SegmentNotFound: the segment was already destroyed.
         """
-        with self._holding() as backend:
-            backend.destroy()
+        atomic = self._atomic
+        if atomic is not None:
+            self._open()
+            atomic.destroy(self._lock_timeout)
+        else:
+            with self._holding() as backend:
+                backend.destroy()
         self._destroyed = True
         self.detach()
 

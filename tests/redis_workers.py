@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import shmfs
@@ -19,3 +20,33 @@ def hold_then_write(ref: dict[str, Any], held: Any, go: Any, expiry: float) -> s
         except shmfs.LockTimeout:
             return "refused"
         return "written"
+
+
+def incr_many(ref: dict[str, Any], index: int, times: int) -> int:
+    """Increment ``index`` ``times`` times; how many increments were made."""
+    with open_seg(ref) as seg:
+        for _ in range(times):
+            seg.incr(index)
+    return times
+
+
+def incr_through_outages(url: str, key: int, index: int, acks: int) -> dict[str, Any]:
+    """Make ``acks`` acknowledged increments, through server crashes: retry what the error says
+    was not made, count (and never retry) what it says may have been. Reports the counts and
+    the longest a successful call took."""
+    made = unknown = 0
+    longest = 0.0
+    deadline = time.monotonic() + 120
+    with shmfs.attach(key, backend="redis", root=url, codec="json", lock_timeout=30) as seg:
+        while made < acks and time.monotonic() < deadline:
+            began = time.monotonic()
+            try:
+                seg.incr(index)
+            except shmfs.BackendUnavailable as exc:
+                if exc.committed is None:
+                    unknown += 1
+                time.sleep(0.005)  # the server is down: try again shortly
+                continue
+            longest = max(longest, time.monotonic() - began)
+            made += 1
+    return {"made": made, "unknown": unknown, "longest": longest}

@@ -30,8 +30,11 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_BACKEND",
     "SLOW",
+    "Atomic",
     "Backend",
     "Capabilities",
+    "Committed",
+    "Expect",
     "Hot",
     "SegmentInfo",
     "Watcher",
@@ -147,6 +150,54 @@ class Hot(Protocol):
         """Drop every reference; every call is SLOW from then on."""
 
 
+#: What :meth:`Atomic.commit` requires of an index before it writes: ``("any", None)`` nothing,
+#: ``("absent", None)`` no value, ``("version", v)`` still at version ``v`` (as an earlier reply
+#: gave it), ``("bytes", b)`` holding exactly the frame ``b``.
+Expect = tuple[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What :meth:`Atomic.commit` did: ``done``, the index's ``version`` after the write (or,
+    when not done, as found), and, when not done, the ``current`` frame found (``None``: none)."""
+
+    done: bool
+    version: object
+    current: bytes | None = None
+
+
+class Atomic(Protocol):
+    """A backend whose single changes are each one atomic step that takes no segment lock from
+    the caller (redis: one script call). Each step waits out the explicit lock (``acquire``)
+    of another holder, up to ``timeout``, and raises ``LockTimeout`` after; made by the thread
+    holding that lock, it is fenced by it. A step raises only when it did not commit, except
+    when the backend cannot know (``BackendUnavailable`` with ``committed=None``)."""
+
+    def commit(self, index: int, data: bytes, expect: Expect, timeout: float | None) -> Committed:
+        """Store ``data`` at ``index`` if ``expect`` holds; ``SegmentFull`` if it does not fit."""
+        ...
+
+    def discard(self, index: int, timeout: float | None) -> bool:
+        """Remove ``index``; whether it held a value."""
+        ...
+
+    def clear(self, timeout: float | None) -> None:
+        """Remove every variable at once."""
+        ...
+
+    def destroy(self, timeout: float | None) -> None:
+        """Remove the segment for every process."""
+        ...
+
+    def seen(self, index: int) -> tuple[object, bytes | None] | None:
+        """The last (version, frame) of ``index`` this handle saw, perhaps stale; ``None``."""
+        ...
+
+    def peek(self, index: int) -> tuple[object, bytes | None]:
+        """The (version, frame) of ``index`` now, in one step."""
+        ...
+
+
 #: ``pin(index, timeout)``: see :class:`Capabilities`.
 Pin = Callable[[int, float | None], AbstractContextManager[memoryview | None]]
 
@@ -160,7 +211,7 @@ class Backend(Protocol):
 
     Besides the members below, a backend may offer the optional capabilities that
     :class:`Capabilities` lists; :func:`capabilities` reads them, with their defaults for a
-    backend that does not (tmpfs has all three; sysv and redis none).
+    backend that does not (tmpfs has the first three, redis ``atomic``, sysv none).
     """
 
     #: The registry name.
@@ -283,11 +334,14 @@ class Capabilities:
         pin: The method ``pin(index, timeout)``, a context manager giving the stored frame in
             place (``None`` if absent), unchanging until it exits, so ``Segment.view`` is
             zero-copy; default ``None``: ``view`` decodes a private copy.
+        atomic: The instance attribute ``atomic``: an :class:`Atomic` through which single
+            changes take no segment lock (default ``None``: they take it).
     """
 
     hot: Hot | None = None
     writes_pieces: bool = False
     pin: Pin | None = None
+    atomic: Atomic | None = None
 
 
 def capabilities(backend: Backend) -> Capabilities:
@@ -296,6 +350,7 @@ def capabilities(backend: Backend) -> Capabilities:
         hot=getattr(backend, "hot", None),
         writes_pieces=bool(getattr(backend, "writes_pieces", False)),
         pin=getattr(backend, "pin", None),
+        atomic=getattr(backend, "atomic", None),
     )
 
 

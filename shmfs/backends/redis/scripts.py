@@ -1,69 +1,184 @@
-"""The Lua scripts of the redis backend: each change to a segment is one atomic step on the server.
+"""The Lua scripts of the redis backend: each operation on a segment is one atomic script call.
 
-Key layout and the lock protocol are described in :mod:`shmfs.backends.redis.backend`. Every
-script that changes a segment first checks that its caller still holds the lock (a fencing check),
-so a holder whose lease expired writes nothing.
+Key layout and the lock protocol are described in :mod:`shmfs.backends.redis.backend` and
+:mod:`shmfs.backends.redis.lease`. The scripts that change a segment take the keys ``lock, meta,
+vars, gen, changes`` and first pass the *gate*: with a token (the caller holds the explicit lock)
+the lock must still be that token, else ``LOST_LOCK`` and nothing is written (fencing); without
+one, a lock held by anyone answers ``{-1, holder}`` and nothing is written (the caller waits and
+calls again). Then they check that the segment is whole: metadata present, and values only
+beside their generations, else ``EVICTED`` (a server evicting keys took part of it).
+
+Scripts that only free memory (remove, clear, destroy) carry ``allow-oom``, so they run on a
+server at its ``maxmemory``; the write script does not, so at that limit the server refuses it
+before it runs (Redis 7 checks flagged scripts as they start), and nothing is half written.
+
+A version, ``epoch:generation``, names one state of one index: ``epoch`` is drawn when the
+segment is created, so a destroyed and re-created segment never repeats a version.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["DESTROY", "OPEN", "PUT", "RELEASE", "REMOVE", "RENEW"]
+__all__ = [
+    "CLEAR",
+    "DESTROY",
+    "INFO",
+    "OPEN",
+    "PEEK",
+    "RELEASE",
+    "REMOVE",
+    "RENEW",
+    "STATE",
+    "TAKE",
+    "VERSION",
+    "WRITE",
+]
 
-# KEYS: meta. ARGV: size, perm, created, creator_pid, owner. The first creator sets the fields.
+# KEYS: meta. ARGV: size, perm, created, creator_pid, owner, epoch. The first creator sets the
+# fields; a segment made before versions had an epoch gets one.
 OPEN: Final = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'size', ARGV[1], 'perm', ARGV[2], 'used', 0, 'created', ARGV[3],
-             'creator_pid', ARGV[4], 'owner', ARGV[5])
+             'creator_pid', ARGV[4], 'owner', ARGV[5], 'epoch', ARGV[6])
+else
+  redis.call('HSETNX', KEYS[1], 'epoch', ARGV[6])
 end
 return redis.call('HMGET', KEYS[1], 'size', 'perm')
 """
-# Every mutation first checks that the caller still holds the lock (KEYS[1], ARGV[1]).
-_FENCE: Final = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LOST_LOCK') end
-if redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('DESTROYED') end
-"""
-# KEYS: lock, meta, vars, gen, channel. ARGV: token, index, data.
-PUT: Final = (
-    _FENCE
-    + """
-local size = tonumber(redis.call('HGET', KEYS[2], 'size'))
-local used = tonumber(redis.call('HGET', KEYS[2], 'used'))
+
+_GATE: Final = """
+local holder = redis.call('GET', KEYS[1])
+if ARGV[1] ~= '' then
+  if holder ~= ARGV[1] then return redis.error_reply('LOST_LOCK') end
+elseif holder then
+  return {-1, holder}
+end
+local meta = redis.call('HMGET', KEYS[2], 'size', 'used', 'epoch')
+-- How many of values and generations exist: values exist only beside their generations, and
+-- only while some bytes are used (a frame is never empty), so any other count is damage.
+local present = redis.call('EXISTS', KEYS[3], KEYS[4])
+if not meta[1] then
+  if present > 0 then return redis.error_reply('EVICTED metadata') end
+  return redis.error_reply('DESTROYED')
+end
+local size, used = tonumber(meta[1]), tonumber(meta[2])
 if not size or not used then return redis.error_reply('CORRUPT') end
+if used > 0 and present < 2 then return redis.error_reply('EVICTED values or generations') end
+local epoch = meta[3] or ''
+"""
+
+# KEYS: lock, meta, vars, gen, changes. ARGV: token, index, data, mode, expected.
+# mode: 'any' (put), 'absent' (add), 'version' (the index is still at version ``expected``),
+# 'bytes' (the index holds exactly ``expected``). Replies: {1, version} written; {0, version
+# [, value]} the condition failed (the value as found, absent if missing); {2, used} it does not
+# fit (used: the bytes the others take); {-1, holder} locked by another.
+WRITE: Final = (
+    "#!lua\n"
+    + _GATE
+    + """
+if ARGV[4] ~= 'any' then
+  local found = epoch .. ':' .. (redis.call('HGET', KEYS[4], ARGV[2]) or '0')
+  local ok, cur
+  if ARGV[4] == 'version' then
+    ok = found == ARGV[5]
+  else
+    cur = redis.call('HGET', KEYS[3], ARGV[2])
+    if ARGV[4] == 'absent' then ok = not cur else ok = cur == ARGV[5] end
+  end
+  if not ok then
+    if cur == nil then cur = redis.call('HGET', KEYS[3], ARGV[2]) end
+    if cur then return {0, found, cur} end
+    return {0, found}
+  end
+end
 local old = redis.call('HSTRLEN', KEYS[3], ARGV[2])
 local new = string.len(ARGV[3])
-if used - old + new > size then return {0, used - old} end
+if used - old + new > size then return {2, used - old} end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 redis.call('HINCRBY', KEYS[2], 'used', new - old)
-redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+local generation = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[5], ARGV[2])
-return {1, used - old + new}
+return {1, epoch .. ':' .. generation}
 """
 )
+# KEYS: lock, meta, vars, gen, changes. ARGV: token, index. Replies {1} removed, {0} absent.
 REMOVE: Final = (
-    _FENCE
+    "#!lua flags=allow-oom\n"
+    + _GATE
     + """
 local old = redis.call('HSTRLEN', KEYS[3], ARGV[2])
-if redis.call('HDEL', KEYS[3], ARGV[2]) == 0 then return 0 end
+if redis.call('HDEL', KEYS[3], ARGV[2]) == 0 then return {0} end
 redis.call('HINCRBY', KEYS[2], 'used', -old)
 redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[5], ARGV[2])
-return 1
+return {1}
 """
 )
-DESTROY: Final = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LOST_LOCK') end
+# KEYS: lock, meta, vars, gen, changes. ARGV: token. Reply {1, count}.
+CLEAR: Final = (
+    "#!lua flags=allow-oom\n"
+    + _GATE
+    + """
+local indexes = redis.call('HKEYS', KEYS[3])
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[2], 'used', 0)
+for _, index in ipairs(indexes) do
+  redis.call('HINCRBY', KEYS[4], index, 1)
+  redis.call('PUBLISH', KEYS[5], index)
+end
+return {1, #indexes}
+"""
+)
+# KEYS: lock, meta, vars, gen, changes. ARGV: token. Whatever is left of the segment goes,
+# damaged or not.
+DESTROY: Final = """#!lua flags=allow-oom
+local holder = redis.call('GET', KEYS[1])
+if ARGV[1] ~= '' then
+  if holder ~= ARGV[1] then return redis.error_reply('LOST_LOCK') end
+elseif holder then
+  return {-1, holder}
+end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('PUBLISH', KEYS[5], 'destroyed')
-return 1
+return {1}
+"""
+# KEYS: meta, vars, gen. ARGV: index. Reply {version [, value]}: the index's state, read at once.
+PEEK: Final = """#!lua flags=no-writes
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then return redis.error_reply('DESTROYED') end
+local version = epoch .. ':' .. (redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+local value = redis.call('HGET', KEYS[2], ARGV[1])
+if value then return {version, value} end
+return {version}
+"""
+# Reads in one step that a server at its maxmemory still answers (it refuses MULTI there).
+# KEYS: meta, vars, gen. Reply {meta exists, values exist, generations exist, used or ''}.
+STATE: Final = """#!lua flags=no-writes
+return {redis.call('EXISTS', KEYS[1]), redis.call('EXISTS', KEYS[2]), redis.call('EXISTS', KEYS[3]),
+        redis.call('HGET', KEYS[1], 'used') or ''}
+"""
+# KEYS: vars, gen. ARGV: index. Reply {generation or false} if the index holds a value, else {}.
+VERSION: Final = """#!lua flags=no-writes
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {} end
+return {redis.call('HGET', KEYS[2], ARGV[1])}
+"""
+# KEYS: meta, vars. Reply {the metadata as field, value, ..., number of variables}.
+INFO: Final = """#!lua flags=no-writes
+local reply = redis.call('HGETALL', KEYS[1])
+table.insert(reply, redis.call('HLEN', KEYS[2]))
+return reply
+"""
+# KEYS: lock. ARGV: token, expiry ms. Allowed at maxmemory: the lock frees memory's users.
+TAKE: Final = """#!lua flags=allow-oom
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 """
 # KEYS: lock. ARGV: token [, expiry ms].
-RELEASE: Final = """
+RELEASE: Final = """#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-RENEW: Final = """
+RENEW: Final = """#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """

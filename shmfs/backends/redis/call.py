@@ -1,0 +1,138 @@
+"""One command on one pooled connection, knowing whether a failed change may have been made.
+
+redis-py's own ``execute_command`` retries a command whose connection failed, and cannot say
+whether the server ran it first: a script that committed and lost its reply would run twice
+(an ``incr`` counted twice). Here a change is sent once. A failure before the command left
+(the server refused the connection, the socket broke while sending) is reported with
+``committed=False``; a failure after it was sent, while waiting for the reply, with
+``committed=None``: the change may or may not have been made, and only the caller can decide
+whether to read back or retry. Reads are retried once, since running them twice is harmless.
+
+Scripts go as ``EVALSHA``, falling back to ``EVAL`` with the source when the server does not
+know the script (``NOSCRIPT``: a restarted or flushed server), which it then caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, MovedError, NoScriptError
+
+from shmfs.errors import BackendUnavailable
+
+__all__ = ["Script", "command", "run"]
+
+
+class Script:
+    """A Lua script's source and the SHA1 the server knows it by."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+def _unavailable(url: str, exc: Exception, committed: bool | None) -> BackendUnavailable:
+    if isinstance(exc, redis.AuthenticationError):
+        return BackendUnavailable(
+            f"Redis at {url}: authentication failed (check the password or user in the URL)",
+            url=url,
+            committed=False,
+        )
+    if committed is None:
+        what = "the connection was lost after the change was sent: it may or may not have been made"
+    else:
+        what = "nothing was changed"
+    return BackendUnavailable(
+        f"Redis at {url} is unreachable ({what}): {exc}", url=url, committed=committed
+    )
+
+
+def _pool(client: Any, key: str | None) -> Any:
+    """The connection pool of the server that holds ``key``: a cluster's node for its slot."""
+    if key is not None and isinstance(client, RedisCluster):
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        return client.get_redis_connection(node).connection_pool
+    return client.connection_pool
+
+
+def command(
+    client: redis.Redis, url: str, *args: Any, changes: bool, key: str | None = None
+) -> Any:
+    """Send ``args`` on a pooled connection and return the reply (see the module docstring).
+
+    Raises:
+        BackendUnavailable: the server could not be reached, or was lost mid-call (then
+            ``committed`` is ``None`` for a change).
+        redis.ResponseError: the server answered with an error (nothing was changed).
+    """
+    for attempt in (0, 1):
+        pool = _pool(client, key)
+        try:
+            conn: Any = pool.get_connection()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise _unavailable(url, exc, False) from exc
+        try:
+            try:
+                conn.send_command(*args)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                conn.disconnect()
+                # sendall() failed: the server did not get the whole command, so it ran nothing.
+                raise _unavailable(url, exc, False) from exc
+            try:
+                return conn.read_response()
+            except (MovedError, AskError):
+                # The slot lives elsewhere now (a resharding): the node ran nothing. Learn the
+                # cluster's layout again, and send it there.
+                if attempt:
+                    raise
+                client.nodes_manager.initialize()  # type: ignore[attr-defined]  # a cluster's
+                continue
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                conn.disconnect()
+                if changes or attempt:
+                    raise _unavailable(url, exc, None if changes else False) from exc
+        finally:
+            pool.release(conn)
+    raise AssertionError("unreachable")  # the second attempt returns or raises
+
+
+def run(
+    client: redis.Redis,
+    url: str,
+    script: Script,
+    keys: list[str],
+    args: list[Any],
+    *,
+    changes: bool,
+) -> Any:
+    """Run ``script`` (``EVALSHA``, then ``EVAL`` on ``NOSCRIPT``) and return its reply."""
+    try:
+        return command(
+            client,
+            url,
+            "EVALSHA",
+            script.sha,
+            len(keys),
+            *keys,
+            *args,
+            changes=changes,
+            key=keys[0],
+        )
+    except NoScriptError:
+        # The server ran nothing: it did not know the script.
+        return command(
+            client,
+            url,
+            "EVAL",
+            script.source,
+            len(keys),
+            *keys,
+            *args,
+            changes=changes,
+            key=keys[0],
+        )
