@@ -37,9 +37,11 @@ from shmfs.errors import (
     SegmentDetached,
     SegmentNotFound,
     SerializationError,
+    ShmfsError,
     UnsafeSegment,
     VariableNotFound,
 )
+from shmfs.forking import fork_epoch
 from shmfs.validate import check_index, check_key, check_options, trusted_uids
 
 __all__ = ["Segment", "attach", "segments"]
@@ -673,6 +675,7 @@ class Segment(MutableMapping[int, Any]):
         """``_modify`` without the lock: compute from a version of the old value, and commit
         only if the index is still at it; else again, from the value the refusal returned. A
         remembered version saves the read; decisions not to write are made on a fresh one."""
+        started = fork_epoch()
         known = atomic.seen(index)
         fresh = known is None
         if known is None:
@@ -692,7 +695,16 @@ class Segment(MutableMapping[int, Any]):
                     return new
                 known, fresh = atomic.peek(index), True
                 continue
-            done = atomic.commit(index, self._encode(new), ("version", version), self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
+            encoded = self._encode(new)
+            if fork_epoch() != started:
+                # A value's pickling forked: the child must not finish, unlocked, the change
+                # its parent began (the parent would then retry against the child's write).
+                raise ShmfsError(
+                    f"segment {self.key}: this process forked while pickling a value for "
+                    "update(); the child cannot go on with its parent's change: start it again "
+                    "in the child"
+                )
+            done = atomic.commit(index, encoded, ("version", version), self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
             if done.done:
                 return new
             known, fresh = (done.version, done.current), True

@@ -54,6 +54,16 @@ def _pause_after_take(seg: shmfs.Segment) -> tuple[threading.Event, threading.Ev
     return took, go_on
 
 
+def _locked_put(seg: shmfs.Segment) -> None:
+    """A put that takes the segment lock: the Python path's (the value is not plain), or on
+    redis, where a single put is one script and takes none, one inside ``lock()``."""
+    if seg.backend == "redis":
+        with seg.lock():
+            seg.put(1, 1j)
+    else:
+        seg.put(1, 1j)
+
+
 def _lock_is_free(attach: Callable[..., shmfs.Segment], key: int) -> bool:
     """Whether another handle takes the segment lock at once."""
     other = attach(key)
@@ -75,7 +85,7 @@ def test_detach_while_another_thread_takes_the_lock(
     seg = attach(key, 1 << 20)
     seg[1] = "old"
     took, go_on = _pause_after_take(seg)
-    writer, outcome = _in_thread(lambda: seg.put(1, 1j))  # not plain: the Python path's put
+    writer, outcome = _in_thread(lambda: _locked_put(seg))
     assert took.wait(WAIT)
     queued, queued_outcome = _in_thread(lambda: seg.incr(2))  # waits for the lock, or refused
     seg.detach()
@@ -147,7 +157,7 @@ def test_destroy_while_another_thread_takes_the_lock(
     later call on the handle says the segment is gone."""
     seg = attach(key, 1 << 20)
     took, go_on = _pause_after_take(seg)
-    writer, outcome = _in_thread(lambda: seg.put(1, 1j))
+    writer, outcome = _in_thread(lambda: _locked_put(seg))
     assert took.wait(WAIT)
     destroyer, destroyed = _in_thread(seg.destroy)
     go_on.set()

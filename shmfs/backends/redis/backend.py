@@ -184,6 +184,8 @@ class RedisBackend(HoldsSegmentLock):
 
     def _held_token(self) -> str:
         """The lock's token if this thread holds it (the scripts fence on it), else ``""``."""
+        if self._epoch != fork_epoch():
+            self._connect()  # a forked child holds none of its parent's lock (inherit())
         lock = self._lock
         return self._token if lock is not None and lock.held else ""
 
