@@ -102,7 +102,7 @@ FULL = Plan(
     scale_sizes=(10, 1000, 10_000, 100_000, 1_000_000),
     churn=(100_000, 1_000_000),
     cache_keys=200_000,
-    frameworks=(7, 1000, 10),
+    frameworks=(5, 500, 10),
 )
 
 
