@@ -11,6 +11,7 @@ import datetime as dt
 import math
 import pickle
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -266,6 +267,19 @@ def test_django_keys_go_through_prefix_version_and_key_function(
     assert (plain.get("k"), prefixed.get("k"), custom.get("k")) == ("plain", "prefixed", "custom")
     assert plain.cache.get("app:3:k") == "prefixed" and plain.cache.get("custom:k") == "custom"
     assert prefixed.get("k", version=1) is None
+
+
+def test_django_key_warnings_are_django_s(django_cache: Callable[..., Any]) -> None:
+    from django.core.cache.backends.base import memcache_key_warnings  # noqa: PLC0415
+
+    cache = django_cache()
+    keys = ["plain:1:key", "a" * 250, "a" * 251, "a b", "a\tb", "a\x00", "a\x1f", "a\x7f", "~!"]
+    keys += ["é", "é" * 251, "é\x01", "\u2028", "\x80", "清 x"]
+    for key in keys:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cache.validate_key(key)
+        assert [str(w.message) for w in caught] == list(memcache_key_warnings(key)), repr(key)
 
 
 # ----------------------------------------------------------------------------- cachelib
