@@ -68,7 +68,7 @@ def django_worker(
 def flask_worker(
     ref: dict[str, Any], slot: int, rounds: int, start: Any, first_page: Any
 ) -> dict[str, Any]:
-    """A Flask worker with Flask-Caching configured on ``shmfs.contrib.cachelib.ShmfsCache``:
+    """A Flask worker with Flask-Caching configured on ``shmfs.contrib.flask.factory``:
     the same steps as :func:`django_worker`, with ``add`` for the race and ``@cache.cached`` for
     the page."""
     from flask import Flask  # noqa: PLC0415
@@ -76,8 +76,9 @@ def flask_worker(
 
     app = Flask(__name__)
     app.config.update(
-        CACHE_TYPE="shmfs.contrib.cachelib.ShmfsCache",
+        CACHE_TYPE="shmfs.contrib.flask.factory",
         CACHE_DEFAULT_TIMEOUT=60,
+        CACHE_KEY_PREFIX="app:",
         CACHE_OPTIONS={"name": ref["key"], **_options(ref)},
     )
     cache = Cache(app)

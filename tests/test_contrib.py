@@ -24,6 +24,7 @@ from shmfs.cache import entry as cache_entry
 from shmfs.contrib import UnpicklableValue
 from shmfs.contrib import cachelib as shmfs_cachelib
 from shmfs.contrib import django as shmfs_django
+from shmfs.contrib import flask as shmfs_flask
 from tests.contrib_workers import django_worker, flask_worker
 from tests.workers import Children
 
@@ -129,7 +130,7 @@ def test_django_workers_share_one_cache(
 def test_flask_workers_share_one_cache(
     ref: dict[str, Any], cachelib_cache: Callable[..., Any], spawn_ctx: Any
 ) -> None:
-    cache = cachelib_cache()
+    cache = cachelib_cache(key_prefix="app:")  # the workers' CACHE_KEY_PREFIX
     cache.set("greeting", "set by the parent")
     results = run_workers(flask_worker, ref, spawn_ctx)
     assert [r["seen"] for r in results] == ["set by the parent"] * WORKERS
@@ -336,22 +337,35 @@ def test_flask_caching_builds_it_from_its_config(ref: dict[str, Any], made: list
 
     options = {"name": ref["key"], "size": ref["size"], "backend": ref["backend"]}
     options["root"] = ref["root"]
-    app = Flask(__name__)
-    app.config.update(
-        CACHE_TYPE="shmfs.contrib.cachelib.ShmfsCache",
-        CACHE_DEFAULT_TIMEOUT=30,
-        CACHE_OPTIONS={**options, "key_prefix": "v1:"},
+    built = {}
+    for path in ("shmfs.contrib.flask.factory", "shmfs.contrib.cachelib.ShmfsCache"):
+        app = Flask(__name__)
+        app.config.update(
+            CACHE_TYPE=path,
+            CACHE_DEFAULT_TIMEOUT=30,
+            CACHE_KEY_PREFIX="v1:",
+            CACHE_OPTIONS=options,
+        )
+        flask_cache = Cache(app)
+        backend = built[path] = flask_cache.cache
+        made.append(backend.cache)
+        assert isinstance(backend, shmfs_cachelib.ShmfsCache)
+        assert backend.default_timeout == 30
+        with app.app_context():
+            flask_cache.set(path, "v")
+            assert flask_cache.get(path) == "v"
+    # The factory takes CACHE_KEY_PREFIX; the class, built by Flask-Caching 2.5 with
+    # CACHE_OPTIONS alone because its path contains "cachelib", does not (the README says so).
+    assert built["shmfs.contrib.flask.factory"].key_prefix == "v1:"
+    assert built["shmfs.contrib.cachelib.ShmfsCache"].key_prefix == ""
+    assert backend.cache.get("v1:shmfs.contrib.flask.factory") == "v"
+    # Flask-Caching 2.0 calls any CACHE_TYPE that is not its own class this way:
+    made_by_factory = shmfs_flask.factory(
+        app,
+        {"CACHE_KEY_PREFIX": "v2:"},
+        [ref["key"]],
+        {"default_timeout": 5, "size": ref["size"], "backend": ref["backend"], "root": ref["root"]},
     )
-    flask_cache = Cache(app)
-    backend = flask_cache.cache
-    made.append(backend.cache)
-    assert isinstance(backend, shmfs_cachelib.ShmfsCache)
-    assert backend.default_timeout == 30 and backend.key_prefix == "v1:"
-    with app.app_context():
-        flask_cache.set("k", "v")
-        assert flask_cache.get("k") == "v" and backend.cache.get("v1:k") == "v"
-    # Flask-Caching's other road, the factory classmethod, takes CACHE_KEY_PREFIX.
-    config = {"CACHE_KEY_PREFIX": "v2:"}
-    made_by_factory = shmfs_cachelib.ShmfsCache.factory(app, config, [], {**options})
     made.append(made_by_factory.cache)
-    assert made_by_factory.key_prefix == "v2:" and made_by_factory.get("k") is None
+    assert made_by_factory.key_prefix == "v2:" and made_by_factory.default_timeout == 5
+    assert made_by_factory.get("shmfs.contrib.flask.factory") is None

@@ -1,5 +1,6 @@
 """Framework cache backends on :class:`shmfs.Cache`: ``shmfs.contrib.django`` (a Django cache
-backend) and ``shmfs.contrib.cachelib`` (a ``cachelib`` cache, and so a Flask-Caching backend).
+backend), ``shmfs.contrib.cachelib`` (a ``cachelib`` cache, and so a Flask-Caching backend) and
+``shmfs.contrib.flask`` (Flask-Caching's factory for it).
 
 Each is written against ``Cache``'s public calls only, and follows its framework's semantics,
 not ``Cache``'s: the frameworks' own cache test suites run against them (``python -m

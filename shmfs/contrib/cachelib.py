@@ -5,8 +5,8 @@ worker process of the host.
     cache = ShmfsCache("myapp", default_timeout=300, size=256 * 2**20)
 
     # Flask-Caching
-    app.config["CACHE_TYPE"] = "shmfs.contrib.cachelib.ShmfsCache"
-    app.config["CACHE_OPTIONS"] = {"name": "myapp", "size": 256 * 2**20, "key_prefix": "v1:"}
+    app.config["CACHE_TYPE"] = "shmfs.contrib.flask.factory"
+    app.config["CACHE_OPTIONS"] = {"name": "myapp", "size": 256 * 2**20}
 
 cachelib's semantics, not ``Cache``'s: a timeout of ``0`` keeps an entry for ever and ``None``
 means ``default_timeout`` (a ``timedelta`` counts as its seconds, rounded up); a negative timeout
@@ -77,12 +77,8 @@ class ShmfsCache(BaseCache):
         cls, app: Any, config: dict[str, Any], args: list[Any], kwargs: dict[str, Any]
     ) -> ShmfsCache:
         """Flask-Caching's backend factory: the cache ``CACHE_ARGS`` and ``CACHE_OPTIONS`` (in
-        ``args`` and ``kwargs``) describe, with ``CACHE_KEY_PREFIX`` as ``key_prefix``.
-
-        Flask-Caching 2.x builds a ``CACHE_TYPE`` whose path contains "cachelib" by calling it
-        with ``CACHE_ARGS`` and ``CACHE_OPTIONS`` directly, so ``CACHE_TYPE =
-        "shmfs.contrib.cachelib.ShmfsCache"`` works without this; it is here for the releases
-        that call ``factory``."""
+        ``args`` and ``kwargs``) describe, with ``CACHE_KEY_PREFIX`` as ``key_prefix``; what
+        ``CACHE_TYPE = "shmfs.contrib.flask.factory"`` calls (see ``shmfs.contrib.flask``)."""
         kwargs = dict(kwargs)
         if config.get("CACHE_KEY_PREFIX"):
             kwargs.setdefault("key_prefix", config["CACHE_KEY_PREFIX"])
