@@ -15,7 +15,7 @@ import sys
 import time
 from types import FrameType
 
-from bench import cases, environment, report, scale, targets
+from bench import cases, environment, frameworks, report, scale, targets
 from bench.scratch import Scratch
 
 
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             "churn": scale.churn(scratch, progress, variables=variables, operations=operations),
             "cache": scale.cache_compare(scratch, progress, keys=plan.cache_keys),
         }
+        rounds, batch, batches = plan.frameworks
+        through = frameworks.frameworks_compare(
+            scratch, progress, rounds=rounds, batch=batch, batches=batches
+        )
     except KeyboardInterrupt:
         progress("interrupted: cleaning up")
         return 130
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"CLEANUP PROBLEM: {problem}")
     rows = targets.evaluate(points, fill, pairs, incr) + targets.scale_rows(scaled)
     plan_info = {"quick": args.quick, **dataclasses.asdict(plan)}
-    print(report.markdown(env, plan_info, rows, points, fill, pairs, incr, scaled))
+    print(report.markdown(env, plan_info, rows, points, fill, pairs, incr, scaled, through))
     json_path = os.path.join(args.out, "results.json")
     report.write_json(
         json_path,
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             "writer_readers": pairs,
             "incr_contention": incr,
             "scale": scaled,
+            "frameworks": through,
             "seconds": time.monotonic() - progress.began,
         },
     )

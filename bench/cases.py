@@ -65,6 +65,7 @@ class Plan:
     scale_sizes: tuple[int, ...]  # bench/scale.py: variables filled to, one tmpfs
     churn: tuple[int, int]  # variables, operations
     cache_keys: int
+    frameworks: tuple[int, int, int]  # bench/frameworks.py: rounds, batch, batches per round
 
 
 QUICK = Plan(
@@ -83,6 +84,7 @@ QUICK = Plan(
     scale_sizes=(10, 1000, 10_000),
     churn=(5_000, 20_000),
     cache_keys=5_000,
+    frameworks=(2, 100, 3),
 )
 FULL = Plan(
     rounds=21,
@@ -100,6 +102,7 @@ FULL = Plan(
     scale_sizes=(10, 1000, 10_000, 100_000, 1_000_000),
     churn=(100_000, 1_000_000),
     cache_keys=200_000,
+    frameworks=(5, 500, 10),
 )
 
 

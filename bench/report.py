@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from bench.frameworks import SHMFS_TMPFS
 from bench.system import Footprint
 from bench.targets import TMPFS, Row, memory_per_variable
 from bench.timing import Stats
@@ -141,6 +142,34 @@ def _scale(scaled: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _frameworks(frameworks: dict[str, Any] | None) -> list[str]:
+    if not frameworks:
+        return []
+    lines = [
+        "## Through the frameworks (bench/frameworks.py)",
+        "",
+        "`cache.get` (a hit) and `cache.set` of a small dict over 100 keys, by Django's and "
+        "cachelib's cache APIs: shmfs's backends (`shmfs.contrib`) against each framework's "
+        "own caches; µs, the best round's median (p99), and the ratio to shmfs tmpfs.",
+        "",
+    ]
+    for framework, systems in frameworks["results"].items():
+        ours = systems.get(SHMFS_TMPFS)
+        rows = []
+        for name, ops in systems.items():
+            cells = [name]
+            for op in ("get", "set"):
+                stats = ops[op]
+                ratio = f"{stats.ratio(ours[op]):.2f}x" if ours else "—"
+                cells += [f"{stats.median:.2f} ({stats.p99:.1f})", ratio]
+            rows.append(cells)
+        lines += [f"**{framework}**", ""]
+        lines += _table(["system", "get µs", "÷ shmfs", "set µs", "÷ shmfs"], rows)
+    for name, why in frameworks["unavailable"].items():
+        lines.append(f"- {name}: not measured: {why}")
+    return [*lines, ""]
+
+
 def _memory(fill: dict[str, Any]) -> list[str]:
     rows = []
     for name in fill["footprint"]:
@@ -242,6 +271,7 @@ def markdown(
     pairs: dict[str, Any],
     incr: dict[str, Any],
     scaled: dict[str, Any],
+    frameworks: dict[str, Any] | None = None,
 ) -> str:
     """The whole report."""
     lines = ["# shmfs benchmark\n"]
@@ -258,6 +288,7 @@ def markdown(
     lines += _fill(fill)
     lines += _memory(fill)
     lines += _scale(scaled)
+    lines += _frameworks(frameworks)
     lines += _processes(pairs, incr, plan["process_seconds"], plan["repeats"])
     lines += _availability(points)
     return "\n".join(lines)
