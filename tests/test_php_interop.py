@@ -197,7 +197,8 @@ def _raw_used(key: int) -> tuple[bytes, bytes]:
     """Segment ``key``'s bytes 0..end with chunk padding cut out, and the padding alone.
 
     Padding is not written by PHP (it keeps whatever bytes were there before), while shmfs
-    zeroes every byte it frees; so the meaningful bytes must be identical, and ours padding zero.
+    zeroes every byte it frees and keeps a chunk's stamp in its last padding word (left out
+    here); so the meaningful bytes must be identical, and the rest of our padding zero.
     """
     shmid = ipc.shmget(key, 0, 0)
     attachment = ipc.Attachment(shmid, ipc.shm_stat(shmid).size, readonly=True)
@@ -211,7 +212,7 @@ def _raw_used(key: int) -> tuple[bytes, bytes]:
             step = int.from_bytes(view[pos + 16 : pos + 24], "little")
             data_end = pos + php_layout.CHUNK_HEADER_SIZE + length
             meaningful.append(bytes(view[pos:data_end]))
-            padding.append(bytes(view[data_end : pos + step]))
+            padding.append(bytes(view[data_end : pos + step - 8]))
             pos += step
         return b"".join(meaningful), b"".join(padding)
     finally:
