@@ -18,7 +18,6 @@ import pytest
 import shmfs
 from shmfs.backends.sysv import ipc
 from shmfs.backends.sysv import journal as journal_module
-from shmfs.backends.sysv import layout as php_layout
 from shmfs.backends.sysv.journal import CAPACITY, OVERHEAD
 from tests.phpbin import php_binary, run_php
 from tests.sysv_workers import TAIL, replace_forever

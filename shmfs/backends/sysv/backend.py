@@ -291,13 +291,16 @@ class SysvBackend(HoldsSegmentLock):
 
     # ------------------------------------------------------------------- variables
 
-    def _find(self, index: int) -> tuple[ChainIndex, tuple[int, int, int] | None]:
-        """The chain index, and (offset, length, next) of ``index``'s chunk or ``None``."""
+    def _find(
+        self, index: int, *, exact: bool = False
+    ) -> tuple[ChainIndex, tuple[int, int, int] | None]:
+        """The chain index, and (offset, length, next) of ``index``'s chunk or ``None``
+        (``exact``: for a write, see ChainIndex.find)."""
         chain = self._chain
         if chain is None:
             raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
         try:
-            return chain, chain.find(index)
+            return chain, chain.find(index, exact=exact)
         except CorruptSegment:
             self._live()  # a header wiped by destroy() means gone, not damaged
             raise
@@ -318,7 +321,7 @@ class SysvBackend(HoldsSegmentLock):
     def write(self, index: int, data: bytes | Pieces) -> None:
         """Store ``data``: PHP's remove-then-append, through the journal. Lock held."""
         data = bytes(data)  # always bytes already: this class does not set writes_pieces
-        chain, found = self._find(index)
+        chain, found = self._find(index, exact=True)
         pos, old = (found[0], found[2]) if found is not None else (-1, 0)
         # The header is checked: by the walk, or by the stamp of a chunk within it.
         words, journal = chain.words, self._journal
@@ -345,7 +348,7 @@ class SysvBackend(HoldsSegmentLock):
 
     def delete(self, index: int) -> bool:
         """Remove ``index`` and zero the bytes it frees, through the journal. Lock held."""
-        chain, found = self._find(index)
+        chain, found = self._find(index, exact=True)
         if found is None:
             return False
         pos, _, step = found

@@ -86,13 +86,23 @@ class ChainIndex:
         """The segment as native signed 64-bit words (layout's ``word_view``)."""
         return self._words
 
-    def find(self, index: int) -> tuple[int, int, int] | None:
+    def find(self, index: int, *, exact: bool = False) -> tuple[int, int, int] | None:
         """(offset, length, next) of the first chunk holding ``index``, or ``None``.
+
+        ``exact``: for a write, which then updates the index; the whole index is proved (the
+        copy equal to the segment), not only this chunk. A chunk that a foreign writer added
+        after ours with the same index (two chunks of one index: no PHP function makes those)
+        leaves a read of ours right, since the first chunk wins; but once our write moved our
+        chunk past it, it would be the one PHP reads.
 
         Raises:
             CorruptSegment: As layout's walk: the header, or a chunk before the match,
                 fails its checks.
         """
+        if exact:
+            copy = self._copy
+            if not self.indexed or copy is None or copy != self._buf[: self._words[_END_WORD]]:
+                return self._walk(index)
         if self.indexed:
             entry = self._where.get(index)
             if entry is None:
