@@ -30,14 +30,14 @@ def _write_layout_header() -> None:
 _write_layout_header()
 
 # shmfs/_hot_c/module.c says what each part does.
-PARTS = ("module", "hot", "maps", "slab", "put", "plain", "checksum", "mapping")
+PARTS = ("module", "hot", "maps", "slab", "put", "plain", "checksum", "mapping", "sysv")
 
 setup(
     ext_modules=[
         Extension(
             "shmfs._hot",
             [f"shmfs/_hot_c/{part}.c" for part in PARTS],
-            depends=["shmfs/_hot_c/hot.h", "shmfs/_hot_c/layout.h"],
+            depends=["shmfs/_hot_c/hot.h", "shmfs/_hot_c/layout.h", "shmfs/_hot_c/sysv.h"],
             libraries=["z"],  # zlib's crc32: the frame's checksum
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
             optional=True,

@@ -40,6 +40,7 @@ __all__ = [
     "map_file",
     "maps_without_descriptors",
     "new_hot",
+    "new_sysv_hot",
     "pure_python",
     "rehash",
 ]
@@ -131,4 +132,31 @@ def new_hot(vars_: dict[int, Any], slabs: dict[int, Any], meta: memoryview) -> T
     if _hot is None:
         return None
     hot: TmpfsHot = _hot.Hot(vars_, slabs, meta, _DECODERS, _FIRST_WORD)
+    return hot
+
+
+def new_sysv_hot(
+    view: memoryview,
+    *,
+    semid: int,
+    journal: int,
+    seed: int,
+    trusted: bool,
+    state: tuple[dict[int, tuple[int, int]], list[tuple[int, int]], bytearray],
+    stored: Any,
+    native: Any,
+) -> Hot | None:
+    """The sysv fast path over a segment's bytes, or ``None`` without the module.
+
+    ``view`` is the whole segment (it stays exported until ``close()``), ``semid`` PHP's
+    semaphore set, ``journal`` the journal's first byte (-1: none), ``seed`` the stamps' key,
+    ``state`` and ``stored`` the chain index's (``ChainIndex.hot_state`` and ``stored``), and
+    ``native`` the decoder of bare (PHP) values. Every call is SLOW until ``reset(lock, 0, 0)``
+    names the segment lock.
+    """
+    if _hot is None:
+        return None
+    hot: Hot = _hot.SysvHot(
+        view, semid, journal, seed, trusted, state, stored, _DECODERS, native, _FIRST_WORD
+    )
     return hot

@@ -21,11 +21,12 @@ def lengths() -> Any:
         length = length * 7 % 9001 + 1
 
 
-def replace_forever(key: int, started: Any, journalled: bool) -> None:
+def replace_forever(key: int, started: Any, journalled: bool, codec: str) -> None:
     """Rewrite index 1 (first in the chain: every replace compacts the whole tail), remove and
     re-add index 39, until killed. ``journalled=False`` is the negative control: the same
-    changes as PHP makes them, with no journal."""
-    with shmfs.attach(key, backend="sysv", codec="php") as seg:
+    changes as PHP makes them, with no journal. With a pickling ``codec`` the puts go through
+    the C fast path where it is built."""
+    with shmfs.attach(key, backend="sysv", codec=codec) as seg:
         if not journalled:
             backend: Any = seg._backend  # the control reaches in on purpose: no public switch
             backend._journal = Unjournalled(backend._buf, backend._words, backend._journal.seed)

@@ -28,7 +28,7 @@ from shmfs.php import shm_attach, shm_put_var, shm_remove, shm_remove_var
 from tests.phpbin import php_binary, run_php
 from tests.workers import Children
 
-pytestmark = pytest.mark.php
+pytestmark = [pytest.mark.php, pytest.mark.usefixtures("sysv_paths")]
 
 # The same values, written once as PHP literals and once as Python values.
 VALUES: list[tuple[str, Any]] = [

@@ -14,6 +14,8 @@ from shmfs.backends.sysv import ipc
 from shmfs.backends.sysv import layout as php_layout
 from shmfs.backends.sysv.chain_index import ChainIndex
 
+pytestmark = pytest.mark.usefixtures("sysv_paths")  # both paths: C and pure Python
+
 
 @pytest.fixture
 def cleanup(key: int) -> Iterator[list[int]]:

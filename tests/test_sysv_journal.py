@@ -22,6 +22,8 @@ from shmfs.backends.sysv.journal import CAPACITY, OVERHEAD
 from tests.phpbin import php_binary, run_php
 from tests.sysv_workers import TAIL, replace_forever
 
+pytestmark = pytest.mark.usefixtures("sysv_paths")  # both paths: C and pure Python
+
 
 @pytest.fixture
 def sysv_key(key: int) -> Iterator[int]:
@@ -137,12 +139,14 @@ def _php_reads(key: int) -> str:
     return done.stdout.decode()
 
 
-def _kill_rounds(key: int, rounds: int, *, journalled: bool, php_every: int) -> list[str]:
+def _kill_rounds(
+    key: int, rounds: int, *, journalled: bool, php_every: int, codec: str = "php"
+) -> list[str]:
     """Start a writer, kill it at a random instant, check; ``rounds`` times. Returns what
     went wrong in each round that went wrong (a broken segment is made afresh)."""
     ctx = multiprocessing.get_context("fork")  # hundreds of children: a spawn each is too slow
     problems = []
-    seg = shmfs.attach(key, 1 << 17, 0o600, backend="sysv", codec="php")
+    seg = shmfs.attach(key, 1 << 17, 0o600, backend="sysv", codec=codec)
     try:
         for round_no in range(rounds):
             if seg.get(1, None) is None:
@@ -152,7 +156,7 @@ def _kill_rounds(key: int, rounds: int, *, journalled: bool, php_every: int) -> 
             elif seg.get(39, None) is None:
                 seg[39] = TAIL[39]
             started = ctx.Event()
-            writer = ctx.Process(target=replace_forever, args=(key, started, journalled))
+            writer = ctx.Process(target=replace_forever, args=(key, started, journalled, codec))
             writer.start()
             try:
                 assert started.wait(30)
@@ -161,13 +165,13 @@ def _kill_rounds(key: int, rounds: int, *, journalled: bool, php_every: int) -> 
             finally:
                 writer.join(30)
             problem = _check_round(key, seg)
-            if problem is None and round_no % php_every == 0:
+            if problem is None and php_every and round_no % php_every == 0:
                 read = _php_reads(key)
                 problem = None if read == "whole" else f"PHP read {read}"
             if problem is not None:
                 problems.append(problem)
                 seg.destroy()
-                seg = shmfs.attach(key, 1 << 17, 0o600, backend="sysv", codec="php")
+                seg = shmfs.attach(key, 1 << 17, 0o600, backend="sysv", codec=codec)
     finally:
         seg.destroy()
     return problems
@@ -176,10 +180,16 @@ def _kill_rounds(key: int, rounds: int, *, journalled: bool, php_every: int) -> 
 @pytest.mark.php
 @pytest.mark.timeout(600)
 def test_a_writer_killed_mid_compaction_leaves_old_or_new(sysv_key: int) -> None:
-    """300 writers killed at random instants while they compact a 45 KiB tail: after each,
+    """300 writers killed at random instants while they compact a 90 KiB tail: after each,
     Python (every round) and PHP (every fifth) read whole values."""
     php_binary()
     assert _kill_rounds(sysv_key, 300, journalled=True, php_every=5) == []
+
+
+@pytest.mark.timeout(600)
+def test_a_framed_writer_killed_mid_compaction_leaves_old_or_new(sysv_key: int) -> None:
+    """The same with pickled values, whose puts take the C fast path where it is built."""
+    assert _kill_rounds(sysv_key, 200, journalled=True, php_every=0, codec="pickle") == []
 
 
 @pytest.mark.php

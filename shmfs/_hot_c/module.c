@@ -33,6 +33,7 @@
  * its descriptor, for largefile.py before Python 3.13), and this file (the module).
  */
 #include "hot.h"
+#include "sysv.h"
 
 #include <pthread.h>
 
@@ -69,7 +70,8 @@ PyMODINIT_FUNC
 PyInit__hot(void)
 {
     crc_init();
-    if (PyType_Ready(&HotType) < 0 || PyType_Ready(&MappingType) < 0) {
+    if (PyType_Ready(&HotType) < 0 || PyType_Ready(&MappingType) < 0
+        || PyType_Ready(&SysvHotType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&hot_module);
@@ -93,6 +95,7 @@ PyInit__hot(void)
         || PyModule_AddObjectRef(module, "SLOW", SLOW) < 0
         || PyModule_AddObjectRef(module, "Hot", (PyObject *)&HotType) < 0
         || PyModule_AddObjectRef(module, "Mapping", (PyObject *)&MappingType) < 0
+        || PyModule_AddObjectRef(module, "SysvHot", (PyObject *)&SysvHotType) < 0
         || pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         Py_DECREF(module);
         return NULL;

@@ -33,7 +33,8 @@ import os
 import time
 from typing import Any, Final, Self
 
-from shmfs.backends import SegmentInfo, refuse_options
+from shmfs import codecs, hotpath
+from shmfs.backends import Hot, SegmentInfo, refuse_options
 from shmfs.backends.sysv import ipc, layout, listing
 from shmfs.backends.sysv.chain_index import ChainIndex
 from shmfs.backends.sysv.journal import OVERHEAD, Journal, Unjournalled
@@ -89,6 +90,8 @@ class SysvBackend(HoldsSegmentLock):
     _journal: Unjournalled | None = None
     _chain: ChainIndex | None = None
     _words: memoryview | None = None
+    #: The C fast path of the common get and put (shmfs/_hot_c/sysv.c), or None.
+    hot: Hot | None = None
     _lock: ReentrantLock | None = None
     _destroyed = False
 
@@ -170,7 +173,20 @@ class SysvBackend(HoldsSegmentLock):
             self._buf, self._words, int.from_bytes(os.urandom(8), "little", signed=True)
         )
         self._journal = changes
-        self._chain = ChainIndex(self._buf, self._words, changes.seed)
+        self._chain = chain = ChainIndex(self._buf, self._words, changes.seed)
+        assert self._semaphore is not None and self._lock is not None
+        self.hot = hotpath.new_sysv_hot(
+            self._buf,
+            semid=self._semaphore.semid,
+            journal=changes.offset,
+            seed=changes.seed,
+            trusted=self._trusted,
+            state=chain.hot_state(),
+            stored=chain.stored,
+            native=codecs.get_codec(self.native_codec).decode,
+        )
+        if self.hot is not None:
+            self.hot.reset(self._lock, 0, 0)
 
     @classmethod
     def open(
@@ -267,6 +283,8 @@ class SysvBackend(HoldsSegmentLock):
             self._lock = ReentrantLock(
                 f"segment {self.key}", self._semaphore.take, self._semaphore.give
             )
+            if self.hot is not None:
+                self.hot.reset(self._lock, 0, 0)
             self._epoch = fork_epoch()
         return self._buf
 
@@ -413,6 +431,9 @@ class SysvBackend(HoldsSegmentLock):
 
     def close(self) -> None:
         """Detach and stop counting ourselves a semaphore user. Idempotent."""
+        if self.hot is not None:
+            self.hot.close()  # first: it holds an export of the segment's bytes
+            self.hot = None
         if self._chain is not None:
             self._chain.release()
             self._chain = None

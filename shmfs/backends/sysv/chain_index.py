@@ -73,8 +73,10 @@ class ChainIndex:
         self._seed = seed
         # Whether _where holds every chunk as of the last walk (and our writes since).
         self.indexed = False
-        # The bytes [0, end) as of the last walk and our writes since; None: not kept.
-        self._copy: bytearray | None = None
+        # The bytes [0, end) as of the last walk and our writes since; empty: not kept. This
+        # bytearray, dict and list are never replaced (emptied instead): the C fast path holds
+        # them (hot_state).
+        self._copy = bytearray()
         # index -> (offset, len(self._moves) when the offset was right).
         self._where: dict[int, tuple[int, int]] = {}
         # (offset, size) of every chunk our writes removed since the walk, in order.
@@ -101,13 +103,13 @@ class ChainIndex:
         """
         if exact:
             copy = self._copy
-            if not self.indexed or copy is None or copy != self._buf[: self._words[_END_WORD]]:
+            if not self.indexed or not copy or copy != self._buf[: self._words[_END_WORD]]:
                 return self._walk(index)
         if self.indexed:
             entry = self._where.get(index)
             if entry is None:
                 copy = self._copy
-                if copy is not None and copy.startswith(self._buf[: len(copy)]):
+                if copy and copy.startswith(self._buf[: len(copy)]):
                     return None
             else:
                 pos, seen = entry
@@ -191,13 +193,13 @@ class ChainIndex:
             mark = stamp(seed, key, step, buf[at + _CHUNK_HEADER : at + _CHUNK_HEADER + length])
             if words[last] != mark:
                 words[last] = mark  # padding PHP never reads: the chunk proved by this walk
-        self._where = where
+        self._where.update(where)
         self.indexed = True
         if end - header.start <= _MAX_AVERAGE_CHUNK * len(where):
-            self._copy = bytearray(buf[:end])
+            self._copy[:] = buf[:end]
         return found_at
 
-    def stored(self, index: int, *, pos: int, old: int, at: int) -> None:
+    def stored(self, index: int, pos: int, old: int, at: int) -> None:
         """Our write moved ``index`` from ``pos`` (a chunk of ``old`` bytes; -1 and 0: it was
         new) to a stamped chunk at ``at``, the end of the chain."""
         if not self.indexed:
@@ -206,10 +208,9 @@ class ChainIndex:
         if pos >= 0:
             moves.append((pos, old))
         where[index] = (at, len(moves))
-        if len(moves) > _max_moves(len(where)):
-            self.forget()
-            return
         self._refresh(pos if pos >= 0 else at)
+        if len(moves) > _max_moves(len(where)):
+            self._renumber()
 
     def removed(self, index: int, *, pos: int, step: int) -> None:
         """Our write removed ``index``'s ``step``-byte chunk at ``pos``."""
@@ -217,34 +218,62 @@ class ChainIndex:
             return
         self._moves.append((pos, step))
         self._where.pop(index, None)
-        if len(self._moves) > _max_moves(len(self._where)):
-            self.forget()
-            return
         self._refresh(pos)
+        if len(self._moves) > _max_moves(len(self._where)):
+            self._renumber()
+
+    def _renumber(self) -> None:
+        """Read every chunk's offset afresh and empty the move log. Called after our own write,
+        which proved the whole index first (a write's exact find): the chain holds what the
+        index says, in the order it says, so only the offsets are read (no stamps checked)."""
+        words, where = self._words, self._where
+        pos, end = words[1], words[_END_WORD]
+        self._moves.clear()
+        try:
+            while pos < end:
+                word = pos >> 3
+                step = words[word + 2]
+                if step < _MIN_CHUNK or step & 7:
+                    raise CorruptSegment(f"chunk at {pos} has next={step}")
+                where[words[word]] = (pos, 0)
+                pos += step
+            if pos != end:
+                raise CorruptSegment(f"the chain ends at {pos}, not at end={end}")
+        except CorruptSegment:
+            self.forget()  # a foreign writer's doing: the next lookup walks and says what
 
     def _refresh(self, first: int) -> None:
         """Copy the header and the bytes ``[first, end)`` our write changed."""
-        copy, self._copy = self._copy, None  # interrupted half way, the copy is just dropped
-        if copy is None:
+        copy = self._copy
+        if not copy:
             return
         buf = self._buf
         end = self._words[_END_WORD]
         if end > _MAX_AVERAGE_CHUNK * len(self._where) + layout.HEADER_SIZE:
-            return  # big values now: copying them costs more than walking past them
-        copy[first:] = buf[first:end]
+            del copy[:]  # big values now: copying them costs more than walking past them
+            return
+        # Header first: interrupted after it, the copy differs from the segment at ``first``
+        # and proves nothing (it never proves more than the segment holds).
         copy[: layout.HEADER_SIZE] = buf[: layout.HEADER_SIZE]
-        self._copy = copy
+        copy[first:] = buf[first:end]
 
     def forget(self) -> None:
         """Drop the index (the segment was wiped, or the caller cannot say what changed)."""
         self.indexed = False
-        self._copy = None
-        self._where = {}
-        self._moves = []
+        del self._copy[:]
+        self._where.clear()
+        self._moves.clear()
 
     def release(self) -> None:
         """Drop every reference into the segment (before it is detached)."""
         self.forget()
+
+    def hot_state(self) -> tuple[dict[int, tuple[int, int]], list[tuple[int, int]], bytearray]:
+        """What the C fast path reads and proves as this class does (shmfs/_hot_c/sysv.c):
+        index -> (offset, moves seen), the moves, and the copy (empty: none). The same three
+        objects for this index's whole life; the C code updates the index through
+        :meth:`stored` only."""
+        return self._where, self._moves, self._copy
 
 
 def _max_moves(chunks: int) -> int:

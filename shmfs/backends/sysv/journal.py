@@ -109,6 +109,9 @@ class Unjournalled:
     """Changes as PHP makes them, for a segment without a journal (one PHP created): a writer
     killed during a compaction leaves the chain broken, as a killed PHP writer would."""
 
+    #: The journal's first byte in the segment; -1: none.
+    offset = -1
+
     def __init__(self, buf: memoryview, words: memoryview, seed: int) -> None:
         self._buf = buf
         self._words = words
@@ -147,6 +150,7 @@ class Journal(Unjournalled):
     def __init__(self, buf: memoryview, words: memoryview, start: int) -> None:
         self._base = start >> 3  # the journal's first word in ``words``
         self._buffer = start + _BUFFER
+        self.offset = start
         super().__init__(buf, words, int(words[self._base + _SEED]))
 
     @classmethod
