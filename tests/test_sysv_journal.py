@@ -107,8 +107,8 @@ def _check_round(key: int, seg: shmfs.Segment) -> str | None:
         with seg.lock(timeout=5):
             first = seg.get(1, None)
             tail = {index: seg.get(index, None) for index in TAIL}
-    except shmfs.CorruptSegment as exc:
-        return f"corrupt: {exc}"
+    except shmfs.ShmfsError as exc:  # damage, or a value cut short
+        return f"{type(exc).__name__}: {exc}"
     if not isinstance(first, str) or not first or set(first) != {"x"}:
         return f"index 1 is {first!r:.40}"
     if tail[39] is None:  # the writer removes and re-adds it: killed in between

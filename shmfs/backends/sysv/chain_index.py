@@ -10,15 +10,17 @@ between our operations (a ``shm_put_var`` of an existing key moves its chunk to 
 may hold bytes that look like a chunk header with any key, so a header alone proves nothing. The
 last 8 bytes of every chunk are padding that PHP never writes (``next`` leaves 8 to 15 bytes
 after the data, layout.py) and that a ``memmove`` carries along with its chunk. Our writes put a
-*stamp* there, a keyed hash of the variable's index (journal.stamp, keyed by a random seed kept
-in the journal, so no stored value can be made to hold one), and a walk stamps every chunk it
+*stamp* there (journal.stamp): a hash, keyed by a random seed kept in the journal, of the index,
+the chunk's ``next``, the value's length and a crc32 of the value; a walk stamps every chunk it
 proves. An offset is then trusted when the chunk header there names the variable, lies within
-``end``, and its last word is the variable's stamp: a chunk PHP moved away leaves another chunk's
-header (another index) or the inside of one (no stamp) at the remembered offset, and a chunk PHP
-wrote anew carries whatever its padding held before, which is that index's stamp only if the
-chunk before it at the same offset, with the same size, was that index's too: the same place,
-the very answer. The length and ``next`` are read afresh each time. A mismatch sends the lookup
-back to a full walk.
+``end``, and its last word is the stamp of that header and the value after it. A chunk PHP moved
+away leaves another chunk's header (another index) or the inside of one (no stamp: the seed is
+unknown to whoever chose the value) at the remembered offset. A chunk PHP wrote anew keeps
+whatever its padding held before, which is a stamp only where a stamped chunk ended, and then the
+stamp of that chunk's very header and value: a value holding a copy of another variable's
+earlier chunk, header and all, placed by PHP's moves exactly where that chunk was, would be
+taken for it (the stale value of that variable; never anything the index was not given). The
+length and ``next`` are read afresh each time. A mismatch sends the lookup back to a full walk.
 
 **That a variable is absent** cannot be proved by one place: PHP may have added it anywhere. The
 index keeps a copy of the bytes ``[0, end)`` as of its last walk (kept up to date through our
