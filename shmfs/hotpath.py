@@ -8,6 +8,9 @@ path then does the work as it always has, and reports any error. So C and Python
 writers mix freely, and the package works without the module, only slower: pip builds it when a
 C compiler and the headers of Python and zlib are there, and skips it, with a warning, when not.
 
+The sysv backend's common locked get and put have their C call too (:func:`new_sysv_hot`,
+``shmfs/_hot_c/sysv.c``), on the same terms: SLOW for anything else.
+
 The module also maps variable files without keeping a descriptor (:func:`map_file`), which
 ``mmap.mmap`` does only from Python 3.13: so a handle may keep as many mappings on 3.11 and 3.12.
 

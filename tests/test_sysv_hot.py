@@ -16,7 +16,7 @@ import pytest
 import shmfs
 from shmfs import hotpath
 from shmfs.backends import SLOW
-from shmfs.backends.sysv import ipc, journal, layout
+from shmfs.backends.sysv import chain_index, ipc, journal, layout
 
 pytestmark = pytest.mark.skipif(not hotpath.available(), reason="the C module is not built")
 
@@ -51,6 +51,9 @@ def test_the_c_numbers_are_the_python_ones() -> None:
         assert found[f"J_{name}"] == getattr(journal, f"_{name}"), name
     for name in ("C_FREE", "DONE", "SAVED", "IDLE", "APPEND", "CUT"):
         assert found[f"J_{name}"] == getattr(journal, f"_{name}"), name
+    assert found["MAX_AVERAGE_CHUNK"] == chain_index._MAX_AVERAGE_CHUNK
+    for name in ("BASE", "PER", "CAP"):
+        assert found[f"MOVES_{name}"] == getattr(chain_index, f"_MOVES_{name}"), name
 
 
 def _image(key: int) -> bytes:

@@ -202,7 +202,9 @@ checked_end(SysvHot *self)
     return end;
 }
 
-/* chain_index's remembered offset of ``index`` with its moves applied; -1 if it has none. */
+/* chain_index's remembered offset of ``index`` with its moves applied (and stored back, as
+ChainIndex._catch_up does: so each entry catches up once); -1 if it has none. Storing may run
+a collection's finalizers: the caller checks that the handle is still open. */
 static Py_ssize_t
 remembered(SysvHot *self, PyObject *index)
 {
@@ -232,6 +234,13 @@ remembered(SysvHot *self, PyObject *index)
         if (pos > removed_at) {
             pos -= removed;
         }
+    }
+    if (seen != count) {
+        PyObject *entry = Py_BuildValue("(nn)", pos, count);
+        if (entry == NULL || PyDict_SetItem(self->where, index, entry) < 0) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(entry);
     }
     return pos;
 }
@@ -306,8 +315,8 @@ sysv_get(SysvHot *self, PyObject *index)
         return slow();
     }
     Py_ssize_t pos = remembered(self, index);
-    if (pos < 0) {
-        return slow(); /* absent, or not remembered: Python walks */
+    if (pos < 0 || self->words == NULL) {
+        return slow(); /* absent, or not remembered: Python walks; or closed meanwhile */
     }
     Held held;
     int taken = sysv_lock_now(self, &held);
@@ -430,6 +439,60 @@ journalled_put(SysvHot *self, int64_t key, const uint64_t head[3], PyObject *pay
     return at - old;
 }
 
+/* ChainIndex.stored without its renumbering, in C: the move logged, the entry set, the copy
+ * refreshed from ``first`` (or dropped, for big values). 1 done; 0 the log is full (Python's
+ * stored renumbers); -1 an exception. */
+static int
+index_stored(SysvHot *self, PyObject *index, Py_ssize_t pos, int64_t old, int64_t at)
+{
+    PyObject *where = self->where, *moves = self->moves, *copy = self->copy;
+    Py_ssize_t count = PyList_GET_SIZE(moves) + (pos >= 0);
+    Py_ssize_t chunks = PyDict_GET_SIZE(where) + (PyDict_Contains(where, index) == 0);
+    Py_ssize_t most = MOVES_BASE + chunks / MOVES_PER;
+    if (count > (most < MOVES_CAP ? most : MOVES_CAP)) {
+        return 0;
+    }
+    int64_t end = self->words[H_END];
+    Py_ssize_t first = pos >= 0 ? pos : (Py_ssize_t)at;
+    if (PyByteArray_GET_SIZE(copy) > 0) {
+        if (end > (int64_t)MAX_AVERAGE_CHUNK * chunks + PHP_HEADER) {
+            if (PyByteArray_Resize(copy, 0) < 0) {
+                return -1;
+            }
+        }
+        else if (first > PyByteArray_GET_SIZE(copy)) {
+            if (PyByteArray_Resize(copy, 0) < 0) { /* cannot happen with a proved copy */
+                return -1;
+            }
+        }
+        else if (PyByteArray_Resize(copy, end) < 0) {
+            return -1;
+        }
+        else {
+            /* No allocation since ``end`` was read: the words are still the segment's. */
+            char *bytes = PyByteArray_AS_STRING(copy);
+            memcpy(bytes, self->words, PHP_HEADER);
+            memcpy(bytes + first, (const char *)self->words + first, (size_t)(end - first));
+        }
+    }
+    PyObject *entry = Py_BuildValue("(Ln)", (long long)at, count);
+    if (entry == NULL) {
+        return -1;
+    }
+    if (pos >= 0) {
+        PyObject *move = Py_BuildValue("(nL)", pos, (long long)old);
+        if (move == NULL || PyList_Append(moves, move) < 0) {
+            Py_XDECREF(move);
+            Py_DECREF(entry);
+            return -1;
+        }
+        Py_DECREF(move);
+    }
+    int failed = PyDict_SetItem(where, index, entry);
+    Py_DECREF(entry);
+    return failed ? -1 : 1;
+}
+
 /* ChainIndex.stored, under the lock as Python's write calls it: that code may allocate, and a
  * collection's finalizers may use the segment, so the lock's depth says it is held (taken 1:
  * by us, now) while it runs. None, or NULL with an exception. */
@@ -444,7 +507,13 @@ told(SysvHot *self, Held *held, PyObject *index, Py_ssize_t pos, int64_t old, in
     PyObject *done = NULL;
     if (depth != NULL && zero != NULL && call[1] != NULL && call[2] != NULL && call[3] != NULL
         && (taken != 1 || PyObject_SetAttr(lock, str_depth, depth) == 0)) {
-        done = PyObject_Vectorcall(stored, call, 4, NULL);
+        int quick = index_stored(self, index, pos, old, at);
+        if (quick == 0) {
+            done = PyObject_Vectorcall(stored, call, 4, NULL);
+        }
+        else {
+            done = quick > 0 ? Py_NewRef(Py_None) : NULL;
+        }
         if (taken == 1) {
             PyObject *type, *value, *traceback;
             PyErr_Fetch(&type, &value, &traceback);
@@ -510,6 +579,10 @@ sysv_put(SysvHot *self, PyObject *const *args, Py_ssize_t nargs)
                        (const unsigned char *)PyBytes_AS_STRING(payload), (size_t)n);
     int64_t need = ((FRAME_HEADER + n + 31) / 8) * 8 + 8; /* layout.chunk_size */
     Py_ssize_t pos = remembered(self, args[0]);
+    if (self->words == NULL) {
+        Py_DECREF(payload);
+        return slow(); /* closed meanwhile */
+    }
     Held held;
     int taken = sysv_lock_now(self, &held);
     if (taken <= 0) {

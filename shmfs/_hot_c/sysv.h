@@ -37,6 +37,12 @@
 #define J_CUT 2
 #define STAMP_EDGE 2048
 
+/* chain_index.py: the move log's length (_max_moves) and the copy's limit */
+#define MOVES_BASE 16
+#define MOVES_PER 16
+#define MOVES_CAP 64
+#define MAX_AVERAGE_CHUNK 2048
+
 extern PyTypeObject SysvHotType;
 
 #endif
