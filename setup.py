@@ -30,7 +30,7 @@ def _write_layout_header() -> None:
 _write_layout_header()
 
 # shmfs/_hot_c/module.c says what each part does.
-PARTS = ("module", "hot", "maps", "slab", "put", "plain", "checksum", "mapping", "sysv")
+PARTS = ("module", "hot", "maps", "slab", "put", "plain", "checksum", "mapping", "sysv", "sysv_put")
 
 setup(
     ext_modules=[

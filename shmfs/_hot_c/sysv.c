@@ -23,6 +23,9 @@
  * Anything else is SLOW: absent variables, damage, a dead writer's change to finish, a lock
  * held elsewhere (Python waits, with its timeout), a fork, a closed handle.
  *
+ * This file holds the type, its get and what get and put share (the lock, the header's checks,
+ * the chain index's proofs); sysv_put.c holds the put.
+ *
  * Objects and calls. No Python code runs while the lock is held: the only allocations then are
  * of bytes objects, which never start a collection. The segment's memory is pinned by a buffer
  * export kept from construction to close(), and read only before anything that can run Python
@@ -35,43 +38,8 @@
 #include <string.h>
 #include <sys/sem.h>
 
-typedef struct {
-    PyObject_HEAD
-    Py_buffer buffer;      /* an export of the segment's memoryview: pinned while held */
-    int64_t *words;        /* NULL: closed */
-    Py_ssize_t size;       /* the segment's bytes (the kernel's size) */
-    int semid;
-    PyObject *lock;        /* the backend's ReentrantLock: its _depth says who holds it */
-    PyObject *acquire;     /* its thread lock's acquire and release, bound */
-    PyObject *release;
-    Py_ssize_t journal;    /* the journal's first byte, or -1: none (a segment PHP made) */
-    uint64_t seed;         /* the stamps' key */
-    int trusted;           /* whether only trusted users can write the segment */
-    PyObject *where;       /* ChainIndex.hot_state(): index -> (offset, moves seen) */
-    PyObject *moves;       /* [(offset, size)] */
-    PyObject *copy;        /* bytearray: [0, end) as the index last saw it; empty: none */
-    PyObject *stored;      /* ChainIndex.stored, bound */
-    PyObject *native;      /* the native codec's decode (PHP's unserialize), or NULL */
-    PyObject *decoders[256];
-    char executes[256];
-    uint64_t first_word;   /* a frame's first word with the codec byte zero */
-    uint64_t epoch;
-} SysvHot;
-
-static inline int64_t
-get_word(const int64_t *words, Py_ssize_t at)
-{
-    return __atomic_load_n(&words[at], __ATOMIC_ACQUIRE);
-}
-
-static inline void
-set_word(int64_t *words, Py_ssize_t at, int64_t value)
-{
-    __atomic_store_n(&words[at], value, __ATOMIC_RELEASE);
-}
-
 /* journal.stamp, operation for operation (the arithmetic wraps as Python's masked one does). */
-static uint64_t
+uint64_t
 sysv_stamp(uint64_t seed, uint64_t index, uint64_t step, const unsigned char *data, size_t length)
 {
     uint32_t check = length <= 2 * STAMP_EDGE
@@ -95,18 +63,10 @@ sem_step(int semid, short op)
     return semop(semid, &ops, 1);
 }
 
-/* The lock as one call holds it: the lock and its thread lock's release, held by references of
- * the call's own (a finalizer may close the handle meanwhile), and how it was had. */
-typedef struct {
-    PyObject *lock;
-    PyObject *release;
-    int taken;
-} Held;
-
 /* The lock without waiting: 1 taken (the semaphore too), 2 this thread's already, 0 not had,
  * -1 an exception; ``held`` keeps what the release needs (when 1 or 2). As locking.py's
  * try_acquire: the thread lock, then at depth 0 the semaphore. */
-static int
+int
 sysv_lock_now(SysvHot *self, Held *held)
 {
     held->taken = sysv_take(self);
@@ -154,7 +114,7 @@ sysv_take(SysvHot *self)
 
 /* Give back what lock_now took; -1 (an exception set) if the semaphore or the thread lock
  * refused, as semaphore.py's give reports it. */
-static int
+int
 sysv_unlock(SysvHot *self, Held *held)
 {
     int failed = 0;
@@ -182,8 +142,8 @@ sysv_unlock(SysvHot *self, Held *held)
 
 /* The header's end, after layout.read_header's checks and a look at the journal (idle, or the
  * Python path recovers it); -1 if either fails. Lock held. */
-static int64_t
-checked_end(SysvHot *self)
+int64_t
+sysv_checked_end(SysvHot *self)
 {
     const int64_t *w = self->words;
     int64_t start = get_word(w, H_START), end = get_word(w, H_END);
@@ -205,8 +165,8 @@ checked_end(SysvHot *self)
 /* chain_index's remembered offset of ``index`` with its moves applied (and stored back, as
 ChainIndex._catch_up does: so each entry catches up once); -1 if it has none. Storing may run
 a collection's finalizers: the caller checks that the handle is still open. */
-static Py_ssize_t
-remembered(SysvHot *self, PyObject *index)
+Py_ssize_t
+sysv_remembered(SysvHot *self, PyObject *index)
 {
     PyObject *entry = PyDict_GetItemWithError(self->where, index); /* int keys: no code runs */
     if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
@@ -247,8 +207,8 @@ remembered(SysvHot *self, PyObject *index)
 
 /* ChainIndex._proved: whether the chunk at ``pos`` is ``key``'s, by its stamp; its length and
  * next in ``length`` and ``step``. Lock held, ``end`` checked. */
-static int
-proved(SysvHot *self, int64_t key, Py_ssize_t pos, int64_t end, int64_t *length, int64_t *step)
+int
+sysv_proved(SysvHot *self, int64_t key, Py_ssize_t pos, int64_t end, int64_t *length, int64_t *step)
 {
     const int64_t *w = self->words;
     if (pos < PHP_HEADER || pos & 7 || pos > end - PHP_MIN_CHUNK || w[pos >> 3] != key) {
@@ -314,7 +274,7 @@ sysv_get(SysvHot *self, PyObject *index)
     if (key == -1 && PyErr_Occurred()) {
         return slow();
     }
-    Py_ssize_t pos = remembered(self, index);
+    Py_ssize_t pos = sysv_remembered(self, index);
     if (pos < 0 || self->words == NULL) {
         return slow(); /* absent, or not remembered: Python walks; or closed meanwhile */
     }
@@ -326,8 +286,8 @@ sysv_get(SysvHot *self, PyObject *index)
     PyObject *data = NULL;
     uint64_t head[3] = {0, 0, 0};
     int framed = 0;
-    int64_t end = checked_end(self), length, step;
-    if (end >= 0 && proved(self, key, pos, end, &length, &step)) {
+    int64_t end = sysv_checked_end(self), length, step;
+    if (end >= 0 && sysv_proved(self, key, pos, end, &length, &step)) {
         const char *bytes = (const char *)self->words + pos + PHP_CHUNK_HEADER;
         framed = length >= FRAME_HEADER && memcmp(bytes, "\x93SHF", 4) == 0;
         if (framed && length - FRAME_HEADER <= SMALL) {
@@ -347,274 +307,6 @@ sysv_get(SysvHot *self, PyObject *index)
         return PyErr_Occurred() ? NULL : slow();
     }
     return sysv_decode(self, data, head, framed);
-}
-
-/* ------------------------------------------------------------------------------- put */
-
-/* journal._append: the chunk at end (padding zeroed, stamp last), then end and free. */
-static int64_t
-sysv_append(SysvHot *self, int64_t key, const uint64_t head[3], PyObject *payload, int64_t need)
-{
-    int64_t *w = self->words;
-    int64_t at = w[H_END];
-    int64_t length = FRAME_HEADER + PyBytes_GET_SIZE(payload);
-    unsigned char *chunk = (unsigned char *)w + at;
-    w[at >> 3] = key;
-    w[(at >> 3) + 1] = length;
-    w[(at >> 3) + 2] = need;
-    memcpy(chunk + PHP_CHUNK_HEADER, head, FRAME_HEADER);
-    memcpy(chunk + PHP_CHUNK_HEADER + FRAME_HEADER, PyBytes_AS_STRING(payload),
-           (size_t)PyBytes_GET_SIZE(payload));
-    memset(chunk + PHP_CHUNK_HEADER + length, 0, (size_t)(need - 8 - PHP_CHUNK_HEADER - length));
-    w[((at + need) >> 3) - 1] = (int64_t)sysv_stamp(self->seed, (uint64_t)key, (uint64_t)need,
-                                                chunk + PHP_CHUNK_HEADER, (size_t)length);
-    set_word(w, H_END, at + need);
-    set_word(w, H_FREE, w[H_FREE] - need);
-    return at;
-}
-
-/* journal.Journal._finish_cut, store for store: the tail moves down in steps (through the
- * buffer when a step's source and destination could overlap), then end and free, the vacated
- * bytes and the buffer zeroed, the state cleared last. */
-static void
-finish_cut(SysvHot *self)
-{
-    int64_t *w = self->words;
-    unsigned char *bytes = (unsigned char *)w;
-    Py_ssize_t base = self->journal >> 3;
-    unsigned char *buffer = bytes + self->journal + J_BUFFER;
-    int64_t pos = w[base + J_C_POS], old = w[base + J_C_OLD], end = w[base + J_C_END];
-    int64_t tail = end - pos - old, done = w[base + J_DONE];
-    while (done < tail) {
-        if (old >= J_CAPACITY) {
-            int64_t step = old < tail - done ? old : tail - done;
-            memcpy(bytes + pos + done, bytes + pos + old + done, (size_t)step);
-            done += step;
-        }
-        else {
-            int64_t step = J_CAPACITY < tail - done ? J_CAPACITY : tail - done;
-            set_word(w, base + J_SAVED, -1);
-            memcpy(buffer, bytes + pos + old + done, (size_t)step);
-            set_word(w, base + J_SAVED, done);
-            memcpy(bytes + pos + done, buffer, (size_t)step);
-            done += step;
-        }
-        set_word(w, base + J_DONE, done);
-    }
-    set_word(w, H_END, end - old);
-    set_word(w, H_FREE, w[base + J_C_FREE] + old);
-    memset(bytes + end - old, 0, (size_t)old);
-    if (tail && old < J_CAPACITY) {
-        memset(buffer, 0, (size_t)(tail < J_CAPACITY ? tail : J_CAPACITY));
-    }
-    set_word(w, base + J_SAVED, -1);
-    set_word(w, base + J_STATE, J_IDLE);
-}
-
-/* journal.Journal.append, or .replace when ``pos`` >= 0 (room for both chunks checked):
- * the new chunk's final offset. */
-static int64_t
-journalled_put(SysvHot *self, int64_t key, const uint64_t head[3], PyObject *payload,
-               int64_t need, int64_t pos, int64_t old)
-{
-    int64_t *w = self->words;
-    Py_ssize_t base = self->journal >> 3;
-    set_word(w, base + J_A_END, w[H_END]);
-    set_word(w, base + J_A_FREE, w[H_FREE]);
-    set_word(w, base + J_A_NEED, need);
-    set_word(w, base + J_STATE, J_APPEND);
-    int64_t at = sysv_append(self, key, head, payload, need);
-    if (pos < 0) {
-        set_word(w, base + J_STATE, J_IDLE);
-        return at;
-    }
-    set_word(w, base + J_C_POS, pos); /* Journal._begin_cut: from the append's state at once */
-    set_word(w, base + J_C_OLD, old);
-    set_word(w, base + J_C_END, w[H_END]);
-    set_word(w, base + J_C_FREE, w[H_FREE]);
-    set_word(w, base + J_DONE, 0);
-    set_word(w, base + J_SAVED, -1);
-    set_word(w, base + J_STATE, J_CUT);
-    finish_cut(self);
-    return at - old;
-}
-
-/* ChainIndex.stored without its renumbering, in C: the move logged, the entry set, the copy
- * refreshed from ``first`` (or dropped, for big values). 1 done; 0 the log is full (Python's
- * stored renumbers); -1 an exception. */
-static int
-index_stored(SysvHot *self, PyObject *index, Py_ssize_t pos, int64_t old, int64_t at)
-{
-    PyObject *where = self->where, *moves = self->moves, *copy = self->copy;
-    Py_ssize_t count = PyList_GET_SIZE(moves) + (pos >= 0);
-    Py_ssize_t chunks = PyDict_GET_SIZE(where) + (PyDict_Contains(where, index) == 0);
-    Py_ssize_t most = MOVES_BASE + chunks / MOVES_PER;
-    if (count > (most < MOVES_CAP ? most : MOVES_CAP)) {
-        return 0;
-    }
-    int64_t end = self->words[H_END];
-    Py_ssize_t first = pos >= 0 ? pos : (Py_ssize_t)at;
-    if (PyByteArray_GET_SIZE(copy) > 0) {
-        if (end > (int64_t)MAX_AVERAGE_CHUNK * chunks + PHP_HEADER) {
-            if (PyByteArray_Resize(copy, 0) < 0) {
-                return -1;
-            }
-        }
-        else if (first > PyByteArray_GET_SIZE(copy)) {
-            if (PyByteArray_Resize(copy, 0) < 0) { /* cannot happen with a proved copy */
-                return -1;
-            }
-        }
-        else if (PyByteArray_Resize(copy, end) < 0) {
-            return -1;
-        }
-        else {
-            /* No allocation since ``end`` was read: the words are still the segment's. */
-            char *bytes = PyByteArray_AS_STRING(copy);
-            memcpy(bytes, self->words, PHP_HEADER);
-            memcpy(bytes + first, (const char *)self->words + first, (size_t)(end - first));
-        }
-    }
-    PyObject *entry = Py_BuildValue("(Ln)", (long long)at, count);
-    if (entry == NULL) {
-        return -1;
-    }
-    if (pos >= 0) {
-        PyObject *move = Py_BuildValue("(nL)", pos, (long long)old);
-        if (move == NULL || PyList_Append(moves, move) < 0) {
-            Py_XDECREF(move);
-            Py_DECREF(entry);
-            return -1;
-        }
-        Py_DECREF(move);
-    }
-    int failed = PyDict_SetItem(where, index, entry);
-    Py_DECREF(entry);
-    return failed ? -1 : 1;
-}
-
-/* ChainIndex.stored, under the lock as Python's write calls it: that code may allocate, and a
- * collection's finalizers may use the segment, so the lock's depth says it is held (taken 1:
- * by us, now) while it runs. None, or NULL with an exception. */
-static PyObject *
-told(SysvHot *self, Held *held, PyObject *index, Py_ssize_t pos, int64_t old, int64_t at)
-{
-    int taken = held->taken;
-    PyObject *lock = held->lock, *stored = Py_NewRef(self->stored);
-    PyObject *depth = PyLong_FromLong(1), *zero = PyLong_FromLong(0);
-    PyObject *call[4] = {index, PyLong_FromSsize_t(pos < 0 ? -1 : pos),
-                         PyLong_FromLongLong(pos < 0 ? 0 : old), PyLong_FromLongLong(at)};
-    PyObject *done = NULL;
-    if (depth != NULL && zero != NULL && call[1] != NULL && call[2] != NULL && call[3] != NULL
-        && (taken != 1 || PyObject_SetAttr(lock, str_depth, depth) == 0)) {
-        int quick = index_stored(self, index, pos, old, at);
-        if (quick == 0) {
-            done = PyObject_Vectorcall(stored, call, 4, NULL);
-        }
-        else {
-            done = quick > 0 ? Py_NewRef(Py_None) : NULL;
-        }
-        if (taken == 1) {
-            PyObject *type, *value, *traceback;
-            PyErr_Fetch(&type, &value, &traceback);
-            if (PyObject_SetAttr(lock, str_depth, zero) < 0) {
-                Py_CLEAR(done);
-                Py_XDECREF(type);
-                Py_XDECREF(value);
-                Py_XDECREF(traceback);
-            }
-            else {
-                PyErr_Restore(type, value, traceback);
-            }
-        }
-    }
-    Py_XDECREF(call[1]);
-    Py_XDECREF(call[2]);
-    Py_XDECREF(call[3]);
-    Py_XDECREF(depth);
-    Py_XDECREF(zero);
-    Py_DECREF(stored);
-    return done;
-}
-
-PyDoc_STRVAR(sysv_put_doc,
-"put(index, codec_id, value) -> None once stored, or SLOW\n\n"
-"Pickle a plain value, frame it and store it as PHP's put does, through the journal, under\n"
-"PHP's lock taken without waiting (or already this thread's); then tell the chain index.");
-
-static PyObject *
-sysv_put(SysvHot *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs < 3 || nargs > 6) {
-        PyErr_SetString(PyExc_TypeError, "put(index, codec_id, value)");
-        return NULL;
-    }
-    if (nargs != 3) {
-        return slow(); /* put_if_head: tmpfs's, not ours */
-    }
-    long codec = PyLong_AsLong(args[1]);
-    if (codec == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    Py_ssize_t budget = SMALL;
-    if (self->words == NULL || self->epoch != fork_epoch || self->journal < 0 || codec < 0
-        || codec > 255 || !self->executes[codec] || !PyLong_CheckExact(args[0])
-        || !plain(args[2], 0, &budget)) {
-        return slow();
-    }
-    int64_t key = PyLong_AsLongLong(args[0]);
-    if (key == -1 && PyErr_Occurred()) {
-        return slow();
-    }
-    PyObject *dumps_args[2] = {args[2], protocol};
-    PyObject *payload = PyObject_Vectorcall(pickle_dumps, dumps_args, 2, NULL);
-    if (payload == NULL || !PyBytes_CheckExact(payload)
-        || PyBytes_GET_SIZE(payload) > SMALL - FRAME_HEADER || self->words == NULL) {
-        Py_XDECREF(payload);
-        return slow(); /* Python's encode() says why; or closed while pickling */
-    }
-    Py_ssize_t n = PyBytes_GET_SIZE(payload);
-    uint64_t head[3] = {self->first_word | (uint64_t)codec << CODEC_SHIFT, (uint64_t)n, 0};
-    head[2] = checksum(checksum(0, (const unsigned char *)head, 16),
-                       (const unsigned char *)PyBytes_AS_STRING(payload), (size_t)n);
-    int64_t need = ((FRAME_HEADER + n + 31) / 8) * 8 + 8; /* layout.chunk_size */
-    Py_ssize_t pos = remembered(self, args[0]);
-    if (self->words == NULL) {
-        Py_DECREF(payload);
-        return slow(); /* closed meanwhile */
-    }
-    Held held;
-    int taken = sysv_lock_now(self, &held);
-    if (taken <= 0) {
-        Py_DECREF(payload);
-        return taken < 0 ? NULL : slow();
-    }
-    int64_t end = checked_end(self), length = 0, old = 0, at = -1;
-    /* ChainIndex.find(exact=True): the whole index proved by its copy, then the chunk. */
-    Py_buffer copy;
-    int exact = 0;
-    if (end >= 0 && PyObject_GetBuffer(self->copy, &copy, PyBUF_SIMPLE) == 0) {
-        exact = copy.len == end && memcmp(copy.buf, self->words, (size_t)end) == 0;
-        PyBuffer_Release(&copy);
-    }
-    PyErr_Clear();
-    if (exact && (pos < 0 || proved(self, key, pos, end, &length, &old))) {
-        int64_t free = self->words[H_FREE];
-        if (free >= need) { /* beside the old chunk: the journal keeps old or new */
-            at = journalled_put(self, key, head, payload, need, pos < 0 ? -1 : pos, old);
-        }
-    }
-    Py_DECREF(payload);
-    PyObject *done = at < 0 ? Py_NewRef(SLOW) : told(self, &held, args[0], pos, old, at);
-    if (sysv_unlock(self, &held) < 0) {
-        Py_XDECREF(done);
-        return NULL; /* stored or not: the chain index proves its offsets before use */
-    }
-    if (done == NULL || done == SLOW) {
-        return done; /* unproved, full or squeezed: Python does it, or says why not */
-    }
-    Py_DECREF(done);
-    Py_RETURN_NONE;
 }
 
 /* -------------------------------------------------------------------------- the type */

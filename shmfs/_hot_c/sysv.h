@@ -45,4 +45,61 @@
 
 extern PyTypeObject SysvHotType;
 
+typedef struct {
+    PyObject_HEAD
+    Py_buffer buffer;      /* an export of the segment's memoryview: pinned while held */
+    int64_t *words;        /* NULL: closed */
+    Py_ssize_t size;       /* the segment's bytes (the kernel's size) */
+    int semid;
+    PyObject *lock;        /* the backend's ReentrantLock: its _depth says who holds it */
+    PyObject *acquire;     /* its thread lock's acquire and release, bound */
+    PyObject *release;
+    Py_ssize_t journal;    /* the journal's first byte, or -1: none (a segment PHP made) */
+    uint64_t seed;         /* the stamps' key */
+    int trusted;           /* whether only trusted users can write the segment */
+    PyObject *where;       /* ChainIndex.hot_state(): index -> (offset, moves seen) */
+    PyObject *moves;       /* [(offset, size)] */
+    PyObject *copy;        /* bytearray: [0, end) as the index last saw it; empty: none */
+    PyObject *stored;      /* ChainIndex.stored, bound */
+    PyObject *native;      /* the native codec's decode (PHP's unserialize), or NULL */
+    PyObject *decoders[256];
+    char executes[256];
+    uint64_t first_word;   /* a frame's first word with the codec byte zero */
+    uint64_t epoch;
+} SysvHot;
+
+static inline int64_t
+get_word(const int64_t *words, Py_ssize_t at)
+{
+    return __atomic_load_n(&words[at], __ATOMIC_ACQUIRE);
+}
+
+static inline void
+set_word(int64_t *words, Py_ssize_t at, int64_t value)
+{
+    __atomic_store_n(&words[at], value, __ATOMIC_RELEASE);
+}
+
+/* The lock as one call holds it: the lock and its thread lock's release, held by references of
+ * the call's own (a finalizer may close the handle meanwhile), and how it was had. */
+typedef struct {
+    PyObject *lock;
+    PyObject *release;
+    int taken;
+} Held;
+
+/* sysv.c: the stamp (journal.stamp), the lock, the checked header, the chain index's offsets */
+uint64_t sysv_stamp(uint64_t seed, uint64_t index, uint64_t step, const unsigned char *data,
+                    size_t length);
+int sysv_lock_now(SysvHot *self, Held *held);
+int sysv_unlock(SysvHot *self, Held *held);
+int64_t sysv_checked_end(SysvHot *self);
+Py_ssize_t sysv_remembered(SysvHot *self, PyObject *index);
+int sysv_proved(SysvHot *self, int64_t key, Py_ssize_t pos, int64_t end, int64_t *length,
+                int64_t *step);
+
+/* sysv_put.c */
+PyObject *sysv_put(SysvHot *self, PyObject *const *args, Py_ssize_t nargs);
+extern const char sysv_put_doc[];
+
 #endif
