@@ -9,7 +9,7 @@ import shmfs
 from shmfs.backends.sysv.journal import Unjournalled
 
 #: The variables after index 1 in the chain, so that each replace of index 1 moves them all.
-TAIL = {index: chr(ord("A") + index) * (300 + 97 * index) for index in range(2, 40)}
+TAIL = {index: chr(ord("A") + index) * (900 + 291 * index) for index in range(2, 40)}
 
 
 def lengths() -> Any:

@@ -129,7 +129,7 @@ def _php_reads(key: int) -> str:
     for ($i = 2; $i < 40; $i++) {{
         if ($i === 39 && !shm_has_var($shm, 39)) continue;  // removed and re-added: killed between
         $t = shm_get_var($shm, $i);
-        $ok = $ok && is_string($t) && strlen($t) === 300 + 97 * $i;
+        $ok = $ok && is_string($t) && strlen($t) === 900 + 291 * $i;
     }}
     sem_release($sem);
     echo $ok ? "whole" : "torn";
@@ -140,13 +140,20 @@ def _php_reads(key: int) -> str:
 
 
 def _kill_rounds(
-    key: int, rounds: int, *, journalled: bool, php_every: int, codec: str = "php"
+    key: int,
+    rounds: int,
+    *,
+    journalled: bool,
+    php_every: int,
+    codec: str = "php",
+    until_torn: bool = False,
 ) -> list[str]:
-    """Start a writer, kill it at a random instant, check; ``rounds`` times. Returns what
-    went wrong in each round that went wrong (a broken segment is made afresh)."""
+    """Start a writer, kill it at a random instant, check; ``rounds`` times (``until_torn``:
+    or until one round goes wrong). Returns what went wrong in each round that went wrong (a
+    broken segment is made afresh)."""
     ctx = multiprocessing.get_context("fork")  # hundreds of children: a spawn each is too slow
     problems = []
-    seg = shmfs.attach(key, 1 << 17, 0o600, backend="sysv", codec=codec)
+    seg = shmfs.attach(key, 1 << 19, 0o600, backend="sysv", codec=codec)
     try:
         for round_no in range(rounds):
             if seg.get(1, None) is None:
@@ -170,8 +177,10 @@ def _kill_rounds(
                 problem = None if read == "whole" else f"PHP read {read}"
             if problem is not None:
                 problems.append(problem)
+                if until_torn:
+                    break
                 seg.destroy()
-                seg = shmfs.attach(key, 1 << 17, 0o600, backend="sysv", codec=codec)
+                seg = shmfs.attach(key, 1 << 19, 0o600, backend="sysv", codec=codec)
     finally:
         seg.destroy()
     return problems
@@ -180,7 +189,7 @@ def _kill_rounds(
 @pytest.mark.php
 @pytest.mark.timeout(600)
 def test_a_writer_killed_mid_compaction_leaves_old_or_new(sysv_key: int) -> None:
-    """300 writers killed at random instants while they compact a 90 KiB tail: after each,
+    """300 writers killed at random instants while they compact a 260 KiB tail: after each,
     Python (every round) and PHP (every fifth) read whole values."""
     php_binary()
     assert _kill_rounds(sysv_key, 300, journalled=True, php_every=5) == []
@@ -198,7 +207,7 @@ def test_negative_control_without_the_journal_kills_tear_the_segment(sysv_key: i
     """The same rounds with changes made as PHP makes them: some kills must tear the segment,
     or the test above could not tell a journal from none."""
     php_binary()
-    problems = _kill_rounds(sysv_key, 100, journalled=False, php_every=1)
+    problems = _kill_rounds(sysv_key, 400, journalled=False, php_every=1, until_torn=True)
     assert problems, "no kill tore an unjournalled segment: the kill test proves nothing"
 
 
