@@ -43,6 +43,8 @@ PARTS = (
     "keyhash",
     "cachehits",
     "mapping",
+    "sysv",
+    "sysv_put",
 )
 
 setup(
@@ -50,7 +52,7 @@ setup(
         Extension(
             "shmfs._hot",
             [f"shmfs/_hot_c/{part}.c" for part in PARTS],
-            depends=["shmfs/_hot_c/hot.h", "shmfs/_hot_c/layout.h"],
+            depends=["shmfs/_hot_c/hot.h", "shmfs/_hot_c/layout.h", "shmfs/_hot_c/sysv.h"],
             libraries=["z"],  # zlib's crc32: the frame's checksum
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit"],
             # SHMFS_REQUIRE_C=1 (wheels for PyPI, CI) turns a failed build into an error.

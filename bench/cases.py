@@ -316,6 +316,22 @@ def _fill_to(subject: Subject, state: _FillState, size: int, plan: Plan) -> None
         state.footprint[size] = footprint
 
 
+def sysv_segment_bytes(scratch: Scratch, size: int = 10_000) -> int | str:
+    """What ``ipcs`` says a sysv segment made for ``size`` takes (its PHP area and the journal
+    past it), or why it could not be measured."""
+    from shmfs.backends.sysv import ipc  # noqa: PLC0415  # only this measure needs it
+
+    key = scratch.sysv_key()
+    try:
+        seg = shmfs.attach(key, size, backend="sysv")
+    except shmfs.ShmfsError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    try:
+        return int(ipc.shm_stat(ipc.shmget(key, 0, 0)).size)
+    finally:
+        seg.destroy()
+
+
 def kernel_bytes_per_file() -> int | None:
     """What one more file on tmpfs costs the kernel beyond its pages: an inode and a dentry,
     at their slab object sizes (/proc/slabinfo, readable by root); ``None`` if unreadable."""
@@ -376,6 +392,7 @@ def fill_curve(scratch: Scratch, plan: Plan, progress: Progress) -> dict[str, An
         opened.close()
     return {
         "results": results,
+        "sysv_segment_bytes": sysv_segment_bytes(scratch),
         "stopped": {name: state.stopped for name, state in states.items() if state.stopped},
         "footprint": {name: state.footprint for name, state in states.items()},
         "kernel_bytes_per_file": kernel_bytes_per_file(),

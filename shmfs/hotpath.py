@@ -8,6 +8,9 @@ path then does the work as it always has, and reports any error. So C and Python
 writers mix freely, and the package works without the module, only slower: pip builds it when a
 C compiler and the headers of Python and zlib are there, and skips it, with a warning, when not.
 
+The sysv backend's common locked get and put have their C call too (:func:`new_sysv_hot`,
+``shmfs/_hot_c/sysv.c``), on the same terms: SLOW for anything else.
+
 The module also maps variable files without keeping a descriptor (:func:`map_file`), which
 ``mmap.mmap`` does only from Python 3.13: so a handle may keep as many mappings on 3.11 and 3.12.
 
@@ -46,6 +49,7 @@ __all__ = [
     "map_file",
     "maps_without_descriptors",
     "new_hot",
+    "new_sysv_hot",
     "pure_python",
     "rehash",
     "why_unavailable",
@@ -200,4 +204,31 @@ def new_hot(vars_: dict[int, Any], slabs: dict[int, Any], meta: memoryview) -> T
     if _hot is None:
         return None
     hot: TmpfsHot = _hot.Hot(vars_, slabs, meta, _DECODERS, _FIRST_WORD)
+    return hot
+
+
+def new_sysv_hot(
+    view: memoryview,
+    *,
+    semid: int,
+    journal: int,
+    seed: int,
+    trusted: bool,
+    state: tuple[dict[int, tuple[int, int]], list[tuple[int, int]], bytearray],
+    stored: Any,
+    native: Any,
+) -> Hot | None:
+    """The sysv fast path over a segment's bytes, or ``None`` without the module.
+
+    ``view`` is the whole segment (it stays exported until ``close()``), ``semid`` PHP's
+    semaphore set, ``journal`` the journal's first byte (-1: none), ``seed`` the stamps' key,
+    ``state`` and ``stored`` the chain index's (``ChainIndex.hot_state`` and ``stored``), and
+    ``native`` the decoder of bare (PHP) values. Every call is SLOW until ``reset(lock, 0, 0)``
+    names the segment lock.
+    """
+    if _hot is None:
+        return None
+    hot: Hot = _hot.SysvHot(
+        view, semid, journal, seed, trusted, state, stored, _DECODERS, native, _FIRST_WORD
+    )
     return hot

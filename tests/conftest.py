@@ -30,8 +30,9 @@ def _redis_available() -> bool:
 
 
 # "tmpfs-pure": tmpfs with the C fast path (shmfs.hotpath) turned off, here and in children, so
-# that both paths run every tmpfs test; the test itself sees backend "tmpfs".
-BACKENDS = ["tmpfs", "tmpfs-pure", "sysv"] + (["redis"] if _redis_available() else [])
+# that both paths run every tmpfs test; the test itself sees backend "tmpfs". "sysv-pure" is
+# the same for sysv.
+BACKENDS = ["tmpfs", "tmpfs-pure", "sysv", "sysv-pure"] + (["redis"] if _redis_available() else [])
 # SysV keys for tests come from this range, so the leak guard can tell ours from anyone else's.
 TEST_KEYS = range(0x5E000000, 0x5EFFFFFF)
 
@@ -113,9 +114,9 @@ def redis_keys(url: str) -> list[bytes]:
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every backend, in turn; on redis, fails a test that leaves keys behind."""
     name = str(request.param)
-    if name == "tmpfs-pure":
+    if name in ("tmpfs-pure", "sysv-pure"):
         pure_python(request.getfixturevalue("monkeypatch"))
-        yield "tmpfs"
+        yield name.removesuffix("-pure")
         return
     if name != "redis":
         yield name
@@ -195,3 +196,12 @@ def segment_ref(seg: shmfs.Segment) -> dict[str, Any]:
         "root": seg._spec["root"],
         "pure": not hotpath.available(),
     }
+
+
+@pytest.fixture(params=["c", "pure"])
+def sysv_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """For the sysv-only modules (autouse there): each test with the C fast path and without
+    it, as the ``backend`` fixture runs sysv both ways."""
+    if request.param == "pure":
+        pure_python(monkeypatch)
+    return str(request.param)

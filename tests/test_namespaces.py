@@ -86,7 +86,7 @@ def test_sysv_limits_give_clear_errors(key: int) -> None:
         ["--ipc"],
         f"""
         import shmfs
-        small = shmfs.attach({key}, 4096, backend="sysv")  # journal does not fit: made without
+        small = shmfs.attach({key}, 6000, backend="sysv")  # 6000 + 4 KiB > shmmax: no journal
         small[1] = "fits"
         try:
             shmfs.attach({key} + 1, 16384, backend="sysv")

@@ -6,6 +6,7 @@ missing php fails these tests instead of skipping them (tests/phpbin.py).
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -27,7 +28,7 @@ from shmfs.php import shm_attach, shm_put_var, shm_remove, shm_remove_var
 from tests.phpbin import php_binary, run_php
 from tests.workers import Children
 
-pytestmark = pytest.mark.php
+pytestmark = [pytest.mark.php, pytest.mark.usefixtures("sysv_paths")]
 
 # The same values, written once as PHP literals and once as Python values.
 VALUES: list[tuple[str, Any]] = [
@@ -197,7 +198,8 @@ def _raw_used(key: int) -> tuple[bytes, bytes]:
     """Segment ``key``'s bytes 0..end with chunk padding cut out, and the padding alone.
 
     Padding is not written by PHP (it keeps whatever bytes were there before), while shmfs
-    zeroes every byte it frees; so the meaningful bytes must be identical, and ours padding zero.
+    zeroes every byte it frees and keeps a chunk's stamp in its last padding word (left out
+    here); so the meaningful bytes must be identical, and the rest of our padding zero.
     """
     shmid = ipc.shmget(key, 0, 0)
     attachment = ipc.Attachment(shmid, ipc.shm_stat(shmid).size, readonly=True)
@@ -211,7 +213,7 @@ def _raw_used(key: int) -> tuple[bytes, bytes]:
             step = int.from_bytes(view[pos + 16 : pos + 24], "little")
             data_end = pos + php_layout.CHUNK_HEADER_SIZE + length
             meaningful.append(bytes(view[pos:data_end]))
-            padding.append(bytes(view[data_end : pos + step]))
+            padding.append(bytes(view[data_end : pos + step - 8]))
             pos += step
         return b"".join(meaningful), b"".join(padding)
     finally:
@@ -429,3 +431,74 @@ def _view(key: int) -> memoryview:
         return memoryview(bytearray(attachment.view))
     finally:
         attachment.detach()
+
+
+PHP_CHANGES = """
+$key = (int)$argv[1];
+$ops = json_decode($argv[2], true);
+$sem = sem_get($key);
+$shm = shm_attach($key);
+sem_acquire($sem);
+foreach ($ops as [$op, $index, $value]) {
+    if ($op === "put") shm_put_var($shm, $index, $value);
+    else shm_remove_var($shm, $index);
+}
+sem_release($sem);
+"""
+
+
+def _php_round(rng: random.Random, expected: dict[int, str]) -> list[tuple[str, int, str]]:
+    """A few changes of the kinds that leave the header's words as they were: a replace with
+    a value of the same size (the chunk only moves), a remove and an add of the same size, a
+    replace of the last chunk, as well as plain ones."""
+    ops: list[tuple[str, int, str]] = []
+    present = sorted(expected)
+    kind = rng.choice(["same-size", "same-bytes", "swap", "last", "grow", "remove", "add"])
+    index = rng.choice(present)
+    if kind == "same-size":
+        ops.append(("put", index, expected[index].swapcase()))
+    elif kind == "same-bytes":
+        ops.append(("put", index, expected[index]))
+    elif kind == "swap":  # the chain's length and end as before, a new index in it
+        new = max(present) + 1
+        ops += [("del", index, ""), ("put", new, expected[index].upper())]
+    elif kind == "last":
+        last = present[-1] if rng.random() < 0.5 else index
+        ops += [("put", last, "L" * len(expected[last]))]
+    elif kind == "grow":
+        ops.append(("put", index, expected[index] + "+" * rng.randrange(1, 30)))
+    elif kind == "remove":
+        ops.append(("del", index, ""))
+    else:
+        ops.append(("put", max(present) + 1, "added " + "y" * rng.randrange(80)))
+    for op, at, value in ops:
+        if op == "put":
+            expected[at] = value
+        else:
+            del expected[at]
+    return ops
+
+
+def test_php_changes_between_two_python_reads_are_always_seen(php_key: int) -> None:
+    """Real PHP replaces, removes and adds variables (with the sizes that keep the header's
+    words unchanged among them) between Python's reads of every variable: Python always reads
+    what PHP left, never a remembered place's stale bytes."""
+    rng = random.Random(php_key)
+    seg = shmfs.attach(php_key, 1 << 16, 0o600, backend="sysv", codec="php")
+    expected = {index: f"value {index} " + "v" * rng.randrange(60) for index in range(60)}
+    try:
+        for index, value in expected.items():
+            seg[index] = value
+        script = "<?php " + PHP_CHANGES
+        for _ in range(40):
+            assert {index: seg.get(index, None) for index in range(max(expected) + 2)} == {
+                index: expected.get(index) for index in range(max(expected) + 2)
+            }
+            ops = _php_round(rng, expected)
+            done = run_php(script, str(php_key), json.dumps(ops))
+            assert done.returncode == 0, done.stderr.decode()
+            for index in rng.sample(sorted(expected), 3):  # one get first, then all
+                assert seg[index] == expected[index]
+        assert sorted(seg) == sorted(expected)
+    finally:
+        seg.destroy()

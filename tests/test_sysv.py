@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +12,9 @@ import pytest
 import shmfs
 from shmfs.backends.sysv import ipc
 from shmfs.backends.sysv import layout as php_layout
+from shmfs.backends.sysv.chain_index import ChainIndex
+
+pytestmark = pytest.mark.usefixtures("sysv_paths")  # both paths: C and pure Python
 
 
 @pytest.fixture
@@ -72,7 +76,7 @@ def test_segment_created_by_shmfs_declares_size_but_keeps_a_journal(
 ) -> None:
     seg = shmfs.attach(key, 1000, backend="sysv")
     shmid = ipc.shmget(key, 0, 0)
-    assert ipc.shm_stat(shmid).size > 2000  # room past PHP's total for the undo journal
+    assert ipc.shm_stat(shmid).size == 1000 + 4096  # room past PHP's total for the journal
     assert seg.size == seg.stats()["size"] == 1000
     seg.destroy()
 
@@ -132,3 +136,70 @@ def _append_duplicate(buf: memoryview, index: int, data: bytes) -> None:
     php_layout.put(buf, index ^ (1 << 62), data)  # a chunk of the right size at the end ...
     with buf.cast("q") as words:
         words[header.end >> 3] = index  # ... renamed
+
+
+def test_a_get_among_ten_thousand_variables_does_not_walk(
+    key: int, cleanup: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a walk has stamped the chain, finding any variable (ours or a replaced one) is
+    proved by its stamp: no walk, whatever the chain's length."""
+    seg = shmfs.attach(key, 10_000 * 160 + 4096, backend="sysv", codec="php")
+    backend = seg._backend
+    assert backend is not None
+    walks = 0
+    walk = ChainIndex._walk
+
+    def counted(self: ChainIndex, index: int) -> tuple[int, int, int] | None:
+        nonlocal walks
+        walks += 1
+        return walk(self, index)
+
+    try:
+        for index in range(10_000):
+            seg[index] = f"{index:>100}"
+        seg.get(0)
+        monkeypatch.setattr(ChainIndex, "_walk", counted)
+        rng = random.Random(key)
+        for _ in range(2000):
+            index = rng.randrange(10_000)
+            assert seg[index] == f"{index:>100}"
+        for index in rng.sample(range(10_000), 20):
+            seg[index] = f"{-index:>100}"  # moves every later chunk down
+            assert seg[index] == f"{-index:>100}"
+            neighbour = (index + 1) % 10_000
+            assert seg[neighbour].strip() in (str(neighbour), str(-neighbour))
+        assert walks == 0
+    finally:
+        seg.destroy()
+
+
+def _get_time(seg: shmfs.Segment, among: int) -> float:
+    """The fastest of 7 batches of 500 random gets among ``among`` variables, per get."""
+    rng = random.Random(among)
+    picks = [rng.randrange(among) for _ in range(500)]
+    best = float("inf")
+    for _ in range(7):
+        began = time.perf_counter()
+        for index in picks:
+            seg.get(index)
+        best = min(best, time.perf_counter() - began)
+    return best / len(picks)
+
+
+def test_a_get_among_ten_thousand_variables_costs_what_one_among_ten_does(
+    key: int, cleanup: list[int]
+) -> None:
+    """The fastest batches, in one process (the machine may be loaded): within 2x."""
+    cleanup.append(key + 1)
+    few = shmfs.attach(key, 1 << 16, backend="sysv", codec="php")
+    many = shmfs.attach(key + 1, 10_000 * 160 + 4096, backend="sysv", codec="php")
+    try:
+        for index in range(10):
+            few[index] = "x" * 100
+        for index in range(10_000):
+            many[index] = "x" * 100
+        ratio = _get_time(many, 10_000) / _get_time(few, 10)
+        assert ratio < 2.0, f"a get among 10,000 costs {ratio:.2f}x one among 10"
+    finally:
+        few.destroy()
+        many.destroy()

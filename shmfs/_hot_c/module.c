@@ -33,6 +33,7 @@
  * its descriptor, for largefile.py before Python 3.13), and this file (the module).
  */
 #include "hot.h"
+#include "sysv.h"
 
 #include <pthread.h>
 
@@ -73,7 +74,8 @@ PyInit__hot(void)
         return NULL;
     }
     if (PyType_Ready(&HotType) < 0 || PyType_Ready(&MappingType) < 0
-        || PyType_Ready(&KeySlotsType) < 0 || PyType_Ready(&CacheHitsType) < 0) {
+        || PyType_Ready(&KeySlotsType) < 0 || PyType_Ready(&CacheHitsType) < 0
+        || PyType_Ready(&SysvHotType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&hot_module);
@@ -99,6 +101,7 @@ PyInit__hot(void)
         || PyModule_AddObjectRef(module, "Mapping", (PyObject *)&MappingType) < 0
         || PyModule_AddObjectRef(module, "KeySlots", (PyObject *)&KeySlotsType) < 0
         || PyModule_AddObjectRef(module, "CacheHits", (PyObject *)&CacheHitsType) < 0
+        || PyModule_AddObjectRef(module, "SysvHot", (PyObject *)&SysvHotType) < 0
         || pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         Py_XDECREF(lock_words);
         Py_DECREF(module);

@@ -3,8 +3,8 @@
 A PHP process and a Python process can share the segment: values stored with the ``php`` codec
 (and no ``secret``) are bare PHP ``serialize()`` bytes, readable by ``shm_get_var``; values of
 other codecs carry the shmfs frame, whose first byte no PHP value starts with. The layout is in
-``layout.py``; the undo journal that makes changes survive a SIGKILLed writer, in
-``journal.py``; the system calls, in ``ipc.py``.
+``layout.py``; the journal that makes changes survive a SIGKILLed writer, in ``journal.py``;
+PHP's semaphore, in ``semaphore.py``; the system calls, in ``ipc.py``.
 
 **Locking with PHP.** PHP's sysvshm takes no lock; PHP code guards a segment with
 ``sem_get($key)``/``sem_acquire``. This backend takes the same 3-semaphore set (key: the segment's
@@ -13,11 +13,12 @@ and ``SEM_UNDO`` on every operation, so the kernel releases the lock of a proces
 
 **Reads take the lock**: PHP writers move chunks with ``memmove``, so no lock-free read is safe.
 A lookup does not walk PHP's chunk chain each time: ``chain_index.py`` remembers every chunk's
-offset and proves it still right (one ``memcmp`` against a copy of the bytes before it) first.
+offset and proves it still right first (by the stamp in the chunk's last padding word).
 
 **Size.** ``size`` is PHP's: the header's ``total``, 40 bytes of which are the header. When
-shmfs creates the segment it asks the kernel for twice that plus a little, and keeps the journal
-past ``total``; PHP never looks there. An existing segment keeps the size its header declares.
+shmfs creates the segment it asks the kernel for 4 KiB more (journal.OVERHEAD), and keeps the
+journal past ``total``; PHP never looks there. An existing segment keeps the size its header
+declares.
 
 **Waiting** polls: writes to a System V segment raise no event anyone can wait on. A waiter
 checks every 5 ms (about 200 cheap wake-ups a second, well under 1% of a core), so a change is
@@ -32,31 +33,22 @@ import os
 import time
 from typing import Any, Final, Self
 
-from shmfs.backends import SegmentInfo, refuse_options
-from shmfs.backends.sysv import ipc, layout
+from shmfs import codecs, hotpath
+from shmfs.backends import Hot, SegmentInfo, refuse_options
+from shmfs.backends.sysv import ipc, layout, listing
 from shmfs.backends.sysv.chain_index import ChainIndex
-from shmfs.backends.sysv.journal import OVERHEAD, Journal
-from shmfs.errors import (
-    BackendUnavailable,
-    CorruptSegment,
-    LockTimeout,
-    SegmentFull,
-    SegmentNotFound,
-    ShmfsError,
-    UnsafeSegment,
-)
+from shmfs.backends.sysv.journal import OVERHEAD, Journal, Unjournalled
+from shmfs.backends.sysv.semaphore import PhpSemaphore
+from shmfs.backends.sysv.translate import ipc_namespace, translate, verify
+from shmfs.errors import CorruptSegment, SegmentFull, SegmentNotFound, ShmfsError
 from shmfs.forking import fork_epoch
 from shmfs.frame import Pieces
 from shmfs.locking import HoldsSegmentLock, ReentrantLock
 from shmfs.validate import check_key
 
-__all__ = ["SysvBackend", "ipc_namespace"]
+__all__ = ["SysvBackend"]
 
-_SEM_USE, _SEM_USERS, _SEM_GATE = 0, 1, 2  # PHP's SYSVSEM_SEM, SYSVSEM_USAGE, SYSVSEM_SETVAL
-_TAKE: Final = ipc.SemOps([(_SEM_USE, -1, ipc.SEM_UNDO)])
-_TRY_TAKE: Final = ipc.SemOps([(_SEM_USE, -1, ipc.SEM_UNDO | ipc.IPC_NOWAIT)])
-_GIVE: Final = ipc.SemOps([(_SEM_USE, 1, ipc.SEM_UNDO)])
-_END: Final = 2  # the header's ``end``, in layout.word_view's words
+_FREE: Final = 3  # the header's ``free``, in layout.word_view's words
 _POLL: Final = 0.005
 _OPEN_ATTEMPTS: Final = 100
 
@@ -64,7 +56,7 @@ _OPEN_ATTEMPTS: Final = 100
 def _create(key: int, size: int, perm: int) -> int:
     """Create segment ``key``: ``size`` for PHP's layout plus room for the journal, or just
     ``size`` when ``kernel.shmmax`` allows no more (no journal then, as in a PHP-made one)."""
-    with_journal = size + ((-size) % 8) + OVERHEAD + size
+    with_journal = size + OVERHEAD
     try:
         return ipc.shmget(key, with_journal, perm | ipc.IPC_CREAT | ipc.IPC_EXCL)
     except OSError as exc:
@@ -84,128 +76,6 @@ def _declared_total(buf: memoryview, key: int) -> int:
     return int(total)
 
 
-def ipc_namespace() -> str:
-    """This process's IPC namespace, for messages about segments another namespace holds."""
-    try:
-        return os.readlink("/proc/self/ns/ipc")
-    except OSError:
-        return "unknown"
-
-
-def _translate(exc: OSError, what: str, key: int) -> ShmfsError:  # noqa: PLR0911  # a table of errno families
-    if isinstance(exc, ShmfsError):
-        return exc  # already ours (UnsafeSegment, LockTimeout are OSErrors too)
-    code = exc.errno
-    if code == errno.EINVAL:
-        return SegmentFull(
-            f"{what}: the kernel refused the size (over kernel.shmmax, or smaller than an "
-            f"existing segment's) ({exc.strerror})",
-            key=key,
-            errno=code,
-        )
-    if code in (errno.ENOSPC, errno.ENOMEM):
-        return SegmentFull(
-            f"{what}: System V limits reached ({exc.strerror}): raise kernel.shmmni/shmall, "
-            "or remove unused segments (shmfs ls --backend sysv; ipcs -m)",
-            key=key,
-            errno=code,
-        )
-    if code in (errno.EACCES, errno.EPERM):
-        return UnsafeSegment(f"{what}: {exc.strerror}", key=key, errno=code)
-    if code in (errno.EIDRM, errno.ENOENT):
-        return SegmentNotFound(
-            f"{what}: segment {key} was removed, or lives in another IPC namespace than ours "
-            f"({ipc_namespace()})",
-            key=key,
-            errno=code,
-        )
-    if code == errno.ENOSYS:
-        return BackendUnavailable(f"{what}: System V IPC is not available here", errno=code)
-    return ShmfsError(f"{what}: {exc.strerror}", key=key, errno=code)
-
-
-def _verify(stat: ipc.IpcStat, trust_uids: frozenset[int], what: str) -> None:
-    for uid in (stat.uid, stat.cuid):
-        if uid not in trust_uids:
-            raise UnsafeSegment(
-                f"{what} belongs to uid {uid}, which is not trusted "
-                f"(trusted: {sorted(trust_uids)}); refusing it (pass trust_uids= to allow)",
-                owner=uid,
-            )
-
-
-class _PhpSemaphore:
-    """PHP's sysvsem set for one key: registration, acquire and release (docs/php-sysvshm.md §4)."""
-
-    def __init__(self, key: int, perm: int, trust_uids: frozenset[int]) -> None:
-        self.key = key
-        self.created = False
-        self.semid = self._open(key, perm, trust_uids)
-        self._try_take = ipc.quick_semop(self.semid, _TRY_TAKE)
-        self._quick_give = ipc.quick_semop(self.semid, _GIVE)
-        self.register()
-
-    def _open(self, key: int, perm: int, trust_uids: frozenset[int]) -> int:
-        for _ in range(_OPEN_ATTEMPTS):
-            try:
-                semid = ipc.semget(key, 3, 0)
-            except FileNotFoundError:
-                try:
-                    semid = ipc.semget(key, 3, perm | ipc.IPC_CREAT | ipc.IPC_EXCL)
-                except FileExistsError:
-                    continue  # created meanwhile by someone else: open theirs
-                self.created = True
-                return semid
-            _verify(ipc.sem_stat(semid), trust_uids, f"semaphore set {key:#x}")
-            return semid
-        raise ShmfsError(f"semaphore set {key:#x}: could not open it")
-
-    def abandon(self) -> None:
-        """Unregister after a failed attach; remove the set if we made it and nobody uses it."""
-        with contextlib.suppress(OSError):
-            if self.unregister() == 0 and self.created:
-                ipc.sem_remove(self.semid)
-
-    def register(self) -> None:
-        """PHP's ``sem_get``: count ourselves a user; the first user sets the lock's value."""
-        undo = ipc.SEM_UNDO
-        ipc.semop(self.semid, [(_SEM_GATE, 0, 0), (_SEM_GATE, 1, undo), (_SEM_USERS, 1, undo)])
-        try:
-            if ipc.semctl_getval(self.semid, _SEM_USERS) == 1:
-                ipc.semctl_setval(self.semid, _SEM_USE, 1)
-        finally:
-            ipc.semop(self.semid, [(_SEM_GATE, -1, undo)])
-
-    def take(self, timeout: float | None) -> None:
-        """``sem_acquire``, with a timeout PHP does not have."""
-        if not self._try_take():
-            return  # free: the common case, one system call
-        try:
-            ipc.semop(self.semid, _TAKE, timeout)
-        except OSError as exc:
-            if exc.errno != errno.EAGAIN:
-                raise _translate(exc, "cannot take the segment lock", self.key) from exc
-            pid = None
-            with contextlib.suppress(OSError):
-                pid = ipc.semctl_getpid(self.semid, _SEM_USE) or None
-            raise LockTimeout(
-                f"segment {self.key}: lock not acquired within {timeout} s "
-                f"({f'held by pid {pid}' if pid else 'held by another process'})",
-                holder_pid=pid,
-                timeout=timeout,
-            ) from None
-
-    def give(self) -> None:
-        """``sem_release``."""
-        if self._quick_give():
-            ipc.semop(self.semid, _GIVE)  # it changed nothing: again, to raise the errno
-
-    def unregister(self) -> int:
-        """Stop counting ourselves a user; return how many users remain."""
-        ipc.semop(self.semid, [(_SEM_USERS, -1, ipc.SEM_UNDO)])
-        return ipc.semctl_getval(self.semid, _SEM_USERS)
-
-
 class SysvBackend(HoldsSegmentLock):
     """A segment in one System V shared memory segment, shared with PHP."""
 
@@ -216,9 +86,12 @@ class SysvBackend(HoldsSegmentLock):
 
     # Class-level defaults so close() works on an instance whose __init__ failed part way.
     _attachment: ipc.Attachment | None = None
-    _semaphore: _PhpSemaphore | None = None
-    _journal: Journal | None = None
+    _semaphore: PhpSemaphore | None = None
+    _journal: Unjournalled | None = None
     _chain: ChainIndex | None = None
+    _words: memoryview | None = None
+    #: The C fast path of the common get and put (shmfs/_hot_c/sysv.c), or None.
+    hot: Hot | None = None
     _lock: ReentrantLock | None = None
     _destroyed = False
 
@@ -229,7 +102,7 @@ class SysvBackend(HoldsSegmentLock):
         trust_uids: frozenset[int],
         *,
         created: int,
-        semaphore: _PhpSemaphore,
+        semaphore: PhpSemaphore,
         lock: ReentrantLock,
     ) -> None:
         try:
@@ -246,7 +119,7 @@ class SysvBackend(HoldsSegmentLock):
         trust_uids: frozenset[int],
         *,
         created: int,
-        semaphore: _PhpSemaphore,
+        semaphore: PhpSemaphore,
         lock: ReentrantLock,
     ) -> None:
         self.key = key
@@ -254,13 +127,13 @@ class SysvBackend(HoldsSegmentLock):
         self._trust_uids = trust_uids
         self._epoch = fork_epoch()
         stat = ipc.shm_stat(shmid)
-        _verify(stat, trust_uids, f"System V segment {key:#x}")
+        verify(stat, trust_uids, f"System V segment {key:#x}")
         self.perm = stat.mode
         self.owner = stat.uid
         self._trusted = not stat.mode & 0o022
         self._attachment = ipc.Attachment(shmid, stat.size)
         self._buf = self._attachment.view
-        self._chain = ChainIndex(self._buf)
+        self._words = layout.word_view(self._buf)
         self._semaphore = semaphore
         self._lock = lock
         if created or not layout.is_initialised(self._buf):
@@ -277,19 +150,43 @@ class SysvBackend(HoldsSegmentLock):
             # applies to the first operation instead). A dead writer's journal is undone by
             # the next acquire().
             self.size = _declared_total(self._buf, key)
-            self._journal = Journal.find(self._buf, self.size)
+            self._use_journal(Journal.find(self._buf, self._words, self.size))
 
     def _prepare(self, created: int) -> None:
         """Initialise a new or foreign segment and lay out its journal. Lock held."""
-        buf = self._buf
+        buf, words = self._buf, self._words
+        assert words is not None
+        journal = None
         if created:
             layout.initialise(buf[:created])
-            self._journal = Journal.format(buf, created)
+            journal = Journal.format(buf, words, created)
         elif not layout.is_initialised(buf):
             layout.initialise(buf)  # a foreign segment: PHP would do the same
         self.size = layout.read_header(buf).total
-        if self._journal is None:
-            self._journal = Journal.find(buf, self.size)
+        self._use_journal(journal or Journal.find(buf, words, self.size))
+
+    def _use_journal(self, journal: Journal | None) -> None:
+        """Make the changes through ``journal``, or as PHP makes them without one; the chain
+        index's stamps take the journal's seed (shared), or this handle's own."""
+        assert self._words is not None
+        changes = journal or Unjournalled(
+            self._buf, self._words, int.from_bytes(os.urandom(8), "little", signed=True)
+        )
+        self._journal = changes
+        self._chain = chain = ChainIndex(self._buf, self._words, changes.seed)
+        assert self._semaphore is not None and self._lock is not None
+        self.hot = hotpath.new_sysv_hot(
+            self._buf,
+            semid=self._semaphore.semid,
+            journal=changes.offset,
+            seed=changes.seed,
+            trusted=self._trusted,
+            state=chain.hot_state(),
+            stored=chain.stored,
+            native=codecs.get_codec(self.native_codec).decode,
+        )
+        if self.hot is not None:
+            self.hot.reset(self._lock.interface, 0, 0)
 
     @classmethod
     def open(
@@ -320,9 +217,9 @@ class SysvBackend(HoldsSegmentLock):
         with contextlib.suppress(OSError):
             sem_perm = ipc.shm_stat(ipc.shmget(key, 0, 0)).mode
         try:
-            semaphore = _PhpSemaphore(sem_key or key, sem_perm, trust_uids)
+            semaphore = PhpSemaphore(sem_key or key, sem_perm, trust_uids)
         except OSError as exc:
-            raise _translate(exc, f"cannot open the semaphore set of segment {key}", key) from exc
+            raise translate(exc, f"cannot open the semaphore set of segment {key}", key) from exc
         lock = ReentrantLock(f"segment {key}", semaphore.take, semaphore.give)
         try:
             for _ in range(_OPEN_ATTEMPTS):
@@ -343,7 +240,7 @@ class SysvBackend(HoldsSegmentLock):
         perm: int,
         trust_uids: frozenset[int],
         *,
-        semaphore: _PhpSemaphore,
+        semaphore: PhpSemaphore,
         lock: ReentrantLock,
     ) -> Self | None:
         """One try at attaching, creating under the lock if absent; ``None``: try again."""
@@ -352,7 +249,7 @@ class SysvBackend(HoldsSegmentLock):
         except FileNotFoundError:
             shmid, created = -1, size
         except OSError as exc:
-            raise _translate(exc, f"cannot open segment {key}", key) from exc
+            raise translate(exc, f"cannot open segment {key}", key) from exc
         if created:
             lock.acquire(None)
         try:
@@ -362,14 +259,14 @@ class SysvBackend(HoldsSegmentLock):
                 except FileExistsError:
                     return None  # made by someone else meanwhile: open theirs
                 except OSError as exc:
-                    raise _translate(exc, f"cannot create segment {key}", key) from exc
+                    raise translate(exc, f"cannot create segment {key}", key) from exc
             return cls(key, shmid, trust_uids, created=created, semaphore=semaphore, lock=lock)
         except ShmfsError:
             raise  # UnsafeSegment and LockTimeout are OSErrors too: not ours to retranslate
         except OSError as exc:
             if exc.errno in (errno.EIDRM, errno.EINVAL):
                 return None  # removed between shmget and shmat: attach makes a fresh one
-            raise _translate(exc, f"cannot attach segment {key}", key) from exc
+            raise translate(exc, f"cannot attach segment {key}", key) from exc
         finally:
             if created:
                 lock.release()
@@ -388,6 +285,8 @@ class SysvBackend(HoldsSegmentLock):
                 ReentrantLock(f"segment {self.key}", self._semaphore.take, self._semaphore.give),
             )
             self._lock.inherit(parent)
+            if self.hot is not None:
+                self.hot.reset(self._lock.interface, 0, 0)
             self._epoch = fork_epoch()
         return self._buf
 
@@ -414,18 +313,21 @@ class SysvBackend(HoldsSegmentLock):
         self._check()
         assert self._lock is not None
         self._lock.acquire(timeout)
-        if self._journal is not None:
-            self._journal.recover()  # a word read, unless a writer died mid-change
+        if self._journal is not None and self._journal.recover() and self._chain is not None:
+            self._chain.forget()  # a dead writer's change, finished or undone
 
     # ------------------------------------------------------------------- variables
 
-    def _find(self, index: int) -> tuple[ChainIndex, tuple[int, int, int] | None]:
-        """The chain index, and (offset, length, next) of ``index``'s chunk or ``None``."""
+    def _find(
+        self, index: int, *, exact: bool = False
+    ) -> tuple[ChainIndex, tuple[int, int, int] | None]:
+        """The chain index, and (offset, length, next) of ``index``'s chunk or ``None``
+        (``exact``: for a write, see ChainIndex.find)."""
         chain = self._chain
         if chain is None:
             raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
         try:
-            return chain, chain.find(index)
+            return chain, chain.find(index, exact=exact)
         except CorruptSegment:
             self._live()  # a header wiped by destroy() means gone, not damaged
             raise
@@ -444,49 +346,43 @@ class SysvBackend(HoldsSegmentLock):
         return self._trusted
 
     def write(self, index: int, data: bytes | Pieces) -> None:
-        """Store ``data``: PHP's remove-then-append, journalled. Lock held."""
+        """Store ``data``: PHP's remove-then-append, through the journal. Lock held."""
         data = bytes(data)  # always bytes already: this class does not set writes_pieces
         self._check_writable()
-        chain, found = self._find(index)
+        chain, found = self._find(index, exact=True)
         pos, old = (found[0], found[2]) if found is not None else (-1, 0)
-        # The header is checked: by the walk, or as bytes equal to those of a checked one.
-        words = chain.words
-        journal = self._journal
-        if journal is not None:
-            end = words[_END]
-            journal.begin(pos if pos >= 0 else end, end)
-        try:
-            at = layout.store(self._buf, words, index, data, pos=pos, old=old, scrub=True)
-        except SegmentFull as exc:
+        # The header is checked: by the walk, or by the stamp of a chunk within it.
+        words, journal = chain.words, self._journal
+        assert journal is not None  # set with the chain index
+        need = layout.chunk_size(len(data))
+        free = words[_FREE]
+        if free + old < need:
             raise SegmentFull(
-                f"segment {self.key}: {exc} with a bigger size= (PHP's size counts a 40-byte "
-                "header and 24-39 bytes per variable besides the values)",
+                f"segment {self.key}: not enough shared memory left: a {len(data)}-byte value "
+                f"takes a {need}-byte chunk but only {free + old} of the segment's {self.size} "
+                "bytes are free; attach a bigger segment with a bigger size= (PHP's size counts "
+                "a 40-byte header and 24-39 bytes per variable besides the values)",
                 key=self.key,
                 index=index,
-                needed=layout.chunk_size(len(data)),  # what PHP's layout counts against size
-            ) from exc
-        finally:
-            if journal is not None:
-                journal.commit()
-        length = len(data)
-        chain.stored(index, pos=pos, old=old, at=at, length=length, step=layout.chunk_size(length))
+                needed=need,  # what PHP's layout counts against size
+                free=free + old,
+                total=self.size,
+            )
+        if pos >= 0:
+            at = journal.replace(index, data, pos=pos, old=old)
+        else:
+            at = journal.append(index, data, need)
+        chain.stored(index, pos=pos, old=old, at=at)
 
     def delete(self, index: int) -> bool:
-        """Remove ``index`` and zero the bytes it frees. Lock held."""
+        """Remove ``index`` and zero the bytes it frees, through the journal. Lock held."""
         self._check_writable()
-        chain, found = self._find(index)
+        chain, found = self._find(index, exact=True)
         if found is None:
             return False
         pos, _, step = found
-        words = chain.words
-        journal = self._journal
-        if journal is not None:
-            journal.begin(pos, words[_END])
-        try:
-            layout.cut(self._buf, words, pos, step, scrub=True)
-        finally:
-            if journal is not None:
-                journal.commit()
+        assert self._journal is not None  # set with the chain index
+        self._journal.cut(pos, step)
         chain.removed(index, pos=pos, step=step)
         return True
 
@@ -546,12 +442,18 @@ class SysvBackend(HoldsSegmentLock):
 
     def _close_now(self) -> None:
         """Detach and stop counting ourselves a semaphore user. Idempotent."""
+        if self.hot is not None:
+            self.hot.close()  # first: it holds an export of the segment's bytes
+            self.hot = None
         if self._chain is not None:
             self._chain.release()
             self._chain = None
         if self._journal is not None:
             self._journal.release()
             self._journal = None
+        if self._words is not None:
+            self._words.release()
+            self._words = None
         if self._attachment is not None:
             attachment, self._attachment = self._attachment, None
             with contextlib.suppress(OSError, BufferError):
@@ -573,7 +475,7 @@ class SysvBackend(HoldsSegmentLock):
         try:
             ipc.shm_remove(self.shmid)
         except OSError as exc:
-            raise _translate(exc, f"cannot remove segment {self.key}", self.key) from exc
+            raise translate(exc, f"cannot remove segment {self.key}", self.key) from exc
         self._destroyed = True
 
     @classmethod
@@ -589,58 +491,7 @@ class SysvBackend(HoldsSegmentLock):
     def list_segments(cls, root: str | None) -> list[SegmentInfo]:
         """Report every PHP-layout segment in this IPC namespace that we may read."""
         del root
-        found = []
-        try:
-            with open("/proc/sysvipc/shm", encoding="ascii") as table:
-                rows = [line.split() for line in table.readlines()[1:]]
-        except OSError:
-            return []
-        for row in rows:
-            # proc(5): every column is decimal but perms, which is octal ("666" is 0o666).
-            info = _peek(
-                *(
-                    int(row[column], 8 if column == 2 else 10)
-                    for column in (0, 1, 2, 3, 4, 7, 13, 6)
-                )
-            )
-            if info is not None:
-                found.append(info)
-        return sorted(found, key=lambda info: info.key)
-
-
-def _peek(*row: int) -> SegmentInfo | None:
-    """A PHP-layout segment's report from its /proc/sysvipc/shm row (key, shmid, perms, size,
-    cpid, uid, ctime, nattch), read through a read-only attachment; ``None`` if it is not one we
-    can read."""
-    key, shmid, perms, size, cpid, uid, ctime, nattch = row
-    if key == 0 or size < layout.HEADER_SIZE:
-        return None
-    try:
-        attachment = ipc.Attachment(shmid, size, readonly=True)
-    except OSError:
-        return None
-    try:
-        if not layout.is_initialised(attachment.view):
-            return None
-        stats = layout.stats(attachment.view)
-    except CorruptSegment:
-        return None
-    finally:
-        attachment.detach()
-    signed = key - (1 << 32) if key >= 1 << 31 else key
-    return SegmentInfo(
-        key=signed,
-        backend="sysv",
-        size=stats.total,
-        used=stats.used + layout.HEADER_SIZE,
-        variables=stats.variables,
-        perm=perms & 0o777,
-        owner=uid,
-        location=f"shmid {shmid} in {ipc_namespace()}",
-        created=float(ctime),
-        creator_pid=cpid,
-        attached=nattch,
-    )
+        return listing.list_segments()
 
 
 class _PollWatcher:

@@ -1,0 +1,263 @@
+/*
+ * shmfs._hot.SysvHot's put (see sysv.c): the value pickled and framed, written through the
+ * journal store for store as shmfs/backends/sysv/journal.py writes it, and the chain index told.
+ */
+#include "sysv.h"
+
+#include <string.h>
+
+/* journal._append: the chunk at end (padding zeroed, stamp last), then end and free. */
+static int64_t
+sysv_append(SysvHot *self, int64_t key, const uint64_t head[3], PyObject *payload, int64_t need)
+{
+    int64_t *w = self->words;
+    int64_t at = w[H_END];
+    int64_t length = FRAME_HEADER + PyBytes_GET_SIZE(payload);
+    unsigned char *chunk = (unsigned char *)w + at;
+    w[at >> 3] = key;
+    w[(at >> 3) + 1] = length;
+    w[(at >> 3) + 2] = need;
+    memcpy(chunk + PHP_CHUNK_HEADER, head, FRAME_HEADER);
+    memcpy(chunk + PHP_CHUNK_HEADER + FRAME_HEADER, PyBytes_AS_STRING(payload),
+           (size_t)PyBytes_GET_SIZE(payload));
+    memset(chunk + PHP_CHUNK_HEADER + length, 0, (size_t)(need - 8 - PHP_CHUNK_HEADER - length));
+    w[((at + need) >> 3) - 1] = (int64_t)sysv_stamp(self->seed, (uint64_t)key, (uint64_t)need,
+                                                chunk + PHP_CHUNK_HEADER, (size_t)length);
+    set_word(w, H_END, at + need);
+    set_word(w, H_FREE, w[H_FREE] - need);
+    return at;
+}
+
+/* journal.Journal._finish_cut, store for store: the tail moves down in steps (through the
+ * buffer when a step's source and destination could overlap), then end and free, the vacated
+ * bytes and the buffer zeroed, the state cleared last. */
+static void
+finish_cut(SysvHot *self)
+{
+    int64_t *w = self->words;
+    unsigned char *bytes = (unsigned char *)w;
+    Py_ssize_t base = self->journal >> 3;
+    unsigned char *buffer = bytes + self->journal + J_BUFFER;
+    int64_t pos = w[base + J_C_POS], old = w[base + J_C_OLD], end = w[base + J_C_END];
+    int64_t tail = end - pos - old, done = w[base + J_DONE];
+    while (done < tail) {
+        if (old >= J_CAPACITY) {
+            int64_t step = old < tail - done ? old : tail - done;
+            memcpy(bytes + pos + done, bytes + pos + old + done, (size_t)step);
+            done += step;
+        }
+        else {
+            int64_t step = J_CAPACITY < tail - done ? J_CAPACITY : tail - done;
+            set_word(w, base + J_SAVED, -1);
+            memcpy(buffer, bytes + pos + old + done, (size_t)step);
+            set_word(w, base + J_SAVED, done);
+            memcpy(bytes + pos + done, buffer, (size_t)step);
+            done += step;
+        }
+        set_word(w, base + J_DONE, done);
+    }
+    set_word(w, H_END, end - old);
+    set_word(w, H_FREE, w[base + J_C_FREE] + old);
+    memset(bytes + end - old, 0, (size_t)old);
+    if (tail && old < J_CAPACITY) {
+        memset(buffer, 0, (size_t)(tail < J_CAPACITY ? tail : J_CAPACITY));
+    }
+    set_word(w, base + J_SAVED, -1);
+    set_word(w, base + J_STATE, J_IDLE);
+}
+
+/* journal.Journal.append, or .replace when ``pos`` >= 0 (room for both chunks checked):
+ * the new chunk's final offset. */
+static int64_t
+journalled_put(SysvHot *self, int64_t key, const uint64_t head[3], PyObject *payload,
+               int64_t need, int64_t pos, int64_t old)
+{
+    int64_t *w = self->words;
+    Py_ssize_t base = self->journal >> 3;
+    set_word(w, base + J_A_END, w[H_END]);
+    set_word(w, base + J_A_FREE, w[H_FREE]);
+    set_word(w, base + J_A_NEED, need);
+    set_word(w, base + J_STATE, J_APPEND);
+    int64_t at = sysv_append(self, key, head, payload, need);
+    if (pos < 0) {
+        set_word(w, base + J_STATE, J_IDLE);
+        return at;
+    }
+    set_word(w, base + J_C_POS, pos); /* Journal._begin_cut: from the append's state at once */
+    set_word(w, base + J_C_OLD, old);
+    set_word(w, base + J_C_END, w[H_END]);
+    set_word(w, base + J_C_FREE, w[H_FREE]);
+    set_word(w, base + J_DONE, 0);
+    set_word(w, base + J_SAVED, -1);
+    set_word(w, base + J_STATE, J_CUT);
+    finish_cut(self);
+    return at - old;
+}
+
+/* ChainIndex.stored without its renumbering, in C: the move logged, the entry set, the copy
+ * refreshed from ``first`` (or dropped, for big values). 1 done; 0 the log is full (Python's
+ * stored renumbers); -1 an exception. */
+static int
+index_stored(SysvHot *self, PyObject *index, Py_ssize_t pos, int64_t old, int64_t at)
+{
+    PyObject *where = self->where, *moves = self->moves, *copy = self->copy;
+    Py_ssize_t count = PyList_GET_SIZE(moves) + (pos >= 0);
+    Py_ssize_t chunks = PyDict_GET_SIZE(where) + (PyDict_Contains(where, index) == 0);
+    Py_ssize_t most = MOVES_BASE + chunks / MOVES_PER;
+    if (count > (most < MOVES_CAP ? most : MOVES_CAP)) {
+        return 0;
+    }
+    int64_t end = self->words[H_END];
+    Py_ssize_t first = pos >= 0 ? pos : (Py_ssize_t)at;
+    if (PyByteArray_GET_SIZE(copy) > 0) {
+        if (end > (int64_t)MAX_AVERAGE_CHUNK * chunks + PHP_HEADER) {
+            if (PyByteArray_Resize(copy, 0) < 0) {
+                return -1;
+            }
+        }
+        else if (first > PyByteArray_GET_SIZE(copy)) {
+            if (PyByteArray_Resize(copy, 0) < 0) { /* cannot happen with a proved copy */
+                return -1;
+            }
+        }
+        else if (PyByteArray_Resize(copy, end) < 0) {
+            return -1;
+        }
+        else {
+            /* No allocation since ``end`` was read: the words are still the segment's. */
+            char *bytes = PyByteArray_AS_STRING(copy);
+            memcpy(bytes, self->words, PHP_HEADER);
+            memcpy(bytes + first, (const char *)self->words + first, (size_t)(end - first));
+        }
+    }
+    PyObject *entry = Py_BuildValue("(Ln)", (long long)at, count);
+    if (entry == NULL) {
+        return -1;
+    }
+    if (pos >= 0) {
+        PyObject *move = Py_BuildValue("(nL)", pos, (long long)old);
+        if (move == NULL || PyList_Append(moves, move) < 0) {
+            Py_XDECREF(move);
+            Py_DECREF(entry);
+            return -1;
+        }
+        Py_DECREF(move);
+    }
+    int failed = PyDict_SetItem(where, index, entry);
+    Py_DECREF(entry);
+    return failed ? -1 : 1;
+}
+
+/* ChainIndex.stored, under the lock as Python's write calls it: that code may allocate, and a
+ * collection's finalizers may use the segment, so the lock's depth says it is held (taken 1:
+ * by us, now) while it runs. None, or NULL with an exception. */
+static PyObject *
+told(SysvHot *self, Held *held, PyObject *index, Py_ssize_t pos, int64_t old, int64_t at)
+{
+    int taken = held->taken;
+    int64_t *words = held->lock_words; /* exported for as long as the lock is held */
+    PyObject *stored = Py_NewRef(self->stored);
+    PyObject *call[4] = {index, PyLong_FromSsize_t(pos < 0 ? -1 : pos),
+                         PyLong_FromLongLong(pos < 0 ? 0 : old), PyLong_FromLongLong(at)};
+    PyObject *done = NULL;
+    if (call[1] != NULL && call[2] != NULL && call[3] != NULL) {
+        if (taken == 1) {
+            words[LOCK_DEPTH] = 1;
+        }
+        int quick = index_stored(self, index, pos, old, at);
+        if (quick == 0) {
+            done = PyObject_Vectorcall(stored, call, 4, NULL);
+        }
+        else {
+            done = quick > 0 ? Py_NewRef(Py_None) : NULL;
+        }
+        if (taken == 1) {
+            words[LOCK_DEPTH] = 0;
+        }
+    }
+    Py_XDECREF(call[1]);
+    Py_XDECREF(call[2]);
+    Py_XDECREF(call[3]);
+    Py_DECREF(stored);
+    return done;
+}
+
+const char sysv_put_doc[] =
+"put(index, codec_id, value) -> None once stored, or SLOW\n\n"
+"Pickle a plain value, frame it and store it as PHP's put does, through the journal, under\n"
+"PHP's lock taken without waiting (or already this thread's); then tell the chain index.";
+
+PyObject *
+sysv_put(SysvHot *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 3 || nargs > 6) {
+        PyErr_SetString(PyExc_TypeError, "put(index, codec_id, value)");
+        return NULL;
+    }
+    if (nargs != 3) {
+        return slow(); /* put_if_head: tmpfs's, not ours */
+    }
+    long codec = PyLong_AsLong(args[1]);
+    if (codec == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t budget = SMALL;
+    if (self->words == NULL || self->epoch != fork_epoch || self->journal < 0 || codec < 0
+        || codec > 255 || !self->executes[codec] || !PyLong_CheckExact(args[0])
+        || !plain(args[2], 0, &budget)) {
+        return slow();
+    }
+    int64_t key = PyLong_AsLongLong(args[0]);
+    if (key == -1 && PyErr_Occurred()) {
+        return slow();
+    }
+    PyObject *dumps_args[2] = {args[2], protocol};
+    PyObject *payload = PyObject_Vectorcall(pickle_dumps, dumps_args, 2, NULL);
+    if (payload == NULL || !PyBytes_CheckExact(payload)
+        || PyBytes_GET_SIZE(payload) > SMALL - FRAME_HEADER || self->words == NULL) {
+        Py_XDECREF(payload);
+        return slow(); /* Python's encode() says why; or closed while pickling */
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    uint64_t head[3] = {self->first_word | (uint64_t)codec << CODEC_SHIFT, (uint64_t)n, 0};
+    head[2] = checksum(checksum(0, (const unsigned char *)head, 16),
+                       (const unsigned char *)PyBytes_AS_STRING(payload), (size_t)n);
+    int64_t need = ((FRAME_HEADER + n + 31) / 8) * 8 + 8; /* layout.chunk_size */
+    Py_ssize_t pos = sysv_remembered(self, args[0]);
+    if (self->words == NULL) {
+        Py_DECREF(payload);
+        return slow(); /* closed meanwhile */
+    }
+    Held held;
+    int taken = sysv_lock_now(self, &held);
+    if (taken <= 0) {
+        Py_DECREF(payload);
+        return taken < 0 ? NULL : slow();
+    }
+    int64_t end = sysv_checked_end(self), length = 0, old = 0, at = -1;
+    /* ChainIndex.find(exact=True): the whole index proved by its copy, then the chunk. */
+    Py_buffer copy;
+    int exact = 0;
+    if (end >= 0 && PyObject_GetBuffer(self->copy, &copy, PyBUF_SIMPLE) == 0) {
+        exact = copy.len == end && memcmp(copy.buf, self->words, (size_t)end) == 0;
+        PyBuffer_Release(&copy);
+    }
+    PyErr_Clear();
+    if (exact && (pos < 0 || sysv_proved(self, key, pos, end, &length, &old))) {
+        int64_t free = self->words[H_FREE];
+        if (free >= need) { /* beside the old chunk: the journal keeps old or new */
+            at = journalled_put(self, key, head, payload, need, pos < 0 ? -1 : pos, old);
+        }
+    }
+    Py_DECREF(payload);
+    PyObject *done = at < 0 ? Py_NewRef(SLOW) : told(self, &held, args[0], pos, old, at);
+    if (sysv_unlock(self, &held) < 0) {
+        Py_XDECREF(done);
+        return NULL; /* stored or not: the chain index proves its offsets before use */
+    }
+    if (done == NULL || done == SLOW) {
+        return done; /* unproved, full or squeezed: Python does it, or says why not */
+    }
+    Py_DECREF(done);
+    Py_RETURN_NONE;
+}

@@ -1,0 +1,181 @@
+"""sysv only: the C fast path (shmfs/_hot_c/sysv.c). It follows the Python code's numbers and
+protocols, writes the bytes the Python path writes, and sends each uncommon case the Python way.
+(Every other sysv test runs on both paths already.)"""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import shmfs
+from shmfs import hotpath
+from shmfs.backends import SLOW
+from shmfs.backends.sysv import chain_index, ipc, journal, layout
+
+pytestmark = pytest.mark.skipif(not hotpath.available(), reason="the C module is not built")
+
+HEADER = Path(__file__).parent.parent / "shmfs" / "_hot_c" / "sysv.h"
+
+
+@pytest.fixture
+def sysv_key(key: int) -> Iterator[int]:
+    yield key
+    for option in ("-M", "-S"):
+        subprocess.run(["ipcrm", option, hex(key)], capture_output=True, check=False)
+
+
+def _defines() -> dict[str, int]:
+    text = HEADER.read_text(encoding="ascii")
+    return {
+        name: int(value.removesuffix("ULL"), 0)
+        for name, value in re.findall(r"#define (\w+) (0x[0-9A-F]+ULL|\d+)", text)
+    }
+
+
+def test_the_c_numbers_are_the_python_ones() -> None:
+    found = _defines()
+    assert found["PHP_HEADER"] == layout.HEADER_SIZE
+    assert found["PHP_CHUNK_HEADER"] == layout.CHUNK_HEADER_SIZE
+    assert found["PHP_MIN_CHUNK"] == layout.chunk_size(0)
+    assert found["J_MAGIC"] == journal._MAGIC
+    assert found["J_BUFFER"] == journal._BUFFER
+    assert found["J_CAPACITY"] == journal.CAPACITY
+    assert found["STAMP_EDGE"] == journal._EDGE
+    for name in ("SEED", "STATE", "A_END", "A_FREE", "A_NEED", "C_POS", "C_OLD", "C_END"):
+        assert found[f"J_{name}"] == getattr(journal, f"_{name}"), name
+    for name in ("C_FREE", "DONE", "SAVED", "IDLE", "APPEND", "CUT"):
+        assert found[f"J_{name}"] == getattr(journal, f"_{name}"), name
+    assert found["MAX_AVERAGE_CHUNK"] == chain_index._MAX_AVERAGE_CHUNK
+    for name in ("BASE", "PER", "CAP"):
+        assert found[f"MOVES_{name}"] == getattr(chain_index, f"_MOVES_{name}"), name
+
+
+def _image(key: int) -> bytes:
+    shmid = ipc.shmget(key, 0, 0)
+    attachment = ipc.Attachment(shmid, ipc.shm_stat(shmid).size, readonly=True)
+    try:
+        return bytes(attachment.view)
+    finally:
+        attachment.detach()
+
+
+OPS: list[tuple[int, Any]] = [
+    (1, "one"),
+    (2, [1, 2.5, None]),
+    (3, "x" * 5000),  # a chunk bigger than the journal's buffer
+    (1, "one, longer now"),
+    (2, {"a": b"bytes"}),
+    (-5, 7),
+    (3, "y" * 300),
+    (1, "z"),
+]
+
+
+def _run(key: int, *, c_path: bool, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    if not c_path:
+        monkeypatch.setattr(hotpath, "_hot", None)
+    seg = shmfs.attach(key, 1 << 15, backend="sysv", codec="pickle")
+    try:
+        assert (seg._backend.hot is not None) == c_path  # type: ignore[union-attr]
+        for index, value in OPS:
+            seg[index] = value
+            assert seg[index] == value
+        del seg[2]
+        image = _image(key)
+    finally:
+        seg.destroy()
+        monkeypatch.undo()
+    return image
+
+
+def test_both_paths_write_the_same_bytes(sysv_key: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PHP's area and the journal alike, except the journal's seed and the stamps it keys."""
+    ours = _run(sysv_key, c_path=True, monkeypatch=monkeypatch)
+    theirs = _run(sysv_key, c_path=False, monkeypatch=monkeypatch)
+    header = layout.read_header(memoryview(bytearray(ours)))
+
+    def meaningful(image: bytes) -> list[bytes]:
+        view = memoryview(bytearray(image))
+        parts, pos = [image[:40]], 40
+        while pos < header.end:
+            length, step = layout.chunk_at(layout.word_view(view), header, pos)[1:]
+            parts.append(image[pos : pos + 24 + length])
+            parts.append(image[pos + 24 + length : pos + step - 8])  # padding, zeroed
+            pos += step
+        parts.append(image[header.end : header.total])  # zeroed
+        return parts
+
+    assert meaningful(ours) == meaningful(theirs)
+
+
+def test_the_common_cases_are_one_c_call(sysv_key: int) -> None:
+    seg = shmfs.attach(sysv_key, 1 << 15, backend="sysv")
+    php = shmfs.attach(sysv_key + 1, 1 << 15, backend="sysv", codec="php")
+    try:
+        hot = seg._backend.hot  # type: ignore[union-attr]
+        assert hot is not None
+        seg[1] = "first"  # the first put walks (Python) and proves the index
+        assert hot.put(1, 1, "replaced") is None
+        assert hot.put(2, 1, {"new": [1, 2]}) is None
+        assert hot.get(1) == "replaced" and hot.get(2) == {"new": [1, 2]}
+        with seg.lock():  # re-entrant: the lock is this thread's
+            assert hot.put(1, 1, 3.5) is None
+            assert hot.get(1) == 3.5
+        php[1] = "bare"
+        php.get(1)
+        assert php._backend.hot.get(1) == "bare"  # type: ignore[union-attr]
+    finally:
+        seg.destroy()
+        php.destroy()
+        subprocess.run(["ipcrm", "-M", hex(sysv_key + 1)], capture_output=True, check=False)
+        subprocess.run(["ipcrm", "-S", hex(sysv_key + 1)], capture_output=True, check=False)
+
+
+def _hold_lock(key: int, held: Any, done: Any) -> None:
+    with shmfs.attach(key, backend="sysv") as seg, seg.lock():
+        held.set()
+        done.wait(30)
+
+
+def test_the_uncommon_cases_go_the_python_way(sysv_key: int) -> None:
+    seg = shmfs.attach(sysv_key, 1 << 15, backend="sysv", lock_timeout=0.2)
+    try:
+        backend: Any = seg._backend
+        hot = backend.hot
+        seg[1] = "v"
+        seg.get(1)
+        assert hot.get(99) is SLOW  # absent: Python proves it
+        assert hot.put(1, 1, object()) is SLOW  # not a plain value
+        assert hot.put(1, 1, "x" * (70 << 10)) is SLOW  # past 64 KiB
+        assert hot.put(1, 1, "v", 0, b"\x80", False) is SLOW  # put_if_head: tmpfs's
+        ctx = multiprocessing.get_context("spawn")
+        held, done = ctx.Event(), ctx.Event()
+        holder = ctx.Process(target=_hold_lock, args=(sysv_key, held, done))
+        holder.start()
+        try:
+            assert held.wait(30)
+            assert hot.get(1) is SLOW and hot.put(1, 1, "w") is SLOW  # Python waits
+            with pytest.raises(shmfs.LockTimeout):
+                seg[1] = "w"
+        finally:
+            done.set()
+            holder.join(30)
+        words = backend._words
+        base = backend._journal.offset >> 3
+        words[base + journal._STATE] = journal._APPEND  # a dead writer's change, as it looks
+        words[base + journal._A_END] = words[2]
+        words[base + journal._A_FREE] = words[3]
+        words[base + journal._A_NEED] = 32
+        assert hot.get(1) is SLOW  # Python recovers first
+        assert seg[1] == "v" and hot.get(1) == "v"
+        seg.detach()
+        assert hot.get(1) is SLOW and hot.put(1, 1, "x") is SLOW  # closed stays closed
+        seg = shmfs.attach(sysv_key, backend="sysv")
+    finally:
+        seg.destroy()
