@@ -14,8 +14,8 @@ from typing import Any
 from bench.timing import Stats
 
 __all__ = [
-    "REDIS_TARGETS",
     "PHP_LOCKED",
+    "REDIS_TARGETS",
     "SYSV",
     "TMPFS",
     "Row",
