@@ -52,13 +52,12 @@ slow(void)
 }
 
 
-/* The decoder of ``codec`` raised: raise instead what Python's get raises for that (its
- * ``failures`` entry: a SerializationError, from the decoder's error). KeyboardInterrupt and
- * the like stand as they are. */
-static PyObject *
-decode_failed(Hot *self, unsigned codec)
+/* A decoder raised: raise instead what Python's get raises for that (``failed``, the codec's
+ * ``failures`` entry, makes it: a SerializationError, from the decoder's error).
+ * KeyboardInterrupt and the like stand as they are. NULL, always. */
+PyObject *
+decode_failed_as(PyObject *failed)
 {
-    PyObject *failed = self->failures[codec];
     if (failed == NULL || !PyErr_ExceptionMatches(PyExc_Exception)) {
         return NULL;
     }
@@ -92,6 +91,12 @@ decode_failed(Hot *self, unsigned codec)
     Py_XDECREF(type);
     Py_XDECREF(traceback);
     return NULL;
+}
+
+static PyObject *
+decode_failed(Hot *self, unsigned codec)
+{
+    return decode_failed_as(self->failures[codec]);
 }
 
 PyObject *

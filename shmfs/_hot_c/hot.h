@@ -153,6 +153,9 @@ uint64_t find(const uint64_t *index, Py_ssize_t length, uint64_t key, uint64_t *
 PyObject *slab_get(Hot *self, const uint64_t *meta, uint64_t loc, uint64_t key, uint64_t gen);
 PyObject *slab_put(Hot *self, PyObject *index, long codec, PyObject *pickled, Py_ssize_t same_from,
                    Py_ssize_t same_to, int or_absent);
+/* hot.c: a decoder's failure raised as Python's get raises it (``failed``: the codec's entry
+ * of codecs.decode_error); NULL, always */
+PyObject *decode_failed_as(PyObject *failed);
 PyObject *decode_frame(Hot *self, const uint64_t head[3], PyObject *payload, int trusted);
 PyObject *hot_rehash(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 extern const char rehash_doc[];

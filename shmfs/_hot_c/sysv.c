@@ -250,10 +250,11 @@ sysv_proved(SysvHot *self, int64_t key, Py_ssize_t pos, int64_t end, int64_t *le
 static PyObject *
 sysv_decode(SysvHot *self, PyObject *data, const uint64_t head[3], int framed)
 {
-    PyObject *decode = self->native;
+    PyObject *decode = self->native, *failed = NULL;
     if (framed) {
         unsigned codec = (unsigned)(head[0] >> CODEC_SHIFT) & 0xFF;
         decode = self->decoders[codec];
+        failed = self->failures[codec];
         uint32_t crc = checksum(checksum(0, (const unsigned char *)head, 16),
                                 (const unsigned char *)PyBytes_AS_STRING(data),
                                 (size_t)PyBytes_GET_SIZE(data));
@@ -267,11 +268,28 @@ sysv_decode(SysvHot *self, PyObject *data, const uint64_t head[3], int framed)
         Py_DECREF(data);
         return slow();
     }
+    if (decode == pickle_loads) { /* a plain value's pickle is read here (unpickle.c) */
+        PyObject *plain_value = plain_loads(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+        if (plain_value != NULL || (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))) {
+            Py_DECREF(data);
+            return plain_value;
+        }
+        PyErr_Clear(); /* declined: pickle.loads reads it, and says what is wrong */
+    }
     Py_INCREF(decode); /* held across the call, which runs code that may close this handle */
+    Py_XINCREF(failed);
     PyObject *value = PyObject_CallOneArg(decode, data);
     Py_DECREF(decode);
     Py_DECREF(data);
-    return value != NULL ? value : slow(); /* Python reports a decoder's failure */
+    if (value != NULL || failed == NULL) {
+        Py_XDECREF(failed);
+        return value != NULL ? value : slow(); /* PHP's bare values: Python reports a failure */
+    }
+    /* One decode per get: a framed value's decoder that failed here is not run again by
+     * Python (a pickle's side effects would run twice); its failure is this get's error. */
+    value = decode_failed_as(failed);
+    Py_DECREF(failed);
+    return value;
 }
 
 PyDoc_STRVAR(sysv_get_doc,
@@ -420,10 +438,10 @@ sysv_init(SysvHot *self, PyObject *args, PyObject *kwargs)
     Py_ssize_t at = 0;
     while (PyDict_Next(decoders, &at, &id, &entry)) {
         long codec = PyLong_AsLong(id);
-        if (codec < 0 || codec > 255 || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2) {
+        if (codec < 0 || codec > 255 || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_ValueError,
-                                "decoders: {codec id 0-255: (decode, executes_code)}");
+                                "decoders: {codec id 0-255: (decode, executes_code, failure)}");
             }
             return -1;
         }
@@ -432,6 +450,7 @@ sysv_init(SysvHot *self, PyObject *args, PyObject *kwargs)
             return -1;
         }
         Py_XSETREF(self->decoders[codec], Py_NewRef(PyTuple_GET_ITEM(entry, 0)));
+        Py_XSETREF(self->failures[codec], Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
         self->executes[codec] = (char)executes;
     }
     if (PyObject_GetBuffer(view, &self->buffer, PyBUF_WRITABLE) < 0) {
@@ -473,6 +492,7 @@ sysv_traverse(SysvHot *self, visitproc visit, void *arg)
     Py_VISIT(self->native);
     for (int i = 0; i < 256; i++) {
         Py_VISIT(self->decoders[i]);
+        Py_VISIT(self->failures[i]);
     }
     return 0;
 }
@@ -484,6 +504,7 @@ sysv_clear(SysvHot *self)
     Py_CLEAR(self->native);
     for (int i = 0; i < 256; i++) {
         Py_CLEAR(self->decoders[i]);
+        Py_CLEAR(self->failures[i]);
     }
     return 0;
 }

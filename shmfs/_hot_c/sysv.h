@@ -64,6 +64,7 @@ typedef struct {
     PyObject *stored;      /* ChainIndex.stored, bound */
     PyObject *native;      /* the native codec's decode (PHP's unserialize), or NULL */
     PyObject *decoders[256];
+    PyObject *failures[256];  /* codec id -> the error a get raises for its decoder's */
     char executes[256];
     uint64_t first_word;   /* a frame's first word with the codec byte zero */
     uint64_t epoch;
