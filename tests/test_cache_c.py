@@ -41,8 +41,10 @@ def cache() -> Iterator[shmfs.Cache]:
     try:
         yield opened
     finally:
-        opened.close()
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            opened.close()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- key_slot
