@@ -52,6 +52,55 @@ slow(void)
 }
 
 
+/* The codecs a get decodes: ``decoders`` is {codec id: (decode, executes_code, failure)}
+ * (hotpath._DECODERS), taken into the three tables. 0, or -1 with an exception set. */
+int
+take_decoders(PyObject *decoders, PyObject *decode[256], PyObject *failures[256], char executes[256])
+{
+    PyObject *id, *entry;
+    Py_ssize_t at = 0;
+    while (PyDict_Next(decoders, &at, &id, &entry)) {
+        long codec = PyLong_AsLong(id);
+        if (codec < 0 || codec > 255 || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError,
+                                "decoders: {codec id 0-255: (decode, executes_code, failure)}");
+            }
+            return -1;
+        }
+        int code = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
+        if (code < 0) {
+            return -1;
+        }
+        Py_XSETREF(decode[codec], Py_NewRef(PyTuple_GET_ITEM(entry, 0)));
+        Py_XSETREF(failures[codec], Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
+        executes[codec] = (char)code;
+    }
+    return 0;
+}
+
+/* ``lock`` checked to be a LockInterface (locking.py), and an export of its state words in
+ * ``buffer`` (the caller releases it). 0, or -1 with an exception set. */
+int
+lock_interface_words(PyObject *lock, Py_buffer *buffer)
+{
+    if (!PyTuple_Check(lock) || PyTuple_GET_SIZE(lock) != 3 || !PyCallable_Check(PyTuple_GET_ITEM(lock, 0))
+        || !PyCallable_Check(PyTuple_GET_ITEM(lock, 1))) {
+        PyErr_SetString(PyExc_TypeError, "reset: lock must be a LockInterface");
+        return -1;
+    }
+    if (PyObject_GetBuffer(PyTuple_GET_ITEM(lock, 2), buffer, PyBUF_FORMAT) < 0) {
+        return -1;
+    }
+    if (buffer->len != LOCK_WORDS * 8 || buffer->itemsize != 8 || buffer->format == NULL
+        || strcmp(buffer->format, "q") != 0 || ((uintptr_t)buffer->buf & 7) != 0) {
+        PyBuffer_Release(buffer);
+        PyErr_SetString(PyExc_ValueError, "reset: the lock's words are not its state words");
+        return -1;
+    }
+    return 0;
+}
+
 /* A decoder raised: raise instead what Python's get raises for that (``failed``, the codec's
  * ``failures`` entry, makes it: a SerializationError, from the decoder's error).
  * KeyboardInterrupt and the like stand as they are. NULL, always. */
@@ -93,12 +142,6 @@ decode_failed_as(PyObject *failed)
     return NULL;
 }
 
-static PyObject *
-decode_failed(Hot *self, unsigned codec)
-{
-    return decode_failed_as(self->failures[codec]);
-}
-
 PyObject *
 decode_frame(Hot *self, const uint64_t head[3], PyObject *payload, int trusted)
 {
@@ -113,21 +156,35 @@ decode_frame(Hot *self, const uint64_t head[3], PyObject *payload, int trusted)
         Py_DECREF(payload);
         return slow(); /* damage, a signature, or an untrusted writer: Python says which */
     }
+    return decode_with(decode, self->failures[codec], payload);
+}
+
+PyObject *
+decode_with(PyObject *decode, PyObject *failed, PyObject *payload)
+{
     if (decode == pickle_loads) { /* a plain value's pickle is read here, in a fifth of the time */
-        PyObject *plain_value = plain_loads(PyBytes_AS_STRING(payload), length);
-        if (plain_value != NULL || (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))) {
+        PyObject *value = plain_loads(PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload));
+        if (value != NULL || (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))) {
             Py_DECREF(payload);
-            return plain_value;
+            return value;
         }
         PyErr_Clear(); /* declined (bad bytes included): pickle.loads reads it, and says what is wrong */
     }
     Py_INCREF(decode); /* held across the call, which runs code that may close this handle */
+    Py_XINCREF(failed);
     PyObject *value = PyObject_CallOneArg(decode, payload);
     Py_DECREF(decode);
     Py_DECREF(payload);
-    /* One decode per get: a decoder that failed here is not run again by Python (a pickle's
-     * side effects would run twice); its failure is this get's error, as Python says it. */
-    return value != NULL ? value : decode_failed(self, codec);
+    if (value == NULL && failed != NULL) {
+        /* One decode per get: a decoder that failed here is not run again by Python (a pickle's
+         * side effects would run twice); its failure is this get's error, as Python says it. */
+        value = decode_failed_as(failed);
+    }
+    else if (value == NULL) {
+        value = slow(); /* no failure to raise as (PHP's bare values): Python reports it */
+    }
+    Py_XDECREF(failed);
+    return value;
 }
 
 /* The get of a large variable this handle maps (largefile.py's seqlock). */
@@ -263,20 +320,8 @@ hot_reset(Hot *self, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE; /* closed: a closed handle stays closed */
     }
     PyObject *lock = args[0];
-    if (!PyTuple_Check(lock) || PyTuple_GET_SIZE(lock) != 3
-        || !PyCallable_Check(PyTuple_GET_ITEM(lock, 0))
-        || !PyCallable_Check(PyTuple_GET_ITEM(lock, 1))) {
-        PyErr_SetString(PyExc_TypeError, "reset: lock must be a LockInterface");
-        return NULL;
-    }
     Py_buffer buffer;
-    if (PyObject_GetBuffer(PyTuple_GET_ITEM(lock, 2), &buffer, PyBUF_FORMAT) < 0) {
-        return NULL;
-    }
-    if (buffer.len != LOCK_WORDS * 8 || buffer.itemsize != 8 || buffer.format == NULL
-        || strcmp(buffer.format, "q") != 0 || ((uintptr_t)buffer.buf & 7) != 0) {
-        PyBuffer_Release(&buffer);
-        PyErr_SetString(PyExc_ValueError, "reset: the lock's words are not its state words");
+    if (lock_interface_words(lock, &buffer) < 0) {
         return NULL;
     }
     if (self->closing) {
@@ -340,24 +385,8 @@ hot_init(Hot *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "first_word must have its codec byte zero");
         return -1;
     }
-    PyObject *id, *entry;
-    Py_ssize_t at = 0;
-    while (PyDict_Next(decoders, &at, &id, &entry)) {
-        long codec = PyLong_AsLong(id);
-        if (codec < 0 || codec > 255 || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
-            if (!PyErr_Occurred()) {
-                PyErr_SetString(PyExc_ValueError,
-                                "decoders: {codec id 0-255: (decode, executes_code, failure)}");
-            }
-            return -1;
-        }
-        int executes = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
-        if (executes < 0) {
-            return -1;
-        }
-        Py_XSETREF(self->decoders[codec], Py_NewRef(PyTuple_GET_ITEM(entry, 0)));
-        Py_XSETREF(self->failures[codec], Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
-        self->executes[codec] = (char)executes;
+    if (take_decoders(decoders, self->decoders, self->failures, self->executes) < 0) {
+        return -1;
     }
     Py_XSETREF(self->vars, Py_NewRef(vars));
     Py_XSETREF(self->slabs, Py_NewRef(slabs));

@@ -156,6 +156,12 @@ PyObject *slab_put(Hot *self, PyObject *index, long codec, PyObject *pickled, Py
 /* hot.c: a decoder's failure raised as Python's get raises it (``failed``: the codec's entry
  * of codecs.decode_error); NULL, always */
 PyObject *decode_failed_as(PyObject *failed);
+/* hot.c: ``payload`` (stolen) decoded by ``decode``, a plain value's pickle by unpickle.c
+ * first; a decoder's failure raised as ``failed`` makes it, or SLOW when ``failed`` is NULL */
+PyObject *decode_with(PyObject *decode, PyObject *failed, PyObject *payload);
+/* hot.c: what Hot and SysvHot share: their codec tables, and their lock's interface checked */
+int take_decoders(PyObject *decoders, PyObject *decode[256], PyObject *failures[256], char executes[256]);
+int lock_interface_words(PyObject *lock, Py_buffer *buffer);
 PyObject *decode_frame(Hot *self, const uint64_t head[3], PyObject *payload, int trusted);
 PyObject *hot_rehash(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 extern const char rehash_doc[];

@@ -268,28 +268,7 @@ sysv_decode(SysvHot *self, PyObject *data, const uint64_t head[3], int framed)
         Py_DECREF(data);
         return slow();
     }
-    if (decode == pickle_loads) { /* a plain value's pickle is read here (unpickle.c) */
-        PyObject *plain_value = plain_loads(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
-        if (plain_value != NULL || (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))) {
-            Py_DECREF(data);
-            return plain_value;
-        }
-        PyErr_Clear(); /* declined: pickle.loads reads it, and says what is wrong */
-    }
-    Py_INCREF(decode); /* held across the call, which runs code that may close this handle */
-    Py_XINCREF(failed);
-    PyObject *value = PyObject_CallOneArg(decode, data);
-    Py_DECREF(decode);
-    Py_DECREF(data);
-    if (value != NULL || failed == NULL) {
-        Py_XDECREF(failed);
-        return value != NULL ? value : slow(); /* PHP's bare values: Python reports a failure */
-    }
-    /* One decode per get: a framed value's decoder that failed here is not run again by
-     * Python (a pickle's side effects would run twice); its failure is this get's error. */
-    value = decode_failed_as(failed);
-    Py_DECREF(failed);
-    return value;
+    return decode_with(decode, failed, data);
 }
 
 PyDoc_STRVAR(sysv_get_doc,
@@ -360,22 +339,11 @@ sysv_reset(SysvHot *self, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE; /* closed: stays closed */
     }
     PyObject *lock = args[0];
-    if (!PyTuple_Check(lock) || PyTuple_GET_SIZE(lock) != 3 || !PyCallable_Check(PyTuple_GET_ITEM(lock, 0))
-        || !PyCallable_Check(PyTuple_GET_ITEM(lock, 1))) {
-        PyErr_SetString(PyExc_TypeError, "reset: lock must be a LockInterface");
-        return NULL;
-    }
     Py_buffer buffer;
-    if (PyObject_GetBuffer(PyTuple_GET_ITEM(lock, 2), &buffer, PyBUF_FORMAT) < 0) {
+    if (lock_interface_words(lock, &buffer) < 0) {
         return NULL;
     }
-    int good = buffer.len == LOCK_WORDS * 8 && buffer.itemsize == 8 && buffer.format != NULL
-               && strcmp(buffer.format, "q") == 0 && ((uintptr_t)buffer.buf & 7) == 0;
     PyBuffer_Release(&buffer); /* each call takes an export of its own (sysv_lock_now) */
-    if (!good) {
-        PyErr_SetString(PyExc_ValueError, "reset: the lock's words are not its state words");
-        return NULL;
-    }
     Py_XSETREF(self->lock, Py_NewRef(lock));
     Py_XSETREF(self->acquire, Py_NewRef(PyTuple_GET_ITEM(lock, 0)));
     Py_XSETREF(self->release, Py_NewRef(PyTuple_GET_ITEM(lock, 1)));
@@ -434,24 +402,8 @@ sysv_init(SysvHot *self, PyObject *args, PyObject *kwargs)
                         "state: (dict, list, bytearray); first_word: codec byte zero");
         return -1;
     }
-    PyObject *id, *entry;
-    Py_ssize_t at = 0;
-    while (PyDict_Next(decoders, &at, &id, &entry)) {
-        long codec = PyLong_AsLong(id);
-        if (codec < 0 || codec > 255 || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
-            if (!PyErr_Occurred()) {
-                PyErr_SetString(PyExc_ValueError,
-                                "decoders: {codec id 0-255: (decode, executes_code, failure)}");
-            }
-            return -1;
-        }
-        int executes = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
-        if (executes < 0) {
-            return -1;
-        }
-        Py_XSETREF(self->decoders[codec], Py_NewRef(PyTuple_GET_ITEM(entry, 0)));
-        Py_XSETREF(self->failures[codec], Py_NewRef(PyTuple_GET_ITEM(entry, 2)));
-        self->executes[codec] = (char)executes;
+    if (take_decoders(decoders, self->decoders, self->failures, self->executes) < 0) {
+        return -1;
     }
     if (PyObject_GetBuffer(view, &self->buffer, PyBUF_WRITABLE) < 0) {
         return -1;
