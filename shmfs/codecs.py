@@ -88,7 +88,8 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle ships 
 
     def reducer_override(self, obj: Any) -> Any:
         # cloudpickle copies an open file's content into the pickle; storing a snapshot of a file
-        # the user meant to share is a surprise, so we say no (docs/reliability.md, "Unpicklable").
+        # the user meant to share is a surprise, so we say no (docs/linux-behaviour.md,
+        # "Unpicklable").
         if isinstance(obj, io.IOBase):
             raise pickle.PicklingError(f"cannot store an open file ({type(obj).__name__})")
         return super().reducer_override(obj)

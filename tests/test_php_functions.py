@@ -1,6 +1,6 @@
 """shmfs.php: PHP's functions, ported from php-src's ext/sysvshm/tests/*.phpt.
 
-Which of those tests shmfs ports, and why, is in docs/php-sysvshm.md §5.
+Which of those tests shmfs ports, and why, is in docs/sysv-and-php.md §5.
 
 The messages are PHP 8.2's. Where PHP 8.2 loses data or crashes (a failed replace, hostile
 headers), the port keeps the data or reports corruption, as the notes below say.

@@ -248,7 +248,7 @@ def test_php_reads_a_segment_python_wrote(sysv_key: int) -> None:
 
 @pytest.mark.php
 def test_decodes_a_segment_php_wrote(sysv_key: int) -> None:
-    """The example of docs/php-sysvshm.md §1.4, written by PHP's own API with PHP literals."""
+    """The example of docs/sysv-and-php.md §1.4, written by PHP's own API with PHP literals."""
     done = run_php(
         r"""<?php
         $key = (int)$argv[1];
@@ -355,7 +355,7 @@ def test_initialise_writes_what_php_writes_over_old_bytes(sysv_key: int) -> None
 
 
 def test_chunk_size_formula() -> None:
-    # [PRE] L377, as docs/php-sysvshm.md §1.2 lists: 0:32 1:40 ... 8:40 9:48 ... 17:56
+    # [PRE] L377, as docs/sysv-and-php.md §1.2 lists: 0:32 1:40 ... 8:40 9:48 ... 17:56
     assert [layout.chunk_size(n) for n in (0, 1, 8, 9, 16, 17)] == [32, 40, 40, 48, 48, 56]
     with pytest.raises(ValueError):
         layout.chunk_size(-1)

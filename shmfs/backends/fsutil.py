@@ -2,7 +2,7 @@
 owners and modes checked, and ``OSError`` translated into shmfs errors.
 
 ``/dev/shm`` is world-writable and, on the machines we target, ``fs.protected_symlinks`` may be 0,
-so the kernel does not stop us from following a link planted there (docs/reliability.md,
+so the kernel does not stop us from following a link planted there (docs/linux-behaviour.md,
 "Symlinks and squatting").
 Every path below is opened relative to a directory descriptor we verified, with ``O_NOFOLLOW``.
 """
@@ -61,7 +61,7 @@ def open_dir(name: str, dir_fd: int | None = None, *, search_only: bool = False)
             raise
         if isinstance(exc, NotADirectoryError) or exc.errno == errno.ELOOP:
             # O_DIRECTORY|O_NOFOLLOW on a symlink gives ENOTDIR, not ELOOP
-            # (docs/reliability.md, "Symlinks and squatting").
+            # (docs/linux-behaviour.md, "Symlinks and squatting").
             raise UnsafeSegment(f"{name} is a symlink or not a directory; refusing it") from exc
         raise translate(exc, f"cannot open {name}") from exc
 

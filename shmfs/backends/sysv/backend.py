@@ -8,7 +8,7 @@ PHP's semaphore, in ``semaphore.py``; the system calls, in ``ipc.py``.
 
 **Locking with PHP.** PHP's sysvshm takes no lock; PHP code guards a segment with
 ``sem_get($key)``/``sem_acquire``. This backend takes the same 3-semaphore set (key: the segment's
-key unless ``sem_key=`` says otherwise) with PHP's registration protocol (docs/php-sysvshm.md §4),
+key unless ``sem_key=`` says otherwise) with PHP's registration protocol (docs/sysv-and-php.md §4),
 and ``SEM_UNDO`` on every operation, so the kernel releases the lock of a process that dies.
 
 **Reads take the lock**: PHP writers move chunks with ``memmove``, so no lock-free read is safe.

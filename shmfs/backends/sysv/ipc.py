@@ -1,7 +1,7 @@
 """System V shared memory and semaphores through ctypes: the one place these system calls live.
 
 Why ctypes and not the ``sysv_ipc`` package: sharing a lock with PHP means operating on semaphore
-0, 1 and 2 of the 3-semaphore set that PHP's ``sem_get`` creates (docs/php-sysvshm.md §4), and
+0, 1 and 2 of the 3-semaphore set that PHP's ``sem_get`` creates (docs/sysv-and-php.md §4), and
 ``sysv_ipc`` only knows sets of one semaphore. With ctypes for the semaphores anyway, five more
 libc calls for the shared memory cost less than a compiled dependency, and ``semtimedop`` gives
 lock timeouts without polling.

@@ -4,7 +4,7 @@ PHP's sysvshm compacts a segment with one ``memmove`` on every replace and remov
 a writer killed half way leaves a broken chain: no old value, no new one. When shmfs creates a
 System V segment it asks the kernel for :data:`OVERHEAD` (4 KiB) more than the ``size`` the PHP
 header declares (``total``), and keeps this journal in those bytes, which PHP never reads or
-writes (docs/php-sysvshm.md, "The journal")::
+writes (docs/sysv-and-php.md, "The journal")::
 
     J = total rounded up to 8
     J+0    magic      b"SHMFSJN2"
@@ -33,7 +33,7 @@ destination cannot overlap, so the source stays intact.
 **A replace** that has room appends the new chunk first and then cuts the old one, so a killed
 writer leaves the old value (the append undone) or the new one (the cut finished). A replace
 that only fits once the old chunk is gone (PHP's rule, layout.py) must cut first: killed between
-the two, it leaves the variable absent (docs/php-sysvshm.md says so).
+the two, it leaves the variable absent (docs/sysv-and-php.md says so).
 
 Once a change returns, nothing of a removed or replaced value is left anywhere: the bytes the
 cut vacates and the buffer are zeroed before ``state`` is cleared, and a recovery does the same.

@@ -3,7 +3,7 @@
 Every function works on a writable ``memoryview`` (format ``"B"``) over the *whole* segment, so
 ``len(buf)`` is the kernel's ``shm_segsz``. Opening, mapping, locking and serialising values belong
 to the caller; this module only reads and writes PHP's bytes, exactly as PHP 8.2 does, so PHP and
-shmfs can share one segment. Citations refer to ``docs/php-sysvshm.md`` §0: [H] is
+shmfs can share one segment. Citations refer to ``docs/sysv-and-php.md`` §0: [H] is
 ``php_sysvshm.h``, [PRE] the ``sysvshm.c`` that behaves as 8.2 does, [MASTER] hardened php-src.
 
 Layout (x86_64, every ``zend_long`` a native = little-endian signed 64-bit word)::
@@ -34,7 +34,7 @@ first and only then finds there is no room, so the old value is lost ([PRE] L379
 so the bytes are identical to PHP's.
 
 **Where we are stricter than PHP 8.2: hostile bytes.** PHP 8.2 trusts the header and chunks, and
-crashes or reads out of bounds on bad ones (docs/php-sysvshm.md §5). Here every header is validated
+crashes or reads out of bounds on bad ones (docs/sysv-and-php.md §5). Here every header is validated
 as [MASTER]'s ``php_check_shm_head`` (L413-428) does, against ``len(buf)``, and every chunk on a
 walk is bounds-checked before it is read (after [MASTER] L341-345, L471), so a corrupted segment
 raises :class:`CorruptSegment`, never ``IndexError`` or an endless loop. We additionally require

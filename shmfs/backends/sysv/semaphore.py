@@ -1,5 +1,5 @@
 """PHP's sysvsem semaphore set for one key: registration, acquire and release
-(docs/php-sysvshm.md §4), so Python and PHP writers exclude each other."""
+(docs/sysv-and-php.md §4), so Python and PHP writers exclude each other."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ _OPEN_ATTEMPTS: Final = 100
 
 
 class PhpSemaphore:
-    """PHP's sysvsem set for one key: registration, acquire and release (docs/php-sysvshm.md §4)."""
+    """PHP's sysvsem set for one key: registration, acquire and release
+    (docs/sysv-and-php.md §4)."""
 
     def __init__(self, key: int, perm: int, trust_uids: frozenset[int]) -> None:
         self.key = key

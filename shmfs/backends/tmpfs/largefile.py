@@ -5,7 +5,7 @@ but costs 26-42 us per put here (open, write, rename, close and the dentry work)
 must open the new file every time. Writing in place into an existing mapping costs 3-5 us, but
 a writer killed half way leaves a torn value, and a file truncated or grown under a reader's
 mapping, or written through a sparse mapping on a full tmpfs, kills that reader with SIGBUS
-(docs/reliability.md, parts a and d). So each variable file is allocated once with
+(docs/linux-behaviour.md, parts a and d). So each variable file is allocated once with
 ``posix_fallocate`` (ENOSPC surfaces there, as an error, never later as SIGBUS), is never
 truncated, and holds two slots::
 

@@ -18,7 +18,7 @@ recoveries after dead writers, the current index's generation, the last slot sta
 a table of the waiting processes' pids (so that waiters that died can be told from live ones),
 and from word 80 each slot class's free list and bump allocation.
 It is never replaced, which is why the lock lives on it: locking a file that ``rename()``
-replaces loses updates (docs/reliability.md, "Lost updates").
+replaces loses updates (docs/linux-behaviour.md, "Lost updates").
 
 A segment is built whole in a hidden ``.new-`` directory and published with one ``rename()``, so
 nobody opens a half-made segment; it is unpublished the same way before it is wiped, so nobody
