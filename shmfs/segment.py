@@ -6,7 +6,9 @@ the segment lock around writes and read-modify-writes, translating errors, and t
 lifecycle (detach, destroy, pickling by reference).
 
 How a call reaches the backend (the lock-then-act contexts, and a closed handle's errors said
-as such) is in ``access.py``.
+as such) is in ``access.py``; how a value becomes stored bytes and back (codec, frame, secret,
+the trust check) in ``coder.py``; read-modify-write without a lock, where the backend's single
+changes are atomic, in ``optimistic.py``.
 
 Longer than 400 lines because ``Segment`` is one class, the public API: most of its length is
 the docstrings of its public calls, and its code owns one piece of state, the open backend.
@@ -20,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
-from shmfs import codecs, frame, waiting
+from shmfs import codecs, frame, optimistic, waiting
 from shmfs.access import Holding, Locked, Watched
 from shmfs.backends import (
     SLOW,
@@ -32,16 +34,14 @@ from shmfs.backends import (
     backend_name,
     capabilities,
 )
+from shmfs.coder import Coder
 from shmfs.errors import (
     CorruptSegment,
     SegmentDetached,
     SegmentNotFound,
     SerializationError,
-    ShmfsError,
-    UnsafeSegment,
     VariableNotFound,
 )
-from shmfs.forking import fork_epoch
 from shmfs.validate import check_index, check_key, check_options, trusted_uids
 
 __all__ = ["Segment", "attach", "segments"]
@@ -169,15 +169,6 @@ def _no_fast_get(index: int) -> Any:
     return SLOW
 
 
-def _bytes_decide(value: Any) -> bool:
-    """Whether equal encodings of ``value`` and a stored value make them equal (``==``), for
-    plain values: a NaN is not equal to itself, and a class may define equality as it likes."""
-    kind = type(value)
-    if kind is float:
-        return bool(value == value)  # noqa: PLR0124  # False only for NaN
-    return kind in {int, str, bytes, bool, type(None)}
-
-
 def _reattach(spec: dict[str, Any]) -> Segment:
     return attach(**spec)
 
@@ -224,6 +215,9 @@ class Segment(MutableMapping[int, Any]):
         if hot is not None:
             self.get_fast = hot.get
         self._hot_codec = codec.id if hot is not None and codec.pickle_dialect else None
+        self._coder = Coder(
+            codec, secret, framed=self._framed, pieces=self._pieces, key=spec["key"]
+        )
         self._backend = backend
 
     # ------------------------------------------------------------------- properties
@@ -335,34 +329,7 @@ class Segment(MutableMapping[int, Any]):
             return backend.read(index)
 
     def _decode(self, backend: Backend, index: int, data: bytes | memoryview | frame.Split) -> Any:
-        secret = self._secret
-        if (
-            backend.native_codec is not None
-            and secret is None
-            and not isinstance(data, frame.Split)
-            and data[:4] != frame.MAGIC
-        ):
-            native = codecs.get_codec(backend.native_codec)
-            return codecs.decode_payload(native, memoryview(data))
-        codec, payload = frame.decode(data, secret)
-        if codec.executes_code and secret is None and not backend.trusted(index):
-            raise self._untrusted(backend, index)
-        try:
-            return codec.decode(payload)
-        except Exception as exc:  # a checked payload that fails to decode is the codec's failure
-            error = codecs.decode_error(codec, exc)
-            if error is exc:
-                raise
-            raise error from exc
-
-    def _untrusted(self, backend: Backend, index: int) -> UnsafeSegment:
-        return UnsafeSegment(
-            f"segment {self._spec['key']} index {index}: refusing to unpickle a value that "
-            "an untrusted user could have written (use json/raw/php, secret=, or "
-            f"{backend.trust_option})",
-            key=self._spec["key"],
-            index=index,
-        )
+        return self._coder.decode(backend, index, data)
 
     @contextlib.contextmanager
     def view(self, index: int) -> Iterator[Any]:
@@ -404,19 +371,14 @@ class Segment(MutableMapping[int, Any]):
             try:
                 if pinned is None:
                     raise self._not_found(index)
-                codec, payload = frame.decode(pinned, self._secret)
-                if codec.executes_code and self._secret is None and not backend.trusted(index):
-                    raise self._untrusted(backend, index)
-                viewed = frame.view_payload(codec, payload)
+                viewed = self._coder.view(backend, index, pinned)
             except Exception as exc:
                 self._say_closed(exc)
                 raise
             yield viewed
 
     def _encode(self, value: Any) -> bytes | frame.Pieces:
-        return frame.encode(
-            self._codec, value, self._secret, framed=self._framed, pieces=self._pieces
-        )
+        return self._coder.encode(value)
 
     @_detached_says_so
     def has(self, index: int) -> bool:
@@ -625,7 +587,7 @@ class Segment(MutableMapping[int, Any]):
             return swapped, new
 
         atomic = self._atomic
-        if atomic is not None and _bytes_decide(expected):
+        if atomic is not None and optimistic.bytes_decide(expected):
             backend = self._open()
             index = check_index(index)
             expect = None
@@ -672,42 +634,17 @@ class Segment(MutableMapping[int, Any]):
         change: Callable[[Any], tuple[bool, Any]],
         default: Any,
     ) -> Any:
-        """``_modify`` without the lock: compute from a version of the old value, and commit
-        only if the index is still at it; else again, from the value the refusal returned. A
-        remembered version saves the read; decisions not to write are made on a fresh one."""
-        started = fork_epoch()
-        known = atomic.seen(index)
-        fresh = known is None
-        if known is None:
-            known = atomic.peek(index)
-        while True:
-            version, data = known
-            old = default if data is None else self._decode(backend, index, data)
-            try:
-                write, new = change(old)
-            except Exception:
-                if fresh:
-                    raise
-                known, fresh = atomic.peek(index), True  # the memory may be what misled it
-                continue
-            if not write:
-                if fresh:
-                    return new
-                known, fresh = atomic.peek(index), True
-                continue
-            encoded = self._encode(new)
-            if fork_epoch() != started:
-                # A value's pickling forked: the child must not finish, unlocked, the change
-                # its parent began (the parent would then retry against the child's write).
-                raise ShmfsError(
-                    f"segment {self.key}: this process forked while pickling a value for "
-                    "update(); the child cannot go on with its parent's change: start it again "
-                    "in the child"
-                )
-            done = atomic.commit(index, encoded, ("version", version), self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
-            if done.done:
-                return new
-            known, fresh = (done.version, done.current), True
+        """``_modify`` without the lock (``shmfs.optimistic``)."""
+        return optimistic.modify(
+            atomic,
+            index,
+            change,
+            default,
+            decode=lambda data: self._decode(backend, index, data),
+            encode=self._encode,
+            lock_timeout=self._lock_timeout,
+            key=self.key,
+        )
 
     def _write_held(self, backend: Backend, index: int, value: Any) -> None:
         """Store ``value`` with the lock held: the fast path's put where it takes the value (it
