@@ -1,312 +1,36 @@
-"""PHP's ``serialize()`` / ``unserialize()`` format, byte for byte as PHP 8.2 writes it.
-
-This is what PHP's ``shm_put_var`` stores, so Python and PHP can share variables:
-
-* ``None`` ``N;``, ``bool`` ``b:1;``, ``int`` (signed 64-bit) ``i:-42;``, ``float`` ``d:0.1;``
-  ``d:1;`` ``d:1.0E+25;`` ``d:NAN;`` (PHP's own digits and layout);
-* ``str`` as its UTF-8 bytes and ``bytes``-like as they are: ``s:<byte length>:"...";``;
-* ``list`` / ``tuple`` and ``dict`` (int, str or bytes keys): ``a:<n>:{<key><value>...}``, a str
-  key PHP would store as an int (``"7"``, not ``"07"``) written as one, as PHP does;
-* :class:`PHPObject` ``O:``, :class:`PHPEnum` ``E:``, :class:`PHPSerializable` ``C:``; an object met
-  again is written as PHP's back-reference ``r:<slot>;``.
-
-Decoding gives ``str`` for valid UTF-8 and ``bytes`` otherwise, and a ``list`` for an array keyed
-exactly 0..n-1 in order, else a ``dict``. PHP's back-references (``r:n;`` the same object again,
-``R:n;`` a PHP reference) decode to the very Python object of the slot they name; a PHP reference
-is written back as a copy. Where ``unserialize()`` is laxer, :func:`loads` refuses: an int out of
-64-bit range (PHP clamps it with a warning), a class or property name that is not UTF-8, the
-``S:`` escaped-string format no PHP writes, and an object count with no digits.
-"""
+"""PHP's ``unserialize()``: :func:`loads`, stricter than PHP where PHP is lax (the format and
+the refusals are drawn in :mod:`shmfs.phpserial`)."""
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from shmfs.errors import InvalidArgument, SerializationError
+from shmfs.phpserial.values import (
+    CASE_NAME,
+    CLASS_NAME,
+    INT_MAX,
+    INT_MIN,
+    MAX_DEPTH,
+    NUMERIC_KEY,
+    OBJECTS,
+    PHPEnum,
+    PHPObject,
+    PHPSerializable,
+)
 
-__all__ = ["PHPEnum", "PHPObject", "PHPSerializable", "dumps", "loads"]
+__all__ = ["loads", "payload_slots"]
 
-
-@dataclass
-class PHPObject:
-    """A PHP object (``O:``), such as a ``stdClass`` or an instance of a user class.
-
-    Property names are kept exactly as PHP writes them: a protected one as ``"\\0*\\0name"``, a
-    private one as ``"\\0Class\\0name"``. Integer names, written by classes whose
-    ``__serialize()`` returns a list (``ArrayObject``...), stay ``int``, so re-encoding gives
-    PHP's bytes back.
-    """
-
-    class_name: str
-    properties: dict[str | int, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PHPEnum:
-    """A PHP 8.1+ enum case (``E:``), such as ``PHPEnum("Suit", "Hearts")`` for ``Suit::Hearts``."""
-
-    class_name: str
-    case: str
-
-
-@dataclass
-class PHPSerializable:
-    """An object of a class implementing PHP's ``Serializable`` (``C:``) and the bytes it wrote."""
-
-    class_name: str
-    payload: bytes
-
-
-_INT_MIN: Final = -(2**63)
-_INT_MAX: Final = 2**63 - 1
-# The default of PHP's unserialize_max_depth (process_nested_array_data, var_unserializer.re):
-# dumps() refuses what PHP could store but not read back.
-_MAX_DEPTH: Final = 4096
-# A string array key PHP stores as an int (ZEND_HANDLE_NUMERIC_STR, Zend/zend_hash.h): a canonical
-# decimal, no "+", no leading zero, not "-0"; the 64-bit range is checked apart.
-_NUMERIC_KEY: Final = re.compile(r"-?[1-9][0-9]{0,18}|0").fullmatch
 # The float syntaxes unserialize accepts: iv | nv | nvexp in var_unserializer.re.
 _FLOAT: Final = re.compile(rb"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?").fullmatch
 _SPECIAL_FLOATS: Final = {b"NAN": float("nan"), b"INF": float("inf"), b"-INF": float("-inf")}
-# zend_is_valid_class_name (Zend/zend_API.c) allows [0-9A-Za-z_\\\x80-\xff]; unserialize also
-# refuses a leading "\\" (var_unserializer.re). An enum case must be an identifier to exist.
-_CLASS_NAME: Final = re.compile(rb"[0-9A-Za-z_\x80-\xff][0-9A-Za-z_\\\x80-\xff]*").fullmatch
-_CASE_NAME: Final = re.compile(rb"[A-Za-z_\x80-\xff][0-9A-Za-z_\x80-\xff]*").fullmatch
 _SIGNS: Final = (b"+", b"-")
-_ARRAYS: Final = frozenset((list, tuple, dict))
-_OBJECTS: Final = (PHPObject, PHPEnum, PHPSerializable)
-_ANY_OBJECT: Final = PHPObject("stdClass")
 _TAGS: Final = frozenset(b.to_bytes() for b in b"NbidsaOCErR")
 
 
-# Encoding -------------------------------------------------------------------------------------
-
-
-def dumps(value: Any) -> bytes:
-    """Serialize ``value`` exactly as PHP 8.2's ``serialize()`` would.
-
-    PHP equivalent: ``serialize($value)``.
-
-    Args:
-        value: ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``-like, ``list``,
-            ``tuple``, ``dict``, :class:`PHPObject`, :class:`PHPEnum` or
-            :class:`PHPSerializable`, nested no deeper than PHP reads back (4096).
-
-    Returns:
-        The serialized bytes.
-
-    Raises:
-        SerializationError: A value of another type, an int outside signed 64 bits, a str that
-            is not UTF-8 encodable, an invalid key or class name, a list or dict containing
-            itself, or nesting deeper than 4096.
-    """
-    encode = _SCALARS.get(type(value))
-    if encode is not None:  # the common case, first
-        return encode(value)
-    out: list[bytes] = []
-    # Each value written takes the next slot, as in php_add_var_hash (ext/standard/var.c).
-    objects: dict[Any, int] = {}  # object (or enum case, by value) -> its slot, for "r:"
-    open_arrays: set[int] = set()  # ids of the lists and dicts being written, to refuse cycles
-    # Iterative, not recursive: 4096 levels would overflow Python's stack.
-    stack: list[tuple[Iterator[tuple[bytes, Any]], int]] = []
-    shadow: list[Any] = []  # stand-in slots, to count those in C: payloads
-    slot = 0
-    item = value
-    while True:
-        slot += 1
-        encode = _SCALARS.get(type(item))
-        if encode is not None:
-            out.append(encode(item))
-        elif isinstance(item, _OBJECTS):
-            properties, slot = _write_object(
-                item, out, objects, slot, depth=len(stack), shadow=shadow
-            )
-            if properties is not None:
-                stack.append((properties, 0))
-        elif type(item) not in _ARRAYS and (scalar := _scalar(item)) is not None:
-            out.append(scalar)  # a subclass: an IntEnum, a str subclass...
-        else:
-            if id(item) in open_arrays:
-                raise SerializationError(f"cannot serialize a {type(item).__name__} in itself")
-            elements = _write_array(item, out, len(stack))
-            if elements is not None:
-                open_arrays.add(id(item))
-                stack.append((elements, id(item)))
-        while stack:
-            pair = next(stack[-1][0], None)
-            if pair is not None:
-                out.append(pair[0])
-                item = pair[1]
-                break
-            open_arrays.discard(stack.pop()[1])
-            out.append(b"}")
-        else:
-            return b"".join(out)
-
-
-def _scalar(value: Any) -> bytes | None:
-    """Encode a value of a subclass of a scalar type, or return None."""
-    for cls in type(value).__mro__:  # bool before int
-        encode = _SCALARS.get(cls)
-        if encode is not None:
-            return encode(value)
-    return None
-
-
-def _write_array(item: Any, out: list[bytes], depth: int) -> Iterator[tuple[bytes, Any]] | None:
-    """Write the head of a list or dict; return its (key bytes, value) pairs, None if empty."""
-    if not isinstance(item, list | tuple | dict):
-        raise SerializationError(
-            f"cannot serialize {type(item).__name__!r} in PHP's format; supported: None, bool, "
-            "int, float, str, bytes, list, tuple, dict, PHPObject, PHPEnum, PHPSerializable"
-        )
-    if not item:
-        out.append(b"a:0:{}")
-        return None
-    if depth >= _MAX_DEPTH:  # PHP checks non-empty arrays only (process_nested_array_data)
-        raise SerializationError(f"nested deeper than {_MAX_DEPTH}, which PHP cannot unserialize")
-    out.append(b"a:%d:{" % len(item))
-    if not isinstance(item, dict):
-        return zip(map(b"i:%d;".__mod__, range(len(item))), item, strict=False)
-    keys = [_array_key(key) for key in item]
-    if len(set(keys)) != len(keys):
-        raise SerializationError("dict keys collide as PHP array keys (such as 7 and '7')")
-    return zip(keys, item.values(), strict=True)
-
-
-def _write_object(
-    item: PHPObject | PHPEnum | PHPSerializable,
-    out: list[bytes],
-    objects: dict[Any, int],
-    slot: int,
-    *,
-    depth: int,
-    shadow: list[Any],
-) -> tuple[Iterator[tuple[bytes, Any]] | None, int]:
-    """Write an object (a PHPObject's head only); return the properties to write and the slot."""
-    ref = item if isinstance(item, PHPEnum) else id(item)  # PHP's enum cases are singletons
-    if ref in objects:
-        out.append(b"r:%d;" % objects[ref])
-        return None, slot
-    objects[ref] = slot
-    name = _utf8(item.class_name)
-    if not _CLASS_NAME(name):
-        raise SerializationError(f"invalid PHP class name {item.class_name!r}")
-    if isinstance(item, PHPEnum):
-        case = _utf8(item.case)
-        if not _CASE_NAME(case):
-            raise SerializationError(f"invalid PHP enum case name {item.case!r}")
-        out.append(b'E:%d:"%b:%b";' % (len(name) + 1 + len(case), name, case))
-        return None, slot
-    if isinstance(item, PHPSerializable):
-        payload = bytes(item.payload)
-        out.append(b'C:%d:"%b":%d:{%b}' % (len(name), name, len(payload), payload))
-        # The values in the payload take slots too (see _payload_slots). Only their number
-        # matters here: any object stands in for the slots before.
-        shadow.extend([_ANY_OBJECT] * (slot - len(shadow)))
-        _payload_slots(payload, shadow, _MAX_DEPTH - depth, 0)
-        return None, len(shadow)
-    if depth >= _MAX_DEPTH:  # objects are checked even when empty (process_nested_object_data)
-        raise SerializationError(f"nested deeper than {_MAX_DEPTH}, which PHP cannot unserialize")
-    out.append(b'O:%d:"%b":%d:{' % (len(name), name, len(item.properties)))
-    # Names are written as they are: PHP turns "7" into 7 in arrays, not in objects.
-    return iter([(_property_key(key), value) for key, value in item.properties.items()]), slot
-
-
-def _float(value: float) -> bytes:
-    """Format a float as PHP's serialize() does with serialize_precision=-1."""
-    # smart_str_append_double (Zend/zend_smart_str.c) calls zend_gcvt with precision -1, i.e.
-    # zend_dtoa mode 0: the shortest digits that round-trip, which repr() gives too (both are
-    # David Gay's dtoa). zend_gcvt lays them out plain while decpt, the point's place (value =
-    # 0.DIGITS * 10**decpt), is within -3..17, else as d.dddE+x; and no ".0" on integers.
-    text = float.__repr__(value)
-    if "e" not in text:  # repr is plain for decpt -3..16, and so is PHP
-        if text[-2:] == ".0":
-            return text[:-2].encode()
-        if text[-1] in "nf":  # nan, inf, -inf; PHP drops a NaN's sign
-            return b"NAN" if text[-1] == "n" else text.upper().encode()
-        return text.encode()
-    mantissa, _, exponent = text.partition("e")
-    sign = "-" if mantissa[0] == "-" else ""
-    digits = mantissa.lstrip("-").replace(".", "")
-    power = int(exponent)  # decpt - 1
-    if power == 16:  # repr switches to exponents at decpt 17, zend_gcvt only past it
-        return (sign + digits.ljust(17, "0")).encode()
-    return f"{sign}{digits[0]}.{digits[1:] or '0'}E{'-' if power < 0 else '+'}{abs(power)}".encode()
-
-
-def _int64(value: int) -> int:
-    """Return ``value`` if it fits PHP's signed 64-bit int."""
-    if not _INT_MIN <= value <= _INT_MAX:
-        raise SerializationError(f"int {value} does not fit PHP's signed 64-bit int")
-    return value
-
-
-def _utf8(text: str) -> bytes:
-    """Encode ``text`` as UTF-8."""
-    try:
-        return text.encode()
-    except UnicodeEncodeError as exc:
-        raise SerializationError(f"str is not encodable as UTF-8: {exc}") from exc
-
-
-def _str(value: str) -> bytes:
-    """Encode a str as a PHP string of its UTF-8 bytes."""
-    raw = _utf8(value)
-    return b's:%d:"%b";' % (len(raw), raw)
-
-
-def _bytes(raw: bytes) -> bytes:
-    """Encode bytes as a PHP string."""
-    return b's:%d:"%b";' % (len(raw), raw)
-
-
-def _array_key(key: Any) -> bytes:
-    """Encode a dict key as PHP's array would store it."""
-    if isinstance(key, int):  # bool too: PHP casts true/false keys to 1/0
-        return b"i:%d;" % _int64(int(key))
-    if isinstance(key, str):
-        raw = _utf8(key)
-    elif isinstance(key, bytes):
-        raw, key = key, key.decode("latin-1")  # str only for the ASCII test below
-    else:
-        raise SerializationError(
-            f"PHP array keys are int, str or bytes, not {type(key).__name__!r}"
-        )
-    if key and key[0] <= "9" and _NUMERIC_KEY(key) and _INT_MIN <= int(key) <= _INT_MAX:
-        return b"i:%b;" % raw
-    return _bytes(raw)
-
-
-def _property_key(key: Any) -> bytes:
-    """Encode a PHPObject property name."""
-    if isinstance(key, int) and not isinstance(key, bool):
-        return b"i:%d;" % _int64(key)
-    if isinstance(key, str):
-        return _str(key)
-    raise SerializationError(f"PHP property names are str or int, not {type(key).__name__!r}")
-
-
-_SCALARS: Final[dict[type, Callable[[Any], bytes]]] = {
-    str: _str,
-    int: lambda value: b"i:%d;" % _int64(value),
-    float: lambda value: b"d:%b;" % _float(value),
-    bool: lambda value: b"b:1;" if value else b"b:0;",
-    type(None): lambda _: b"N;",
-    bytes: _bytes,
-    bytearray: _bytes,
-    memoryview: lambda value: _bytes(value.tobytes()),
-}
-
-
-# Decoding -------------------------------------------------------------------------------------
-
-
-def loads(data: bytes | bytearray | memoryview, *, max_depth: int = _MAX_DEPTH) -> Any:
+def loads(data: bytes | bytearray | memoryview, *, max_depth: int = MAX_DEPTH) -> Any:
     """Decode the first value PHP's ``serialize()`` wrote in ``data``; bytes after it are ignored.
 
     PHP equivalent: ``unserialize($data, ['max_depth' => $max_depth])``, except that no class is
@@ -430,7 +154,7 @@ def _parse(  # noqa: PLR0912, PLR0915  # the hot loop: calls cost more than bran
         elif tag == 0x43:  # C
             value, pos = _read_serializable(buf, pos)
             slots.append(value)
-            _payload_slots(value.payload, slots, max_depth - len(stack), nesting)
+            payload_slots(value.payload, slots, max_depth - len(stack), nesting)
         elif tag == 0x64:  # d
             value, pos = _read_float(buf, pos)
         elif tag == 0x45:  # E
@@ -444,9 +168,9 @@ def _parse(  # noqa: PLR0912, PLR0915  # the hot loop: calls cost more than bran
                 if type(value) is bytes:
                     raise _fail(pos, f"property name {value[:80]!r} is not UTF-8")
             # A canonical decimal string key is an int key in a PHP array (ZEND_HANDLE_NUMERIC).
-            elif type(value) is str and value and value[0] <= "9" and _NUMERIC_KEY(value):
+            elif type(value) is str and value and value[0] <= "9" and NUMERIC_KEY(value):
                 number = int(value)
-                value = number if _INT_MIN <= number <= _INT_MAX else value
+                value = number if INT_MIN <= number <= INT_MAX else value
             frame.key = value
             continue
         if tag not in {0x52, 0x43}:  # R: takes no slot; C: took its own above
@@ -510,7 +234,7 @@ def _object_head(buf: bytes, pos: int) -> tuple[str, int, int]:
     brace = buf.find(b":{", pos)
     if brace < 0:
         raise _fail(pos, "bad count")
-    if not _CLASS_NAME(raw):
+    if not CLASS_NAME(raw):
         raise _fail(pos, f"invalid class name {raw[:80]!r}")
     return _name(raw, pos), _int(buf[pos:brace], pos), brace + 2
 
@@ -527,7 +251,7 @@ def _backref(
     if not 0 <= index < len(slots):
         raise _fail(pos, f"back-reference to slot {index + 1}, which does not exist")
     value = slots[index]
-    if buf[pos] == 0x72 and not isinstance(value, _OBJECTS):  # PHP refuses it too
+    if buf[pos] == 0x72 and not isinstance(value, OBJECTS):  # PHP refuses it too
         raise _fail(pos, "r: names a value that is not an object")
     if index in building:
         building[index].shared = True
@@ -552,7 +276,7 @@ def _read_enum(buf: bytes, pos: int) -> tuple[PHPEnum, int]:
     """Read ``E:<len>:"<Enum>:<Case>";``."""
     raw, end = _quoted(buf, pos, b'";')
     enum, _, case = raw.partition(b":")
-    if not _CLASS_NAME(enum) or not _CASE_NAME(case):
+    if not CLASS_NAME(enum) or not CASE_NAME(case):
         raise _fail(pos, f"bad enum case {raw[:80]!r}")
     return PHPEnum(_name(enum, pos), case.decode()), end
 
@@ -572,7 +296,7 @@ _CONSTANTS: Final[dict[bytes, Any]] = {b"N;": None, b"b:0;": False, b"b:1;": Tru
 _MAX_NESTING: Final = 8
 
 
-def _payload_slots(payload: bytes, slots: list[Any], max_depth: int, nesting: int) -> None:
+def payload_slots(payload: bytes, slots: list[Any], max_depth: int, nesting: int) -> None:
     """Give the values of a C: payload their slots, when the payload is itself serialized data.
 
     A Serializable's unserialize() that calls unserialize() shares the outer slot table
@@ -606,7 +330,7 @@ def _int(token: bytes, pos: int) -> int:
         raise _fail(pos, f"bad integer {token[:40]!r}")
     value = int(token)
     # PHP clamps an out-of-range int with a warning; the data is corrupt, so refuse it.
-    if not _INT_MIN <= value <= _INT_MAX:
+    if not INT_MIN <= value <= INT_MAX:
         raise _fail(pos, f"integer {token[:40]!r} does not fit in 64 bits")
     return value
 
