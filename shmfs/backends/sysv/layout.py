@@ -42,13 +42,30 @@ what every PHP build writes: ``start``, ``end`` and each ``next`` multiples of 8
 and a chain that ends exactly at ``end``. Everything PHP 8.2 writes passes these checks.
 
 Words are written with single aligned 8-byte stores through a ``memoryview.cast("q")``, never with
-``struct.pack_into`` on live memory (STYLE.md, architecture habit 6).
+``struct.pack_into`` on live memory (it zeroes a word before it writes it: a reader could see the
+zero). The header's words are read, checked and written in ``header``; the header's names are
+named here too, for the callers that know the segment as one layout.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from shmfs.backends.sysv.header import (
+    HEADER_SIZE,
+    MAGIC,
+    W_END,
+    W_FREE,
+    W_TOTAL,
+    Header,
+    check_header,
+    checked_size,
+    initialise,
+    is_initialised,
+    read_header,
+    wipe,
+    word_view,
+)
 from shmfs.errors import CorruptSegment, InvalidKey, InvalidKeyType, SegmentFull
 
 __all__ = [
@@ -76,29 +93,14 @@ __all__ = [
     "word_view",
 ]
 
-HEADER_SIZE = 40
-"""``sizeof(sysvshm_chunk_head)``: magic, start, end, free, total."""
 CHUNK_HEADER_SIZE = 24
 """Bytes before a chunk's data: key (the variable index), length, next."""
-MAGIC = b"PHP_SM\0"
-"""What ``strcmp``/``strcpy`` compare and write: 7 bytes, byte 7 of the header is never touched."""
 INDEX_MIN = -(1 << 63)
 """Smallest variable index (``PHP_INT_MIN``)."""
 INDEX_MAX = (1 << 63) - 1
 """Largest variable index (``PHP_INT_MAX``)."""
 
 _MIN_CHUNK = 32  # sizeof(sysvshm_chunk): the smallest chunk PHP writes (length 0)
-# Word numbers of the header fields in the cast("q") view.
-_START, _END, _FREE, _TOTAL = 1, 2, 3, 4
-
-
-class Header(NamedTuple):
-    """The four ``zend_long`` fields of a PHP segment header, as byte offsets and counts."""
-
-    start: int
-    end: int
-    free: int
-    total: int
 
 
 class Stats(NamedTuple):
@@ -125,63 +127,6 @@ def chunk_size(length: int) -> int:
     return ((length + _MIN_CHUNK - 1) // 8) * 8 + 8
 
 
-def is_initialised(buf: memoryview) -> bool:
-    """Return whether the segment starts with PHP's magic ``b"PHP_SM\\0"``.
-
-    PHP's ``shm_attach`` (re)initialises any segment for which this is false, destroying what was
-    in it ([PRE] L168-173); whether to do that is the caller's decision.
-    """
-    return len(buf) >= len(MAGIC) and buf[: len(MAGIC)] == MAGIC
-
-
-def initialise(buf: memoryview) -> Header:
-    """Write an empty PHP header sized to the whole buffer and return it.
-
-    The header is ``start = end = 40``, ``total = len(buf)``, ``free = total - 40``: what PHP
-    writes, except that the size is the buffer's (the kernel's), as newer PHP does, never a
-    caller's guess ([MASTER] L173-181). The magic is written last, so a process that sees it
-    also sees the fields. Existing data is not cleared; it becomes unreachable.
-
-    PHP: ``shm_attach`` on a segment without the magic.
-
-    Raises:
-        CorruptSegment: The buffer is smaller than the 40-byte header (newer PHP: "segment too
-            small").
-    """
-    size = _checked_size(buf)
-    header = Header(start=HEADER_SIZE, end=HEADER_SIZE, free=size - HEADER_SIZE, total=size)
-    with word_view(buf) as words:
-        words[_START] = header.start
-        words[_END] = header.end
-        words[_TOTAL] = header.total
-        words[_FREE] = header.free
-    buf[: len(MAGIC)] = MAGIC
-    return header
-
-
-def read_header(buf: memoryview) -> Header:
-    """Read and validate the segment header.
-
-    The checks are newer php-src's ``php_check_shm_head`` ([MASTER] L413-428) against the real
-    size ``len(buf)``: ``40 <= start <= total``, ``start <= end <= total``,
-    ``0 <= free <= total - end``, ``40 <= total <= len(buf)``; plus ``start`` and ``end`` being
-    multiples of 8, as PHP always writes them.
-
-    Raises:
-        CorruptSegment: The buffer is smaller than a header, has no magic (never initialised), or
-            the header fails a check; the message and the attributes give the numbers.
-    """
-    size = _checked_size(buf)
-    if not is_initialised(buf):
-        raise CorruptSegment(
-            f"segment is not initialised: it does not start with {MAGIC!r}", size=size
-        )
-    with word_view(buf) as words:
-        header = Header(words[_START], words[_END], words[_FREE], words[_TOTAL])
-    _check_header(header, size)
-    return header
-
-
 def find(buf: memoryview, header: Header, index: int) -> int:
     """Return the offset of the first chunk holding variable ``index``, or -1.
 
@@ -197,7 +142,7 @@ def find(buf: memoryview, header: Header, index: int) -> int:
             impossible ``length`` or ``next``.
     """
     _check_index(index)
-    _check_header(header, _checked_size(buf))
+    check_header(header, checked_size(buf))
     with word_view(buf) as words:
         return _find(words, header, index)[0]
 
@@ -275,29 +220,29 @@ def store(
     """
     length = len(data)
     need = ((length + _MIN_CHUNK - 1) // 8) * 8 + 8  # chunk_size(), inline on a hot path
-    free = words[_FREE]
+    free = words[W_FREE]
     if free + old < need:
         raise SegmentFull(
             f"not enough shared memory left: a {length}-byte value takes a {need}-byte chunk "
-            f"but only {free + old} of the segment's {words[_TOTAL]} bytes are free; "
+            f"but only {free + old} of the segment's {words[W_TOTAL]} bytes are free; "
             "attach a bigger segment",
             index=index,
             needed=need,
             free=free + old,
-            total=words[_TOTAL],
+            total=words[W_TOTAL],
         )
     if pos >= 0:
         cut(buf, words, pos, old, scrub=scrub)
         free += old
     # [PRE] L386-393: chunk header, data (pad bytes untouched), then end, then free.
-    at = words[_END]
+    at = words[W_END]
     word = at >> 3
     words[word] = index
     words[word + 1] = length
     words[word + 2] = need
     buf[at + CHUNK_HEADER_SIZE : at + CHUNK_HEADER_SIZE + length] = data
-    words[_END] = at + need
-    words[_FREE] = free - need
+    words[W_END] = at + need
+    words[W_FREE] = free - need
     return at
 
 
@@ -364,52 +309,6 @@ def stats(buf: memoryview) -> Stats:
     )
 
 
-def wipe(buf: memoryview) -> None:
-    """Zero every byte of the segment, header included, so nothing of the data survives."""
-    step = 1 << 20
-    zeros = bytes(min(len(buf), step))
-    for offset in range(0, len(buf), step):
-        end = min(offset + step, len(buf))
-        buf[offset:end] = zeros[: end - offset]
-
-
-def _check_header(header: Header, size: int) -> None:
-    """Raise CorruptSegment unless ``header`` passes [MASTER]'s checks (and ours) for ``size``."""
-    start, end, free, total = header
-    problem = None
-    if not HEADER_SIZE <= total <= size:
-        problem = f"total must be within {HEADER_SIZE}..{size} (the segment's size)"
-    elif not HEADER_SIZE <= start <= total:
-        problem = f"start must be within {HEADER_SIZE}..total"
-    elif not start <= end <= total:
-        problem = "end must be within start..total"
-    elif not 0 <= free <= total - end:
-        problem = "free must be within 0..total-end"
-    elif start % 8 or end % 8:
-        problem = "start and end must be multiples of 8, as PHP writes them"
-    if problem is not None:
-        raise CorruptSegment(
-            f"PHP segment header is corrupted (start={start} end={end} free={free} "
-            f"total={total}, segment size {size}): {problem}",
-            start=start,
-            end=end,
-            free=free,
-            total=total,
-            size=size,
-        )
-
-
-def _checked_size(buf: memoryview) -> int:
-    """Return ``len(buf)``; CorruptSegment if it cannot hold a header ([MASTER]: too small)."""
-    size = len(buf)
-    if size < HEADER_SIZE:
-        raise CorruptSegment(
-            f"segment too small: {size} bytes cannot hold the {HEADER_SIZE}-byte PHP header",
-            size=size,
-        )
-    return size
-
-
 def _check_index(index: object) -> None:
     """Raise InvalidKeyType/InvalidKey unless ``index`` is a signed 64-bit int."""
     if isinstance(index, bool) or not isinstance(index, int):
@@ -421,13 +320,6 @@ def _check_index(index: object) -> None:
             f"variable index {index} is outside the signed 64-bit range {INDEX_MIN}..{INDEX_MAX}",
             index=index,
         )
-
-
-def word_view(buf: memoryview) -> memoryview:
-    """View the 8-aligned prefix of ``buf`` as native signed 64-bit words (use in ``with``)."""
-    if buf.format != "B" or buf.ndim != 1:
-        raise TypeError(f"expected a 1-D memoryview of format 'B', got format {buf.format!r}")
-    return buf[: len(buf) & ~7].cast("q")
 
 
 def chunk_at(words: memoryview, header: Header, pos: int) -> tuple[int, int, int]:
@@ -485,12 +377,12 @@ def _find(words: memoryview, header: Header, index: int) -> tuple[int, int, int]
 def cut(buf: memoryview, words: memoryview, pos: int, step: int, *, scrub: bool) -> None:
     """:func:`remove` after its walk: cut the checked ``step``-byte chunk at ``pos`` out of the
     chain (``words``: :func:`word_view` of ``buf``, whose header the caller checked)."""
-    end = words[_END]
+    end = words[W_END]
     tail = end - pos - step
     # [PRE] L438-442: free and end first, then the memmove (a memoryview slice copy is a
     # memmove, overlap included).
-    words[_FREE] += step
-    words[_END] = end - step
+    words[W_FREE] += step
+    words[W_END] = end - step
     if tail > 0:
         buf[pos : pos + tail] = buf[pos + step : end]
     if scrub:
