@@ -12,6 +12,8 @@ module of this package:
   atomic across processes.
 * ``lru``: access stamps kept apart from the entries, so a hit writes nothing; the
   shared stats counters; sampled LRU eviction when a write raises ``SegmentFull``.
+* ``writes``: every write's way to the segment: the locked rewrite of one entry, ``set``'s
+  lock-free and read-free paths, and eviction when a write does not fit.
 * ``memo``: memoize, with a lease so that one process computes and the others wait; written
   against the public calls of :class:`Cache` (``peek``, ``transact``, ``watch``, ``set``).
 
@@ -30,28 +32,26 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from shmfs import hotpath, pickling
+from shmfs import hotpath
 from shmfs.backends import SLOW
 from shmfs.cache import entry as cache_entry
 from shmfs.cache import keys as cache_keys
 from shmfs.cache.entry import (
     KEEP,
     MISSING,
-    Change,
     Entry,
     check_ttl,
     find,
     live,
     live_keys,
-    overwrite,
-    rewrite,
     sweep,
 )
 from shmfs.cache.keys import FIRST_ENTRY, name_key
 from shmfs.cache.lru import Evictor, Recency
 from shmfs.cache.memo import memoize
+from shmfs.cache.writes import Writes
 from shmfs.codecs import get_codec
-from shmfs.errors import InvalidArgument, SegmentDetached, SegmentFull, ShmfsError, VariableNotFound
+from shmfs.errors import InvalidArgument, SegmentDetached, ShmfsError, VariableNotFound
 from shmfs.segment import Segment, attach
 from shmfs.waiting import Watch
 
@@ -158,8 +158,8 @@ class Cache:
         )
         if hits is not None:
             self.get = hits.get  # type: ignore[method-assign]  # the same get, in C
-        self._heads: dict[str, bytes] = {}  # canonical key -> pickling.tuple_head of it
         self._evictor = Evictor(segment, self._recency, codec)
+        self._writes = Writes(segment, self._recency, self._evictor, evict=policy == "lru")
         # What another process needs to open the same cache: a Cache pickles as a reference.
         self._spec = {
             **options,
@@ -187,12 +187,6 @@ class Cache:
 
     def _life(self, ttl: float | None) -> float | None:
         return self.ttl if ttl is None else check_ttl(ttl)
-
-    def _used(self, index: int, now: float) -> None:
-        """Note a use of ``index`` for the LRU; share the notes now and then."""
-        self._pending[index & self._mask] = now
-        if now > self._recency.due:
-            self._recency.flush(now)
 
     # ---------------------------------------------------------------------- reading
 
@@ -263,37 +257,6 @@ class Cache:
 
     # ---------------------------------------------------------------------- writing
 
-    def _write(self, index: int, text: str, change: Change, value: Any = None) -> Any:
-        """Apply ``change`` to ``text``'s live entry at ``index`` (``cache_entry.rewrite``),
-        evicting to make room if the result (holding ``value``) does not fit; return what
-        ``change`` answers."""
-        segment = self.segment
-        try:
-            answer, stored, now = rewrite(segment, index, text, change)
-        except SegmentFull as full:
-            if self.policy != "lru":
-                raise
-            answer, stored, now = self._evict_and_write(full, index, text, change, value)
-        if stored and index >= FIRST_ENTRY:
-            self._used(index, now)  # a write is a use: a new entry is not the oldest
-        return answer
-
-    def _evict_and_write(
-        self, full: SegmentFull, index: int, text: str, change: Change, value: Any
-    ) -> tuple[Any, bool, float]:
-        """Evict until the write fits, holding the lock from the first eviction to the write:
-        otherwise other writers take the room as it is made, and each retry evicts more."""
-        with self.segment.lock():
-            attempt = 0
-            while True:
-                if not self._evictor.make_room(full, attempt, value):
-                    raise full
-                try:
-                    return rewrite(self.segment, index, text, change)
-                except SegmentFull as again:
-                    full = again
-                    attempt += 1
-
     def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key`` (diskcache: ``set``; APCu: ``apcu_store``).
 
@@ -313,41 +276,7 @@ class Cache:
             SegmentNotFound: the cache was destroyed.
         """
         text, index = self._slot(key)
-        life = self.ttl if ttl is None else check_ttl(ttl)
-        if self._set_in_place(index, text, value, life):
-            return
-
-        def store(old: Entry | None, now: float) -> tuple[None, Entry]:
-            return None, (text, value, None if life is None else now + life, now)
-
-        try:
-            now = overwrite(self.segment, index, text, value, life)
-        except SegmentFull as full:
-            if self.policy != "lru":
-                raise
-            now = self._evict_and_write(full, index, text, store, value)[2]
-        if now is None:  # the variable is a bucket: the general path
-            self._write(index, text, store, value)
-        else:
-            self._used(index, now)
-
-    def _set_in_place(self, index: int, text: str, value: Any, life: float | None) -> bool:
-        """``set``'s fast path: over ``text``'s own entry, in one lock-free call
-        (``Segment.put_if_head``) that compares the stored pickle's head with the new one's
-        instead of decoding it; ``False`` if it cannot (no fast path, a value that is not
-        plain, a bucket of several keys, a lock to wait for): ``overwrite`` then does it. An
-        empty variable takes the entry in the same call: ``overwrite`` would store it there too."""
-        head = self._heads.get(text)
-        if head is None:
-            if len(self._heads) >= _MEMO_SIZE:
-                self._heads.clear()
-            head = self._heads[text] = pickling.tuple_head(text)
-        now = cache_entry.clock()
-        entry = (text, value, None if life is None else now + life, now)
-        if not self.segment.put_if_head(index, entry, pickling.TUPLE_HEAD_AT, head, or_absent=True):
-            return False
-        self._used(index, now)
-        return True
+        self._writes.set(index, text, value, self.ttl if ttl is None else check_ttl(ttl))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.set(key, value)
@@ -369,7 +298,7 @@ class Cache:
                 return False, KEEP
             return True, (text, value, None if life is None else now + life, now)
 
-        return bool(self._write(index, text, store, value))
+        return bool(self._writes.write(index, text, store, value))
 
     def delete(self, key: Any) -> bool:
         """Remove ``key``'s entry (APCu: ``apcu_delete``).
@@ -388,12 +317,12 @@ class Cache:
         def remove(old: Entry | None, now: float) -> tuple[bool, Any]:
             return (False, KEEP) if old is None else (True, None)
 
-        return bool(self._write(index, text, remove))
+        return bool(self._writes.write(index, text, remove))
 
     def _drop_expired(self, index: int, text: str) -> None:
         """Remove ``text``'s entry if it is still expired (a read found it so)."""
         with contextlib.suppress(ShmfsError):  # only tidying: the reader has its answer
-            self._write(index, text, lambda old, now: (None, KEEP if old else None))
+            self._writes.write(index, text, lambda old, now: (None, KEEP if old else None))
 
     def __delitem__(self, key: Any) -> None:
         if not self.delete(key):
@@ -416,7 +345,7 @@ class Cache:
         def take(old: Entry | None, now: float) -> tuple[Any, Any]:
             return (MISSING, KEEP) if old is None else (old[1], None)
 
-        value = self._write(index, text, take)
+        value = self._writes.write(index, text, take)
         if value is MISSING:
             if default is MISSING:
                 raise _missing(key)
@@ -459,7 +388,7 @@ class Cache:
                 return new, (text, new, None if life is None else now + life, now)
             return new, (text, new, old[2], now)
 
-        return self._write(index, text, add)
+        return self._writes.write(index, text, add)
 
     def decr(self, key: Any, delta: Any = 1, default: Any = 0) -> Any:
         """Subtract ``delta``: ``incr(key, -delta, default)`` (APCu: ``apcu_dec``).
@@ -490,7 +419,7 @@ class Cache:
                 return False, KEEP
             return True, (text, old[1], None if life is None else now + life, now)
 
-        return bool(self._write(index, text, renew))
+        return bool(self._writes.write(index, text, renew))
 
     def transact(self, key: Any, change: Transaction, *, lease: bool = False) -> Any:
         """Rewrite ``key``'s entry with ``change``, atomically across processes, and return
@@ -525,7 +454,7 @@ class Cache:
             value, expires = new
             return answer, (text, value, expires, now)
 
-        return self._write(-index if lease else index, text, entry_of)
+        return self._writes.write(-index if lease else index, text, entry_of)
 
     def watch(self, key: Any, timeout: float | None = None) -> Watch:
         """Wake on every write of ``key``'s variable, without polling: an iterator that yields
