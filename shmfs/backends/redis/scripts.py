@@ -47,14 +47,20 @@ end
 return redis.call('HMGET', KEYS[1], 'size', 'perm')
 """
 
-_GATE: Final = """
+# Every change's first step: one made by the explicit lock's holder carries its token (ARGV[1])
+# and fails if the lock was lost; any other is refused with the holder's token while it is held.
+_HOLDER: Final = """
 local holder = redis.call('GET', KEYS[1])
 if ARGV[1] ~= '' then
   if holder ~= ARGV[1] then return redis.error_reply('LOST_LOCK') end
 elseif holder then
   return {-1, holder}
 end
-local meta = redis.call('HMGET', KEYS[2], 'size', 'used', 'epoch')
+"""
+
+_GATE: Final = (
+    _HOLDER
+    + """local meta = redis.call('HMGET', KEYS[2], 'size', 'used', 'epoch')
 -- How many of values and generations exist: values exist only beside their generations, and
 -- only while some bytes are used (a frame is never empty), so any other count is damage.
 local present = redis.call('EXISTS', KEYS[3], KEYS[4])
@@ -67,6 +73,7 @@ if not size or not used then return redis.error_reply('CORRUPT') end
 if used > 0 and present < 2 then return redis.error_reply('EVICTED values or generations') end
 local epoch = meta[3] or ''
 """
+)
 
 # KEYS: lock, meta, vars, gen, changes. ARGV: token, index, data, mode, expected.
 # mode: 'any' (put), 'absent' (add), 'version' (the index is still at version ``expected``),
@@ -132,17 +139,14 @@ return {1, #indexes}
 )
 # KEYS: lock, meta, vars, gen, changes. ARGV: token. Whatever is left of the segment goes,
 # damaged or not.
-DESTROY: Final = """#!lua flags=allow-oom
-local holder = redis.call('GET', KEYS[1])
-if ARGV[1] ~= '' then
-  if holder ~= ARGV[1] then return redis.error_reply('LOST_LOCK') end
-elseif holder then
-  return {-1, holder}
-end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+DESTROY: Final = (
+    "#!lua flags=allow-oom"
+    + _HOLDER
+    + """redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('PUBLISH', KEYS[5], 'destroyed')
 return {1}
 """
+)
 # KEYS: meta, vars, gen. ARGV: index. Reply {version [, value]}: the index's state, read at once.
 PEEK: Final = """#!lua flags=no-writes
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
