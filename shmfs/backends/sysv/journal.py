@@ -183,14 +183,19 @@ class Journal(Unjournalled):
 
     def append(self, index: int, data: bytes, need: int) -> int:
         """Add a chunk for ``index`` at ``end``, undone if the writer dies before it is done."""
+        at = self._begin_append(index, data, need)
+        self._set(_STATE, _IDLE)
+        return at
+
+    def _begin_append(self, index: int, data: bytes, need: int) -> int:
+        """Record an append, set ``state`` to it and append; return the chunk's offset (the
+        caller then ends the state: idle, or the cut of a replace)."""
         words = self._words
         self._set(_A_END, words[_END])
         self._set(_A_FREE, words[_FREE])
         self._set(_A_NEED, need)
         self._set(_STATE, _APPEND)
-        at = _append(self._buf, words, index, data, need=need, seed=self.seed)
-        self._set(_STATE, _IDLE)
-        return at
+        return _append(self._buf, words, index, data, need=need, seed=self.seed)
 
     def cut(self, pos: int, old: int) -> None:
         """Cut the ``old``-byte chunk at ``pos`` out, finished by the next locker if the writer
@@ -217,12 +222,7 @@ class Journal(Unjournalled):
         if self._words[_FREE] < need:  # fits only without the old chunk: see the docstring
             self.cut(pos, old)
             return self.append(index, data, need)
-        words = self._words
-        self._set(_A_END, words[_END])
-        self._set(_A_FREE, words[_FREE])
-        self._set(_A_NEED, need)
-        self._set(_STATE, _APPEND)
-        at = _append(self._buf, words, index, data, need=need, seed=self.seed)
+        at = self._begin_append(index, data, need)
         # No idle state in between: killed here, the append is undone, never left beside the
         # old chunk (two chunks of one index).
         self._begin_cut(pos, old)
