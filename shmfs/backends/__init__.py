@@ -12,6 +12,9 @@ answer :data:`SLOW` outside the common case, which the one sentinel defined here
 Python and in C alike (the C module takes it from this module).
 
 Backends are imported lazily, so the ``sysv`` and ``redis`` extras are only needed by their users.
+
+A little over 400 lines because it is one interface, read as a whole by whoever writes a backend:
+its length is the documentation of each call and capability; the code is declarations.
 """
 
 from __future__ import annotations
