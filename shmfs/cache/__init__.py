@@ -159,7 +159,9 @@ class Cache:
         if hits is not None:
             self.get = hits.get  # type: ignore[method-assign]  # the same get, in C
         self._evictor = Evictor(segment, self._recency, codec)
-        self._writes = Writes(segment, self._recency, self._evictor, evict=policy == "lru")
+        self._writes = Writes(
+            segment, self._recency, self._evictor, evict=policy == "lru", remember=_MEMO_SIZE
+        )
         # What another process needs to open the same cache: a Cache pickles as a reference.
         self._spec = {
             **options,

@@ -9,7 +9,7 @@ lock from the first eviction to the write. Each stored entry counts as a use for
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from shmfs import pickling
 from shmfs.cache import entry as cache_entry
@@ -21,22 +21,21 @@ from shmfs.segment import Segment
 
 __all__ = ["Writes"]
 
-_HEADS_SIZE: Final = 16384  # as many as Cache's key memo remembers
-
 
 class Writes:
     """The writes of one cache handle: its segment, its LRU notes and its eviction."""
 
-    __slots__ = ("_evict", "_evictor", "_heads", "_recency", "_segment")
+    __slots__ = ("_evict", "_evictor", "_heads", "_recency", "_remember", "_segment")
 
     def __init__(
-        self, segment: Segment, recency: Recency, evictor: Evictor, *, evict: bool
+        self, segment: Segment, recency: Recency, evictor: Evictor, *, evict: bool, remember: int
     ) -> None:
         self._segment = segment
         self._recency = recency
         self._evictor = evictor
         self._evict = evict  # policy "lru": make room; "error": raise SegmentFull
         self._heads: dict[str, bytes] = {}  # canonical key -> pickling.tuple_head of it
+        self._remember = remember  # how many heads, at most
 
     def used(self, index: int, now: float) -> None:
         """Note a use of ``index`` for the LRU; share the notes now and then."""
@@ -104,7 +103,7 @@ class Writes:
         empty variable takes the entry in the same call: ``overwrite`` would store it there too."""
         head = self._heads.get(text)
         if head is None:
-            if len(self._heads) >= _HEADS_SIZE:
+            if len(self._heads) >= self._remember:
                 self._heads.clear()
             head = self._heads[text] = pickling.tuple_head(text)
         now = cache_entry.clock()
