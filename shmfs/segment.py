@@ -10,8 +10,9 @@ as such) is in ``access.py``; how a value becomes stored bytes and back (codec, 
 the trust check) in ``coder.py``; read-modify-write without a lock, where the backend's single
 changes are atomic, in ``optimistic.py``.
 
-Longer than 400 lines because ``Segment`` is one class, the public API: most of its length is
-the docstrings of its public calls, and its code owns one piece of state, the open backend.
+Longer than 400 lines because ``Segment`` is one class, the public API: a third of its length is
+the docstrings of its public calls, and its code owns one piece of state, the open backend; what
+can be said without that state lives in the modules above.
 """
 
 from __future__ import annotations
