@@ -148,7 +148,7 @@ class ReentrantLock:
         )
         if not got:
             raise LockTimeout(
-                f"{self._name}: lock not acquired within {timeout} s "
+                f"{self._name}: lock not acquired within {timeout:.3g} s "
                 "(held by another thread of this process)",
                 holder_pid=os.getpid(),
                 timeout=timeout,
@@ -328,7 +328,7 @@ class SegmentLock(ReentrantLock):
         pid = lock_holder_pid(self._fd)
         holder = f"held by pid {pid}" if pid is not None else "held by another process"
         return LockTimeout(
-            f"{self._name}: lock not acquired within {timeout} s ({holder})",
+            f"{self._name}: lock not acquired within {timeout:.3g} s ({holder})",
             holder_pid=pid,
             timeout=timeout,
         )

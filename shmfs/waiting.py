@@ -53,7 +53,7 @@ def _remaining(deadline: float | None, index: int, timeout: float | None) -> flo
     left = deadline - time.monotonic()
     if left <= 0:
         raise WaitTimeout(
-            f"no new value at index {index} within {timeout} s", index=index, timeout=timeout
+            f"no new value at index {index} within {timeout:.3g} s", index=index, timeout=timeout
         )
     return min(left, _RECHECK)
 

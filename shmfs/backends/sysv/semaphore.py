@@ -76,7 +76,7 @@ class PhpSemaphore:
             with contextlib.suppress(OSError):
                 pid = ipc.semctl_getpid(self.semid, SEM_USE) or None
             raise LockTimeout(
-                f"segment {self.key}: lock not acquired within {timeout} s "
+                f"segment {self.key}: lock not acquired within {timeout:.3g} s "
                 f"({f'held by pid {pid}' if pid else 'held by another process'})",
                 holder_pid=pid,
                 timeout=timeout,
