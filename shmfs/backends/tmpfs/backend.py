@@ -51,9 +51,21 @@ class TmpfsBackend(TmpfsHandle):
     writes_pieces = True  # a large value is copied into its file once, not joined first
     trust_option = "trust_uids="
 
-    @lock_free
     def read(self, index: int) -> bytes | memoryview | Split | None:
         """Return the current bytes of ``index`` without taking the lock, or ``None``."""
+        # lock_free's counting, written out: every get that misses the C path comes here.
+        readers = self._readers
+        readers.append(None)
+        try:
+            if self._close_due:
+                raise SegmentDetached(f"segment {self.key}: this handle was detached", key=self.key)
+            return self._read(index)
+        finally:
+            readers.pop()
+            if self._close_due and not readers:
+                self._close_files()
+
+    def _read(self, index: int) -> bytes | memoryview | Split | None:
         if self._epoch != fork_epoch():
             self._after_fork()
         meta = self._meta

@@ -102,6 +102,7 @@ class TmpfsHandle(HoldsSegmentLock):
         self, key: int, root: str, root_fd: int, dir_fd: int, trust_uids: frozenset[int]
     ) -> None:
         self._readers = []
+        self._close_due = False  # an instance attribute: read twice by every lock-free read
         self._close_guard = threading.RLock()
         self.key = key
         self.root = root
