@@ -79,7 +79,9 @@ class LockInterface(NamedTuple):
     The C module takes the thread half without waiting (``acquire(False)``), reads ``words``,
     takes the file half itself at depth 0 with ``flock(LOCK_NB)`` on the descriptor ``words``
     names, and gives both back before it runs any Python code. ``words`` is the lock's own state,
-    one signed 64-bit word each: :data:`DEPTH`, :data:`FD`, :data:`FLAGS`.
+    one signed 64-bit word each: :data:`DEPTH`, :data:`FD`, :data:`FLAGS`. Having given back a
+    lock it took at depth 0, it calls ``settle`` if ``FLAGS`` was set meanwhile: a close that
+    came while it held the lock (a finalizer run by code it called) waited for that release.
     """
 
     #: The thread lock's ``acquire``, bound.
@@ -88,6 +90,8 @@ class LockInterface(NamedTuple):
     release: Callable[[], None]
     #: The lock's state words, shared with the Python code that keeps them.
     words: array.array[int]
+    #: Runs what a close left for the holder's last release, if no thread holds the lock now.
+    settle: Callable[[], None]
 
 
 class ReentrantLock:
@@ -124,7 +128,7 @@ class ReentrantLock:
         self._debt = 0  # releases owed to the parent's sections this forked child is inside
         #: The declared interface of the C fast path to this lock.
         self.interface = LockInterface(
-            self._thread_lock.acquire, self._thread_lock.release, self._words
+            self._thread_lock.acquire, self._thread_lock.release, self._words, self._try_finish
         )
 
     @property
@@ -220,6 +224,9 @@ class ReentrantLock:
         self._try_finish()
 
     def _try_finish(self) -> None:
+        """Run a pending close if no thread holds the lock (or is taking it) now."""
+        if self._finish is None:
+            return
         if not self._thread_lock.acquire(blocking=False):
             return  # the holder runs it when it lets go
         try:

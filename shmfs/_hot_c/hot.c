@@ -84,8 +84,8 @@ take_decoders(PyObject *decoders, PyObject *decode[256], PyObject *failures[256]
 int
 lock_interface_words(PyObject *lock, Py_buffer *buffer)
 {
-    if (!PyTuple_Check(lock) || PyTuple_GET_SIZE(lock) != 3 || !PyCallable_Check(PyTuple_GET_ITEM(lock, 0))
-        || !PyCallable_Check(PyTuple_GET_ITEM(lock, 1))) {
+    if (!PyTuple_Check(lock) || PyTuple_GET_SIZE(lock) != 4 || !PyCallable_Check(PyTuple_GET_ITEM(lock, 0))
+        || !PyCallable_Check(PyTuple_GET_ITEM(lock, 1)) || !PyCallable_Check(PyTuple_GET_ITEM(lock, 3))) {
         PyErr_SetString(PyExc_TypeError, "reset: lock must be a LockInterface");
         return -1;
     }
@@ -299,7 +299,7 @@ hot_index(Hot *self, PyObject *const *args, Py_ssize_t nargs)
 
 PyDoc_STRVAR(hot_reset_doc,
 "reset(lock, recoveries, dirty_tag)\n\n"
-"Say which lock guards the segment (its LockInterface: acquire, release, words; see\n"
+"Say which lock guards the segment (its LockInterface: acquire, release, words, settle; see\n"
 "shmfs/locking.py), which RECOVERIES count the backend's mappings belong to, and the DIRTY\n"
 "word its writes store; also after a fork, which this call acknowledges. Until the first\n"
 "reset, every put is SLOW.");
@@ -338,6 +338,7 @@ hot_reset(Hot *self, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(self->lock, Py_NewRef(lock));
     Py_XSETREF(self->acquire, Py_NewRef(PyTuple_GET_ITEM(lock, 0)));
     Py_XSETREF(self->release, Py_NewRef(PyTuple_GET_ITEM(lock, 1)));
+    Py_XSETREF(self->settle, Py_NewRef(PyTuple_GET_ITEM(lock, 3)));
     self->recoveries = recoveries;
     self->dirty_tag = dirty_tag;
     self->epoch = fork_epoch;
@@ -361,6 +362,7 @@ drop_handle(Hot *self)
     Py_CLEAR(self->lock);
     Py_CLEAR(self->acquire);
     Py_CLEAR(self->release);
+    Py_CLEAR(self->settle);
 }
 
 static PyObject *
@@ -406,6 +408,7 @@ hot_traverse(Hot *self, visitproc visit, void *arg)
     Py_VISIT(self->lock);
     Py_VISIT(self->acquire);
     Py_VISIT(self->release);
+    Py_VISIT(self->settle);
     for (int i = 0; i < 256; i++) {
         Py_VISIT(self->decoders[i]);
         Py_VISIT(self->failures[i]);

@@ -110,6 +110,7 @@ typedef struct {
     PyObject *lock;    /* the segment lock's LockInterface (locking.py): acquire, release, words */
     PyObject *acquire; /* its thread lock's acquire and release, bound */
     PyObject *release;
+    PyObject *settle;  /* runs a close left for the holder's release (LockInterface.settle) */
     Py_buffer lock_buffer;    /* an export of its state words, held while the Hot keeps it */
     int64_t *lock_words;      /* NULL: no lock yet, or let go */
     PyObject *decoders[256];  /* codec id -> decode callable, or NULL */
@@ -173,7 +174,8 @@ extern const char rehash_doc[];
 int thread_lock(Hot *self);
 int thread_unlock(Hot *self);
 int file_lock(Hot *self);
-/* put.c: the counts stored after a change, DIRTY cleared; and the lock given back as taken */
+/* put.c: the counts stored after a change, DIRTY cleared; and the lock given back as taken
+ * (and, if it was closed meanwhile, the close it put off run: LockInterface.settle) */
 void changed(uint64_t *meta, uint64_t used);
 PyObject *unlock(Hot *self, int taken, PyObject *result);
 

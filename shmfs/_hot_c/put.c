@@ -58,6 +58,18 @@ unlock(Hot *self, int taken, PyObject *result)
     if (thread_unlock(self) < 0) {
         return NULL;
     }
+    /* Held at depth 0, so this was the outermost release: a close that came meanwhile (FLAGS
+     * set) waited for it. No Python code runs under this lock today; this keeps it so. */
+    if (taken == 1 && self->lock_words != NULL && self->lock_words[LOCK_FLAGS] != 0
+        && self->settle != NULL) {
+        PyObject *settle = Py_NewRef(self->settle); /* the call may close this handle */
+        PyObject *done = PyObject_CallNoArgs(settle);
+        Py_DECREF(settle);
+        if (done == NULL) {
+            return NULL;
+        }
+        Py_DECREF(done);
+    }
     if (failed) {
         errno = failed;
         return PyErr_SetFromErrno(PyExc_OSError);

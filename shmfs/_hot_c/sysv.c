@@ -71,7 +71,7 @@ int
 sysv_lock_now(SysvHot *self, Held *held)
 {
     held->taken = 0;
-    held->lock = held->release = NULL;
+    held->lock = held->release = held->settle = NULL;
     held->lock_words = NULL;
     if (self->lock == NULL) {
         return 0; /* no lock named yet, or closed */
@@ -88,10 +88,12 @@ sysv_lock_now(SysvHot *self, Held *held)
     }
     held->lock = lock;
     held->release = Py_NewRef(PyTuple_GET_ITEM(lock, 1));
+    held->settle = Py_NewRef(PyTuple_GET_ITEM(lock, 3));
     held->lock_words = (int64_t *)held->buffer.buf;
     held->taken = sysv_take(PyTuple_GET_ITEM(lock, 0), held, self->semid);
     if (held->taken <= 0) {
         Py_CLEAR(held->release);
+        Py_CLEAR(held->settle);
         Py_CLEAR(held->lock);
         PyBuffer_Release(&held->buffer);
         held->lock_words = NULL;
@@ -136,9 +138,16 @@ sysv_unlock(SysvHot *self, Held *held)
         failed = 1;
     }
     PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_Fetch(&type, &value, &traceback); /* no Python call with an exception pending */
     PyObject *done = PyObject_CallNoArgs(held->release);
+    /* Taken at depth 0, so this was the outermost release: a close that came while we held
+     * the lock (a finalizer run by the chain index's code, say: FLAGS set) waited for it. */
+    if (done != NULL && held->taken == 1 && held->lock_words[LOCK_FLAGS] != 0) {
+        Py_DECREF(done);
+        done = PyObject_CallNoArgs(held->settle);
+    }
     Py_CLEAR(held->release);
+    Py_CLEAR(held->settle);
     Py_CLEAR(held->lock);
     PyBuffer_Release(&held->buffer);
     held->lock_words = NULL;

@@ -88,6 +88,7 @@ set_word(int64_t *words, Py_ssize_t at, int64_t value)
 typedef struct {
     PyObject *lock;
     PyObject *release;
+    PyObject *settle;      /* LockInterface.settle: a close put off until this release */
     Py_buffer buffer;
     int64_t *lock_words;
     int taken;

@@ -21,7 +21,7 @@ from shmfs.backends import SegmentInfo, segment_full
 from shmfs.backends.fsutil import file_mode, translate
 from shmfs.backends.tmpfs import layout as L
 from shmfs.backends.tmpfs import segdir as sd
-from shmfs.backends.tmpfs.handle import TmpfsHandle, default_root
+from shmfs.backends.tmpfs.handle import TmpfsHandle, default_root, lock_free
 from shmfs.backends.tmpfs.index import Index, create_index, index_name, shift_for
 from shmfs.backends.tmpfs.largefile import CONTENDED
 from shmfs.backends.tmpfs.largevars import GONE
@@ -53,6 +53,19 @@ class TmpfsBackend(TmpfsHandle):
 
     def read(self, index: int) -> bytes | memoryview | Split | None:
         """Return the current bytes of ``index`` without taking the lock, or ``None``."""
+        # lock_free's counting, written out: every get that misses the C path comes here.
+        readers = self._readers
+        readers.append(None)
+        try:
+            if self._close_due:
+                raise SegmentDetached(f"segment {self.key}: this handle was detached", key=self.key)
+            return self._read(index)
+        finally:
+            readers.pop()
+            if self._close_due and not readers:
+                self._close_files()
+
+    def _read(self, index: int) -> bytes | memoryview | Split | None:
         if self._epoch != fork_epoch():
             self._after_fork()
         meta = self._meta
@@ -146,8 +159,13 @@ class TmpfsBackend(TmpfsHandle):
         if last is not None and last[0] == index:
             self._last.value = None  # it speaks for one read only
             return bool(last[1])
+        return self._file_trusted(index)
+
+    @lock_free
+    def _file_trusted(self, index: int) -> bool:
         return self._large.trusted(index)
 
+    @lock_free
     def version(self, index: int) -> object:
         """A slot's seal, or a file's inode and control word: every write changes it."""
         self._check()
@@ -346,17 +364,20 @@ class TmpfsBackend(TmpfsHandle):
                 finally:
                     self.release()
 
+    @lock_free
     def indices(self) -> list[int]:
         """Indices holding values, ascending."""
         self._check()
         keys = [key for key, _ in self._current_index().entries()]
         return sorted(key - (1 << 64) if key >> 63 else key for key in keys)
 
+    @lock_free
     def count(self) -> int:
         """Number of variables."""
         self._check()
         return int(self._meta[_COUNT])
 
+    @lock_free
     def info(self) -> SegmentInfo:
         """Report on the segment."""
         self._check()

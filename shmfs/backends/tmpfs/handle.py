@@ -12,10 +12,12 @@ and unlinks each file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import threading
-from typing import Any, Final, Self
+from collections.abc import Callable
+from typing import Any, Concatenate, Final, ParamSpec, Self, TypeVar
 
 from shmfs.backends import SegmentInfo, refuse_options
 from shmfs.backends.fsutil import open_dir, translate, verify_owner, writable_by_others
@@ -28,17 +30,41 @@ from shmfs.backends.tmpfs.recovery import recover
 from shmfs.backends.tmpfs.slabs import Slabs
 from shmfs.backends.tmpfs.views import Views
 from shmfs.backends.tmpfs.waiters import TmpfsWatcher, set_waiter
-from shmfs.errors import CorruptSegment, SegmentNotFound
+from shmfs.errors import CorruptSegment, SegmentDetached, SegmentNotFound
 from shmfs.forking import fork_epoch
 from shmfs.hotpath import TmpfsHot, new_hot
 from shmfs.locking import HoldsSegmentLock, SegmentLock
 
-__all__ = ["TmpfsHandle", "default_root"]
+__all__ = ["TmpfsHandle", "default_root", "lock_free"]
 
 _STATE, _DIRTY, _DESTROYED = L.M_STATE, L.STATE_DIRTY, L.STATE_DESTROYED
 _RECOVERIES, _INDEX_GEN, _GENERATION = L.M_RECOVERIES, L.M_INDEX_GEN, L.M_GENERATION
 # Attempts to open a segment that keeps being destroyed under us before giving up.
 _OPEN_ATTEMPTS: Final = 100
+
+_H = TypeVar("_H", bound="TmpfsHandle")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def lock_free(method: Callable[Concatenate[_H, _P], _R]) -> Callable[Concatenate[_H, _P], _R]:
+    """Mark a call that uses the handle's descriptors and mappings without the segment lock: a
+    close waits until it returns (see ``TmpfsHandle._close_now``)."""
+
+    @functools.wraps(method)
+    def counted(self: _H, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        readers = self._readers
+        readers.append(None)  # one C-level step under the GIL: no lock needed to count
+        try:
+            if self._close_due:
+                raise SegmentDetached(f"segment {self.key}: this handle was detached", key=self.key)
+            return method(self, *args, **kwargs)
+        finally:
+            readers.pop()
+            if self._close_due and not readers:
+                self._close_files()
+
+    return counted
 
 
 def default_root() -> str:
@@ -67,10 +93,17 @@ class TmpfsHandle(HoldsSegmentLock):
     _views: Views
     #: The C get and put of small values (shmfs.hotpath), or None: pure Python, or closed.
     hot: TmpfsHot | None = None
+    # Lock-free calls in flight, one entry each (``lock_free``); set first thing in __init__.
+    _readers: list[None]
+    _close_due = False  # closed: the files go once no lock-free call is in flight
+    _files_closed = False
 
     def __init__(
         self, key: int, root: str, root_fd: int, dir_fd: int, trust_uids: frozenset[int]
     ) -> None:
+        self._readers = []
+        self._close_due = False  # an instance attribute: read twice by every lock-free read
+        self._close_guard = threading.RLock()
         self.key = key
         self.root = root
         self.path = os.path.join(root, str(key))
@@ -244,6 +277,9 @@ class TmpfsHandle(HoldsSegmentLock):
                 os.close(fd)
         self._epoch = fork_epoch()
         self._dirty_tag = _dirty_tag()
+        # The parent's threads' calls in flight are not this process's: counting them would
+        # put a close off for ever. (A call begun before the fork pops from the old list.)
+        self._readers = []
         self._reset_hot()
 
     def _reset_hot(self) -> None:
@@ -257,7 +293,26 @@ class TmpfsHandle(HoldsSegmentLock):
         return self._meta_mm is not None
 
     def _close_now(self) -> None:
-        """Unmap and close everything this handle opened. Idempotent."""
+        """Close everything this handle opened once no lock-free call is in flight: now if none
+        is, else as the last one returns. Such a call may hold a descriptor's number, between
+        reading it and a system call on it; closed under it, the number could be reused for
+        another file (another segment's directory, say) and the call would read that file.
+        Idempotent."""
+        self._close_due = True
+        if not getattr(self, "_readers", None):
+            self._close_files()
+
+    def _close_files(self) -> None:
+        """Unmap and close everything this handle opened, once (a finalizer the closing runs
+        may close again; two threads may both find the last call gone)."""
+        guard = getattr(self, "_close_guard", None)
+        with guard if guard is not None else contextlib.nullcontext():
+            if self._files_closed or getattr(self, "_readers", None):
+                return  # done; or a call came in, and its return closes
+            self._files_closed = True
+            self._close_everything()
+
+    def _close_everything(self) -> None:
         if self.hot is not None:
             self.hot.close()
             self.hot = None
