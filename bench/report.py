@@ -42,7 +42,7 @@ def _rate(per_s: float) -> str:
 def _targets(rows: list[Row]) -> list[str]:
     met = sum(1 for row in rows if row.met and not row.stated)
     goals = sum(1 for row in rows if not row.stated)
-    out = [f"## Targets of the performance issue: {met} of {goals} met\n"]
+    out = [f"## Targets: {met} of {goals} met\n"]
     return out + _table(
         ["target", "measured (medians; ratios from this run)", "met?"],
         [

@@ -103,7 +103,7 @@ def attach(
         **options: The backend's own options: ``sem_key=`` for ``sysv`` (the semaphore set PHP
             code guards the segment with; default: the segment's key); ``lock_expiry=``
             (seconds, default 10), ``trust_server=`` and ``allow_eviction=`` for ``redis`` (see
-            Scaling out in the README).
+            docs/redis.md).
 
     Returns:
         A :class:`Segment` handle.

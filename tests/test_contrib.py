@@ -355,7 +355,7 @@ def test_flask_caching_builds_it_from_its_config(ref: dict[str, Any], made: list
             flask_cache.set(path, "v")
             assert flask_cache.get(path) == "v"
     # The factory takes CACHE_KEY_PREFIX; the class, built by Flask-Caching 2.5 with
-    # CACHE_OPTIONS alone because its path contains "cachelib", does not (the README says so).
+    # CACHE_OPTIONS alone because its path contains "cachelib", does not (docs/cache.md says so).
     assert built["shmfs.contrib.flask.factory"].key_prefix == "v1:"
     assert built["shmfs.contrib.cachelib.ShmfsCache"].key_prefix == ""
     assert backend.cache.get("v1:shmfs.contrib.flask.factory") == "v"
