@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
@@ -47,6 +48,8 @@ from shmfs.validate import check_index, check_key, check_options, trusted_uids
 __all__ = ["Segment", "attach", "segments"]
 
 _MISSING: Final[Any] = object()  # "no default given"
+#: Where an unpickled handle of a signed segment finds its secret (a pickle carries none).
+SECRET_ENV: Final = "SHMFS_SECRET"
 _ABSENT: Final[Any] = object()  # "the index holds no value", inside read-modify-write
 _INDEX_MIN: Final = -(1 << 63)
 _INDEX_MAX: Final = (1 << 63) - 1
@@ -134,10 +137,12 @@ def attach(
         "root": root,
         "codec": codec,
         "lock_timeout": lock_timeout,
-        "secret": secret,
         "trust_uids": sorted(trusted),
         **options,
     }
+    if secret is not None:
+        # The secret itself never goes in the spec: the spec is what a pickle carries.
+        spec["signed"] = True
     return Segment(opened, chosen, secret, lock_timeout, spec)
 
 
@@ -179,7 +184,17 @@ def _bytes_decide(value: Any) -> bool:
 
 
 def _reattach(spec: dict[str, Any]) -> Segment:
-    return attach(**spec)
+    """Attach what a pickled :class:`Segment` referred to. A signed segment's secret is not in
+    the pickle: it comes from ``$SHMFS_SECRET`` here; without it the handle refuses every value
+    (``UnsafeSegment``) rather than read or write them unsigned."""
+    options = dict(spec)
+    if not options.pop("signed", False):
+        return attach(**options)
+    secret = os.environ.get(SECRET_ENV)
+    seg = attach(**options, secret=secret or None)
+    if not secret:
+        seg._lacks_secret()
+    return seg
 
 
 class Segment(MutableMapping[int, Any]):
@@ -193,6 +208,8 @@ class Segment(MutableMapping[int, Any]):
     # Class-level defaults so detach() and __del__ work after a failed __init__.
     _backend: Backend | None = None
     _destroyed = False
+    # Set on an unpickled handle of a signed segment whose process supplied no secret.
+    _needs_secret = False
     # The fast path's own bound ``get`` where there is one (see __init__): no Python frame.
     get_fast: Callable[[int], Any] = staticmethod(_no_fast_get)
 
@@ -335,7 +352,7 @@ class Segment(MutableMapping[int, Any]):
             return backend.read(index)
 
     def _decode(self, backend: Backend, index: int, data: bytes | memoryview | frame.Split) -> Any:
-        secret = self._secret
+        secret = self._signing()
         if (
             backend.native_codec is not None
             and secret is None
@@ -344,7 +361,7 @@ class Segment(MutableMapping[int, Any]):
         ):
             native = codecs.get_codec(backend.native_codec)
             return codecs.decode_payload(native, memoryview(data))
-        codec, payload = frame.decode(data, secret)
+        codec, payload = frame.decode(data, secret, None if secret is None else (self.key, index))
         if codec.executes_code and secret is None and not backend.trusted(index):
             raise self._untrusted(backend, index)
         try:
@@ -404,8 +421,10 @@ class Segment(MutableMapping[int, Any]):
             try:
                 if pinned is None:
                     raise self._not_found(index)
-                codec, payload = frame.decode(pinned, self._secret)
-                if codec.executes_code and self._secret is None and not backend.trusted(index):
+                secret = self._signing()
+                at = None if secret is None else (self.key, index)
+                codec, payload = frame.decode(pinned, secret, at)
+                if codec.executes_code and secret is None and not backend.trusted(index):
                     raise self._untrusted(backend, index)
                 viewed = frame.view_payload(codec, payload)
             except Exception as exc:
@@ -413,9 +432,37 @@ class Segment(MutableMapping[int, Any]):
                 raise
             yield viewed
 
-    def _encode(self, value: Any) -> bytes | frame.Pieces:
+    def _lacks_secret(self) -> None:
+        """Refuse every value from now on: the segment is signed and no secret was supplied
+        (an unpickled handle without ``$SHMFS_SECRET``). Nothing goes through the fast path,
+        which reads and writes unsigned values only."""
+        self._needs_secret = True
+        self._hot = self._hot_codec = None
+        self.get_fast = _no_fast_get
+        self._framed = True
+
+    def _signing(self) -> bytes | None:
+        """The secret to sign and check values with, or ``None``.
+
+        Raises:
+            UnsafeSegment: the segment is signed and this handle has no secret.
+        """
+        secret = self._secret
+        if secret is None and self._needs_secret:
+            key = self._spec["key"]
+            raise UnsafeSegment(
+                f"segment {key} signs its values, and this handle was unpickled without its "
+                f"secret (a pickle carries none): set ${SECRET_ENV} in this process, or "
+                "attach with secret=",
+                key=key,
+            )
+        return secret
+
+    def _encode(self, index: int, value: Any) -> bytes | frame.Pieces:
+        secret = self._signing()
+        at = None if secret is None else (self.key, index)
         return frame.encode(
-            self._codec, value, self._secret, framed=self._framed, pieces=self._pieces
+            self._codec, value, secret, framed=self._framed, pieces=self._pieces, at=at
         )
 
     @_detached_says_so
@@ -461,7 +508,7 @@ class Segment(MutableMapping[int, Any]):
                 self._hot_codec is not None and self._hot.put(index, self._hot_codec, value) is None  # type: ignore[union-attr]  # set together with _hot_codec
             ):
                 return
-            data = self._encode(value)
+            data = self._encode(index, value)
             atomic = self._atomic
             if atomic is not None:
                 atomic.commit(index, data, ("any", None), self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
@@ -562,7 +609,7 @@ class Segment(MutableMapping[int, Any]):
         """
         self._open()  # a closed handle's error before a bad index's
         index = check_index(index)
-        data = self._encode(value)
+        data = self._encode(index, value)
         atomic = self._atomic
         if atomic is not None:
             return atomic.commit(index, data, ("absent", None), self._lock_timeout).done  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
@@ -631,11 +678,11 @@ class Segment(MutableMapping[int, Any]):
             expect = None
             if atomic.seen(index) is None:
                 with contextlib.suppress(SerializationError):  # this codec cannot: compare values
-                    expect = ("bytes", self._encode(expected))
+                    expect = ("bytes", self._encode(index, expected))
             if expect is not None:
                 # One round trip: the backend swaps if it holds exactly what ``expected``
                 # encodes to, and else answers with what it holds, compared here as values.
-                done = atomic.commit(index, self._encode(new), expect, self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
+                done = atomic.commit(index, self._encode(index, new), expect, self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
                 if done.done:
                     return True
                 if done.current is None or not swap(self._decode(backend, index, done.current))[0]:
@@ -695,7 +742,7 @@ class Segment(MutableMapping[int, Any]):
                     return new
                 known, fresh = atomic.peek(index), True
                 continue
-            encoded = self._encode(new)
+            encoded = self._encode(index, new)
             if fork_epoch() != started:
                 # A value's pickling forked: the child must not finish, unlocked, the change
                 # its parent began (the parent would then retry against the child's write).
@@ -718,7 +765,7 @@ class Segment(MutableMapping[int, Any]):
             or hot is None
             or hot.put(index, self._hot_codec, value) is not None
         ):
-            backend.write(index, self._encode(value))
+            backend.write(index, self._encode(index, value))
 
     # ------------------------------------------------------------- mapping protocol
 
