@@ -458,9 +458,10 @@ class Segment(MutableMapping[int, Any]):
             )
         return secret
 
-    def _encode(self, index: int, value: Any) -> bytes | frame.Pieces:
+    def _encode(self, value: Any, index: int | None = None) -> bytes | frame.Pieces:
+        """``value`` framed for ``index`` (which a signature covers: required with a secret)."""
         secret = self._signing()
-        at = None if secret is None else (self.key, index)
+        at = None if secret is None or index is None else (self.key, index)
         return frame.encode(
             self._codec, value, secret, framed=self._framed, pieces=self._pieces, at=at
         )
@@ -508,7 +509,7 @@ class Segment(MutableMapping[int, Any]):
                 self._hot_codec is not None and self._hot.put(index, self._hot_codec, value) is None  # type: ignore[union-attr]  # set together with _hot_codec
             ):
                 return
-            data = self._encode(index, value)
+            data = self._encode(value, index)
             atomic = self._atomic
             if atomic is not None:
                 atomic.commit(index, data, ("any", None), self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
@@ -609,7 +610,7 @@ class Segment(MutableMapping[int, Any]):
         """
         self._open()  # a closed handle's error before a bad index's
         index = check_index(index)
-        data = self._encode(index, value)
+        data = self._encode(value, index)
         atomic = self._atomic
         if atomic is not None:
             return atomic.commit(index, data, ("absent", None), self._lock_timeout).done  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
@@ -678,11 +679,11 @@ class Segment(MutableMapping[int, Any]):
             expect = None
             if atomic.seen(index) is None:
                 with contextlib.suppress(SerializationError):  # this codec cannot: compare values
-                    expect = ("bytes", self._encode(index, expected))
+                    expect = ("bytes", self._encode(expected, index))
             if expect is not None:
                 # One round trip: the backend swaps if it holds exactly what ``expected``
                 # encodes to, and else answers with what it holds, compared here as values.
-                done = atomic.commit(index, self._encode(index, new), expect, self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
+                done = atomic.commit(index, self._encode(new, index), expect, self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
                 if done.done:
                     return True
                 if done.current is None or not swap(self._decode(backend, index, done.current))[0]:
@@ -742,7 +743,7 @@ class Segment(MutableMapping[int, Any]):
                     return new
                 known, fresh = atomic.peek(index), True
                 continue
-            encoded = self._encode(index, new)
+            encoded = self._encode(new, index)
             if fork_epoch() != started:
                 # A value's pickling forked: the child must not finish, unlocked, the change
                 # its parent began (the parent would then retry against the child's write).
@@ -765,7 +766,7 @@ class Segment(MutableMapping[int, Any]):
             or hot is None
             or hot.put(index, self._hot_codec, value) is not None
         ):
-            backend.write(index, self._encode(index, value))
+            backend.write(index, self._encode(value, index))
 
     # ------------------------------------------------------------- mapping protocol
 

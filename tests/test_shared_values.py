@@ -15,7 +15,10 @@ import json
 import multiprocessing
 import os
 import pickle
+import resource
+import shutil
 import signal
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,7 +27,9 @@ import pytest
 
 import shmfs
 from shmfs.backends.sysv import ipc
+from shmfs.backends.tmpfs import largefile
 from tests.conftest import sysv_objects
+from tests.tmpfs_files import large, slab_files, var_path
 
 ATTACKER = 65534
 VICTIM = 4242
@@ -75,6 +80,130 @@ def shared_root(root: str) -> Iterator[str]:
     os.chmod(root, 0o711)
     yield root
     os.chmod(root, 0o700)
+
+
+# ------------------------------------------------- no SIGBUS, no allocation from a file
+
+
+def _truncate_everything(directory: str) -> None:
+    """The attacker's cut: every file of the segment they may write, to nothing."""
+    for name in os.listdir(directory):
+        with open(os.path.join(directory, name), "r+b") as target:
+            target.truncate(0)
+
+
+def test_truncating_a_shared_segment_under_its_readers_kills_none(
+    shared_root: str, key: int
+) -> None:
+    """A world-writable segment, as the README shares one across users: a reader that has
+    read (and, before, mapped) its files sees them cut to nothing by another user, and gets
+    an error, not SIGBUS."""
+    seg = shmfs.attach(key, 1 << 20, 0o666, root=shared_root, codec="json")
+    seg[1] = large("a large value, in a file of its own")
+    seg[2] = "a small value, in a slab file"
+    seg.detach()
+    directory = os.path.join(shared_root, str(key))
+
+    def reader() -> dict[str, str]:
+        with shmfs.attach(key, root=shared_root, codec="json") as mine:
+            for _ in range(3):  # a variable is mapped from its second read on
+                assert mine[1].startswith("a large value")
+                assert mine[2] == "a small value, in a slab file"
+            assert as_user(ATTACKER, lambda: _truncate_everything(directory)) is None
+            outcomes = {}
+            for index in (1, 2):
+                try:
+                    outcomes[str(index)] = repr(mine.get(index, None))
+                except shmfs.ShmfsError as exc:
+                    outcomes[str(index)] = type(exc).__name__
+            return outcomes
+
+    try:
+        # The reader runs in a child of its own: on a mapped file the cut is SIGBUS.
+        outcome = as_user(0, reader)
+        assert "signal" not in outcome, f"the reader was killed: {outcome}"
+        assert outcome == {"1": "CorruptSegment", "2": "CorruptSegment"}
+    finally:
+        shutil.rmtree(directory)
+
+
+def _declare_a_huge_value(path: str, size: int) -> None:
+    """Rewrite a variable file as one of ``size`` bytes, nearly all a hole (a page of tmpfs),
+    whose current slot claims to hold a value of half that size."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, size)
+        capacity = (size - largefile.HEADER_SIZE) // 2
+        header = memoryview(bytearray(largefile.HEADER_SIZE)).cast("Q")
+        header[0], header[1], header[2] = largefile.MAGIC, largefile.VERSION, capacity
+        header[3], header[4], header[6] = largefile._seal(0), 0, capacity
+        os.pwrite(fd, header.tobytes(), 0)
+    finally:
+        os.close(fd)
+
+
+def test_a_sparse_file_declaring_gigabytes_fails_fast(shared_root: str, key: int) -> None:
+    seg = shmfs.attach(key, 1 << 20, 0o666, root=shared_root, codec="json")
+    seg[1] = large("root's value")
+    path = var_path(seg, 1)
+    size = 8 << 30  # costs the attacker a page; reading it would cost 4 GiB and seconds
+    assert as_user(ATTACKER, lambda: _declare_a_huge_value(path, size)) is None
+    assert os.stat(path).st_blocks * 512 < 1 << 20
+
+    def reader() -> dict[str, Any]:
+        # Room for the test, not for the declared value: an attempt to allocate it (or to
+        # map it) fails here rather than take the machine's memory.
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, hard))
+        started = time.monotonic()
+        try:
+            with shmfs.attach(key, root=shared_root, codec="json") as mine:
+                outcome: dict[str, Any] = {"value": repr(mine.get(1))}
+        except Exception as exc:
+            outcome = {"error": type(exc).__name__, "message": str(exc)}
+        outcome["seconds"] = time.monotonic() - started
+        return outcome
+
+    try:
+        outcome = as_user(0, reader)
+        assert outcome.get("error") == "CorruptSegment", outcome
+        assert "sparse" in outcome["message"]
+        assert outcome["seconds"] < 2
+    finally:
+        os.unlink(path)  # not zeroed by destroy: it holds nothing
+        seg = shmfs.attach(key, root=shared_root)
+        seg.destroy()
+
+
+def test_only_files_nobody_else_can_shrink_are_mapped(root: str, key: int) -> None:
+    """A private segment keeps its mappings and the C fast path; one others may write is read
+    with pread throughout (and without the fast path)."""
+    with shmfs.attach(key, 1 << 20, 0o600, root=root) as private:
+        private[1], private[2] = large("x"), "small"
+        assert private[1] == large("x") and private[2] == "small"
+        backend = private._backend
+        assert isinstance(backend._meta, memoryview)  # type: ignore[union-attr]
+        assert all(slab.hot is not None for slab in backend._slabs.files.values())  # type: ignore[union-attr]
+        private.destroy()
+    with shmfs.attach(key, 1 << 20, 0o644, root=root) as readable:  # others read, owner writes
+        readable[1], readable[2] = large("x"), "small"
+        assert readable[1] == large("x")
+        assert isinstance(readable._backend._meta, memoryview)  # type: ignore[union-attr]
+        readable.destroy()
+    with shmfs.attach(key, 1 << 20, 0o666, root=root, codec="json") as shared:
+        shared[1], shared[2] = large("x"), "small"
+        for _ in range(3):
+            assert shared[1] == large("x") and shared[2] == "small"
+        backend = shared._backend
+        assert backend.hot is None  # type: ignore[union-attr]
+        assert not isinstance(backend._meta, memoryview)  # type: ignore[union-attr]
+        assert slab_files(shared)
+        assert all(slab.hot is None for slab in backend._slabs.files.values())  # type: ignore[union-attr]
+        assert all(var.hot is None for var in backend._large.vars.values())  # type: ignore[union-attr]
+        with shared.view(1) as viewed:  # a copy here, taken under the lock
+            assert viewed == large("x")
+        shared.destroy()
 
 
 # ---------------------------------------------------------------- signed values stay put
