@@ -100,7 +100,9 @@ def attach(
         codec: How this handle encodes values: ``cloudpickle``, ``pickle``, ``json``, ``raw``,
             ``php``. Reading decodes whatever codec the writer used.
         lock_timeout: Seconds to wait for the segment lock on writes; ``None`` waits for ever.
-        secret: Sign every value with HMAC-SHA256 and refuse values not signed with it.
+        secret: Sign every value with HMAC-SHA256, bound to the segment key and its index, and
+            refuse values not signed so. A pickled handle does not carry it: the process that
+            unpickles one supplies it in ``$SHMFS_SECRET``.
         trust_uids: Users, besides this one and root, whose pickled values may be decoded.
         **options: The backend's own options: ``sem_key=`` for ``sysv`` (the semaphore set PHP
             code guards the segment with; default: the segment's key); ``lock_expiry=``

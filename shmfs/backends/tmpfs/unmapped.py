@@ -2,7 +2,7 @@
 ``pread``/``pwrite`` through stand-ins for a mapping and its word view.
 
 Why. A page of a mapping past the end of its file raises SIGBUS on access, which kills the
-process (docs/linux-behaviour.md, part d). Whoever can write a file can ``ftruncate`` it, at any
+process (docs/linux-behaviour.md, part a). Whoever can write a file can ``ftruncate`` it, at any
 instant, so no check made before mapping (size, owner, mode) holds afterwards: the only defence
 is not to map. A file is mapped only when this process's user owns it and neither its group nor
 others may write it (:func:`mappable`); then only that user, and root, can shrink it. Every
