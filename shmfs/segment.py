@@ -354,7 +354,9 @@ class Segment(MutableMapping[int, Any]):
             return backend.read(index)
 
     def _decode(self, backend: Backend, index: int, data: bytes | memoryview | frame.Split) -> Any:
-        secret = self._signing()
+        secret = self._secret
+        if secret is None and self._needs_secret:  # inline: every get that is not C's runs this
+            secret = self._signing()
         if (
             backend.native_codec is not None
             and secret is None
@@ -462,7 +464,9 @@ class Segment(MutableMapping[int, Any]):
 
     def _encode(self, value: Any, index: int | None = None) -> bytes | frame.Pieces:
         """``value`` framed for ``index`` (which a signature covers: required with a secret)."""
-        secret = self._signing()
+        secret = self._secret
+        if secret is None and self._needs_secret:
+            secret = self._signing()
         at = None if secret is None or index is None else (self.key, index)
         return frame.encode(
             self._codec, value, secret, framed=self._framed, pieces=self._pieces, at=at

@@ -167,7 +167,9 @@ class TmpfsHandle(HoldsSegmentLock):
         if st.st_size != PAGE:
             raise CorruptSegment(f"segment {self.key}: metadata is {st.st_size} bytes, not {PAGE}")
         self._meta_mapped = mappable(st)
-        self._meta_mm, self._meta = open_words(fd, st, PAGE, writable=True)
+        self._meta_mm, self._meta = open_words(
+            fd, st, PAGE, writable=True, name=f"segment {self.key} metadata"
+        )
         if self._meta[L.M_MAGIC] != L.META_MAGIC:
             raise CorruptSegment(f"segment {self.key}: metadata has a bad magic number")
         version = self._meta[L.M_VERSION]

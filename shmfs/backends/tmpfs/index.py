@@ -135,7 +135,9 @@ class Index:
             raise CorruptSegment(f"index file is {size} bytes, too short")
         check_allocated(st, "index file")
         # Mapped only if nobody else can shrink it (unmapped.py); keeps no descriptor then.
-        self._mm, self.words = open_words(fd, st, size, writable=writable)
+        self._mm, self.words = open_words(
+            fd, st, size, writable=writable, name=f"index file {index_name(gen)}"
+        )
         #: Whether it is mapped, so the C fast path may read it.
         self.mapped = not is_unmapped(self._mm)
         words = self.words

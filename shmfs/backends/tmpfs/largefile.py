@@ -328,6 +328,7 @@ class VarFile:
         fd: An open descriptor of the file; the mapping keeps its own.
         writable: Map it for writing (the segment lock must be held to write).
         trusted: Whether only trusted uids can have written it (see ``Backend.trusted``).
+        name: The file, as messages name it.
     """
 
     __slots__ = ("_mm", "_open", "_words", "capacity", "hot", "inode", "trusted", "writable")
@@ -337,16 +338,18 @@ class VarFile:
     live = 0
     _counting = threading.Lock()
 
-    def __init__(self, fd: int, *, writable: bool, trusted: bool) -> None:
+    def __init__(
+        self, fd: int, *, writable: bool, trusted: bool, name: str = "variable file"
+    ) -> None:
         st = os.fstat(fd)
         size = st.st_size
         if not stat.S_ISREG(st.st_mode):
             raise CorruptSegment("variable is not a regular file")
         if size < HEADER_SIZE + 16 or size % 8:
             raise CorruptSegment(f"variable file is {size} bytes, not a shmfs variable")
-        check_allocated(st, "variable file")
+        check_allocated(st, name)
         # Mapped only if nobody else can shrink it (unmapped.py); keeps no descriptor then.
-        self._mm, self._words = open_words(fd, st, size, writable=writable)
+        self._mm, self._words = open_words(fd, st, size, writable=writable, name=name)
         magic, version, capacity = self._words[0], self._words[1], self._words[2]
         if not _sound_header(self._words, size):
             self.close()

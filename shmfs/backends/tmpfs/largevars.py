@@ -209,7 +209,12 @@ class LargeVars:
             writable = False  # another trusted user's segment that we may only read
             fd = os.open(name, sd.OPEN_RO, dir_fd=self._dir_fd())
         try:
-            var = VarFile(fd, writable=writable, trusted=self._trusted(os.fstat(fd)))
+            var = VarFile(
+                fd,
+                writable=writable,
+                trusted=self._trusted(os.fstat(fd)),
+                name=f"segment {self.key} variable file {name}",
+            )
         finally:
             os.close(fd)
         if self.vars and self.no_room():

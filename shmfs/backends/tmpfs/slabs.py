@@ -86,7 +86,9 @@ class SlabFile:
             raise CorruptSegment(f"slab file {slab_name(number, file)} is not {self.size} bytes")
         check_allocated(st, f"slab file {slab_name(number, file)}")
         # Mapped only if nobody else can shrink it (unmapped.py); keeps no descriptor then.
-        self.mm, self.words = open_words(fd, st, self.size, writable=writable)
+        self.mm, self.words = open_words(
+            fd, st, self.size, writable=writable, name=f"slab file {slab_name(number, file)}"
+        )
         words = self.words
         if (
             words[L.SLAB_W_MAGIC] != L.SLAB_MAGIC

@@ -67,14 +67,15 @@ class FileBytes:
     raises ``ValueError``, as a closed mapping does.
     """
 
-    __slots__ = ("_closed", "_fd", "size", "words")
+    __slots__ = ("_closed", "_fd", "name", "size", "words")
 
     #: How many are open in this process, every handle's: each holds a descriptor, which
     #: ``largevars.py`` keeps under a budget.
     live = 0
     _counting = threading.Lock()
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, name: str) -> None:
+        self.name = name
         self._fd = os.dup(fd)
         with FileBytes._counting:
             FileBytes.live += 1
@@ -107,7 +108,7 @@ class FileBytes:
             st = os.fstat(self._fd)
             if st.st_size < start + length:
                 raise self._shrunk(start, length, st.st_size)
-            check_allocated(st, "a file of the segment")
+            check_allocated(st, self.name)
         data = os.pread(self._fd, length, start)
         if len(data) != length:
             raise self._shrunk(start, length, start + len(data))
@@ -121,7 +122,7 @@ class FileBytes:
         st = os.fstat(self._fd)
         if st.st_size < start + length:
             raise self._shrunk(start, length, st.st_size)
-        check_allocated(st, "a file of the segment")
+        check_allocated(st, self.name)
         done = os.preadv(self._fd, [target], start)
         if done != length:
             raise self._shrunk(start, length, start + done)
@@ -138,11 +139,10 @@ class FileBytes:
                 raise OSError(28, "short write to a file of the segment")
             view, at = view[written:], at + written
 
-    @staticmethod
-    def _shrunk(start: int, length: int, end: int) -> CorruptSegment:
+    def _shrunk(self, start: int, length: int, end: int) -> CorruptSegment:
         return CorruptSegment(
-            f"a file of the segment was cut short under this reader: it ends at {end}, "
-            f"the {length} bytes at {start} are gone"
+            f"{self.name} was cut short under this reader: it ends at {end}, "
+            f"the {length} bytes at offset {start} are gone"
         )
 
     def close(self) -> None:
@@ -180,7 +180,7 @@ class FileWords:
             raise IndexError("word out of range")
         raw = os.pread(file._fd, _WORD, item * _WORD)
         if len(raw) != _WORD:
-            raise FileBytes._shrunk(item * _WORD, _WORD, item * _WORD + len(raw))
+            raise file._shrunk(item * _WORD, _WORD, item * _WORD + len(raw))
         return int.from_bytes(raw, "little")
 
     def __setitem__(self, item: int, value: int) -> None:
@@ -197,16 +197,17 @@ class FileWords:
 
 
 def open_words(
-    fd: int, st: os.stat_result, size: int, *, writable: bool
+    fd: int, st: os.stat_result, size: int, *, writable: bool, name: str
 ) -> tuple[mmap.mmap, memoryview]:
     """``(mapping, words)`` over the first ``size`` bytes of the open file ``fd`` whose stat is
-    ``st``: an ``mmap`` and its ``cast("Q")`` view if the file is :func:`mappable`, else a
+    ``st`` (``name``: the file, for messages): an ``mmap`` and its ``cast("Q")`` view if the
+    file is :func:`mappable`, else a
     :class:`FileBytes` and its :class:`FileWords`, typed as what they stand in for (the part
     of it the tmpfs modules use), as ``hotpath.map_file`` types its ``Mapping``."""
     if mappable(st):
         mm = map_file(fd, size, writable=writable)
         return mm, memoryview(mm).cast("Q")
-    file = FileBytes(fd, size)
+    file = FileBytes(fd, size, name)
     return cast(mmap.mmap, file), cast(memoryview, file.words)
 
 
