@@ -168,9 +168,8 @@ class Cache:
             self.get = hits.get  # type: ignore[method-assign]  # the same get, in C
         self._heads: dict[str, bytes] = {}  # canonical key -> pickling.tuple_head of it
         self._evictor = Evictor(segment, self._recency, codec)
-        # What another process needs to open the same cache: a Cache pickles as a reference.
-        # A Cache pickles as a reference, and never with its secret: the receiving process
-        # supplies it (``_reopen``).
+        # What another process needs to open the same cache: a Cache pickles as a reference,
+        # and never with its secret: the receiving process supplies it (``_reopen``).
         self._spec = {
             **{option: value for option, value in options.items() if option != "secret"},
             **({"signed": True} if options.get("secret") is not None else {}),
