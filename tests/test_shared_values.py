@@ -206,6 +206,26 @@ def test_only_files_nobody_else_can_shrink_are_mapped(root: str, key: int) -> No
         shared.destroy()
 
 
+def test_an_index_file_another_user_owns_turns_the_fast_path_off(root: str, key: int) -> None:
+    """Ownership is checked per file: in a segment whose other files are private, an index
+    file handed to another user (who may now truncate it) is read with pread, and the C fast
+    path, which would read it through a mapping, is turned off for the handle."""
+    with shmfs.attach(key, 1 << 20, root=root, codec="json") as seg:
+        seg[1] = "before"
+    directory = os.path.join(root, str(key))
+    for name in os.listdir(directory):
+        if name.startswith(".index-"):
+            os.chown(os.path.join(directory, name), ATTACKER, ATTACKER)
+    with shmfs.attach(key, root=root, codec="json", trust_uids=[ATTACKER]) as seg:
+        assert seg._backend.hot is None  # type: ignore[union-attr]
+        assert seg[1] == "before"
+        seg[1] = "after"
+        for index in range(2, 200):  # enough to build a new index, this user's own
+            seg[index] = index
+        assert seg[1] == "after" and seg[199] == 199
+        seg.destroy()
+
+
 # ---------------------------------------------------------------- signed values stay put
 
 
