@@ -21,7 +21,7 @@ __all__ = ["Coder"]
 class Coder:
     """One handle's encoding rules: its codec, ``secret``, framing and piecewise writes."""
 
-    __slots__ = ("_codec", "_framed", "_key", "_pieces", "_secret")
+    __slots__ = ("_codec", "_framed", "_key", "_missing", "_pieces", "_secret")
 
     def __init__(
         self, codec: codecs.Codec, secret: bytes | None, *, framed: bool, pieces: bool, key: int
@@ -31,16 +31,48 @@ class Coder:
         self._framed = framed
         self._pieces = pieces
         self._key = key
+        # Set (to where the secret should have come from) on a handle of a signed segment
+        # whose process supplied no secret: every value is then refused.
+        self._missing: str | None = None
 
-    def encode(self, value: Any) -> bytes | frame.Pieces:
-        """``value`` as the backend stores it: framed (or bare, for the native codec)."""
+    def lacks_secret(self, source: str) -> None:
+        """Refuse every value from now on: the segment signs its values and this handle has
+        no secret (an unpickled handle whose process did not set ``$source``)."""
+        self._missing = source
+        self._framed = True
+
+    def signing(self) -> bytes | None:
+        """The secret to sign and check values with, or ``None``.
+
+        Raises:
+            UnsafeSegment: the segment is signed and this handle has no secret.
+        """
+        if self._missing is not None and self._secret is None:
+            raise UnsafeSegment(
+                f"segment {self._key} signs its values, and this handle was unpickled without "
+                f"its secret (a pickle carries none): set ${self._missing} in this process, or "
+                "attach with secret=",
+                key=self._key,
+            )
+        return self._secret
+
+    def encode(self, value: Any, index: int | None = None) -> bytes | frame.Pieces:
+        """``value`` as the backend stores it at ``index``: framed (or bare, for the native
+        codec); a signature covers the segment key and ``index``, so it is required with a
+        secret."""
+        secret = self._secret
+        if secret is None and self._missing is not None:
+            secret = self.signing()
+        at = None if secret is None or index is None else (self._key, index)
         return frame.encode(
-            self._codec, value, self._secret, framed=self._framed, pieces=self._pieces
+            self._codec, value, secret, framed=self._framed, pieces=self._pieces, at=at
         )
 
     def decode(self, backend: Backend, index: int, data: bytes | memoryview | frame.Split) -> Any:
         """The value of the bytes ``backend`` holds at ``index``, in the writer's codec."""
         secret = self._secret
+        if secret is None and self._missing is not None:  # inline: every get not C's runs this
+            secret = self.signing()
         if (
             backend.native_codec is not None
             and secret is None
@@ -49,7 +81,7 @@ class Coder:
         ):
             native = codecs.get_codec(backend.native_codec)
             return codecs.decode_payload(native, memoryview(data))
-        codec, payload = frame.decode(data, secret)
+        codec, payload = frame.decode(data, secret, None if secret is None else (self._key, index))
         if codec.executes_code and secret is None and not backend.trusted(index):
             raise self.untrusted(backend, index)
         try:
@@ -62,8 +94,11 @@ class Coder:
 
     def view(self, backend: Backend, index: int, pinned: bytes | memoryview) -> Any:
         """The value of the pinned frame ``pinned``, decoded in place (no copy where it can)."""
-        codec, payload = frame.decode(pinned, self._secret)
-        if codec.executes_code and self._secret is None and not backend.trusted(index):
+        secret = self.signing()
+        codec, payload = frame.decode(
+            pinned, secret, None if secret is None else (self._key, index)
+        )
+        if codec.executes_code and secret is None and not backend.trusted(index):
             raise self.untrusted(backend, index)
         return frame.view_payload(codec, payload)
 

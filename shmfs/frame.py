@@ -6,7 +6,8 @@ tell damage from data::
 
     offset  size  field
          0     4  magic     b"\\x93SHF"  (0x93 cannot start a PHP serialize() value)
-         4     1  version   FORMAT_VERSION; a newer one is refused, never guessed at
+         4     1  version   FORMAT_VERSION (SIGNED_VERSION when signed); a newer one is
+                            refused, never guessed at
          5     1  codec     CODECS[name].id
          6     1  flags     bit 0: signed, a 32-byte HMAC-SHA256 tag follows the payload;
                             bit 1: out-of-band buffers (see below)
@@ -23,6 +24,15 @@ edges cost half as much as the copy. Truncation and
 length damage are still caught at any size (the length field is checked against the bytes
 present); a flipped bit in the middle of a large value is not. Signed values (``secret=``) are
 verified over every byte, whatever their size.
+
+A signed frame's HMAC-SHA256 covers, before the header's first 16 bytes and the payload, the
+segment key and the variable index it was written for (``_binding``), so a signed frame copied
+to another index or another segment fails its check. Frames signed that way carry version
+``SIGNED_VERSION`` (2): a shmfs that only knows version 1 refuses them as written by a newer
+shmfs instead of failing their signature, and this one refuses a version-1 signed frame (whose
+tag names no key or index) as unsafe. Unsigned frames stay at version 1, byte for byte.
+What the binding cannot stop: an older signed value of the *same* index and segment put back
+in place (a replay); that needs a counter no reader can check without a trusted store.
 
 Flag bit 1 marks a pickle whose protocol-5 buffers are stored apart, after it; that layout, and
 how a pickle of one ``bytes`` is recognised without unpickling it, are in ``shmfs.pickling``.
@@ -50,6 +60,7 @@ __all__ = [
     "FULL_CHECK_LIMIT",
     "HEADER",
     "MAGIC",
+    "SIGNED_VERSION",
     "SPLIT_HEAD",
     "Pieces",
     "Split",
@@ -62,6 +73,8 @@ __all__ = [
 
 MAGIC: Final = b"\x93SHF"
 FORMAT_VERSION: Final = 1
+#: The version of a signed frame, whose tag also covers the segment key and variable index.
+SIGNED_VERSION: Final = 2
 HEADER: Final = struct.Struct("<4sBBBBQII")
 FULL_CHECK_LIMIT: Final = 64 * 1024
 _EDGE: Final = 4 * 1024
@@ -69,6 +82,15 @@ _FLAG_SIGNED: Final = 1
 _FLAG_BUFFERS: Final = 2  # a pickle with out-of-band buffers (shmfs.pickling's layout)
 _KNOWN_FLAGS: Final = _FLAG_SIGNED | _FLAG_BUFFERS
 _TAG_SIZE: Final = 32
+_BINDING: Final = struct.Struct("<8sqq")
+_BINDING_TAG: Final = b"shmfs\x00v2"
+
+
+def _binding(at: tuple[int, int] | None) -> bytes:
+    """What a signature covers before the frame: a domain tag, the segment key and the index."""
+    if at is None:
+        raise ValueError("a signed frame needs the segment key and index it is written for")
+    return _BINDING.pack(_BINDING_TAG, *at)
 
 
 _BY_ID: Final = {codec.id: codec for codec in CODECS.values()}
@@ -129,16 +151,23 @@ def _pieces_crc(head16: bytes, first: bytes, body: bytes, last: bytes) -> int:
         return zlib.crc32(last, zlib.crc32(view[len(body) - (_EDGE - len(last)) :], crc))
 
 
-def _frame_pieces(codec: Codec, pieces: list[bytes], flags: int, secret: bytes | None) -> Pieces:
+def _frame_pieces(
+    codec: Codec,
+    pieces: list[bytes],
+    flags: int,
+    secret: bytes | None,
+    at: tuple[int, int] | None,
+) -> Pieces:
     """``encode`` for a payload in pieces (a small head, a large body, a small tail)."""
     length = sum(len(piece) for piece in pieces)
-    head = HEADER.pack(MAGIC, FORMAT_VERSION, codec.id, flags, 0, length, 0, 0)
+    version = FORMAT_VERSION if secret is None else SIGNED_VERSION
+    head = HEADER.pack(MAGIC, version, codec.id, flags, 0, length, 0, 0)
     first, body, last = pieces
     crc = _pieces_crc(head[:16], first, body, last)
     head = head[:16] + struct.pack("<I", crc) + head[20:]
     parts = [head, first, body, last]
     if secret is not None:
-        signature = hmac.new(secret, head[:16], "sha256")
+        signature = hmac.new(secret, _binding(at) + head[:16], "sha256")
         for piece in pieces:
             signature.update(piece)
         parts.append(signature.digest())
@@ -152,10 +181,13 @@ def encode(
     *,
     framed: bool = True,
     pieces: bool = False,
+    at: tuple[int, int] | None = None,
 ) -> bytes | Pieces:
     """Encode ``value`` with ``codec`` and frame it (``framed=False``: the codec's bytes alone,
     for a backend whose native format they are, such as PHP's on sysv). ``pieces``: the caller
-    takes a large frame as :class:`Pieces` (only ever ``bytes`` otherwise).
+    takes a large frame as :class:`Pieces` (only ever ``bytes`` otherwise). ``at``: the
+    ``(segment key, index)`` the value is stored at, which a signature covers (required with
+    ``secret``).
 
     Raises:
         SerializationError: the codec cannot encode the value; nothing was written.
@@ -165,7 +197,7 @@ def encode(
         body = pickling.bytes_pickle(value)
         if not framed:
             return b"".join(body)
-        frame = _frame_pieces(codec, body, flags, secret)
+        frame = _frame_pieces(codec, body, flags, secret, at)
         return frame if pieces else bytes(frame)
     try:
         if codec.pickler is None or not framed:
@@ -192,17 +224,23 @@ def encode(
         first = _FIRST_WORD[codec.id]
         crc = zlib.crc32(payload, zlib.crc32(_HEAD16.pack(first, len(payload))))
         return _WORDS.pack(first, len(payload), crc) + payload
-    head = HEADER.pack(MAGIC, FORMAT_VERSION, codec.id, flags, 0, len(payload), 0, 0)
+    version = FORMAT_VERSION if secret is None else SIGNED_VERSION
+    head = HEADER.pack(MAGIC, version, codec.id, flags, 0, len(payload), 0, 0)
     head = head[:16] + struct.pack("<I", _crc(head, payload)) + head[20:]
     if secret is None:
         return head + payload
-    return head + payload + hmac.digest(secret, head[:16] + payload, "sha256")
+    tag = hmac.digest(secret, _binding(at) + head[:16] + payload, "sha256")
+    return head + payload + tag
 
 
 def decode(
-    data: bytes | memoryview | Split, secret: bytes | None = None
+    data: bytes | memoryview | Split,
+    secret: bytes | None = None,
+    at: tuple[int, int] | None = None,
 ) -> tuple[Codec, bytes | memoryview]:
-    """Check a frame and return its codec and payload, not yet decoded.
+    """Check a frame and return its codec and payload, not yet decoded. ``at``: the
+    ``(segment key, index)`` it was read from, which a signature must cover (required with
+    ``secret``).
 
     Raises:
         CorruptSegment: bad magic, unknown version or codec, wrong length or checksum.
@@ -221,11 +259,11 @@ def decode(
             payload = data[HEADER.size :]
             if zlib.crc32(payload, zlib.crc32(data[:16])) == check:  # type: ignore[arg-type]
                 return codec, payload  # type: ignore[return-value]
-    return _decode_checked(data, secret)
+    return _decode_checked(data, secret, at)
 
 
 def _decode_checked(
-    data: bytes | memoryview | Split, secret: bytes | None
+    data: bytes | memoryview | Split, secret: bytes | None, at: tuple[int, int] | None
 ) -> tuple[Codec, bytes | memoryview]:
     if isinstance(data, Split):
         return _SPLIT_CODEC, _check_split(data, secret)
@@ -235,12 +273,7 @@ def _decode_checked(
     magic, version, codec_id, flags, reserved, length, crc, reserved_word = HEADER.unpack_from(view)
     if magic != MAGIC:
         raise CorruptSegment("stored bytes are not a shmfs value (bad magic)")
-    if version != FORMAT_VERSION:
-        raise CorruptSegment(
-            f"value has format version {version}; this shmfs reads version {FORMAT_VERSION}"
-            " (written by a newer shmfs? upgrade it)",
-            version=version,
-        )
+    _check_version(version)
     if reserved or reserved_word or flags & ~_KNOWN_FLAGS:
         raise CorruptSegment("value header has unknown flags or non-zero reserved bytes")
     codec = _BY_ID.get(codec_id)
@@ -257,7 +290,7 @@ def _decode_checked(
         computed = _crc(view, payload)
     if computed != crc:
         raise CorruptSegment("value fails its checksum")
-    _check_signature(view, payload, signed, secret)
+    _check_signature(view, payload, signed, secret, at)
     if flags & _FLAG_BUFFERS:
         if not codec.pickle_dialect:
             raise CorruptSegment(f"a {codec.name} value cannot have out-of-band buffers")
@@ -265,9 +298,33 @@ def _decode_checked(
     return codec, payload
 
 
+def _check_version(version: int) -> None:
+    """Refuse a version this shmfs does not read."""
+    if version not in (FORMAT_VERSION, SIGNED_VERSION):
+        raise CorruptSegment(
+            f"value has format version {version}; this shmfs reads versions {FORMAT_VERSION}"
+            f" and {SIGNED_VERSION} (written by a newer shmfs? upgrade it)",
+            version=version,
+        )
+
+
 def _check_signature(
-    view: memoryview, payload: memoryview, signed: bool, secret: bytes | None
+    view: memoryview,
+    payload: memoryview,
+    signed: bool,
+    secret: bytes | None,
+    at: tuple[int, int] | None,
 ) -> None:
+    """Refuse a frame whose signature is missing, unexpected, of a version that names no key
+    and index, or wrong for ``secret`` and ``at``; the frame passed its checksum."""
+    version = view[4]
+    if signed and version == FORMAT_VERSION:
+        raise UnsafeSegment(
+            "value was signed by an older shmfs, whose signature does not name the segment key"
+            " and index (it could have been moved here): store it again"
+        )
+    if version == SIGNED_VERSION and not signed:
+        raise CorruptSegment(f"value has version {version} but no signature")
     if signed != (secret is not None):
         raise UnsafeSegment(
             "value is signed but no secret= was given"
@@ -276,9 +333,12 @@ def _check_signature(
         )
     if secret is not None and not hmac.compare_digest(
         view[HEADER.size + len(payload) :],
-        hmac.digest(secret, bytes(view[:16]) + payload, "sha256"),
+        hmac.digest(secret, _binding(at) + bytes(view[:16]) + payload, "sha256"),
     ):
-        raise UnsafeSegment("value's signature does not match secret= (tampered or other key)")
+        raise UnsafeSegment(
+            "value's signature does not match secret= for this segment key and index"
+            " (tampered, moved from another index or segment, or another secret)"
+        )
 
 
 def view_payload(codec: Codec, payload: bytes | memoryview) -> Any:

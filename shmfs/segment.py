@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
@@ -48,6 +49,8 @@ from shmfs.validate import check_index, check_key, check_options, trusted_uids
 __all__ = ["Segment", "attach", "segments"]
 
 _MISSING: Final[Any] = object()  # "no default given"
+#: Where an unpickled handle of a signed segment finds its secret (a pickle carries none).
+SECRET_ENV: Final = "SHMFS_SECRET"
 _ABSENT: Final[Any] = object()  # "the index holds no value", inside read-modify-write
 _INDEX_MIN: Final = -(1 << 63)
 _INDEX_MAX: Final = (1 << 63) - 1
@@ -98,7 +101,9 @@ def attach(
         codec: How this handle encodes values: ``cloudpickle``, ``pickle``, ``json``, ``raw``,
             ``php``. Reading decodes whatever codec the writer used.
         lock_timeout: Seconds to wait for the segment lock on writes; ``None`` waits for ever.
-        secret: Sign every value with HMAC-SHA256 and refuse values not signed with it.
+        secret: Sign every value with HMAC-SHA256, bound to the segment key and its index, and
+            refuse values not signed so. A pickled handle does not carry it: the process that
+            unpickles one supplies it in ``$SHMFS_SECRET``.
         trust_uids: Users, besides this one and root, whose pickled values may be decoded.
         **options: The backend's own options: ``sem_key=`` for ``sysv`` (the semaphore set PHP
             code guards the segment with; default: the segment's key); ``lock_expiry=``
@@ -135,10 +140,12 @@ def attach(
         "root": root,
         "codec": codec,
         "lock_timeout": lock_timeout,
-        "secret": secret,
         "trust_uids": sorted(trusted),
         **options,
     }
+    if secret is not None:
+        # The secret itself never goes in the spec: the spec is what a pickle carries.
+        spec["signed"] = True
     return Segment(opened, chosen, secret, lock_timeout, spec)
 
 
@@ -171,7 +178,17 @@ def _no_fast_get(index: int) -> Any:
 
 
 def _reattach(spec: dict[str, Any]) -> Segment:
-    return attach(**spec)
+    """Attach what a pickled :class:`Segment` referred to. A signed segment's secret is not in
+    the pickle: it comes from ``$SHMFS_SECRET`` here; without it the handle refuses every value
+    (``UnsafeSegment``) rather than read or write them unsigned."""
+    options = dict(spec)
+    if not options.pop("signed", False):
+        return attach(**options)
+    secret = os.environ.get(SECRET_ENV)
+    seg = attach(**options, secret=secret or None)
+    if not secret:
+        seg._lacks_secret()
+    return seg
 
 
 class Segment(MutableMapping[int, Any]):
@@ -378,8 +395,18 @@ class Segment(MutableMapping[int, Any]):
                 raise
             yield viewed
 
-    def _encode(self, value: Any) -> bytes | frame.Pieces:
-        return self._coder.encode(value)
+    def _lacks_secret(self) -> None:
+        """Refuse every value from now on: the segment is signed and no secret was supplied
+        (an unpickled handle without ``$SHMFS_SECRET``). Nothing goes through the fast path,
+        which reads and writes unsigned values only."""
+        self._coder.lacks_secret(SECRET_ENV)
+        self._hot = self._hot_codec = None
+        self.get_fast = _no_fast_get
+        self._framed = True
+
+    def _encode(self, value: Any, index: int | None = None) -> bytes | frame.Pieces:
+        """``value`` framed for ``index`` (which a signature covers: required with a secret)."""
+        return self._coder.encode(value, index)
 
     @_detached_says_so
     def has(self, index: int) -> bool:
@@ -424,7 +451,7 @@ class Segment(MutableMapping[int, Any]):
                 self._hot_codec is not None and self._hot.put(index, self._hot_codec, value) is None  # type: ignore[union-attr]  # set together with _hot_codec
             ):
                 return
-            data = self._encode(value)
+            data = self._encode(value, index)
             atomic = self._atomic
             if atomic is not None:
                 atomic.commit(index, data, ("any", None), self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
@@ -525,7 +552,7 @@ class Segment(MutableMapping[int, Any]):
         """
         self._open()  # a closed handle's error before a bad index's
         index = check_index(index)
-        data = self._encode(value)
+        data = self._encode(value, index)
         atomic = self._atomic
         if atomic is not None:
             return atomic.commit(index, data, ("absent", None), self._lock_timeout).done  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
@@ -594,11 +621,11 @@ class Segment(MutableMapping[int, Any]):
             expect = None
             if atomic.seen(index) is None:
                 with contextlib.suppress(SerializationError):  # this codec cannot: compare values
-                    expect = ("bytes", self._encode(expected))
+                    expect = ("bytes", self._encode(expected, index))
             if expect is not None:
                 # One round trip: the backend swaps if it holds exactly what ``expected``
                 # encodes to, and else answers with what it holds, compared here as values.
-                done = atomic.commit(index, self._encode(new), expect, self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
+                done = atomic.commit(index, self._encode(new, index), expect, self._lock_timeout)  # type: ignore[arg-type]  # bytes: an atomic backend takes no pieces
                 if done.done:
                     return True
                 if done.current is None or not swap(self._decode(backend, index, done.current))[0]:
@@ -642,7 +669,7 @@ class Segment(MutableMapping[int, Any]):
             change,
             default,
             decode=lambda data: self._decode(backend, index, data),
-            encode=self._encode,
+            encode=lambda value: self._encode(value, index),
             lock_timeout=self._lock_timeout,
             key=self.key,
         )
@@ -656,7 +683,7 @@ class Segment(MutableMapping[int, Any]):
             or hot is None
             or hot.put(index, self._hot_codec, value) is not None
         ):
-            backend.write(index, self._encode(value))
+            backend.write(index, self._encode(value, index))
 
     # ------------------------------------------------------------- mapping protocol
 

@@ -251,11 +251,12 @@ def test_large_bytes_frames(codec_name: str, size: int) -> None:
     value = os.urandom(size)
     codec = codecs.get_codec(codec_name)
     for secret in (None, b"key"):
-        framed = frame.encode(codec, value, secret)
-        found, payload = frame.decode(framed, secret)
+        at = None if secret is None else (1, 2)
+        framed = frame.encode(codec, value, secret, at=at)
+        found, payload = frame.decode(framed, secret, at)
         assert found is codec and pickle.loads(payload) == value
         for offset in (frame.HEADER.size + 5, len(framed) - (33 if secret else 1) - 100):
             damaged = bytearray(framed)
             damaged[offset] ^= 0x40
             with pytest.raises((shmfs.CorruptSegment, shmfs.UnsafeSegment)):
-                frame.decode(bytes(damaged), secret)
+                frame.decode(bytes(damaged), secret, at)

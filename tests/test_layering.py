@@ -182,13 +182,22 @@ def test_each_module_imports_alone_in_a_fresh_interpreter() -> None:
 
 
 def _private_reaches(tree: ast.Module) -> list[str]:
-    """``x._name`` where ``x`` is not ``self`` or ``cls``: a private name of something else."""
+    """``x._name`` where ``x`` is not ``self`` or ``cls`` and ``_name`` is not a method this
+    module defines: a private name of another module."""
+    own = {
+        item.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        for item in node.body
+        if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
     found = []
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.Attribute)
             and node.attr.startswith("_")
             and not node.attr.startswith("__")
+            and node.attr not in own
             and not (isinstance(node.value, ast.Name) and node.value.id in {"self", "cls"})
         ):
             found.append(f"line {node.lineno}: {ast.unparse(node)}")
@@ -196,7 +205,10 @@ def _private_reaches(tree: ast.Module) -> list[str]:
 
 
 def test_the_private_reach_check_sees_one() -> None:
-    tree = ast.parse("def f(seg):\n    return seg._hot.get(1), self._x._y, self._ok\n")
+    tree = ast.parse(
+        "class S:\n    def _mine(self): ...\n"
+        "def f(seg):\n    return seg._hot.get(1), self._x._y, self._ok, seg._mine()\n"
+    )
     assert sorted(reach.split(": ")[1] for reach in _private_reaches(tree)) == [
         "seg._hot",
         "self._x._y",

@@ -27,6 +27,7 @@ the docstrings of its public calls; what it owns besides is split into the modul
 from __future__ import annotations
 
 import contextlib
+import os
 import types
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -51,8 +52,14 @@ from shmfs.cache.lru import Evictor, Recency
 from shmfs.cache.memo import memoize
 from shmfs.cache.writes import Writes
 from shmfs.codecs import get_codec
-from shmfs.errors import InvalidArgument, SegmentDetached, ShmfsError, VariableNotFound
-from shmfs.segment import Segment, attach
+from shmfs.errors import (
+    InvalidArgument,
+    SegmentDetached,
+    ShmfsError,
+    UnsafeSegment,
+    VariableNotFound,
+)
+from shmfs.segment import SECRET_ENV, Segment, attach
 from shmfs.waiting import Watch
 
 __all__ = ["Cache"]
@@ -162,9 +169,11 @@ class Cache:
         self._writes = Writes(
             segment, self._recency, self._evictor, evict=policy == "lru", remember=_MEMO_SIZE
         )
-        # What another process needs to open the same cache: a Cache pickles as a reference.
+        # What another process needs to open the same cache: a Cache pickles as a reference,
+        # and never with its secret: the receiving process supplies it (``_reopen``).
         self._spec = {
-            **options,
+            **{option: value for option, value in options.items() if option != "secret"},
+            **({"signed": True} if options.get("secret") is not None else {}),
             "name": key,
             "ttl": ttl,
             "policy": policy,
@@ -604,5 +613,21 @@ class Cache:
 
 
 def _reopen(spec: dict[str, Any]) -> Cache:
-    """Open the cache a pickled :class:`Cache` referred to."""
-    return Cache(**spec)
+    """Open the cache a pickled :class:`Cache` referred to; a signed one with the secret in
+    ``$SHMFS_SECRET`` (a pickle carries none).
+
+    Raises:
+        UnsafeSegment: the cache is signed and ``$SHMFS_SECRET`` is not set here.
+    """
+    options = dict(spec)
+    if options.pop("signed", False):
+        secret = os.environ.get(SECRET_ENV)
+        if not secret:
+            name = options["name"]
+            raise UnsafeSegment(
+                f"cache {name} signs its values, and was unpickled without its secret (a "
+                f"pickle carries none): set ${SECRET_ENV} in the receiving process",
+                key=name,
+            )
+        options["secret"] = secret
+    return Cache(**options)

@@ -39,7 +39,7 @@ from shmfs.backends.sysv import ipc, layout, listing
 from shmfs.backends.sysv.chain_index import ChainIndex
 from shmfs.backends.sysv.journal import OVERHEAD, Journal, Unjournalled
 from shmfs.backends.sysv.semaphore import PhpSemaphore
-from shmfs.backends.sysv.translate import ipc_namespace, translate, verify
+from shmfs.backends.sysv.translate import ipc_namespace, squatted, translate, verify
 from shmfs.errors import CorruptSegment, SegmentFull, SegmentNotFound, ShmfsError
 from shmfs.forking import fork_epoch
 from shmfs.frame import Pieces
@@ -219,7 +219,8 @@ class SysvBackend(HoldsSegmentLock):
         try:
             semaphore = PhpSemaphore(sem_key or key, sem_perm, trust_uids)
         except OSError as exc:
-            raise translate(exc, f"cannot open the semaphore set of segment {key}", key) from exc
+            what = f"cannot open the semaphore set of segment {key}"
+            raise squatted(exc, "sem", sem_key or key, what) from exc
         lock = ReentrantLock(f"segment {key}", semaphore.take, semaphore.give)
         try:
             for _ in range(_OPEN_ATTEMPTS):
@@ -249,7 +250,7 @@ class SysvBackend(HoldsSegmentLock):
         except FileNotFoundError:
             shmid, created = -1, size
         except OSError as exc:
-            raise translate(exc, f"cannot open segment {key}", key) from exc
+            raise squatted(exc, "shm", key, f"cannot open segment {key}") from exc
         if created:
             lock.acquire(None)
         try:
@@ -266,7 +267,7 @@ class SysvBackend(HoldsSegmentLock):
         except OSError as exc:
             if exc.errno in (errno.EIDRM, errno.EINVAL):
                 return None  # removed between shmget and shmat: attach makes a fresh one
-            raise translate(exc, f"cannot attach segment {key}", key) from exc
+            raise squatted(exc, "shm", key, f"cannot attach segment {key}") from exc
         finally:
             if created:
                 lock.release()

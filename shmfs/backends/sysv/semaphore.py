@@ -8,7 +8,7 @@ import errno
 from typing import Final
 
 from shmfs.backends.sysv import ipc
-from shmfs.backends.sysv.translate import translate, verify
+from shmfs.backends.sysv.translate import squatted, translate, verify
 from shmfs.errors import LockTimeout, ShmfsError
 
 __all__ = ["SEM_USE", "PhpSemaphore"]
@@ -34,6 +34,7 @@ class PhpSemaphore:
 
     def _open(self, key: int, perm: int, trust_uids: frozenset[int]) -> int:
         for _ in range(_OPEN_ATTEMPTS):
+            what = f"cannot open the semaphore set {key:#x} of segment {key}"
             try:
                 semid = ipc.semget(key, 3, 0)
             except FileNotFoundError:
@@ -43,7 +44,13 @@ class PhpSemaphore:
                     continue  # created meanwhile by someone else: open theirs
                 self.created = True
                 return semid
-            verify(ipc.sem_stat(semid), trust_uids, f"semaphore set {key:#x}")
+            except OSError as exc:  # EACCES: another user's; EINVAL: fewer than 3 semaphores
+                raise squatted(exc, "sem", key, what) from exc
+            try:
+                stat = ipc.sem_stat(semid)
+            except OSError as exc:
+                raise squatted(exc, "sem", key, what) from exc
+            verify(stat, trust_uids, f"semaphore set {key:#x}")
             return semid
         raise ShmfsError(f"semaphore set {key:#x}: could not open it")
 

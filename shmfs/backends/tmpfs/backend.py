@@ -124,7 +124,7 @@ class TmpfsBackend(TmpfsHandle):
         except CorruptSegment:
             if self._meta[_INDEX_GEN] != gen or index_map.find(key)[0] != loc:
                 return None  # a stale location: the slot was reused
-            raise self._damaged(index, "its index entry names no slot") from None
+            raise self._damaged(index, "its index entry names no slot it can read") from None
         if data is None or self._meta[_INDEX_GEN] != gen:
             return None
         self._last.value = (index, trusted)

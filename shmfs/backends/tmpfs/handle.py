@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import mmap
 import os
 import threading
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from shmfs.backends.tmpfs.largefile import PAGE
 from shmfs.backends.tmpfs.largevars import LargeVars
 from shmfs.backends.tmpfs.recovery import recover
 from shmfs.backends.tmpfs.slabs import Slabs
+from shmfs.backends.tmpfs.unmapped import mappable, open_words
 from shmfs.backends.tmpfs.views import Views
 from shmfs.backends.tmpfs.waiters import TmpfsWatcher, set_waiter
 from shmfs.errors import CorruptSegment, SegmentDetached, SegmentNotFound
@@ -85,6 +85,7 @@ class TmpfsHandle(HoldsSegmentLock):
     _meta_fd = -1
     _notify_fd = -1
     _meta_mm: Any = None
+    _meta_mapped = False
     _index: Index | None = None
     _lock: SegmentLock | None = None
     # Set first thing in __init__; close() finds them with getattr after a failed one.
@@ -129,10 +130,13 @@ class TmpfsHandle(HoldsSegmentLock):
             self._close_now()
             raise
         self._recoveries = self._meta[_RECOVERIES]
-        self.hot = new_hot(self._large.vars, self._slabs.files, self._meta)
+        # The C fast path reads mappings; a segment whose metadata others can write (and so
+        # truncate) is not mapped at all (unmapped.py), and is read in Python.
+        if self._meta_mapped:
+            self.hot = new_hot(self._large.vars, self._slabs.files, self._meta)
         self._reset_hot()
         if self.hot is not None and self._index is not None:
-            self.hot.index(self._index.words, self._index.gen)
+            self._give_hot_index(self._index)
 
     @classmethod
     def open(
@@ -195,8 +199,10 @@ class TmpfsHandle(HoldsSegmentLock):
         verify_owner(st, self._trust_uids, f"segment {self.key} metadata")
         if st.st_size != PAGE:
             raise CorruptSegment(f"segment {self.key}: metadata is {st.st_size} bytes, not {PAGE}")
-        self._meta_mm = mmap.mmap(fd, PAGE)
-        self._meta = memoryview(self._meta_mm).cast("Q")
+        self._meta_mapped = mappable(st)
+        self._meta_mm, self._meta = open_words(
+            fd, st, PAGE, writable=True, name=f"segment {self.key} metadata"
+        )
         if self._meta[L.M_MAGIC] != L.META_MAGIC:
             raise CorruptSegment(f"segment {self.key}: metadata has a bad magic number")
         version = self._meta[L.M_VERSION]
@@ -243,12 +249,22 @@ class TmpfsHandle(HoldsSegmentLock):
                 os.close(fd)
             self._index = fresh
             if self.hot is not None:
-                self.hot.index(fresh.words, gen)
+                self._give_hot_index(fresh)
             # The old index is not closed: a lock-free read in another thread may be inside
             # it (it looks again once it sees the generation moved). It is unmapped when the
             # last reference to it goes, which is here unless such a read holds it.
             return fresh
         raise CorruptSegment(f"segment {self.key}: its index keeps being replaced")
+
+    def _give_hot_index(self, index: Index) -> None:
+        """Tell the C fast path the current index; turn it off if the index is not mapped
+        (a file another user could truncate: unmapped.py)."""
+        assert self.hot is not None
+        if index.mapped:
+            self.hot.index(index.words, index.gen)
+        else:
+            self.hot.close()  # a closed fast path answers SLOW: Python reads from now on
+            self.hot = None
 
     def _check(self) -> None:
         """Reopen what a fork shares with the parent; refuse a destroyed segment."""

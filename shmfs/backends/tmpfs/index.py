@@ -32,8 +32,9 @@ from collections.abc import Iterable, Iterator
 from typing import Final
 
 from shmfs.backends.tmpfs import layout as L
+from shmfs.backends.tmpfs.unmapped import check_allocated, is_unmapped, open_words
 from shmfs.errors import CorruptSegment
-from shmfs.hotpath import map_file, rehash
+from shmfs.hotpath import rehash
 
 __all__ = ["Index", "create_index", "index_name", "shift_for"]
 
@@ -86,7 +87,7 @@ def create_index(
     mask, down = buckets - 1, 64 - shift
     filled = 0
     if copy_from is not None:
-        copied = rehash(copy_from.words, words)
+        copied = rehash(copy_from.words, words) if copy_from.mapped else None
         if copied is None:
             entries = itertools.chain(copy_from.entries(), entries)
         else:
@@ -125,14 +126,20 @@ class Index:
         writable: Map it for writing (the segment lock must be held to write).
     """
 
-    __slots__ = ("_down", "_mm", "buckets", "gen", "mask", "words", "writable")
+    __slots__ = ("_down", "_mm", "buckets", "gen", "mapped", "mask", "words", "writable")
 
     def __init__(self, fd: int, gen: int, *, writable: bool) -> None:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
         if size < (_H + (2 << L.IX_MIN_SHIFT)) * L.WORD:
             raise CorruptSegment(f"index file is {size} bytes, too short")
-        self._mm = map_file(fd, size, writable=writable)  # keeps no descriptor where it can
-        self.words = memoryview(self._mm).cast("Q")
+        check_allocated(st, "index file")
+        # Mapped only if nobody else can shrink it (unmapped.py); keeps no descriptor then.
+        self._mm, self.words = open_words(
+            fd, st, size, writable=writable, name=f"index file {index_name(gen)}"
+        )
+        #: Whether it is mapped, so the C fast path may read it.
+        self.mapped = not is_unmapped(self._mm)
         words = self.words
         shift = words[L.IX_W_SHIFT]
         if (

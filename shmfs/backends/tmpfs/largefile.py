@@ -52,11 +52,11 @@ import mmap
 import os
 import stat
 import threading
-from typing import Final
+from typing import Any, Final, cast
 
+from shmfs.backends.tmpfs.unmapped import check_allocated, is_unmapped, mappable, open_words
 from shmfs.errors import CorruptSegment
 from shmfs.frame import SPLIT_HEAD, Pieces, Split, body_at
-from shmfs.hotpath import map_file
 
 __all__ = [
     "CONTENDED",
@@ -154,6 +154,9 @@ def _into_scratch(mm: mmap.mmap, start: int, length: int) -> memoryview:
     if buffer is None or len(buffer) < length:
         buffer = _scratch.buffer = bytearray(length)
     view = memoryview(buffer)[:length]
+    if is_unmapped(mm):  # a file read with pread (unmapped.py)
+        cast(Any, mm).readinto(view, start)
+        return view
     with memoryview(mm) as whole, whole[start : start + length] as source:
         view[:] = source  # released at once, so the mapping can still be closed
     return view
@@ -325,6 +328,7 @@ class VarFile:
         fd: An open descriptor of the file; the mapping keeps its own.
         writable: Map it for writing (the segment lock must be held to write).
         trusted: Whether only trusted uids can have written it (see ``Backend.trusted``).
+        name: The file, as messages name it.
     """
 
     __slots__ = ("_mm", "_open", "_words", "capacity", "hot", "inode", "trusted", "writable")
@@ -334,15 +338,18 @@ class VarFile:
     live = 0
     _counting = threading.Lock()
 
-    def __init__(self, fd: int, *, writable: bool, trusted: bool) -> None:
+    def __init__(
+        self, fd: int, *, writable: bool, trusted: bool, name: str = "variable file"
+    ) -> None:
         st = os.fstat(fd)
         size = st.st_size
         if not stat.S_ISREG(st.st_mode):
             raise CorruptSegment("variable is not a regular file")
         if size < HEADER_SIZE + 16 or size % 8:
             raise CorruptSegment(f"variable file is {size} bytes, not a shmfs variable")
-        self._mm = map_file(fd, size, writable=writable)  # keeps no descriptor where it can
-        self._words = memoryview(self._mm).cast("Q")
+        check_allocated(st, name)
+        # Mapped only if nobody else can shrink it (unmapped.py); keeps no descriptor then.
+        self._mm, self._words = open_words(fd, st, size, writable=writable, name=name)
         magic, version, capacity = self._words[0], self._words[1], self._words[2]
         if not _sound_header(self._words, size):
             self.close()
@@ -355,8 +362,9 @@ class VarFile:
         self.inode = st.st_ino
         self.writable = writable
         self.trusted = trusted
-        # What the C fast path (shmfs/_hot_c/) reads of us, in one attribute lookup.
-        self.hot = (self._words, self.capacity, trusted, writable)
+        # What the C fast path (shmfs/_hot_c/) reads of us, in one attribute lookup; None for
+        # a file read with pread, which it leaves to Python.
+        self.hot = (self._words, self.capacity, trusted, writable) if mappable(st) else None
         counts = type(self)  # not the module's name for it, gone at interpreter exit
         with counts._counting:
             counts.live += 1
@@ -442,6 +450,8 @@ class VarFile:
             raise CorruptSegment("variable file's sequence or length words are inconsistent")
         slot, _, length = published
         start = HEADER_SIZE + slot * self.capacity
+        if is_unmapped(self._mm):  # read with pread: a copy, taken under the lock
+            return memoryview(self._mm[start : start + length]).toreadonly()
         with memoryview(self._mm) as whole:
             return whole[start : start + length].toreadonly()
 

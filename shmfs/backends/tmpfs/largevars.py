@@ -30,6 +30,7 @@ from shmfs.backends.tmpfs.largefile import (
     unmapped_state,
     write_unmapped,
 )
+from shmfs.backends.tmpfs.unmapped import FileBytes
 from shmfs.errors import CorruptSegment, UnsafeSegment
 from shmfs.frame import Pieces, Split
 from shmfs.hotpath import maps_without_descriptors
@@ -61,6 +62,9 @@ def _process_mappings() -> int:
 
 
 _MAPPINGS_CAP: Final = 16384
+# Files read with pread (unmapped.py) kept open by a process, every handle's: each holds a
+# descriptor, so they are kept far under the usual limit of 1024.
+_UNMAPPED_CAP: Final = 256
 MAX_MAPPINGS: Final = _max_mappings()
 PROCESS_MAPPINGS: Final = _process_mappings()
 # Once the mappings are all taken, other variables are read with pread; one read this many times
@@ -130,7 +134,11 @@ class LargeVars:
 
     def no_room(self) -> bool:
         """Whether mapping another variable means unmapping one."""
-        return len(self.vars) >= MAX_MAPPINGS or VarFile.live >= PROCESS_MAPPINGS
+        return (
+            len(self.vars) >= MAX_MAPPINGS
+            or VarFile.live >= PROCESS_MAPPINGS
+            or FileBytes.live >= _UNMAPPED_CAP
+        )
 
     def _admit(self, index: int, *, room: bool = False) -> bool:
         """Whether to map ``index`` now rather than copy its value with ``pread``: mapping a
@@ -201,7 +209,12 @@ class LargeVars:
             writable = False  # another trusted user's segment that we may only read
             fd = os.open(name, sd.OPEN_RO, dir_fd=self._dir_fd())
         try:
-            var = VarFile(fd, writable=writable, trusted=self._trusted(os.fstat(fd)))
+            var = VarFile(
+                fd,
+                writable=writable,
+                trusted=self._trusted(os.fstat(fd)),
+                name=f"segment {self.key} variable file {name}",
+            )
         finally:
             os.close(fd)
         if self.vars and self.no_room():

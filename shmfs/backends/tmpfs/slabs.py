@@ -29,8 +29,8 @@ from typing import Final
 
 from shmfs.backends.fsutil import translate
 from shmfs.backends.tmpfs import layout as L
+from shmfs.backends.tmpfs.unmapped import check_allocated, mappable, open_words
 from shmfs.errors import CorruptSegment
-from shmfs.hotpath import map_file
 
 __all__ = ["SlabFile", "Slabs", "location", "slab_name", "split_location"]
 
@@ -84,8 +84,11 @@ class SlabFile:
         self.size = L.slab_size(number, file)
         if not stat.S_ISREG(st.st_mode) or st.st_size != self.size:
             raise CorruptSegment(f"slab file {slab_name(number, file)} is not {self.size} bytes")
-        self.mm = map_file(fd, self.size, writable=writable)  # keeps no descriptor where it can
-        self.words = memoryview(self.mm).cast("Q")
+        check_allocated(st, f"slab file {slab_name(number, file)}")
+        # Mapped only if nobody else can shrink it (unmapped.py); keeps no descriptor then.
+        self.mm, self.words = open_words(
+            fd, st, self.size, writable=writable, name=f"slab file {slab_name(number, file)}"
+        )
         words = self.words
         if (
             words[L.SLAB_W_MAGIC] != L.SLAB_MAGIC
@@ -99,8 +102,11 @@ class SlabFile:
         self.slots = L.slots_in(number, file)
         self.writable = writable
         self.trusted = trusted
-        # What the C fast path (shmfs/_hot_c/slab.c) reads of us, in one attribute lookup.
-        self.hot = (self.words, self.slot_size, self.slots, trusted, writable)
+        # What the C fast path (shmfs/_hot_c/slab.c) reads of us, in one attribute lookup;
+        # None for a file read with pread, which it leaves to Python.
+        self.hot = (
+            (self.words, self.slot_size, self.slots, trusted, writable) if mappable(st) else None
+        )
 
     def close(self) -> None:
         """Unmap; harmless while another thread still reads (the GC unmaps it then)."""
