@@ -33,6 +33,7 @@ __all__ = [
     "TAKE",
     "VERSION",
     "WRITE",
+    "WRITE_MANY",
 ]
 
 # KEYS: meta. ARGV: size, perm, created, creator_pid, owner, epoch. The first creator sets the
@@ -100,6 +101,30 @@ redis.call('HINCRBY', KEYS[2], 'used', new - old)
 local generation = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[5], ARGV[2])
 return {1, epoch .. ':' .. generation}
+"""
+)
+# KEYS: lock, meta, vars, gen, changes. ARGV: token, then index, data for each variable of a
+# batch (each index once). Replies: {1} all written; {2, used} they do not all fit (used: the
+# bytes the variables outside the batch take), nothing written; {-1, holder} locked by another.
+WRITE_MANY: Final = (
+    "#!lua\n"
+    + _GATE
+    + """
+local old, new = 0, 0
+for i = 2, #ARGV, 2 do
+  old = old + redis.call('HSTRLEN', KEYS[3], ARGV[i])
+  new = new + string.len(ARGV[i + 1])
+end
+if used - old + new > size then return {2, used - old} end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[4], ARGV[i], 1)
+end
+redis.call('HINCRBY', KEYS[2], 'used', new - old)
+for i = 2, #ARGV, 2 do
+  redis.call('PUBLISH', KEYS[5], ARGV[i])
+end
+return {1}
 """
 )
 # KEYS: lock, meta, vars, gen, changes. ARGV: token, index. Replies {1} removed, {0} absent.
