@@ -8,11 +8,14 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import shmfs
+from shmfs.cache import entry as cache_entry
+from shmfs.cache import keys as cache_keys
 from tests.batch_workers import put_batches, put_batches_forever, read_batches
 from tests.conftest import segment_ref
 from tests.test_contract import BAD_INDICES
@@ -281,3 +284,97 @@ def test_redis_batches_are_fenced_by_another_holders_lock(redis_url: str, key: i
     finally:
         other.detach()
         seg.destroy()
+
+
+# ------------------------------------------------------------------------ Cache
+
+
+@pytest.fixture
+def cache(backend: str, where: str, key: int) -> Iterator[shmfs.Cache]:
+    opened = shmfs.Cache(key, 1 << 20, backend=backend, root=where)
+    try:
+        yield opened
+    finally:
+        opened.close()
+        shmfs.attach(key, backend=backend, root=where).destroy()
+
+
+def test_cache_get_many_and_set_many(cache: shmfs.Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    moment = [1_700_000_000.0]
+    monkeypatch.setattr(cache_entry, "clock", lambda: moment[0])
+    cache.set_many({"a": 1, ("t", 2): [2], b"c": None}, ttl=10)
+    cache.set_many({"d": "forever"})
+    cache.set_many({})
+    assert cache.get_many(["a", "x", ("t", 2), b"c", "d"]) == {
+        "a": 1,
+        ("t", 2): [2],
+        b"c": None,
+        "d": "forever",
+    }
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"]) == (4, 1)
+    moment[0] += 11  # the ttl=10 entries expire
+    assert cache.get_many(["a", ("t", 2), b"c", "d"]) == {"d": "forever"}
+    assert cache.get("a") is None and len(cache) == 1
+
+
+def test_cache_batches_keep_colliding_keys_apart(
+    cache: shmfs.Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache.set("old", "kept")
+    monkeypatch.setattr(cache_keys, "key_index", lambda text: 4321)
+    cache.set("same-slot", 0)  # now "old" shares a variable only if it hashed there: not
+    cache.set_many({f"k{n}": n for n in range(10)})
+    assert cache.get_many([f"k{n}" for n in range(10)]) == {f"k{n}": n for n in range(10)}
+    assert cache.get("same-slot") == 0
+    monkeypatch.undo()
+    assert cache.get("old") == "kept"
+
+
+def test_cache_set_many_stores_nothing_when_a_value_does_not_encode(cache: shmfs.Cache) -> None:
+    cache.set("a", "old")
+    with pytest.raises(shmfs.SerializationError):
+        cache.set_many({"a": "new", "b": "new", "c": threading.Lock()})
+    assert cache.get_many(["a", "b", "c"]) == {"a": "old"}
+
+
+def test_cache_set_many_evicts_for_the_batch_or_raises_with_policy_error(
+    backend: str, where: str, key: int
+) -> None:
+    for policy in ("lru", "error"):
+        cache = shmfs.Cache(key, 64 * 1024, backend=backend, root=where, policy=policy)
+        try:
+            cache.set_many({f"old-{n}": "x" * 1000 for n in range(40)})
+            batch = {f"new-{n}": "y" * 1000 for n in range(30)}
+            if policy == "error":
+                before = {f"old-{n}" for n in range(40)} & set(cache.get_many(list(cache)))
+                with pytest.raises(shmfs.SegmentFull):
+                    cache.set_many(batch)
+                assert cache.get_many(list(batch)) == {}
+                assert set(cache.get_many([f"old-{n}" for n in range(40)])) == before
+            else:
+                cache.set_many(batch)
+                assert cache.get_many(list(batch)) == batch
+                assert cache.stats()["evictions"] > 0
+        finally:
+            cache.close()
+            shmfs.attach(key, backend=backend, root=where).destroy()
+
+
+def test_cache_batches_take_one_lock(cache: shmfs.Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_many and set_many go through the segment's batch calls: one each (the cache's own
+    bookkeeping, the LRU stamps below FIRST_ENTRY, aside)."""
+    calls: list[Any] = []
+    segment = cache.segment
+    for name in ("get_many", "put_many", "get", "put"):
+        real = getattr(segment, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            if _name.endswith("_many") or args[0] >= cache_keys.FIRST_ENTRY:
+                calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(segment, name, counted)
+    cache.set_many({f"k{n}": n for n in range(50)})
+    assert cache.get_many([f"k{n}" for n in range(50)]) == {f"k{n}": n for n in range(50)}
+    assert calls == ["get_many", "put_many", "get_many"]
