@@ -19,7 +19,7 @@ work the same way for every backend, through the capabilities the backend declar
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from shmfs import frame
 from shmfs.access import Holding
@@ -29,12 +29,16 @@ from shmfs.validate import check_index
 
 __all__ = ["check_indexes", "check_items", "get_many", "put_many"]
 
+_MIN: Final = -(1 << 63)
+_MAX: Final = (1 << 63) - 1
+
 Decode = Callable[[Backend, int, "bytes | memoryview | frame.Split"], Any]
 Encode = Callable[[Any], "bytes | frame.Pieces"]
 
 
 def check_indexes(indexes: Iterable[int]) -> list[int]:
-    """The indices asked for, each checked, without repeats, in the order given.
+    """The indices asked for, each checked, in the order given (a repeat is read again, and
+    comes once in the result).
 
     Raises:
         InvalidArgument: ``indexes`` is not an iterable of indices (a str or bytes included).
@@ -43,7 +47,11 @@ def check_indexes(indexes: Iterable[int]) -> list[int]:
     """
     if isinstance(indexes, str | bytes | bytearray | Mapping) or not isinstance(indexes, Iterable):
         raise InvalidArgument(f"indexes must be an iterable of ints, not {type(indexes).__name__}")
-    return list(dict.fromkeys(check_index(index) for index in indexes))
+    given = list(indexes)
+    # The common case checked at C speed: plain ints in range (a bool is not one).
+    if given and set(map(type, given)) == {int} and _MIN <= min(given) and max(given) <= _MAX:
+        return given
+    return [check_index(index) for index in given]
 
 
 def check_items(mapping: Mapping[int, Any] | Iterable[tuple[int, Any]]) -> dict[int, Any]:
