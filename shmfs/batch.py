@@ -49,7 +49,7 @@ def check_indexes(indexes: Iterable[int]) -> list[int]:
         raise InvalidArgument(f"indexes must be an iterable of ints, not {type(indexes).__name__}")
     given = list(indexes)
     # The common case checked at C speed: plain ints in range (a bool is not one).
-    if given and set(map(type, given)) == {int} and _MIN <= min(given) and max(given) <= _MAX:
+    if given and set(map(type, given)) == {int} and min(given) >= _MIN and max(given) <= _MAX:
         return given
     return [check_index(index) for index in given]
 
