@@ -338,7 +338,7 @@ class Segment(MutableMapping[int, Any]):
         of the segment lock, redis in one ``HMGET``. Absent indices are left out of the result.
 
         Args:
-            indexes: The indices to read (repeats are read once).
+            indexes: The indices to read (a repeat comes once in the result).
 
         Returns:
             ``{index: value}`` for the indices holding a value, in the order asked.

@@ -9,8 +9,8 @@ calls again). Then they check that the segment is whole: metadata present, and v
 beside their generations, else ``EVICTED`` (a server evicting keys took part of it).
 
 Scripts that only free memory (remove, clear, destroy) carry ``allow-oom``, so they run on a
-server at its ``maxmemory``; the write script does not, so at that limit the server refuses it
-before it runs (Redis 7 checks flagged scripts as they start), and nothing is half written.
+server at its ``maxmemory``; the write scripts do not, so at that limit the server refuses them
+before they run (Redis 7 checks flagged scripts as they start), and nothing is half written.
 
 A version, ``epoch:generation``, names one state of one index: ``epoch`` is drawn when the
 segment is created, so a destroyed and re-created segment never repeats a version.
