@@ -15,6 +15,7 @@ import sys
 import time
 from types import FrameType
 
+from bench import batch as batch_calls
 from bench import cases, environment, frameworks, report, scale, targets
 from bench.scratch import Scratch
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         through = frameworks.frameworks_compare(
             scratch, progress, rounds=rounds, batch=batch, batches=batches
         )
+        batched = batch_calls.measure(scratch, progress)
     except KeyboardInterrupt:
         progress("interrupted: cleaning up")
         return 130
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems:
             progress(f"CLEANUP PROBLEM: {problem}")
     rows = targets.evaluate(points, fill, pairs, incr) + targets.scale_rows(scaled)
+    rows += targets.batch_rows(batched)
     plan_info = {"quick": args.quick, **dataclasses.asdict(plan)}
     print(report.markdown(env, plan_info, rows, points, fill, pairs, incr, scaled, through))
     json_path = os.path.join(args.out, "results.json")

@@ -19,6 +19,7 @@ __all__ = [
     "SYSV",
     "TMPFS",
     "Row",
+    "batch_rows",
     "evaluate",
     "memory_per_variable",
     "redis_crowd_rows",
@@ -360,6 +361,37 @@ def redis_crowd_rows(
             p99 <= 3.0,
         ),
     ]
+
+
+#: (backend, limit): a get_many of 100 variables against one get of the same segment.
+BATCH_TARGETS: tuple[tuple[str, float], ...] = (("redis", 2.0), ("tmpfs", 30.0), ("sysv", 30.0))
+
+
+def batch_rows(results: dict[str, Any]) -> list[Row]:
+    """The batch targets: ``get_many`` of 100 variables against one ``get``, per backend
+    (``results``: :func:`bench.batch.measure`'s, by backend)."""
+    rows = []
+    for backend, limit in BATCH_TARGETS:
+        label = f"{backend} get_many of 100 variables <= {limit:g}x one get"
+        found = results.get(backend)
+        if not isinstance(found, dict):
+            rows.append(Row(label, str(found or "not measured"), None))
+            continue
+        many, one = found["get_many"], found["get"]
+        r = many.ratio(one)
+        rows.append(Row(label, f"{many.median:.1f} / {one.median:.2f} µs = {r:.1f}x", r <= limit))
+    floor = results.get("redis-py")
+    if isinstance(floor, dict):
+        many, one = floor["get_many"], floor["get"]
+        rows.append(
+            Row(
+                "redis-py's own HMGET of those 100 fields against its HGET, same socket: stated",
+                f"{many.median:.1f} / {one.median:.2f} µs = {many.ratio(one):.1f}x",
+                True,
+                stated=True,
+            )
+        )
+    return rows
 
 
 def sysv_rows(fill: dict[str, Any]) -> list[Row]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
-from shmfs import codecs, frame, optimistic, waiting
+from shmfs import batch, codecs, frame, optimistic, waiting
 from shmfs.access import Holding, Locked, Watched
 from shmfs.backends import (
     SLOW,
@@ -342,6 +342,28 @@ class Segment(MutableMapping[int, Any]):
             self._say_closed(exc)
             raise
 
+    @_detached_says_so
+    def get_many(self, indexes: Iterable[int]) -> dict[int, Any]:
+        """Return the values of those ``indexes`` that hold one, read in one consistent step.
+
+        No write lands in the middle of the batch: the local backends read it under one hold
+        of the segment lock, redis in one ``HMGET``. Absent indices are left out of the result.
+
+        Args:
+            indexes: The indices to read (a repeat comes once in the result).
+
+        Returns:
+            ``{index: value}`` for the indices holding a value, in the order asked.
+
+        Raises:
+            InvalidArgument: ``indexes`` is not an iterable of indices.
+            LockTimeout: the segment lock was not had within ``lock_timeout``.
+            The errors of :meth:`get` (an index that fails raises for the whole call).
+        """
+        return batch.get_many(
+            self._open(), batch.check_indexes(indexes), self._hot, self._decode, self._holding
+        )
+
     def _read_locked(self, index: int) -> bytes | memoryview | frame.Split | None:
         with self._holding() as backend:
             return backend.read(index)
@@ -461,6 +483,34 @@ class Segment(MutableMapping[int, Any]):
         except Exception as exc:  # detached meanwhile (a finalizer, another thread)?
             self._say_closed(exc)
             raise
+
+    @_detached_says_so
+    def put_many(self, mapping: Mapping[int, Any] | Iterable[tuple[int, Any]]) -> None:
+        """Store every value of ``mapping`` (``{index: value}``, or pairs), all or none.
+
+        Every index is checked and every value encoded before anything is touched. Then the
+        batch is written under one hold of the segment lock (redis: in one script call), and
+        readers see all of it or none of it. If one value cannot be stored (it does not
+        encode, the segment has no room for the whole batch, an I/O error) no value is, and
+        the segment is as it was. A writer killed with SIGKILL mid-batch leaves every old value
+        or every new one on tmpfs, except as the README's "Batches" says; on sysv, each
+        variable old or new.
+
+        Raises:
+            InvalidArgument: ``mapping`` is neither a mapping nor an iterable of pairs.
+            SegmentFull: the batch does not fit (``needed``: the whole batch's bytes).
+            The errors of :meth:`put`.
+        """
+        backend = self._open()  # a closed handle's error before a bad index's
+        batch.put_many(
+            self.key,
+            backend,
+            batch.check_items(mapping),
+            encode=self._encode,
+            atomic=self._atomic,
+            holding=self._holding,
+            timeout=self._lock_timeout,
+        )
 
     @_detached_says_so
     def put_if_head(

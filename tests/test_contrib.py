@@ -217,6 +217,34 @@ def test_unencodable_values_raise_a_pickle_error_and_keep_the_old(
     assert isinstance(error, UnpicklableValue) and error.codec == "cloudpickle"
 
 
+def test_batches_go_through_the_cache_s_batch_calls_all_or_nothing(
+    django_cache: Callable[..., Any],
+    cachelib_cache: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    django, flaskish = django_cache(), cachelib_cache()
+    batches: list[str] = []
+    for name in ("get_many", "set_many"):
+        real = getattr(shmfs.Cache, name)
+
+        def counted(self: Any, *args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            batches.append(_name)
+            return _real(self, *args, **kw)
+
+        monkeypatch.setattr(shmfs.Cache, name, counted)
+    assert django.set_many({"a": 1, "b": 2}) == []
+    assert django.get_many(["a", "b", "c"]) == {"a": 1, "b": 2}
+    with pytest.raises(pickle.PickleError):
+        django.set_many({"a": 9, "lock": threading.Lock()})
+    assert django.get_many(["a", "lock"]) == {"a": 1}
+    assert flaskish.set_many({"x": 1, "y": [2]}) == ["x", "y"]
+    assert flaskish.get_many("x", "nope", "y") == [1, None, [2]]
+    with pytest.raises(pickle.PickleError):
+        flaskish.set_many({"x": 9, "lock": threading.Lock()})
+    assert flaskish.get_many("x", "lock") == [1, None]
+    assert batches == ["set_many", "get_many", "set_many", "get_many"] * 2
+
+
 def test_django_async_methods_run_in_the_loop_s_thread(
     django_cache: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

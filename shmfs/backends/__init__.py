@@ -19,6 +19,7 @@ its length is the documentation of each call and capability; the code is declara
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable, Iterable
@@ -46,6 +47,7 @@ __all__ = [
     "capabilities",
     "refuse_options",
     "segment_full",
+    "write_each",
 ]
 
 
@@ -196,6 +198,11 @@ class Atomic(Protocol):
         """The last (version, frame) of ``index`` this handle saw, perhaps stale; ``None``."""
         ...
 
+    def commit_many(self, items: list[tuple[int, bytes]], timeout: float | None) -> None:
+        """Store every ``(index, data)`` in one atomic step, or none (``SegmentFull`` for the
+        whole batch if they do not all fit)."""
+        ...
+
     def peek(self, index: int) -> tuple[object, bytes | None]:
         """The (version, frame) of ``index`` now, in one step."""
         ...
@@ -203,6 +210,10 @@ class Atomic(Protocol):
 
 #: ``pin(index, timeout)``: see :class:`Capabilities`.
 Pin = Callable[[int, float | None], AbstractContextManager[memoryview | None]]
+#: ``read_many(indexes)``: see :class:`Capabilities`.
+ReadMany = Callable[[list[int]], list[bytes | None]]
+#: ``write_many(items)``: see :class:`Capabilities`.
+WriteMany = Callable[[list[tuple[int, bytes | Pieces]]], None]
 
 
 class Backend(Protocol):
@@ -214,7 +225,8 @@ class Backend(Protocol):
 
     Besides the members below, a backend may offer the optional capabilities that
     :class:`Capabilities` lists; :func:`capabilities` reads them, with their defaults for a
-    backend that does not (tmpfs has the first three, redis ``atomic``, sysv none).
+    backend that does not (tmpfs has the first three and ``write_many``, redis ``atomic`` and
+    ``read_many``, sysv none: every backend has ``write_many``, by default :func:`write_each`).
     """
 
     #: The registry name.
@@ -339,12 +351,22 @@ class Capabilities:
             zero-copy; default ``None``: ``view`` decodes a private copy.
         atomic: The instance attribute ``atomic``: an :class:`Atomic` through which single
             changes take no segment lock (default ``None``: they take it).
+        write_many: The method ``write_many(items)``: store every ``(index, data)`` pair, lock
+            held, all or none (``SegmentFull`` leaves every old value). Default
+            :func:`write_each`: ``write`` in a loop, the old frames put back if one fails.
+            tmpfs's publishes the whole batch with one store, so that a writer killed
+            mid-batch leaves all old values or all new ones.
+        read_many: The method ``read_many(indexes)``: the frames of ``indexes`` (``None``:
+            absent) read in one step without the segment lock (redis: one ``HMGET``).
+            Default ``None``: the segment reads them one by one under one lock.
     """
 
     hot: Hot | None = None
     writes_pieces: bool = False
     pin: Pin | None = None
     atomic: Atomic | None = None
+    write_many: WriteMany | None = None
+    read_many: ReadMany | None = None
 
 
 def capabilities(backend: Backend) -> Capabilities:
@@ -354,7 +376,41 @@ def capabilities(backend: Backend) -> Capabilities:
         writes_pieces=bool(getattr(backend, "writes_pieces", False)),
         pin=getattr(backend, "pin", None),
         atomic=getattr(backend, "atomic", None),
+        write_many=getattr(backend, "write_many", None) or functools.partial(write_each, backend),
+        read_many=getattr(backend, "read_many", None),
     )
+
+
+def write_each(backend: Backend, items: list[tuple[int, bytes | Pieces]]) -> None:
+    """The default ``write_many``: each pair with ``write``, under the lock the caller holds.
+
+    A failure (``SegmentFull``, an I/O error) puts back the old frames of the indices already
+    written, newest first, so the segment is as before; then the failure is raised. Restoring
+    fits, since the old frames fitted before. A writer killed mid-loop leaves each variable old
+    or new, as ``write`` does, but the batch may be part written (the README says so).
+    """
+    done: list[tuple[int, bytes | None]] = []
+    try:
+        for index, data in items:
+            old = _frame_bytes(backend.read(index))
+            backend.write(index, data)
+            done.append((index, old))
+    except BaseException:
+        for index, old in reversed(done):
+            if old is None:
+                backend.delete(index)
+            else:
+                backend.write(index, old)
+        raise
+
+
+def _frame_bytes(data: bytes | memoryview | Split | None) -> bytes | None:
+    """A private copy of a frame ``read`` gave (its memoryview may be of a reused buffer)."""
+    if data is None or type(data) is bytes:
+        return data
+    if isinstance(data, Split):
+        return b"".join(data)
+    return bytes(data)
 
 
 def backend_name(name: str | None) -> str:

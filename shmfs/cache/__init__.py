@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -45,6 +45,7 @@ from shmfs.cache.entry import (
     find,
     live,
     live_keys,
+    merged,
     sweep,
 )
 from shmfs.cache.keys import FIRST_ENTRY, name_key
@@ -55,6 +56,7 @@ from shmfs.codecs import get_codec
 from shmfs.errors import (
     InvalidArgument,
     SegmentDetached,
+    SegmentFull,
     ShmfsError,
     UnsafeSegment,
     VariableNotFound,
@@ -236,6 +238,35 @@ class Cache:
             self._recency.flush(now)
         return default
 
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        """Return ``{key: value}`` for those ``keys`` that have a live entry, read in one step
+        (:meth:`Segment.get_many <shmfs.Segment.get_many>`: one hold of the lock, one round
+        trip on redis); each key counts a hit or a miss, as :meth:`get` counts it.
+
+        Raises:
+            The errors of :meth:`get`; ``LockTimeout`` if the lock was not had in time.
+        """
+        slots = [(key, *self._slot(key)) for key in keys]
+        stored = self.segment.get_many([index for _, _, index in slots])
+        now = cache_entry.clock()
+        found: dict[Any, Any] = {}
+        expired: list[tuple[int, str]] = []
+        for key, text, index in slots:
+            entry = find(stored.get(index), text)
+            if entry is not None and live(entry, now):
+                found[key] = entry[1]
+                self._counts[0] += 1
+                self._pending[index & self._mask] = now
+                continue
+            self._counts[1] += 1
+            if entry is not None and entry[2] is not None and now >= entry[2]:
+                expired.append((index, text))  # not one from "the future": see live()
+        if now > self._recency.due:
+            self._recency.flush(now)
+        for index, text in expired:
+            self._drop_expired(index, text)
+        return found
+
     def peek(self, key: Any, default: Any = None) -> Any:
         """Return the value of ``key``'s live entry, or ``default``, counting neither a hit nor
         a miss nor a use (for looking without disturbing the LRU or the stats).
@@ -288,6 +319,46 @@ class Cache:
         """
         text, index = self._slot(key)
         self._writes.set(index, text, value, self.ttl if ttl is None else check_ttl(ttl))
+
+    def set_many(self, mapping: Mapping[Any, Any], ttl: float | None = None) -> None:
+        """Store every ``key: value`` of ``mapping``, all or none, under one hold of the lock
+        (the segment's :meth:`~shmfs.Segment.put_many`): readers see all of them or none.
+
+        Args:
+            mapping: The entries to store.
+            ttl: As :meth:`set`'s, for every entry.
+
+        Raises:
+            SerializationError: a value cannot be encoded; nothing was stored.
+            SegmentFull: the batch does not fit even after eviction (or ``policy="error"``);
+                nothing was stored.
+            The errors of :meth:`set`.
+        """
+        life = self._life(ttl)
+        planned = [(*self._slot(key), value) for key, value in mapping.items()]
+        if not planned:
+            return
+        segment = self.segment
+        attempt = 0
+        with segment.lock():
+            while True:
+                now = cache_entry.clock()
+                expires = None if life is None else now + life
+                stored = segment.get_many([index for _, index, _ in planned])
+                variables: dict[int, Any] = {}
+                for text, index, value in planned:
+                    held = variables[index] if index in variables else stored.get(index)
+                    variables[index] = merged(held, (text, value, expires, now), now)
+                try:
+                    segment.put_many(variables)
+                    break
+                except SegmentFull as full:
+                    # Evicting with the lock held: other writers cannot take the room first.
+                    if self.policy != "lru" or not self._evictor.make_room(full, attempt):
+                        raise
+                    attempt += 1
+        for index in variables:
+            self._writes.used(index, now)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.set(key, value)

@@ -35,6 +35,7 @@ __all__ = [
     "find",
     "live",
     "live_keys",
+    "merged",
     "overwrite",
     "rewrite",
     "sweep",
@@ -110,6 +111,16 @@ def _split(stored: Any, text: str, now: float) -> tuple[Entry | None, dict[str, 
         else:
             others[entry[0]] = entry[1:]
     return ours, others
+
+
+def merged(stored: Any, entry: Entry, now: float) -> Any:
+    """What a variable holding ``stored`` holds once ``entry`` is set in it: ``entry`` alone,
+    or a bucket of it and the live entries of the other keys there (expired ones dropped)."""
+    _, others = _split(stored, entry[0], now)
+    if not others:
+        return entry
+    others[entry[0]] = entry[1:]
+    return others
 
 
 def rewrite(segment: Segment, index: int, text: str, change: Change) -> tuple[Any, bool, float]:

@@ -116,7 +116,11 @@ class ShmfsCache(BaseCache):
 
     def get_many(self, *keys: str) -> list[Any]:
         """The values of ``keys``, in order (``None`` for each absent one)."""
-        return [self.get(key) for key in keys]
+        found = self._cache.get_many([self._key(key) for key in keys])
+        return [
+            self._decode(found[name]) if name in found else None
+            for name in (self._key(key) for key in keys)
+        ]
 
     def has(self, key: str) -> bool:
         """Whether ``key`` has a live entry (without decoding its value)."""
@@ -166,8 +170,21 @@ class ShmfsCache(BaseCache):
             raise UnpicklableValue.of(exc) from exc  # cachelib's PickleError
 
     def set_many(self, mapping: dict[str, Any], timeout: Timeout = None) -> list[Any]:
-        """Store every pair of ``mapping``; the keys stored (all: a failure raises)."""
-        return [key for key, value in mapping.items() if self.set(key, value, timeout)]
+        """Store every pair of ``mapping``, all or none; the keys stored (all: a failure
+        raises, and then nothing was stored).
+
+        Raises:
+            UnpicklableValue: the codec cannot encode a value (a ``pickle.PickleError``).
+        """
+        ttl = self._ttl(timeout)
+        if ttl is None:
+            return [key for key in mapping if self.set(key, None, timeout)]
+        encoded = {self._key(key): self._encode(value) for key, value in mapping.items()}
+        try:
+            self._cache.set_many(encoded, ttl)
+        except SerializationError as exc:
+            raise UnpicklableValue.of(exc) from exc  # cachelib's PickleError
+        return list(mapping)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``'s entry; whether it had a live one."""

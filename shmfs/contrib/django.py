@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from shmfs.cache import Cache
-from shmfs.cache.entry import KEEP, MISSING, Entry
+from shmfs.cache.entry import KEEP, Entry
 from shmfs.contrib import UnpicklableValue
 from shmfs.errors import SerializationError
 
@@ -125,13 +125,8 @@ class ShmfsCache(BaseCache):  # type: ignore[misc]  # Django ships no type infor
 
     def get_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
         """The values of those ``keys`` that have one, by key."""
-        found = {}
-        get = self._cache.get
-        for key in keys:
-            value = get(self.make_and_validate_key(key, version=version), MISSING)
-            if value is not MISSING:
-                found[key] = value
-        return found
+        names = {self.make_and_validate_key(key, version=version): key for key in keys}
+        return {names[name]: value for name, value in self._cache.get_many(names).items()}
 
     def has_key(self, key: Any, version: int | None = None) -> bool:
         """Whether ``key`` has a live entry."""
@@ -162,10 +157,24 @@ class ShmfsCache(BaseCache):  # type: ignore[misc]  # Django ships no type infor
     def set_many(
         self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> list[Any]:
-        """Store every pair of ``data``; the keys that failed (none: a failure raises)."""
+        """Store every pair of ``data``, all or none; the keys that failed (none: a failure
+        raises, and then nothing was stored).
+
+        Raises:
+            UnpicklableValue: the codec cannot encode a value (a ``pickle.PickleError``).
+        """
         ttl = self._ttl(timeout)
-        for key, value in data.items():
-            self._store(self.make_and_validate_key(key, version=version), value, ttl)
+        named = {
+            self.make_and_validate_key(key, version=version): value for key, value in data.items()
+        }
+        if ttl is None:
+            for name in named:
+                self._cache.delete(name)
+            return []
+        try:
+            self._cache.set_many(named, ttl)
+        except SerializationError as exc:
+            raise UnpicklableValue.of(exc) from exc  # Django's PickleError
         return []
 
     def add(

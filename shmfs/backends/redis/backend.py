@@ -284,6 +284,23 @@ class RedisBackend(HoldsSegmentLock):
                 listing.check_whole(client, self.key)
         return data if data is None or isinstance(data, bytes) else bytes(data)
 
+    def read_many(self, indexes: list[int]) -> list[bytes | None]:
+        """The frames of ``indexes`` (``None``: absent) in one step: one ``HMGET``."""
+        client = self.client
+        with self._guard:
+            found = command(
+                client,
+                self._guard.url,
+                "HMGET",
+                self._vars,
+                *indexes,
+                changes=False,
+                key=self._vars,
+            )
+            if None in found:
+                listing.check_whole(client, self.key)
+        return [data if data is None or isinstance(data, bytes) else bytes(data) for data in found]
+
     def _writable(self) -> None:
         """Reconnect after fork; refuse a write in a section of the parent's lock (the child
         holds none of it: see ``ReentrantLock.inherit``)."""

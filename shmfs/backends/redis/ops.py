@@ -30,8 +30,9 @@ from shmfs.errors import InvalidArgument
 
 __all__ = ["Operations"]
 
-WRITE, REMOVE, CLEAR, DESTROY, PEEK = (
+WRITE, WRITE_MANY, REMOVE, CLEAR, DESTROY, PEEK = (
     Script(scripts.WRITE),
+    Script(scripts.WRITE_MANY),
     Script(scripts.REMOVE),
     Script(scripts.CLEAR),
     Script(scripts.DESTROY),
@@ -115,6 +116,18 @@ class Operations:
         current = reply[2] if len(reply) > 2 else None
         self._remember(index, version, current)
         return Committed(False, version, current)
+
+    def commit_many(self, items: list[tuple[int, bytes]], timeout: float | None) -> None:
+        """See :class:`~shmfs.backends.Atomic`: one script call, the gate and quota of
+        ``commit``'s."""
+        args: list[Any] = []
+        for index, data in items:
+            self._seen.pop(index, None)  # their new versions are not asked for
+            args += (index, data)
+        reply = self._call(WRITE_MANY, args, timeout, changes=True)
+        if reply[0] == 2:
+            needed = sum(len(data) for _, data in items)
+            raise segment_full(self._key, items[0][0], needed, self._size(), int(reply[1]))
 
     def discard(self, index: int, timeout: float | None) -> bool:
         """See :class:`~shmfs.backends.Atomic`."""

@@ -9,8 +9,8 @@ calls again). Then they check that the segment is whole: metadata present, and v
 beside their generations, else ``EVICTED`` (a server evicting keys took part of it).
 
 Scripts that only free memory (remove, clear, destroy) carry ``allow-oom``, so they run on a
-server at its ``maxmemory``; the write script does not, so at that limit the server refuses it
-before it runs (Redis 7 checks flagged scripts as they start), and nothing is half written.
+server at its ``maxmemory``; the write scripts do not, so at that limit the server refuses them
+before they run (Redis 7 checks flagged scripts as they start), and nothing is half written.
 
 A version, ``epoch:generation``, names one state of one index: ``epoch`` is drawn when the
 segment is created, so a destroyed and re-created segment never repeats a version.
@@ -33,6 +33,7 @@ __all__ = [
     "TAKE",
     "VERSION",
     "WRITE",
+    "WRITE_MANY",
 ]
 
 # KEYS: meta. ARGV: size, perm, created, creator_pid, owner, epoch. The first creator sets the
@@ -107,6 +108,30 @@ redis.call('HINCRBY', KEYS[2], 'used', new - old)
 local generation = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[5], ARGV[2])
 return {1, epoch .. ':' .. generation}
+"""
+)
+# KEYS: lock, meta, vars, gen, changes. ARGV: token, then index, data for each variable of a
+# batch (each index once). Replies: {1} all written; {2, used} they do not all fit (used: the
+# bytes the variables outside the batch take), nothing written; {-1, holder} locked by another.
+WRITE_MANY: Final = (
+    "#!lua\n"
+    + _GATE
+    + """
+local old, new = 0, 0
+for i = 2, #ARGV, 2 do
+  old = old + redis.call('HSTRLEN', KEYS[3], ARGV[i])
+  new = new + string.len(ARGV[i + 1])
+end
+if used - old + new > size then return {2, used - old} end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[4], ARGV[i], 1)
+end
+redis.call('HINCRBY', KEYS[2], 'used', new - old)
+for i = 2, #ARGV, 2 do
+  redis.call('PUBLISH', KEYS[5], ARGV[i])
+end
+return {1}
 """
 )
 # KEYS: lock, meta, vars, gen, changes. ARGV: token, index. Replies {1} removed, {0} absent.

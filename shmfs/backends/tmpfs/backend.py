@@ -7,6 +7,9 @@ What lives where is in ``segdir.py`` (the directory and its metadata page) and `
 handle's life (opening, locking, recovery, closing) in ``handle.py``. This module ties them to
 the Backend protocol: reads, writes, removals, views and reports
 (``docs/tmpfs-format.md`` draws the protocols).
+
+Longer than 400 lines because a batch write (``write_many``) shares the single write's state and
+steps (the index, the slots, the DIRTY protocol); it adds one publication step to them.
 """
 
 from __future__ import annotations
@@ -220,6 +223,91 @@ class TmpfsBackend(TmpfsHandle):
             self._failed(repair=True)  # stopped anywhere (KeyboardInterrupt): recount
             raise
         self._changed(used - old + len(data), 1 if loc <= _TOMB else 0)
+
+    def write_many(self, items: list[tuple[int, bytes | Pieces]]) -> None:
+        """Store every pair, all or none. Lock held.
+
+        The new values go into new slots and files that no index names yet; then one new index
+        naming them all is published with one store of its generation, as ``_grow`` publishes
+        one. A writer killed before that store leaves every old value (recovery frees what the
+        old index does not name), after it every new one. A value with a file of its own that
+        replaces a value with a file of its own is written after the publication, each on its
+        own (a file is found by its index's name: there is no second place for it).
+        """
+        if len(items) < 2:
+            for index, data in items:
+                self.write(index, data)
+            return
+        self._check_writable()
+        meta = self._meta
+        old_map = self._current_index()
+        plan = [(index, index & _M64, old_map.find(index & _M64)[0], data) for index, data in items]
+        freed = sum(self._length(index, loc) for index, _, loc, _ in plan)
+        needed = sum(len(data) for *_, data in plan)
+        used = meta[_USED]
+        if used - freed + needed > self.size:
+            raise segment_full(self.key, plan[0][0], needed, self.size, used - freed)
+        meta[_STATE] = self._dirty_tag  # DIRTY: a death from here on is repaired
+        placed: list[tuple[int, int, int, int]] = []  # index, key, old location, new location
+        later: list[tuple[int, bytes | Pieces]] = []
+        changed = False
+        try:
+            for index, key, loc, data in plan:
+                number = L.class_for(len(data) + _SLOT_HEADER)
+                changed = True
+                if number >= 0:
+                    new = self._slabs.allocate(meta, number, file_mode(self.perm), _tmp_name)
+                    meta[_STAMP] = stamp = meta[_STAMP] + 1
+                    frame = data if isinstance(data, bytes) else b"".join(data.parts)
+                    self._slabs.write(new, key, frame, stamp)
+                    placed.append((index, key, loc, new))
+                elif loc == _LARGE:
+                    later.append((index, data))
+                else:
+                    self._write_large(index, data, loc)  # a file no index names yet
+                    placed.append((index, key, loc, _LARGE))
+            self._publish_index(old_map, placed)
+            for index, _, loc, new in placed:
+                self._unpublished(index, loc, new)
+            for index, data in later:
+                self._write_large(index, data, _LARGE)
+        except OSError as exc:
+            self._failed(repair=changed)
+            raise translate(exc, f"segment {self.key}: cannot store a batch") from exc
+        except BaseException:
+            self._failed(repair=True)
+            raise
+        self._changed(used - freed + needed, sum(1 for p in placed if p[2] <= _TOMB))
+
+    def _publish_index(self, old: Index, placed: list[tuple[int, int, int, int]]) -> None:
+        """Publish a copy of ``old`` naming each ``(index, key, old, new location)``'s new
+        location, with one store of its generation. Lock held, DIRTY set."""
+        gen = old.gen + 1
+        name = index_name(gen)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self._dir_fd)  # built by a writer that died before publishing
+        added = sum(1 for *_, loc, _ in placed if loc <= _TOMB)
+        mode = file_mode(self.perm)
+        shift = shift_for(old.live_count() + added)
+        create_index(self._dir_fd, name, gen, shift, copy_from=old, mode=mode)
+        fd = os.open(name, sd.OPEN_RW, dir_fd=self._dir_fd)
+        try:
+            fresh = Index(fd, gen, writable=True)
+        finally:
+            os.close(fd)
+        try:
+            for _, key, _, new in placed:
+                loc, word = fresh.find(key)
+                if loc > _TOMB:
+                    fresh.words[word] = new
+                else:
+                    fresh.insert(word, key, new)
+        finally:
+            fresh.close()
+        self._meta[_INDEX_GEN] = gen  # the one store that publishes the whole batch
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(index_name(old.gen), dir_fd=self._dir_fd)  # mappings of it stay valid
+        self._current_index()
 
     def _length(self, index: int, loc: int) -> int:
         """The length of the value ``loc`` names now. Lock held."""
