@@ -10,7 +10,7 @@ both alike), reported as medians (and p99) of per-operation microseconds over ma
   per variable, and the sysv backend walks PHP's layout, so this is where the cache's real cost
   shows.
 
-The cache issue's targets are checked from the same run: a hit <= 3 us, ``get`` >= 5x and
+The cache's targets are checked from the same run: a hit <= 3 us, ``get`` >= 5x and
 ``set`` >= 10x faster than diskcache.
 """
 

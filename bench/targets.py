@@ -1,4 +1,5 @@
-"""The performance issue's targets, each checked against this run's results.
+"""The performance targets shmfs sets itself (docs/performance.md), each checked against this
+run's results.
 
 Every target is one row: what it asks, what was measured (with the baseline it is a ratio to,
 measured in the same run), and whether it is met. A target that could not be measured in this run
@@ -89,7 +90,7 @@ def memory_per_variable(fill: dict[str, Any], system: str) -> dict[str, Any] | N
 def evaluate(  # a flat list of targets reads best as one list
     points: dict[str, Any], fill: dict[str, Any], pairs: dict[str, Any], incr: dict[str, Any]
 ) -> list[Row]:
-    """Every target of the issue as a row, in the issue's order."""
+    """Every target as a row, in the order docs/performance.md lists them."""
     rows: list[Row] = []
     results = points["results"]
 
@@ -139,7 +140,7 @@ def evaluate(  # a flat list of targets reads best as one list
             )
         )
 
-    # The issue measured lmdb as it comes (its put figures are sync=True's); lmdb with
+    # The targets were first set against lmdb as it comes (sync=True puts); lmdb with
     # sync=False is the stronger peer, so each lmdb target is judged against both.
     for base, how in ((LMDB_DEFAULTS, "defaults"), (LMDB, "sync=False")):
         ratio(f"tmpfs get 100-byte str <= 1.0x lmdb's get ({how})", "str100", "get", base, 1.0)

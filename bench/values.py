@@ -23,7 +23,7 @@ LABELS: Final[dict[str, str]] = {
     "dict": "small dict",
 }
 
-# What the fill curve and the multi-process cases store: the 100-byte str.
+# What the fill curve and the multi-process cases store: the 100-byte str of the targets.
 SMALL: Final = "str100"
 
 

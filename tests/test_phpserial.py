@@ -512,7 +512,7 @@ def test_mutated_payloads_give_a_value_or_serialization_error(
     started = time.perf_counter()
     with contextlib.suppress(SerializationError):
         loads(payload)
-    assert time.perf_counter() - started < 0.1
+    assert time.perf_counter() - started < 1.0  # a blowup, not a timing: loose for loaded CI
 
 
 @settings(max_examples=300, deadline=None)
@@ -570,7 +570,7 @@ def test_huge_declared_sizes_fail_fast() -> None:
         started = time.perf_counter()
         with pytest.raises(SerializationError):
             loads(data)
-        assert time.perf_counter() - started < 0.5
+        assert time.perf_counter() - started < 2.0  # a blowup, not a timing
 
 
 def test_payloads_within_payloads_stay_cheap() -> None:
@@ -580,7 +580,7 @@ def test_payloads_within_payloads_stay_cheap() -> None:
     started = time.perf_counter()
     value = loads(payload)
     assert dumps([value, value]) == b"a:2:{i:0;%bi:1;r:2;}" % payload
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 2.0  # a blowup, not a timing
 
 
 # --- dumps refusals ----------------------------------------------------------------------------

@@ -186,10 +186,13 @@ def _get_time(seg: shmfs.Segment, among: int) -> float:
     return best / len(picks)
 
 
+@pytest.mark.stress
 def test_a_get_among_ten_thousand_variables_costs_what_one_among_ten_does(
     key: int, cleanup: list[int]
 ) -> None:
-    """The fastest batches, in one process (the machine may be loaded): within 2x."""
+    """The fastest batches, in one process: within 2x. A timing, so under ``-m stress`` only
+    (a loaded machine or a sanitizer build fails it); the default run holds the cause instead
+    (no chain walk, above), and ``python -m bench`` reports the ratio."""
     cleanup.append(key + 1)
     few = shmfs.attach(key, 1 << 16, backend="sysv", codec="php")
     many = shmfs.attach(key + 1, 10_000 * 160 + 4096, backend="sysv", codec="php")

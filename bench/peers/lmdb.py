@@ -73,8 +73,8 @@ class Lmdb(System):
 
 
 class LmdbDefaults(Lmdb):
-    """lmdb as it comes (sync=True: each commit flushes), which is how the performance issue
-    measured it; on tmpfs the flush is a system call, not a disk write."""
+    """lmdb as it comes (sync=True: each commit flushes), which is how the targets were first
+    measured against it; on tmpfs the flush is a system call, not a disk write."""
 
     name = "lmdb, defaults"
     note = "lmdb on /dev/shm, one transaction per operation, default settings (sync=True)"
