@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
-from shmfs import codecs, frame, waiting
+from shmfs import codecs, damage, frame, waiting
 from shmfs.access import Holding, Locked, Watched
 from shmfs.backends import (
     SLOW,
@@ -328,6 +328,8 @@ class Segment(MutableMapping[int, Any]):
                 return self._decode(backend, index, data)
         except Exception as exc:  # detached meanwhile (a finalizer, another thread)?
             self._say_closed(exc)
+            if isinstance(exc, CorruptSegment):
+                raise damage.located(exc, backend, self.key, index) from exc
             raise
 
     def _read_locked(self, index: int) -> bytes | memoryview | frame.Split | None:
@@ -410,6 +412,8 @@ class Segment(MutableMapping[int, Any]):
                 viewed = frame.view_payload(codec, payload)
             except Exception as exc:
                 self._say_closed(exc)
+                if isinstance(exc, CorruptSegment):
+                    raise damage.located(exc, backend, self.key, index) from exc
                 raise
             yield viewed
 
@@ -430,7 +434,12 @@ class Segment(MutableMapping[int, Any]):
         """
         backend = self._open()
         index = check_index(index)
-        data = backend.read(index) if backend.lock_free_reads else self._read_locked(index)
+        try:
+            data = backend.read(index) if backend.lock_free_reads else self._read_locked(index)
+        except CorruptSegment as exc:
+            if getattr(exc, "index", None) == index:
+                return True  # the backend found this variable's own bytes damaged: it is there
+            raise damage.located(exc, backend, self.key, index) from exc
         return data is not None
 
     # ----------------------------------------------------------------- writing

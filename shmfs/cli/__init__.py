@@ -4,11 +4,12 @@
     shmfs get 1
     shmfs delete
 
-and ``ls``, ``stat``, ``rm``, ``watch INDEX``, ``gc``, ``doctor``, ``bench`` and ``--version``.
+and ``ls``, ``stat``, ``rm``, ``watch INDEX``, ``gc``, ``check``, ``doctor``, ``bench`` and
+``--version``.
 
 Common options (``--key``, ``--size``, ``--backend``, ``--root``, ``--codec``, ``--trust-uid``,
 ``--json``) are accepted before or after the subcommand. Errors print one line to stderr and exit
-1; bad usage exits 2, as argparse does.
+1; bad usage exits 2, as argparse does; ``check`` has exit statuses of its own (see its help).
 
 The package is split by job: :mod:`~shmfs.cli.parser` (the options), :mod:`~shmfs.cli.locate`
 (which backend holds a key, and where else it is), :mod:`~shmfs.cli.commands` (one function per
@@ -52,4 +53,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             # when Python flushes stdout again (the Python docs' recipe, signal module).
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 1
-    return 0
+    return int(getattr(args, "exit_status", 0))  # check's says what it found
