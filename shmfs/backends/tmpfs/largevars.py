@@ -192,12 +192,15 @@ class LargeVars:
             raise translate(exc, f"segment {self.key}: cannot open index {index}") from exc
 
     def _sound(self, index: int) -> VarFile | None:
-        """``var(index)``, with a damaged file taken for none: what replaces or removes it
-        need not read it (that is how a user clears a damaged variable)."""
+        """``var(index)``, with a damaged file taken for none, and zeroed: what replaces or
+        removes it need not read it (that is how a user clears a damaged variable), and nothing
+        of its bytes outlives it. Segment lock held."""
         try:
             return self.var(index)
         except CorruptSegment:
             self.forget(index)
+            with contextlib.suppress(OSError):  # not a regular file: nothing to zero
+                sd.zero_file(self._dir_fd(), str(index))
             return None
 
     def _map(self, index: int) -> VarFile | None:
@@ -297,8 +300,6 @@ class LargeVars:
         """Unlink ``index``'s file, then retire it and zero it (unless a view may read it).
         Segment lock held; the index no longer names it."""
         var = self._sound(index)
-        if var is None:  # a damaged file is zeroed as such: nothing of its bytes survives
-            sd.zero_file(self._dir_fd(), str(index))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(str(index), dir_fd=self._dir_fd())
         if var is not None:
