@@ -138,6 +138,26 @@ def test_check_finds_repairs_and_lists_what_it_dropped(tmpfs: shmfs.Segment, roo
     assert tmpfs[2] == "back"
 
 
+def test_a_damaged_slab_file_is_renewed_in_place_for_live_handles(
+    tmpfs: shmfs.Segment, root: str
+) -> None:
+    """A slab file is never replaced (handles keep their mappings of it), so the repair of a
+    damaged one rewrites it in place: what a live handle stores there, others read."""
+    path, _ = damage_slot(tmpfs, 2, 0, b"")
+    pwrite(path, b"NOTASLAB", 0)  # the slab file's magic
+    found = shmfs.check(tmpfs.key, root=root)
+    assert found.status == 1 and {p.index for p in found.problems} >= {1, 2, 3, 4, 5}
+    repaired = shmfs.check(tmpfs.key, root=root, repair=True)
+    assert (repaired.dropped, repaired.clean) == ([1, 2, 3, 4, 5], True)
+    again = "value 1 stored after repair"  # the same slot class: the renewed file
+    tmpfs[1] = again
+    assert slot_of(tmpfs, 1)[0] == path
+    with shmfs.attach(tmpfs.key, root=root) as other:
+        assert other[1] == again
+        assert sorted(other) == [1, 10]
+    assert shmfs.check(tmpfs.key, root=root).status == 0
+
+
 def _meta(seg: shmfs.Segment, word: int, value: bytes) -> None:
     location = os.path.join(seg._spec["root"], str(seg.key))
     pwrite(os.path.join(location, ".segment"), value, word * 8)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from shmfs.backends.sysv import ipc, layout
 from shmfs.backends.sysv.journal import OVERHEAD, Journal
@@ -35,11 +35,13 @@ if TYPE_CHECKING:
 __all__ = ["check_segment", "destroy_damaged", "placed"]
 
 _START, _END, _FREE, _TOTAL = 1, 2, 3, 4
+_WHERE_WAIT: Final = 0.5
 
 
 def placed(backend: SysvBackend, index: int) -> tuple[str | None, int | None]:
-    """``(None, offset)`` of ``index``'s chunk (for ``SysvBackend.where``)."""
-    backend.acquire(None)
+    """``(None, offset)`` of ``index``'s chunk (for ``SysvBackend.where``); a message about
+    damage waits for the lock a moment at most (``shmfs.damage`` drops the place then)."""
+    backend.acquire(_WHERE_WAIT)
     try:
         found = backend.read_at(index)
     finally:

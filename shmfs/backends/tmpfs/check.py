@@ -320,10 +320,8 @@ class _Segment:
                 name = slab_name(number, file)
                 self.note(exc.message, file=self.file(name), offset=0)
                 if self.repair:
-                    sd.zero_file(self.dir_fd, name)
-                    os.unlink(name, dir_fd=self.dir_fd)
-                    create_slab(self.dir_fd, number, file, self.mode(), f".tmp-{sd.token()}")
-                    self.fixed(f"slab file {name} replaced by an empty one")
+                    self._renew_slab(number, file)
+                    self.fixed(f"slab file {name} made an empty one (its values are dropped)")
         present = self._slab_files()
         for number in range(L.NCLASSES):
             head = L.M_CLASSES + 2 * number
@@ -346,6 +344,26 @@ class _Segment:
                         self.fixed(f"slab file {name} replaced by an empty one")
             if self._free_list_problem(number):
                 self.note(f"slot class {number}'s free list names a slot in use, or loops")
+
+    def _renew_slab(self, number: int, file: int) -> None:
+        """Make a damaged slab file a sound, empty one in place: the same inode, so that
+        processes mapping it keep seeing what everyone sees (a slab file is never replaced).
+        The index entries naming it are dropped by ``check_values``."""
+        size = L.slab_size(number, file)
+        fd = os.open(slab_name(number, file), sd.OPEN_RW, dir_fd=self.dir_fd)
+        try:
+            if os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)
+            os.posix_fallocate(fd, 0, size)
+            zeros = bytes(min(size, 1 << 20))
+            for offset in range(0, size, len(zeros)):
+                os.pwrite(fd, zeros[: size - offset], offset)
+            header = memoryview(bytearray(L.SLAB_HEADER)).cast("Q")
+            header[L.SLAB_W_MAGIC], header[L.SLAB_W_VERSION] = L.SLAB_MAGIC, L.SLAB_VERSION
+            header[L.SLAB_W_CLASS], header[L.SLAB_W_FILE] = number, file
+            os.pwrite(fd, header.tobytes(), 0)
+        finally:
+            os.close(fd)
 
     def _free_list_problem(self, number: int) -> bool:
         assert self.meta is not None
