@@ -68,6 +68,8 @@ def _detached_says_so(
             return method(self, *args, **kwargs)
         except Exception as exc:
             self._say_closed(exc)
+            if isinstance(exc, CorruptSegment) and getattr(exc, "key", None) is None:
+                raise damage.located(exc, None, self.key, None) from exc  # the key, at least
             raise
 
     return checked
@@ -479,6 +481,8 @@ class Segment(MutableMapping[int, Any]):
                 held.write(index, data)
         except Exception as exc:  # detached meanwhile (a finalizer, another thread)?
             self._say_closed(exc)
+            if isinstance(exc, CorruptSegment):
+                raise damage.located(exc, backend, self.key, index) from exc
             raise
 
     @_detached_says_so

@@ -172,8 +172,10 @@ def test_damaged_metadata_is_listed_flagged_and_repaired_from_the_slabs(
     tmpfs.detach()
     (listed,) = shmfs.segments(root=root)
     assert listed["key"] == key and "magic" in listed["damaged"]
-    with pytest.raises(shmfs.CorruptSegment):
+    with pytest.raises(shmfs.CorruptSegment) as info:
         shmfs.attach(key, root=root)
+    assert (info.value.key, info.value.offset) == (key, 0)
+    assert info.value.file == os.path.join(root, str(key), ".segment")
     assert shmfs.check(key, root=root).status == 1
     repaired = shmfs.check(key, root=root, repair=True)
     assert (repaired.status, repaired.dropped, repaired.clean) == (0, [], True)

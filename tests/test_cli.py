@@ -418,6 +418,7 @@ def test_check_exit_status_says_clean_damaged_or_repaired_with_losses(root: str,
     missed = cli("get", "1", "--key", str(key), root=root)
     assert missed.returncode == 1 and f"segment {key} index 1" in missed.stderr
     assert ".slab-" in missed.stderr and "offset" in missed.stderr
+    assert f"shmfs check --repair {key}" in missed.stderr and missed.stderr.count("\n") == 1
     repaired = cli("check", "--repair", "--json", str(key), root=root)
     assert repaired.returncode == 2
     report = json.loads(repaired.stdout)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from shmfs.cli.commands import COMMANDS
 from shmfs.cli.parser import build_parser
-from shmfs.errors import ShmfsError, UnsafeSegment
+from shmfs.errors import CorruptSegment, ShmfsError, UnsafeSegment
 
 __all__ = ["main"]
 
@@ -39,6 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The library's message names the attach() option; here the option is a flag.
         message = str(exc).replace("pass trust_uids= to allow", "pass --trust-uid UID to allow")
         print(f"shmfs: error: {message}", file=sys.stderr)
+        return 1
+    except CorruptSegment as exc:
+        key = getattr(exc, "key", None) or args.key
+        print(
+            f"shmfs: error: {exc} (`shmfs check --repair {key}` mends what can be mended, "
+            f"`shmfs rm {key}` removes the segment)",
+            file=sys.stderr,
+        )
         return 1
     except ShmfsError as exc:
         print(f"shmfs: error: {exc}", file=sys.stderr)
