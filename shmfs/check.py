@@ -223,8 +223,12 @@ def _check_values(
         opened.acquire(None)
         try:
             for index in opened.indices():
-                data = opened.read(index)
-                problem = None if data is None else frame_problem(data, cls.native_codec)
+                try:
+                    data = opened.read(index)
+                except CorruptSegment as exc:  # a value the server lost part of (evicted)
+                    problem: str | None = exc.message
+                else:
+                    problem = None if data is None else frame_problem(data, cls.native_codec)
                 if problem is None:
                     continue
                 outcome.add(problem, index=index)
