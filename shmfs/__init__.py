@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from shmfs import php  # noqa: F401  # so that ``shmfs.php.shm_attach`` works after import shmfs
 from shmfs.cache import Cache
+from shmfs.check import CheckReport, check
 from shmfs.errors import (
     BackendUnavailable,
     CorruptSegment,
@@ -31,11 +32,13 @@ from shmfs.errors import (
     WaitTimeout,
 )
 from shmfs.ftok import ftok
+from shmfs.removal import destroy
 from shmfs.segment import Segment, attach, segments
 
 __all__ = [
     "BackendUnavailable",
     "Cache",
+    "CheckReport",
     "CorruptSegment",
     "InvalidArgument",
     "InvalidKey",
@@ -51,6 +54,8 @@ __all__ = [
     "VariableNotFound",
     "WaitTimeout",
     "attach",
+    "check",
+    "destroy",
     "ftok",
     "segments",
 ]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
-from shmfs import batch, codecs, frame, optimistic, waiting
+from shmfs import batch, codecs, damage, frame, optimistic, waiting
 from shmfs.access import Holding, Locked, Watched
 from shmfs.backends import (
     SLOW,
@@ -72,6 +72,8 @@ def _detached_says_so(
             return method(self, *args, **kwargs)
         except Exception as exc:
             self._say_closed(exc)
+            if isinstance(exc, CorruptSegment) and getattr(exc, "key", None) is None:
+                raise damage.located(exc, None, self.key, None) from exc  # the key, at least
             raise
 
     return checked
@@ -340,6 +342,8 @@ class Segment(MutableMapping[int, Any]):
                 return self._decode(backend, index, data)
         except Exception as exc:  # detached meanwhile (a finalizer, another thread)?
             self._say_closed(exc)
+            if isinstance(exc, CorruptSegment):
+                raise damage.located(exc, backend, self.key, index) from exc
             raise
 
     @_detached_says_so
@@ -414,6 +418,8 @@ class Segment(MutableMapping[int, Any]):
                 viewed = self._coder.view(backend, index, pinned)
             except Exception as exc:
                 self._say_closed(exc)
+                if isinstance(exc, CorruptSegment):
+                    raise damage.located(exc, backend, self.key, index) from exc
                 raise
             yield viewed
 
@@ -442,7 +448,12 @@ class Segment(MutableMapping[int, Any]):
         """
         backend = self._open()
         index = check_index(index)
-        data = backend.read(index) if backend.lock_free_reads else self._read_locked(index)
+        try:
+            data = backend.read(index) if backend.lock_free_reads else self._read_locked(index)
+        except CorruptSegment as exc:
+            if getattr(exc, "index", None) == index:
+                return True  # the backend found this variable's own bytes damaged: it is there
+            raise damage.located(exc, backend, self.key, index) from exc
         return data is not None
 
     # ----------------------------------------------------------------- writing
@@ -482,6 +493,8 @@ class Segment(MutableMapping[int, Any]):
                 held.write(index, data)
         except Exception as exc:  # detached meanwhile (a finalizer, another thread)?
             self._say_closed(exc)
+            if isinstance(exc, CorruptSegment):
+                raise damage.located(exc, backend, self.key, index) from exc
             raise
 
     @_detached_says_so
@@ -493,7 +506,7 @@ class Segment(MutableMapping[int, Any]):
         readers see all of it or none of it. If one value cannot be stored (it does not
         encode, the segment has no room for the whole batch, an I/O error) no value is, and
         the segment is as it was. A writer killed with SIGKILL mid-batch leaves every old value
-        or every new one on tmpfs, except as the README's "Batches" says; on sysv, each
+        or every new one on tmpfs, except as docs/api.md's "Batches" says; on sysv, each
         variable old or new.
 
         Raises:

@@ -393,3 +393,85 @@ def test_output_into_a_closed_pipe_is_quiet(root: str) -> None:
         listing.stdout.close()  # as `| head -0` would, before anything is written
         assert listing.wait(60) == 1
         assert listing.stderr.read() == b""
+
+
+def _damage_slot(root: str, key: int, index: int) -> None:
+    """Flip two payload bytes of a small value's frame (docs/tmpfs-format.md)."""
+    from tests.tmpfs_files import pwrite, slot_of  # noqa: PLC0415
+
+    with shmfs.attach(key, root=root) as seg:
+        path, offset, _ = slot_of(seg, index)
+    pwrite(path, b"\xff\xfe", offset + 16 + 30)
+
+
+def test_check_exit_status_says_clean_damaged_or_repaired_with_losses(root: str, key: int) -> None:
+    assert (
+        cli("send", "1", "first value, damaged below", "--key", str(key), root=root).returncode == 0
+    )
+    assert cli("send", "2", "second value, kept", "--key", str(key), root=root).returncode == 0
+    clean = cli("check", str(key), root=root)
+    assert (clean.returncode, clean.stdout) == (0, f"segment {key} (tmpfs): clean\n")
+    _damage_slot(root, key, 1)
+    found = cli("check", str(key), root=root)
+    assert found.returncode == 1, found.stderr
+    assert "index 1" in found.stdout and "checksum" in found.stdout and "--repair" in found.stdout
+    missed = cli("get", "1", "--key", str(key), root=root)
+    assert missed.returncode == 1 and f"segment {key} index 1" in missed.stderr
+    assert ".slab-" in missed.stderr and "offset" in missed.stderr
+    assert f"shmfs check --repair {key}" in missed.stderr and missed.stderr.count("\n") == 1
+    repaired = cli("check", "--repair", "--json", str(key), root=root)
+    assert repaired.returncode == 2
+    report = json.loads(repaired.stdout)
+    assert (report["dropped"], report["clean"], report["status"]) == ([1], True, 2)
+    assert cli("check", "--key", str(key), root=root).returncode == 0
+    assert cli("get", "2", "--key", str(key), root=root).stdout == "second value, kept\n"
+    assert cli("rm", str(key), root=root).returncode == 0
+
+
+def test_check_of_an_unknown_key_exits_2(root: str, key: int) -> None:
+    done = cli("check", str(key), root=root)
+    assert done.returncode == 2 and f"no segment with key {key}" in done.stdout
+
+
+def test_check_help_gives_the_exit_statuses(root: str) -> None:
+    shown = cli("check", "--help", root=root)
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())
+    assert (
+        "0 clean" in text
+        and "1 damage found" in text
+        and "2 repaired with variables dropped" in text
+    )
+
+
+def test_a_segment_with_damaged_metadata_is_listed_and_removable(root: str, key: int) -> None:
+    from tests.tmpfs_files import pwrite  # noqa: PLC0415
+
+    assert cli("send", "1", "x", "--key", str(key), root=root).returncode == 0
+    pwrite(os.path.join(root, str(key), ".segment"), b"XXXXXXXX", 0)  # the metadata's magic
+    listed = cli("ls", "--backend", "tmpfs", root=root)
+    (row,) = [line for line in listed.stdout.splitlines() if line.split()[0] == str(key)]
+    assert "DAMAGED" in row and "magic" in row
+    assert json.loads(cli("ls", "--backend", "tmpfs", "--json", root=root).stdout)[0]["damaged"]
+    removed = cli("rm", str(key), root=root)
+    assert removed.returncode == 0, removed.stderr
+    assert os.listdir(root) == []
+
+
+def test_check_on_sysv_repairs_a_damaged_header(root: str, key: int) -> None:
+    from shmfs.backends.sysv import ipc  # noqa: PLC0415
+
+    sysv = ("--backend", "sysv", "--key", str(key))
+    try:
+        assert cli("send", "1", "kept", *sysv, root=root).returncode == 0
+        attachment = ipc.Attachment(ipc.shmget(key, 0, 0), 64)
+        try:
+            attachment.view[32:40] = (1 << 40).to_bytes(8, "little")  # PHP header's total
+        finally:
+            attachment.detach()
+        assert cli("check", *sysv, root=root).returncode == 1
+        repaired = cli("check", "--repair", *sysv, root=root)
+        assert repaired.returncode == 0 and "now checks clean" in repaired.stdout
+        assert cli("get", "1", *sysv, root=root).stdout == "kept\n"
+    finally:
+        assert cli("rm", *sysv, root=root).returncode == 0

@@ -78,6 +78,9 @@ class SegmentInfo:
     #: Where the bytes go, where the backend can tell (tmpfs: bytes of slab, index and large
     #: files, and the slot bytes not holding a value).
     storage: dict[str, int] | None = None
+    #: What is wrong, for a segment listed although its metadata is damaged (``None``: sound);
+    #: its numbers are then what could be read, zero where nothing could.
+    damaged: str | None = None
 
     @property
     def free(self) -> int:
@@ -100,6 +103,7 @@ class SegmentInfo:
             "creator_pid": self.creator_pid,
             "attached": self.attached,
             "storage": self.storage,
+            "damaged": self.damaged,
         }
 
 

@@ -99,7 +99,9 @@ def _stat(args: argparse.Namespace) -> str:
 def _rm(args: argparse.Namespace) -> str:
     keys = args.keys or [args.key]
     for key in keys:
-        locate.attach(args, key=key).destroy()
+        # Not through attach: a segment whose metadata is damaged is removed all the same.
+        locate.require(args, key)
+        shmfs.destroy(key, backend=args.backend, root=args.root, trust_uids=args.trust_uids)
     if args.json:
         return json.dumps({"removed": keys})
     return "\n".join(f"removed segment {key}" for key in keys)
@@ -138,6 +140,27 @@ def _gc(args: argparse.Namespace) -> str:
     return "\n".join(f"{verb} segment {key}" for key in keys) or "nothing to remove"
 
 
+def _check(args: argparse.Namespace) -> str:
+    keys = args.keys or [args.key]
+    reports: list[dict[str, Any]] = []
+    for key in keys:
+        try:
+            report = shmfs.check(
+                key,
+                repair=args.repair,
+                backend=args.backend,
+                root=args.root,
+                trust_uids=args.trust_uids,
+            )
+            reports.append(report.as_dict())
+        except ShmfsError as exc:  # this key could not be checked; the others still are
+            reports.append(show.unchecked(key, backend_name(args.backend), str(exc)))
+    args.exit_status = max(report["status"] for report in reports)
+    if args.json:
+        return json.dumps(reports if len(reports) > 1 else reports[0])
+    return "\n".join(show.check_lines(report) for report in reports)
+
+
 def _doctor(args: argparse.Namespace) -> str:
     facts = doctor.facts(args.backend, args.root)
     return json.dumps(facts, indent=2) if args.json else doctor.report(facts)
@@ -173,6 +196,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], str]] = {
     "rm": _rm,
     "watch": _watch,
     "gc": _gc,
+    "check": _check,
     "doctor": _doctor,
     "bench": _bench,
 }

@@ -72,6 +72,16 @@ def note_elsewhere(key: int, args: argparse.Namespace, what: str) -> None:
         )
 
 
+def require(args: argparse.Namespace, key: int) -> None:
+    """Raise ``SegmentNotFound`` unless the chosen backend holds ``key``, naming the other local
+    backend that does where one does."""
+    name = backend_name(args.backend)
+    if not present(name, key, args.root):
+        message = f"no segment with key {key} {backend_class(name).scope(args.root)}"
+        hints = [_how(other) for other in elsewhere(key, args)]
+        raise shmfs.SegmentNotFound("; ".join([message, *hints]), key=key)
+
+
 def attach(
     args: argparse.Namespace,
     *,
@@ -91,10 +101,8 @@ def attach(
     key = args.key if key is None else key
     name = backend_name(args.backend)
     backend = backend_class(name)
-    if not create and not present(name, key, args.root):
-        message = f"no segment with key {key} {backend.scope(args.root)}"
-        hints = [_how(other) for other in elsewhere(key, args)]
-        raise shmfs.SegmentNotFound("; ".join([message, *hints]), key=key)
+    if not create:
+        require(args, key)
     options: dict[str, Any] = {"backend": args.backend, "root": args.root, **_options(args)}
     # A backend's native codec (PHP's on sysv) is the default, so PHP reads what send stores.
     native = backend.native_codec

@@ -110,6 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--older-than", type=float, default=3600.0, metavar="SECONDS", help="default 3600"
     )
     gc.add_argument("--dry-run", action="store_true", help="only say what would go")
+    check = commands.add_parser(
+        "check",
+        help="verify every byte the segments --key or KEY... hold; --repair mends them",
+        description=(
+            "Verify everything a segment holds: metadata, index, each value's frame and "
+            "checksum, and the bookkeeping (tmpfs: slots, free lists, counts, stray files; "
+            "sysv: PHP's header and chunk chain; redis: each value's frame). With --repair, "
+            "rebuild what the other bytes determine and drop, listing them, the variables "
+            "that cannot be recovered, leaving a segment that checks clean."
+        ),
+        epilog=(
+            "exit status: 0 clean (nothing found, or repaired with no variable lost); "
+            "1 damage found and left as it is (no --repair); "
+            "2 repaired with variables dropped, or could not be checked or repaired"
+        ),
+    )
+    _common(check, top=False)
+    check.add_argument("keys", type=int, nargs="*", metavar="KEY")
+    check.add_argument("--repair", action="store_true", help="mend what is found")
     command("doctor", "print what decides shmfs's behaviour on this machine")
     command("bench", "run the quick benchmark (python -m bench --quick), from a source checkout")
     return parser

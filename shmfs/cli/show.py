@@ -11,7 +11,16 @@ from typing import Any
 
 from shmfs.forking import pid_alive
 
-__all__ = ["age", "segment_table", "stat_lines", "user", "value", "when"]
+__all__ = [
+    "age",
+    "check_lines",
+    "segment_table",
+    "stat_lines",
+    "unchecked",
+    "user",
+    "value",
+    "when",
+]
 
 
 def value(stored: Any) -> str:
@@ -89,6 +98,53 @@ def segment_table(found: list[dict[str, Any]]) -> str:
         f"{info['key']:>12} {info['backend']:8} {info['size']:>10} {info['used']:>10} "
         f"{info['variables']:>6} {info['perm']:>5o} {_user_name(info['owner']):10} "
         f"{age(info['created']):>8}"
+        + (f"  DAMAGED: {info['damaged']}" if info.get("damaged") else "")
         for info in found
     ]
     return "\n".join(lines)
+
+
+def _problem(problem: dict[str, Any]) -> str:
+    where = [f"index {problem['index']}"] if problem["index"] is not None else []
+    if problem["file"] is not None:
+        where.append(problem["file"])
+    if problem["offset"] is not None:
+        where.append(f"offset {problem['offset']}")
+    return f"  {', '.join(where)}: {problem['what']}" if where else f"  {problem['what']}"
+
+
+def check_lines(report: dict[str, Any]) -> str:
+    """What ``shmfs check`` prints for one segment: found, repaired, dropped, left."""
+    name = f"segment {report['key']} ({report['backend']})"
+    if not report["problems"]:
+        return f"{name}: clean"
+    lines = [f"{name}: {len(report['problems'])} problem(s) found"]
+    lines += [_problem(problem) for problem in report["problems"]]
+    if report["repairs"] or report["dropped"]:
+        lines += [f"  repaired: {what}" for what in report["repairs"]]
+        if report["dropped"]:
+            dropped = ", ".join(str(index) for index in report["dropped"])
+            lines.append(f"  dropped (could not be recovered): index {dropped}")
+        if report["remaining"]:
+            lines.append("  still damaged after the repair:")
+            lines += ["  " + _problem(problem) for problem in report["remaining"]]
+        else:
+            lines.append("  the segment now checks clean")
+    elif report["remaining"]:
+        lines.append("  (run again with --repair to mend it)")
+    return "\n".join(lines)
+
+
+def unchecked(key: int, backend: str, why: str) -> dict[str, Any]:
+    """The report of a segment that could not be checked at all (exit status 2)."""
+    problem = {"what": f"cannot check it: {why}", "index": None, "file": None, "offset": None}
+    return {
+        "key": key,
+        "backend": backend,
+        "clean": False,
+        "status": 2,
+        "problems": [problem],
+        "repairs": [],
+        "dropped": [],
+        "remaining": [problem],
+    }

@@ -237,7 +237,7 @@ class RedisBackend(HoldsSegmentLock):
             backend.size, backend.perm = int(got[0]), int(got[1])
         except ValueError as exc:
             backend.close()
-            raise CorruptSegment(f"segment {key}: damaged metadata on the server") from exc
+            raise CorruptSegment(f"segment {key}: damaged metadata on the server", key=key) from exc
         except BaseException:
             backend.close()
             raise

@@ -37,6 +37,7 @@ from shmfs import codecs, hotpath
 from shmfs.backends import Hot, SegmentInfo, refuse_options
 from shmfs.backends.sysv import ipc, layout, listing
 from shmfs.backends.sysv.chain_index import ChainIndex
+from shmfs.backends.sysv.check import check_segment, destroy_damaged, placed
 from shmfs.backends.sysv.journal import OVERHEAD, Journal, Unjournalled
 from shmfs.backends.sysv.semaphore import PhpSemaphore
 from shmfs.backends.sysv.translate import ipc_namespace, squatted, translate, verify
@@ -83,6 +84,9 @@ class SysvBackend(HoldsSegmentLock):
     native_codec = "php"
     lock_free_reads = False
     trust_option = "trust_uids="
+    # shmfs.check and shmfs.destroy: they work on the bytes, not through a handle.
+    check_segment = staticmethod(check_segment)
+    destroy_damaged = staticmethod(destroy_damaged)
 
     # Class-level defaults so close() works on an instance whose __init__ failed part way.
     _attachment: ipc.Attachment | None = None
@@ -340,6 +344,15 @@ class SysvBackend(HoldsSegmentLock):
             return None
         data = found[0] + layout.CHUNK_HEADER_SIZE
         return self._buf[data : data + found[1]].tobytes()
+
+    def read_at(self, index: int) -> int | None:
+        """The offset of ``index``'s chunk, or ``None`` (lock held by the caller)."""
+        found = self._find(index)[1]
+        return None if found is None else found[0]
+
+    def where(self, index: int) -> tuple[str | None, int | None]:
+        """``(None, offset)`` of ``index``'s chunk, for messages about damage."""
+        return placed(self, index)
 
     def trusted(self, index: int) -> bool:
         """Whether only trusted users can write the segment (owner trusted, no 0o022 bits)."""

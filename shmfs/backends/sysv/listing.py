@@ -39,16 +39,19 @@ def _peek(*row: int) -> SegmentInfo | None:
         attachment = ipc.Attachment(shmid, size, readonly=True)
     except OSError:
         return None
+    damaged = None
     try:
         if not layout.is_initialised(attachment.view):
             return None
         stats = layout.stats(attachment.view)
-    except CorruptSegment:
-        return None
+    except CorruptSegment as exc:
+        # Listed all the same, flagged, so that it can be checked and removed (shmfs check, rm).
+        damaged, stats = exc.message, layout.Stats(size, 0, 0, 0)
     finally:
         attachment.detach()
     signed = key - (1 << 32) if key >= 1 << 31 else key
     return SegmentInfo(
+        damaged=damaged,
         key=signed,
         backend="sysv",
         size=stats.total,

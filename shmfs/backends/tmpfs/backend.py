@@ -24,6 +24,7 @@ from shmfs.backends import SegmentInfo, segment_full
 from shmfs.backends.fsutil import file_mode, translate
 from shmfs.backends.tmpfs import layout as L
 from shmfs.backends.tmpfs import segdir as sd
+from shmfs.backends.tmpfs.check import check_segment, destroy_damaged, placed
 from shmfs.backends.tmpfs.handle import TmpfsHandle, default_root, lock_free
 from shmfs.backends.tmpfs.index import Index, create_index, index_name, shift_for
 from shmfs.backends.tmpfs.largefile import CONTENDED
@@ -53,6 +54,9 @@ class TmpfsBackend(TmpfsHandle):
     lock_free_reads = True
     writes_pieces = True  # a large value is copied into its file once, not joined first
     trust_option = "trust_uids="
+    # shmfs.check and shmfs.destroy: they work on the files, not through a handle.
+    check_segment = staticmethod(check_segment)
+    destroy_damaged = staticmethod(destroy_damaged)
 
     def read(self, index: int) -> bytes | memoryview | Split | None:
         """Return the current bytes of ``index`` without taking the lock, or ``None``."""
@@ -107,7 +111,12 @@ class TmpfsBackend(TmpfsHandle):
     ) -> bytes | memoryview | Split | None:
         """The frame in ``index``'s own file, if the index still names that file; ``None``:
         look again; ``CONTENDED``: read under the lock."""
-        data, trusted = self._large.read(index)
+        try:
+            data, trusted = self._large.read(index)
+        except CorruptSegment as exc:
+            if self._meta[_INDEX_GEN] != gen or index_map.find(index & _M64)[0] != _LARGE:
+                return None  # not the file the index names now: look again
+            raise self._damaged(index, str(exc)) from None
         if data is GONE or data == CONTENDED:
             return data  # GONE: made small, or removed, since we looked
         # The file is found by name, and a writer renames a new one into place before the index
@@ -141,7 +150,10 @@ class TmpfsBackend(TmpfsHandle):
             if loc == _EMPTY:
                 return None
             if loc == _LARGE:
-                var = self._large.var(index)
+                try:
+                    var = self._large.var(index)
+                except CorruptSegment as exc:
+                    raise self._damaged(index, str(exc)) from None
                 data = var.read() if var is not None else None
                 if not data or var is None:
                     raise self._damaged(index, "its file is missing or inconsistent")
@@ -167,6 +179,12 @@ class TmpfsBackend(TmpfsHandle):
     @lock_free
     def _file_trusted(self, index: int) -> bool:
         return self._large.trusted(index)
+
+    @lock_free  # it reads the index, which a detach may close meanwhile
+    def where(self, index: int) -> tuple[str | None, int | None]:
+        """The file holding ``index``'s bytes and the offset of its frame there, for messages
+        about damage (``shmfs.damage``)."""
+        return placed(self, index)
 
     @lock_free
     def version(self, index: int) -> object:

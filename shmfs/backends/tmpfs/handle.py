@@ -172,7 +172,9 @@ class TmpfsHandle(HoldsSegmentLock):
                     backend.close()
                     raise
                 return backend
-            raise CorruptSegment(f"segment {key}: could not open it after {_OPEN_ATTEMPTS} tries")
+            raise CorruptSegment(
+                f"segment {key}: could not open it after {_OPEN_ATTEMPTS} tries", key=key
+            )
         except BaseException:
             if root_fd >= 0:
                 with contextlib.suppress(OSError):
@@ -198,24 +200,25 @@ class TmpfsHandle(HoldsSegmentLock):
         st = os.fstat(fd)
         verify_owner(st, self._trust_uids, f"segment {self.key} metadata")
         if st.st_size != PAGE:
-            raise CorruptSegment(f"segment {self.key}: metadata is {st.st_size} bytes, not {PAGE}")
+            raise self._meta_damaged(f"metadata is {st.st_size} bytes, not {PAGE}", 0)
         self._meta_mapped = mappable(st)
         self._meta_mm, self._meta = open_words(
             fd, st, PAGE, writable=True, name=f"segment {self.key} metadata"
         )
         if self._meta[L.M_MAGIC] != L.META_MAGIC:
-            raise CorruptSegment(f"segment {self.key}: metadata has a bad magic number")
+            raise self._meta_damaged("metadata has a bad magic number", L.M_MAGIC)
         version = self._meta[L.M_VERSION]
         if version == 1:
-            raise CorruptSegment(
-                f"segment {self.key} was made by shmfs 0.1 (tmpfs format 1), which this shmfs "
-                f"does not read: remove it with `shmfs rm --key {self.key} --root {self.root}` "
-                "(its values go with it) and store them again"
+            raise self._meta_damaged(
+                f"made by shmfs 0.1 (tmpfs format 1), which this shmfs does not read: remove "
+                f"it with `shmfs rm --key {self.key} --root {self.root}` (its values go with "
+                "it) and store them again",
+                L.M_VERSION,
             )
         if version != L.META_VERSION:
-            raise CorruptSegment(
-                f"segment {self.key}: metadata version {version}; "
-                f"this shmfs reads {L.META_VERSION} (upgrade shmfs)"
+            raise self._meta_damaged(
+                f"metadata version {version}; this shmfs reads {L.META_VERSION} (upgrade shmfs)",
+                L.M_VERSION,
             )
         if self._meta[_STATE] & _DESTROYED:
             raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
@@ -238,13 +241,21 @@ class TmpfsHandle(HoldsSegmentLock):
                 if self._meta[_INDEX_GEN] != gen:
                     continue  # replaced again while we opened it
                 self._check()
-                raise CorruptSegment(f"segment {self.key}: its index file is missing") from None
+                raise self._meta_damaged(
+                    f"its index file {index_name(gen)} is missing", L.M_INDEX_GEN
+                ) from None
             except OSError as exc:
                 raise translate(exc, f"segment {self.key}: cannot open its index") from exc
             try:
                 fresh = Index(fd, gen, writable=writable)
             except CorruptSegment as exc:
-                raise CorruptSegment(f"segment {self.key}: {exc}", key=self.key) from exc
+                raise CorruptSegment(
+                    f"segment {self.key}: {exc}",
+                    key=self.key,
+                    index=None,
+                    file=os.path.join(self.path, index_name(gen)),
+                    offset=0,
+                ) from exc
             finally:
                 os.close(fd)
             self._index = fresh
@@ -254,7 +265,7 @@ class TmpfsHandle(HoldsSegmentLock):
             # it (it looks again once it sees the generation moved). It is unmapped when the
             # last reference to it goes, which is here unless such a read holds it.
             return fresh
-        raise CorruptSegment(f"segment {self.key}: its index keeps being replaced")
+        raise CorruptSegment(f"segment {self.key}: its index keeps being replaced", key=self.key)
 
     def _give_hot_index(self, index: Index) -> None:
         """Tell the C fast path the current index; turn it off if the index is not mapped
@@ -433,12 +444,26 @@ class TmpfsHandle(HoldsSegmentLock):
 
     def _large_length(self, index: int) -> int | None:
         self._large.forget(index)
-        if self._large.var(index) is None:
-            return None
+        try:
+            if self._large.var(index) is None:
+                return None
+        except CorruptSegment:
+            return None  # a damaged file names nothing whole: recovery drops it
         return self._large.length(index)
 
     def _trusted(self, st: os.stat_result) -> bool:
         return self._dir_trusted and st.st_uid in self._trust_uids and not writable_by_others(st)
+
+    def _meta_damaged(self, what: str, word: int) -> CorruptSegment:
+        """The error for damage to the metadata page, at ``word``."""
+        name = os.path.join(self.path, sd.META_NAME)
+        return CorruptSegment(
+            f"segment {self.key} ({name} at offset {word * 8}): {what}",
+            key=self.key,
+            index=None,
+            file=name,
+            offset=word * 8,
+        )
 
     def _damaged(self, index: int, what: str) -> CorruptSegment:
         return CorruptSegment(

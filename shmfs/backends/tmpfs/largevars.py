@@ -199,6 +199,18 @@ class LargeVars:
         except OSError as exc:
             raise translate(exc, f"segment {self.key}: cannot open index {index}") from exc
 
+    def _sound(self, index: int) -> VarFile | None:
+        """``var(index)``, with a damaged file taken for none, and zeroed: what replaces or
+        removes it need not read it (that is how a user clears a damaged variable), and nothing
+        of its bytes outlives it. Segment lock held."""
+        try:
+            return self.var(index)
+        except CorruptSegment:
+            self.forget(index)
+            with contextlib.suppress(OSError):  # not a regular file: nothing to zero
+                sd.zero_file(self._dir_fd(), str(index))
+            return None
+
     def _map(self, index: int) -> VarFile | None:
         name, writable = str(index), True
         try:
@@ -253,7 +265,7 @@ class LargeVars:
         if var is None and self.no_room() and not viewed and self._store_unmapped(index, data):
             return
         if var is None or var.retired:
-            var = self.var(index)
+            var = self._sound(index)
         if var is not None and not var.writable:
             raise UnsafeSegment(f"segment {self.key}: no write permission for index {index}")
         if var is not None and not viewed and fits(var.capacity, len(data)):
@@ -300,7 +312,7 @@ class LargeVars:
     def remove(self, index: int, *, scrub: bool) -> None:
         """Unlink ``index``'s file, then retire it and zero it (unless a view may read it).
         Segment lock held; the index no longer names it."""
-        var = self.var(index)
+        var = self._sound(index)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(str(index), dir_fd=self._dir_fd())
         if var is not None:

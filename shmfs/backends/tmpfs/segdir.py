@@ -292,15 +292,20 @@ def sweep_root(root_fd: int) -> list[str]:
     return removed
 
 
-def peek(root_fd: int, root: str, name: str) -> SegmentInfo | None:
-    """Read a segment's metadata without attaching; ``None`` if it cannot be read."""
+def peek(root_fd: int, root: str, name: str) -> SegmentInfo | None:  # noqa: PLR0911  # one per way it can fail
+    """Read a segment's metadata without attaching; ``None`` if it cannot be read (or was
+    destroyed). A segment whose metadata fails its checks is reported with ``damaged`` saying
+    how, so that ``shmfs ls`` shows it and ``shmfs rm`` can remove it."""
     try:
         dir_fd = open_dir(name, root_fd)
     except (OSError, UnsafeSegment):
         return None
     try:
         st = os.fstat(dir_fd)
-        fd = os.open(META_NAME, OPEN_RO, dir_fd=dir_fd)
+        try:
+            fd = os.open(META_NAME, OPEN_RO, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return _damaged(name, root, st, "its metadata file is missing")
         try:
             raw = os.pread(fd, PAGE, 0)
         finally:
@@ -310,10 +315,19 @@ def peek(root_fd: int, root: str, name: str) -> SegmentInfo | None:
     finally:
         os.close(dir_fd)
     if len(raw) != PAGE:
-        return None
+        return _damaged(name, root, st, f"its metadata is {len(raw)} bytes, not {PAGE}")
     words = memoryview(raw).cast("Q")
-    if words[MAGIC] != META_MAGIC or words[STATE] & DESTROYED:
+    if words[STATE] & DESTROYED and words[MAGIC] == META_MAGIC:
         return None
+    problem = None
+    if words[MAGIC] != META_MAGIC:
+        problem = "its metadata has a bad magic number"
+    elif words[L.M_VERSION] != L.META_VERSION:
+        problem = f"its metadata says format version {words[L.M_VERSION]}"
+    elif words[KEY] != (index_of(name) or 0) & L.MASK64:
+        problem = "its metadata names another key"
+    if problem is not None:
+        return _damaged(name, root, st, problem)
     key = words[KEY] - (1 << 64) if words[KEY] >= 1 << 63 else words[KEY]
     return SegmentInfo(
         key=int(key),
@@ -326,4 +340,23 @@ def peek(root_fd: int, root: str, name: str) -> SegmentInfo | None:
         location=os.path.join(root, name),
         created=words[CREATED] / 1e9,
         creator_pid=int(words[CREATOR]),
+    )
+
+
+def _damaged(name: str, root: str, st: os.stat_result, problem: str) -> SegmentInfo | None:
+    """The report of a segment whose metadata cannot be read: what its directory says."""
+    key = index_of(name)
+    if key is None:
+        return None
+    return SegmentInfo(
+        key=key,
+        backend="tmpfs",
+        size=0,
+        used=0,
+        variables=0,
+        perm=stat.S_IMODE(st.st_mode) & 0o666,
+        owner=st.st_uid,
+        location=os.path.join(root, name),
+        created=st.st_mtime,
+        damaged=problem,
     )
