@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import stat
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
-from shmfs.backends.fsutil import file_mode, translate
+from shmfs.backends.fsutil import file_mode, open_file, translate
 from shmfs.backends.tmpfs import segdir as sd
 from shmfs.backends.tmpfs.largefile import (
     CONTENDED,
@@ -30,7 +29,7 @@ from shmfs.backends.tmpfs.largefile import (
     unmapped_state,
     write_unmapped,
 )
-from shmfs.errors import CorruptSegment, UnsafeSegment
+from shmfs.errors import UnsafeSegment
 from shmfs.frame import Pieces, Split
 from shmfs.hotpath import maps_without_descriptors
 
@@ -152,15 +151,12 @@ class LargeVars:
         name = str(index)
         for _ in range(3):
             try:
-                fd = os.open(name, sd.OPEN_RO, dir_fd=self._dir_fd())
+                fd, st = open_file(name, self._dir_fd(), write=False, what=self._what(index))
             except FileNotFoundError:
                 return GONE, False
             except OSError as exc:
                 raise translate(exc, f"segment {self.key}: cannot open index {index}") from exc
             try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise CorruptSegment("variable is not a regular file")
                 data = read_unmapped(fd, st.st_size)
             except OSError as exc:
                 raise translate(exc, f"segment {self.key}: cannot read index {index}") from exc
@@ -172,6 +168,9 @@ class LargeVars:
                 return CONTENDED, False
             return data, self._trusted(st)
         return MAP_IT, False
+
+    def _what(self, index: int) -> str:
+        return f"segment {self.key} index {index}'s file"
 
     def trusted(self, index: int) -> bool:
         """Whether only trusted uids could have written ``index``'s current file."""
@@ -192,16 +191,19 @@ class LargeVars:
             raise translate(exc, f"segment {self.key}: cannot open index {index}") from exc
 
     def _map(self, index: int) -> VarFile | None:
-        name, writable = str(index), True
+        name, writable, what = str(index), True, self._what(index)
         try:
-            fd = os.open(name, sd.OPEN_RW, dir_fd=self._dir_fd())
+            fd, st = open_file(name, self._dir_fd(), write=True, what=what)
         except FileNotFoundError:
             return None
         except PermissionError:
             writable = False  # another trusted user's segment that we may only read
-            fd = os.open(name, sd.OPEN_RO, dir_fd=self._dir_fd())
+            try:
+                fd, st = open_file(name, self._dir_fd(), write=False, what=what)
+            except FileNotFoundError:
+                return None
         try:
-            var = VarFile(fd, writable=writable, trusted=self._trusted(os.fstat(fd)))
+            var = VarFile(fd, writable=writable, trusted=self._trusted(st))
         finally:
             os.close(fd)
         if self.vars and self.no_room():
@@ -215,7 +217,7 @@ class LargeVars:
         if var is not None and not var.retired:
             return var.length
         try:
-            fd = os.open(str(index), sd.OPEN_RO, dir_fd=self._dir_fd())
+            fd, _ = open_file(str(index), self._dir_fd(), write=False, what=self._what(index))
         except FileNotFoundError:
             return 0
         except OSError as exc:
@@ -252,7 +254,7 @@ class LargeVars:
         """``store`` in place with pwrite, for a variable we keep no mapping of; ``False`` if it
         cannot be done so (absent, not ours to write, unsound, or too big for its slot)."""
         try:
-            fd = os.open(str(index), sd.OPEN_RW, dir_fd=self._dir_fd())
+            fd, _ = open_file(str(index), self._dir_fd(), write=True, what=self._what(index))
         except OSError:
             return False
         try:

@@ -27,7 +27,7 @@ import stat
 from collections.abc import Callable
 from typing import Final
 
-from shmfs.backends.fsutil import translate
+from shmfs.backends.fsutil import open_file, translate
 from shmfs.backends.tmpfs import layout as L
 from shmfs.errors import CorruptSegment
 from shmfs.hotpath import map_file
@@ -177,18 +177,17 @@ class Slabs:
             return found
         name, writable = slab_name(number, file), True
         try:
-            fd = os.open(name, _OPEN_RW, dir_fd=self._dir_fd())
-        except PermissionError:
-            writable = False  # another trusted user's segment that we may only read
-            fd = os.open(name, _OPEN_RO, dir_fd=self._dir_fd())
+            try:
+                fd, st = open_file(name, self._dir_fd(), write=True, what=f"slab file {name}")
+            except PermissionError:
+                writable = False  # another trusted user's segment that we may only read
+                fd, st = open_file(name, self._dir_fd(), write=False, what=f"slab file {name}")
         except FileNotFoundError:
             raise CorruptSegment(f"slab file {name} is missing") from None
         except OSError as exc:  # ELOOP: a symlink put in its place, which O_NOFOLLOW refused
             raise translate(exc, f"cannot open slab file {name}") from exc
         try:
-            slab = SlabFile(
-                fd, number, file, writable=writable, trusted=self._trusted(os.fstat(fd))
-            )
+            slab = SlabFile(fd, number, file, writable=writable, trusted=self._trusted(st))
         finally:
             os.close(fd)
         self.files[number << 16 | file] = slab
