@@ -29,6 +29,7 @@ from shmfs.backends.tmpfs import segdir as sd
 from shmfs.backends.tmpfs.index import Index, index_name
 from shmfs.backends.tmpfs.largefile import PAGE
 from shmfs.backends.tmpfs.largevars import LargeVars
+from shmfs.backends.tmpfs.listing import check_key, peek
 from shmfs.backends.tmpfs.recovery import recover
 from shmfs.backends.tmpfs.slabs import Slabs
 from shmfs.backends.tmpfs.views import Views
@@ -193,7 +194,7 @@ class TmpfsHandle(HoldsSegmentLock):
                 f"segment {self.key}: metadata version {version}; "
                 f"this shmfs reads {L.META_VERSION} (upgrade shmfs)"
             )
-        sd.check_key(self._meta, self.key, f"segment {self.key} in {self.root}")
+        check_key(self._meta, self.key, f"segment {self.key} in {self.root}")
         if self._meta[_STATE] & _DESTROYED:
             raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
         if self.writable:
@@ -486,7 +487,7 @@ class TmpfsHandle(HoldsSegmentLock):
             return []
         try:
             names = os.listdir(root_fd)
-            found = [sd.peek(root_fd, root, name) for name in names]
+            found = [peek(root_fd, root, name) for name in names]
         except OSError as exc:
             raise translate(exc, f"cannot list segments in {root}") from exc
         finally:

@@ -29,8 +29,8 @@ because every reader opens that, and an flock can be taken through any descripto
 one too: a reader could then stop every writer. ``.lock`` is mode ``lock_mode(perm)``, read and
 write for writers only, so nobody who may only read can open it, let alone lock it.
 
-A segment's key is its directory's name; the key in the metadata must match it (a page copied
-into a directory of another name names a segment it is not).
+A segment's key is its directory's name; the key in the metadata must match it
+(``listing.py``).
 
 A segment is built whole in a hidden ``.new-`` directory and published with one ``rename()``, so
 nobody opens a half-made segment; it is unpublished the same way before it is wiped, so nobody
@@ -48,7 +48,6 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from shmfs.backends import SegmentInfo
 from shmfs.backends.fsutil import (
     dir_mode,
     file_mode,
@@ -67,16 +66,12 @@ from shmfs.forking import pid_alive
 __all__ = [
     "LOCK_NAME",
     "META_NAME",
-    "check_key",
     "fresh_name",
     "index_of",
-    "key_of",
     "make_views_file",
     "may_act_on",
     "open_root",
-    "peek",
     "publish_new_segment",
-    "read_meta",
     "sweep_root",
     "wipe_dir",
 ]
@@ -401,81 +396,3 @@ def sweep_root(root_fd: int) -> list[str]:
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino, a.st_uid) == (b.st_dev, b.st_ino, b.st_uid)
-
-
-def key_of(name: str) -> int | None:
-    """The key a root's entry names, or ``None`` if it names no segment (a key is a non-zero
-    signed 32-bit number, written as ``str(key)`` writes it)."""
-    key = index_of(name)
-    if key is None or key == 0 or not -(1 << 31) <= key < 1 << 31 or str(key) != name:
-        return None
-    return key
-
-
-def read_meta(dir_fd: int, key: int, what: str) -> bytes:
-    """The metadata page of segment ``key``'s directory, checked: a regular file with one link,
-    holding segment ``key``.
-
-    Raises:
-        UnsafeSegment: not a regular file, or it names another key.
-        CorruptSegment: not a whole metadata page.
-        OSError: from the filesystem.
-    """
-    fd, _ = open_file(META_NAME, dir_fd, write=False, what=f"{what} metadata")
-    try:
-        raw = os.pread(fd, PAGE, 0)
-    finally:
-        os.close(fd)
-    if len(raw) != PAGE or memoryview(raw).cast("Q")[MAGIC] != META_MAGIC:
-        raise CorruptSegment(f"{what}: its metadata is not a shmfs metadata page")
-    check_key(memoryview(raw).cast("Q"), key, what)
-    return raw
-
-
-def check_key(words: memoryview, key: int, what: str) -> None:
-    """Refuse metadata that names another key than the directory it is in.
-
-    Raises:
-        UnsafeSegment: it does.
-    """
-    if words[KEY] != key & ((1 << 64) - 1):
-        claimed = words[KEY] - (1 << 64) if words[KEY] >> 63 else words[KEY]
-        raise UnsafeSegment(
-            f"{what}: its metadata claims key {claimed}; a segment's key is its directory's "
-            "name, so refusing it"
-        )
-
-
-def peek(root_fd: int, root: str, name: str) -> SegmentInfo | None:
-    """Read a segment's metadata without attaching; ``None`` if it cannot be read, or is not a
-    segment (a name that is no key, metadata that is not a regular file or names another
-    key)."""
-    key = key_of(name)
-    if key is None:
-        return None
-    try:
-        dir_fd = open_dir(name, root_fd, search_only=True)
-    except (OSError, UnsafeSegment):
-        return None
-    try:
-        st = os.fstat(dir_fd)
-        raw = read_meta(dir_fd, key, f"segment {name}")
-    except (OSError, ShmfsError):
-        return None
-    finally:
-        os.close(dir_fd)
-    words = memoryview(raw).cast("Q")
-    if words[STATE] & DESTROYED:
-        return None
-    return SegmentInfo(
-        key=key,
-        backend="tmpfs",
-        size=int(words[SIZE]),
-        used=int(words[USED]),
-        variables=int(words[COUNT]),
-        perm=int(words[PERM]),
-        owner=st.st_uid,
-        location=os.path.join(root, name),
-        created=words[CREATED] / 1e9,
-        creator_pid=int(words[CREATOR]),
-    )
