@@ -412,6 +412,28 @@ def test_destroy_zeroes_nothing_through_a_planted_link(shared: str, key: int) ->
     assert victim_reads(shared, key) == {5: big}
 
 
+def test_writes_go_through_no_planted_link(shared: str, key: int) -> None:
+    """A writer of a shared segment (perm 0666) replaces a variable's file by a hard link to the
+    victim's value in another, private segment (as ``fs.protected_hardlinks=0`` lets anyone
+    do; here root does it for them). The victim's put and remove of that variable change
+    nothing in the private segment."""
+    private, public = "p" * 100_000, "q" * 100_000
+    victim_segment(shared, key, {5: private})
+    victim_segment(shared, key + 1, {9: public}, perm=0o666)
+    planted = os.path.join(shared, str(key + 1), ".planted")
+    os.link(os.path.join(shared, str(key), "5"), planted)
+    os.rename(planted, os.path.join(shared, str(key + 1), "9"))
+
+    def write() -> None:
+        with shmfs.attach(key + 1, root=shared, codec="json") as seg:
+            for change in (lambda: seg.__setitem__(9, "r" * 100_000), lambda: seg.pop(9)):
+                with contextlib.suppress(shmfs.UnsafeSegment):
+                    change()
+
+    ok(as_user(VICTIM, write))
+    assert victim_reads(shared, key) == {5: private}
+
+
 # ---------------------------------------------------------------------------- case 10: reading
 
 

@@ -92,8 +92,11 @@ class TmpfsHandle(HoldsSegmentLock):
         dir_st = os.fstat(dir_fd)
         self.owner = dir_st.st_uid
         self._dir_trusted = dir_st.st_uid in trust_uids and not writable_by_others(dir_st)
-        self._slabs = Slabs(self._directory, self._trusted)
-        self._large = LargeVars(key, self._directory, self._trusted)
+        # In a directory others may write, a name can be a hard link they made to a file of
+        # another of our segments: a file written there must have one link.
+        self._one_link = writable_by_others(dir_st)
+        self._slabs = Slabs(self._directory, self._trusted, one_link=self._one_link)
+        self._large = LargeVars(key, self._directory, self._trusted, one_link=self._one_link)
         try:
             self._open_meta()
             self.size = int(self._meta[L.M_SIZE])
@@ -164,7 +167,15 @@ class TmpfsHandle(HoldsSegmentLock):
         what = f"segment {self.key}"
         try:
             try:
-                fd, st = open_file(sd.META_NAME, self._dir_fd, write=True, what=f"{what} metadata")
+                fd, st = open_file(
+                    sd.META_NAME,
+                    self._dir_fd,
+                    write=True,
+                    what=f"{what} metadata",
+                    single_link=self._one_link,
+                )
+            except UnsafeSegment:
+                raise  # a PermissionError too, but not one that reading would cure
             except PermissionError:  # a segment we may only read
                 fd, st = open_file(sd.META_NAME, self._dir_fd, write=False, what=f"{what} metadata")
                 self.writable = False
@@ -212,6 +223,8 @@ class TmpfsHandle(HoldsSegmentLock):
                 what=f"segment {self.key} lock file",
                 owners=(owner,),
             )
+        except UnsafeSegment:
+            raise  # a PermissionError too, but a planted file, not a reader's lot
         except PermissionError:
             self.writable = False
             return
@@ -238,7 +251,15 @@ class TmpfsHandle(HoldsSegmentLock):
             try:
                 writable = self.writable
                 try:
-                    fd, _ = open_file(index_name(gen), self._dir_fd, write=writable, what=what)
+                    fd, _ = open_file(
+                        index_name(gen),
+                        self._dir_fd,
+                        write=writable,
+                        what=what,
+                        single_link=writable and self._one_link,
+                    )
+                except UnsafeSegment:
+                    raise
                 except PermissionError:
                     if not writable:
                         raise

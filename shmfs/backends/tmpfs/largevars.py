@@ -89,14 +89,21 @@ class LargeVars:
         key: The segment's key, for messages.
         dir_fd: The segment directory (a callable: it is reopened after a fork).
         trusted: Whether a file with this ``stat`` can only have been written by trusted uids.
+        one_link: Refuse to write a file with other hard links (a directory others may write).
     """
 
     def __init__(
-        self, key: int, dir_fd: Callable[[], int], trusted: Callable[[os.stat_result], bool]
+        self,
+        key: int,
+        dir_fd: Callable[[], int],
+        trusted: Callable[[os.stat_result], bool],
+        *,
+        one_link: bool = False,
     ) -> None:
         self.key = key
         self._dir_fd = dir_fd
         self._trusted = trusted
+        self._one_link = one_link
         #: index -> mapping; the C fast path holds this very dict (cleared, never replaced).
         self.vars: OrderedDict[int, VarFile] = OrderedDict()
         # index -> recent reads without a mapping. OrderedDicts, because both are trimmed
@@ -193,9 +200,13 @@ class LargeVars:
     def _map(self, index: int) -> VarFile | None:
         name, writable, what = str(index), True, self._what(index)
         try:
-            fd, st = open_file(name, self._dir_fd(), write=True, what=what)
+            fd, st = open_file(
+                name, self._dir_fd(), write=True, what=what, single_link=self._one_link
+            )
         except FileNotFoundError:
             return None
+        except UnsafeSegment:
+            raise  # a PermissionError too, but not one that reading would cure
         except PermissionError:
             writable = False  # another trusted user's segment that we may only read
             try:
@@ -254,8 +265,14 @@ class LargeVars:
         """``store`` in place with pwrite, for a variable we keep no mapping of; ``False`` if it
         cannot be done so (absent, not ours to write, unsound, or too big for its slot)."""
         try:
-            fd, _ = open_file(str(index), self._dir_fd(), write=True, what=self._what(index))
-        except OSError:
+            fd, _ = open_file(
+                str(index),
+                self._dir_fd(),
+                write=True,
+                what=self._what(index),
+                single_link=self._one_link,
+            )
+        except (OSError, UnsafeSegment):
             return False
         try:
             state = unmapped_state(fd)

@@ -29,7 +29,7 @@ from typing import Final
 
 from shmfs.backends.fsutil import open_file, translate
 from shmfs.backends.tmpfs import layout as L
-from shmfs.errors import CorruptSegment
+from shmfs.errors import CorruptSegment, UnsafeSegment
 from shmfs.hotpath import map_file
 
 __all__ = ["SlabFile", "Slabs", "location", "slab_name", "split_location"]
@@ -155,13 +155,19 @@ class Slabs:
     Args:
         dir_fd: The segment directory (a callable: it is reopened after a fork).
         trusted: Whether a file with this ``stat`` can only have been written by trusted uids.
+        one_link: Refuse to write a file with other hard links (a directory others may write).
     """
 
     def __init__(
-        self, dir_fd: Callable[[], int], trusted: Callable[[os.stat_result], bool]
+        self,
+        dir_fd: Callable[[], int],
+        trusted: Callable[[os.stat_result], bool],
+        *,
+        one_link: bool = False,
     ) -> None:
         self._dir_fd = dir_fd
         self._trusted = trusted
+        self._one_link = one_link
         # (class << 16 | file) -> its mapping; as many as the segment has files, no more.
         self.files: dict[int, SlabFile] = {}
 
@@ -178,7 +184,15 @@ class Slabs:
         name, writable = slab_name(number, file), True
         try:
             try:
-                fd, st = open_file(name, self._dir_fd(), write=True, what=f"slab file {name}")
+                fd, st = open_file(
+                    name,
+                    self._dir_fd(),
+                    write=True,
+                    what=f"slab file {name}",
+                    single_link=self._one_link,
+                )
+            except UnsafeSegment:
+                raise  # a PermissionError too, but not one that reading would cure
             except PermissionError:
                 writable = False  # another trusted user's segment that we may only read
                 fd, st = open_file(name, self._dir_fd(), write=False, what=f"slab file {name}")
