@@ -12,6 +12,9 @@ A user who may read a segment but not write it gets a read-only handle: the meta
 file mapped read-only, no segment lock (the lock file is writers' alone, see ``segdir.py``), no
 C fast path (it writes the metadata), reads that never wait on the lock, and an
 ``UnsafeSegment`` (a ``PermissionError``) for anything that would change the segment.
+
+Over 400 lines: opening (with the checks a shared root needs), the lock, forks, recovery and
+destroying are one object's life, each step reading the state the others leave.
 """
 
 from __future__ import annotations
@@ -197,8 +200,8 @@ class TmpfsHandle(HoldsSegmentLock):
             raise CorruptSegment(
                 f"segment {self.key} was made by an earlier shmfs (tmpfs format {version}), "
                 "which this shmfs "
-                f"does not read: remove it with `shmfs rm --key {self.key} --root {self.root}` "
-                "(its values go with it) and store them again"
+                f"does not read: remove its directory (`rm -r {self.path}`; its values go "
+                "with it) and store them again"
             )
         if version != L.META_VERSION:
             raise CorruptSegment(
