@@ -281,17 +281,16 @@ def make_views_file(dir_fd: int, perm: int) -> None:
         _create(dir_fd, VIEWS_NAME, lock_mode(perm), 0)
 
 
-def wipe_dir(dir_fd: int) -> None:
+def wipe_dir(dir_fd: int, owner: int | None = None) -> None:
     """Zero every file that holds values in a segment directory, then unlink everything in it:
     a process that still maps one sees zeros, never the old values.
 
-    Only files of the directory's owner with no other link are zeroed (anything else is not a
-    file this segment made: zeroing it could reach someone else's data through a hard link);
-    everything is unlinked all the same. What cannot be removed (a directory someone else put
-    in a segment others may write) is left: the caller's ``rmdir`` then fails, and the
-    directory, already unpublished, is left to the sweep.
+    Only regular files with no other link are zeroed, and only ``owner``'s when given (the
+    sweep, in a directory someone else may have filled): zeroing anything else could reach
+    someone else's data through a hard link. Everything is unlinked all the same. What cannot
+    be removed (a directory someone else put in a segment others may write) is left: the
+    caller's ``rmdir`` then fails, and the directory, already unpublished, stays.
     """
-    owner = os.fstat(dir_fd).st_uid
     for name in os.listdir(dir_fd):
         if index_of(name) is not None:
             scrub_file(dir_fd, name, owner)
@@ -386,7 +385,7 @@ def sweep_root(root_fd: int) -> list[str]:
             try:
                 if not _same(os.fstat(fd), st):
                     continue  # replaced since we looked
-                wipe_dir(fd)
+                wipe_dir(fd, st.st_uid)
             finally:
                 os.close(fd)
             os.rmdir(name, dir_fd=root_fd)
