@@ -253,6 +253,9 @@ def test_a_fifo_for_metadata_hangs_no_listing(shared: str, key: int) -> None:
 
     assert ok(as_user(VICTIM, listing)) == [key]
     assert ok(as_user(VICTIM, gc, shared)) == 0
+    for command in (["ls"], ["get", "1"], ["stat"]):  # each looks through the listing
+        argv = [*command, "--key", str(key), "--root", shared, "--backend", "tmpfs"]
+        assert ok(as_user(VICTIM, cli_main, [*argv, "--codec", "json"])) == 0, command
     assert ok(as_user(0, listing)) == [key]  # root too
     assert ok(as_user(0, gc, shared)) == 0
     assert victim_reads(shared, key) == {1: "v"}
