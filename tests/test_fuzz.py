@@ -2,7 +2,7 @@
 ``CorruptSegment``, never another exception, never a crash, never a different value (such as
 the older value still sitting in a variable's other slot, or a freed slot).
 
-Three kinds of file (tmpfs format 2, ``shmfs/backends/tmpfs/layout.py``): a large variable's
+Three kinds of file (tmpfs format 3, ``shmfs/backends/tmpfs/layout.py``): a large variable's
 own file (two slots, the old value in the other), a slab file holding small variables' slots,
 and the index.
 """

@@ -439,7 +439,7 @@ def test_inside_this_threads_lock_it_writes_under_that_lock(
     """A put inside ``seg.lock()`` writes under the flock the block holds: it neither takes
     it again nor gives it back."""
     store(seg, 1, 0)
-    fd = seg._backend._meta_fd
+    fd = seg._backend._lock_fd
     cloud = codecs.get_codec("cloudpickle").id
     with seg.lock():
         assert hot.put(1, cloud, 1) is None

@@ -183,16 +183,16 @@ class TestZeroCopy:
             assert view[0] == value[0] ^ 0xFF
 
     def test_the_views_file_is_made_when_missing(self, attach: Any, key: int) -> None:
-        """Segments made before views existed have no .views file: the first view makes it,
-        with the segment's own mode."""
+        """A segment that lost its .views file: the first view makes it again, for writers
+        alone (here, the owner: the group may only read)."""
         seg = attach(key, 1 << 20, 0o640)
         path = os.path.join(seg.stats()["location"], segdir.VIEWS_NAME)
-        assert os.stat(path).st_mode & 0o777 == 0o640
+        assert os.stat(path).st_mode & 0o777 == 0o600
         os.unlink(path)
         other = attach(key)
         seg[1] = b"value" * LARGE  # viewed in place: its own file
         with other.view(1) as view:
             assert view == b"value" * LARGE
-            assert os.stat(path).st_mode & 0o777 == 0o640
+            assert os.stat(path).st_mode & 0o777 == 0o600
             seg[1] = b"other" * LARGE  # a writer still sees the view
             assert view == b"value" * LARGE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import subprocess
@@ -121,7 +122,10 @@ def _watch(args: argparse.Namespace) -> str:
 
 
 def _gc(args: argparse.Namespace) -> str:
-    now = time.time()
+    """Destroy the abandoned segments the caller owns (root: everyone's). Another user's are
+    listed as skipped, and one that cannot be destroyed is listed with why: neither stops the
+    others from going."""
+    now, euid = time.time(), os.geteuid()
     doomed = [
         info
         for info in shmfs.segments(backend=args.backend, root=args.root)
@@ -130,14 +134,35 @@ def _gc(args: argparse.Namespace) -> str:
         and not pid_alive(info["creator_pid"])
         and not info.get("attached")
     ]
+    removed: list[int] = []
+    skipped: list[tuple[int, str]] = []
     for info in doomed:
-        if not args.dry_run:
-            locate.attach(args, key=info["key"]).destroy()
-    keys = [info["key"] for info in doomed]
+        key, owner = info["key"], info["owner"]
+        if euid not in (0, owner):
+            skipped.append((key, f"owned by uid {owner}"))
+            continue
+        if args.dry_run:
+            removed.append(key)
+            continue
+        mine = copy.copy(args)  # destroying reads no value: the owner's files may be trusted
+        mine.trust_uids = [*(args.trust_uids or ()), owner]
+        try:
+            with locate.attach(mine, key=key) as seg:
+                seg.destroy()
+        except ShmfsError as exc:
+            skipped.append((key, str(exc)))
+            continue
+        removed.append(key)
     if args.json:
-        return json.dumps({"removed" if not args.dry_run else "would_remove": keys})
+        verb = "would_remove" if args.dry_run else "removed"
+        report: dict[str, Any] = {verb: removed}
+        if skipped:
+            report["skipped"] = [{"key": key, "why": why} for key, why in skipped]
+        return json.dumps(report)
     verb = "would remove" if args.dry_run else "removed"
-    return "\n".join(f"{verb} segment {key}" for key in keys) or "nothing to remove"
+    lines = [f"{verb} segment {key}" for key in removed]
+    lines += [f"skipped segment {key}: {why}" for key, why in skipped]
+    return "\n".join(lines) or "nothing to remove"
 
 
 def _check(args: argparse.Namespace) -> str:

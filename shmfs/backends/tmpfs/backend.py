@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Final
@@ -44,6 +45,11 @@ _SLOT_HEADER: Final = L.SLOT_HEADER
 # Lock-free lookups a reader makes while writers keep changing what it looks at, before it
 # reads under the lock.
 _SPINS: Final = 8
+# A reader that may not take the lock (read-only access) keeps looking, pausing between tries,
+# this long before it calls what it finds damage: a writer changes one variable in
+# microseconds, so only a stream of writers to the same variable, or damage, lasts this long.
+_PATIENCE: Final = 2.0
+_AGAIN: Final = object()
 
 
 class TmpfsBackend(TmpfsHandle):
@@ -83,6 +89,17 @@ class TmpfsBackend(TmpfsHandle):
             self._recover_if_abandoned()
         if meta[_RECOVERIES] != self._recoveries:
             self._forget_mappings()
+        found = self._look(index)
+        if found is not _AGAIN:
+            return found  # type: ignore[return-value]  # not _AGAIN: what read() returns
+        if self._lock is None:
+            return self._read_patiently(index)
+        return self._read_locked(index)
+
+    def _look(self, index: int) -> bytes | memoryview | Split | object | None:
+        """``read``'s lock-free part: the value, ``None`` (absent), or ``_AGAIN`` (writers kept
+        overtaking us)."""
+        meta = self._meta
         key = index & _M64
         for _ in range(_SPINS):
             gen = meta[_INDEX_GEN]
@@ -104,7 +121,19 @@ class TmpfsBackend(TmpfsHandle):
                 found = self._read_slot(index, index_map, loc, gen)
             if found is not None:
                 return found
-        return self._read_locked(index)
+        return _AGAIN
+
+    def _read_patiently(self, index: int) -> bytes | memoryview | Split | None:
+        """``read`` for a handle that may not take the lock: look again, pausing longer each
+        time, for up to ``_PATIENCE`` seconds."""
+        pause, deadline = 1e-5, time.monotonic() + _PATIENCE
+        while time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+            found = self._look(index)
+            if found is not _AGAIN:
+                return found  # type: ignore[return-value]  # not _AGAIN
+        raise self._damaged(index, f"no whole value found in {_PATIENCE:g} s of looking")
 
     def _read_large(
         self, index: int, index_map: Index, gen: int
@@ -436,6 +465,12 @@ class TmpfsBackend(TmpfsHandle):
         place, a slot's frame as a copy: a few KiB at most); ``None`` if it holds no value."""
         key = index & _M64
         frame = None
+        if self._lock is None:  # a reader: no views flock to take, so a copy, taken lock-free
+            data = self.read(index)
+            if data is not None and not isinstance(data, bytes | memoryview):
+                data = b"".join(data)
+            yield None if data is None else memoryview(bytes(data)).toreadonly()
+            return
         self.acquire(timeout)
         try:
             loc = self._current_index().find(key)[0]

@@ -5,8 +5,16 @@ recovery after a writer that died, closing and destroying.
 A writer sets the DIRTY bit in the metadata, with its pid, before it changes anything and clears
 it after; a writer killed in between leaves it set, and the next process to take the lock (or a
 reader that finds the pid dead) rebuilds what the death left (``recovery.py``). ``destroy()``
-marks the segment DESTROYED (every handle checks it), renames the directory away, then zeroes
+renames the directory away, marks the segment DESTROYED (every handle checks it), then zeroes
 and unlinks each file.
+
+A user who may read a segment but not write it gets a read-only handle: the metadata and every
+file mapped read-only, no segment lock (the lock file is writers' alone, see ``segdir.py``), no
+C fast path (it writes the metadata), reads that never wait on the lock, and an
+``UnsafeSegment`` (a ``PermissionError``) for anything that would change the segment.
+
+Over 400 lines: opening (with the checks a shared root needs), the lock, forks, recovery and
+destroying are one object's life, each step reading the state the others leave.
 """
 
 from __future__ import annotations
@@ -19,18 +27,19 @@ from collections.abc import Callable
 from typing import Any, Concatenate, Final, ParamSpec, Self, TypeVar
 
 from shmfs.backends import SegmentInfo, refuse_options
-from shmfs.backends.fsutil import open_dir, translate, verify_owner, writable_by_others
+from shmfs.backends.fsutil import open_dir, open_file, translate, verify_owner, writable_by_others
 from shmfs.backends.tmpfs import layout as L
 from shmfs.backends.tmpfs import segdir as sd
 from shmfs.backends.tmpfs.index import Index, index_name
 from shmfs.backends.tmpfs.largefile import PAGE
 from shmfs.backends.tmpfs.largevars import LargeVars
+from shmfs.backends.tmpfs.listing import check_key, peek
 from shmfs.backends.tmpfs.recovery import recover
 from shmfs.backends.tmpfs.slabs import Slabs
 from shmfs.backends.tmpfs.unmapped import mappable, open_words
 from shmfs.backends.tmpfs.views import Views
 from shmfs.backends.tmpfs.waiters import TmpfsWatcher, set_waiter
-from shmfs.errors import CorruptSegment, SegmentDetached, SegmentNotFound
+from shmfs.errors import CorruptSegment, SegmentDetached, SegmentNotFound, UnsafeSegment
 from shmfs.forking import fork_epoch
 from shmfs.hotpath import TmpfsHot, new_hot
 from shmfs.locking import HoldsSegmentLock, SegmentLock
@@ -83,7 +92,10 @@ class TmpfsHandle(HoldsSegmentLock):
     _root_fd = -1
     _dir_fd = -1
     _meta_fd = -1
+    _lock_fd = -1
     _notify_fd = -1
+    #: False: a user who may only read the segment (no lock, no changes).
+    writable = True
     _meta_mm: Any = None
     _meta_mapped = False
     _index: Index | None = None
@@ -117,8 +129,11 @@ class TmpfsHandle(HoldsSegmentLock):
         dir_st = os.fstat(dir_fd)
         self.owner = dir_st.st_uid
         self._dir_trusted = dir_st.st_uid in trust_uids and not writable_by_others(dir_st)
-        self._slabs = Slabs(self._directory, self._trusted)
-        self._large = LargeVars(key, self._directory, self._trusted)
+        # In a directory others may write, a name can be a hard link they made to a file of
+        # another of our segments: a file written there must have one link.
+        self._one_link = writable_by_others(dir_st)
+        self._slabs = Slabs(self._directory, self._trusted, one_link=self._one_link)
+        self._large = LargeVars(key, self._directory, self._trusted, one_link=self._one_link)
         try:
             self._open_meta()
             self.size = int(self._meta[L.M_SIZE])
@@ -130,9 +145,10 @@ class TmpfsHandle(HoldsSegmentLock):
             self._close_now()
             raise
         self._recoveries = self._meta[_RECOVERIES]
-        # The C fast path reads mappings; a segment whose metadata others can write (and so
-        # truncate) is not mapped at all (unmapped.py), and is read in Python.
-        if self._meta_mapped:
+        # The C fast path reads mappings and writes the metadata (puts, recoveries): a
+        # segment whose metadata others can write (and so truncate) is not mapped at all
+        # (unmapped.py), and one this user may only read is read in Python.
+        if self._meta_mapped and self.writable:
             self.hot = new_hot(self._large.vars, self._slabs.files, self._meta)
         self._reset_hot()
         if self.hot is not None and self._index is not None:
@@ -190,29 +206,41 @@ class TmpfsHandle(HoldsSegmentLock):
         return self._dir_fd
 
     def _open_meta(self) -> None:
+        what = f"segment {self.key}"
         try:
-            fd = os.open(sd.META_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
+            try:
+                fd, st = open_file(
+                    sd.META_NAME,
+                    self._dir_fd,
+                    write=True,
+                    what=f"{what} metadata",
+                    single_link=self._one_link,
+                )
+            except UnsafeSegment:
+                raise  # a PermissionError too, but not one that reading would cure
+            except PermissionError:  # a segment we may only read
+                fd, st = open_file(sd.META_NAME, self._dir_fd, write=False, what=f"{what} metadata")
+                self.writable = False
         except FileNotFoundError:
             raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key) from None
         except OSError as exc:
             raise translate(exc, f"cannot open segment {self.key}") from exc
         self._meta_fd = fd
-        st = os.fstat(fd)
         verify_owner(st, self._trust_uids, f"segment {self.key} metadata")
         if st.st_size != PAGE:
             raise self._meta_damaged(f"metadata is {st.st_size} bytes, not {PAGE}", 0)
         self._meta_mapped = mappable(st)
         self._meta_mm, self._meta = open_words(
-            fd, st, PAGE, writable=True, name=f"segment {self.key} metadata"
+            fd, st, PAGE, writable=self.writable, name=f"segment {self.key} metadata"
         )
         if self._meta[L.M_MAGIC] != L.META_MAGIC:
             raise self._meta_damaged("metadata has a bad magic number", L.M_MAGIC)
         version = self._meta[L.M_VERSION]
-        if version == 1:
+        if version in (1, 2):  # 2 locked its metadata file, which readers can open too
             raise self._meta_damaged(
-                f"made by shmfs 0.1 (tmpfs format 1), which this shmfs does not read: remove "
-                f"it with `shmfs rm --key {self.key} --root {self.root}` (its values go with "
-                "it) and store them again",
+                f"made by an earlier shmfs (tmpfs format {version}), which this shmfs does not "
+                f"read: remove it with `shmfs rm --key {self.key} --root {self.root}` (its "
+                "values go with it) and store them again",
                 L.M_VERSION,
             )
         if version != L.META_VERSION:
@@ -220,9 +248,40 @@ class TmpfsHandle(HoldsSegmentLock):
                 f"metadata version {version}; this shmfs reads {L.META_VERSION} (upgrade shmfs)",
                 L.M_VERSION,
             )
+        check_key(self._meta, self.key, f"segment {self.key} in {self.root}")
         if self._meta[_STATE] & _DESTROYED:
             raise SegmentNotFound(f"segment {self.key} was destroyed", key=self.key)
-        self._lock = SegmentLock(fd, f"segment {self.key}")
+        if self.writable:
+            self._open_lock(st.st_uid)
+
+    def _open_lock(self, owner: int) -> None:
+        """Open the lock file (its owner the metadata's): only writers can; a user who may
+        write the metadata and not the lock (a segment whose modes were changed by hand) is a
+        reader."""
+        try:
+            self._lock_fd, _ = open_file(
+                sd.LOCK_NAME,
+                self._dir_fd,
+                write=True,
+                what=f"segment {self.key} lock file",
+                owners=(owner,),
+            )
+        except UnsafeSegment:
+            raise  # a PermissionError too, but a planted file, not a reader's lot
+        except PermissionError:
+            self.writable = False
+            return
+        except OSError as exc:
+            raise translate(exc, f"segment {self.key}: cannot open its lock file") from exc
+        self._lock = SegmentLock(self._lock_fd, f"segment {self.key}")
+
+    def read_only(self, doing: str) -> UnsafeSegment:
+        """The error for a change (``doing``) asked of a read-only handle."""
+        return UnsafeSegment(
+            f"segment {self.key}: cannot {doing}: uid {os.geteuid()} may only read it "
+            f"(perm {self.perm:04o}, owner uid {self.owner})",
+            key=self.key,
+        )
 
     def _current_index(self) -> Index:
         """The mapping of the index the metadata names, remapped if it was replaced."""
@@ -231,12 +290,24 @@ class TmpfsHandle(HoldsSegmentLock):
             index = self._index
             if index is not None and index.gen == gen:
                 return index
+            what = f"segment {self.key} index"
             try:
-                fd = os.open(index_name(gen), sd.OPEN_RW, dir_fd=self._dir_fd)
-                writable = True
-            except PermissionError:
-                fd = os.open(index_name(gen), sd.OPEN_RO, dir_fd=self._dir_fd)
-                writable = False
+                writable = self.writable
+                try:
+                    fd, _ = open_file(
+                        index_name(gen),
+                        self._dir_fd,
+                        write=writable,
+                        what=what,
+                        single_link=writable and self._one_link,
+                    )
+                except UnsafeSegment:
+                    raise
+                except PermissionError:
+                    if not writable:
+                        raise
+                    fd, _ = open_file(index_name(gen), self._dir_fd, write=False, what=what)
+                    writable = False
             except FileNotFoundError:
                 if self._meta[_INDEX_GEN] != gen:
                     continue  # replaced again while we opened it
@@ -288,15 +359,23 @@ class TmpfsHandle(HoldsSegmentLock):
         # The child shares the parent's open file descriptions: an flock on them is the
         # parent's lock, and LOCK_UN from the child would release it. Open our own, and only
         # close (never unlock) the inherited ones. Mappings stay valid across fork.
-        inherited = (self._dir_fd, self._meta_fd, self._root_fd, self._notify_fd)
+        inherited = (self._dir_fd, self._meta_fd, self._root_fd, self._notify_fd, self._lock_fd)
+        what = f"segment {self.key}"
         try:
             self._dir_fd = open_dir(".", inherited[0])
-            self._meta_fd = os.open(sd.META_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
+            self._meta_fd, _ = open_file(
+                sd.META_NAME, self._dir_fd, write=self.writable, what=f"{what} metadata"
+            )
             self._root_fd = open_dir(".", inherited[2], search_only=True)
+            if self._lock is not None:
+                self._lock_fd, _ = open_file(
+                    sd.LOCK_NAME, self._dir_fd, write=True, what=f"{what} lock file"
+                )
         except OSError as exc:
             raise translate(exc, f"segment {self.key}: cannot reopen after fork") from exc
-        parent, self._lock = self._lock, SegmentLock(self._meta_fd, f"segment {self.key}")
-        self._lock.inherit(parent)
+        if self._lock is not None:
+            parent, self._lock = self._lock, SegmentLock(self._lock_fd, f"segment {self.key}")
+            self._lock.inherit(parent)
         self._notify_fd = -1
         self._views.after_fork()
         for fd in inherited:
@@ -311,8 +390,7 @@ class TmpfsHandle(HoldsSegmentLock):
 
     def _reset_hot(self) -> None:
         """Tell the C fast path the lock, recovery count and DIRTY word it must use now."""
-        if self.hot is not None:
-            assert self._lock is not None
+        if self.hot is not None and self._lock is not None:
             self.hot.reset(self._lock.interface, self._recoveries, self._dirty_tag)
 
     def is_open(self) -> bool:
@@ -357,7 +435,7 @@ class TmpfsHandle(HoldsSegmentLock):
             except BufferError:
                 pass  # another thread still reads it; the GC unmaps it
             self._meta_mm = None
-        for attr in ("_notify_fd", "_meta_fd", "_dir_fd", "_root_fd"):
+        for attr in ("_notify_fd", "_lock_fd", "_meta_fd", "_dir_fd", "_root_fd"):
             fd = getattr(self, attr)
             if fd >= 0:
                 setattr(self, attr, -1)
@@ -368,31 +446,49 @@ class TmpfsHandle(HoldsSegmentLock):
         """``_check``, for a change made with the lock held: refuse one a forked child would
         make under its parent's lock."""
         self._check()
-        assert self._lock is not None
+        if self._lock is None:
+            raise self.read_only("change it")
         self._lock.check_writable()
 
     def destroy(self) -> None:
-        """Mark destroyed, unpublish, then zero and remove every file. Lock held."""
+        """Unpublish, mark destroyed, then zero and remove every file. Lock held.
+
+        Unpublishing (a rename to a fresh hidden name) comes first: if it fails (another
+        user's segment in a sticky root, names taken) nothing has changed. After it, nothing
+        anyone else put in the directory can stop the rest: what cannot be removed is left in
+        the unpublished directory, and the key is free at once.
+        """
         self._check_writable()
+        root_fd = self._root_fd
+        grave: str | None = None
+        try:
+            grave = sd.fresh_name(
+                f".dead-{self.key}",
+                root_fd,
+                lambda name: os.rename(str(self.key), name, src_dir_fd=root_fd, dst_dir_fd=root_fd),
+                f"cannot destroy segment {self.key}",
+            )
+        except FileNotFoundError:
+            pass  # a destroy that died got that far: unpublished, under a name we cannot know
+        except OSError as exc:
+            raise translate(exc, f"cannot destroy segment {self.key}") from exc
         self._meta[_STATE] = self._meta[_STATE] | _DESTROYED
         self._notify()  # waiters wake up and find the segment gone
-        grave = f".dead-{self.key}-{sd.token()}"
         try:
-            with contextlib.suppress(FileNotFoundError):  # a destroy that died got that far
-                os.rename(str(self.key), grave, src_dir_fd=self._root_fd, dst_dir_fd=self._root_fd)
             sd.wipe_dir(self._dir_fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(grave, dir_fd=self._root_fd)
         except OSError as exc:
-            # Already unpublished and marked: what is left is swept like a dead destroyer's.
             raise translate(exc, f"cannot finish destroying segment {self.key}") from exc
+        if grave is not None:
+            with contextlib.suppress(OSError):  # left by someone else: swept by its owner
+                os.rmdir(grave, dir_fd=root_fd)
         self._large.close()
 
     def acquire(self, timeout: float | None) -> None:
         """Take the segment lock; refuse a destroyed segment; repair after a dead writer."""
         self._check()
         lock = self._lock
-        assert lock is not None
+        if lock is None:
+            raise self.read_only("take its lock")
         lock.acquire(timeout)
         try:  # a lock is never held past an exception
             state = self._meta[_STATE]
@@ -415,15 +511,15 @@ class TmpfsHandle(HoldsSegmentLock):
         self._reset_hot()
 
     def _recover_if_dirty(self) -> None:
-        if self._meta[_STATE] & _DIRTY:
+        # A reader cannot repair, and need not: the index names whole values at every instant.
+        if self._meta[_STATE] & _DIRTY and self._lock is not None:
             self.acquire(None)  # acquire() repairs
             self.release()
 
     def _recover_if_abandoned(self) -> None:
         """DIRTY and the lock free: the writer died, so repair now rather than wait for the
         next writer."""
-        assert self._lock is not None
-        if self._lock.try_lock():
+        if self._lock is not None and self._lock.try_lock():
             try:
                 if self._meta[_STATE] & _DIRTY:
                     self._recover()
@@ -474,9 +570,11 @@ class TmpfsHandle(HoldsSegmentLock):
         """Wake waiters: a write to ``.notify`` is an inotify event; mapped writes raise none."""
         try:
             if self._notify_fd < 0:
-                self._notify_fd = os.open(sd.NOTIFY_NAME, sd.OPEN_RW, dir_fd=self._dir_fd)
+                self._notify_fd, _ = open_file(
+                    sd.NOTIFY_NAME, self._dir_fd, write=True, what=f"segment {self.key} notify"
+                )
             os.pwrite(self._notify_fd, self._meta[_GENERATION].to_bytes(8, "little"), 0)
-        except OSError:
+        except (OSError, UnsafeSegment):
             pass  # waiters also re-check on their own every second; a lost wake-up only delays
 
     def watcher(self) -> TmpfsWatcher:
@@ -507,9 +605,7 @@ class TmpfsHandle(HoldsSegmentLock):
             return []
         try:
             names = os.listdir(root_fd)
-            found = [
-                sd.peek(root_fd, root, name) for name in names if sd.index_of(name) is not None
-            ]
+            found = [peek(root_fd, root, name) for name in names]
         except OSError as exc:
             raise translate(exc, f"cannot list segments in {root}") from exc
         finally:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import stat
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
-from shmfs.backends.fsutil import file_mode, translate
+from shmfs.backends.fsutil import file_mode, open_file, translate
 from shmfs.backends.tmpfs import segdir as sd
 from shmfs.backends.tmpfs.largefile import (
     CONTENDED,
@@ -94,14 +93,21 @@ class LargeVars:
         key: The segment's key, for messages.
         dir_fd: The segment directory (a callable: it is reopened after a fork).
         trusted: Whether a file with this ``stat`` can only have been written by trusted uids.
+        one_link: Refuse to write a file with other hard links (a directory others may write).
     """
 
     def __init__(
-        self, key: int, dir_fd: Callable[[], int], trusted: Callable[[os.stat_result], bool]
+        self,
+        key: int,
+        dir_fd: Callable[[], int],
+        trusted: Callable[[os.stat_result], bool],
+        *,
+        one_link: bool = False,
     ) -> None:
         self.key = key
         self._dir_fd = dir_fd
         self._trusted = trusted
+        self._one_link = one_link
         #: index -> mapping; the C fast path holds this very dict (cleared, never replaced).
         self.vars: OrderedDict[int, VarFile] = OrderedDict()
         # index -> recent reads without a mapping. OrderedDicts, because both are trimmed
@@ -160,15 +166,12 @@ class LargeVars:
         name = str(index)
         for _ in range(3):
             try:
-                fd = os.open(name, sd.OPEN_RO, dir_fd=self._dir_fd())
+                fd, st = open_file(name, self._dir_fd(), write=False, what=self._what(index))
             except FileNotFoundError:
                 return GONE, False
             except OSError as exc:
                 raise translate(exc, f"segment {self.key}: cannot open index {index}") from exc
             try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise CorruptSegment("variable is not a regular file")
                 data = read_unmapped(fd, st.st_size)
             except OSError as exc:
                 raise translate(exc, f"segment {self.key}: cannot read index {index}") from exc
@@ -180,6 +183,9 @@ class LargeVars:
                 return CONTENDED, False
             return data, self._trusted(st)
         return MAP_IT, False
+
+    def _what(self, index: int) -> str:
+        return f"segment {self.key} index {index}'s file"
 
     def trusted(self, index: int) -> bool:
         """Whether only trusted uids could have written ``index``'s current file."""
@@ -208,23 +214,30 @@ class LargeVars:
         except CorruptSegment:
             self.forget(index)
             with contextlib.suppress(OSError):  # not a regular file: nothing to zero
-                sd.zero_file(self._dir_fd(), str(index))
+                sd.zero_file(self._dir_fd(), str(index), None)  # any writer's; one link
             return None
 
     def _map(self, index: int) -> VarFile | None:
-        name, writable = str(index), True
+        name, writable, what = str(index), True, self._what(index)
         try:
-            fd = os.open(name, sd.OPEN_RW, dir_fd=self._dir_fd())
+            fd, st = open_file(
+                name, self._dir_fd(), write=True, what=what, single_link=self._one_link
+            )
         except FileNotFoundError:
             return None
+        except UnsafeSegment:
+            raise  # a PermissionError too, but not one that reading would cure
         except PermissionError:
             writable = False  # another trusted user's segment that we may only read
-            fd = os.open(name, sd.OPEN_RO, dir_fd=self._dir_fd())
+            try:
+                fd, st = open_file(name, self._dir_fd(), write=False, what=what)
+            except FileNotFoundError:
+                return None
         try:
             var = VarFile(
                 fd,
                 writable=writable,
-                trusted=self._trusted(os.fstat(fd)),
+                trusted=self._trusted(st),
                 name=f"segment {self.key} variable file {name}",
             )
         finally:
@@ -240,7 +253,7 @@ class LargeVars:
         if var is not None and not var.retired:
             return var.length
         try:
-            fd = os.open(str(index), sd.OPEN_RO, dir_fd=self._dir_fd())
+            fd, _ = open_file(str(index), self._dir_fd(), write=False, what=self._what(index))
         except FileNotFoundError:
             return 0
         except OSError as exc:
@@ -277,8 +290,14 @@ class LargeVars:
         """``store`` in place with pwrite, for a variable we keep no mapping of; ``False`` if it
         cannot be done so (absent, not ours to write, unsound, or too big for its slot)."""
         try:
-            fd = os.open(str(index), sd.OPEN_RW, dir_fd=self._dir_fd())
-        except OSError:
+            fd, _ = open_file(
+                str(index),
+                self._dir_fd(),
+                write=True,
+                what=self._what(index),
+                single_link=self._one_link,
+            )
+        except (OSError, UnsafeSegment):
             return False
         try:
             state = unmapped_state(fd)

@@ -36,7 +36,7 @@ MASK64: Final = (1 << 64) - 1
 
 # ---------------------------------------------------------------- the metadata page
 META_MAGIC: Final = int.from_bytes(b"SHMFSSEG", "little")
-META_VERSION: Final = 2
+META_VERSION: Final = 3
 M_MAGIC: Final = 0
 M_VERSION: Final = 1
 M_KEY: Final = 2

@@ -70,7 +70,7 @@ def recover(
     for name in names:
         found = sd.index_of(name)
         if found is not None and found not in large:
-            sd.scrub_file(dir_fd, name)  # renamed into place, never published
+            sd.scrub_file(dir_fd, name, None)  # renamed into place, never published
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=dir_fd)
     for number in range(L.NCLASSES):

@@ -2,23 +2,35 @@
 
 Layout under the root (default ``/dev/shm/shmfs-<uid>``, mode 0700)::
 
-    <root>/<key>/.segment         metadata page (below); the segment lock is an flock on it
+    <root>/<key>/.segment         metadata page (below)
+    <root>/<key>/.lock            the segment lock is an flock on it; only writers may open it
     <root>/<key>/.notify          written when someone waits for a change (notify.py)
     <root>/<key>/.index-<g>       the index: variable index -> where its value is (index.py)
     <root>/<key>/.slab-<c>-<n>    slots of size class c holding small variables (slabs.py)
     <root>/<key>/<index>          a variable too big for a slot, in a file of its own
                                   (largefile.py)
-    <root>/<key>/.tmp-<pid>-<n>   a file being written, until renamed
-    <root>/.new-<key>-<pid>-<n>   a segment being created, until renamed to <key>
-    <root>/.dead-<key>-<pid>-<n>  a destroyed segment being wiped
+    <root>/<key>/.views           flocked by handles that view values in place (views.py);
+                                  only writers may open it
+    <root>/<key>/.tmp-<pid>-<r>   a file being written, until renamed
+    <root>/.new-<key>-<pid>-<r>   a segment being created, until renamed to <key>
+    <root>/.dead-<key>-<pid>-<r>  a destroyed segment being wiped
+
+``<r>`` is random (``secrets``), and each such name is created exclusively: in a shared root,
+a name others can guess is a name they can take first.
 
 ``.segment`` is one page of 8-byte words (``layout.M_*``): magic, version, key, size, perm, state,
 used bytes, variable count, creation time, creator pid, generation, number of waiters, number of
 recoveries after dead writers, the current index's generation, the last slot stamp, from word 16
 a table of the waiting processes' pids (so that waiters that died can be told from live ones),
 and from word 80 each slot class's free list and bump allocation.
-It is never replaced, which is why the lock lives on it: locking a file that ``rename()``
-replaces loses updates (docs/linux-behaviour.md, "Lost updates").
+Neither it nor ``.lock`` is ever replaced: locking a file that ``rename()`` replaces loses
+updates (docs/linux-behaviour.md, "Lost updates"). The lock is not on ``.segment`` itself
+because every reader opens that, and an flock can be taken through any descriptor, a read-only
+one too: a reader could then stop every writer. ``.lock`` is mode ``lock_mode(perm)``, read and
+write for writers only, so nobody who may only read can open it, let alone lock it.
+
+A segment's key is its directory's name; the key in the metadata must match it
+(``listing.py``).
 
 A segment is built whole in a hidden ``.new-`` directory and published with one ``rename()``, so
 nobody opens a half-made segment; it is unpublished the same way before it is wiped, so nobody
@@ -28,26 +40,37 @@ opens a half-wiped one.
 from __future__ import annotations
 
 import contextlib
-import itertools
+import errno
 import os
+import secrets
 import stat
 import time
+from collections.abc import Callable
 from typing import Final
 
-from shmfs.backends import SegmentInfo
-from shmfs.backends.fsutil import dir_mode, file_mode, open_dir, translate, writable_by_others
+from shmfs.backends.fsutil import (
+    dir_mode,
+    file_mode,
+    lock_mode,
+    open_dir,
+    open_file,
+    translate,
+    writable_by_others,
+)
 from shmfs.backends.tmpfs import layout as L
 from shmfs.backends.tmpfs.index import create_index, index_name
 from shmfs.backends.tmpfs.largefile import PAGE, VarFile
-from shmfs.errors import BackendUnavailable, CorruptSegment, UnsafeSegment
+from shmfs.errors import BackendUnavailable, CorruptSegment, ShmfsError, UnsafeSegment
 from shmfs.forking import pid_alive
 
 __all__ = [
+    "LOCK_NAME",
     "META_NAME",
+    "fresh_name",
     "index_of",
     "make_views_file",
+    "may_act_on",
     "open_root",
-    "peek",
     "publish_new_segment",
     "sweep_root",
     "wipe_dir",
@@ -62,6 +85,7 @@ GENERATION, WAITERS, RECOVERIES, VIEWS = L.M_GENERATION, L.M_WAITERS, L.M_RECOVE
 INDEX_GEN, STAMP = L.M_INDEX_GEN, L.M_STAMP
 WAITER_TABLE: Final = range(L.M_WAITER_TABLE, L.M_WAITER_TABLE + L.M_WAITER_SLOTS)
 NOTIFY_NAME: Final = ".notify"
+LOCK_NAME: Final = ".lock"
 VIEWS_NAME: Final = ".views"  # flocked shared by every handle with a view open
 DESTROYED: Final = L.STATE_DESTROYED
 DIRTY: Final = L.STATE_DIRTY
@@ -71,12 +95,48 @@ OPEN_RO: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 # and they are this old; the age guards a live process in another PID namespace (a container
 # sharing /dev/shm), whose pid we cannot see.
 STALE_AFTER: Final = 60.0
-_tokens = itertools.count()
+# Fresh names tried for a hidden directory before giving up: with 64 random bits each, failing
+# them all means something other than chance is at work.
+NAME_ATTEMPTS: Final = 16
+# rename() and mkdir() say a name is taken with these (EPERM, EACCES: someone else's directory
+# in a sticky root).
+_TAKEN: Final = (errno.EEXIST, errno.ENOTEMPTY, errno.EPERM, errno.EACCES, errno.ENOTDIR)
 
 
 def token() -> str:
-    """A name part no other live process or earlier call of ours uses."""
-    return f"{os.getpid()}-{next(_tokens)}"
+    """A name part nobody can predict: our pid (the sweep asks whether it is alive) and 64
+    random bits."""
+    return f"{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def fresh_name(prefix: str, dir_fd: int, take: Callable[[str], None], what: str) -> str:
+    """Take a new hidden name ``prefix-<pid>-<random>`` in ``dir_fd`` with ``take`` (an
+    exclusive mkdir, or a rename, which fails onto anything but an empty directory of ours),
+    trying other names while someone else holds them; return the one taken.
+
+    Raises:
+        OSError: ``take`` failed otherwise, or every name tried was taken.
+    """
+    for _ in range(NAME_ATTEMPTS):
+        name = f"{prefix}-{token()}"
+        try:
+            take(name)
+        except OSError as exc:
+            if exc.errno not in _TAKEN:
+                raise
+            if exc.errno in (errno.EPERM, errno.EACCES) and not _exists(dir_fd, name):
+                raise  # a permission problem of our own, not someone else's name
+            continue
+        return name
+    raise OSError(errno.EEXIST, f"{what}: {NAME_ATTEMPTS} fresh names were all taken")
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
 
 
 def index_of(name: str) -> int | None:
@@ -149,9 +209,13 @@ def publish_new_segment(root_fd: int, key: int, size: int, perm: int) -> bool:
         UnsafeSegment: no permission.
     """
     sweep_root(root_fd)
-    hidden = f".new-{key}-{token()}"
     try:
-        os.mkdir(hidden, 0o700, dir_fd=root_fd)
+        hidden = fresh_name(
+            f".new-{key}",
+            root_fd,
+            lambda name: os.mkdir(name, 0o700, dir_fd=root_fd),
+            f"cannot create segment {key}",
+        )
         fd = open_dir(hidden, root_fd)
     except OSError as exc:
         raise translate(exc, f"cannot create segment {key}") from exc
@@ -175,6 +239,17 @@ def publish_new_segment(root_fd: int, key: int, size: int, perm: int) -> bool:
         os.close(fd)
 
 
+def _create(dir_fd: int, name: str, mode: int, length: int) -> None:
+    """Create ``name`` (it must not exist), ``mode`` whatever the umask, ``length`` bytes."""
+    fd = os.open(name, OPEN_RW | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, mode)
+        if length:
+            os.posix_fallocate(fd, 0, length)
+    finally:
+        os.close(fd)
+
+
 def _write_meta(dir_fd: int, key: int, size: int, perm: int) -> None:
     fd = os.open(META_NAME, OPEN_RW | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
     try:
@@ -193,59 +268,89 @@ def _write_meta(dir_fd: int, key: int, size: int, perm: int) -> None:
             raise OSError(28, "short write of segment metadata")
     finally:
         os.close(fd)
-    fd = os.open(NOTIFY_NAME, OPEN_RW | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
-    try:
-        os.fchmod(fd, file_mode(perm))
-        os.posix_fallocate(fd, 0, 8)
-    finally:
-        os.close(fd)
+    _create(dir_fd, NOTIFY_NAME, file_mode(perm), 8)
+    _create(dir_fd, LOCK_NAME, lock_mode(perm), 0)
     make_views_file(dir_fd, perm)
     create_index(dir_fd, index_name(0), 0, L.IX_MIN_SHIFT, mode=file_mode(perm))
 
 
 def make_views_file(dir_fd: int, perm: int) -> None:
-    """Create the empty file views flock (see ``TmpfsBackend.pin``), if it is not there."""
-    fd = os.open(VIEWS_NAME, OPEN_RW | os.O_CREAT, 0o600, dir_fd=dir_fd)
-    try:
-        if os.fstat(fd).st_uid == os.geteuid():
-            os.fchmod(fd, file_mode(perm))  # who may view is who may read the segment
-    finally:
-        os.close(fd)
+    """Create the empty file views flock (``views.py``), for writers alone, unless it is
+    there."""
+    with contextlib.suppress(FileExistsError):
+        _create(dir_fd, VIEWS_NAME, lock_mode(perm), 0)
 
 
-def wipe_dir(dir_fd: int) -> None:
+def wipe_dir(dir_fd: int, owner: int | None = None) -> None:
     """Zero every file that holds values in a segment directory, then unlink everything in it:
-    a process that still maps one sees zeros, never the old values."""
+    a process that still maps one sees zeros, never the old values.
+
+    Only regular files with no other link are zeroed, and only ``owner``'s when given (the
+    sweep, in a directory someone else may have filled): zeroing anything else could reach
+    someone else's data through a hard link. Everything is unlinked all the same. What cannot
+    be removed (a directory someone else put in a segment others may write) is left: the
+    caller's ``rmdir`` then fails, and the directory, already unpublished, stays.
+    """
     for name in os.listdir(dir_fd):
         if index_of(name) is not None:
-            scrub_file(dir_fd, name)
+            scrub_file(dir_fd, name, owner)
         elif name.startswith((".slab-", ".index-")):
-            zero_file(dir_fd, name)
-        with contextlib.suppress(FileNotFoundError):
+            zero_file(dir_fd, name, owner)
+        with contextlib.suppress(OSError):
             os.unlink(name, dir_fd=dir_fd)
 
 
-def zero_file(dir_fd: int, name: str) -> None:
+def zero_file(dir_fd: int, name: str, owner: int | None) -> None:
     """Overwrite a file with zeros in place (never truncate: a process mapping it would get
-    SIGBUS)."""
+    SIGBUS), if it is a regular file with no other link, and ``owner``'s unless that is
+    ``None``."""
     try:
-        fd = os.open(name, OPEN_RW, dir_fd=dir_fd)
-    except (FileNotFoundError, PermissionError):
+        fd, st = open_file(
+            name,
+            dir_fd,
+            write=True,
+            what=name,
+            owners=None if owner is None else (owner,),
+            single_link=True,
+        )
+    except (OSError, UnsafeSegment):
         return
     try:
-        size = os.fstat(fd).st_size
-        zeros = bytes(min(size, 1 << 20))
-        for offset in range(0, size, len(zeros) or 1):
-            os.pwrite(fd, zeros[: size - offset], offset)
+        _zero_data(fd, st.st_size)
     finally:
         os.close(fd)
 
 
-def scrub_file(dir_fd: int, name: str) -> None:
-    """Retire and zero one variable file, so a process still mapping it sees zeros."""
+def _zero_data(fd: int, size: int) -> None:
+    """Zero the bytes of ``fd`` that hold data, leaving its holes alone: every file shmfs makes
+    is allocated whole, and writing zeros into a planted sparse file's holes would fill tmpfs
+    with them."""
+    zeros = bytes(min(size, 1 << 20))
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data past offset
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        while start < end:
+            start += os.pwrite(fd, zeros[: end - start], start)
+        offset = end
+
+
+def scrub_file(dir_fd: int, name: str, owner: int | None) -> None:
+    """Retire and zero one variable file, so a process still mapping it sees zeros; only a
+    regular file with no other link, and ``owner``'s unless that is ``None``."""
     try:
-        fd = os.open(name, OPEN_RW, dir_fd=dir_fd)
-    except FileNotFoundError:
+        fd, _ = open_file(
+            name,
+            dir_fd,
+            write=True,
+            what=name,
+            owners=None if owner is None else (owner,),
+            single_link=True,
+        )
+    except (OSError, UnsafeSegment):
         return
     try:
         var = VarFile(fd, writable=True, trusted=False)
@@ -259,8 +364,16 @@ def scrub_file(dir_fd: int, name: str) -> None:
         var.close()
 
 
+def may_act_on(st: os.stat_result) -> bool:
+    """Whether this process may remove or wipe what ``st`` describes: its own, or anyone's
+    for root. In a shared root, another user's directory is theirs to clean."""
+    euid = os.geteuid()
+    return euid in (0, st.st_uid)
+
+
 def sweep_root(root_fd: int) -> list[str]:
-    """Remove hidden directories left by creators and destroyers that died; return their names."""
+    """Remove hidden directories left by creators and destroyers that died, ours alone (every
+    user's for root); return their names."""
     removed: list[str] = []
     now = time.time()
     try:
@@ -276,15 +389,17 @@ def sweep_root(root_fd: int) -> list[str]:
             continue
         try:
             pid = int(name.rsplit("-", 2)[1])
-            age = now - os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_mtime
+            st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
         except (ValueError, IndexError, OSError):
             continue
-        if age < STALE_AFTER or pid_alive(pid):
+        if not may_act_on(st) or now - st.st_mtime < STALE_AFTER or pid_alive(pid):
             continue
-        with contextlib.suppress(OSError, UnsafeSegment):
+        with contextlib.suppress(OSError, ShmfsError):
             fd = open_dir(name, root_fd)
             try:
-                wipe_dir(fd)
+                if not _same(os.fstat(fd), st):
+                    continue  # replaced since we looked
+                wipe_dir(fd, st.st_uid)
             finally:
                 os.close(fd)
             os.rmdir(name, dir_fd=root_fd)
@@ -292,71 +407,5 @@ def sweep_root(root_fd: int) -> list[str]:
     return removed
 
 
-def peek(root_fd: int, root: str, name: str) -> SegmentInfo | None:  # noqa: PLR0911  # one per way it can fail
-    """Read a segment's metadata without attaching; ``None`` if it cannot be read (or was
-    destroyed). A segment whose metadata fails its checks is reported with ``damaged`` saying
-    how, so that ``shmfs ls`` shows it and ``shmfs rm`` can remove it."""
-    try:
-        dir_fd = open_dir(name, root_fd)
-    except (OSError, UnsafeSegment):
-        return None
-    try:
-        st = os.fstat(dir_fd)
-        try:
-            fd = os.open(META_NAME, OPEN_RO, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return _damaged(name, root, st, "its metadata file is missing")
-        try:
-            raw = os.pread(fd, PAGE, 0)
-        finally:
-            os.close(fd)
-    except OSError:
-        return None
-    finally:
-        os.close(dir_fd)
-    if len(raw) != PAGE:
-        return _damaged(name, root, st, f"its metadata is {len(raw)} bytes, not {PAGE}")
-    words = memoryview(raw).cast("Q")
-    if words[STATE] & DESTROYED and words[MAGIC] == META_MAGIC:
-        return None
-    problem = None
-    if words[MAGIC] != META_MAGIC:
-        problem = "its metadata has a bad magic number"
-    elif words[L.M_VERSION] != L.META_VERSION:
-        problem = f"its metadata says format version {words[L.M_VERSION]}"
-    elif words[KEY] != (index_of(name) or 0) & L.MASK64:
-        problem = "its metadata names another key"
-    if problem is not None:
-        return _damaged(name, root, st, problem)
-    key = words[KEY] - (1 << 64) if words[KEY] >= 1 << 63 else words[KEY]
-    return SegmentInfo(
-        key=int(key),
-        backend="tmpfs",
-        size=int(words[SIZE]),
-        used=int(words[USED]),
-        variables=int(words[COUNT]),
-        perm=int(words[PERM]),
-        owner=st.st_uid,
-        location=os.path.join(root, name),
-        created=words[CREATED] / 1e9,
-        creator_pid=int(words[CREATOR]),
-    )
-
-
-def _damaged(name: str, root: str, st: os.stat_result, problem: str) -> SegmentInfo | None:
-    """The report of a segment whose metadata cannot be read: what its directory says."""
-    key = index_of(name)
-    if key is None:
-        return None
-    return SegmentInfo(
-        key=key,
-        backend="tmpfs",
-        size=0,
-        used=0,
-        variables=0,
-        perm=stat.S_IMODE(st.st_mode) & 0o666,
-        owner=st.st_uid,
-        location=os.path.join(root, name),
-        created=st.st_mtime,
-        damaged=problem,
-    )
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_uid) == (b.st_dev, b.st_ino, b.st_uid)

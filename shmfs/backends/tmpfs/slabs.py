@@ -27,10 +27,10 @@ import stat
 from collections.abc import Callable
 from typing import Final
 
-from shmfs.backends.fsutil import translate
+from shmfs.backends.fsutil import open_file, translate
 from shmfs.backends.tmpfs import layout as L
 from shmfs.backends.tmpfs.unmapped import check_allocated, mappable, open_words
-from shmfs.errors import CorruptSegment
+from shmfs.errors import CorruptSegment, UnsafeSegment
 
 __all__ = ["SlabFile", "Slabs", "location", "slab_name", "split_location"]
 
@@ -161,13 +161,19 @@ class Slabs:
     Args:
         dir_fd: The segment directory (a callable: it is reopened after a fork).
         trusted: Whether a file with this ``stat`` can only have been written by trusted uids.
+        one_link: Refuse to write a file with other hard links (a directory others may write).
     """
 
     def __init__(
-        self, dir_fd: Callable[[], int], trusted: Callable[[os.stat_result], bool]
+        self,
+        dir_fd: Callable[[], int],
+        trusted: Callable[[os.stat_result], bool],
+        *,
+        one_link: bool = False,
     ) -> None:
         self._dir_fd = dir_fd
         self._trusted = trusted
+        self._one_link = one_link
         # (class << 16 | file) -> its mapping; as many as the segment has files, no more.
         self.files: dict[int, SlabFile] = {}
 
@@ -183,18 +189,25 @@ class Slabs:
             return found
         name, writable = slab_name(number, file), True
         try:
-            fd = os.open(name, _OPEN_RW, dir_fd=self._dir_fd())
-        except PermissionError:
-            writable = False  # another trusted user's segment that we may only read
-            fd = os.open(name, _OPEN_RO, dir_fd=self._dir_fd())
+            try:
+                fd, st = open_file(
+                    name,
+                    self._dir_fd(),
+                    write=True,
+                    what=f"slab file {name}",
+                    single_link=self._one_link,
+                )
+            except UnsafeSegment:
+                raise  # a PermissionError too, but not one that reading would cure
+            except PermissionError:
+                writable = False  # another trusted user's segment that we may only read
+                fd, st = open_file(name, self._dir_fd(), write=False, what=f"slab file {name}")
         except FileNotFoundError:
             raise CorruptSegment(f"slab file {name} is missing") from None
         except OSError as exc:  # ELOOP: a symlink put in its place, which O_NOFOLLOW refused
             raise translate(exc, f"cannot open slab file {name}") from exc
         try:
-            slab = SlabFile(
-                fd, number, file, writable=writable, trusted=self._trusted(os.fstat(fd))
-            )
+            slab = SlabFile(fd, number, file, writable=writable, trusted=self._trusted(st))
         finally:
             os.close(fd)
         self.files[number << 16 | file] = slab

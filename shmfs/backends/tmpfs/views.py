@@ -11,12 +11,11 @@ truth, and a viewer that died leaves no flock, so the next writer resets the cou
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 from collections.abc import Callable
 
-from shmfs.backends.fsutil import translate
+from shmfs.backends.fsutil import open_file, translate
 from shmfs.backends.tmpfs import segdir as sd
 
 __all__ = ["Views"]
@@ -40,14 +39,16 @@ class Views:
         self._views = 0  # views this handle has open
 
     def _views_file(self) -> int:
-        for _ in range(2):
-            try:
-                return os.open(sd.VIEWS_NAME, sd.OPEN_RW, dir_fd=self._dir_fd())
-            except PermissionError:  # a segment we may only read: flock needs no more
-                return os.open(sd.VIEWS_NAME, sd.OPEN_RO, dir_fd=self._dir_fd())
-            except FileNotFoundError:  # a segment made before views existed
-                sd.make_views_file(self._dir_fd(), self._perm)
-        raise FileNotFoundError(errno.ENOENT, "the segment's views file keeps vanishing")
+        # Writers' alone, like the segment lock (mode lock_mode(perm)): a reader who could
+        # open it could flock it exclusively, and a viewer would then wait under the segment
+        # lock forever. A handle that may only read copies instead of viewing in place.
+        what = f"segment {self._key} views file"
+        try:
+            fd, _ = open_file(sd.VIEWS_NAME, self._dir_fd(), write=True, what=what)
+        except FileNotFoundError:  # lost (removed by hand): writers may make it again
+            sd.make_views_file(self._dir_fd(), self._perm)
+            fd, _ = open_file(sd.VIEWS_NAME, self._dir_fd(), write=True, what=what)
+        return fd
 
     def hold(self, meta: memoryview) -> None:
         """Count a view this handle opens. Segment lock held."""
