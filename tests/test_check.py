@@ -281,3 +281,19 @@ def test_redis_check_verifies_frames(redis_url: str, key: int) -> None:
         assert sorted(seg) == [2]
     finally:
         seg.destroy()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_segment_of_an_earlier_format_says_how_to_remove_it_and_is_removed(
+    tmpfs: shmfs.Segment, key: int, root: str, version: int
+) -> None:
+    """Format 2 locked the metadata file, format 3 a writers-only lock file: the two cannot
+    share a segment, so an earlier one is refused by name, listed, and ``shmfs rm`` takes it."""
+    meta = os.path.join(root, str(key), ".segment")
+    pwrite(meta, version.to_bytes(8, "little"), L.M_VERSION * 8)
+    with pytest.raises(shmfs.CorruptSegment, match=f"tmpfs format {version}.*shmfs rm --key"):
+        shmfs.attach(key, root=root)
+    (listed,) = [info for info in shmfs.segments(root=root) if info["key"] == key]
+    assert listed["damaged"] == f"its metadata says format version {version}"
+    shmfs.destroy(key, root=root)
+    assert not os.path.exists(os.path.join(root, str(key)))

@@ -236,7 +236,7 @@ def test_lock_of_a_killed_holder_is_free_at_once(seg: shmfs.Segment, spawn_ctx: 
     assert time.monotonic() - began < 1
 
 
-# ------------------------------------------------ tmpfs format 2: slots and the index, killed
+# ------------------------------------------------ tmpfs slots and the index, killed
 
 
 def _small_churn_rounds(

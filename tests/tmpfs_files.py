@@ -1,4 +1,4 @@
-"""Where a tmpfs segment (format 2, ``shmfs/backends/tmpfs/layout.py``) keeps a variable's bytes,
+"""Where a tmpfs segment (format 3, ``shmfs/backends/tmpfs/layout.py``) keeps a variable's bytes,
 for tests that damage, chown or observe them.
 
 A value whose frame needs more than ``layout.SLOT_MAX`` bytes of slot has a file of its own,
