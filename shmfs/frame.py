@@ -40,6 +40,10 @@ how a pickle of one ``bytes`` is recognised without unpickling it, are in ``shmf
 Every encoding goes through the codec object: its ``encode``, or, for a pickle dialect, its
 ``pickler`` (protocol 5, buffers out of band); what a frame may hold is decided by the codec's
 ``pickle_dialect``, never by its name.
+
+Its length (just over 400 lines): encoding, decoding, the signature and the out-of-band split
+all read and write the one header above and follow one set of version rules; split apart, each
+half would reach into the other's private helpers.
 """
 
 from __future__ import annotations

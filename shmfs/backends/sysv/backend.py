@@ -23,6 +23,11 @@ declares.
 **Waiting** polls: writes to a System V segment raise no event anyone can wait on. A waiter
 checks every 5 ms (about 200 cheap wake-ups a second, well under 1% of a core), so a change is
 seen within 5 ms.
+
+Its length (over 400 lines): ``SysvBackend`` is every call of the Backend Protocol on one PHP
+segment, each short and handing the work to ``layout``, ``journal``, ``chain_index`` and
+``semaphore``; what it keeps together is the lock discipline around those calls, which a split
+class would scatter.
 """
 
 from __future__ import annotations

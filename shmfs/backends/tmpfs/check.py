@@ -17,6 +17,11 @@ Repairing rebuilds the metadata page's fixed words, the index from the slabs and
 wins), a damaged slab file as an empty one; drops the variables whose bytes fail their checks;
 then runs the recovery a dead writer's change gets (``recovery.py``: free lists, counts,
 litter), which leaves what the index names and nothing else.
+
+Its length (over 400 lines): one checker walks every structure of the format in order, each
+check using what the one before established (the index's generation, the slab files, the large
+files), and the repair needs every finding; the format's parts it reads already live in their
+own modules.
 """
 
 from __future__ import annotations

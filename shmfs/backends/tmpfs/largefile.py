@@ -43,6 +43,10 @@ Words are written with single stores through ``memoryview.cast("Q")``, never ``s
 which writes byte by byte where a concurrent reader could see a half-written word. The one
 exception is a file the writer keeps no mapping of (``write_unmapped``): its words go through
 ``pwrite``, and the checks above are what make a half-written word harmless there.
+
+Its length (over 400 lines): one file format, with its mapped reader and writer (``VarFile``) and
+its unmapped twin (``read_unmapped``, ``write_unmapped``) side by side, so that both follow the
+same seqlock rules line for line.
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ A segment's key is its directory's name; the key in the metadata must match it
 A segment is built whole in a hidden ``.new-`` directory and published with one ``rename()``, so
 nobody opens a half-made segment; it is unpublished the same way before it is wiped, so nobody
 opens a half-wiped one.
+
+Its length (just over 400 lines): a segment directory's life from creation to wipe, whose steps
+share the names and the opening rules above.
 """
 
 from __future__ import annotations
