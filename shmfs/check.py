@@ -165,8 +165,10 @@ def check(
     Verified: the metadata, the index, every variable's frame (header, length, checksum) and
     the bookkeeping around them (tmpfs: slots, free lists, counters, stray files; sysv: PHP's
     header and chunk chain; redis: each variable's frame). Repairing rebuilds what the other
-    bytes determine and drops the variables that cannot be recovered; see the README's CLI
-    section for what each backend can rebuild.
+    bytes determine and drops the variables that cannot be recovered; docs/cli.md ("Damage")
+    says what each backend can rebuild. Not from inside ``with seg.lock()`` on the same
+    segment in this process: the check takes the lock through a descriptor of its own, which
+    would wait for this process's hold for ever.
 
     Args:
         key: The segment key.

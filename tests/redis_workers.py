@@ -37,7 +37,15 @@ def incr_through_outages(url: str, key: int, index: int, acks: int) -> dict[str,
     made = unknown = 0
     longest = 0.0
     deadline = time.monotonic() + 120
-    with shmfs.attach(key, backend="redis", root=url, codec="json", lock_timeout=30) as seg:
+    while True:  # a worker slow to start may attach while the server is down: so does a user
+        try:
+            seg = shmfs.attach(key, backend="redis", root=url, codec="json", lock_timeout=30)
+            break
+        except shmfs.BackendUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+    with seg:
         while made < acks and time.monotonic() < deadline:
             began = time.monotonic()
             try:
