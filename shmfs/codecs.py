@@ -7,8 +7,9 @@ things about itself, separately:
 * ``pickle_dialect``: its bytes are a pickle (protocol 5), so the frame may store out-of-band
   buffers after it, the C fast path may write it, and ``Cache`` may compare pickles' heads;
 * ``executes_code``: decoding may run code, so the segment checks who could have written the
-  bytes before it decodes them (DESIGN.md §4.4). A new codec that runs code without being a
-  pickle says ``executes_code=True, pickle_dialect=False``, and is never written as a pickle.
+  bytes before it decodes them (docs/security.md, "What is trusted"). A new codec that runs
+  code without being a pickle says ``executes_code=True, pickle_dialect=False``, and is never
+  written as a pickle.
 
 ``bytes_only`` marks a codec that stores bytes-like values as they are (``raw``).
 """

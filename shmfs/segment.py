@@ -215,14 +215,9 @@ class Segment(MutableMapping[int, Any]):
         lock_timeout: float | None,
         spec: dict[str, Any],
     ) -> None:
-        self._codec = codec
-        self._secret = secret
         self._lock_timeout = lock_timeout
         self._spec = spec
-        # The backend's native codec is stored bare, so its other users (PHP) can read it.
-        self._framed = not (codec.name == backend.native_codec and secret is None)
         offers = capabilities(backend)
-        self._pieces = offers.writes_pieces
         self._pin = offers.pin
         # Where single changes are each one atomic step of the backend's (redis: one script
         # call), they take no segment lock here; read-modify-writes become optimistic.
@@ -236,7 +231,12 @@ class Segment(MutableMapping[int, Any]):
             self.get_fast = hot.get
         self._hot_codec = codec.id if hot is not None and codec.pickle_dialect else None
         self._coder = Coder(
-            codec, secret, framed=self._framed, pieces=self._pieces, key=spec["key"]
+            codec,
+            secret,
+            # The backend's native codec is stored bare, so its other users (PHP) can read it.
+            framed=not (codec.name == backend.native_codec and secret is None),
+            pieces=offers.writes_pieces,
+            key=spec["key"],
         )
         self._backend = backend
 
@@ -430,7 +430,6 @@ class Segment(MutableMapping[int, Any]):
         self._coder.lacks_secret(SECRET_ENV)
         self._hot = self._hot_codec = None
         self.get_fast = _no_fast_get
-        self._framed = True
 
     def _encode(self, value: Any, index: int | None = None) -> bytes | frame.Pieces:
         """``value`` framed for ``index`` (which a signature covers: required with a secret)."""

@@ -75,6 +75,14 @@ def root() -> Iterator[str]:
 
 
 @pytest.fixture
+def shared_root(root: str) -> Iterator[str]:
+    """A root others may traverse (0711) but not write: what sharing across users needs."""
+    os.chmod(root, 0o711)
+    yield root
+    os.chmod(root, 0o700)
+
+
+@pytest.fixture
 def key() -> int:
     """A segment key no other test uses (tests get private roots, so this only needs to be
     unlikely to collide for backends without roots)."""

@@ -6,12 +6,11 @@ checked: refused, and the victim untouched.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from shmfs import frame
 from shmfs.backends.sysv import ipc
 from shmfs.backends.tmpfs import largevars, segdir
 from shmfs.backends.tmpfs.largefile import create
+from tests.other_user import as_user
 from tests.tmpfs_files import large, slab_files
 
 NOBODY = 65534
@@ -28,42 +28,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another use
 
 
 def as_nobody(action: Callable[[], Any]) -> Any:
-    """Run ``action`` in a forked child with uid and gid 65534; return what it returned, or
-    ``{"error": <exception class name>}`` if it raised."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 0
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setresgid(NOBODY, NOBODY, NOBODY)
-            os.setresuid(NOBODY, NOBODY, NOBODY)
-            try:
-                result: Any = action()
-            except Exception as exc:
-                result = {"error": type(exc).__name__, "message": str(exc)}
-            os.write(write_end, json.dumps(result, default=repr).encode())
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.close(read_end)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child failed outside its action"
-    return json.loads(b"".join(chunks))
-
-
-@pytest.fixture
-def shared_root(root: str) -> Iterator[str]:
-    """A root others may traverse (0711) but not write: what sharing across users needs."""
-    os.chmod(root, 0o711)
-    yield root
-    os.chmod(root, 0o700)
+    """``action``'s result as uid 65534 (``other_user.as_user``)."""
+    return as_user(NOBODY, action)
 
 
 # ------------------------------------------------------------------ another user is denied

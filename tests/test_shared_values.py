@@ -11,15 +11,12 @@ permissions would hide what an ordinary user meets.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import pickle
 import resource
 import shutil
-import signal
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
@@ -29,57 +26,12 @@ import shmfs
 from shmfs.backends.sysv import ipc
 from shmfs.backends.tmpfs import largefile
 from tests.conftest import sysv_objects
+from tests.other_user import as_user
 from tests.tmpfs_files import large, slab_files, var_path
 
 ATTACKER = 65534
 VICTIM = 4242
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
-
-
-def as_user(uid: int, action: Callable[[], Any]) -> Any:
-    """Run ``action`` in a forked child with uid and gid ``uid``; return what it returned, or
-    ``{"error": <class name>, "message": ..., "owner": ...}`` if it raised, or
-    ``{"signal": <name>}`` if the child was killed by a signal."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 0
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            try:
-                result: Any = action()
-            except Exception as exc:
-                result = {
-                    "error": type(exc).__name__,
-                    "message": str(exc),
-                    "owner": getattr(exc, "owner", None),
-                }
-            os.write(write_end, json.dumps(result, default=repr).encode())
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.close(read_end)
-    _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        return {"signal": signal.Signals(os.WTERMSIG(status)).name}
-    assert os.waitstatus_to_exitcode(status) == 0, "the child failed outside its action"
-    return json.loads(b"".join(chunks))
-
-
-@pytest.fixture
-def shared_root(root: str) -> Iterator[str]:
-    """A root others may traverse (0711) but not write: what sharing across users needs."""
-    os.chmod(root, 0o711)
-    yield root
-    os.chmod(root, 0o700)
 
 
 # ------------------------------------------------- no SIGBUS, no allocation from a file

@@ -307,8 +307,22 @@ def zero_file(dir_fd: int, name: str, owner: int | None) -> None:
     """Overwrite a file with zeros in place (never truncate: a process mapping it would get
     SIGBUS), if it is a regular file with no other link, and ``owner``'s unless that is
     ``None``."""
+    opened = _open_to_wipe(dir_fd, name, owner)
+    if opened is None:
+        return
+    fd, st = opened
     try:
-        fd, st = open_file(
+        _zero_data(fd, st.st_size)
+    finally:
+        os.close(fd)
+
+
+def _open_to_wipe(dir_fd: int, name: str, owner: int | None) -> tuple[int, os.stat_result] | None:
+    """``name`` opened for writing if a wipe may write it (a regular file with one link, and
+    ``owner``'s unless that is ``None``), else ``None``: what is not ours to zero is only
+    unlinked."""
+    try:
+        return open_file(
             name,
             dir_fd,
             write=True,
@@ -317,11 +331,7 @@ def zero_file(dir_fd: int, name: str, owner: int | None) -> None:
             single_link=True,
         )
     except (OSError, UnsafeSegment):
-        return
-    try:
-        _zero_data(fd, st.st_size)
-    finally:
-        os.close(fd)
+        return None
 
 
 def _zero_data(fd: int, size: int) -> None:
@@ -344,17 +354,10 @@ def _zero_data(fd: int, size: int) -> None:
 def scrub_file(dir_fd: int, name: str, owner: int | None) -> None:
     """Retire and zero one variable file, so a process still mapping it sees zeros; only a
     regular file with no other link, and ``owner``'s unless that is ``None``."""
-    try:
-        fd, _ = open_file(
-            name,
-            dir_fd,
-            write=True,
-            what=name,
-            owners=None if owner is None else (owner,),
-            single_link=True,
-        )
-    except (OSError, UnsafeSegment):
+    opened = _open_to_wipe(dir_fd, name, owner)
+    if opened is None:
         return
+    fd = opened[0]
     try:
         var = VarFile(fd, writable=True, trusted=False)
     except CorruptSegment:
