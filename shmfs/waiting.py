@@ -112,10 +112,16 @@ class _Registered:
     """A waiter registered, and the variable's version noted, when made: not on the first
     ``next()``, so nothing written after ``watch()`` returns is missed."""
 
+    _watcher: Watcher | None = None  # what close() and __del__ find if __init__ failed
+
     def __init__(self, backend: Versioned, get: Getter, index: int, timeout: float | None) -> None:
         self._backend, self._get, self._index, self._timeout = backend, get, index, timeout
-        self._watcher: Watcher | None = backend.watcher()
-        self._base = backend.version(index)
+        self._watcher = backend.watcher()
+        try:
+            self._base = backend.version(index)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         """Stop watching; idempotent."""

@@ -11,6 +11,7 @@ or ``SegmentDetached``. Both paths run (the C get sends such reads to Python).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import shutil
@@ -166,6 +167,82 @@ def test_the_last_read_in_flight_closes_the_handle(
     assert seen == [True]
     assert not backend.is_open()
     assert backend.dir_fd == -1
+
+
+def _watched_inodes(inotify_fd: int) -> list[int]:
+    """The inodes an inotify descriptor of this process watches (its fdinfo lists them)."""
+    with open(f"/proc/self/fdinfo/{inotify_fd}", encoding="ascii") as info:
+        return [
+            int(field[4:], 16)
+            for line in info
+            if line.startswith("inotify ")
+            for field in line.split()
+            if field.startswith("ino:")
+        ]
+
+
+def test_a_watch_begun_during_a_detach_watches_its_own_segment(
+    attach: Callable[..., shmfs.Segment],
+    key: int,
+    other_root: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A watch opens ``.notify`` through the directory's descriptor number: a detach between
+    taking the number and the open must not let it name another segment's directory."""
+    from shmfs.backends.tmpfs import waiters  # noqa: PLC0415  # the test's hook
+
+    seg = attach(key, 64 << 20)
+    seg[1] = "ours"
+    ours = os.stat(os.path.join(seg.stats()["location"], ".notify")).st_ino
+    took, go_on = threading.Event(), threading.Event()
+    numbers: list[int] = []
+
+    watched: list[int] = []
+
+    class Paused(waiters.FileWatch):  # type: ignore[misc]
+        def __init__(self, dir_fd: int, name: str) -> None:
+            numbers.append(dir_fd)
+            took.set()
+            assert go_on.wait(WAIT)
+            super().__init__(dir_fd, name)
+            watched.extend(_watched_inodes(self.fileno()))
+
+    monkeypatch.setattr(waiters, "FileWatch", Paused)
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    outcome: list[Any] = []
+
+    def watch() -> None:
+        try:
+            outcome.append(seg.watch(1))
+        except BaseException as exc:  # the test inspects whatever it was
+            outcome.append(exc)
+
+    held: list[int] = []
+    starter = threading.Thread(target=watch, daemon=True)
+    with _other_segment(key, other_root, {1: "theirs"}) as theirs:
+        theirs_notify = os.stat(os.path.join(theirs, ".notify")).st_ino
+        try:
+            starter.start()
+            assert took.wait(WAIT)
+            seg.detach()
+            _grab(numbers[0], theirs, held)
+            go_on.set()
+            starter.join(WAIT)
+            assert not starter.is_alive()
+        finally:
+            go_on.set()
+            for fd in held:
+                os.close(fd)
+        (got,) = outcome
+        if not isinstance(got, BaseException):
+            got.close()
+        assert isinstance(got, shmfs.SegmentDetached), repr(got)  # (the detach came first)
+        assert theirs_notify not in watched, "the watch was on another segment's file"
+        assert watched == [ours]
+    del got, outcome[:]
+    gc.collect()
+    assert unraisable == [], "a failed watch() complained from its finalizer"
 
 
 def _is_open(fd: int) -> bool:

@@ -577,6 +577,7 @@ class TmpfsHandle(HoldsSegmentLock):
         except (OSError, UnsafeSegment):
             pass  # waiters also re-check on their own every second; a lost wake-up only delays
 
+    @lock_free  # it names .notify through the directory's descriptor number
     def watcher(self) -> TmpfsWatcher:
         """Register as a waiter and watch ``.notify``."""
         self._check()
