@@ -77,9 +77,41 @@ class Watched:
             raise
 
     def watcher(self) -> Watcher:
-        """The backend's :meth:`~shmfs.backends.Backend.watcher`."""
+        """The backend's :meth:`~shmfs.backends.Backend.watcher`, whose waits say a closed
+        handle as such too."""
         try:
-            return self._backend.watcher()
+            return _WatcherSaysClosed(self._backend.watcher(), self._say_closed)
         except Exception as exc:
             self._say_closed(exc)
             raise
+
+
+class _WatcherSaysClosed:
+    """A :class:`~shmfs.backends.Watcher` whose wait, cut short by a detach in another thread
+    (a Redis subscription's socket closed under it, say), raises ``SegmentDetached``."""
+
+    __slots__ = ("_say_closed", "_watcher")
+
+    def __init__(self, watcher: Watcher, say_closed: SayClosed) -> None:
+        self._watcher = watcher
+        self._say_closed = say_closed
+
+    def fileno(self) -> int | None:
+        return self._watcher.fileno()
+
+    def wait(self, timeout: float) -> None:
+        try:
+            self._watcher.wait(timeout)
+        except Exception as exc:
+            self._say_closed(exc)
+            raise
+
+    def drain(self) -> None:
+        try:
+            self._watcher.drain()
+        except Exception as exc:
+            self._say_closed(exc)
+            raise
+
+    def close(self) -> None:
+        self._watcher.close()

@@ -11,6 +11,7 @@ wait, so that a hang is a failed test.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -218,6 +219,41 @@ def test_a_watch_whose_handle_another_thread_detaches(seg: shmfs.Segment) -> Non
     assert not thread.is_alive()
     assert isinstance(outcome[0], shmfs.SegmentDetached), outcome
     watch.close()
+
+
+def test_a_redis_watch_whose_socket_a_detach_closed_says_detached(redis_url: str, key: int) -> None:
+    """The same, with the waiting thread surely inside its wait when the detach closes the
+    subscription's socket under it: redis-py then raises ``ValueError`` (a closed file)."""
+    seg = shmfs.attach(key, backend="redis", root=redis_url)
+    try:
+        seg[1] = "x"
+        backend: Any = seg._backend  # type: ignore[attr-defined]  # the test's hook
+        waiting = threading.Event()
+        made = backend.watcher
+
+        def noted_watcher() -> Any:
+            watcher = made()
+            real_wait = watcher.wait
+
+            def wait(timeout: float) -> None:
+                waiting.set()
+                real_wait(timeout)
+
+            watcher.wait = wait
+            return watcher
+
+        backend.watcher = noted_watcher
+        watch = seg.watch(1, timeout=WAIT)
+        thread, outcome = _in_thread(lambda: next(watch))
+        assert waiting.wait(WAIT)
+        time.sleep(0.2)  # into the socket's select
+        seg.detach()
+        thread.join(WAIT + 5)
+        assert not thread.is_alive()
+        assert isinstance(outcome[0], shmfs.SegmentDetached), outcome
+        watch.close()
+    finally:
+        shmfs.attach(key, backend="redis", root=redis_url).destroy()
 
 
 def test_a_view_whose_handle_is_detached_in_its_block(seg: shmfs.Segment) -> None:
