@@ -13,7 +13,10 @@ re-enter (``with seg.lock(): seg.put(...)``). Only the outermost acquire touches
 
 The uncontended path calls the same ``fcntl.flock`` portalocker would, with ``LOCK_NB``:
 portalocker's wrapper costs about 5 us per lock/unlock pair against 0.8 us for the bare system
-call, on a path every put takes. Contended and timed waits go through ``portalocker.lock``.
+call, on a path every put takes. Contended and timed waits go through ``portalocker.lock``, and
+portalocker is imported at the first of them: importing it imports the redis client too where
+that is installed, ~0.2 s of CPU that every process (each CLI command among them) paid at
+attach, and a wait for a lock held by someone else is the one place that time is not missed.
 
 A lock's life ends with :meth:`ReentrantLock.close`, which waits for no thread: one that holds
 the lock, or is taking it, keeps it, and its last release closes what the lock's halves use (a
@@ -31,8 +34,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Final, NamedTuple, NoReturn
-
-import portalocker
 
 from shmfs.errors import LockTimeout, SegmentDetached, ShmfsError
 from shmfs.forking import fork_epoch
@@ -309,11 +310,13 @@ class SegmentLock(ReentrantLock):
             pass
         except OSError as exc:
             raise ShmfsError(f"cannot lock {self._name}: {exc.strerror}") from exc
+        deadline = None if timeout is None else time.monotonic() + timeout
+        import portalocker  # noqa: PLC0415  # the first wait pays for it: see the docstring
+
         try:
-            if timeout is None:
+            if deadline is None:
                 portalocker.lock(self._fd, portalocker.LockFlags.EXCLUSIVE)
                 return
-            deadline = time.monotonic() + timeout
             poll = _FIRST_POLL
             while True:
                 try:

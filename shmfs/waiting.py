@@ -12,7 +12,6 @@ value, so waiters keep waiting through it.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -160,6 +159,10 @@ class Watch(_Registered):
 
 
 async def _sleep_on(watcher: Watcher, timeout: float) -> None:
+    # Imported here: a running event loop has imported it already, and ``import shmfs`` in a
+    # program that never awaits (the CLI, a worker process) should not pay ~50 ms for it.
+    import asyncio  # noqa: PLC0415
+
     fd = watcher.fileno()
     if fd is None:
         await asyncio.sleep(min(_POLL, timeout))
