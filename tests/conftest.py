@@ -33,8 +33,23 @@ def _redis_available() -> bool:
 # that both paths run every tmpfs test; the test itself sees backend "tmpfs". "sysv-pure" is
 # the same for sysv.
 BACKENDS = ["tmpfs", "tmpfs-pure", "sysv", "sysv-pure"] + (["redis"] if _redis_available() else [])
-# SysV keys for tests come from this range, so the leak guard can tell ours from anyone else's.
-TEST_KEYS = range(0x5E000000, 0x5EFFFFFF)
+
+
+def _test_keys() -> range:
+    """SysV keys for tests come from this range, so the leak guard can tell ours from anyone
+    else's. Under pytest-xdist each worker has a slice of its own: a guard that saw another
+    worker's live segment as a leak would fail that test and remove the segment under it."""
+    first, width = 0x5E000000, 0x01000000
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return range(first, first + width)
+    slices = 64
+    share = width // slices
+    n = int(worker[2:]) % slices
+    return range(first + n * share, first + (n + 1) * share)
+
+
+TEST_KEYS = _test_keys()
 
 
 def sysv_objects() -> set[tuple[str, int, int]]:
