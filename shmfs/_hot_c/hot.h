@@ -78,6 +78,11 @@ PyObject *keyslots_slot_of(PyObject *slots, PyObject *key);
 /* cachehits.c */
 extern PyTypeObject CacheHitsType;
 
+/* cacheset.c */
+extern PyTypeObject CacheSetsType;
+PyObject *hot_tuple_head(PyObject *module, PyObject *text);
+extern const char tuple_head_doc[];
+
 /* plain.c */
 int plain(PyObject *value, int depth, Py_ssize_t *budget);
 

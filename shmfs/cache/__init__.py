@@ -167,6 +167,24 @@ class Cache:
         )
         if hits is not None:
             self.get = hits.get  # type: ignore[method-assign]  # the same get, in C
+        # The common set in one C call too (see hotpath.cache_sets), unless a subclass has its
+        # own set.
+        sets = (
+            hotpath.cache_sets(
+                slots,
+                segment.fast_put(),
+                cache=self,
+                entry=cache_entry,
+                recency=self._recency,
+                pending=self._pending,
+                mask=self._mask,
+                slow_set=types.MethodType(Cache.set, self),
+            )
+            if type(self).set is Cache.set
+            else None
+        )
+        if sets is not None:
+            self.set = sets.set  # type: ignore[method-assign]  # the same set, in C
         self._evictor = Evictor(segment, self._recency, codec)
         self._writes = Writes(
             segment, self._recency, self._evictor, evict=policy == "lru", remember=_MEMO_SIZE
