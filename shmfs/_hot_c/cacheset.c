@@ -273,7 +273,7 @@ cachesets_store(CacheSets *self, PyObject *key, PyObject *value)
         result = failed ? NULL : slow();
         goto done;
     }
-    PyObject *clock = PyObject_GetAttr(self->entry, str_clock);
+    PyObject *clock = module_attribute(self->entry, str_clock);
     if (clock == NULL) {
         goto done;
     }
