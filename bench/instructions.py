@@ -64,6 +64,7 @@ def _count(op: str, root: str, keys: int, ops: int) -> int:
                 str(ops),
             ],
             check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # str hashes place dict entries
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

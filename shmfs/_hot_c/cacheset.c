@@ -169,24 +169,56 @@ cachesets_dealloc(CacheSets *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* What one call uses of a CacheSets, held by references of its own: the calls it makes can run
+ * Python code (a clock, a ttl property, a collection's finalizers), which could re-initialise
+ * it and drop what its fields held. */
+typedef struct {
+    PyObject *slots, *put, *codec, *cache, *entry, *recency, *pending;
+    uint64_t mask;
+} Held;
+
+static void
+hold(CacheSets *self, Held *held)
+{
+    held->slots = Py_NewRef(self->slots);
+    held->put = Py_NewRef(self->put);
+    held->codec = Py_NewRef(self->codec);
+    held->cache = Py_NewRef(self->cache);
+    held->entry = Py_NewRef(self->entry);
+    held->recency = Py_NewRef(self->recency);
+    held->pending = Py_NewRef(self->pending);
+    held->mask = self->mask;
+}
+
+static void
+let_go_of(Held *held)
+{
+    Py_DECREF(held->slots);
+    Py_DECREF(held->put);
+    Py_DECREF(held->codec);
+    Py_DECREF(held->cache);
+    Py_DECREF(held->entry);
+    Py_DECREF(held->recency);
+    Py_DECREF(held->pending);
+}
+
 /* The LRU note of a stored entry, as Writes.used makes it: pending[index & mask] = now, and
  * the notes merged when due. None, or NULL with an exception set (the entry stays stored, as
  * it does when the Python note fails). */
 static PyObject *
-note_use(CacheSets *self, uint64_t index, PyObject *now)
+note_use(Held *held, uint64_t index, PyObject *now)
 {
-    PyObject *slot = PyLong_FromUnsignedLongLong(index & self->mask);
+    PyObject *slot = PyLong_FromUnsignedLongLong(index & held->mask);
     if (slot == NULL) {
         return NULL;
     }
-    int failed = PyDict_SetItem(self->pending, slot, now);
+    int failed = PyDict_SetItem(held->pending, slot, now);
     Py_DECREF(slot);
     if (failed) {
         return NULL;
     }
-    PyObject *recency = Py_NewRef(self->recency); /* the calls below may run Python */
     PyObject *result = NULL;
-    PyObject *due = PyObject_GetAttr(recency, str_due);
+    PyObject *due = PyObject_GetAttr(held->recency, str_due);
     if (due != NULL) {
         int merge = PyObject_RichCompareBool(now, due, Py_GT);
         Py_DECREF(due);
@@ -194,13 +226,12 @@ note_use(CacheSets *self, uint64_t index, PyObject *now)
             result = Py_NewRef(Py_None);
         }
         else if (merge == 1) {
-            result = PyObject_CallMethodOneArg(recency, str_flush, now);
+            result = PyObject_CallMethodOneArg(held->recency, str_flush, now);
             if (result != NULL) {
                 Py_SETREF(result, Py_NewRef(Py_None));
             }
         }
     }
-    Py_DECREF(recency);
     return result;
 }
 
@@ -241,11 +272,13 @@ cachesets_store(CacheSets *self, PyObject *key, PyObject *value)
         PyErr_SetString(PyExc_ValueError, "CacheSets: not initialised");
         return NULL;
     }
-    PyObject *slot = keyslots_slot_of(self->slots, key);
-    if (slot == NULL) {
-        return NULL;
-    }
+    Held held;
+    hold(self, &held);
     PyObject *result = NULL, *life = NULL, *now = NULL, *head = NULL, *entry = NULL;
+    PyObject *slot = keyslots_slot_of(held.slots, key);
+    if (slot == NULL) {
+        goto done;
+    }
     if (!PyTuple_CheckExact(slot) || PyTuple_GET_SIZE(slot) != 2
         || !PyUnicode_CheckExact(PyTuple_GET_ITEM(slot, 0))
         || !PyLong_CheckExact(PyTuple_GET_ITEM(slot, 1))) {
@@ -259,7 +292,7 @@ cachesets_store(CacheSets *self, PyObject *key, PyObject *value)
         result = slow();
         goto done;
     }
-    life = PyObject_GetAttr(self->cache, str_ttl);
+    life = PyObject_GetAttr(held.cache, str_ttl);
     if (life == NULL) {
         goto done;
     }
@@ -273,7 +306,7 @@ cachesets_store(CacheSets *self, PyObject *key, PyObject *value)
         result = failed ? NULL : slow();
         goto done;
     }
-    PyObject *clock = module_attribute(self->entry, str_clock);
+    PyObject *clock = module_attribute(held.entry, str_clock);
     if (clock == NULL) {
         goto done;
     }
@@ -290,11 +323,8 @@ cachesets_store(CacheSets *self, PyObject *key, PyObject *value)
     if (entry == NULL) {
         goto done;
     }
-    PyObject *put = Py_NewRef(self->put), *codec = Py_NewRef(self->codec);
-    PyObject *put_args[6] = {index_object, codec, entry, head_at, head, or_absent};
-    PyObject *stored = PyObject_Vectorcall(put, put_args, 6, NULL);
-    Py_DECREF(codec);
-    Py_DECREF(put);
+    PyObject *put_args[6] = {index_object, held.codec, entry, head_at, head, or_absent};
+    PyObject *stored = PyObject_Vectorcall(held.put, put_args, 6, NULL);
     if (stored == NULL) {
         goto done;
     }
@@ -304,13 +334,14 @@ cachesets_store(CacheSets *self, PyObject *key, PyObject *value)
         goto done;
     }
     Py_DECREF(stored);
-    result = note_use(self, index, now);
+    result = note_use(&held, index, now);
 done:
     Py_XDECREF(entry);
     Py_XDECREF(now);
     Py_XDECREF(head);
     Py_XDECREF(life);
-    Py_DECREF(slot);
+    Py_XDECREF(slot);
+    let_go_of(&held);
     return result;
 }
 
@@ -325,7 +356,10 @@ cachesets_set(CacheSets *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     }
     if (kwnames != NULL || nargs < 2 || nargs > 3 || (nargs == 3 && args[2] != Py_None)) {
         /* a ttl, keywords, or a wrong count: the Python set takes them, or says what is wrong */
-        return PyObject_Vectorcall(self->slow_set, args, (size_t)nargs, kwnames);
+        PyObject *slow_set = Py_NewRef(self->slow_set);
+        PyObject *result = PyObject_Vectorcall(slow_set, args, (size_t)nargs, kwnames);
+        Py_DECREF(slow_set);
+        return result;
     }
     /* Held: the call may run code that drops the caller's references. */
     PyObject *key = Py_NewRef(args[0]), *value = Py_NewRef(args[1]);
