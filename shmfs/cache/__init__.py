@@ -1,8 +1,8 @@
 """``shmfs.Cache``: a local cache shared by processes, on one segment.
 
 Built on the public :class:`~shmfs.Segment` API only (attach, get, get_fast, put,
-put_if_head, remove, lock, watch), so it works on every backend. The parts, each in its own
-module of this package:
+put_if_head, fast_put, remove, lock, watch), so it works on every backend. The parts, each in
+its own module of this package:
 
 * ``keys``: a str name to a segment key, a key (str, bytes, int, tuples of them) to
   a canonical str and a variable index, both by BLAKE2b; memoize's call keys.
