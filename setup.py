@@ -42,6 +42,7 @@ PARTS = (
     "unpickle",
     "keyhash",
     "cachehits",
+    "cacheset",
     "mapping",
     "sysv",
     "sysv_put",

@@ -41,10 +41,12 @@ from shmfs.backends import SLOW, Hot
 __all__ = [
     "SLOW",
     "CacheHits",
+    "CacheSets",
     "Hot",
     "TmpfsHot",
     "available",
     "cache_hits",
+    "cache_sets",
     "key_slots",
     "map_file",
     "maps_without_descriptors",
@@ -52,6 +54,7 @@ __all__ = [
     "new_sysv_hot",
     "pure_python",
     "rehash",
+    "tuple_head",
     "why_unavailable",
 ]
 
@@ -179,6 +182,48 @@ def cache_hits(
         return None
     hits: CacheHits = _hot.CacheHits(slots, read, entry, recency, counts, pending, mask, slow_get)
     return hits
+
+
+class CacheSets(Protocol):
+    """A Cache's set over its own entry in one C call (``shmfs/_hot_c/cacheset.c``)."""
+
+    def store(self, key: Any, value: Any) -> Any:
+        """Set ``key`` to ``value`` with the cache's ttl as ``Writes._set_in_place`` does, LRU
+        note included, and answer ``None``; :data:`SLOW` for anything else, having stored
+        nothing."""
+
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        """``Cache.set``: :meth:`store`, and the Python set (``slow_set``) for anything else."""
+
+
+def cache_sets(
+    slots: object,
+    put: tuple[Callable[..., Any], int] | None,
+    *,
+    cache: object,
+    entry: ModuleType,
+    recency: object,
+    pending: dict[int, float],
+    mask: int,
+    slow_set: Callable[..., None],
+) -> CacheSets | None:
+    """A Cache's :class:`CacheSets` over ``put`` (``Segment.fast_put``), or ``None`` without
+    the module, without a fast put, or when ``slots`` is not the module's ``KeySlots``."""
+    if _hot is None or put is None or not isinstance(slots, _hot.KeySlots):
+        return None
+    sets: CacheSets = _hot.CacheSets(
+        slots, put[0], put[1], cache, entry, recency, pending, mask, slow_set
+    )
+    return sets
+
+
+def tuple_head(text: str) -> bytes | None:
+    """``pickling.tuple_head(text)`` as the C set makes it (``None``: it leaves ``text`` to
+    Python); ``None`` without the module. For the tests that hold the two equal."""
+    if _hot is None:
+        return None
+    head: bytes | None = _hot.tuple_head(text)
+    return head
 
 
 @contextlib.contextmanager

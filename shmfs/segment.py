@@ -524,6 +524,22 @@ class Segment(MutableMapping[int, Any]):
             timeout=self._lock_timeout,
         )
 
+    def fast_put(self) -> tuple[Callable[..., Any], int] | None:
+        """The backend's fast put and the codec id it takes, for a caller in C that stores
+        millions of values in shapes it knows (``Cache``'s set): ``put(index, codec_id, value,
+        head_at, head, or_absent)`` is :meth:`put_if_head` without its checks of the handle and
+        the index, answering ``None`` once stored and :data:`shmfs.backends.SLOW` having
+        changed nothing (then :meth:`put_if_head` or :meth:`put` says why, or does it).
+
+        Returns:
+            The pair, or ``None`` where :meth:`put_if_head` always answers ``False`` (sysv,
+            redis, pure Python, a ``secret=``, a codec that does not pickle, a closed handle).
+        """
+        hot, codec = self._hot, self._hot_codec
+        if hot is None or codec is None or self._backend is None:
+            return None
+        return hot.put, codec
+
     @_detached_says_so
     def put_if_head(
         self, index: int, value: Any, head_at: int, head: bytes, *, or_absent: bool = False

@@ -6,6 +6,7 @@ unpickling closes the cache under it."""
 from __future__ import annotations
 
 import gc
+import os
 import random
 import shutil
 import tempfile
@@ -290,3 +291,251 @@ def test_a_subclass_get_is_not_bypassed() -> None:
             assert counting.get("k") == "v" and counting["k"] == "v" and Counting.gets == 2
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the set
+
+
+def _sets_of(cache: shmfs.Cache) -> Any:
+    """The cache's C set (``CacheSets.store``), checking that its ``set`` is the C one."""
+    sets = getattr(cache.set, "__self__", None)
+    assert type(sets) is _hot().CacheSets
+    return sets.store
+
+
+def _raw(cache: shmfs.Cache, key: Any) -> bytes | None:
+    """The stored frame of ``key``'s variable, byte for byte (``None``: nothing stored)."""
+    index = cache._slot(key)[1]
+    if index not in cache.segment:
+        return None
+    return bytes(cache.segment._backend._read_locked(index))
+
+
+def _state(cache: shmfs.Cache, keys: list[Any]) -> tuple[Any, ...]:
+    """What a set may change: the stored bytes, the LRU notes, the counts, the merge's due."""
+    return (
+        [_raw(cache, key) for key in keys],
+        dict(cache._pending),
+        list(cache._counts),
+        cache._recency.due,
+    )
+
+
+@pytest.fixture
+def twin() -> Iterator[shmfs.Cache]:
+    """A second cache, for the Python set to write what the C set writes in the first."""
+    root = tempfile.mkdtemp(prefix="shmfs-test-", dir="/dev/shm")
+    opened = shmfs.Cache(random.randrange(1, 2**31 - 1), size=1 << 20, root=root)
+    try:
+        yield opened
+    finally:
+        try:
+            opened.close()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@given(st.text(max_size=300) | st.text(alphabet="é🙂x", min_size=60, max_size=140))
+@settings(max_examples=300, deadline=None)
+def test_the_c_head_is_pickling_tuple_head(text: str) -> None:
+    from shmfs import pickling  # noqa: PLC0415  # only this test compares with it
+
+    made = hotpath.tuple_head(text)
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in text):
+        assert made is None  # surrogatepass is Python's to do
+    else:
+        assert made == pickling.tuple_head(text)
+
+
+@pytest.mark.parametrize("length", [0, 1, 254, 255, 256, 257, 70_000])
+def test_the_c_head_at_the_opcode_boundaries(length: int) -> None:
+    from shmfs import pickling  # noqa: PLC0415  # only this test compares with it
+
+    made = hotpath.tuple_head("x" * length)
+    assert made == (None if length > 60_000 else pickling.tuple_head("x" * length))
+
+
+VALUES: list[Any] = [
+    1,
+    "v",
+    {"user": 42, "name": "alice", "roles": ["admin", "dev"]},
+    [1.5, None, True, b"\x00" * 300],
+    "x" * 3000,  # a bigger slot class
+    "y" * 20_000,  # a variable with a file of its own
+]
+
+
+@pytest.mark.parametrize("ttl", [None, 30.0])
+def test_a_c_set_stores_and_notes_exactly_what_the_python_set_does(
+    cache: shmfs.Cache, twin: shmfs.Cache, now_moment: list[float], ttl: float | None
+) -> None:
+    """Key for key and step for step (new entries, replaced ones, each value's slot class and a
+    file of its own), the C set leaves the bytes, LRU notes and counts the Python set leaves."""
+    store = _sets_of(cache)
+    cache.ttl = twin.ttl = ttl
+    for cache_ in (cache, twin):
+        cache_._recency.due = now_moment[0] + 3600  # no merge due in either
+    keys: list[Any] = ["k", 7, b"b", "é" * 300]
+    fast = 0
+    for step, value in enumerate(VALUES * 3):
+        key = keys[step % len(keys)]
+        now_moment[0] += 0.25
+        before = _state(cache, keys)
+        if store(key, value) is SLOW:  # a slab file to add, a variable's own file: Python's
+            assert _state(cache, keys) == before, step
+            cache.set(key, value)
+        else:
+            fast += 1
+        shmfs.Cache.set(twin, key, value)  # the Python set
+        assert _state(cache, keys) == _state(twin, keys), step
+        assert cache.peek(key) == value
+    assert fast >= len(VALUES)  # a third of them in C at least (8 today)
+    cache._recency.due = twin._recency.due = now_moment[0] - 1  # a merge due: both merge
+    assert store("k", "last") is None
+    shmfs.Cache.set(twin, "k", "last")
+    # Both merged their notes (the next merge's time depends on how long this one took).
+    assert cache._recency.due > now_moment[0] and twin._recency.due > now_moment[0]
+    assert cache._pending == twin._pending == {}
+    assert _state(cache, keys)[:3] == _state(twin, keys)[:3]
+
+
+def _watching(cache: shmfs.Cache) -> Any:
+    return cache.watch("k", timeout=0.01)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "other key",
+        "a bucket",
+        "a stranger's value",
+        "not plain",
+        "too big",
+        "surrogate key",
+        "int clock",
+        "int ttl",
+        "watched",
+        "lock held elsewhere",
+        "detached",
+    ],
+)
+def test_everything_but_the_common_set_is_left_to_python_untouched(
+    cache: shmfs.Cache, now_moment: list[float], case: str
+) -> None:
+    store = _sets_of(cache)
+    key, value = "k", {"v": 1}
+    cache.set(key, "before")
+    index = cache._slot(key)[1]
+    held: Any = None
+    if case == "other key":
+        cache.segment.put(index, ("not k", "v", None, now_moment[0]))
+    elif case == "a bucket":
+        cache.segment.put(index, {"sk": ("v", None, now_moment[0]), "so": (1, None, 0.0)})
+    elif case == "a stranger's value":
+        cache.segment.put(index, "just a str")
+    elif case == "not plain":
+        value = Name("a str subclass")
+    elif case == "too big":
+        value = "z" * 70_000
+    elif case == "surrogate key":
+        key = "\udc80"
+    elif case == "int clock":
+        now_moment[0] = 1_700_000_000  # an int: the C set leaves other clocks to Python
+    elif case == "int ttl":
+        cache.ttl = 60  # check_ttl makes floats; set by hand, the Python set judges it
+    before = _state(cache, [key, "k"])
+    if case == "detached":
+        cache.close()
+        assert store(key, value) is SLOW
+        with pytest.raises(shmfs.SegmentDetached):
+            cache.set(key, value)
+        return
+    other = None
+    if case == "watched":
+        held = _watching(cache)
+    elif case == "lock held elsewhere":
+        root = os.path.dirname(cache.segment.stats()["location"])
+        other = shmfs.attach(cache.segment.key, root=root)  # its own flock: another holder
+        held = other.lock()
+        held.__enter__()
+    try:
+        assert store(key, value) is SLOW
+    finally:
+        if case == "watched":
+            held.close()
+        elif other is not None:
+            held.__exit__(None, None, None)
+            other.detach()
+    assert _state(cache, [key, "k"]) == before
+    cache.set(key, value)  # the Python set does it
+    assert cache.get(key) == value
+
+
+def test_the_c_set_is_cache_set_in_every_way_of_calling_it(cache: shmfs.Cache) -> None:
+    _sets_of(cache)
+    cache.set("a", 1)
+    cache.set("b", 2, None)
+    cache.set("c", 3, 60)
+    cache.set(key="d", value=4)
+    cache.set("e", 5, ttl=60)
+    cache["f"] = 6
+    assert [cache.get(key) for key in "abcdef"] == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(TypeError):
+        cache.set("a")
+    with pytest.raises(TypeError):
+        cache.set("a", 1, 2, 3)
+    with pytest.raises(shmfs.InvalidKeyType):
+        cache.set(1.5, 1)
+    with pytest.raises(shmfs.InvalidArgument):
+        cache.set("a", 1, -1)
+    with pytest.raises(shmfs.SerializationError):
+        cache.set("a", _Unpicklable())
+    assert cache.get("a") == 1
+
+
+class _Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("no")
+
+
+class CountingSets(shmfs.Cache):
+    sets = 0
+
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> None:
+        CountingSets.sets += 1
+        super().set(key, value, ttl)
+
+
+def test_a_subclass_set_is_not_bypassed() -> None:
+    root = tempfile.mkdtemp(prefix="shmfs-test-", dir="/dev/shm")
+    try:
+        with CountingSets(random.randrange(1, 2**31 - 1), size=1 << 20, root=root) as counting:
+            counting.set("k", "v")
+            counting["j"] = "w"
+            assert counting.get("k") == "v" and CountingSets.sets == 2
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_clock_that_drops_the_cache_cannot_pull_the_set_from_under_it(
+    cache: shmfs.Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clock runs inside the C set: one that closes the cache and drops every reference it
+    has to what the set is using leaves it either stored or refused, never a freed object
+    used (under AddressSanitizer, .ci/sanitize, a use after free fails here)."""
+    store = _sets_of(cache)
+    cache.set("k", "v")
+
+    def dropping() -> float:
+        monkeypatch.setattr(cache_entry, "clock", lambda: 1_700_000_000.0)
+        cache.close()
+        for name in ("_pending", "_recency", "set", "_slot", "_writes"):
+            setattr(cache, name, None)
+        gc.collect()
+        return 1_700_000_000.0
+
+    monkeypatch.setattr(cache_entry, "clock", dropping)
+    assert store("k", "w") is SLOW  # the handle was closed: the put stores nothing
+    del store
+    cache._segment = None
+    gc.collect()

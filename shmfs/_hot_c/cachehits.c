@@ -169,7 +169,7 @@ judge(CacheHits *self, PyObject *stored, PyObject *text, uint64_t index)
     if (!PyTuple_CheckExact(stored) || PyTuple_GET_SIZE(stored) != 4) {
         return slow();
     }
-    PyObject *clock = PyObject_GetAttr(self->entry, str_clock);
+    PyObject *clock = module_attribute(self->entry, str_clock);
     if (clock == NULL) {
         return NULL;
     }

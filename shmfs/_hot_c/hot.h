@@ -78,6 +78,11 @@ PyObject *keyslots_slot_of(PyObject *slots, PyObject *key);
 /* cachehits.c */
 extern PyTypeObject CacheHitsType;
 
+/* cacheset.c */
+extern PyTypeObject CacheSetsType;
+PyObject *hot_tuple_head(PyObject *module, PyObject *text);
+extern const char tuple_head_doc[];
+
 /* plain.c */
 int plain(PyObject *value, int depth, Py_ssize_t *budget);
 
@@ -185,6 +190,24 @@ extern const char hot_put_doc[];
 
 /* mapping.c */
 extern PyTypeObject MappingType;
+
+/* getattr(owner, name) (a new reference, or NULL with an exception set): for a module, its
+ * dict looked up directly, which is what getattr does for a name the module has, in a third
+ * of the instructions (the Cache's clock, looked up on every call: tests replace it). */
+static inline PyObject *
+module_attribute(PyObject *owner, PyObject *name)
+{
+    if (PyModule_CheckExact(owner)) {
+        PyObject *found = PyDict_GetItemWithError(PyModule_GetDict(owner), name);
+        if (found != NULL) {
+            return Py_NewRef(found);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(owner, name);
+}
 
 static inline uint64_t
 load(const uint64_t *word)

@@ -29,7 +29,7 @@
  * A build without a GIL (free-threaded CPython) does not build this module.
  *
  * The parts: hot.c (the Hot type, its get, the large-file get), slab.c (the index lookup, the
- * slot get and put), put.c (its put), plain.c (which values a put takes), checksum.c (the frame's crc32), unpickle.c (plain values' pickles read), keyhash.c (a Cache key's index), cachehits.c (a Cache's hit), mapping.c (Mapping: a file mapped without keeping
+ * slot get and put), put.c (its put), plain.c (which values a put takes), checksum.c (the frame's crc32), unpickle.c (plain values' pickles read), keyhash.c (a Cache key's index), cachehits.c (a Cache's hit), cacheset.c (a Cache's set), mapping.c (Mapping: a file mapped without keeping
  * its descriptor, for largefile.py before Python 3.13), and this file (the module).
  */
 #include "hot.h"
@@ -55,6 +55,7 @@ static PyMethodDef module_methods[] = {
     {"rehash", (PyCFunction)(void (*)(void))hot_rehash, METH_FASTCALL, rehash_doc},
     {"key_slot", hot_key_slot, METH_O, key_slot_doc},
     {"plain_loads", hot_plain_loads, METH_O, plain_loads_doc},
+    {"tuple_head", hot_tuple_head, METH_O, tuple_head_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -75,6 +76,7 @@ PyInit__hot(void)
     }
     if (PyType_Ready(&HotType) < 0 || PyType_Ready(&MappingType) < 0
         || PyType_Ready(&KeySlotsType) < 0 || PyType_Ready(&CacheHitsType) < 0
+        || PyType_Ready(&CacheSetsType) < 0
         || PyType_Ready(&SysvHotType) < 0) {
         return NULL;
     }
@@ -101,6 +103,7 @@ PyInit__hot(void)
         || PyModule_AddObjectRef(module, "Mapping", (PyObject *)&MappingType) < 0
         || PyModule_AddObjectRef(module, "KeySlots", (PyObject *)&KeySlotsType) < 0
         || PyModule_AddObjectRef(module, "CacheHits", (PyObject *)&CacheHitsType) < 0
+        || PyModule_AddObjectRef(module, "CacheSets", (PyObject *)&CacheSetsType) < 0
         || PyModule_AddObjectRef(module, "SysvHot", (PyObject *)&SysvHotType) < 0
         || pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         Py_XDECREF(lock_words);

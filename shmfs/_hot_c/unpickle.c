@@ -128,6 +128,28 @@ fill(Reader *r, Py_ssize_t from, int kind)
     return failed ? -1 : 0;
 }
 
+/* A pickled str: UTF-8 with surrogatepass, as pickle.loads decodes it. Most are ASCII, which
+ * is copied as it is (half of a short str's decoding goes to the decoder's set-up); strs of
+ * no or one char are the decoder's, which hands out the interpreter's shared ones. */
+static PyObject *
+text_of(const unsigned char *body, Py_ssize_t count)
+{
+    if (count >= 2 && count <= 256) {
+        unsigned char high = 0;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            high |= body[i];
+        }
+        if (high < 0x80) {
+            PyObject *text = PyUnicode_New(count, 127);
+            if (text != NULL) {
+                memcpy(PyUnicode_DATA(text), body, (size_t)count);
+            }
+            return text;
+        }
+    }
+    return PyUnicode_DecodeUTF8((const char *)body, count, "surrogatepass");
+}
+
 /* A str, bytes or long of a length-prefixed opcode; ``size``: the prefix's bytes. */
 static PyObject *
 counted(Reader *r, int size, int kind)
@@ -142,7 +164,7 @@ counted(Reader *r, int size, int kind)
         return NULL;
     }
     if (kind == 'u') {
-        return PyUnicode_DecodeUTF8((const char *)body, (Py_ssize_t)count, "surrogatepass");
+        return text_of(body, (Py_ssize_t)count);
     }
     if (kind == 'b') {
         return PyBytes_FromStringAndSize((const char *)body, (Py_ssize_t)count);

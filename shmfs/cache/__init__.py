@@ -1,8 +1,8 @@
 """``shmfs.Cache``: a local cache shared by processes, on one segment.
 
 Built on the public :class:`~shmfs.Segment` API only (attach, get, get_fast, put,
-put_if_head, remove, lock, watch), so it works on every backend. The parts, each in its own
-module of this package:
+put_if_head, fast_put, remove, lock, watch), so it works on every backend. The parts, each in
+its own module of this package:
 
 * ``keys``: a str name to a segment key, a key (str, bytes, int, tuples of them) to
   a canonical str and a variable index, both by BLAKE2b; memoize's call keys.
@@ -167,6 +167,24 @@ class Cache:
         )
         if hits is not None:
             self.get = hits.get  # type: ignore[method-assign]  # the same get, in C
+        # The common set in one C call too (see hotpath.cache_sets), unless a subclass has its
+        # own set.
+        sets = (
+            hotpath.cache_sets(
+                slots,
+                segment.fast_put(),
+                cache=self,
+                entry=cache_entry,
+                recency=self._recency,
+                pending=self._pending,
+                mask=self._mask,
+                slow_set=types.MethodType(Cache.set, self),
+            )
+            if type(self).set is Cache.set
+            else None
+        )
+        if sets is not None:
+            self.set = sets.set  # type: ignore[method-assign]  # the same set, in C
         self._evictor = Evictor(segment, self._recency, codec)
         self._writes = Writes(
             segment, self._recency, self._evictor, evict=policy == "lru", remember=_MEMO_SIZE

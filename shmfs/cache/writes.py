@@ -2,9 +2,11 @@
 
 A write is a rewrite of one entry under the segment lock (``entry.rewrite``), or for ``set`` an
 overwrite that skips reading the old entry where it can (``entry.overwrite``) and, before that,
-one lock-free call over the key's own entry (``Segment.put_if_head``). When the result does not
-fit, a cache with the ``"lru"`` policy evicts (``lru.Evictor``) and writes again, holding the
-lock from the first eviction to the write. Each stored entry counts as a use for the LRU.
+one lock-free call over the key's own entry (``Segment.put_if_head``; with the C module, the
+handle's ``set`` makes that call and all around it in C first, ``hotpath.cache_sets``, and
+hands anything else to this module). When the result does not fit, a cache with the ``"lru"``
+policy evicts (``lru.Evictor``) and writes again, holding the lock from the first eviction to
+the write. Each stored entry counts as a use for the LRU.
 """
 
 from __future__ import annotations
