@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows[:2]:
         mark = "met" if row.met else "NOT met"
         print(f"{row.target}: {row.measured} ({mark})")
+    for op in ("get", "put"):
+        ratios = [run[SYSV][op].ratio(run[PHP_LOCKED][op]) for run in runs]
+        listed = ", ".join(f"{r:.2f}" for r in ratios)
+        print(f"{op}: each run's ratio {listed}; median {statistics.median(ratios):.2f}x")
     return 0 if all(row.met for row in rows[:2]) else 1
 
 
