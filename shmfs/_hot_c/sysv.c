@@ -236,11 +236,12 @@ sysv_pair(long long a, long long b)
     return pair;
 }
 
-/* chain_index's remembered offset of ``index`` with its moves applied (and stored back, as
-ChainIndex._catch_up does: so each entry catches up once); -1 if it has none. Storing may run
-a collection's finalizers: the caller checks that the handle is still open. */
+/* chain_index's remembered offset of ``index`` with its moves applied (and, when ``keep``,
+stored back, as ChainIndex._catch_up does: so each entry catches up once; a put, which sets the
+entry afresh, does not); -1 if it has none. Storing may run a collection's finalizers: the
+caller checks that the handle is still open. */
 Py_ssize_t
-sysv_remembered(SysvHot *self, PyObject *index)
+sysv_remembered(SysvHot *self, PyObject *index, int keep)
 {
     PyObject *entry = PyDict_GetItemWithError(self->where, index); /* int keys: no code runs */
     if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
@@ -269,7 +270,7 @@ sysv_remembered(SysvHot *self, PyObject *index)
             pos -= removed;
         }
     }
-    if (seen != count) {
+    if (keep && seen != count) {
         PyObject *entry = sysv_pair(pos, count);
         if (entry == NULL || PyDict_SetItem(self->where, index, entry) < 0) {
             PyErr_Clear();
@@ -345,7 +346,7 @@ sysv_get(SysvHot *self, PyObject *index)
     if (key == -1 && PyErr_Occurred()) {
         return slow();
     }
-    Py_ssize_t pos = sysv_remembered(self, index);
+    Py_ssize_t pos = sysv_remembered(self, index, 1);
     if (pos < 0 || self->words == NULL) {
         return slow(); /* absent, or not remembered: Python walks; or closed meanwhile */
     }

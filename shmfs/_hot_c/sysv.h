@@ -101,7 +101,7 @@ int sysv_lock_now(SysvHot *self, Held *held, int quiet);
 int sysv_unlock(SysvHot *self, Held *held);
 int64_t sysv_checked_end(SysvHot *self);
 PyObject *sysv_pair(long long a, long long b);
-Py_ssize_t sysv_remembered(SysvHot *self, PyObject *index);
+Py_ssize_t sysv_remembered(SysvHot *self, PyObject *index, int keep);
 int sysv_proved(SysvHot *self, int64_t key, Py_ssize_t pos, int64_t end, int64_t *length,
                 int64_t *step);
 

@@ -392,7 +392,7 @@ sysv_put(SysvHot *self, PyObject *const *args, Py_ssize_t nargs)
     head[2] = checksum(checksum(0, (const unsigned char *)head, 16),
                        (const unsigned char *)PyBytes_AS_STRING(payload), (size_t)n);
     int64_t need = ((FRAME_HEADER + n + 31) / 8) * 8 + 8; /* layout.chunk_size */
-    Py_ssize_t pos = sysv_remembered(self, args[0]);
+    Py_ssize_t pos = sysv_remembered(self, args[0], 0);
     Prepared ready;
     if (prepare(&ready, pos) < 0) {
         Py_DECREF(payload);
