@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -111,7 +112,8 @@ def test_the_build_made_it() -> None:
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=1500), offset=st.integers(0, 7), start=st.integers(0, 2**32 - 1))
 def test_the_checksum_is_zlibs(data: bytes, offset: int, start: int) -> None:
-    """The C checksum (its own below 320 bytes, zlib's above) is zlib.crc32, at any alignment."""
+    """The C checksum (its own, or zlib's past 320 bytes without folding) is zlib.crc32, at any
+    alignment."""
     if not hotpath.available():
         pytest.skip("the C fast path is off (not built, or SHMFS_PURE_PYTHON)")
     from shmfs import _hot  # noqa: PLC0415  # only where it is built
@@ -119,6 +121,22 @@ def test_the_checksum_is_zlibs(data: bytes, offset: int, start: int) -> None:
     view = memoryview(bytes(offset) + data)[offset:]
     assert _hot.crc32(view) == zlib.crc32(data)
     assert _hot.crc32(view, start) == zlib.crc32(data, start)
+
+
+def test_the_checksum_is_zlibs_at_every_length() -> None:
+    """Folded 16 bytes a step from 64 bytes on (where the CPU can), by the tables below that and
+    for the last few: every length up to 1 KiB and a few past, at odd alignments too."""
+    if not hotpath.available():
+        pytest.skip("the C fast path is off (not built, or SHMFS_PURE_PYTHON)")
+    from shmfs import _hot  # noqa: PLC0415  # only where it is built
+
+    block = random.Random(7).randbytes(70_000)
+    for length in [*range(1100), 4095, 4096, 4097, 65_536]:
+        offset = length % 13
+        data = block[offset : offset + length]
+        view = memoryview(block)[offset : offset + length]
+        assert _hot.crc32(view) == zlib.crc32(data), length
+        assert _hot.crc32(view, length * 7919) == zlib.crc32(data, length * 7919), length
 
 
 @pytest.mark.parametrize("value", SMALL_VALUES, ids=lambda value: repr(value)[:20])

@@ -5,8 +5,10 @@ protocols, writes the bytes the Python path writes, and sends each uncommon case
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import re
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 
 import shmfs
-from shmfs import hotpath
+from shmfs import frame, hotpath, locking
 from shmfs.backends import SLOW
 from shmfs.backends.sysv import chain_index, ipc, journal, layout
 
@@ -177,5 +179,121 @@ def test_the_uncommon_cases_go_the_python_way(sysv_key: int) -> None:
         seg.detach()
         assert hot.get(1) is SLOW and hot.put(1, 1, "x") is SLOW  # closed stays closed
         seg = shmfs.attach(sysv_key, backend="sysv")
+    finally:
+        seg.destroy()
+
+
+def test_a_get_and_a_put_at_depth_zero_take_the_semaphore_alone(sysv_key: int) -> None:
+    """With no thread of this process inside the lock, a C get or put leaves the thread lock
+    alone (it runs no Python code and keeps the GIL until it gives the semaphore back); a
+    thread inside the lock still keeps it out, through the semaphore."""
+    seg = shmfs.attach(sysv_key, 1 << 15, backend="sysv")
+    try:
+        backend: Any = seg._backend
+        hot, lock = backend.hot, backend._lock
+        seg[1] = "v"
+        seg.get(1)
+        thread_lock: Any = lock._thread_lock
+        taken, done = threading.Event(), threading.Event()
+
+        def hold(section: Any) -> None:
+            with section:
+                taken.set()
+                done.wait(30)
+
+        # Only the thread half, at depth 0: what acquire() holds before it takes the semaphore.
+        holder = threading.Thread(target=hold, args=(thread_lock,))
+        holder.start()
+        try:
+            assert taken.wait(30)
+            assert hot.get(1) == "v"
+            assert hot.put(1, 1, "w") is None and hot.get(1) == "w"
+            assert lock._words[locking.DEPTH] == 0
+        finally:
+            done.set()
+            holder.join(30)
+        taken.clear()
+        done.clear()
+        holder = threading.Thread(target=hold, args=(seg.lock(),))  # the whole lock
+        holder.start()
+        try:
+            assert taken.wait(30)
+            assert hot.get(1) is SLOW and hot.put(1, 1, "x") is SLOW
+        finally:
+            done.set()
+            holder.join(30)
+        assert hot.get(1) == "w"
+    finally:
+        seg.destroy()
+
+
+def test_the_move_log_is_renumbered_in_c_as_python_does(
+    sysv_key: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the move log's length, the C put reads every offset afresh (ChainIndex._renumber),
+    without calling back into Python; the index then holds each chunk's true offset."""
+    seg = shmfs.attach(sysv_key, 1 << 16, backend="sysv", codec="pickle")
+    try:
+        backend: Any = seg._backend
+        hot = backend.hot
+        for index in range(10):
+            seg[index] = f"value {index}"
+        seg.get(0)
+        where, moves, _ = backend._chain.hot_state()
+        calls: list[object] = []
+        renumber = chain_index.ChainIndex._renumber
+        monkeypatch.setattr(
+            chain_index.ChainIndex, "_renumber", lambda self: calls.append(self) or renumber(self)
+        )
+        renumbered = False
+        for round_no in range(3 * chain_index._max_moves(10)):
+            index = round_no % 10
+            assert hot.put(index, 1, f"value {index}, round {round_no}") is None
+            renumbered = renumbered or not moves
+        assert renumbered and not calls
+        view = memoryview(bytearray(_image(sysv_key)))
+        header = layout.read_header(view)
+        words, pos, offsets = layout.word_view(view), header.start, {}
+        while pos < header.end:
+            key, _, step = layout.chunk_at(words, header, pos)
+            offsets[key] = pos
+            pos += step
+        for index, (remembered, seen) in where.items():
+            at = remembered
+            for removed_at, removed in moves[seen:]:
+                at -= removed if at > removed_at else 0
+            assert at == offsets[index]
+        assert seg.get(7) == hot.get(7)
+        assert all(seg[index].startswith(f"value {index}") for index in range(10))
+    finally:
+        seg.destroy()
+
+
+SHORT_PICKLES: list[Any] = [
+    "",
+    "x" * 100,
+    "é" * 127,  # 254 bytes of UTF-8
+    "x" * 255,
+    "x" * 256,  # past SHORT_BINUNICODE: pickle.dumps
+    "\ud800 lone surrogate",  # pickle's 'surrogatepass': pickle.dumps
+    "€ and 𝄞",
+    b"",
+    b"\x00\xff" * 100,
+    b"x" * 256,
+]
+
+
+@pytest.mark.parametrize("value", SHORT_PICKLES, ids=lambda value: repr(value)[:16])
+def test_short_strs_and_bytes_are_pickled_as_pickle_does(sysv_key: int, value: Any) -> None:
+    """The C put writes a short str's or bytes' pickle itself: the very bytes of pickle.dumps."""
+    seg = shmfs.attach(sysv_key, 1 << 15, backend="sysv", codec="pickle")
+    try:
+        backend: Any = seg._backend
+        seg[1] = "first"  # walks and proves the index: the next put is C's
+        assert backend.hot.put(1, 1, value) is None
+        with seg.lock():
+            stored = backend.read(1)
+        assert stored[frame.HEADER.size :] == pickle.dumps(value, 5)
+        assert seg[1] == value
     finally:
         seg.destroy()

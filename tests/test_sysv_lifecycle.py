@@ -10,6 +10,7 @@ semaphore set for the life of the process. Both paths run (the ``sysv_paths`` fi
 
 from __future__ import annotations
 
+import gc
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 import shmfs
-from shmfs.backends.sysv import chain_index, ipc
+from shmfs.backends.sysv import ipc
 
 # The semaphore set's member counting its users (PHP's sysvsem: docs/sysv-and-php.md §4).
 _SEM_USERS = 1
@@ -48,34 +49,43 @@ class _Detaches:
         self.seg.detach()
 
 
-def test_a_finalizer_detaches_the_handle_while_a_put_tells_the_chain_index(
-    sysv_key: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_finalizer_detaches_the_handle_while_a_put_tells_the_chain_index(sysv_key: int) -> None:
     seg = shmfs.attach(sysv_key, 1 << 16, backend="sysv")
     other = shmfs.attach(sysv_key, backend="sysv")  # keeps the semaphore set alive after
     try:
         backend: Any = seg._backend  # type: ignore[attr-defined]  # the test's view of it
         shmid, semid = backend.shmid, backend._semaphore.semid
-        seg[1] = 0
+        for index in range(8):
+            seg[index] = 0
         detached: list[bool] = []
         doomed = [_Detaches(seg, detached)]
-        max_moves = chain_index._max_moves
 
-        def telling(chunks: int) -> int:
-            # The chain index's Python code, run by the put under the lock: an allocation
-            # there may start a collection, whose finalizers run; here one does, for sure.
-            if backend.lock_held():
+        def collecting(phase: str, info: dict[str, int]) -> None:
+            # A collection started by an allocation of the put's chain index work, under the
+            # lock (in Python; in C when it renumbers, a tuple for each of the 8 chunks): its
+            # finalizers run there; here one does, for sure.
+            if phase == "start" and backend.lock_held():
                 doomed.clear()
-            return max_moves(chunks)
 
-        monkeypatch.setattr(chain_index, "_max_moves", telling)
-        # Python's put tells the chain index on every put; C's in Python once the move log is
-        # full (a move a replace), within 17.
-        for value in range(40):
-            if detached:
-                break
-            seg.put(1, value)
-        assert detached, "the chain index was never told in Python"
+        threshold = gc.get_threshold()
+        gc.callbacks.append(collecting)
+        gc.set_threshold(1)  # every few allocations start a collection
+        try:
+            for value in range(40):
+                if detached:
+                    break
+                # Small tuples come from a free list, which starts no collection: emptied (and
+                # the index's tuples kept from going back to it), the C put's own tuples are
+                # new allocations, which can start one, as in Python.
+                emptied = [(number, value) for number in range(4000)]
+                where, moves, _ = backend._chain.hot_state()
+                kept = [*where.values(), *moves]
+                seg.put(1, value)
+                del emptied, kept
+        finally:
+            gc.set_threshold(*threshold)
+            gc.callbacks.remove(collecting)
+        assert detached, "no collection ran under the lock"
         assert ipc.shm_stat(shmid).nattch == 1, "the detached handle is still attached"
         assert ipc.semctl_getval(semid, _SEM_USERS) == 1, "it still counts as a semaphore user"
         with pytest.raises(shmfs.SegmentDetached):

@@ -12,9 +12,79 @@
 #define SHORT_CRC 320
 static uint32_t crc_table[8][256];
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define FOLDING 1
+/* Past FOLD_MIN bytes, where the CPU multiplies carry-less (PCLMULQDQ), the crc folds 16 bytes
+ * at a time (Intel's "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ", with zlib's
+ * reflected polynomial; the constants are the paper's, as Linux's crc32-pclmul uses them): the
+ * two crcs of a small value's get (its stamp and its frame, ~130 bytes each) drop from ~65 ns
+ * to ~15 each. Below it, and for the last 0..15 bytes, the tables. Checked against zlib.crc32
+ * at every length up to 1 KiB and more (tests/test_hotpath.py). */
+#define FOLD_MIN 64
+static int folding;
+
+/* The crc register (pre- and post-inverted by the caller) over ``length`` bytes: a multiple of
+ * 16, at least FOLD_MIN. */
+__attribute__((target("pclmul,sse4.1"))) static uint32_t
+crc32_folded(uint32_t crc, const unsigned char *bytes, size_t length)
+{
+    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596LL, 0x0154442bd4LL);
+    const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009eLL, 0x01751997d0LL);
+    const __m128i k5 = _mm_set_epi64x(0, 0x0163cd6124LL);
+    const __m128i poly = _mm_set_epi64x(0x01f7011641LL, 0x01db710641LL);
+    const __m128i low32 = _mm_setr_epi32(~0, 0, ~0, 0);
+    __m128i x1 = _mm_loadu_si128((const __m128i *)bytes);
+    __m128i x2 = _mm_loadu_si128((const __m128i *)(bytes + 16));
+    __m128i x3 = _mm_loadu_si128((const __m128i *)(bytes + 32));
+    __m128i x4 = _mm_loadu_si128((const __m128i *)(bytes + 48));
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
+    bytes += 64;
+    length -= 64;
+    for (; length >= 64; bytes += 64, length -= 64) { /* four lanes, 64 bytes a step */
+        __m128i y1 = _mm_clmulepi64_si128(x1, k1k2, 0x00);
+        __m128i y2 = _mm_clmulepi64_si128(x2, k1k2, 0x00);
+        __m128i y3 = _mm_clmulepi64_si128(x3, k1k2, 0x00);
+        __m128i y4 = _mm_clmulepi64_si128(x4, k1k2, 0x00);
+        x1 = _mm_xor_si128(_mm_clmulepi64_si128(x1, k1k2, 0x11), y1);
+        x2 = _mm_xor_si128(_mm_clmulepi64_si128(x2, k1k2, 0x11), y2);
+        x3 = _mm_xor_si128(_mm_clmulepi64_si128(x3, k1k2, 0x11), y3);
+        x4 = _mm_xor_si128(_mm_clmulepi64_si128(x4, k1k2, 0x11), y4);
+        x1 = _mm_xor_si128(x1, _mm_loadu_si128((const __m128i *)bytes));
+        x2 = _mm_xor_si128(x2, _mm_loadu_si128((const __m128i *)(bytes + 16)));
+        x3 = _mm_xor_si128(x3, _mm_loadu_si128((const __m128i *)(bytes + 32)));
+        x4 = _mm_xor_si128(x4, _mm_loadu_si128((const __m128i *)(bytes + 48)));
+    }
+    /* The four lanes into one, then the rest 16 bytes a step. */
+    __m128i lanes[3] = {x2, x3, x4};
+    for (int i = 0; i < 3; i++) {
+        __m128i y = _mm_clmulepi64_si128(x1, k3k4, 0x00);
+        x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), lanes[i]), y);
+    }
+    for (; length >= 16; bytes += 16, length -= 16) {
+        __m128i y = _mm_clmulepi64_si128(x1, k3k4, 0x00);
+        x1 = _mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), y);
+        x1 = _mm_xor_si128(x1, _mm_loadu_si128((const __m128i *)bytes));
+    }
+    /* 128 bits to 64, then Barrett's reduction to 32. */
+    x2 = _mm_clmulepi64_si128(x1, k3k4, 0x10);
+    x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), x2);
+    x2 = _mm_srli_si128(x1, 4);
+    x1 = _mm_xor_si128(_mm_clmulepi64_si128(_mm_and_si128(x1, low32), k5, 0x00), x2);
+    x2 = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), poly, 0x10);
+    x2 = _mm_clmulepi64_si128(_mm_and_si128(x2, low32), poly, 0x00);
+    x1 = _mm_xor_si128(x1, x2);
+    return (uint32_t)_mm_extract_epi32(x1, 1);
+}
+#endif
+
 void
 crc_init(void)
 {
+#ifdef FOLDING
+    __builtin_cpu_init();
+    folding = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+#endif
     for (uint32_t n = 0; n < 256; n++) {
         uint32_t c = n;
         for (int k = 0; k < 8; k++) {
@@ -53,6 +123,13 @@ crc32_sliced(uint32_t crc, const unsigned char *bytes, size_t length)
 uint32_t
 checksum(uint32_t crc, const unsigned char *bytes, size_t length)
 {
+#ifdef FOLDING
+    if (folding && length >= FOLD_MIN) {
+        size_t folded = length & ~(size_t)15;
+        crc = ~crc32_folded(~crc, bytes, folded);
+        return crc32_sliced(crc, bytes + folded, length - folded);
+    }
+#endif
     if (length < SHORT_CRC) {
         return crc32_sliced(crc, bytes, length);
     }

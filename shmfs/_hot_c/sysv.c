@@ -19,15 +19,20 @@
  *        lock as for a get; a segment with a journal, idle; the chain index proved whole (its
  *        copy equal to the segment, as a write in Python requires); room for the new chunk
  *        beside the old one. The change goes through the journal store for store as
- *        journal.py makes it, then the chain index is told (ChainIndex.stored).
+ *        journal.py makes it, then the chain index is updated as ChainIndex.stored does.
  * Anything else is SLOW: absent variables, damage, a dead writer's change to finish, a lock
  * held elsewhere (Python waits, with its timeout), a fork, a closed handle.
  *
  * This file holds the type, its get and what get and put share (the lock, the header's checks,
  * the chain index's proofs); sysv_put.c holds the put.
  *
- * Objects and calls. No Python code runs while the lock is held: the only allocations then are
- * of bytes objects, which never start a collection. The segment's memory is pinned by a buffer
+ * The lock: PHP's semaphore, without waiting; at depth 0 the semaphore alone, since no Python
+ * code runs while it is held (sysv_lock_now says why that excludes every thread), and with the
+ * thread lock too when a put renumbers the chain index, whose tuples may start a collection.
+ *
+ * Objects and calls. No Python code runs while the lock is held, but for that renumbering: the
+ * only allocations then are of bytes objects and ints, which never start a collection, and the
+ * put's two tuples are made before the lock is taken. The segment's memory is pinned by a buffer
  * export kept from construction to close(), and read only before anything that can run Python
  * code (pickling, decoding, telling the chain index), after which the call does not touch it
  * again; a close from a finalizer during a call therefore lets go at once.
@@ -64,11 +69,21 @@ sem_step(int semid, short op)
 
 static int sysv_take(PyObject *acquire, Held *held, int semid);
 
-/* The lock without waiting: 1 taken (the semaphore too), 2 this thread's already, 0 not had,
- * -1 an exception; ``held`` keeps what the release needs (when 1 or 2). As locking.py's
- * try_acquire: the thread lock, then at depth 0 the semaphore. */
+/* The lock without waiting: 1 taken (the semaphore too), 2 this thread's already, 3 the
+ * semaphore alone (``quiet``, below), 0 not had, -1 an exception; ``held`` keeps what the
+ * release needs (when 1, 2 or 3). As locking.py's try_acquire: the thread lock, then at depth 0
+ * the semaphore.
+ *
+ * ``quiet``: the caller runs no Python code and allocates nothing a collection could start on
+ * while it holds the lock, and gives it back before it returns: it keeps the GIL throughout, so
+ * no other thread of this process runs meanwhile. The semaphore alone then excludes everyone
+ * the thread lock would: another thread that holds the segment lock holds the semaphore too,
+ * or is between the two halves (taking or giving it: the semaphore is taken, so ours fails and
+ * Python waits), or holds only the thread lock at depth 0 (about to take the semaphore, or
+ * running a close, which sets FLAGS first). So at depth 0 with FLAGS clear the thread lock's
+ * acquire and release, two calls into Python's RLock, are left out. */
 int
-sysv_lock_now(SysvHot *self, Held *held)
+sysv_lock_now(SysvHot *self, Held *held, int quiet)
 {
     held->taken = 0;
     held->lock = held->release = held->settle = NULL;
@@ -87,9 +102,18 @@ sysv_lock_now(SysvHot *self, Held *held)
         return 0;
     }
     held->lock = lock;
+    held->lock_words = (int64_t *)held->buffer.buf;
+    if (quiet && held->lock_words[LOCK_FLAGS] == 0 && held->lock_words[LOCK_DEPTH] == 0) {
+        held->taken = sem_step(self->semid, -1) == 0 ? 3 : 0;
+        if (held->taken == 0) {
+            Py_CLEAR(held->lock);
+            PyBuffer_Release(&held->buffer);
+            held->lock_words = NULL;
+        }
+        return held->taken; /* not had: another holds it, Python waits */
+    }
     held->release = Py_NewRef(PyTuple_GET_ITEM(lock, 1));
     held->settle = Py_NewRef(PyTuple_GET_ITEM(lock, 3));
-    held->lock_words = (int64_t *)held->buffer.buf;
     held->taken = sysv_take(PyTuple_GET_ITEM(lock, 0), held, self->semid);
     if (held->taken <= 0) {
         Py_CLEAR(held->release);
@@ -133,9 +157,15 @@ int
 sysv_unlock(SysvHot *self, Held *held)
 {
     int failed = 0;
-    if (held->taken == 1 && sem_step(self->semid, 1) != 0) {
+    if ((held->taken == 1 || held->taken == 3) && sem_step(self->semid, 1) != 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         failed = 1;
+    }
+    if (held->taken == 3) { /* quiet: no thread lock to give, no close can have come */
+        Py_CLEAR(held->lock);
+        PyBuffer_Release(&held->buffer);
+        held->lock_words = NULL;
+        return failed ? -1 : 0;
     }
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback); /* no Python call with an exception pending */
@@ -186,11 +216,32 @@ sysv_checked_end(SysvHot *self)
     return end;
 }
 
-/* chain_index's remembered offset of ``index`` with its moves applied (and stored back, as
-ChainIndex._catch_up does: so each entry catches up once); -1 if it has none. Storing may run
-a collection's finalizers: the caller checks that the handle is still open. */
+/* (a, b) of two C integers: cheaper than Py_BuildValue on every get and put. */
+PyObject *
+sysv_pair(long long a, long long b)
+{
+    PyObject *pair = PyTuple_New(2);
+    if (pair == NULL) {
+        return NULL;
+    }
+    PyObject *first = PyLong_FromLongLong(a), *second = PyLong_FromLongLong(b);
+    if (first == NULL || second == NULL) {
+        Py_XDECREF(first);
+        Py_XDECREF(second);
+        Py_DECREF(pair);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, first);
+    PyTuple_SET_ITEM(pair, 1, second);
+    return pair;
+}
+
+/* chain_index's remembered offset of ``index`` with its moves applied (and, when ``keep``,
+stored back, as ChainIndex._catch_up does: so each entry catches up once; a put, which sets the
+entry afresh, does not); -1 if it has none. Storing may run a collection's finalizers: the
+caller checks that the handle is still open. */
 Py_ssize_t
-sysv_remembered(SysvHot *self, PyObject *index)
+sysv_remembered(SysvHot *self, PyObject *index, int keep)
 {
     PyObject *entry = PyDict_GetItemWithError(self->where, index); /* int keys: no code runs */
     if (entry == NULL || !PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
@@ -219,8 +270,8 @@ sysv_remembered(SysvHot *self, PyObject *index)
             pos -= removed;
         }
     }
-    if (seen != count) {
-        PyObject *entry = Py_BuildValue("(nn)", pos, count);
+    if (keep && seen != count) {
+        PyObject *entry = sysv_pair(pos, count);
         if (entry == NULL || PyDict_SetItem(self->where, index, entry) < 0) {
             PyErr_Clear();
         }
@@ -295,12 +346,14 @@ sysv_get(SysvHot *self, PyObject *index)
     if (key == -1 && PyErr_Occurred()) {
         return slow();
     }
-    Py_ssize_t pos = sysv_remembered(self, index);
+    Py_ssize_t pos = sysv_remembered(self, index, 1);
     if (pos < 0 || self->words == NULL) {
         return slow(); /* absent, or not remembered: Python walks; or closed meanwhile */
     }
     Held held;
-    int taken = sysv_lock_now(self, &held);
+    /* Quiet: under the lock only checks, a copy and a bytes object (which never starts a
+     * collection). */
+    int taken = sysv_lock_now(self, &held, 1);
     if (taken <= 0) {
         return taken < 0 ? NULL : slow();
     }

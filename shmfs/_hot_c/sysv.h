@@ -97,10 +97,11 @@ typedef struct {
 /* sysv.c: the stamp (journal.stamp), the lock, the checked header, the chain index's offsets */
 uint64_t sysv_stamp(uint64_t seed, uint64_t index, uint64_t step, const unsigned char *data,
                     size_t length);
-int sysv_lock_now(SysvHot *self, Held *held);
+int sysv_lock_now(SysvHot *self, Held *held, int quiet);
 int sysv_unlock(SysvHot *self, Held *held);
 int64_t sysv_checked_end(SysvHot *self);
-Py_ssize_t sysv_remembered(SysvHot *self, PyObject *index);
+PyObject *sysv_pair(long long a, long long b);
+Py_ssize_t sysv_remembered(SysvHot *self, PyObject *index, int keep);
 int sysv_proved(SysvHot *self, int64_t key, Py_ssize_t pos, int64_t end, int64_t *length,
                 int64_t *step);
 

@@ -6,6 +6,56 @@
 
 #include <string.h>
 
+/* pickle.dumps(value, 5) of a str or bytes of under 256 bytes (a str's UTF-8), byte for byte as
+ * _pickle writes it: PROTO 5, FRAME, SHORT_BINUNICODE or SHORT_BINBYTES, MEMOIZE, STOP. Making
+ * a Pickler costs more than the rest of such a put in C; anything else goes through
+ * pickle.dumps. NULL with an exception set. */
+static PyObject *
+dumps(PyObject *value)
+{
+    const char *data = NULL;
+    Py_ssize_t n = -1;
+    unsigned char op = 0;
+    if (PyUnicode_CheckExact(value)) {
+        if (PyUnicode_IS_ASCII(value)) {
+            data = (const char *)PyUnicode_DATA(value);
+            n = PyUnicode_GET_LENGTH(value);
+        }
+        else if ((data = PyUnicode_AsUTF8AndSize(value, &n)) == NULL) {
+            PyErr_Clear(); /* a lone surrogate: pickle's own 'surrogatepass' */
+            n = -1;
+        }
+        op = 0x8C;
+    }
+    else if (PyBytes_CheckExact(value)) {
+        data = PyBytes_AS_STRING(value);
+        n = PyBytes_GET_SIZE(value);
+        op = 'C';
+    }
+    if (n < 0 || n > 255) {
+        PyObject *dumps_args[2] = {value, protocol};
+        return PyObject_Vectorcall(pickle_dumps, dumps_args, 2, NULL);
+    }
+    PyObject *pickled = PyBytes_FromStringAndSize(NULL, n + 15);
+    if (pickled == NULL) {
+        return NULL;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(pickled);
+    uint64_t frame = (uint64_t)n + 4; /* the opcodes after FRAME's 8 bytes */
+    out[0] = 0x80;
+    out[1] = 5;
+    out[2] = 0x95;
+    for (int i = 0; i < 8; i++) {
+        out[3 + i] = (unsigned char)(frame >> (8 * i));
+    }
+    out[11] = op;
+    out[12] = (unsigned char)n;
+    memcpy(out + 13, data, (size_t)n);
+    out[13 + n] = 0x94;
+    out[14 + n] = '.';
+    return pickled;
+}
+
 /* journal._append: the chunk at end (padding zeroed, stamp last), then end and free. */
 static int64_t
 sysv_append(SysvHot *self, int64_t key, const uint64_t head[3], PyObject *payload, int64_t need)
@@ -94,67 +144,187 @@ journalled_put(SysvHot *self, int64_t key, const uint64_t head[3], PyObject *pay
     return at - old;
 }
 
-/* ChainIndex.stored without its renumbering, in C: the move logged, the entry set, the copy
- * refreshed from ``first`` (or dropped, for big values). 1 done; 0 the log is full (Python's
- * stored renumbers); -1 an exception. */
+/* The chain's chunks as ChainIndex._renumber reads them (offsets only: the caller proved the
+ * whole index), into a PyMem array of (key, offset) pairs, *count of them; NULL if a chunk's
+ * ``next`` is off or the chain misses ``end`` (Python's renumber then says so), or with an
+ * exception set. Reads the segment and runs no Python code. */
+static int64_t *
+chain_offsets(SysvHot *self, int64_t end, Py_ssize_t *count)
+{
+    const int64_t *w = self->words;
+    int64_t pos = w[H_START];
+    Py_ssize_t most = (Py_ssize_t)((end - pos) / PHP_MIN_CHUNK) + 1, n = 0;
+    int64_t *pairs = PyMem_Malloc((size_t)most * 2 * sizeof(int64_t));
+    if (pairs == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    while (pos < end) {
+        /* checked_end: 8-aligned start <= end <= total <= the segment's size */
+        int64_t step = pos > end - PHP_MIN_CHUNK ? 0 : w[(pos >> 3) + 2];
+        if (step < PHP_MIN_CHUNK || step & 7 || step > end - pos || n == most) {
+            PyMem_Free(pairs);
+            return NULL;
+        }
+        pairs[2 * n] = w[pos >> 3];
+        pairs[2 * n + 1] = pos;
+        n++;
+        pos += step;
+    }
+    *count = n;
+    return pairs;
+}
+
+/* ChainIndex._renumber's result from chain_offsets' pairs: every offset afresh, no moves. On
+ * failure the index is emptied (its lookups walk again), as forget() leaves it but for
+ * ``indexed``, which alone says nothing then. */
 static int
-index_stored(SysvHot *self, PyObject *index, Py_ssize_t pos, int64_t old, int64_t at)
+renumbered(SysvHot *self, const int64_t *pairs, Py_ssize_t count)
+{
+    if (PyList_SetSlice(self->moves, 0, PyList_GET_SIZE(self->moves), NULL) < 0) {
+        goto failed;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key = PyLong_FromLongLong(pairs[2 * i]);
+        PyObject *entry = key == NULL ? NULL : sysv_pair(pairs[2 * i + 1], 0);
+        int done = entry == NULL ? -1 : PyDict_SetItem(self->where, key, entry);
+        Py_XDECREF(key);
+        Py_XDECREF(entry);
+        if (done < 0) {
+            goto failed;
+        }
+    }
+    return 1;
+failed:
+    PyDict_Clear(self->where);
+    if (PyByteArray_Resize(self->copy, 0) < 0) {
+        PyErr_Clear(); /* the first error is the one to report */
+    }
+    return -1;
+}
+
+/* The two tuples ChainIndex.stored keeps, made before the lock is taken (their numbers are
+ * set under it): a tuple's allocation may start a collection, which a quiet put must not. */
+typedef struct {
+    PyObject *entry; /* index -> (offset, moves seen) */
+    PyObject *move;  /* (offset, size) of the replaced chunk; NULL for a new variable */
+} Prepared;
+
+/* Whether the move log is full after this put (ChainIndex._max_moves), so that the index is to
+ * be renumbered. */
+static int
+renumber_due(SysvHot *self, PyObject *index, Py_ssize_t pos)
+{
+    Py_ssize_t count = PyList_GET_SIZE(self->moves) + (pos >= 0);
+    Py_ssize_t chunks = PyDict_GET_SIZE(self->where) + (PyDict_Contains(self->where, index) == 0);
+    Py_ssize_t most = MOVES_BASE + chunks / MOVES_PER;
+    return count > (most < MOVES_CAP ? most : MOVES_CAP);
+}
+
+/* ``pair`` (a prepared tuple, holding None twice) holding a and b; -1 with an exception set. */
+static int
+fill_pair(PyObject *pair, long long a, long long b)
+{
+    PyObject *first = PyLong_FromLongLong(a), *second = PyLong_FromLongLong(b);
+    if (first == NULL || second == NULL) {
+        Py_XDECREF(first);
+        Py_XDECREF(second);
+        return -1;
+    }
+    PyTuple_SET_ITEM(pair, 0, first); /* the Nones' references: None is never freed */
+    PyTuple_SET_ITEM(pair, 1, second);
+    Py_DECREF(Py_None);
+    Py_DECREF(Py_None);
+    return 0;
+}
+
+/* ChainIndex.stored, in C: the move logged, the entry set, the copy refreshed from ``first``
+ * (or dropped, for big values), and when the log is full the offsets read afresh. 1 done; 0
+ * Python's stored is to do it (the chain did not read back whole); -1 an exception. Every read
+ * of the segment comes before the first allocation that could start a collection (whose
+ * finalizers may close the handle). ``quiet``: no such allocation at all (the prepared tuples
+ * are filled; ints and a bytearray's resizing start none), and no renumbering, which would
+ * make a tuple for each chunk: a log one longer is renumbered by the next put that may. */
+static int
+index_stored(SysvHot *self, PyObject *index, Py_ssize_t pos, int64_t old, int64_t at,
+             Prepared *ready, int quiet)
 {
     PyObject *where = self->where, *moves = self->moves, *copy = self->copy;
     Py_ssize_t count = PyList_GET_SIZE(moves) + (pos >= 0);
     Py_ssize_t chunks = PyDict_GET_SIZE(where) + (PyDict_Contains(where, index) == 0);
-    Py_ssize_t most = MOVES_BASE + chunks / MOVES_PER;
-    if (count > (most < MOVES_CAP ? most : MOVES_CAP)) {
-        return 0;
-    }
     int64_t end = self->words[H_END];
+    int64_t *pairs = NULL;
+    Py_ssize_t found = 0;
+    if (!quiet && renumber_due(self, index, pos)) {
+        pairs = chain_offsets(self, end, &found);
+        if (pairs == NULL) {
+            return PyErr_Occurred() ? -1 : 0;
+        }
+    }
     Py_ssize_t first = pos >= 0 ? pos : (Py_ssize_t)at;
+    int resized = 0;
     if (PyByteArray_GET_SIZE(copy) > 0) {
-        if (end > (int64_t)MAX_AVERAGE_CHUNK * chunks + PHP_HEADER) {
-            if (PyByteArray_Resize(copy, 0) < 0) {
-                return -1;
-            }
+        if (end > (int64_t)MAX_AVERAGE_CHUNK * chunks + PHP_HEADER
+            || first > PyByteArray_GET_SIZE(copy)) { /* the latter: not with a proved copy */
+            resized = PyByteArray_Resize(copy, 0);
         }
-        else if (first > PyByteArray_GET_SIZE(copy)) {
-            if (PyByteArray_Resize(copy, 0) < 0) { /* cannot happen with a proved copy */
-                return -1;
-            }
-        }
-        else if (PyByteArray_Resize(copy, end) < 0) {
-            return -1;
-        }
-        else {
-            /* No allocation since ``end`` was read: the words are still the segment's. */
+        else if ((resized = PyByteArray_Resize(copy, end)) == 0) {
+            /* No Python code since ``end`` was read: the words are still the segment's. */
             char *bytes = PyByteArray_AS_STRING(copy);
             memcpy(bytes, self->words, PHP_HEADER);
             memcpy(bytes + first, (const char *)self->words + first, (size_t)(end - first));
         }
     }
-    PyObject *entry = Py_BuildValue("(Ln)", (long long)at, count);
-    if (entry == NULL) {
+    if (resized < 0) {
+        PyMem_Free(pairs);
         return -1;
     }
-    if (pos >= 0) {
-        PyObject *move = Py_BuildValue("(nL)", pos, (long long)old);
-        if (move == NULL || PyList_Append(moves, move) < 0) {
-            Py_XDECREF(move);
-            Py_DECREF(entry);
-            return -1;
-        }
-        Py_DECREF(move);
+    if (pairs != NULL) {
+        int done = renumbered(self, pairs, found);
+        PyMem_Free(pairs);
+        return done;
     }
-    int failed = PyDict_SetItem(where, index, entry);
-    Py_DECREF(entry);
-    return failed ? -1 : 1;
+    PyObject *entry = ready->entry, *move = pos >= 0 ? ready->move : NULL;
+    if (fill_pair(entry, at, count) < 0 || (move != NULL && fill_pair(move, pos, old) < 0)
+        || (move != NULL && PyList_Append(moves, move) < 0)) {
+        return -1;
+    }
+    return PyDict_SetItem(where, index, entry) < 0 ? -1 : 1;
+}
+
+/* Prepared's tuples, for a put to the variable remembered at ``pos`` (-1: none); -1 with an
+ * exception set. */
+static int
+prepare(Prepared *ready, Py_ssize_t pos)
+{
+    /* (None, None): code that a collection runs may see them (gc.get_objects), never NULL. */
+    ready->entry = PyTuple_Pack(2, Py_None, Py_None);
+    ready->move = ready->entry != NULL && pos >= 0 ? PyTuple_Pack(2, Py_None, Py_None) : NULL;
+    if (ready->entry == NULL || (pos >= 0 && ready->move == NULL)) {
+        Py_CLEAR(ready->entry);
+        return -1;
+    }
+    return 0;
+}
+
+static void
+prepared_clear(Prepared *ready)
+{
+    Py_CLEAR(ready->entry);
+    Py_CLEAR(ready->move);
 }
 
 /* ChainIndex.stored, under the lock as Python's write calls it: that code may allocate, and a
  * collection's finalizers may use the segment, so the lock's depth says it is held (taken 1:
  * by us, now) while it runs. None, or NULL with an exception. */
 static PyObject *
-told(SysvHot *self, Held *held, PyObject *index, Py_ssize_t pos, int64_t old, int64_t at)
+told(SysvHot *self, Held *held, PyObject *index, Py_ssize_t pos, int64_t old, int64_t at,
+     Prepared *ready)
 {
     int taken = held->taken;
+    if (taken == 3) { /* the semaphore alone: nothing here may run Python code */
+        return index_stored(self, index, pos, old, at, ready, 1) < 0 ? NULL : Py_NewRef(Py_None);
+    }
     int64_t *words = held->lock_words; /* exported for as long as the lock is held */
     PyObject *stored = Py_NewRef(self->stored);
     PyObject *call[4] = {index, PyLong_FromSsize_t(pos < 0 ? -1 : pos),
@@ -164,7 +334,7 @@ told(SysvHot *self, Held *held, PyObject *index, Py_ssize_t pos, int64_t old, in
         if (taken == 1) {
             words[LOCK_DEPTH] = 1;
         }
-        int quick = index_stored(self, index, pos, old, at);
+        int quick = index_stored(self, index, pos, old, at, ready, 0);
         if (quick == 0) {
             done = PyObject_Vectorcall(stored, call, 4, NULL);
         }
@@ -211,8 +381,7 @@ sysv_put(SysvHot *self, PyObject *const *args, Py_ssize_t nargs)
     if (key == -1 && PyErr_Occurred()) {
         return slow();
     }
-    PyObject *dumps_args[2] = {args[2], protocol};
-    PyObject *payload = PyObject_Vectorcall(pickle_dumps, dumps_args, 2, NULL);
+    PyObject *payload = dumps(args[2]);
     if (payload == NULL || !PyBytes_CheckExact(payload)
         || PyBytes_GET_SIZE(payload) > SMALL - FRAME_HEADER || self->words == NULL) {
         Py_XDECREF(payload);
@@ -223,15 +392,24 @@ sysv_put(SysvHot *self, PyObject *const *args, Py_ssize_t nargs)
     head[2] = checksum(checksum(0, (const unsigned char *)head, 16),
                        (const unsigned char *)PyBytes_AS_STRING(payload), (size_t)n);
     int64_t need = ((FRAME_HEADER + n + 31) / 8) * 8 + 8; /* layout.chunk_size */
-    Py_ssize_t pos = sysv_remembered(self, args[0]);
+    Py_ssize_t pos = sysv_remembered(self, args[0], 0);
+    Prepared ready;
+    if (prepare(&ready, pos) < 0) {
+        Py_DECREF(payload);
+        return NULL;
+    }
     if (self->words == NULL) {
         Py_DECREF(payload);
+        prepared_clear(&ready);
         return slow(); /* closed meanwhile */
     }
     Held held;
-    int taken = sysv_lock_now(self, &held);
+    /* Quiet unless the chain index is to be renumbered: under the lock only checks, copies and
+     * the prepared tuples filled (see index_stored). */
+    int taken = sysv_lock_now(self, &held, !renumber_due(self, args[0], pos));
     if (taken <= 0) {
         Py_DECREF(payload);
+        prepared_clear(&ready);
         return taken < 0 ? NULL : slow();
     }
     int64_t end = sysv_checked_end(self), length = 0, old = 0, at = -1;
@@ -250,11 +428,13 @@ sysv_put(SysvHot *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     Py_DECREF(payload);
-    PyObject *done = at < 0 ? Py_NewRef(SLOW) : told(self, &held, args[0], pos, old, at);
+    PyObject *done = at < 0 ? Py_NewRef(SLOW) : told(self, &held, args[0], pos, old, at, &ready);
     if (sysv_unlock(self, &held) < 0) {
         Py_XDECREF(done);
+        prepared_clear(&ready);
         return NULL; /* stored or not: the chain index proves its offsets before use */
     }
+    prepared_clear(&ready); /* after the lock: the last reference may be the only one */
     if (done == NULL || done == SLOW) {
         return done; /* unproved, full or squeezed: Python does it, or says why not */
     }
