@@ -45,6 +45,7 @@ PARTS = (
     "mapping",
     "sysv",
     "sysv_put",
+    "batch",
 )
 
 setup(

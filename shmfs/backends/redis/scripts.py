@@ -26,6 +26,7 @@ __all__ = [
     "INFO",
     "OPEN",
     "PEEK",
+    "READ_MANY",
     "RELEASE",
     "REMOVE",
     "RENEW",
@@ -180,6 +181,30 @@ local version = epoch .. ':' .. (redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 local value = redis.call('HGET', KEYS[2], ARGV[1])
 if value then return {version, value} end
 return {version}
+"""
+# KEYS: vars. ARGV: the indexes, as decimals separated by spaces (one argument: cheap to send).
+# Reply {packed, absent}: per index, a 4-byte little-endian length (0xFFFFFFFF: no value) and
+# the value, in one string, which a client reads in one piece (redis-py parses an array of
+# bulk strings in Python, element by element); and how many indexes hold no value.
+READ_MANY: Final = """#!lua flags=no-writes
+local fields = {}
+for field in string.gmatch(ARGV[1], '%S+') do fields[#fields + 1] = field end
+local parts, absent = {}, 0
+for first = 1, #fields, 4000 do
+  local last = math.min(first + 3999, #fields)
+  local values = redis.call('HMGET', KEYS[1], unpack(fields, first, last))
+  for i = 1, #values do
+    local value = values[i]
+    if value then
+      parts[#parts + 1] = struct.pack('<I4', #value)
+      parts[#parts + 1] = value
+    else
+      parts[#parts + 1] = '\\255\\255\\255\\255'
+      absent = absent + 1
+    end
+  end
+end
+return {table.concat(parts), absent}
 """
 # Reads in one step that a server at its maxmemory still answers (it refuses MULTI there).
 # KEYS: meta, vars, gen. Reply {meta exists, values exist, generations exist, used or ''}.
