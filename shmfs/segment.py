@@ -354,8 +354,9 @@ class Segment(MutableMapping[int, Any]):
     def get_many(self, indexes: Iterable[int]) -> dict[int, Any]:
         """Return the values of those ``indexes`` that hold one, read in one consistent step.
 
-        No write lands in the middle of the batch: the local backends read it under one hold
-        of the segment lock, redis in one ``HMGET``. Absent indices are left out of the result.
+        No write lands in the middle of the batch: tmpfs reads it between two looks at the
+        segment's change counter (else under the lock), sysv under one hold of the segment
+        lock, redis in one script call. Absent indices are left out of the result.
 
         Args:
             indexes: The indices to read (a repeat comes once in the result).
