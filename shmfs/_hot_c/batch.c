@@ -154,10 +154,10 @@ batch_checked(Batch *batch, uint64_t first_word, PyObject *const decoders[256],
     int result = data != NULL && lengths != NULL && crcs != NULL ? 1 : -1;
     for (Py_ssize_t i = 0; i < batch->count && result == 1; i++) {
         const Entry *entry = &batch->entries[i];
-        unsigned codec = (unsigned)(entry->head[0] >> CODEC_SHIFT) & 0xFF;
         if (entry->at < 0 || !entry->framed) {
-            continue;
+            continue; /* absent (its other fields unset), or PHP's bare bytes */
         }
+        unsigned codec = (unsigned)(entry->head[0] >> CODEC_SHIFT) & 0xFF;
         if ((entry->head[0] & ~(0xFFULL << CODEC_SHIFT)) != first_word || decoders[codec] == NULL
             || entry->head[1] != (uint64_t)entry->length || (executes[codec] && !entry->trusted)) {
             result = 0; /* damage, a signature, an untrusted writer: Python says which */
