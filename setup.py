@@ -46,6 +46,7 @@ PARTS = (
     "mapping",
     "sysv",
     "sysv_put",
+    "batch",
 )
 
 setup(

@@ -19,12 +19,14 @@ work the same way for every backend, through the capabilities the backend declar
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from shmfs import frame
+from shmfs import damage, frame
 from shmfs.access import Holding
 from shmfs.backends import SLOW, Atomic, Backend, Hot, capabilities
-from shmfs.errors import InvalidArgument, SegmentFull
+from shmfs.errors import CorruptSegment, InvalidArgument, SegmentFull
+from shmfs.hotpath import Frames
+from shmfs.packed import unpack_many
 from shmfs.validate import check_index
 
 __all__ = ["check_indexes", "check_items", "get_many", "put_many"]
@@ -78,38 +80,61 @@ def check_items(mapping: Mapping[int, Any] | Iterable[tuple[int, Any]]) -> dict[
 
 
 def get_many(
+    key: int,
     backend: Backend,
     indexes: list[int],
+    *,
     hot: Hot | None,
     decode: Decode,
     holding: Callable[[], Holding],
+    frames: Frames | None = None,
 ) -> dict[int, Any]:
     """The values of those ``indexes`` that hold one, read in one consistent step.
 
     Each frame is decoded right after it is read, since what a backend says of the trust of a
-    read speaks for that read alone (``Backend.trusted``).
+    read speaks for that read alone (``Backend.trusted``). A backend with ``read_packed``
+    (redis: one reply packing every frame) has the whole reply decoded by ``frames`` (the C
+    module's, given for a handle that reads unsigned frames), where one trust verdict stands
+    for the batch: such a backend's ``trusted`` does not depend on the index.
+
+    Raises:
+        CorruptSegment: a value fails its checks (naming the segment ``key`` and its index).
+        The errors of ``decode`` and of the backend's reads.
     """
     if not indexes:
         return {}
+    offers = capabilities(backend)
     found: dict[int, Any] = {}
-    read_many = capabilities(backend).read_many
-    if read_many is not None:
-        for index, frame_read in zip(indexes, read_many(indexes), strict=True):
+    index: int | None = None  # the index being read when an error is raised
+    try:
+        if offers.read_packed is not None and frames is not None:
+            # One reply decoded in one C call; anything unusual in it is read below, in Python.
+            packed = offers.read_packed(indexes)
+            decoded = frames.decode(indexes, packed, backend.trusted(indexes[0]))
+            if decoded is not SLOW:
+                return cast(dict[int, Any], decoded)
+            read: list[bytes | None] = unpack_many(packed, len(indexes), key)
+        elif offers.read_many is not None:
+            read = offers.read_many(indexes)
+        else:
+            with holding() as held:
+                for index in indexes:
+                    if hot is not None:
+                        # Lock-free and whole under our lock too: no writer can be mid-change.
+                        value = hot.get(index)
+                        if value is not SLOW:
+                            found[index] = value
+                            continue
+                    data = held.read(index)
+                    if data is not None:
+                        found[index] = decode(held, index, data)
+            return found
+        for index, frame_read in zip(indexes, read, strict=True):
             if frame_read is not None:
                 found[index] = decode(backend, index, frame_read)
-        return found
-    with holding() as held:
-        read = held.read
-        for index in indexes:
-            if hot is not None:
-                # Lock-free and whole under our lock too: no writer can be mid-change now.
-                value = hot.get(index)
-                if value is not SLOW:
-                    found[index] = value
-                    continue
-            data = read(index)
-            if data is not None:
-                found[index] = decode(held, index, data)
+    except CorruptSegment as exc:
+        # Said as a get of that index says it: the segment, the index, where its bytes are.
+        raise damage.located(exc, backend, key, index) from exc
     return found
 
 

@@ -11,6 +11,9 @@ C compiler and the headers of Python and zlib are there, and skips it, with a wa
 The sysv backend's common locked get and put have their C call too (:func:`new_sysv_hot`,
 ``shmfs/_hot_c/sysv.c``), on the same terms: SLOW for anything else.
 
+Batch reads have their C call too: ``get_many`` of either fast path, and :func:`frames` for
+a batch of frames that came in one redis reply.
+
 The module also maps variable files without keeping a descriptor (:func:`map_file`), which
 ``mmap.mmap`` does only from Python 3.13: so a handle may keep as many mappings on 3.11 and 3.12.
 
@@ -42,11 +45,13 @@ __all__ = [
     "SLOW",
     "CacheHits",
     "CacheSets",
+    "Frames",
     "Hot",
     "TmpfsHot",
     "available",
     "cache_hits",
     "cache_sets",
+    "frames",
     "key_slots",
     "map_file",
     "maps_without_descriptors",
@@ -236,6 +241,24 @@ def pure_python() -> Iterator[None]:
         yield
     finally:
         _hot = saved
+
+
+class Frames(Protocol):
+    """A batch of frames from one reply checked and decoded in C (``shmfs._hot.Frames``)."""
+
+    def decode(self, indexes: list[int], reply: bytes, trusted: bool) -> Any:
+        """``{index: value}`` of the frames packed in ``reply`` as the redis backend's
+        ``READ_MANY`` packs them (see ``backends/redis/packed.py``), checked as a get checks a
+        frame (a pickling codec's only if ``trusted``); :data:`SLOW`, having decoded nothing,
+        for anything else: a malformed reply, a signed or damaged frame, a bare value."""
+
+
+_FRAMES: Final[Frames | None] = _hot.Frames(_DECODERS, _FIRST_WORD) if _hot is not None else None
+
+
+def frames() -> Frames | None:
+    """The C module's :class:`Frames`, or ``None`` without it (or inside :func:`pure_python`)."""
+    return _FRAMES if _hot is not None else None
 
 
 def new_hot(vars_: dict[int, Any], slabs: dict[int, Any], meta: memoryview) -> TmpfsHot | None:

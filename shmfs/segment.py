@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from types import TracebackType
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
-from shmfs import batch, codecs, damage, frame, optimistic, waiting
+from shmfs import batch, codecs, damage, frame, hotpath, optimistic, waiting
 from shmfs.access import Holding, Locked, Watched
 from shmfs.backends import (
     SLOW,
@@ -54,6 +54,8 @@ SECRET_ENV: Final = "SHMFS_SECRET"
 _ABSENT: Final[Any] = object()  # "the index holds no value", inside read-modify-write
 _INDEX_MIN: Final = -(1 << 63)
 _INDEX_MAX: Final = (1 << 63) - 1
+# What the fast path's get_many takes as it is (anything else goes through check_indexes).
+_SEQUENCES: Final = (list, tuple)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -227,6 +229,8 @@ class Segment(MutableMapping[int, Any]):
         # plain pickle, so only a pickling codec's segment puts through it.
         hot = offers.hot if secret is None else None
         self._hot: Hot | None = hot
+        # A batch reply's frames decoded in C (redis): unsigned frames only, as the fast path.
+        self._frames = hotpath.frames() if secret is None else None
         if hot is not None:
             self.get_fast = hot.get
         self._hot_codec = codec.id if hot is not None and codec.pickle_dialect else None
@@ -350,8 +354,9 @@ class Segment(MutableMapping[int, Any]):
     def get_many(self, indexes: Iterable[int]) -> dict[int, Any]:
         """Return the values of those ``indexes`` that hold one, read in one consistent step.
 
-        No write lands in the middle of the batch: the local backends read it under one hold
-        of the segment lock, redis in one ``HMGET``. Absent indices are left out of the result.
+        No write lands in the middle of the batch: tmpfs reads it between two looks at the
+        segment's change counter (else under the lock), sysv under one hold of the segment
+        lock, redis in one script call. Absent indices are left out of the result.
 
         Args:
             indexes: The indices to read (a repeat comes once in the result).
@@ -364,8 +369,20 @@ class Segment(MutableMapping[int, Any]):
             LockTimeout: the segment lock was not had within ``lock_timeout``.
             The errors of :meth:`get` (an index that fails raises for the whole call).
         """
+        hot = self._hot
+        if hot is not None and type(indexes) in _SEQUENCES:
+            # The whole batch in one C call; anything unusual is SLOW, and Python's way below.
+            found: dict[int, Any] = hot.get_many(indexes)  # type: ignore[arg-type]  # a list or tuple
+            if found is not SLOW:
+                return found
         return batch.get_many(
-            self._open(), batch.check_indexes(indexes), self._hot, self._decode, self._holding
+            self.key,
+            self._open(),
+            batch.check_indexes(indexes),
+            hot=hot,
+            decode=self._decode,
+            holding=self._holding,
+            frames=self._frames,
         )
 
     def _read_locked(self, index: int) -> bytes | memoryview | frame.Split | None:
@@ -428,7 +445,7 @@ class Segment(MutableMapping[int, Any]):
         (an unpickled handle without ``$SHMFS_SECRET``). Nothing goes through the fast path,
         which reads and writes unsigned values only."""
         self._coder.lacks_secret(SECRET_ENV)
-        self._hot = self._hot_codec = None
+        self._hot = self._hot_codec = self._frames = None
         self.get_fast = _no_fast_get
 
     def _encode(self, value: Any, index: int | None = None) -> bytes | frame.Pieces:

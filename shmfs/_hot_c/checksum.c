@@ -120,6 +120,61 @@ crc32_sliced(uint32_t crc, const unsigned char *bytes, size_t length)
     return ~crc;
 }
 
+/* Eight bytes more of a checksum in progress (crc32_sliced's step). */
+#define CRC_STEP(c, at)                                                                          \
+    do {                                                                                         \
+        uint64_t word_;                                                                          \
+        memcpy(&word_, (at), 8);                                                                 \
+        (at) += 8;                                                                               \
+        uint32_t low_ = (uint32_t)word_ ^ (c), high_ = (uint32_t)(word_ >> 32);                  \
+        (c) = crc_table[7][low_ & 0xFF] ^ crc_table[6][(low_ >> 8) & 0xFF]                       \
+              ^ crc_table[5][(low_ >> 16) & 0xFF] ^ crc_table[4][low_ >> 24]                     \
+              ^ crc_table[3][high_ & 0xFF] ^ crc_table[2][(high_ >> 8) & 0xFF]                   \
+              ^ crc_table[1][(high_ >> 16) & 0xFF] ^ crc_table[0][high_ >> 24];                  \
+    } while (0)
+
+/* Each of ``count`` buffers' checksum (zlib.crc32 from 0), four at a time: a short buffer's
+ * crc waits on its own table lookups, eight bytes after eight, and interleaving independent
+ * ones fills those waits (measured here on 131-byte frames: 63 ns each one after another,
+ * 37 to 42 four at a time; checked against zlib.crc32 by tests/test_batch_c.py). */
+void
+checksum_many(Py_ssize_t count, const unsigned char *const *data, const size_t *length,
+              uint32_t *crc)
+{
+    Py_ssize_t i = 0;
+#ifdef FOLDING
+    if (folding) {
+        i = count; /* folding one buffer at a time beats four interleaved table walks */
+        for (Py_ssize_t j = 0; j < count; j++) {
+            crc[j] = checksum(0, data[j], length[j]);
+        }
+    }
+#endif
+    for (; i + 3 < count; i += 4) {
+        const unsigned char *a = data[i], *b = data[i + 1], *c = data[i + 2], *d = data[i + 3];
+        uint32_t ca = ~0U, cb = ~0U, cc = ~0U, cd = ~0U;
+        size_t common = length[i];
+        for (int k = 1; k < 4; k++) {
+            common = length[i + k] < common ? length[i + k] : common;
+        }
+        size_t blocks = common < SHORT_CRC ? common / 8 : 0;
+        for (size_t block = 0; block < blocks; block++) {
+            CRC_STEP(ca, a);
+            CRC_STEP(cb, b);
+            CRC_STEP(cc, c);
+            CRC_STEP(cd, d);
+        }
+        /* The rest as checksum() would go on with it (zlib's, if long). */
+        crc[i] = checksum(~ca, a, length[i] - blocks * 8);
+        crc[i + 1] = checksum(~cb, b, length[i + 1] - blocks * 8);
+        crc[i + 2] = checksum(~cc, c, length[i + 2] - blocks * 8);
+        crc[i + 3] = checksum(~cd, d, length[i + 3] - blocks * 8);
+    }
+    for (; i < count; i++) {
+        crc[i] = checksum(0, data[i], length[i]);
+    }
+}
+
 uint32_t
 checksum(uint32_t crc, const unsigned char *bytes, size_t length)
 {

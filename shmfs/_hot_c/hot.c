@@ -437,6 +437,7 @@ hot_dealloc(Hot *self)
 
 static PyMethodDef hot_methods[] = {
     {"get", (PyCFunction)hot_get, METH_O, hot_get_doc},
+    {"get_many", (PyCFunction)hot_get_many, METH_O, hot_get_many_doc},
     {"put", (PyCFunction)(void (*)(void))hot_put, METH_FASTCALL, hot_put_doc},
     {"reset", (PyCFunction)(void (*)(void))hot_reset, METH_FASTCALL, hot_reset_doc},
     {"index", (PyCFunction)(void (*)(void))hot_index, METH_FASTCALL, hot_index_doc},

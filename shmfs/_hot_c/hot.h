@@ -58,6 +58,8 @@ extern PyObject *str_hot;
 /* checksum.c */
 void crc_init(void);
 uint32_t checksum(uint32_t crc, const unsigned char *bytes, size_t length);
+void checksum_many(Py_ssize_t count, const unsigned char *const *data, const size_t *length,
+                   uint32_t *crc);
 PyObject *hot_crc32(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 extern const char crc32_doc[];
 
@@ -183,6 +185,11 @@ int file_lock(Hot *self);
  * (and, if it was closed meanwhile, the close it put off run: LockInterface.settle) */
 void changed(uint64_t *meta, uint64_t used);
 PyObject *unlock(Hot *self, int taken, PyObject *result);
+
+/* batch.c: the batch read */
+PyObject *hot_get_many(Hot *self, PyObject *indexes);
+extern const char hot_get_many_doc[];
+extern PyTypeObject FramesType;
 
 /* put.c */
 PyObject *hot_put(Hot *self, PyObject *const *args, Py_ssize_t nargs);

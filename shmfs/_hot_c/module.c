@@ -30,7 +30,8 @@
  *
  * The parts: hot.c (the Hot type, its get, the large-file get), slab.c (the index lookup, the
  * slot get and put), put.c (its put), plain.c (which values a put takes), checksum.c (the frame's crc32), unpickle.c (plain values' pickles read), keyhash.c (a Cache key's index), cachehits.c (a Cache's hit), cacheset.c (a Cache's set), mapping.c (Mapping: a file mapped without keeping
- * its descriptor, for largefile.py before Python 3.13), and this file (the module).
+ * its descriptor, for largefile.py before Python 3.13), batch.c (get_many of Hot and SysvHot, and
+ * Frames: a redis batch reply decoded), and this file (the module).
  */
 #include "hot.h"
 #include "sysv.h"
@@ -77,7 +78,7 @@ PyInit__hot(void)
     if (PyType_Ready(&HotType) < 0 || PyType_Ready(&MappingType) < 0
         || PyType_Ready(&KeySlotsType) < 0 || PyType_Ready(&CacheHitsType) < 0
         || PyType_Ready(&CacheSetsType) < 0
-        || PyType_Ready(&SysvHotType) < 0) {
+        || PyType_Ready(&SysvHotType) < 0 || PyType_Ready(&FramesType) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&hot_module);
@@ -105,6 +106,7 @@ PyInit__hot(void)
         || PyModule_AddObjectRef(module, "CacheHits", (PyObject *)&CacheHitsType) < 0
         || PyModule_AddObjectRef(module, "CacheSets", (PyObject *)&CacheSetsType) < 0
         || PyModule_AddObjectRef(module, "SysvHot", (PyObject *)&SysvHotType) < 0
+        || PyModule_AddObjectRef(module, "Frames", (PyObject *)&FramesType) < 0
         || pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         Py_XDECREF(lock_words);
         Py_DECREF(module);

@@ -533,6 +533,7 @@ sysv_dealloc(SysvHot *self)
 
 static PyMethodDef sysv_methods[] = {
     {"get", (PyCFunction)sysv_get, METH_O, sysv_get_doc},
+    {"get_many", (PyCFunction)sysv_get_many, METH_O, sysv_get_many_doc},
     {"put", (PyCFunction)(void (*)(void))sysv_put, METH_FASTCALL, sysv_put_doc},
     {"reset", (PyCFunction)(void (*)(void))sysv_reset, METH_FASTCALL, sysv_reset_doc},
     {"close", (PyCFunction)sysv_close, METH_NOARGS, sysv_close_doc},

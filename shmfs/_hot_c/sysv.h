@@ -105,6 +105,10 @@ Py_ssize_t sysv_remembered(SysvHot *self, PyObject *index, int keep);
 int sysv_proved(SysvHot *self, int64_t key, Py_ssize_t pos, int64_t end, int64_t *length,
                 int64_t *step);
 
+/* batch.c: the batch read */
+PyObject *sysv_get_many(SysvHot *self, PyObject *indexes);
+extern const char sysv_get_many_doc[];
+
 /* sysv_put.c */
 PyObject *sysv_put(SysvHot *self, PyObject *const *args, Py_ssize_t nargs);
 extern const char sysv_put_doc[];

@@ -138,6 +138,10 @@ class Hot(Protocol):
     def get(self, index: int) -> Any:
         """The value at a mapped ``index``, or :data:`SLOW`."""
 
+    def get_many(self, indexes: list[int]) -> Any:
+        """``{index: value}`` of those ``indexes`` that hold one, read in one consistent step
+        as ``Segment.get_many`` promises, or :data:`SLOW` (having decoded nothing)."""
+
     def put(  # noqa: PLR0917  # the C module's call: positional, as its vectorcall takes them
         self,
         index: int,
@@ -216,6 +220,8 @@ class Atomic(Protocol):
 Pin = Callable[[int, float | None], AbstractContextManager[memoryview | None]]
 #: ``read_many(indexes)``: see :class:`Capabilities`.
 ReadMany = Callable[[list[int]], list[bytes | None]]
+#: ``read_packed(indexes)``: see :class:`Capabilities`.
+ReadPacked = Callable[[list[int]], bytes]
 #: ``write_many(items)``: see :class:`Capabilities`.
 WriteMany = Callable[[list[tuple[int, bytes | Pieces]]], None]
 
@@ -229,8 +235,9 @@ class Backend(Protocol):
 
     Besides the members below, a backend may offer the optional capabilities that
     :class:`Capabilities` lists; :func:`capabilities` reads them, with their defaults for a
-    backend that does not (tmpfs has the first three and ``write_many``, redis ``atomic`` and
-    ``read_many``, sysv none: every backend has ``write_many``, by default :func:`write_each`).
+    backend that does not (tmpfs has the first three and ``write_many``, redis ``atomic``,
+    ``read_many`` and ``read_packed``, sysv none: every backend has ``write_many``, by default
+    :func:`write_each`).
     """
 
     #: The registry name.
@@ -363,6 +370,10 @@ class Capabilities:
         read_many: The method ``read_many(indexes)``: the frames of ``indexes`` (``None``:
             absent) read in one step without the segment lock (redis: one ``HMGET``).
             Default ``None``: the segment reads them one by one under one lock.
+        read_packed: The method ``read_packed(indexes)``: what ``read_many`` reads, packed
+            in one string as :mod:`shmfs.packed` says (redis: one script reply, read by the
+            client in one piece), for the C module to decode in one call; its backend's
+            ``trusted`` must not depend on the index. Default ``None``.
     """
 
     hot: Hot | None = None
@@ -371,6 +382,7 @@ class Capabilities:
     atomic: Atomic | None = None
     write_many: WriteMany | None = None
     read_many: ReadMany | None = None
+    read_packed: ReadPacked | None = None
 
 
 def capabilities(backend: Backend) -> Capabilities:
@@ -382,6 +394,7 @@ def capabilities(backend: Backend) -> Capabilities:
         atomic=getattr(backend, "atomic", None),
         write_many=getattr(backend, "write_many", None) or functools.partial(write_each, backend),
         read_many=getattr(backend, "read_many", None),
+        read_packed=getattr(backend, "read_packed", None),
     )
 
 

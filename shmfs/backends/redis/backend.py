@@ -32,7 +32,7 @@ import redis
 
 from shmfs.backends import SegmentInfo, refuse_options
 from shmfs.backends.redis import listing, scripts
-from shmfs.backends.redis.call import command
+from shmfs.backends.redis.call import Script, command, run
 from shmfs.backends.redis.connection import (
     client as make_client,
 )
@@ -54,6 +54,7 @@ from shmfs.errors import CorruptSegment, InvalidArgument, UnsafeSegment
 from shmfs.forking import fork_epoch
 from shmfs.frame import Pieces
 from shmfs.locking import HoldsSegmentLock, ReentrantLock
+from shmfs.packed import unpack_many
 
 __all__ = ["TRUST_RECHECK", "RedisBackend", "default_url"]
 
@@ -63,6 +64,7 @@ _MIN_EXPIRY: Final = 0.1
 #: besides on every new connection: a listener added at run time (``CONFIG SET port``) stops
 #: pickles from being trusted within this time.
 TRUST_RECHECK: Final = 1.0
+_READ_MANY: Final = Script(scripts.READ_MANY)
 
 
 def _lock_expiry(options: dict[str, Any]) -> float:
@@ -285,21 +287,26 @@ class RedisBackend(HoldsSegmentLock):
         return data if data is None or isinstance(data, bytes) else bytes(data)
 
     def read_many(self, indexes: list[int]) -> list[bytes | None]:
-        """The frames of ``indexes`` (``None``: absent) in one step: one ``HMGET``."""
+        """The frames of ``indexes`` (``None``: absent) in one step: one script call."""
+        return unpack_many(self.read_packed(indexes), len(indexes), self.key)
+
+    def read_packed(self, indexes: list[int]) -> bytes:
+        """The frames of ``indexes`` in one step, packed in one string as ``READ_MANY`` packs
+        them (:func:`unpack_many` reads it): one script call, whose one bulk string costs the
+        client one read, where an ``HMGET``'s reply is parsed value by value."""
         client = self.client
         with self._guard:
-            found = command(
+            packed, absent = run(
                 client,
                 self._guard.url,
-                "HMGET",
-                self._vars,
-                *indexes,
+                _READ_MANY,
+                [self._vars],
+                [" ".join(map(str, indexes))],
                 changes=False,
-                key=self._vars,
             )
-            if None in found:
+            if absent:
                 listing.check_whole(client, self.key)
-        return [data if data is None or isinstance(data, bytes) else bytes(data) for data in found]
+        return packed if isinstance(packed, bytes) else bytes(packed)
 
     def _writable(self) -> None:
         """Reconnect after fork; refuse a write in a section of the parent's lock (the child

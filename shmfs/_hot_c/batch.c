@@ -1,0 +1,664 @@
+/*
+ * shmfs._hot: get_many, the batch read of Hot (tmpfs) and SysvHot (sysv), in one call each.
+ *
+ * Why it exists. A batch read in Python pays, per index, a call into the single get and the
+ * loop's own steps, and around the batch the segment lock: on tmpfs that made a batch of 100
+ * cost as much as 100 gets. Here the whole batch is one call, and its values are copied into
+ * one scratch buffer and decoded from there, with no bytes object made per value.
+ *
+ * One consistent step, as the Python path promises:
+ *   tmpfs: no lock. Every tmpfs writer sets DIRTY in the metadata's STATE word before its
+ *        first change and bumps GENERATION before clearing it (backend.py's write, write_many,
+ *        delete; put.c; check.py's repair); so STATE clear and GENERATION unchanged from
+ *        before the first copy to after the last one (a seqlock's read side over the whole
+ *        segment) prove that no write landed in the middle. Otherwise the batch goes the
+ *        Python way, under the lock.
+ *   sysv: PHP's writers keep no such word, so the semaphore is taken once (or found this
+ *        thread's already) around every copy, as sysv.c's get takes it around one.
+ *
+ * All or nothing. Anything the single C get would answer SLOW for (an index not an int in
+ * range, a variable the index or the chain index does not lead to, a slot changing, a large
+ * variable the handle does not map, damage, a signed or untrusted frame, a lock held
+ * elsewhere) makes the whole batch SLOW, having decoded nothing: every frame is checked
+ * before the first is decoded, so no decoder runs twice. The Python path then reads the batch
+ * as it always has and reports any error, naming the index. A decoder that fails raises what
+ * the single get raises (decode_with); an absent variable is left out of the result, as in
+ * Python (tmpfs only: on sysv an index the chain index does not remember is SLOW).
+ */
+#include "sysv.h"
+
+#include <string.h>
+
+/* One index of a batch: its frame's head, and its payload's place in the scratch buffer. */
+typedef struct {
+    uint64_t head[3];
+    Py_ssize_t at;      /* payload's first byte in the scratch buffer (a frame's first 16
+                         * bytes before it, which its checksum covers too); -1: absent */
+    Py_ssize_t length;  /* payload bytes */
+    int trusted;
+    int framed;         /* sysv: 0 for PHP's bare bytes */
+} Entry;
+
+typedef struct {
+    PyObject *indexes;  /* a tuple of exact ints: held, so no code can change it under us */
+    Py_ssize_t count;
+    Entry *entries;
+    char *scratch;
+    Py_ssize_t used;
+    Py_ssize_t capacity;
+} Batch;
+
+/* The indexes as a tuple of exact ints in int64 range; 0 with nothing set if they are not
+ * (the Python path checks them and raises), -1 on an error. */
+static int
+batch_open(Batch *batch, PyObject *indexes)
+{
+    memset(batch, 0, sizeof(*batch));
+    if (PyTuple_CheckExact(indexes)) {
+        batch->indexes = Py_NewRef(indexes);
+    }
+    else if (PyList_CheckExact(indexes)) {
+        batch->indexes = PyList_AsTuple(indexes);
+        if (batch->indexes == NULL) {
+            return -1;
+        }
+    }
+    else {
+        return 0;
+    }
+    batch->count = PyTuple_GET_SIZE(batch->indexes);
+    for (Py_ssize_t i = 0; i < batch->count; i++) {
+        PyObject *index = PyTuple_GET_ITEM(batch->indexes, i);
+        int overflow = 0;
+        if (!PyLong_CheckExact(index)) {
+            return 0;
+        }
+        (void)PyLong_AsLongLongAndOverflow(index, &overflow);
+        if (overflow != 0) {
+            return 0;
+        }
+    }
+    /* Not zeroed: every entry is filled in before a batch is checked or decoded. */
+    batch->entries = PyMem_Malloc((size_t)(batch->count ? batch->count : 1) * sizeof(Entry));
+    if (batch->entries == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 1;
+}
+
+static void
+batch_close(Batch *batch)
+{
+    Py_CLEAR(batch->indexes);
+    PyMem_Free(batch->entries);
+    PyMem_Free(batch->scratch);
+    batch->entries = NULL;
+    batch->scratch = NULL;
+}
+
+/* Room for ``length`` more bytes in the scratch buffer: their first byte, or NULL (no memory:
+ * an error set). No Python code runs here, so it may be called with the lock held. */
+static char *
+batch_room(Batch *batch, Py_ssize_t length)
+{
+    if (length > PY_SSIZE_T_MAX / 4 - batch->used) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    if (batch->used + length > batch->capacity) {
+        Py_ssize_t capacity = (batch->used + length) * 2 + 4096;
+        char *grown = PyMem_Realloc(batch->scratch, (size_t)capacity);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        batch->scratch = grown;
+        batch->capacity = capacity;
+    }
+    return batch->scratch + batch->used;
+}
+
+/* A frame of ``length`` bytes (header included) copied into the batch as ``entry``: its
+ * header into the entry, and its first 16 bytes and payload into the scratch buffer, where
+ * one run of the checksum covers them. 0, or -1 (no memory). No Python code runs here. */
+static int
+copy_frame(Batch *batch, Entry *entry, const unsigned char *frame, Py_ssize_t length)
+{
+    char *into = batch_room(batch, length - (FRAME_HEADER - 16));
+    if (into == NULL) {
+        return -1;
+    }
+    memcpy(entry->head, frame, FRAME_HEADER);
+    memcpy(into, frame, 16);
+    memcpy(into + 16, frame + FRAME_HEADER, (size_t)(length - FRAME_HEADER));
+    entry->at = batch->used + 16;
+    entry->length = length - FRAME_HEADER;
+    entry->framed = 1;
+    batch->used += length - (FRAME_HEADER - 16);
+    return 0;
+}
+
+/* Whether every framed entry may be decoded here: the checks decode_frame makes (the frame's
+ * magic, version and flags, a known codec, its length and checksum, a pickling codec only from
+ * a trusted writer). The checksums are computed together (checksum_many). 1, 0, or -1 (no
+ * memory: an error set). */
+static int
+batch_checked(Batch *batch, uint64_t first_word, PyObject *const decoders[256],
+              const char executes[256])
+{
+    Py_ssize_t count = 0;
+    const unsigned char **data = PyMem_Malloc((size_t)(batch->count + 1) * sizeof(*data));
+    size_t *lengths = PyMem_Malloc((size_t)(batch->count + 1) * sizeof(*lengths));
+    uint32_t *crcs = PyMem_Malloc((size_t)(batch->count + 1) * sizeof(*crcs));
+    int result = data != NULL && lengths != NULL && crcs != NULL ? 1 : -1;
+    for (Py_ssize_t i = 0; i < batch->count && result == 1; i++) {
+        const Entry *entry = &batch->entries[i];
+        if (entry->at < 0 || !entry->framed) {
+            continue; /* absent (its other fields unset), or PHP's bare bytes */
+        }
+        unsigned codec = (unsigned)(entry->head[0] >> CODEC_SHIFT) & 0xFF;
+        if ((entry->head[0] & ~(0xFFULL << CODEC_SHIFT)) != first_word || decoders[codec] == NULL
+            || entry->head[1] != (uint64_t)entry->length || (executes[codec] && !entry->trusted)) {
+            result = 0; /* damage, a signature, an untrusted writer: Python says which */
+        }
+        data[count] = (const unsigned char *)batch->scratch + entry->at - 16;
+        lengths[count++] = (size_t)entry->length + 16;
+    }
+    if (result == 1) {
+        checksum_many(count, data, lengths, crcs);
+        count = 0;
+        for (Py_ssize_t i = 0; i < batch->count && result == 1; i++) {
+            const Entry *entry = &batch->entries[i];
+            if (entry->at >= 0 && entry->framed && entry->head[2] != crcs[count++]) {
+                result = 0;
+            }
+        }
+    }
+    PyMem_Free(data);
+    PyMem_Free(lengths);
+    PyMem_Free(crcs);
+    if (result < 0) {
+        PyErr_NoMemory();
+    }
+    return result;
+}
+
+/* One payload decoded by ``decode`` (a plain pickle by unpickle.c, without a bytes object);
+ * SLOW only when a decoder without a failure to raise as (PHP's bare values) failed. */
+static PyObject *
+decode_raw(PyObject *decode, PyObject *failed, const char *payload, Py_ssize_t length)
+{
+    if (decode == pickle_loads) {
+        PyObject *value = plain_loads(payload, length);
+        if (value != NULL || (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))) {
+            return value;
+        }
+        PyErr_Clear(); /* declined: pickle.loads reads it (decode_with tries unpickle.c again) */
+    }
+    PyObject *bytes = PyBytes_FromStringAndSize(payload, length);
+    return bytes != NULL ? decode_with(decode, failed, bytes) : NULL;
+}
+
+/* The batch's values decoded in order into a new dict; SLOW (nothing returned) if a decoder
+ * declined. Code runs here: the scratch buffer and the tables are the caller's to keep. */
+static PyObject *
+batch_decode(Batch *batch, PyObject *const decoders[256], PyObject *const failures[256],
+             PyObject *native)
+{
+    PyObject *found = PyDict_New();
+    if (found == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < batch->count; i++) {
+        const Entry *entry = &batch->entries[i];
+        if (entry->at < 0) {
+            continue; /* absent */
+        }
+        PyObject *decode = native, *failed = NULL;
+        if (entry->framed) {
+            unsigned codec = (unsigned)(entry->head[0] >> CODEC_SHIFT) & 0xFF;
+            decode = decoders[codec];
+            failed = failures[codec];
+        }
+        PyObject *value = decode_raw(decode, failed, batch->scratch + entry->at, entry->length);
+        if (value == NULL || value == SLOW) {
+            Py_DECREF(found);
+            return value; /* NULL: the decoder's error; SLOW (a new reference): Python's way */
+        }
+        int stored = PyDict_SetItem(found, PyTuple_GET_ITEM(batch->indexes, i), value);
+        Py_DECREF(value);
+        if (stored < 0) {
+            Py_DECREF(found);
+            return NULL;
+        }
+    }
+    return found;
+}
+
+/* ------------------------------------------------------------------------------ tmpfs */
+
+/* One slot's frame copied into the batch (slab_get's checks and copy): 1, 0 SLOW, -1 error. */
+static int
+copy_slot(Hot *self, Batch *batch, Entry *entry, uint64_t loc, uint64_t key)
+{
+    Slot slot;
+    if (open_slot(self, loc, &slot, 1) < 0) {
+        return 0;
+    }
+    uint64_t seal = load(&slot.words[slot.at]);
+    uint64_t length = seal & SEAL_LENGTH_MASK;
+    if (seal == 0 || load(&slot.words[slot.at + 1]) != key || length < FRAME_HEADER
+        || length + SLOT_HEADER > slot.slot_size) {
+        return 0;
+    }
+    const unsigned char *frame = (const unsigned char *)&slot.words[slot.at] + SLOT_HEADER;
+    if (copy_frame(batch, entry, frame, (Py_ssize_t)length) < 0) {
+        return -1;
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE); /* the copies before the seal is read again */
+    if (load(&slot.words[slot.at]) != seal) {
+        return 0;
+    }
+    entry->trusted = slot.trusted;
+    return 1;
+}
+
+/* A large variable's frame copied into the batch, if the handle maps its file (large_get's
+ * seqlock read): 1, 0 SLOW, -1 error. */
+static int
+copy_large(Hot *self, Batch *batch, Entry *entry, PyObject *index)
+{
+    PyObject *hot = mapped(self, index); /* held: an allocation below may drop the variable */
+    if (hot == NULL) {
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
+            return -1;
+        }
+        PyErr_Clear();
+        return 0;
+    }
+    Py_ssize_t capacity = PyLong_AsSsize_t(PyTuple_GET_ITEM(hot, 1));
+    int trusted = capacity > 0 ? PyObject_IsTrue(PyTuple_GET_ITEM(hot, 2)) : -1;
+    Py_buffer buffer;
+    uint64_t *words = capacity > 0 && trusted >= 0
+                          ? words_of(PyTuple_GET_ITEM(hot, 0), &buffer, VAR_HEADER + 2 * capacity)
+                          : NULL;
+    if (words == NULL) {
+        Py_DECREF(hot);
+        PyErr_Clear();
+        return 0;
+    }
+    int result = 0;
+    uint64_t control = load(&words[W_CONTROL]);
+    uint64_t high = control >> 32;
+    uint64_t slot = high & 1;
+    uint64_t seq = high * 2;
+    uint64_t length = load(&words[W_LENGTH + slot]);
+    if ((control & LOW) == check_of(high) && !(high & RETIRED) && load(&words[W_SEQ + slot]) == seq
+        && length >= FRAME_HEADER && length <= SMALL && length <= (uint64_t)capacity) {
+        const unsigned char *frame = (const unsigned char *)words + VAR_HEADER + slot * capacity;
+        if (copy_frame(batch, entry, frame, (Py_ssize_t)length) < 0) {
+            result = -1;
+        }
+        else {
+            __atomic_thread_fence(__ATOMIC_ACQUIRE); /* the copies before the sequence word */
+            if (load(&words[W_SEQ + slot]) == seq) {
+                entry->trusted = trusted;
+                result = 1;
+            }
+        }
+    }
+    PyBuffer_Release(&buffer);
+    Py_DECREF(hot);
+    return result;
+}
+
+/* Every index's frame copied, between two looks at STATE and GENERATION: 1 a consistent
+ * copy, 0 SLOW, -1 error. */
+static int
+tmpfs_copy(Hot *self, Batch *batch)
+{
+    uint64_t *meta = meta_words(self), *index = self->index_words;
+    if (self->closing || meta == NULL || index == NULL || self->epoch != fork_epoch) {
+        return 0;
+    }
+    uint64_t gen = self->index_gen;
+    uint64_t generation = load(&meta[M_GENERATION]);
+    if (load(&meta[M_STATE]) != 0 || load(&meta[M_RECOVERIES]) != self->recoveries
+        || load(&meta[M_INDEX_GEN]) != gen) {
+        return 0; /* DIRTY or destroyed, recovered, or another index: Python's way */
+    }
+    Py_ssize_t index_length = self->index_buffer.len;
+    for (Py_ssize_t i = 0; i < batch->count; i++) {
+        /* What a call below ran (mapping a file) may have closed the handle or set another
+         * index: the kept mappings stay until leave(), and a new index is taken only then. */
+        if (self->closing) {
+            return 0;
+        }
+        PyObject *object = PyTuple_GET_ITEM(batch->indexes, i);
+        Entry *entry = &batch->entries[i];
+        uint64_t key = PyLong_AsUnsignedLongLongMask(object), word = 0;
+        uint64_t loc = find(index, index_length, key, &word);
+        int copied;
+        if (loc == ~0ULL) {
+            return 0; /* damage: Python says so */
+        }
+        if (loc <= LOC_TOMB) {
+            entry->at = -1; /* absent, if the generation holds till the end */
+            continue;
+        }
+        copied = loc == LOC_LARGE ? copy_large(self, batch, entry, object)
+                                  : copy_slot(self, batch, entry, loc, key);
+        if (copied <= 0) {
+            return copied;
+        }
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE); /* every copy before STATE and GENERATION again */
+    if (self->closing || load(&meta[M_STATE]) != 0 || load(&meta[M_GENERATION]) != generation
+        || load(&meta[M_RECOVERIES]) != self->recoveries || load(&meta[M_INDEX_GEN]) != gen) {
+        return 0; /* a write landed meanwhile */
+    }
+    return 1;
+}
+
+static PyObject *
+tmpfs_get_many(Hot *self, PyObject *indexes)
+{
+    Batch batch;
+    int opened = batch_open(&batch, indexes);
+    if (opened <= 0) {
+        batch_close(&batch);
+        return opened < 0 ? NULL : slow();
+    }
+    int copied = tmpfs_copy(self, &batch);
+    PyObject *result = NULL;
+    if (copied > 0) {
+        copied = batch_checked(&batch, self->first_word, self->decoders, self->executes);
+    }
+    if (copied > 0) {
+        result = batch_decode(&batch, self->decoders, self->failures, NULL);
+    }
+    else if (copied == 0) {
+        result = slow();
+    }
+    batch_close(&batch);
+    return result;
+}
+
+const char hot_get_many_doc[] =
+"get_many(indexes) -> {index: value}, or SLOW\n\n"
+"The values of those ``indexes`` (a list or tuple of ints) that hold one, read without a lock\n"
+"between two looks at the segment's STATE and GENERATION words (no write landed meanwhile),\n"
+"in the order asked; SLOW, having decoded nothing, for anything the single get would not do.";
+
+PyObject *
+hot_get_many(Hot *self, PyObject *indexes)
+{
+    enter(self); /* what the call reads stays mapped until it leaves (maps.c) */
+    PyObject *result = tmpfs_get_many(self, indexes);
+    leave(self);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------- sysv */
+
+/* Every index's bytes copied under one hold of the lock: 1, 0 SLOW, -1 error. */
+static int
+sysv_copy(SysvHot *self, Batch *batch)
+{
+    /* The chain index's offsets first: catching one up stores into its dict, which may run a
+     * collection's finalizers, and no Python code may run once the semaphore is ours. */
+    for (Py_ssize_t i = 0; i < batch->count; i++) {
+        Py_ssize_t pos = sysv_remembered(self, PyTuple_GET_ITEM(batch->indexes, i));
+        if (pos < 0) {
+            return 0; /* absent, or not remembered: Python walks the chain */
+        }
+        batch->entries[i].at = pos; /* the chunk's offset, until it is copied */
+    }
+    if (self->words == NULL || self->epoch != fork_epoch) {
+        return 0; /* closed, or forked, meanwhile */
+    }
+    Held held;
+    int taken = sysv_lock_now(self, &held);
+    if (taken <= 0) {
+        return taken;
+    }
+    int result = 1;
+    int64_t end = sysv_checked_end(self);
+    for (Py_ssize_t i = 0; i < batch->count && result == 1; i++) {
+        Entry *entry = &batch->entries[i];
+        int64_t key = PyLong_AsLongLong(PyTuple_GET_ITEM(batch->indexes, i)); /* checked */
+        int64_t length, step;
+        if (end < 0 || !sysv_proved(self, key, entry->at, end, &length, &step)) {
+            result = 0;
+            break;
+        }
+        const char *bytes = (const char *)self->words + entry->at + PHP_CHUNK_HEADER;
+        entry->framed = length >= FRAME_HEADER && memcmp(bytes, "\x93SHF", 4) == 0;
+        if (entry->framed ? length - FRAME_HEADER > SMALL : self->native == NULL) {
+            result = 0;
+            break;
+        }
+        entry->trusted = self->trusted;
+        if (entry->framed) {
+            if (copy_frame(batch, entry, (const unsigned char *)bytes, (Py_ssize_t)length) < 0) {
+                result = -1;
+            }
+            continue;
+        }
+        char *into = batch_room(batch, (Py_ssize_t)length); /* PHP's bare bytes */
+        if (into == NULL) {
+            result = -1;
+            break;
+        }
+        memcpy(into, bytes, (size_t)length);
+        entry->at = batch->used;
+        entry->length = (Py_ssize_t)length;
+        batch->used += entry->length;
+    }
+    if (sysv_unlock(self, &held) < 0) {
+        return -1;
+    }
+    return result;
+}
+
+static PyObject *
+sysv_batch(SysvHot *self, PyObject *indexes)
+{
+    if (self->words == NULL || self->epoch != fork_epoch) {
+        return slow();
+    }
+    Batch batch;
+    int opened = batch_open(&batch, indexes);
+    if (opened <= 0) {
+        batch_close(&batch);
+        return opened < 0 ? NULL : slow();
+    }
+    int copied = sysv_copy(self, &batch);
+    PyObject *result = NULL;
+    if (copied > 0) {
+        copied = batch_checked(&batch, self->first_word, self->decoders, self->executes);
+    }
+    if (copied > 0) {
+        result = batch_decode(&batch, self->decoders, self->failures, self->native);
+    }
+    else if (copied == 0) {
+        result = slow();
+    }
+    batch_close(&batch);
+    return result;
+}
+
+const char sysv_get_many_doc[] =
+"get_many(indexes) -> {index: value}, or SLOW\n\n"
+"The values of ``indexes`` (a list or tuple of ints), every one remembered by the chain index,\n"
+"copied under one hold of PHP's lock taken without waiting (or already this thread's) and\n"
+"decoded after it; SLOW, having decoded nothing, for anything the single get would not do.";
+
+PyObject *
+sysv_get_many(SysvHot *self, PyObject *indexes)
+{
+    /* The tables and the native decoder are the type's until it is collected; held anyway
+     * across the decoding, which runs code. */
+    Py_INCREF(self);
+    PyObject *result = sysv_batch(self, indexes);
+    Py_DECREF(self);
+    return result;
+}
+
+/* ----------------------------------------------------------- frames read elsewhere (redis) */
+
+/* shmfs._hot.Frames: a batch of frames that came in one reply (the redis backend's READ_MANY
+ * script, shmfs/packed.py: each index's length, 4 bytes little-endian, 0xFFFFFFFF for none,
+ * then the frames in order), checked and decoded as Hot's get_many checks and decodes its own. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *decoders[256];
+    PyObject *failures[256];
+    char executes[256];
+    uint64_t first_word;
+} Frames;
+
+#define ABSENT 0xFFFFFFFFU
+
+/* Every frame of ``reply`` copied into the batch: 1, 0 SLOW (a malformed reply, a frame too
+ * short or too long for here), -1 error. */
+static int
+frames_copy(Batch *batch, const unsigned char *reply, Py_ssize_t size, int trusted)
+{
+    if (batch->count > size / 4) {
+        return 0;
+    }
+    Py_ssize_t at = 4 * batch->count;
+    for (Py_ssize_t i = 0; i < batch->count; i++) {
+        Entry *entry = &batch->entries[i];
+        uint32_t length;
+        memcpy(&length, reply + 4 * i, 4); /* little-endian, checked in hot.h */
+        if (length == ABSENT) {
+            entry->at = -1;
+            continue;
+        }
+        if (length < FRAME_HEADER || length > SMALL || (Py_ssize_t)length > size - at) {
+            return 0;
+        }
+        if (copy_frame(batch, entry, reply + at, (Py_ssize_t)length) < 0) {
+            return -1;
+        }
+        entry->trusted = trusted;
+        at += length;
+    }
+    return at == size;
+}
+
+PyDoc_STRVAR(frames_decode_doc,
+"decode(indexes, reply, trusted) -> {index: value}, or SLOW\n\n"
+"The values of the frames in ``reply`` (one per index of the list or tuple ``indexes``: their\n"
+"lengths, 4 bytes little-endian each, 0xFFFFFFFF for none, then the frames), checked as a get checks\n"
+"a frame (a pickling codec's only if ``trusted``); SLOW, having decoded nothing, for anything\n"
+"else (a malformed reply, a signed or damaged frame, a bare value).");
+
+static PyObject *
+frames_decode(Frames *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "decode(indexes, reply: bytes, trusted)");
+        return NULL;
+    }
+    int trusted = PyObject_IsTrue(args[2]);
+    if (trusted < 0) {
+        return NULL;
+    }
+    Batch batch;
+    int opened = batch_open(&batch, args[0]);
+    if (opened <= 0) {
+        batch_close(&batch);
+        return opened < 0 ? NULL : slow();
+    }
+    PyObject *reply = Py_NewRef(args[1]);
+    int copied = frames_copy(&batch, (const unsigned char *)PyBytes_AS_STRING(reply),
+                             PyBytes_GET_SIZE(reply), trusted);
+    Py_DECREF(reply);
+    if (copied > 0) {
+        copied = batch_checked(&batch, self->first_word, self->decoders, self->executes);
+    }
+    PyObject *result = NULL;
+    if (copied > 0) {
+        Py_INCREF(self); /* its tables, across the decoders' code */
+        result = batch_decode(&batch, self->decoders, self->failures, NULL);
+        Py_DECREF(self);
+    }
+    else if (copied == 0) {
+        result = slow();
+    }
+    batch_close(&batch);
+    return result;
+}
+
+static int
+frames_init(Frames *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"decoders", "first_word", NULL};
+    PyObject *decoders;
+    unsigned long long first_word;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!K", names, &PyDict_Type, &decoders,
+                                     &first_word)) {
+        return -1;
+    }
+    if (first_word & (0xFFULL << CODEC_SHIFT)) {
+        PyErr_SetString(PyExc_ValueError, "first_word must have its codec byte zero");
+        return -1;
+    }
+    if (take_decoders(decoders, self->decoders, self->failures, self->executes) < 0) {
+        return -1;
+    }
+    self->first_word = first_word;
+    return 0;
+}
+
+static int
+frames_traverse(Frames *self, visitproc visit, void *arg)
+{
+    for (int i = 0; i < 256; i++) {
+        Py_VISIT(self->decoders[i]);
+        Py_VISIT(self->failures[i]);
+    }
+    return 0;
+}
+
+static int
+frames_clear(Frames *self)
+{
+    for (int i = 0; i < 256; i++) {
+        Py_CLEAR(self->decoders[i]);
+        Py_CLEAR(self->failures[i]);
+    }
+    return 0;
+}
+
+static void
+frames_dealloc(Frames *self)
+{
+    PyObject_GC_UnTrack(self);
+    frames_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef frames_methods[] = {
+    {"decode", (PyCFunction)(void (*)(void))frames_decode, METH_FASTCALL, frames_decode_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject FramesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmfs._hot.Frames",
+    .tp_basicsize = sizeof(Frames),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Frames(decoders, first_word)\n\nA batch of frames from one reply, checked and "
+              "decoded (see shmfs/hotpath.py).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)frames_init,
+    .tp_dealloc = (destructor)frames_dealloc,
+    .tp_traverse = (traverseproc)frames_traverse,
+    .tp_clear = (inquiry)frames_clear,
+    .tp_methods = frames_methods,
+};
