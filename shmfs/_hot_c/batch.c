@@ -409,7 +409,7 @@ sysv_copy(SysvHot *self, Batch *batch)
     /* The chain index's offsets first: catching one up stores into its dict, which may run a
      * collection's finalizers, and no Python code may run once the semaphore is ours. */
     for (Py_ssize_t i = 0; i < batch->count; i++) {
-        Py_ssize_t pos = sysv_remembered(self, PyTuple_GET_ITEM(batch->indexes, i));
+        Py_ssize_t pos = sysv_remembered(self, PyTuple_GET_ITEM(batch->indexes, i), 1);
         if (pos < 0) {
             return 0; /* absent, or not remembered: Python walks the chain */
         }
@@ -419,7 +419,7 @@ sysv_copy(SysvHot *self, Batch *batch)
         return 0; /* closed, or forked, meanwhile */
     }
     Held held;
-    int taken = sysv_lock_now(self, &held);
+    int taken = sysv_lock_now(self, &held, 1); /* no Python code runs under it */
     if (taken <= 0) {
         return taken;
     }
