@@ -13,11 +13,22 @@ know the script (``NOSCRIPT``: a restarted or flushed server), which it then cac
 of small arguments is packed here, with the script's name and keys packed once per script and
 key list: redis-py's packer, general for every argument type, cost a put more than the rest of
 its client-side work.
+
+Each thread keeps the connection it used last out of the pool (:class:`_Held`), and uses it
+again while it calls the same pool: taking one from redis-py's pool and giving it back cost
+more than a round trip's own work (a lock, an idle-socket probe, connection-count records).
+A held connection is probed as the pool probes its idle ones (a server that closed it, by a
+restart, leaves it readable), and a reply is never left unread on it: every call reads its
+whole reply, and any call interrupted (an error other than the server's own error reply, a
+KeyboardInterrupt) disconnects it and gives it back. A thread that ends, or
+turns to another pool, gives it back too; a forked child never uses its parent's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 from typing import Any, Final
 
 import redis
@@ -25,6 +36,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import AskError, MovedError, NoScriptError
 
 from shmfs.errors import BackendUnavailable
+from shmfs.forking import fork_epoch
 
 __all__ = ["Script", "command", "run"]
 
@@ -95,6 +107,61 @@ def _pool(client: Any, key: str | None) -> Any:
     return client.connection_pool
 
 
+class _Held:
+    """One thread's connection out of ``pool``, given back when the thread lets go of it."""
+
+    __slots__ = ("conn", "epoch", "pool")
+
+    def __init__(self, pool: Any, conn: Any) -> None:
+        self.pool, self.conn, self.epoch = pool, conn, fork_epoch()
+
+    def give_back(self, *, broken: bool) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None or self.epoch != fork_epoch():
+            return  # a parent's connection: its socket is not this process's to use or close
+        if broken:
+            conn.disconnect()
+        self.pool.release(conn)
+
+    def __del__(self) -> None:  # the thread ended: its thread-local slot goes
+        with contextlib.suppress(Exception):
+            self.give_back(broken=False)
+
+
+_held = threading.local()
+
+
+def _take(pool: Any) -> Any:
+    """This thread's connection of ``pool``, held out of it (see the module docstring)."""
+    held: _Held | None = getattr(_held, "slot", None)
+    if held is not None:
+        conn = held.conn
+        if held.pool is pool and conn is not None and held.epoch == fork_epoch():
+            # The pool's own probe: data waiting on an idle connection means the server
+            # closed it (a restart); a fresh one from the pool reconnects.
+            try:
+                if not conn.can_read():
+                    return conn
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                pass
+            _held.slot = None
+            held.give_back(broken=True)
+        else:
+            _held.slot = None
+            held.give_back(broken=False)
+    conn = pool.get_connection()
+    _held.slot = _Held(pool, conn)
+    return conn
+
+
+def _drop(conn: Any) -> None:
+    """Disconnect ``conn`` after a call it did not finish and give it back to its pool."""
+    held: _Held | None = getattr(_held, "slot", None)
+    if held is not None and held.conn is conn:
+        _held.slot = None
+        held.give_back(broken=True)
+
+
 def command(
     client: redis.Redis,
     url: str,
@@ -114,7 +181,7 @@ def command(
     for attempt in (0, 1):
         pool = _pool(client, key)
         try:
-            conn: Any = pool.get_connection()
+            conn: Any = _take(pool)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise _unavailable(url, exc, False) from exc
         try:
@@ -124,7 +191,6 @@ def command(
                 else:
                     conn.send_packed_command((packed,))
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                conn.disconnect()
                 # sendall() failed: the server did not get the whole command, so it ran nothing.
                 raise _unavailable(url, exc, False) from exc
             try:
@@ -134,14 +200,18 @@ def command(
                 # cluster's layout again, and send it there.
                 if attempt:
                     raise
+                _drop(conn)
                 client.nodes_manager.initialize()  # type: ignore[attr-defined]  # a cluster's
                 continue
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                conn.disconnect()
+                _drop(conn)
                 if changes or attempt:
                     raise _unavailable(url, exc, None if changes else False) from exc
-        finally:
-            pool.release(conn)
+        except redis.ResponseError:
+            raise  # the server's whole reply was read: the connection is ready for the next
+        except BaseException:
+            _drop(conn)
+            raise
     raise AssertionError("unreachable")  # the second attempt returns or raises
 
 
