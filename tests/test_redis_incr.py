@@ -305,3 +305,69 @@ def test_a_counter_that_outgrows_the_segment_is_segment_full(redis_url: str, key
         assert seg.incr(3) == 1  # the same size: fits
     finally:
         seg.destroy()
+
+
+@pytest.mark.parametrize("codec", ["cloudpickle", "pickle", "json"])
+def test_the_servers_integer_frames_are_pythons_and_it_reads_no_other(
+    redis_url: str, codec: str
+) -> None:
+    """The Lua that reads and writes integer frames, against Python's frames: every integer it
+    writes byte for byte; of frames damaged at random, exactly those that are still the frame
+    Python writes for an integer."""
+    import random  # noqa: PLC0415  # only this test draws
+
+    from shmfs.backends.redis import numbers  # noqa: PLC0415  # the module under test
+
+    rng = random.Random(20)
+    chosen = codecs.get_codec(codec)
+    values = [0, 1, 255, 256, 65535, 65536, -1, -129, -32769]
+    for bits in range(8, 53):
+        values += [2**bits - 1, 2**bits, -(2**bits), -(2**bits) - 1]
+    values += [rng.randrange(-(2**52) + 1, 2**52) for _ in range(200)]
+    values = [v for v in values if -numbers.LIMIT < v < numbers.LIMIT]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        written = client.eval(
+            numbers.library(chosen.id)
+            + "local out = {} for i = 1, #ARGV do out[i] = encode(tonumber(ARGV[i])) end "
+            "return out",
+            0,
+            *values,
+        )
+        assert written == [frame.encode(chosen, v) for v in values]
+        frames = [frame.encode(chosen, v) for v in (5, 300, 70000, -5, 2**40, 2**55)]
+        for other in ("text", 1.5, True, None, [1]):
+            frames.append(frame.encode(chosen, other))
+        damaged = list(frames)
+        for _ in range(2000):
+            data = bytearray(rng.choice(frames))
+            place = rng.randrange(len(data))
+            how = rng.randrange(3)
+            if how == 0:
+                data[place] = rng.randrange(256)
+            elif how == 1:
+                del data[place:]
+            else:
+                data.insert(place, rng.randrange(256))
+            damaged.append(bytes(data))
+        read = client.eval(
+            numbers.library(chosen.id)
+            + "local out = {} for i = 1, #ARGV do out[i] = decode(ARGV[i], true) or 'no' end "
+            "return out",
+            0,
+            *damaged,
+        )
+        for data, got in zip(damaged, read, strict=True):
+            try:
+                found, payload = frame.decode(data)
+                value = found.decode(payload)
+            except Exception:
+                value = None
+            plain = (
+                type(value) is int
+                and -numbers.LIMIT < value < numbers.LIMIT
+                and frame.encode(chosen, value) == data
+            )
+            assert got == (value if plain else b"no"), data
+    finally:
+        client.close()

@@ -56,6 +56,8 @@ def _signed32(value: int) -> int:
 
 
 def _nibbles() -> list[int]:
+    """The CRC-32 of each nibble: two steps of the checksum per byte. A table of the 256 bytes
+    halves the steps, but building it costs each call more than a counter's steps take."""
     table = []
     for nibble in range(16):
         crc = nibble
@@ -88,8 +90,8 @@ def _forms(codec: int) -> list[tuple[bytes, bytes]]:
 _PICKLE_LUA: Final = """
 -- A pickle's form for v (index into the tables) and v's bytes there, STOP included.
 local function form(v)
-  if v >= 0 and v < 256 then return 1, string.char(v, 46) end
-  if v >= 0 and v < 65536 then return 2, string.char(v % 256, (v - v % 256) / 256, 46) end
+  if v >= 0 and v < 256 then return 1, char(v, 46) end
+  if v >= 0 and v < 65536 then return 2, char(v % 256, (v - v % 256) / 256, 46) end
   if v >= -2147483648 and v < 2147483648 then return 3, le32(v) .. '.' end
   local n = 5
   while not (v >= -(2 ^ (8 * n - 1)) and v < 2 ^ (8 * n - 1)) do n = n + 1 end
@@ -98,48 +100,61 @@ local function form(v)
   if v < 0 then v, flip = -v - 1, 255 end
   for i = 1, n do
     local b = v % 256
-    out[i] = math.abs(flip - b)
+    out[i] = abs(flip - b)
     v = (v - b) / 256
   end
   out[n + 1] = 46
-  return n - 1, string.char(unpack(out))
+  return n - 1, char(unpack(out))
 end
--- The integer in a pickle's frame, the form it has, and the bytes after the form's prefix.
+-- The integer in a pickle's frame in the form Python writes it (its shortest), that form,
+-- and the bytes after the form's prefix; nil for anything else.
 local function parse(frame)
-  local op, k, size = string.byte(frame, 27), 1, 1
+  local op, k, size = byte(frame, 27), 1, 1
   if op == 149 then
-    op = string.byte(frame, 36)
+    op = byte(frame, 36)
     if op == 77 then k, size = 2, 2 elseif op == 74 then k, size = 3, 4
-    elseif op == 138 then size = string.byte(frame, 37) or 0; k = size - 1
+    elseif op == 138 then size = byte(frame, 37) or 0; k = size - 1
     else return nil end
+    if k < 2 then return nil end
   elseif op ~= 75 then
     return nil
   end
-  if not PREFIX[k] then return nil end
-  local tail = string.sub(frame, 25 + #PREFIX[k])
-  if #tail ~= size + 1 then return nil end
-  local b, v = {string.byte(tail, 1, size)}, 0
-  if k == 3 then
-    v = bit.bor(b[1], bit.lshift(b[2], 8), bit.lshift(b[3], 16), bit.lshift(b[4], 24))
+  local prefix = PREFIX[k]
+  if not prefix then return nil end
+  local tail = sub(frame, 25 + #prefix)
+  if #tail ~= size + 1 or byte(tail, size + 1) ~= 46 then return nil end
+  local v
+  if k == 1 then v = byte(tail, 1)
+  elseif k == 2 then
+    local b1, b2 = byte(tail, 1, 2)
+    v = b1 + 256 * b2
+  elseif k == 3 then
+    local b1, b2, b3, b4 = byte(tail, 1, 4)
+    v = bor(b1, lshift(b2, 8), lshift(b3, 16), lshift(b4, 24))
   else
     local flip = 0
-    if k > 3 and b[size] >= 128 then flip = 255 end
-    for i = size, 1, -1 do v = v * 256 + math.abs(flip - b[i]) end
+    if byte(tail, size) >= 128 then flip = 255 end
+    v = 0
+    for i = size, 1, -1 do v = v * 256 + abs(flip - byte(tail, i)) end
     if flip > 0 then v = -v - 1 end
   end
+  if not (v > -LIMIT and v < LIMIT) or form(v) ~= k then return nil end
   return v, k, tail
 end
 """
 
 _JSON_LUA: Final = """
 local function form(v)
-  local digits = string.format('%.0f', v)
+  local digits = format('%.0f', v)
   return #digits, digits
 end
+-- The integer in a json frame written as Python writes it, its form and its digits; or nil.
 local function parse(frame)
-  local tail = string.sub(frame, 25)
-  if not (tail == '0' or string.find(tail, '^%-?[1-9]%d*$')) then return nil end
-  return tonumber(tail), #tail, tail
+  local tail = sub(frame, 25)
+  if #tail > 17 or not (tail == '0' or find(tail, '^%-?[1-9]%d*$')) then return nil end
+  local v = tonumber(tail)
+  if not (v > -LIMIT and v < LIMIT) then return nil end
+  return v, #tail, tail
 end
 """
 
@@ -153,24 +168,28 @@ def library(codec: int) -> str:
     states = ", ".join(str(_signed32(zlib.crc32(head + prefix))) for head, prefix in forms)
     nibbles = ", ".join(str(value) for value in _nibbles())
     return f"""
+local byte, char, sub = string.byte, string.char, string.sub
+local find, format = string.find, string.format
+local bnot, bxor, band, bor = bit.bnot, bit.bxor, bit.band, bit.bor
+local rshift, lshift, abs = bit.rshift, bit.lshift, math.abs
 local HEAD = {{{heads}}}
 local PREFIX = {{{prefixes}}}
 local CRC_FROM = {{{states}}}
-local NIBBLE = {{{nibbles}}}
+local NIBBLE = {{[0] = {nibbles}}}
 local LIMIT = {LIMIT}
 -- The checksum of form k's fixed parts continued over s.
+-- (Library functions are called through locals: a global's lookup costs 4 times the call.)
 local function crc32(k, s)
-  local crc = bit.bnot(CRC_FROM[k])
+  local crc = bnot(CRC_FROM[k])
   for i = 1, #s do
-    crc = bit.bxor(crc, string.byte(s, i))
-    crc = bit.bxor(bit.rshift(crc, 4), NIBBLE[bit.band(crc, 15) + 1])
-    crc = bit.bxor(bit.rshift(crc, 4), NIBBLE[bit.band(crc, 15) + 1])
+    crc = bxor(crc, byte(s, i))
+    crc = bxor(rshift(crc, 4), NIBBLE[band(crc, 15)])
+    crc = bxor(rshift(crc, 4), NIBBLE[band(crc, 15)])
   end
-  return bit.bnot(crc)
+  return bnot(crc)
 end
 local function le32(v)
-  return string.char(bit.band(v, 255), bit.band(bit.rshift(v, 8), 255),
-                     bit.band(bit.rshift(v, 16), 255), bit.rshift(v, 24))
+  return char(band(v, 255), band(rshift(v, 8), 255), band(rshift(v, 16), 255), rshift(v, 24))
 end
 {_JSON_LUA if codec == _JSON else _PICKLE_LUA}
 -- The frame Python writes for the integer v, or nil past LIMIT.
@@ -182,10 +201,9 @@ end
 -- The integer a frame holds, or nil if it holds anything else or is not exactly the frame
 -- encode() writes for it (another codec, damage included); a pickle only if ``pickles``.
 local function decode(frame, pickles)
-  if string.byte(frame, 6) ~= {codec} or ({codec} ~= {_JSON} and not pickles) then return nil end
+  if byte(frame, 6) ~= {codec} or ({codec} ~= {_JSON} and not pickles) then return nil end
   local v, k, tail = parse(frame)
-  if not v or not (v > -LIMIT and v < LIMIT) or form(v) ~= k then return nil end
-  if string.sub(frame, 1, 24 + #PREFIX[k]) ~=
+  if not v or sub(frame, 1, 24 + #PREFIX[k]) ~=
      HEAD[k] .. le32(crc32(k, tail)) .. '\\0\\0\\0\\0' .. PREFIX[k] then
     return nil
   end
