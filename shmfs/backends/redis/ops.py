@@ -11,10 +11,9 @@ An ``incr`` of an integer stored by a codec whose integers have one plain form i
 call too, the addition made on the server (:mod:`shmfs.backends.redis.numbers`), so crowded
 counters never retry. Otherwise ``incr``, ``cas`` and ``update`` are optimistic: the segment
 computes the new value from a version of the old one and commits it only if the index is still
-at that version. This module
-remembers the last small frame and version it saw per index, so a handle that keeps updating
-one index does so in one round trip; a stale memory costs one more (the failed commit answers
-with the current value).
+at that version. This module remembers the last small frame and version it saw per index, so a
+handle that keeps updating one index does so in one round trip; a stale memory costs one more
+(the failed commit answers with the current value).
 """
 
 from __future__ import annotations
