@@ -56,6 +56,14 @@ class Coder:
             )
         return self._secret
 
+    def unsigned_codec(self) -> int | None:
+        """The id of the codec this handle frames values in, unsigned; ``None`` if it signs
+        them (or refuses them for want of a secret) or stores them bare: a frame built
+        elsewhere from that id alone is then not what this handle would write."""
+        if self._secret is not None or self._missing is not None or not self._framed:
+            return None
+        return self._codec.id
+
     def encode(self, value: Any, index: int | None = None) -> bytes | frame.Pieces:
         """``value`` as the backend stores it at ``index``: framed (or bare, for the native
         codec); a signature covers the segment key and ``index``, so it is required with a

@@ -41,10 +41,12 @@ def modify(
     encode: Callable[[Any], bytes | frame.Pieces],
     lock_timeout: float | None,
     key: int,
+    known: tuple[object, bytes | None] | None = None,
 ) -> Any:
     """Apply ``change`` to the value at ``index`` (``default`` if empty) and return its answer.
 
     A remembered version saves the read; decisions not to write are made on a fresh one.
+    ``known``: the (version, frame) of ``index`` just read by the caller.
 
     Raises:
         ShmfsError: a value's pickling forked this process (the child must not finish its
@@ -52,8 +54,10 @@ def modify(
         Whatever ``change``, ``decode``, ``encode`` or the backend's commit raise.
     """
     started = fork_epoch()
-    known = atomic.seen(index)
-    fresh = known is None
+    fresh = known is not None
+    if known is None:
+        known = atomic.seen(index)
+        fresh = known is None
     if known is None:
         known = atomic.peek(index)
     while True:

@@ -692,7 +692,42 @@ class Segment(MutableMapping[int, Any]):
         Raises:
             The errors of :meth:`get` and :meth:`put`.
         """
+        atomic = self._atomic
+        if atomic is not None and type(delta) is int and type(default) is int:
+            return self._incr_atomic(atomic, index, delta, default)
         return self._modify(index, lambda old: (True, self._present(index, old) + delta), default)
+
+    @_detached_says_so
+    def _incr_atomic(self, atomic: Atomic, index: int, delta: int, default: int) -> Any:
+        """``incr`` of an int where single changes are atomic: the backend adds on its side
+        when it can (redis: one script call, no read), else the optimistic path from the state
+        it found."""
+        backend = self._open()  # a closed handle's error before a bad index's
+        index = check_index(index)
+        codec = self._coder.unsigned_codec()
+        done = None
+        if codec is not None:
+            done = atomic.add_int(
+                index,
+                delta,
+                default,
+                codec=codec,
+                pickles=backend.trusted(index),
+                timeout=self._lock_timeout,
+            )
+        if isinstance(done, int):
+            return done
+        return optimistic.modify(
+            atomic,
+            index,
+            lambda old: (True, old + delta),
+            default,
+            decode=lambda data: self._decode(backend, index, data),
+            encode=lambda value: self._encode(value, index),
+            lock_timeout=self._lock_timeout,
+            key=self.key,
+            known=done,
+        )
 
     def cas(self, index: int, expected: Any, new: Any) -> bool:
         """Store ``new`` if the value at ``index`` equals ``expected``, atomically.

@@ -566,18 +566,25 @@ def _incr_retrying_when_not_made(seg: shmfs.Segment, proxy: Proxy) -> None:
             seg.incr(1)
 
 
+@pytest.mark.parametrize("on_server", [True, False])
 def test_a_change_that_reached_the_server_is_never_reported_as_not_made(
-    redis_url: str, proxy: Proxy, key: int
+    redis_url: str, proxy: Proxy, key: int, on_server: bool
 ) -> None:
     """The server gets an incr and the connection dies before its reply: the call cannot say it
-    failed (a retrying caller would count twice); it says the outcome is unknown."""
+    failed (a retrying caller would count twice); it says the outcome is unknown. Whether the
+    server adds (a small integer) or the client does (past what the server adds)."""
+    from shmfs.backends.redis import ops  # noqa: PLC0415  # the script the request names
+
     seg = shmfs.attach(key, 4096, backend="redis", root=proxy.url, codec="json")
+    start = 7_000_000_001 if on_server else 2**53 + 1
     try:
-        seg[1] = 7_000_000_001
-        proxy.marker = b"7000000002"  # the incr's new value, in the request that writes it
+        seg[1] = start
+        seg.incr(2)  # the server learns the script: the marked request is not refused unrun
+        # The request that makes the change: the server's script, or the new value written.
+        proxy.marker = ops.ADD_INT[3].sha.encode() if on_server else str(start + 1).encode()
         _incr_retrying_when_not_made(seg, proxy)
         assert proxy.tripped.is_set()
-        assert seg[1] == 7_000_000_002  # counted once
+        assert seg[1] == start + 1  # counted once
     finally:
         proxy.heal()
         seg.destroy()

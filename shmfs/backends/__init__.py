@@ -215,6 +215,23 @@ class Atomic(Protocol):
         """The (version, frame) of ``index`` now, in one step."""
         ...
 
+    def add_int(
+        self,
+        index: int,
+        delta: int,
+        default: int,
+        *,
+        codec: int,
+        pickles: bool,
+        timeout: float | None,
+    ) -> int | tuple[object, bytes | None] | None:
+        """Add ``delta`` to the integer at ``index`` (``default`` if empty) in one step, storing
+        it as codec ``codec`` (an id) writes it, unsigned; return the new value. ``pickles``:
+        whether pickles read from the backend may be decoded. ``None``: the backend does not
+        do this for these arguments (nothing was read); a ``(version, frame)``: the index does
+        not hold an integer it reads (nothing was written), as found, for the general path."""
+        ...
+
 
 #: ``pin(index, timeout)``: see :class:`Capabilities`.
 Pin = Callable[[int, float | None], AbstractContextManager[memoryview | None]]

@@ -9,31 +9,78 @@ whether the server ran it first: a script that committed and lost its reply woul
 whether to read back or retry. Reads are retried once, since running them twice is harmless.
 
 Scripts go as ``EVALSHA``, falling back to ``EVAL`` with the source when the server does not
-know the script (``NOSCRIPT``: a restarted or flushed server), which it then caches.
+know the script (``NOSCRIPT``: a restarted or flushed server), which it then caches. A call
+of small arguments is packed here, with the script's name and keys packed once per script and
+key list: redis-py's packer, general for every argument type, cost a put more than the rest of
+its client-side work.
+
+Each thread keeps the connection it used last out of the pool (:class:`_Held`), and uses it
+again while it calls the same pool: taking one from redis-py's pool and giving it back cost
+more than a round trip's own work (a lock, an idle-socket probe, connection-count records).
+A held connection is probed as the pool probes its idle ones (a server that closed it, by a
+restart, leaves it readable), and a reply is never left unread on it: every call reads its
+whole reply, and any call interrupted (an error other than the server's own error reply, a
+KeyboardInterrupt) disconnects it and gives it back. A thread that ends, or
+turns to another pool, gives it back too; a forked child never uses its parent's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Any
+import threading
+from typing import Any, Final
 
 import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, MovedError, NoScriptError
 
 from shmfs.errors import BackendUnavailable
+from shmfs.forking import fork_epoch
 
 __all__ = ["Script", "command", "run"]
+
+
+# Above this many bytes a command goes through redis-py's packer, which sends a large value
+# without copying it into the command (joining here would copy it once more).
+_PACK_LIMIT: Final = 4096
 
 
 class Script:
     """A Lua script's source and the SHA1 the server knows it by."""
 
-    __slots__ = ("sha", "source")
+    __slots__ = ("_heads", "sha", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        self._heads: dict[tuple[str, ...], tuple[int, bytes]] = {}
+
+    def packed(self, keys: list[str], args: list[Any]) -> bytes | None:
+        """``EVALSHA`` of this script on ``keys`` and ``args`` in the wire protocol, or ``None``
+        if an argument is not a small str, bytes or int (redis-py then packs it)."""
+        head = self._heads.get(tuple(keys))
+        if head is None:
+            words = [b"EVALSHA", self.sha.encode(), str(len(keys)).encode()]
+            words += [key.encode() for key in keys]
+            head = (len(words), b"".join(b"$%d\r\n%b\r\n" % (len(w), w) for w in words))
+            self._heads[tuple(keys)] = head
+        count, packed = head
+        parts = [b"*%d\r\n%b" % (count + len(args), packed)]
+        size = 0
+        for arg in args:
+            kind = type(arg)
+            if kind is bytes:
+                word = arg
+            elif kind is str:
+                word = arg.encode()
+            elif kind is int:
+                word = b"%d" % arg
+            else:
+                return None
+            size += len(word)
+            parts.append(b"$%d\r\n%b\r\n" % (len(word), word))
+        return b"".join(parts) if size <= _PACK_LIMIT else None
 
 
 def _unavailable(url: str, exc: Exception, committed: bool | None) -> BackendUnavailable:
@@ -60,10 +107,71 @@ def _pool(client: Any, key: str | None) -> Any:
     return client.connection_pool
 
 
+class _Held:
+    """One thread's connection out of ``pool``, given back when the thread lets go of it."""
+
+    __slots__ = ("conn", "epoch", "pool")
+
+    def __init__(self, pool: Any, conn: Any) -> None:
+        self.pool, self.conn, self.epoch = pool, conn, fork_epoch()
+
+    def give_back(self, *, broken: bool) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None or self.epoch != fork_epoch():
+            return  # a parent's connection: its socket is not this process's to use or close
+        if broken:
+            conn.disconnect()
+        self.pool.release(conn)
+
+    def __del__(self) -> None:  # the thread ended: its thread-local slot goes
+        with contextlib.suppress(Exception):
+            self.give_back(broken=False)
+
+
+_held = threading.local()
+
+
+def _take(pool: Any) -> Any:
+    """This thread's connection of ``pool``, held out of it (see the module docstring)."""
+    held: _Held | None = getattr(_held, "slot", None)
+    if held is not None:
+        conn = held.conn
+        if held.pool is pool and conn is not None and held.epoch == fork_epoch():
+            # The pool's own probe: data waiting on an idle connection means the server
+            # closed it (a restart); a fresh one from the pool reconnects.
+            try:
+                if not conn.can_read():
+                    return conn
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                pass
+            _held.slot = None
+            held.give_back(broken=True)
+        else:
+            _held.slot = None
+            held.give_back(broken=False)
+    conn = pool.get_connection()
+    _held.slot = _Held(pool, conn)
+    return conn
+
+
+def _drop(conn: Any) -> None:
+    """Disconnect ``conn`` after a call it did not finish and give it back to its pool."""
+    held: _Held | None = getattr(_held, "slot", None)
+    if held is not None and held.conn is conn:
+        _held.slot = None
+        held.give_back(broken=True)
+
+
 def command(
-    client: redis.Redis, url: str, *args: Any, changes: bool, key: str | None = None
+    client: redis.Redis,
+    url: str,
+    *args: Any,
+    changes: bool,
+    key: str | None = None,
+    packed: bytes | None = None,
 ) -> Any:
-    """Send ``args`` on a pooled connection and return the reply (see the module docstring).
+    """Send ``args`` (or ``packed``, the same command already in the wire protocol) on a
+    pooled connection and return the reply (see the module docstring).
 
     Raises:
         BackendUnavailable: the server could not be reached, or was lost mid-call (then
@@ -73,14 +181,16 @@ def command(
     for attempt in (0, 1):
         pool = _pool(client, key)
         try:
-            conn: Any = pool.get_connection()
+            conn: Any = _take(pool)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise _unavailable(url, exc, False) from exc
         try:
             try:
-                conn.send_command(*args)
+                if packed is None:
+                    conn.send_command(*args)
+                else:
+                    conn.send_packed_command((packed,))
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                conn.disconnect()
                 # sendall() failed: the server did not get the whole command, so it ran nothing.
                 raise _unavailable(url, exc, False) from exc
             try:
@@ -90,14 +200,18 @@ def command(
                 # cluster's layout again, and send it there.
                 if attempt:
                     raise
+                _drop(conn)
                 client.nodes_manager.initialize()  # type: ignore[attr-defined]  # a cluster's
                 continue
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                conn.disconnect()
+                _drop(conn)
                 if changes or attempt:
                     raise _unavailable(url, exc, None if changes else False) from exc
-        finally:
-            pool.release(conn)
+        except redis.ResponseError:
+            raise  # the server's whole reply was read: the connection is ready for the next
+        except BaseException:
+            _drop(conn)
+            raise
     raise AssertionError("unreachable")  # the second attempt returns or raises
 
 
@@ -112,6 +226,9 @@ def run(
 ) -> Any:
     """Run ``script`` (``EVALSHA``, then ``EVAL`` on ``NOSCRIPT``) and return its reply."""
     try:
+        packed = script.packed(keys, args)
+        if packed is not None:
+            return command(client, url, changes=changes, key=keys[0], packed=packed)
         return command(
             client,
             url,

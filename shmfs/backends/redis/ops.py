@@ -7,11 +7,13 @@ could fail after the change committed: a call raises only when it did not commit
 connection was lost mid-call, says that it cannot know (``BackendUnavailable.committed is
 None``; see :mod:`shmfs.backends.redis.call`).
 
-``incr``, ``cas`` and ``update`` are optimistic: the segment computes the new value from a
-version of the old one and commits it only if the index is still at that version. This module
-remembers the last small frame and version it saw per index, so a handle that keeps updating
-one index does so in one round trip; a stale memory costs one more (the failed commit answers
-with the current value).
+An ``incr`` of an integer stored by a codec whose integers have one plain form is one script
+call too, the addition made on the server (:mod:`shmfs.backends.redis.numbers`), so crowded
+counters never retry. Otherwise ``incr``, ``cas`` and ``update`` are optimistic: the segment
+computes the new value from a version of the old one and commits it only if the index is still
+at that version. This module remembers the last small frame and version it saw per index, so a
+handle that keeps updating one index does so in one round trip; a stale memory costs one more
+(the failed commit answers with the current value).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Final
 import redis
 
 from shmfs.backends import Committed, Expect, segment_full
-from shmfs.backends.redis import scripts
+from shmfs.backends.redis import numbers, scripts
 from shmfs.backends.redis.call import Script, run
 from shmfs.backends.redis.guard import Guard
 from shmfs.backends.redis.lease import Lease
@@ -38,6 +40,7 @@ WRITE, WRITE_MANY, REMOVE, CLEAR, DESTROY, PEEK = (
     Script(scripts.DESTROY),
     Script(scripts.PEEK),
 )
+ADD_INT: Final = {codec: Script(source) for codec, source in scripts.ADD_INT.items()}
 
 # Remembered frames are small (counters, flags), and few: a bound on what a handle keeps.
 _SEEN_BYTES: Final = 2048
@@ -116,6 +119,37 @@ class Operations:
         current = reply[2] if len(reply) > 2 else None
         self._remember(index, version, current)
         return Committed(False, version, current)
+
+    def add_int(
+        self,
+        index: int,
+        delta: int,
+        default: int,
+        *,
+        codec: int,
+        pickles: bool,
+        timeout: float | None,
+    ) -> int | tuple[object, bytes | None] | None:
+        """See :class:`~shmfs.backends.Atomic`: one script call whatever other writers do."""
+        script = ADD_INT.get(codec)
+        if (
+            script is None
+            or not -numbers.LIMIT < delta < numbers.LIMIT
+            or not -numbers.LIMIT < default < numbers.LIMIT
+        ):
+            return None
+        self._seen.pop(index, None)  # the new frame is built on the server, and not sent back
+        args = [index, delta, default, "1" if pickles else ""]
+        reply = self._call(script, args, timeout, changes=True)
+        status = reply[0]
+        if status == 1:
+            return int(reply[2])
+        if status == 2:
+            raise segment_full(self._key, index, int(reply[2]), self._size(), int(reply[1]))
+        version = _bytes(reply[1]).decode()
+        current = reply[2] if len(reply) > 2 else None
+        self._remember(index, version, current)
+        return version, current
 
     def commit_many(self, items: list[tuple[int, bytes]], timeout: float | None) -> None:
         """See :class:`~shmfs.backends.Atomic`: one script call, the gate and quota of

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 from typing import Final
 
+from shmfs.backends.redis import numbers
+
 __all__ = [
+    "ADD_INT",
     "CLEAR",
     "DESTROY",
     "INFO",
@@ -105,12 +108,42 @@ local old = redis.call('HSTRLEN', KEYS[3], ARGV[2])
 local new = string.len(ARGV[3])
 if used - old + new > size then return {2, used - old} end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-redis.call('HINCRBY', KEYS[2], 'used', new - old)
+-- Each call in a script costs the server 1-2 us: a value of unchanged size skips this one.
+if new ~= old then redis.call('HINCRBY', KEYS[2], 'used', new - old) end
 local generation = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[5], ARGV[2])
 return {1, epoch .. ':' .. generation}
 """
 )
+# By codec id: KEYS: lock, meta, vars, gen, changes. ARGV: token, index, delta, default, '1'
+# if pickles from this server are trusted (else ''). Adds ``delta`` to the integer at ``index``
+# (``default`` if empty) and stores it in the codec's frame (shmfs.backends.redis.numbers).
+# Replies: {1, version, new value} written; {0, version [, frame]}: the value is not an integer
+# the script reads, or the result would leave its range (the client's general path takes it
+# from this state); {2, used, size of the new frame} it does not fit; {-1, holder} locked by
+# another.
+_ADD_INT: Final = """
+local cur = redis.call('HGET', KEYS[3], ARGV[2])
+local value = tonumber(ARGV[4])
+if cur then value = decode(cur, ARGV[5] == '1') end
+local data = value and encode(value + tonumber(ARGV[3]))
+if not data then
+  local found = epoch .. ':' .. (redis.call('HGET', KEYS[4], ARGV[2]) or '0')
+  if cur then return {0, found, cur} end
+  return {0, found}
+end
+local old, new = cur and string.len(cur) or 0, string.len(data)
+if used - old + new > size then return {2, used - old, new} end
+redis.call('HSET', KEYS[3], ARGV[2], data)
+if new ~= old then redis.call('HINCRBY', KEYS[2], 'used', new - old) end
+local generation = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+redis.call('PUBLISH', KEYS[5], ARGV[2])
+-- The new value as an integer reply: exact below LIMIT (formatting it would cost 1 us).
+return {1, epoch .. ':' .. generation, value + tonumber(ARGV[3])}
+"""
+ADD_INT: Final = {
+    codec: "#!lua\n" + numbers.library(codec) + _GATE + _ADD_INT for codec in sorted(numbers.CODECS)
+}
 # KEYS: lock, meta, vars, gen, changes. ARGV: token, then index, data for each variable of a
 # batch (each index once). Replies: {1} all written; {2, used} they do not all fit (used: the
 # bytes the variables outside the batch take), nothing written; {-1, holder} locked by another.
