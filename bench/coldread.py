@@ -17,7 +17,9 @@ import mmap
 import os
 import random
 
-__all__ = ["ColdRead"]
+from bench.timing import Stats, bracket_ns, time_gets, to_us
+
+__all__ = ["ColdRead", "floor_stats"]
 
 
 class ColdRead:
@@ -38,16 +40,32 @@ class ColdRead:
             self._mm[start : start + len(chunk)] = chunk[: self.nbytes - start]
         self.read = self._mm.__getitem__
 
-    def offsets(self, count: int, seed: int) -> list[int]:
-        """``count`` offsets drawn uniformly over the file, made in one order and listed in
-        another: as the gets' shuffled indices are, each int object lies apart from the last
-        one read, so the floor pays that miss too."""
+    def offsets(self, count: int, seed: int, *, shuffled: bool = True) -> list[int]:
+        """``count`` offsets drawn uniformly over the file. ``shuffled``: made in one order and
+        listed in another, as ``bench/scale.py``'s shuffled indices are, so that each int
+        object lies apart from the last one read and the floor pays that miss too (the fill
+        curve's indices are drawn in the order they are read: ``shuffled=False`` there)."""
         rng = random.Random(seed)
         drawn = [rng.randrange(self.nbytes) for _ in range(count)]
-        rng.shuffle(drawn)
+        if shuffled:
+            rng.shuffle(drawn)
         return drawn
 
     def close(self) -> None:
         self._mm.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def floor_stats(path: str, nbytes: int, count: int, seed: int) -> dict[str, Stats]:
+    """The floor timed as the fill curve times gets, one read at a time: ``cold``, ``count``
+    random offsets of an ``nbytes`` mapping; ``hot``, 10 of them over and over."""
+    floor = ColdRead(path, nbytes)
+    try:
+        bracket = bracket_ns(2000)
+        offsets = floor.offsets(count, seed, shuffled=False)
+        cold = Stats.of(to_us(time_gets(floor.read, offsets), bracket))
+        hot = Stats.of(to_us(time_gets(floor.read, offsets[:10] * (count // 10 + 1)), bracket))
+        return {"cold": cold, "hot": hot}
+    finally:
+        floor.close()

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import shmfs
-from bench import targets
+from bench import quickrows, targets
 from bench.cases import kernel_bytes_per_file
 from bench.coldread import ColdRead
 from bench.peers import FACTORIES
@@ -283,13 +283,19 @@ def _cache_rounds(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.scale [--variables N] [--repeat R]``: the scale curve's rows alone
-    (shmfs tmpfs and lmdb filled to N, each read once in random order, a get among 10, and the
-    machine's cold-read floor), R times, then the median of each ratio."""
+    """``python -m bench.scale [--variables N] [--repeat R] [--point]``: the scale curve's rows
+    alone (shmfs tmpfs and lmdb filled to N, each read once in random order, a get among 10, and
+    the machine's cold-read floor), R times, then the median of each ratio; ``--point`` adds two
+    rows of the main bench's (``bench/quickrows.py``)."""
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=main.__doc__)
     parser.add_argument("--variables", type=int, default=1_000_000, help="fill to this many")
     parser.add_argument("--repeat", type=int, default=1, help="runs, each in a fresh store")
     parser.add_argument("--no-lmdb", action="store_true", help="shmfs alone (no put/get ratio)")
+    parser.add_argument(
+        "--point",
+        action="store_true",
+        help="also the 1 MiB get against memcpy, and a get among 100,000 against one among 10",
+    )
     args = parser.parse_args(argv)
 
     def progress(message: str) -> None:
@@ -300,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     with Scratch() as scratch:
         for _ in range(args.repeat):
             curve = scale_curve(scratch, (10, args.variables), progress, systems=systems)
-            for row in targets.curve_rows(curve):
+            rows = targets.curve_rows(curve)
+            if args.point:
+                rows += [quickrows.bytes1m_row(scratch), quickrows.among_row(scratch, 100_000)]
+            for row in rows:
                 print(f"{row.verdict:>4}  {row.target}: {row.measured}")
                 ratios.setdefault(row.target, []).append(row.measured)
     if args.repeat > 1:

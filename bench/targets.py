@@ -185,6 +185,13 @@ def evaluate(  # a flat list of targets reads best as one list
             f"{curve[largest]['get'].median:.2f} / {curve[10]['get'].median:.2f} µs = {r:.2f}x"
             f" ({largest:,} variables)"
         )
+        floor = fill.get("floor", {}).get(largest)
+        if floor is not None:
+            text += floor_note(
+                curve[largest]["get"].median,
+                curve[10]["get"].median,
+                {"floor_cold": floor["cold"].median, "floor_hot": floor["hot"].median},
+            )
         if largest < 100_000:
             reason = fill["stopped"].get(TMPFS) or "this run's sizes stop there (--quick)"
             rows.append(Row(label, f"{text}; not at 100k: {reason}", None))
@@ -280,17 +287,19 @@ def scale_rows(scaled: dict[str, Any]) -> list[Row]:
 
 def floor_note(cold: float, hot: float, floor: dict[str, float]) -> str:
     """What the machine's own cold read (``bench/coldread.py``) says of a cold/hot get ratio:
-    each miss it costs, and the least the ratio can be with the two dependent misses a get
-    among many meets (the index bucket, then the slot)."""
+    what one random read of cold memory costs over a cached one, how many of those shmfs's
+    get costs, and the least the ratio can be with one such read, and with the two dependent
+    ones a get among many makes (the index bucket, then the slot)."""
     if "floor_cold" not in floor:
         return ""
     miss = floor["floor_cold"] - floor["floor_hot"]
-    least = (hot + 2 * miss) / hot
+    if miss <= 0 or hot <= 0:
+        return f"; cold-read floor {floor['floor_cold']:.2f} / {floor['floor_hot']:.2f} µs"
     return (
         f"; this machine's cold-read floor (a random byte of a mapping as large, same loop): "
-        f"{floor['floor_cold']:.2f} / {floor['floor_hot']:.2f} µs, one miss +{miss:.2f} µs; "
-        f"shmfs +{cold - hot:.2f} µs = {(cold - hot) / miss:.1f} misses"
-        + (f"; two misses alone make {least:.2f}x" if miss > 0 else "")
+        f"{floor['floor_cold']:.2f} / {floor['floor_hot']:.2f} µs, a cold read +{miss:.2f} µs; "
+        f"shmfs +{cold - hot:.2f} µs = {(cold - hot) / miss:.1f} cold reads; one alone makes "
+        f"{(hot + miss) / hot:.2f}x, two (bucket, then slot) {(hot + 2 * miss) / hot:.2f}x"
     )
 
 
