@@ -6,6 +6,8 @@
 * ``fill_curve``: every system filled to 1, 10, ... 100k variables of the 100-byte str; at each
   size, gets and puts of indices drawn uniformly among them, interleaved the same way. A system
   that cannot fill within its time budget (or holds fewer variables here) stops, and says so.
+  Beside it, from 1,000 variables on, the machine's cold-read floor (``bench/coldread.py``) over
+  as many bytes as shmfs tmpfs's files hold.
 * ``writer_readers``: one writer and 1..4 readers in separate processes on one variable.
 * ``incr_contention``: N processes incrementing one variable; the total must be exact.
 
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 
 import shmfs
 from bench import processes
+from bench.coldread import floor_stats
 from bench.peers import FACTORIES
 from bench.php import PhpSubject
 from bench.scratch import Scratch
@@ -67,6 +70,8 @@ class Plan:
     cache_keys: int
     frameworks: tuple[int, int, int]  # bench/frameworks.py: rounds, batch, batches per round
 
+
+_TMPFS = "shmfs tmpfs"  # the system the cold-read floor is sized for
 
 QUICK = Plan(
     rounds=5,
@@ -350,6 +355,7 @@ def fill_curve(scratch: Scratch, plan: Plan, progress: Progress) -> dict[str, An
     subjects = [s for s in opened.subjects if s.supports(SMALL)]
     states = {s.name: _FillState() for s in subjects}
     results: dict[str, dict[int, dict[str, Stats]]] = {s.name: {} for s in subjects}
+    floor: dict[int, dict[str, Stats]] = {}
     failed: dict[str, str] = {}
     try:
         for size in plan.fill_sizes:
@@ -379,6 +385,10 @@ def fill_curve(scratch: Scratch, plan: Plan, progress: Progress) -> dict[str, An
             active = [s for s in active if s.name in counts]
             progress(f"fill curve: {size:,} variables, {len(active)} systems")
             samples = _rounds(active, SMALL, counts, plan.fill_rounds, size, failed, seed=size)
+            footprint = states[_TMPFS].footprint.get(size) if _TMPFS in states else None
+            if footprint is not None and size >= 1000:  # the machine's cold read, as large
+                count = plan.fill_batch * plan.fill_rounds
+                floor[size] = floor_stats(scratch.shm_path("floor"), footprint.bytes, count, size)
             for subject in active:
                 ops = samples[subject.name]
                 if subject.name not in failed and ops["get"]:
@@ -392,6 +402,7 @@ def fill_curve(scratch: Scratch, plan: Plan, progress: Progress) -> dict[str, An
         opened.close()
     return {
         "results": results,
+        "floor": floor,
         "sysv_segment_bytes": sysv_segment_bytes(scratch),
         "stopped": {name: state.stopped for name, state in states.items() if state.stopped},
         "footprint": {name: state.footprint for name, state in states.items()},

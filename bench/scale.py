@@ -6,29 +6,50 @@ its own), a get of every variable once in random order, and the bytes of tmpfs p
 shmfs alone must pass: Docker's default 64 MiB ``/dev/shm`` filled with 100-byte variables,
 a churn of puts, replacements and removals of mixed sizes, and ``shmfs.Cache`` with 200,000 string
 keys against diskcache. Every figure is from this run; the targets compare within it.
+
+Beside shmfs's curve, at each size, the machine's own cold-read floor (``bench/coldread.py``): a
+random byte of a mapping as large as the segment's files, through the same loop. A get among a
+million misses cache and TLB twice (index bucket, then slot); the floor says what one miss costs
+here, so the "random get <= 3x a get among 10" row can say how much of its ratio is the machine's.
+
+``python -m bench.scale [--variables N] [--repeat R]`` runs the curve's rows alone.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import random
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import shmfs
+from bench import quickrows, targets
 from bench.cases import kernel_bytes_per_file
+from bench.coldread import ColdRead
 from bench.peers import FACTORIES
 from bench.scratch import Scratch
 from bench.system import System, Unavailable, bytes_on_disk, import_peer
 
-__all__ = ["SCALE_SYSTEMS", "cache_compare", "churn", "docker_fill", "scale_curve", "value"]
+__all__ = [
+    "SCALE_SYSTEMS",
+    "cache_compare",
+    "churn",
+    "cold_floor",
+    "docker_fill",
+    "scale_curve",
+    "value",
+]
 
-SCALE_SYSTEMS = ("shmfs tmpfs", "lmdb", "diskcache")
+TMPFS = "shmfs tmpfs"
+SCALE_SYSTEMS = (TMPFS, "lmdb", "diskcache")
 Progress = Callable[[str], None]
 
 
@@ -45,21 +66,28 @@ def _per_call(call: Callable[[Any], object], items: list[Any] | range) -> float:
     return (time.perf_counter() - began) / max(len(items), 1) * 1e6
 
 
-def scale_curve(scratch: Scratch, sizes: tuple[int, ...], progress: Progress) -> dict[str, Any]:
+def scale_curve(
+    scratch: Scratch,
+    sizes: tuple[int, ...],
+    progress: Progress,
+    *,
+    systems: tuple[str, ...] = SCALE_SYSTEMS,
+) -> dict[str, Any]:
     """``{"results": {system: {N: {"put", "get", "bytes"}}}, "get10": {system: µs}}``: put µs
     averaged over filling up to N, random-order get µs with N stored, tmpfs bytes per variable."""
     per_file = kernel_bytes_per_file() or 0
     results: dict[str, dict[int, dict[str, float]]] = {}
     get10: dict[str, float] = {}
     unavailable: dict[str, str] = {}
-    for name in SCALE_SYSTEMS:
+    for name in systems:
         try:
             system = FACTORIES[name](scratch)
         except Unavailable as exc:
             unavailable[name] = str(exc)
             continue
         try:
-            results[name] = _grow(system, sizes, per_file, get10, progress)
+            floor = scratch.shm_path("cold-read") if name == TMPFS else None
+            results[name] = _grow(system, sizes, per_file, get10, progress, floor)
         finally:
             system.close()
     return {"results": results, "get10": get10, "unavailable": unavailable}
@@ -71,7 +99,10 @@ def _grow(
     per_file: int,
     get10: dict[str, float],
     progress: Progress,
+    floor_path: str | None = None,
 ) -> dict[int, dict[str, float]]:
+    """The curve of one system; with ``floor_path``, at each size also the machine's cold-read
+    floor (``bench/coldread.py``) over as many bytes as the system's files hold."""
     get, put = system.ops.get, system.ops.put
     rng = random.Random(7)
     curve: dict[int, dict[str, float]] = {}
@@ -89,11 +120,32 @@ def _grow(
             (footprint.bytes + footprint.files * per_file) / size if footprint else float("nan")
         )
         curve[size] = {"put": put_us, "get": get_us, "bytes": per_variable}
+        if floor_path is not None and footprint is not None:
+            curve[size].update(cold_floor(f"{floor_path}-{size}", footprint.bytes, size))
+            progress(
+                f"cold-read floor, {footprint.bytes / 2**20:,.0f} MiB: a random byte "
+                f"{curve[size]['floor_cold']:.2f} µs, one of 10 {curve[size]['floor_hot']:.2f} µs"
+            )
         progress(
             f"scale {system.name:12} {size:>9,}: put {put_us:6.2f} µs, random get "
             f"{get_us:6.2f} µs, {per_variable:8,.0f} B/variable"
         )
     return curve
+
+
+def cold_floor(path: str, nbytes: int, count: int) -> dict[str, float]:
+    """µs per random single-byte read of an ``nbytes`` mapping, ``count`` of them
+    (``floor_cold``), and per read of one of 10 offsets over and over (``floor_hot``): timed as
+    the gets are, in the same loop."""
+    floor = ColdRead(path, nbytes)
+    try:
+        offsets = floor.offsets(count, seed=count)
+        return {
+            "floor_cold": _per_call(floor.read, offsets),
+            "floor_hot": _per_call(floor.read, offsets[:10] * 20_000),
+        }
+    finally:
+        floor.close()
 
 
 @contextlib.contextmanager
@@ -228,3 +280,47 @@ def _cache_rounds(
         "get": get_us,
         "bytes": (footprint.bytes + footprint.files * per_file) / len(names),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.scale [--variables N] [--repeat R] [--point]``: the scale curve's rows
+    alone (shmfs tmpfs and lmdb filled to N, each read once in random order, a get among 10, and
+    the machine's cold-read floor), R times, then the median of each ratio; ``--point`` adds two
+    rows of the main bench's (``bench/quickrows.py``)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=main.__doc__)
+    parser.add_argument("--variables", type=int, default=1_000_000, help="fill to this many")
+    parser.add_argument("--repeat", type=int, default=1, help="runs, each in a fresh store")
+    parser.add_argument("--no-lmdb", action="store_true", help="shmfs alone (no put/get ratio)")
+    parser.add_argument(
+        "--point",
+        action="store_true",
+        help="also the 1 MiB get against memcpy, and a get among 100,000 against one among 10",
+    )
+    args = parser.parse_args(argv)
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    systems = (TMPFS,) if args.no_lmdb else (TMPFS, "lmdb")
+    ratios: dict[str, list[str]] = {}
+    with Scratch() as scratch:
+        for _ in range(args.repeat):
+            curve = scale_curve(scratch, (10, args.variables), progress, systems=systems)
+            rows = targets.curve_rows(curve)
+            if args.point:
+                rows += [quickrows.bytes1m_row(scratch), quickrows.among_row(scratch, 100_000)]
+            for row in rows:
+                print(f"{row.verdict:>4}  {row.target}: {row.measured}")
+                ratios.setdefault(row.target, []).append(row.measured)
+    if args.repeat > 1:
+        for target, measured in ratios.items():
+            figures = [
+                float(text.split(" = ")[1].split("x")[0]) for text in measured if " = " in text
+            ]
+            if figures:
+                print(f"median of {len(figures)}: {statistics.median(figures):.2f}x  {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,7 +21,9 @@ __all__ = [
     "TMPFS",
     "Row",
     "batch_rows",
+    "curve_rows",
     "evaluate",
+    "floor_note",
     "memory_per_variable",
     "redis_crowd_rows",
     "redis_rows",
@@ -183,6 +185,13 @@ def evaluate(  # a flat list of targets reads best as one list
             f"{curve[largest]['get'].median:.2f} / {curve[10]['get'].median:.2f} µs = {r:.2f}x"
             f" ({largest:,} variables)"
         )
+        floor = fill.get("floor", {}).get(largest)
+        if floor is not None:
+            text += floor_note(
+                curve[largest]["get"].median,
+                curve[10]["get"].median,
+                {"floor_cold": floor["cold"].median, "floor_hot": floor["hot"].median},
+            )
         if largest < 100_000:
             reason = fill["stopped"].get(TMPFS) or "this run's sizes stop there (--quick)"
             rows.append(Row(label, f"{text}; not at 100k: {reason}", None))
@@ -236,50 +245,9 @@ def evaluate(  # a flat list of targets reads best as one list
 
 def scale_rows(scaled: dict[str, Any]) -> list[Row]:
     """The slab-storage targets: many small variables, measured in ``bench/scale.py``."""
-    rows: list[Row] = []
-    curve = scaled["curve"]["results"]
-    ours, lmdb = curve.get(TMPFS, {}), curve.get(LMDB, {})
-    largest = max(ours) if ours else 0
-    big = f"{largest:,} variables"
-    if not ours:
-        why = scaled["curve"]["unavailable"].get(TMPFS, "not measured")
-        return [Row("tmpfs scale targets", why, None)]
-    rows.append(
-        Row(
-            f"tmpfs bytes per 100-byte variable <= 256 at {big}",
-            f"{ours[largest]['bytes']:,.0f} B",
-            ours[largest]["bytes"] <= 256,
-        )
-    )
-    if largest in lmdb:
-        put = ours[largest]["put"] / lmdb[largest]["put"]
-        rows.append(
-            Row(
-                f"tmpfs put filling to {big} <= 0.5x lmdb's (sync=False)",
-                f"{ours[largest]['put']:.2f} / {lmdb[largest]['put']:.2f} µs = {put:.2f}x",
-                put <= 0.5,
-            )
-        )
-        get = ours[largest]["get"] / lmdb[largest]["get"]
-        rows.append(
-            Row(
-                f"tmpfs random-order get at {big} <= 1.0x lmdb's",
-                f"{ours[largest]['get']:.2f} / {lmdb[largest]['get']:.2f} µs = {get:.2f}x",
-                get <= 1.0,
-            )
-        )
-    else:
-        rows.append(Row(f"tmpfs against lmdb at {big}", "lmdb not measured", None))
-    among10 = scaled["curve"]["get10"].get(TMPFS)
-    if among10:
-        r = ours[largest]["get"] / among10
-        rows.append(
-            Row(
-                f"tmpfs random-order get at {big} <= 3x a get among 10",
-                f"{ours[largest]['get']:.2f} / {among10:.2f} µs = {r:.2f}x",
-                r <= 3.0,
-            )
-        )
+    rows = curve_rows(scaled["curve"])
+    if len(rows) == 1:
+        return rows  # not measured: the one row says why
     docker = scaled["docker"]
     label = "64 MiB tmpfs: >= 250,000 100-byte variables before SegmentFull, all readable"
     if docker["error"]:
@@ -314,6 +282,73 @@ def scale_rows(scaled: dict[str, Any]) -> list[Row]:
     rows.append(
         Row("Cache bytes per entry <= 256", f"{mine['bytes']:,.0f} B", mine["bytes"] <= 256)
     )
+    return rows
+
+
+def floor_note(cold: float, hot: float, floor: dict[str, float]) -> str:
+    """What the machine's own cold read (``bench/coldread.py``) says of a cold/hot get ratio:
+    what one random read of cold memory costs over a cached one, how many of those shmfs's
+    get costs, and the least the ratio can be with one such read, and with the two dependent
+    ones a get among many makes (the index bucket, then the slot)."""
+    if "floor_cold" not in floor:
+        return ""
+    miss = floor["floor_cold"] - floor["floor_hot"]
+    if miss <= 0 or hot <= 0:
+        return f"; cold-read floor {floor['floor_cold']:.2f} / {floor['floor_hot']:.2f} µs"
+    return (
+        f"; this machine's cold-read floor (a random byte of a mapping as large, same loop): "
+        f"{floor['floor_cold']:.2f} / {floor['floor_hot']:.2f} µs, a cold read +{miss:.2f} µs; "
+        f"shmfs +{cold - hot:.2f} µs = {(cold - hot) / miss:.1f} cold reads; one alone makes "
+        f"{(hot + miss) / hot:.2f}x, two (bucket, then slot) {(hot + 2 * miss) / hot:.2f}x"
+    )
+
+
+def curve_rows(curve: dict[str, Any]) -> list[Row]:
+    """The rows of ``bench/scale.py``'s curve alone (``python -m bench.scale`` prints them)."""
+    rows: list[Row] = []
+    results = curve["results"]
+    ours, lmdb = results.get(TMPFS, {}), results.get(LMDB, {})
+    largest = max(ours) if ours else 0
+    big = f"{largest:,} variables"
+    if not ours:
+        return [Row("tmpfs scale targets", curve["unavailable"].get(TMPFS, "not measured"), None)]
+    rows.append(
+        Row(
+            f"tmpfs bytes per 100-byte variable <= 256 at {big}",
+            f"{ours[largest]['bytes']:,.0f} B",
+            ours[largest]["bytes"] <= 256,
+        )
+    )
+    if largest in lmdb:
+        put = ours[largest]["put"] / lmdb[largest]["put"]
+        rows.append(
+            Row(
+                f"tmpfs put filling to {big} <= 0.5x lmdb's (sync=False)",
+                f"{ours[largest]['put']:.2f} / {lmdb[largest]['put']:.2f} µs = {put:.2f}x",
+                put <= 0.5,
+            )
+        )
+        get = ours[largest]["get"] / lmdb[largest]["get"]
+        rows.append(
+            Row(
+                f"tmpfs random-order get at {big} <= 1.0x lmdb's",
+                f"{ours[largest]['get']:.2f} / {lmdb[largest]['get']:.2f} µs = {get:.2f}x",
+                get <= 1.0,
+            )
+        )
+    else:
+        rows.append(Row(f"tmpfs against lmdb at {big}", "lmdb not measured", None))
+    among10 = curve["get10"].get(TMPFS)
+    if among10:
+        r = ours[largest]["get"] / among10
+        rows.append(
+            Row(
+                f"tmpfs random-order get at {big} <= 3x a get among 10",
+                f"{ours[largest]['get']:.2f} / {among10:.2f} µs = {r:.2f}x"
+                + floor_note(ours[largest]["get"], among10, ours[largest]),
+                r <= 3.0,
+            )
+        )
     return rows
 
 

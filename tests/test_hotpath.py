@@ -18,6 +18,7 @@ import sys
 import sysconfig
 import textwrap
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,7 +34,16 @@ from shmfs.backends.tmpfs import segdir as sd
 from shmfs.locking import lock_holder_pid
 from tests.conftest import pure_python, segment_ref
 from tests.tmpfs_files import large, pwrite, slot_of
-from tests.workers import Children, checked_value, hold_lock, is_intact, read_while, write_small
+from tests.workers import (
+    Children,
+    checked_value,
+    hold_lock,
+    is_intact,
+    read_while,
+    seq_bytes,
+    write_bytes,
+    write_small,
+)
 
 WAIT = 60
 SMALL_VALUES = [
@@ -152,6 +162,26 @@ def test_c_writes_the_bytes_python_writes(
     assert type(hot.get(1)) is type(value)
 
 
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    text=st.text(max_size=300)
+    | st.text(st.characters(codec="utf-8"), min_size=200, max_size=1200)
+    | st.sampled_from(["\udc80", "a\ud800b", "x" * 255, "x" * 256, "é" * 128])
+)
+def test_c_pickles_a_str_as_pickle_does(
+    seg: shmfs.Segment, pure: shmfs.Segment, hot: hotpath.Hot, text: str
+) -> None:
+    """The C put pickles a str itself: byte for byte what pickle.dumps writes, both lengths of
+    its opcode, any UTF-8; a lone surrogate is left to pickle.dumps (surrogatepass)."""
+    seg[1] = text  # the slot class's first slab file is Python's to add
+    assert hot.put(1, codecs.get_codec("cloudpickle").id, text) is None
+    pure[2] = text
+    assert frame(seg, 1) == frame(seg, 2)
+    assert seg[1] == text
+
+
 @pytest.mark.parametrize("codec", ["cloudpickle", "pickle", "json", "raw"])
 def test_each_reads_what_the_other_wrote(
     attach: Callable[..., shmfs.Segment], key: int, hot: hotpath.Hot, codec: str
@@ -261,11 +291,84 @@ def test_put_if_head_goes_fast_over_its_own_head(seg: shmfs.Segment, hot: hotpat
 def test_a_missing_or_too_big_value_is_slow(seg: shmfs.Segment, hot: hotpath.Hot) -> None:
     assert hot.get(1) is hotpath.SLOW
     assert seg.get(1, "absent") == "absent"
-    seg[1] = b"z" * 100_000  # a frame past 64 KiB: read in pieces by the Python path
-    assert hot.get(1) is hotpath.SLOW
-    assert seg[1] == b"z" * 100_000
-    for big in ("w" * 70_000, ["w" * 40_000, "v" * 40_000], {1: b"u" * 70_000}):
+    # Frames past 64 KiB that are not one bytes in an unframed pickle (pickle frames a bytes
+    # value under 64 KiB, so one just short of it is framed): read in pieces by Python.
+    for big in ("w" * 70_000, ["w" * 40_000, "v" * 40_000], {1: b"u" * 70_000}, b"z" * 65_496):
+        store(seg, 1, big)
+        assert hot.get(1) is hotpath.SLOW
+        assert seg[1] == big
         assert hot.put(1, codecs.get_codec("pickle").id, big) is hotpath.SLOW  # past 64 KiB
+
+
+@pytest.mark.parametrize("size", [65_000, 65_600, 100_000, 500_000])
+def test_a_large_bytes_value_is_read_by_the_c_get(
+    seg: shmfs.Segment, hot: hotpath.Hot, size: int
+) -> None:
+    """A bytes value past 64 KiB is copied once, straight into the bytes the C get returns
+    (what Python reads as a Split); a smaller one's frame is small, and read whole."""
+    value = os.urandom(size)
+    store(seg, 1, value)
+    got = hot.get(1)
+    assert got == value and type(got) is bytes
+
+
+@pytest.mark.parametrize("where", ["head", "first edge", "last edge", "stop"])
+def test_damage_to_a_large_bytes_value_is_reported_by_the_python_path(
+    seg: shmfs.Segment, hot: hotpath.Hot, where: str
+) -> None:
+    """Where the checksum of a large frame reaches (its header, its first and last 4 KiB) and
+    its STOP opcode: damage there leaves the C get to Python, which raises."""
+    value = os.urandom(200_000)
+    store(seg, 1, value)
+    var = seg._backend._large.vars[1]
+    start = 64 + (var.version[1] >> 32 & 1) * var.capacity
+    length = framing.HEADER.size + 7 + len(value) + 1  # PROTO, BINBYTES and its length, STOP
+    at = {
+        "head": start + 10,
+        "first edge": start + framing.HEADER.size + 100,
+        "last edge": start + length - 100,
+        "stop": start + length - 1,
+    }[where]
+    with memoryview(var._mm) as whole:
+        whole[at] ^= 0x01
+    python_reports(seg, hot, shmfs.CorruptSegment, "checksum|STOP|header says")
+
+
+def test_c_reads_of_large_bytes_beside_a_writer_are_whole(
+    attach: Callable[..., shmfs.Segment], key: int, spawn_ctx: Any
+) -> None:
+    """No torn or older large bytes from the C get while another process rewrites them: the
+    middle of such a value is not checksummed, so only the seqlock keeps a copy whole. (A
+    build without the seqlock's second look fails this: copies of megabytes overlap the
+    writer's next-but-one put often enough.)"""
+    seg = attach(key, 64 << 20)
+    if seg._hot is None:
+        pytest.skip("the C fast path is off (not built, or SHMFS_PURE_PYTHON)")
+    hot = seg._hot
+    store(seg, 1, seq_bytes(0, 2_000_000))
+    started = spawn_ctx.Event()
+    writers = Children(spawn_ctx)
+    fast = torn = backwards = last = 0
+    try:
+        writer = writers.start(write_bytes, segment_ref(seg), 1, 1500, started)
+        assert started.wait(WAIT)
+        deadline = time.monotonic() + WAIT
+        while writer.is_alive() and time.monotonic() < deadline:
+            value = hot.get(1)
+            if value is hotpath.SLOW:
+                value = seg[1]
+            else:
+                fast += 1
+            seq = int.from_bytes(value[:8], "little")
+            torn += value != seq_bytes(seq, len(value))
+            backwards += seq < last
+            last = seq
+        assert writers.results(WAIT) == [1500]
+    finally:
+        writers.stop()
+    assert torn == backwards == 0
+    assert fast > 50, fast
+    assert seg[1] == seq_bytes(1500, 600_000)
 
 
 def test_damage_is_reported_by_the_python_path(seg: shmfs.Segment, hot: hotpath.Hot) -> None:

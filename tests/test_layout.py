@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import shmfs
-from shmfs import hotpath, locking
+from shmfs import frame, hotpath, locking
 from shmfs.backends.tmpfs import layout as L
 from shmfs.backends.tmpfs.index import Index, create_index, index_name, shift_for
 
@@ -235,3 +235,10 @@ def test_the_lock_words_are_the_c_modules() -> None:
     if not hotpath.available():
         pytest.skip("the C module is not built")
     assert hotpath._hot.LOCK_WORDS == (locking.DEPTH, locking.FD, locking.FLAGS, locking.WORDS)
+
+
+def test_the_split_checks_numbers_are_the_c_modules() -> None:
+    """The C get checks a large bytes value's frame as frame.py does: over its ends alone."""
+    if not hotpath.available():
+        pytest.skip("the C module is not built")
+    assert hotpath._hot.SPLIT_CHECK == (frame.FULL_CHECK_LIMIT, frame._EDGE)

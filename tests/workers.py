@@ -87,6 +87,23 @@ def write_small(
     return count
 
 
+def seq_bytes(seq: int, size: int) -> bytes:
+    """A ``bytes`` value that proves its own integrity: ``seq`` at both ends, a byte of it
+    between (a copy torn by a writer mixes two of these)."""
+    ends = seq.to_bytes(8, "little")
+    return ends + bytes([seq % 251]) * (size - 16) + ends
+
+
+def write_bytes(ref: dict[str, Any], index: int, count: int, started: Any) -> int:
+    """``write_count`` with ``bytes`` values past 64 KiB, of two sizes: the large values a get
+    copies straight into the ``bytes`` it returns."""
+    with open_seg(ref) as seg:
+        started.set()
+        for seq in range(1, count + 1):
+            seg.put(index, seq_bytes(seq, 2_000_000 if seq % 2 else 600_000))
+    return count
+
+
 def never_map() -> None:
     """Make this process's tmpfs handles read every variable with pread, never mapping one."""
     from shmfs.backends.tmpfs import largevars as tmpfs  # noqa: PLC0415  # a test seam

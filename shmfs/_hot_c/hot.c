@@ -187,6 +187,63 @@ decode_with(PyObject *decode, PyObject *failed, PyObject *payload)
     return value;
 }
 
+/* A frame over SMALL that holds one bytes value, as frame.py's body_at and _check_split read
+ * it: the value copied once, straight out of the mapping into the bytes the get returns, then
+ * the seqlock's check, then the checksum over the copy's ends. Any other large frame, or a
+ * copy that fails a check: SLOW (Python reads it again, and says what is wrong). */
+static PyObject *
+split_get(Hot *self, const unsigned char *frame, uint64_t length, const uint64_t *seq_word,
+          uint64_t seq)
+{
+    /* The header, and the pickle's opcodes up to its value: PROTO 5, then BINBYTES and a 4-byte
+     * length or BINBYTES8 and an 8-byte one (pickling.bytes_at). */
+    unsigned char head[FRAME_HEADER + 11];
+    uint64_t word[3];
+    memcpy(head, frame, sizeof head);
+    memcpy(word, head, FRAME_HEADER);
+    unsigned codec = (unsigned)(word[0] >> CODEC_SHIFT) & 0xFF;
+    const unsigned char *ops = head + FRAME_HEADER;
+    uint64_t start = 0, size = 0;
+    if (ops[0] == 0x80 && ops[1] == 5 && ops[2] == 'B') {
+        uint32_t short_size;
+        memcpy(&short_size, ops + 3, 4);
+        start = 7, size = short_size;
+    }
+    else if (ops[0] == 0x80 && ops[1] == 5 && ops[2] == 0x8E) {
+        memcpy(&size, ops + 3, 8);
+        start = 11;
+    }
+    uint64_t payload_length = word[1];
+    if (start == 0 || (word[0] & ~(0xFFULL << CODEC_SHIFT)) != self->first_word
+        || self->decoders[codec] != pickle_loads || word[2] >> 32
+        || payload_length > length || payload_length + FRAME_HEADER != length
+        || payload_length <= FULL_CHECK_LIMIT || size != payload_length - start - 1) {
+        return slow(); /* not one bytes in an unsigned pickle frame (or damage) */
+    }
+    PyObject *body = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (body == NULL) {
+        return NULL;
+    }
+    unsigned char *copy = (unsigned char *)PyBytes_AS_STRING(body);
+    memcpy(copy, frame + FRAME_HEADER + start, size);
+    unsigned char stop = frame[length - 1];
+    __atomic_thread_fence(__ATOMIC_ACQUIRE); /* the copies before the sequence is read again */
+    if (load(seq_word) != seq || stop != '.') {
+        Py_DECREF(body);
+        return slow(); /* a writer reused the slot, or damage */
+    }
+    /* The payload's first and last CHECK_EDGE bytes: its opcodes then the value's start; the
+     * value's end then STOP (payload_length > FULL_CHECK_LIMIT, so both lie inside). */
+    uint32_t crc = checksum(checksum(0, head, 16), ops, start);
+    crc = checksum(crc, copy, CHECK_EDGE - start);
+    crc = checksum(crc, copy + size - (CHECK_EDGE - 1), CHECK_EDGE - 1);
+    if (checksum(crc, &stop, 1) != (uint32_t)word[2]) {
+        Py_DECREF(body);
+        return slow();
+    }
+    return body;
+}
+
 /* The get of a large variable this handle maps (largefile.py's seqlock). */
 static PyObject *
 large_get(Hot *self, PyObject *index)
@@ -213,7 +270,14 @@ large_get(Hot *self, PyObject *index)
     uint64_t length = load(&words[W_LENGTH + slot]);
     PyObject *payload = NULL;
     if ((control & LOW) == check_of(high) && !(high & RETIRED) && load(&words[W_SEQ + slot]) == seq
-        && length >= FRAME_HEADER && length <= SMALL && length <= (uint64_t)capacity) {
+        && length >= FRAME_HEADER && length <= (uint64_t)capacity) {
+        if (length > SMALL) {
+            const unsigned char *frame = (const unsigned char *)words + VAR_HEADER + slot * capacity;
+            PyObject *value = split_get(self, frame, length, &words[W_SEQ + slot], seq);
+            PyBuffer_Release(&buffer);
+            Py_DECREF(hot);
+            return value;
+        }
         payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(length - FRAME_HEADER));
     }
     if (payload == NULL) {

@@ -35,8 +35,13 @@
 #define FRAME_HEADER 24
 #define CODEC_SHIFT 40
 /* Frames above this go the Python way: large values are read in pieces or into a reused buffer
- * there, and their checksum covers only their ends (codecs.FULL_CHECK_LIMIT). */
+ * there, and their checksum covers only their ends (codecs.FULL_CHECK_LIMIT); all but one
+ * bytes value, which hot.c reads as frame.py's Split. */
 #define SMALL (64 * 1024)
+/* frame.py's FULL_CHECK_LIMIT and _EDGE: a payload longer than the first is checked over its
+ * first and last EDGE bytes; tests/test_layout.py holds them equal. */
+#define FULL_CHECK_LIMIT (64 * 1024)
+#define CHECK_EDGE 4096
 
 /* The segment lock's state words (locking.py's LockInterface.words: DEPTH, FD, FLAGS), signed
  * 64-bit; tests/test_layout.py holds these equal to locking.py's. */
@@ -158,6 +163,9 @@ int open_slot(Hot *self, uint64_t loc, Slot *slot, int may_map);
 
 /* slab.c: the index lookup, and the get and put of a variable in a slot */
 uint64_t find(const uint64_t *index, Py_ssize_t length, uint64_t key, uint64_t *word);
+/* Start loading ``key``'s first bucket, so the miss overlaps work before find() (a put's
+ * pickling); nothing if the index's size disagrees with its header. */
+void prefetch_bucket(const uint64_t *index, Py_ssize_t length, uint64_t key);
 PyObject *slab_get(Hot *self, const uint64_t *meta, uint64_t loc, uint64_t key, uint64_t gen);
 PyObject *slab_put(Hot *self, PyObject *index, long codec, PyObject *pickled, Py_ssize_t same_from,
                    Py_ssize_t same_to, int or_absent);

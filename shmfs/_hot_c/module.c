@@ -97,9 +97,12 @@ PyInit__hot(void)
     str_hot = PyUnicode_InternFromString("hot");
     /* The lock words' numbers, for tests/test_layout.py to hold equal to locking.py's. */
     PyObject *lock_words = Py_BuildValue("(iiii)", LOCK_DEPTH, LOCK_FD, LOCK_FLAGS, LOCK_WORDS);
+    /* And the split check's numbers, to hold equal to frame.py's. */
+    PyObject *split_check = Py_BuildValue("(ii)", FULL_CHECK_LIMIT, CHECK_EDGE);
     if (SLOW == NULL || pickle_dumps == NULL || pickle_loads == NULL || protocol == NULL || str_hot == NULL
         || PyModule_AddObjectRef(module, "SLOW", SLOW) < 0
         || lock_words == NULL || PyModule_AddObjectRef(module, "LOCK_WORDS", lock_words) < 0
+        || split_check == NULL || PyModule_AddObjectRef(module, "SPLIT_CHECK", split_check) < 0
         || PyModule_AddObjectRef(module, "Hot", (PyObject *)&HotType) < 0
         || PyModule_AddObjectRef(module, "Mapping", (PyObject *)&MappingType) < 0
         || PyModule_AddObjectRef(module, "KeySlots", (PyObject *)&KeySlotsType) < 0
@@ -109,9 +112,11 @@ PyInit__hot(void)
         || PyModule_AddObjectRef(module, "Frames", (PyObject *)&FramesType) < 0
         || pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         Py_XDECREF(lock_words);
+        Py_XDECREF(split_check);
         Py_DECREF(module);
         return NULL;
     }
     Py_DECREF(lock_words);
+    Py_DECREF(split_check);
     return module;
 }

@@ -6,6 +6,20 @@
 #include <string.h>
 #include <sys/file.h>
 
+void
+prefetch_bucket(const uint64_t *index, Py_ssize_t length, uint64_t key)
+{
+    if (index == NULL || length < (Py_ssize_t)(IX_HEADER_WORDS * WORD)) {
+        return;
+    }
+    uint64_t shift = load(&index[IX_W_SHIFT]);
+    if (shift < IX_MIN_SHIFT || shift > IX_MAX_SHIFT
+        || (IX_HEADER_WORDS + (2ULL << shift)) * WORD != (uint64_t)length) {
+        return; /* damage: find() says so */
+    }
+    __builtin_prefetch(&index[IX_HEADER_WORDS + 2 * ((key * FIB) >> (64 - shift))], 0, 3);
+}
+
 uint64_t
 find(const uint64_t *index, Py_ssize_t length, uint64_t key, uint64_t *word)
 {
@@ -42,11 +56,11 @@ slab_get(Hot *self, const uint64_t *meta, uint64_t loc, uint64_t key, uint64_t g
     if (open_slot(self, loc, &slot, 1) < 0) {
         return slow();
     }
-    /* Among many variables the slot is rarely cached: ask for all its lines at once, so that
-     * their misses overlap instead of following the seal's one by one (a hint: never faults). */
-    const char *lines = (const char *)&slot.words[slot.at];
-    for (uint64_t ahead = 0; ahead < slot.slot_size && ahead < 512; ahead += 64) {
-        __builtin_prefetch(lines + ahead, 0, 0);
+    /* The slot's lines fetched at once, not one after the other as the checks and the copy
+     * reach them: at a million variables each is a miss of its own. */
+    const char *first = (const char *)&slot.words[slot.at];
+    for (uint64_t line = 64; line < slot.slot_size && line < 512; line += 64) {
+        __builtin_prefetch(first + line, 0, 3);
     }
     uint64_t seal = load(&slot.words[slot.at]);
     uint64_t length = seal & SEAL_LENGTH_MASK;
