@@ -169,12 +169,14 @@ def test_c_writes_the_bytes_python_writes(
     text=st.text(max_size=300)
     | st.text(st.characters(codec="utf-8"), min_size=200, max_size=1200)
     | st.sampled_from(["\udc80", "a\ud800b", "x" * 255, "x" * 256, "é" * 128])
+    | st.binary(max_size=300)
 )
 def test_c_pickles_a_str_as_pickle_does(
-    seg: shmfs.Segment, pure: shmfs.Segment, hot: hotpath.Hot, text: str
+    seg: shmfs.Segment, pure: shmfs.Segment, hot: hotpath.Hot, text: str | bytes
 ) -> None:
-    """The C put pickles a str itself: byte for byte what pickle.dumps writes, both lengths of
-    its opcode, any UTF-8; a lone surrogate is left to pickle.dumps (surrogatepass)."""
+    """The C put pickles a str, or a short bytes, itself: byte for byte what pickle.dumps
+    writes, both lengths of a str's opcode, any UTF-8; a lone surrogate is left to
+    pickle.dumps (surrogatepass), and so is a bytes of 256 or more."""
     seg[1] = text  # the slot class's first slab file is Python's to add
     assert hot.put(1, codecs.get_codec("cloudpickle").id, text) is None
     pure[2] = text

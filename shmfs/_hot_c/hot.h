@@ -92,6 +92,7 @@ extern const char tuple_head_doc[];
 
 /* plain.c */
 int plain(PyObject *value, int depth, Py_ssize_t *budget);
+PyObject *plain_dumps(PyObject *value);
 
 /* maps.c: one slab file's mapping, as a Hot keeps it between calls */
 typedef struct {

@@ -1,5 +1,7 @@
-/* shmfs._hot: which values the fast put takes. */
+/* shmfs._hot: which values the fast put takes, and their pickles. */
 #include "hot.h"
+
+#include <string.h>
 
 /* codecs.is_plain, check for check (builtin scalars in builtin containers of at most 64 items,
  * nested at most 4 deep), within a budget: each item costs one, and each str or bytes its length,
@@ -85,3 +87,63 @@ plain(PyObject *value, int depth, Py_ssize_t *budget)
     return 0;
 }
 
+
+/* pickle.dumps(value, 5), byte for byte as _pickle writes it: a str of up to 32 KiB (its UTF-8)
+ * or a bytes of under 256 is written here (PROTO 5; FRAME and its length; SHORT_BINUNICODE,
+ * BINUNICODE or SHORT_BINBYTES and the length; the bytes; MEMOIZE; STOP), since making and
+ * dropping a Pickler costs more than the rest of such a put in C. Anything else, a str with a
+ * lone surrogate (pickle's own 'surrogatepass') among them, goes through pickle.dumps.
+ * tests/test_hotpath.py and tests/test_sysv_hot.py hold the two equal. NULL with an exception
+ * set. */
+PyObject *
+plain_dumps(PyObject *value)
+{
+    const char *data = NULL;
+    Py_ssize_t n = -1, limit = 0;
+    unsigned char op = 0;
+    if (PyUnicode_CheckExact(value)) {
+        if (PyUnicode_IS_ASCII(value)) {
+            data = (const char *)PyUnicode_DATA(value);
+            n = PyUnicode_GET_LENGTH(value);
+        }
+        else if ((data = PyUnicode_AsUTF8AndSize(value, &n)) == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+                return NULL;
+            }
+            PyErr_Clear();
+            n = -1;
+        }
+        op = n < 256 ? 0x8C : 'X';
+        limit = 32 * 1024; /* well inside pickle's 64 KiB frame */
+    }
+    else if (PyBytes_CheckExact(value)) {
+        data = PyBytes_AS_STRING(value);
+        n = PyBytes_GET_SIZE(value);
+        op = 'C';
+        limit = 255;
+    }
+    if (n < 0 || n > limit) {
+        PyObject *dumps_args[2] = {value, protocol};
+        return PyObject_Vectorcall(pickle_dumps, dumps_args, 2, NULL);
+    }
+    Py_ssize_t head = op == 'X' ? 5 : 2, framed = head + n + 2;
+    PyObject *pickled = PyBytes_FromStringAndSize(NULL, 11 + framed);
+    if (pickled == NULL) {
+        return NULL;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(pickled);
+    out[0] = 0x80;
+    out[1] = 5;
+    out[2] = 0x95;
+    for (int i = 0; i < 8; i++) { /* FRAME: the opcodes after its 8 bytes, little-endian */
+        out[3 + i] = (unsigned char)((uint64_t)framed >> (8 * i));
+    }
+    out[11] = op;
+    for (Py_ssize_t i = 1; i < head; i++) {
+        out[11 + i] = (unsigned char)((uint64_t)n >> (8 * (i - 1)));
+    }
+    memcpy(out + 11 + head, data, (size_t)n);
+    out[11 + head + n] = 0x94;
+    out[12 + head + n] = '.';
+    return pickled;
+}

@@ -183,47 +183,6 @@ done:
     return result != NULL ? Py_NewRef(result) : NULL;
 }
 
-/* pickle.dumps(text, 5) of a str, byte for byte, without a Pickler (making and dropping one is
- * a tenth of a small put): PROTO 5; FRAME and its length; SHORT_BINUNICODE and a 1-byte length
- * or BINUNICODE and a 4-byte one; the UTF-8; MEMOIZE; STOP. NULL, no exception, when declined:
- * a lone surrogate (pickle writes it with surrogatepass) or a str near pickle's 64 KiB frame,
- * which pickle.dumps then writes. tests/test_hotpath.py holds the two equal. */
-static PyObject *
-pickle_str(PyObject *text)
-{
-    Py_ssize_t size;
-    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &size);
-    if (utf8 == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-            PyErr_Clear();
-        }
-        return NULL;
-    }
-    if (size > 32 * 1024) {
-        return NULL;
-    }
-    Py_ssize_t head = size < 256 ? 2 : 5, framed = head + size + 2;
-    PyObject *pickled = PyBytes_FromStringAndSize(NULL, 11 + framed);
-    if (pickled == NULL) {
-        return NULL;
-    }
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(pickled);
-    uint64_t frame_length = (uint64_t)framed;
-    out[0] = 0x80, out[1] = 5, out[2] = 0x95;
-    memcpy(out + 3, &frame_length, 8); /* little-endian, as hot.h requires */
-    if (size < 256) {
-        out[11] = 0x8C, out[12] = (unsigned char)size;
-    }
-    else {
-        uint32_t length = (uint32_t)size;
-        out[11] = 'X';
-        memcpy(out + 12, &length, 4);
-    }
-    memcpy(out + 11 + head, utf8, (size_t)size);
-    out[11 + head + size] = 0x94, out[12 + head + size] = '.';
-    return pickled;
-}
-
 const char hot_put_doc[] =
 "put(index, codec_id, value[, head_at, head]) -> None, or SLOW\n\n"
 "Store a plain value (codecs.is_plain: what both pickling codecs write with pickle itself)\n"
@@ -280,11 +239,7 @@ put_entered(Hot *self, PyObject *const *args, Py_ssize_t nargs)
         Py_XDECREF(hot);
         return slow();
     }
-    PyObject *pickled = PyUnicode_CheckExact(args[2]) ? pickle_str(args[2]) : NULL;
-    if (pickled == NULL && !PyErr_Occurred()) {
-        PyObject *dumps_args[2] = {args[2], protocol};
-        pickled = PyObject_Vectorcall(pickle_dumps, dumps_args, 2, NULL);
-    }
+    PyObject *pickled = plain_dumps(args[2]);
     if (pickled == NULL || !PyBytes_CheckExact(pickled)) {
         Py_XDECREF(pickled);
         Py_XDECREF(hot);

@@ -6,56 +6,6 @@
 
 #include <string.h>
 
-/* pickle.dumps(value, 5) of a str or bytes of under 256 bytes (a str's UTF-8), byte for byte as
- * _pickle writes it: PROTO 5, FRAME, SHORT_BINUNICODE or SHORT_BINBYTES, MEMOIZE, STOP. Making
- * a Pickler costs more than the rest of such a put in C; anything else goes through
- * pickle.dumps. NULL with an exception set. */
-static PyObject *
-dumps(PyObject *value)
-{
-    const char *data = NULL;
-    Py_ssize_t n = -1;
-    unsigned char op = 0;
-    if (PyUnicode_CheckExact(value)) {
-        if (PyUnicode_IS_ASCII(value)) {
-            data = (const char *)PyUnicode_DATA(value);
-            n = PyUnicode_GET_LENGTH(value);
-        }
-        else if ((data = PyUnicode_AsUTF8AndSize(value, &n)) == NULL) {
-            PyErr_Clear(); /* a lone surrogate: pickle's own 'surrogatepass' */
-            n = -1;
-        }
-        op = 0x8C;
-    }
-    else if (PyBytes_CheckExact(value)) {
-        data = PyBytes_AS_STRING(value);
-        n = PyBytes_GET_SIZE(value);
-        op = 'C';
-    }
-    if (n < 0 || n > 255) {
-        PyObject *dumps_args[2] = {value, protocol};
-        return PyObject_Vectorcall(pickle_dumps, dumps_args, 2, NULL);
-    }
-    PyObject *pickled = PyBytes_FromStringAndSize(NULL, n + 15);
-    if (pickled == NULL) {
-        return NULL;
-    }
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(pickled);
-    uint64_t frame = (uint64_t)n + 4; /* the opcodes after FRAME's 8 bytes */
-    out[0] = 0x80;
-    out[1] = 5;
-    out[2] = 0x95;
-    for (int i = 0; i < 8; i++) {
-        out[3 + i] = (unsigned char)(frame >> (8 * i));
-    }
-    out[11] = op;
-    out[12] = (unsigned char)n;
-    memcpy(out + 13, data, (size_t)n);
-    out[13 + n] = 0x94;
-    out[14 + n] = '.';
-    return pickled;
-}
-
 /* journal._append: the chunk at end (padding zeroed, stamp last), then end and free. */
 static int64_t
 sysv_append(SysvHot *self, int64_t key, const uint64_t head[3], PyObject *payload, int64_t need)
@@ -381,7 +331,7 @@ sysv_put(SysvHot *self, PyObject *const *args, Py_ssize_t nargs)
     if (key == -1 && PyErr_Occurred()) {
         return slow();
     }
-    PyObject *payload = dumps(args[2]);
+    PyObject *payload = plain_dumps(args[2]);
     if (payload == NULL || !PyBytes_CheckExact(payload)
         || PyBytes_GET_SIZE(payload) > SMALL - FRAME_HEADER || self->words == NULL) {
         Py_XDECREF(payload);
