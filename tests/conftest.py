@@ -133,6 +133,20 @@ def redis_keys(url: str) -> list[bytes]:
         client.close()
 
 
+@pytest.fixture
+def redis_leak_guard(redis_url: str) -> Iterator[None]:
+    """Fail a test that leaves keys on the shared test server (the redis modules use it for
+    every test)."""
+    import redis  # noqa: PLC0415  # only the redis tests need it
+
+    before = set(redis_keys(redis_url))
+    yield
+    leaked = set(redis_keys(redis_url)) - before
+    if leaked:
+        redis.Redis.from_url(redis_url).delete(*leaked)
+    assert not leaked, f"test leaked Redis keys: {sorted(leaked)}"
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every backend, in turn; on redis, fails a test that leaves keys behind."""

@@ -35,8 +35,8 @@ def python_slot(key: Any) -> tuple[str, int]:
     return text, cache_keys.key_index(text)
 
 
-@pytest.fixture
-def cache() -> Iterator[shmfs.Cache]:
+def _private_cache() -> Iterator[shmfs.Cache]:
+    """A 1 MiB cache under a root of its own, closed and removed afterwards."""
     root = tempfile.mkdtemp(prefix="shmfs-test-", dir="/dev/shm")
     opened = shmfs.Cache(random.randrange(1, 2**31 - 1), size=1 << 20, root=root)
     try:
@@ -46,6 +46,11 @@ def cache() -> Iterator[shmfs.Cache]:
             opened.close()
         finally:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def cache() -> Iterator[shmfs.Cache]:
+    yield from _private_cache()
 
 
 # --------------------------------------------------------------------------- key_slot
@@ -324,15 +329,7 @@ def _state(cache: shmfs.Cache, keys: list[Any]) -> tuple[Any, ...]:
 @pytest.fixture
 def twin() -> Iterator[shmfs.Cache]:
     """A second cache, for the Python set to write what the C set writes in the first."""
-    root = tempfile.mkdtemp(prefix="shmfs-test-", dir="/dev/shm")
-    opened = shmfs.Cache(random.randrange(1, 2**31 - 1), size=1 << 20, root=root)
-    try:
-        yield opened
-    finally:
-        try:
-            opened.close()
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    yield from _private_cache()
 
 
 @given(st.text(max_size=300) | st.text(alphabet="é🙂x", min_size=60, max_size=140))

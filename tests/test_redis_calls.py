@@ -9,26 +9,18 @@ from __future__ import annotations
 import gc
 import os
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 import shmfs
 from shmfs.backends.redis import call
-from tests.conftest import redis_keys
 
 redis = pytest.importorskip("redis")
 
 
 @pytest.fixture(autouse=True)
-def redis_leak_guard(redis_url: str) -> Iterator[None]:
-    """Fail a test that leaves keys on the shared test server."""
-    before = set(redis_keys(redis_url))
-    yield
-    leaked = set(redis_keys(redis_url)) - before
-    if leaked:
-        redis.Redis.from_url(redis_url).delete(*leaked)
-    assert not leaked, f"test leaked Redis keys: {sorted(leaked)}"
+def _no_leaked_keys(redis_leak_guard: None) -> None:
+    """Every test here: ``redis_leak_guard`` (tests/conftest.py)."""
 
 
 def test_an_interrupted_call_leaves_no_reply_for_the_next(redis_url: str, key: int) -> None:

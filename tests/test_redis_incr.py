@@ -20,7 +20,7 @@ import pytest
 import shmfs
 from bench.redis_server import RedisServer
 from shmfs import codecs, frame
-from tests.conftest import redis_keys, segment_ref
+from tests.conftest import segment_ref
 from tests.redis_workers import incr_many
 
 redis = pytest.importorskip("redis")
@@ -47,14 +47,8 @@ _STEPS = [
 
 
 @pytest.fixture(autouse=True)
-def redis_leak_guard(redis_url: str) -> Iterator[None]:
-    """Fail a test that leaves keys on the shared test server."""
-    before = set(redis_keys(redis_url))
-    yield
-    leaked = set(redis_keys(redis_url)) - before
-    if leaked:
-        redis.Redis.from_url(redis_url).delete(*leaked)
-    assert not leaked, f"test leaked Redis keys: {sorted(leaked)}"
+def _no_leaked_keys(redis_leak_guard: None) -> None:
+    """Every test here: ``redis_leak_guard`` (tests/conftest.py)."""
 
 
 @pytest.fixture
