@@ -54,12 +54,12 @@ def modify(
         Whatever ``change``, ``decode``, ``encode`` or the backend's commit raise.
     """
     started = fork_epoch()
-    fresh = known is not None
+    fresh = True  # a state just read, by the caller or here
     if known is None:
         known = atomic.seen(index)
         fresh = known is None
-    if known is None:
-        known = atomic.peek(index)
+        if known is None:
+            known = atomic.peek(index)
     while True:
         version, data = known
         old = default if data is None else decode(data)

@@ -717,16 +717,8 @@ class Segment(MutableMapping[int, Any]):
             )
         if isinstance(done, int):
             return done
-        return optimistic.modify(
-            atomic,
-            index,
-            lambda old: (True, old + delta),
-            default,
-            decode=lambda data: self._decode(backend, index, data),
-            encode=lambda value: self._encode(value, index),
-            lock_timeout=self._lock_timeout,
-            key=self.key,
-            known=done,
+        return self._modify_optimistic(
+            atomic, backend, index, lambda old: (True, old + delta), default, known=done
         )
 
     def cas(self, index: int, expected: Any, new: Any) -> bool:
@@ -791,8 +783,11 @@ class Segment(MutableMapping[int, Any]):
         index: int,
         change: Callable[[Any], tuple[bool, Any]],
         default: Any,
+        *,
+        known: tuple[object, bytes | None] | None = None,
     ) -> Any:
-        """``_modify`` without the lock (``shmfs.optimistic``)."""
+        """``_modify`` without the lock (``shmfs.optimistic``); ``known``: the state of
+        ``index`` the caller just read."""
         return optimistic.modify(
             atomic,
             index,
@@ -802,6 +797,7 @@ class Segment(MutableMapping[int, Any]):
             encode=lambda value: self._encode(value, index),
             lock_timeout=self._lock_timeout,
             key=self.key,
+            known=known,
         )
 
     def _write_held(self, backend: Backend, index: int, value: Any) -> None:
