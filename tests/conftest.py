@@ -133,6 +133,19 @@ def redis_keys(url: str) -> list[bytes]:
         client.close()
 
 
+def client_commands(client: Any, monitor: Any) -> list[str]:
+    """The commands clients sent (not the scripts' own calls) that ``monitor`` (entered) saw
+    from its start until a PING that ``client`` sends now."""
+    client.ping()
+    commands: list[str] = []
+    for event in monitor.listen():
+        if event["command"] == "PING":
+            return commands
+        if event.get("client_type") != "lua":
+            commands.append(event["command"].split()[0])
+    return commands
+
+
 @pytest.fixture
 def redis_leak_guard(redis_url: str) -> Iterator[None]:
     """Fail a test that leaves keys on the shared test server (the redis modules use it for

@@ -17,7 +17,7 @@ import shmfs
 from shmfs.cache import entry as cache_entry
 from shmfs.cache import keys as cache_keys
 from tests.batch_workers import put_batches, put_batches_forever, read_batches
-from tests.conftest import segment_ref
+from tests.conftest import client_commands, segment_ref
 from tests.test_contract import BAD_INDICES
 from tests.workers import Children, is_intact
 
@@ -264,17 +264,11 @@ def test_redis_batches_are_one_round_trip_each(redis_url: str, key: int) -> None
         batch = {index: f"value {index}" * 10 for index in range(100)}
         seg.put_many(batch)  # loads the script: the counted calls below use EVALSHA
         assert seg.get_many(range(100)) == batch  # trust checked once, not per round trip
-        commands: list[str] = []
         client.ping()  # its connection is made before the monitor starts
         with monitor as m:
             seg.put_many(batch)
             seg.get_many(range(100))
-            client.ping()
-            for event in m.listen():
-                if event["command"] == "PING":
-                    break
-                if event.get("client_type") != "lua":  # not the scripts' own calls
-                    commands.append(event["command"].split()[0])
+            commands = client_commands(client, m)
         assert commands == ["EVALSHA", "EVALSHA"]  # WRITE_MANY, READ_MANY
     finally:
         client.close()

@@ -27,7 +27,7 @@ import pytest
 
 import shmfs
 from bench.redis_server import RedisServer
-from tests.conftest import segment_ref
+from tests.conftest import client_commands, segment_ref
 from tests.redis_proxy import Proxy
 from tests.redis_workers import hold_then_write, incr_many, incr_through_outages
 
@@ -630,7 +630,6 @@ def test_single_operations_take_no_lock_and_send_one_script(redis_url: str, key:
         seg.add(2, "x")
         seg.cas(2, "x", "y")
         seg.remove(2)
-        commands: list[str] = []
         client.ping()  # its connection is made before the monitor starts
         with monitor as m:
             seg.put(1, 5)
@@ -638,12 +637,7 @@ def test_single_operations_take_no_lock_and_send_one_script(redis_url: str, key:
             seg.add(2, "x")
             seg.cas(2, "x", "y")
             seg.remove(2)
-            client.ping()
-            for event in m.listen():
-                if event["command"] == "PING":
-                    break
-                if event.get("client_type") != "lua":  # not the scripts' own calls
-                    commands.append(event["command"].split()[0])
+            commands = client_commands(client, m)
         assert commands == ["EVALSHA"] * 5
         assert seg[1] == 6
     finally:
