@@ -6,30 +6,38 @@
 #include <string.h>
 #include <sys/file.h>
 
-void
-prefetch_bucket(const uint64_t *index, Py_ssize_t length, uint64_t key)
+/* The index's shift (its log2 of buckets) and ``key``'s first bucket; 0 for an index whose
+ * header does not agree with its length (damage: Python says so). */
+static uint64_t
+first_bucket(const uint64_t *index, Py_ssize_t length, uint64_t key, uint64_t *bucket)
 {
-    if (index == NULL || length < (Py_ssize_t)(IX_HEADER_WORDS * WORD)) {
-        return;
-    }
     uint64_t shift = load(&index[IX_W_SHIFT]);
     if (shift < IX_MIN_SHIFT || shift > IX_MAX_SHIFT
         || (IX_HEADER_WORDS + (2ULL << shift)) * WORD != (uint64_t)length) {
-        return; /* damage: find() says so */
+        return 0;
     }
-    __builtin_prefetch(&index[IX_HEADER_WORDS + 2 * ((key * FIB) >> (64 - shift))], 0, 3);
+    *bucket = (key * FIB) >> (64 - shift);
+    return shift;
+}
+
+void
+prefetch_bucket(const uint64_t *index, Py_ssize_t length, uint64_t key)
+{
+    uint64_t bucket;
+    if (index != NULL && length >= (Py_ssize_t)(IX_HEADER_WORDS * WORD)
+        && first_bucket(index, length, key, &bucket) != 0) {
+        __builtin_prefetch(&index[IX_HEADER_WORDS + 2 * bucket], 0, 3);
+    }
 }
 
 uint64_t
 find(const uint64_t *index, Py_ssize_t length, uint64_t key, uint64_t *word)
 {
-    uint64_t shift = load(&index[IX_W_SHIFT]);
-    if (shift < IX_MIN_SHIFT || shift > IX_MAX_SHIFT
-        || (IX_HEADER_WORDS + (2ULL << shift)) * WORD != (uint64_t)length) {
+    uint64_t bucket, shift = first_bucket(index, length, key, &bucket);
+    if (shift == 0) {
         return ~0ULL; /* damage: Python says so */
     }
     uint64_t buckets = 1ULL << shift, mask = buckets - 1, free = 0;
-    uint64_t bucket = (key * FIB) >> (64 - shift);
     for (uint64_t probe = 0; probe < buckets; probe++) {
         uint64_t at = IX_HEADER_WORDS + 2 * bucket;
         uint64_t loc = load(&index[at + 1]);
