@@ -35,7 +35,8 @@ def put_batches_forever(
 
 
 def put_batches(ref: dict[str, Any], indexes: list[int], count: int, start: Any) -> int:
-    """Wait for ``start``, store ``count`` batches (with large values), return the last seq."""
+    """Meet the readers at ``start`` (a barrier), store ``count`` batches (with large values),
+    return the last seq."""
     with open_seg(ref) as seg:
         start.wait(30)
         for seq in range(1, count + 1):
@@ -44,7 +45,8 @@ def put_batches(ref: dict[str, Any], indexes: list[int], count: int, start: Any)
 
 
 def read_batches(ref: dict[str, Any], indexes: list[int], start: Any, stop: Any) -> dict[str, int]:
-    """``get_many`` the batch until ``stop``; count whole batches and torn or mixed ones."""
+    """Meet the others at ``start`` (a barrier), then ``get_many`` the batch until ``stop``;
+    count whole batches and torn or mixed ones."""
     counts = {"whole": 0, "mixed": 0, "torn": 0, "partial": 0}
     with open_seg(ref) as seg:
         start.wait(30)

@@ -161,13 +161,14 @@ def test_readers_in_other_processes_never_see_half_a_batch(
 ) -> None:
     indexes = [5, 6, 7, 8]
     ref = segment_ref(seg)
-    start, stop = spawn_ctx.Event(), spawn_ctx.Event()
+    # A barrier, not an event: a reader still starting up when the writer is done would read
+    # nothing, and "some whole batch was seen" would fail for a slow start, not a torn read.
+    start, stop = spawn_ctx.Barrier(3), spawn_ctx.Event()
     readers, writers = Children(spawn_ctx), Children(spawn_ctx)
     try:
         for _ in range(2):
             readers.start(read_batches, ref, indexes, start, stop)
         writers.start(put_batches, ref, indexes, 300, start)
-        start.set()
         assert writers.results(WAIT) == [300]
         stop.set()
         counts = readers.results(WAIT)
