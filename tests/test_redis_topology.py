@@ -4,6 +4,7 @@ node while handles use it). Each test starts its own servers: no other backend h
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -134,6 +135,11 @@ class Sentinels:
         with _client(self.master_port) as master:
             assert master.wait(1, 10_000) == 1
 
+    def subscribers(self, key: int) -> int:
+        """How many subscribe to segment ``key``'s changes on the master the Sentinel names."""
+        with _client(self.master()) as master:
+            return int(master.pubsub_numsub(f"shmfs:{{{key}}}:changes")[0][1])
+
     def failover(self) -> None:
         """Force a failover to the replica; return once the Sentinel names it."""
         with _client(self.sentinel_port) as sentinel:
@@ -183,17 +189,36 @@ def test_a_sentinel_url_finds_the_master(sentinels: Sentinels, key: int) -> None
         seg.destroy()
 
 
-def _next_within(watch: Any, write: Any) -> Any:
-    """``next(watch)`` after one that saw no change (so its subscription, made on the old
-    master, was waited on), while another thread calls ``write()``."""
+def _next_after_resubscribing(watch: Any, sentinels: Sentinels, key: int, write: Any) -> Any:
+    """``next(watch)`` once it has subscribed again on the new master: a first ``next`` sees
+    no change and waits on its subscription, which it then makes again there; the second
+    returns what another thread's ``write()`` stores."""
     with pytest.raises(shmfs.WaitTimeout):
         next(watch)
+    assert sentinels.subscribers(key) == 1
     writer = threading.Thread(target=write)
     writer.start()
     try:
         return next(watch)
     finally:
         writer.join(WAIT)
+
+
+async def _async_watch_follows(
+    awatch: Any, sentinels: Sentinels, key: int, fresh: shmfs.Segment
+) -> None:
+    """An asyncio watch made on the old master subscribes again on the new one, too."""
+    assert await awatch.__anext__() == "news"  # stored already: no wait
+    with pytest.raises(shmfs.WaitTimeout):
+        await awatch.__anext__()
+    assert sentinels.subscribers(key) == 1
+    writer = threading.Thread(target=lambda: fresh.put(3, "more news"))
+    writer.start()
+    try:
+        assert await awatch.__anext__() == "more news"
+    finally:
+        writer.join(WAIT)
+        await awatch.aclose()
 
 
 def test_an_attached_handle_follows_a_forced_failover(sentinels: Sentinels, key: int) -> None:
@@ -206,6 +231,7 @@ def test_an_attached_handle_follows_a_forced_failover(sentinels: Sentinels, key:
         seg[1] = "before"
         seg[2] = 10
         watch = seg.watch(3, timeout=WATCH)
+        awatch = seg.watch_async(3, timeout=WATCH)
         with seg.lock(timeout=5):  # held through the failover: its lease was replicated
             seg[4] = "locked"
             sentinels.replicated()
@@ -222,7 +248,11 @@ def test_an_attached_handle_follows_a_forced_failover(sentinels: Sentinels, key:
             seg[4] = "still locked"
         assert fresh[2] == counted and fresh[4] == "still locked"
         assert seg[1] == fresh[1] == "before"
-        assert _next_within(watch, lambda: fresh.put(3, "news")) == "news"
+        assert _next_after_resubscribing(watch, sentinels, key, lambda: fresh.put(3, "news")) == (
+            "news"
+        )
+        watch.close()
+        asyncio.run(_async_watch_follows(awatch, sentinels, key, fresh))
         seg.remove(1)
         assert 1 not in fresh
         with seg.lock(timeout=5):
@@ -288,7 +318,7 @@ def test_a_killed_master_is_replaced_and_a_lost_change_is_reported_unknown(
         assert sentinels.master() == sentinels.replica_port
         with shmfs.attach(key, backend="redis", root=sentinels.url, codec="json") as fresh:
             assert fresh[1] == 6
-            assert _next_within(watch, lambda: fresh.put(2, "news")) == "news"
+            assert _next_after_resubscribing(watch, sentinels, key, lambda: fresh.put(2, 1)) == 1
         with seg.lock(timeout=5):
             seg[3] = "locked"
     finally:

@@ -80,9 +80,10 @@ class PubSubWatcher:
                 self._subscribe()
 
     def drain(self) -> None:
-        """Forget delivered messages."""
+        """Forget delivered messages (asyncio waiters call it after each sleep, so it, too,
+        makes the subscription again where ``wait()`` would)."""
         with self._guard:
-            if self._pubsub is None:
+            if not self._current():
                 self._subscribe()
                 return
             try:
