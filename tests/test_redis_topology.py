@@ -592,3 +592,49 @@ def test_a_master_short_of_replicas_refuses_writes_as_unavailable(key: int) -> N
             server.stop()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_redis_cli_reshards_under_writes_without_losing_or_doubling_one(
+    cluster: list[int],
+) -> None:
+    """``redis-cli --cluster reshard`` moves the slot of a segment (the source node's first
+    slots: the ones it moves) while another process increments: every increment counted once."""
+    with _client(cluster[0]) as probe:
+        ranges = probe.execute_command("CLUSTER", "SLOTS")
+    first = next(r for r in ranges if int(r[0]) == 0)  # [start, end, [host, port, id], ...]
+    source_id, target_id = first[2][2], next(r for r in ranges if r is not first)[2][2]
+    key = next(k for k in range(10_000, 100_000) if redis.crc.key_slot(f"{{{k}}}".encode()) < 8)
+    url = _url(cluster)
+    seg = shmfs.attach(key, 4096, backend="redis", root=url, codec="json")
+    context = multiprocessing.get_context("spawn")
+    started, stop, results = context.Event(), context.Event(), context.Queue()
+    worker = context.Process(target=incr_until, args=(url, key, 2, started, stop, results))
+    try:
+        seg[1] = "kept"
+        seg[2] = 0
+        worker.start()
+        assert started.wait(WAIT)
+        subprocess.run(
+            [
+                *("redis-cli", "--cluster", "reshard", f"127.0.0.1:{cluster[0]}"),
+                *("--cluster-from", source_id, "--cluster-to", target_id),
+                *("--cluster-slots", "8", "--cluster-yes"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=WAIT,
+        )
+        target = int(next(r for r in ranges if r[2][2] == target_id)[2][1])
+        assert _owner(cluster, key) == target
+        moved = seg[2]
+        while seg[2] < moved + 10:  # the worker goes on, on the new node
+            assert worker.is_alive(), results.get(timeout=WAIT)
+        stop.set()
+        made = results.get(timeout=WAIT)
+        assert isinstance(made, int), made
+        assert seg[2] == made and seg[1] == "kept"
+    finally:
+        stop.set()
+        if worker.pid is not None:
+            worker.join(WAIT)
+        seg.destroy()
