@@ -13,8 +13,9 @@ A command the server refused before running any of it is sent again, for up to
 client learns the layout again), ``ASK`` (the slot is being migrated and this key is on the
 importing node already: the command goes there, after ``ASKING``) and ``TRYAGAIN`` (the slot is
 being migrated and the command's keys are split between the two nodes, or not all there: a
-script declares the lock key, absent unless held, so a segment's scripts wait out the
-migration); and ``READONLY`` from a master the Sentinels demoted.
+script names the change channel and the lock among its keys, never stored and absent unless
+held, so a segment's scripts wait out the migration); and ``READONLY`` from a master the
+Sentinels demoted.
 
 Scripts go as ``EVALSHA``, falling back to ``EVAL`` with the source when the server does not
 know the script (``NOSCRIPT``: a restarted or flushed server), which it then caches. A call
