@@ -638,3 +638,27 @@ def test_redis_cli_reshards_under_writes_without_losing_or_doubling_one(
         if worker.pid is not None:
             worker.join(WAIT)
         seg.destroy()
+
+
+def test_a_lease_the_new_master_never_got_fences_its_holder(sentinels: Sentinels, key: int) -> None:
+    """A lock taken just before a failover may not have reached the replica: on the new
+    master another process can take it, and the old holder's writes are refused."""
+    seg = shmfs.attach(key, 4096, backend="redis", root=sentinels.url, codec="json")
+    try:
+        with seg.lock(timeout=5):
+            seg[1] = "under the lock"
+            sentinels.replicated()
+            sentinels.failover()
+            with _client(sentinels.replica_port) as new:
+                assert new.delete(f"shmfs:{{{key}}}:lock") == 1  # as if never replicated
+            with shmfs.attach(key, backend="redis", root=sentinels.url, codec="json") as other:
+                with other.lock(timeout=5):
+                    other[1] = "the new holder's"
+                switched = time.monotonic()
+                while seg[1] != "the new holder's":  # this handle has left the old master
+                    assert time.monotonic() - switched < FOLLOW, "still on the old master"
+                with pytest.raises(shmfs.LockTimeout):
+                    seg[1] = "the old holder's, late"
+                assert other[1] == "the new holder's"
+    finally:
+        seg.destroy()
