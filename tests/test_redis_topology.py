@@ -85,7 +85,7 @@ class Sentinels:
             master.config_set("repl-diskless-sync-delay", 0)  # no 5 s wait for more replicas
         with _client(self.replica_port) as replica:
             replica.replicaof("127.0.0.1", self.master_port)
-            self._until(lambda: replica.info("replication")["master_link_status"] == "up")
+            self.until(lambda: replica.info("replication")["master_link_status"] == "up")
         # The replica first, so the Sentinel's first look at the master lists it.
         config = os.path.join(self.directory, "sentinel.conf")
         with open(config, "w", encoding="ascii") as conf:
@@ -110,9 +110,9 @@ class Sentinels:
                 for r in replicas
             )
 
-        self._until(ready)
+        self.until(ready)
 
-    def _until(self, done: Any, timeout: float = WAIT) -> float:
+    def until(self, done: Any, timeout: float = WAIT) -> float:
         """Poll ``done()`` until true; the seconds it took."""
         began = time.monotonic()
         while True:
@@ -144,7 +144,7 @@ class Sentinels:
         """Force a failover to the replica; return once the Sentinel names it."""
         with _client(self.sentinel_port) as sentinel:
             sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
-        self._until(lambda: self.master() == self.replica_port, timeout=30)
+        self.until(lambda: self.master() == self.replica_port, timeout=30)
 
     def stop(self) -> None:
         if self.sentinel is not None:
@@ -300,7 +300,7 @@ def test_a_killed_master_is_replaced_and_a_lost_change_is_reported_unknown(
         caller = threading.Thread(target=incr)
         caller.start()
         try:
-            sentinels._until(lambda: _sent_to(sentinels.master_port))
+            sentinels.until(lambda: _sent_to(sentinels.master_port))
         finally:
             master.kill()  # SIGKILL ends a stopped process too
             master.wait(WAIT)
