@@ -266,14 +266,31 @@ def test_an_attached_handle_follows_a_forced_failover(sentinels: Sentinels, key:
         seg.destroy()
 
 
+def _own_sockets() -> set[str]:
+    """The inodes of this process's sockets."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                found.add(link[len("socket:[") : -1])
+    return found
+
+
 def _sent_to(port: int) -> bool:
-    """Whether bytes wait unread in a socket of the server on ``port`` (/proc/net/tcp)."""
+    """Whether bytes from this process wait unread at the server on ``port``: in the receive
+    queue of its end of one of our connections (/proc/net/tcp; not the Sentinel's or the
+    replica's connections to it)."""
     with open("/proc/net/tcp", encoding="ascii") as table:
-        for line in table.readlines()[1:]:
-            fields = line.split()
-            if int(fields[1].split(":")[1], 16) == port and int(fields[4].split(":")[1], 16):
-                return True
-    return False
+        rows = [line.split() for line in table.readlines()[1:]]
+    inodes = _own_sockets()
+    ours = {int(row[1].split(":")[1], 16) for row in rows if row[9] in inodes}
+    return any(
+        int(row[1].split(":")[1], 16) == port
+        and int(row[2].split(":")[1], 16) in ours
+        and int(row[4].split(":")[1], 16) > 0
+        for row in rows
+    )
 
 
 def test_a_killed_master_is_replaced_and_a_lost_change_is_reported_unknown(
