@@ -243,6 +243,8 @@ def test_an_attached_handle_follows_a_forced_failover(sentinels: Sentinels, key:
                 if fresh[2] == counted:
                     break
                 assert time.monotonic() - switched < FOLLOW, "still on the old master"
+            with _client(sentinels.master_port) as old:
+                assert old.role()[0] == b"master"  # still: the handle left it on its own
             for _ in range(20):
                 counted = seg.incr(2)
             seg[4] = "still locked"
@@ -258,8 +260,6 @@ def test_an_attached_handle_follows_a_forced_failover(sentinels: Sentinels, key:
         with seg.lock(timeout=5):
             seg[5] = "a new lock"
         assert fresh[5] == "a new lock"
-        with _client(sentinels.master_port) as old:
-            assert old.role()[0] == b"master"  # still: the handle left it on its own
     finally:
         if fresh is not None:
             fresh.detach()
