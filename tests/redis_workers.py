@@ -58,3 +58,19 @@ def incr_through_outages(url: str, key: int, index: int, acks: int) -> dict[str,
             longest = max(longest, time.monotonic() - began)
             made += 1
     return {"made": made, "unknown": unknown, "longest": longest}
+
+
+def incr_until(url: str, key: int, index: int, started: Any, stop: Any, results: Any) -> None:
+    """Increment ``index`` until told to stop (``started`` is set after the first); put how
+    many increments were made in ``results``, or the error that stopped them."""
+    made = 0
+    try:
+        with shmfs.attach(key, backend="redis", root=url, codec="json") as seg:
+            while not stop.is_set():
+                seg.incr(index)
+                made += 1
+                started.set()
+    except Exception as exc:  # reported to the test, which fails on it
+        results.put(f"{type(exc).__name__}: {exc} (after {made})")
+        return
+    results.put(made)

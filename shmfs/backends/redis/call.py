@@ -8,6 +8,15 @@ whether the server ran it first: a script that committed and lost its reply woul
 ``committed=None``: the change may or may not have been made, and only the caller can decide
 whether to read back or retry. Reads are retried once, since running them twice is harmless.
 
+A command the server refused before running any of it is sent again, for up to
+``REDIRECT_WAIT`` seconds: a cluster node's ``MOVED`` (the slot lives elsewhere now: the
+client learns the layout again), ``ASK`` (the slot is being migrated and this key is on the
+importing node already: the command goes there, after ``ASKING``) and ``TRYAGAIN`` (the slot is
+being migrated and the command's keys are split between the two nodes, or not all there: a
+script names the change channel and the lock among its keys, never stored and absent unless
+held, so a segment's scripts wait out the migration); and ``READONLY`` from a master the
+Sentinels demoted.
+
 Scripts go as ``EVALSHA``, falling back to ``EVAL`` with the source when the server does not
 know the script (``NOSCRIPT``: a restarted or flushed server), which it then caches. A call
 of small arguments is packed here, with the script's name and keys packed once per script and
@@ -21,7 +30,8 @@ A held connection is probed as the pool probes its idle ones (a server that clos
 restart, leaves it readable), and a reply is never left unread on it: every call reads its
 whole reply, and any call interrupted (an error other than the server's own error reply, a
 KeyboardInterrupt) disconnects it and gives it back. A thread that ends, or
-turns to another pool, gives it back too; a forked child never uses its parent's.
+turns to another pool, gives it back too; a forked child never uses its parent's. Reached
+through Sentinels, it is also dropped once they name another master (:mod:`.sentinel`).
 """
 
 from __future__ import annotations
@@ -29,21 +39,31 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
+import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, MovedError, NoScriptError
+from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 
+from shmfs.backends.redis.sentinel import Demoted
 from shmfs.errors import BackendUnavailable
 from shmfs.forking import fork_epoch
 
-__all__ = ["Script", "command", "run"]
+__all__ = ["REDIRECT_WAIT", "Script", "command", "run"]
 
 
 # Above this many bytes a command goes through redis-py's packer, which sends a large value
 # without copying it into the command (joining here would copy it once more).
 _PACK_LIMIT: Final = 4096
+#: Seconds a call keeps resending a command the server refused unrun because the segment's
+#: hash slot is moving between cluster nodes (``TRYAGAIN``, ``MOVED``) or the master it reached
+#: is a replica now (``READONLY`` after a Sentinel failover), before it gives up with
+#: ``BackendUnavailable`` (nothing was changed).
+REDIRECT_WAIT: Final = 5.0
+_FIRST_PAUSE: Final = 0.001
+_MAX_PAUSE: Final = 0.05
 
 
 class Script:
@@ -110,10 +130,12 @@ def _pool(client: Any, key: str | None) -> Any:
 class _Held:
     """One thread's connection out of ``pool``, given back when the thread lets go of it."""
 
-    __slots__ = ("conn", "epoch", "pool")
+    __slots__ = ("conn", "current", "epoch", "pool")
 
     def __init__(self, pool: Any, conn: Any) -> None:
         self.pool, self.conn, self.epoch = pool, conn, fork_epoch()
+        # A Sentinel's pool says whether a connection still reaches the master (sentinel.py).
+        self.current: Callable[[Any], bool] | None = getattr(pool, "current", None)
 
     def give_back(self, *, broken: bool) -> None:
         conn, self.conn = self.conn, None
@@ -138,9 +160,10 @@ def _take(pool: Any) -> Any:
         conn = held.conn
         if held.pool is pool and conn is not None and held.epoch == fork_epoch():
             # The pool's own probe: data waiting on an idle connection means the server
-            # closed it (a restart); a fresh one from the pool reconnects.
+            # closed it (a restart); a fresh one from the pool reconnects. So does one to a
+            # master the Sentinels no longer name.
             try:
-                if not conn.can_read():
+                if not conn.can_read() and (held.current is None or held.current(conn)):
                     return conn
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 pass
@@ -162,6 +185,21 @@ def _drop(conn: Any) -> None:
         held.give_back(broken=True)
 
 
+def _node_pool(client: Any, host: str, port: int) -> Any | None:
+    """The pool of the cluster node at ``host:port``, or ``None`` if the client knows none."""
+    node = client.get_node(host=host, port=port)
+    return None if node is None else client.get_redis_connection(node).connection_pool
+
+
+def _ask(conn: Any, url: str) -> None:
+    """Send ``ASKING`` on ``conn``: its next command is for a slot being imported there."""
+    try:
+        conn.send_command("ASKING")
+        conn.read_response()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise _unavailable(url, exc, False) from exc  # the command itself was not sent
+
+
 def command(
     client: redis.Redis,
     url: str,
@@ -175,16 +213,22 @@ def command(
 
     Raises:
         BackendUnavailable: the server could not be reached, or was lost mid-call (then
-            ``committed`` is ``None`` for a change).
+            ``committed`` is ``None`` for a change), or a slot migration or a change of
+            master outlasted ``REDIRECT_WAIT`` (nothing was changed).
         redis.ResponseError: the server answered with an error (nothing was changed).
     """
-    for attempt in (0, 1):
-        pool = _pool(client, key)
+    deadline = 0.0  # for resending a refused command: set at the first refusal
+    asking: Any = None  # the pool of the node an ASK redirection names, for one attempt
+    read_again = not changes  # a read lost mid-call is sent once more
+    while True:
         try:
-            conn: Any = _take(pool)
+            conn: Any = _take(_pool(client, key) if asking is None else asking)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise _unavailable(url, exc, False) from exc
         try:
+            if asking is not None:
+                _ask(conn, url)
+                asking = None
             try:
                 if packed is None:
                     conn.send_command(*args)
@@ -195,24 +239,54 @@ def command(
                 raise _unavailable(url, exc, False) from exc
             try:
                 return conn.read_response()
-            except (MovedError, AskError):
-                # The slot lives elsewhere now (a resharding): the node ran nothing. Learn the
-                # cluster's layout again, and send it there.
-                if attempt:
-                    raise
-                _drop(conn)
-                client.nodes_manager.initialize()  # type: ignore[attr-defined]  # a cluster's
-                continue
+            except (MovedError, AskError, TryAgainError, Demoted) as exc:
+                # Refused unrun: a cluster node's redirection (its reply was read whole), or a
+                # master turned replica (the next connection asks the Sentinels again).
+                if isinstance(exc, Demoted):
+                    _drop(conn)
+                deadline = deadline or time.monotonic() + REDIRECT_WAIT
+                asking = _refused(client, exc, deadline, url)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 _drop(conn)
-                if changes or attempt:
+                if not read_again:
                     raise _unavailable(url, exc, None if changes else False) from exc
+                read_again = False
         except redis.ResponseError:
             raise  # the server's whole reply was read: the connection is ready for the next
         except BaseException:
             _drop(conn)
             raise
-    raise AssertionError("unreachable")  # the second attempt returns or raises
+
+
+def _refused(client: Any, exc: Exception, deadline: float, url: str) -> Any:
+    """After a refusal that ran nothing (a cluster node's ``MOVED``, ``ASK`` or ``TRYAGAIN``, or
+    :class:`Demoted`): the pool of the node to send an ``ASK``'s command to, else ``None``
+    (send it again where the slot table or the Sentinels say, after a pause). Raises ``exc``
+    for a redirection if ``client`` is not a cluster's (a plain URL of one node serves that
+    node's slots only), and ``BackendUnavailable`` past ``deadline``."""
+    if isinstance(exc, (MovedError, AskError)) and not isinstance(client, RedisCluster):
+        raise exc
+    left = deadline - time.monotonic()
+    if left <= 0:
+        what = "the master changed" if isinstance(exc, Demoted) else "the segment's hash slot moved"
+        raise BackendUnavailable(
+            f"Redis at {url}: the server refused the command unrun while {what}, for "
+            f"{REDIRECT_WAIT:g} s (nothing was changed): {exc}",
+            url=url,
+            committed=False,
+        ) from exc
+    if isinstance(exc, AskError):
+        # Mid-migration: this command (only) goes to the importing node, after ASKING.
+        pool = _node_pool(client, exc.host, int(exc.port))
+        if pool is not None:
+            return pool
+    if isinstance(exc, (MovedError, AskError)):
+        # The slot lives elsewhere now (a resharding ended), or an ASK named a node we do not
+        # know yet: learn the cluster's layout again.
+        client.nodes_manager.initialize()
+    # Waiting out a migration's end, or a Sentinel's switch: a few ms at first, then 50 ms.
+    time.sleep(min(max(REDIRECT_WAIT - left, _FIRST_PAUSE), _MAX_PAUSE, left))
+    return None
 
 
 def run(

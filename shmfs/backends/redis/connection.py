@@ -22,8 +22,8 @@ from typing import Any, Final
 import redis
 from redis.cluster import RedisCluster
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
-from redis.sentinel import Sentinel
 
+from shmfs.backends.redis.sentinel import sentinel_client
 from shmfs.backends.redis.url import default_url, redacted
 from shmfs.errors import InvalidArgument
 
@@ -123,7 +123,7 @@ def client(url: str, on_connect: Callable[[Any], None] | None = None) -> redis.R
     timeouts = {"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": SOCKET_TIMEOUT}
     try:
         if url.startswith(f"{SENTINEL}://"):
-            return _sentinel_client(url, hook, timeouts)
+            return sentinel_client(url, hook, timeouts)
         if url.startswith(f"{CLUSTER}://"):
             node_url = "redis://" + url.removeprefix(f"{CLUSTER}://")
             # Not a redis.Redis, though it answers the same calls: typed as what it stands in for.
@@ -132,33 +132,6 @@ def client(url: str, on_connect: Callable[[Any], None] | None = None) -> redis.R
         return redis.Redis.from_url(url, redis_connect_func=hook, **timeouts)
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"not a Redis URL: {redacted(url)} ({exc})") from exc
-
-
-def _sentinel_client(url: str, hook: Any, timeouts: dict[str, float]) -> redis.Redis:
-    """The master a Sentinel URL names, found (and found again after a failover) by asking
-    its Sentinels."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    sentinels = []
-    for address in netloc.split(","):
-        host, _, port = address.rpartition(":")
-        sentinels.append((host or "localhost", int(port or 26379)))
-    path = [piece for piece in parts.path.split("/") if piece]
-    if not path:
-        raise ValueError("a Sentinel URL names the service: redis+sentinel://host:port/service")
-    options: dict[str, Any] = dict(timeouts)
-    if len(path) > 1:
-        options["db"] = int(path[1])
-    for name, value in urllib.parse.parse_qsl(parts.query):
-        parser: Any = URL_QUERY_ARGUMENT_PARSERS.get(name)
-        options[name] = parser(value) if parser is not None else value
-    if parts.password is not None:
-        options["password"] = urllib.parse.unquote(parts.password)
-    if parts.username:
-        options["username"] = urllib.parse.unquote(parts.username)
-    manager = Sentinel(sentinels, sentinel_kwargs=dict(timeouts), **options)  # type: ignore[no-untyped-call]  # redis-py leaves Sentinel unannotated
-    master: redis.Redis = manager.master_for(path[0], redis_connect_func=hook, **options)  # type: ignore[no-untyped-call]  # likewise
-    return master
 
 
 def close(client: redis.Redis) -> None:

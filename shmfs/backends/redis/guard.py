@@ -1,9 +1,11 @@
 """Translating the redis package's errors at the boundary, in one place.
 
-An unreachable server becomes ``BackendUnavailable`` naming the URL (password redacted), a
+An unreachable server becomes ``BackendUnavailable`` naming the URL (password redacted), as
+does a master that refuses writes for want of replicas in sync (``min-replicas-to-write``), a
 refused password says that authentication failed, and a server at its ``maxmemory`` makes
-``SegmentFull``; the scripts' error replies become ``SegmentNotFound``, ``LockTimeout`` and
-``CorruptSegment``; any other Redis error a plain ``ShmfsError``.
+``SegmentFull``; a cluster node reached by a plain URL that no longer serves the segment says
+to name the cluster instead; the scripts' error replies become ``SegmentNotFound``,
+``LockTimeout`` and ``CorruptSegment``; any other Redis error a plain ``ShmfsError``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.exceptions import AskError, MovedError
 
 from shmfs.backends.redis.connection import redacted
 from shmfs.errors import (
@@ -73,6 +76,13 @@ class Guard:
                 url=self.url,
                 maxmemory=True,
             ) from exc
+        if isinstance(exc, redis.ResponseError) and str(exc).startswith("NOREPLICAS"):
+            raise BackendUnavailable(
+                f"Redis at {self.url} refused the write: fewer replicas are in sync with it than "
+                f"its min-replicas-to-write asks, so nothing was written ({exc})",
+                url=self.url,
+                committed=False,
+            ) from exc
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
             raise BackendUnavailable(
                 f"Redis at {self.url} is unreachable: {exc}", url=self.url
@@ -96,6 +106,14 @@ class Guard:
                 f"segment {self.key}: damaged metadata on the server (size or used is not a "
                 "number)",
                 key=self.key,
+            ) from exc
+        if isinstance(exc, (MovedError, AskError)):
+            # A cluster client follows these (call.py); a plain URL of one node cannot.
+            raise ShmfsError(
+                f"Redis at {self.url} is a cluster node that does not serve "
+                f"{'this' if self.key is None else f'segment {self.key}'}'s hash slot (now "
+                f"at {exc}): name the cluster with a redis+cluster:// URL",
+                url=self.url,
             ) from exc
         if isinstance(exc, redis.RedisError):
             raise ShmfsError(f"Redis at {self.url}: {exc}", url=self.url) from exc
