@@ -143,7 +143,7 @@ class Operations:
         reply = self._call(script, args, timeout, changes=True)
         status = reply[0]
         if status == 1:
-            return int(reply[2])
+            return int(reply[1])
         if status == 2:
             raise segment_full(self._key, index, int(reply[2]), self._size(), int(reply[1]))
         version = _bytes(reply[1]).decode()

@@ -63,22 +63,25 @@ elseif holder then
 end
 """
 
-_GATE: Final = (
-    _HOLDER
-    + """local meta = redis.call('HMGET', KEYS[2], 'size', 'used', 'epoch')
--- How many of values and generations exist: values exist only beside their generations, and
--- only while some bytes are used (a frame is never empty), so any other count is damage.
-local present = redis.call('EXISTS', KEYS[3], KEYS[4])
+# The gate's second step: the metadata, and whether the segment is whole.
+_META: Final = """local meta = redis.call('HMGET', KEYS[2], 'size', 'used', 'epoch')
 if not meta[1] then
-  if present > 0 then return redis.error_reply('EVICTED metadata') end
+  if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+    return redis.error_reply('EVICTED metadata')
+  end
   return redis.error_reply('DESTROYED')
 end
 local size, used = tonumber(meta[1]), tonumber(meta[2])
 if not size or not used then return redis.error_reply('CORRUPT') end
-if used > 0 and present < 2 then return redis.error_reply('EVICTED values or generations') end
 local epoch = meta[3] or ''
 """
-)
+# Values exist only beside their generations, and only while some bytes are used (a frame is
+# never empty): any other count of the two hashes is damage.
+_WHOLE: Final = """if used > 0 and redis.call('EXISTS', KEYS[3], KEYS[4]) < 2 then
+  return redis.error_reply('EVICTED values or generations')
+end
+"""
+_GATE: Final = _HOLDER + _META + _WHOLE
 
 # KEYS: lock, meta, vars, gen, changes. ARGV: token, index, data, mode, expected.
 # mode: 'any' (put), 'absent' (add), 'version' (the index is still at version ``expected``),
@@ -118,12 +121,21 @@ return {1, epoch .. ':' .. generation}
 # By codec id: KEYS: lock, meta, vars, gen, changes. ARGV: token, index, delta, default, '1'
 # if pickles from this server are trusted (else ''). Adds ``delta`` to the integer at ``index``
 # (``default`` if empty) and stores it in the codec's frame (shmfs.backends.redis.numbers).
-# Replies: {1, version, new value} written; {0, version [, frame]}: the value is not an integer
-# the script reads, or the result would leave its range (the client's general path takes it
-# from this state); {2, used, size of the new frame} it does not fit; {-1, holder} locked by
+# Replies: {1, new value} written; {0, version [, frame]}: the value is not an integer the
+# script reads, or the result would leave its range (the client's general path takes it from
+# this state); {2, used, size of the new frame} it does not fit; {-1, holder} locked by
 # another.
-_ADD_INT: Final = """
+# The gate's wholeness check rides on calls made anyway (each call costs the server as much as
+# a page of Lua): a value found shows its hash is there, and its generation, incremented before
+# anything else is written, shows the generations' (1: they were gone; undone, and refused).
+# Only an index without a value asks the server which of the two exist.
+_ADD_INT: Final = (
+    """
 local cur = redis.call('HGET', KEYS[3], ARGV[2])
+if not cur then
+"""
+    + _WHOLE
+    + """end
 local value = tonumber(ARGV[4])
 if cur then value = decode(cur, ARGV[5] == '1') end
 local data = value and encode(value + tonumber(ARGV[3]))
@@ -134,15 +146,20 @@ if not data then
 end
 local old, new = cur and string.len(cur) or 0, string.len(data)
 if used - old + new > size then return {2, used - old, new} end
+if redis.call('HINCRBY', KEYS[4], ARGV[2], 1) == 1 and cur then
+  redis.call('HDEL', KEYS[4], ARGV[2])
+  return redis.error_reply('EVICTED generations')
+end
 redis.call('HSET', KEYS[3], ARGV[2], data)
 if new ~= old then redis.call('HINCRBY', KEYS[2], 'used', new - old) end
-local generation = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[5], ARGV[2])
 -- The new value as an integer reply: exact below LIMIT (formatting it would cost 1 us).
-return {1, epoch .. ':' .. generation, value + tonumber(ARGV[3])}
+return {1, value + tonumber(ARGV[3])}
 """
+)
 ADD_INT: Final = {
-    codec: "#!lua\n" + numbers.library(codec) + _GATE + _ADD_INT for codec in sorted(numbers.CODECS)
+    codec: "#!lua\n" + numbers.library(codec) + _HOLDER + _META + _ADD_INT
+    for codec in sorted(numbers.CODECS)
 }
 # KEYS: lock, meta, vars, gen, changes. ARGV: token, then index, data for each variable of a
 # batch (each index once). Replies: {1} all written; {2, used} they do not all fit (used: the
