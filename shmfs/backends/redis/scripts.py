@@ -136,15 +136,15 @@ if not cur then
 """
     + _WHOLE
     + """end
-local value = tonumber(ARGV[4])
+local value, delta = tonumber(ARGV[4]), tonumber(ARGV[3])
 if cur then value = decode(cur, ARGV[5] == '1') end
-local data = value and encode(value + tonumber(ARGV[3]))
+local data = value and encode(value + delta)
 if not data then
   local found = epoch .. ':' .. (redis.call('HGET', KEYS[4], ARGV[2]) or '0')
   if cur then return {0, found, cur} end
   return {0, found}
 end
-local old, new = cur and string.len(cur) or 0, string.len(data)
+local old, new = cur and #cur or 0, #data
 if used - old + new > size then return {2, used - old, new} end
 if redis.call('HINCRBY', KEYS[4], ARGV[2], 1) == 1 and cur then
   redis.call('HDEL', KEYS[4], ARGV[2])
@@ -154,7 +154,7 @@ redis.call('HSET', KEYS[3], ARGV[2], data)
 if new ~= old then redis.call('HINCRBY', KEYS[2], 'used', new - old) end
 redis.call('PUBLISH', KEYS[5], ARGV[2])
 -- The new value as an integer reply: exact below LIMIT (formatting it would cost 1 us).
-return {1, value + tonumber(ARGV[3])}
+return {1, value + delta}
 """
 )
 ADD_INT: Final = {
