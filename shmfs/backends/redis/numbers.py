@@ -142,19 +142,18 @@ end
 -- from where the shortest form keeps it, and the comparison with encode()'s frame decides.
 local function decode(data, pickles)
   if not pickles then return nil end
-  local n, op, v = #data, byte(data, 27)
-  if op == 75 then
-    if n == 29 then v = byte(data, 28) end
-  elseif op == 149 then
-    op = byte(data, 36)
-    if op == 77 and n == 39 then
-      local b1, b2 = byte(data, 37, 38)
-      v = b1 + 256 * b2
-    elseif op == 74 and n == 41 then
-      local b1, b2, b3, b4 = byte(data, 37, 40)
-      v = b1 + 256 * b2 + 65536 * b3 + 16777216 * b4
-      if b4 >= 128 then v = v - 4294967296 end
-    elseif op == 138 and n >= 43 and n <= 45 and byte(data, 37) == n - 38 then
+  -- The bytes where a short form keeps its opcodes and integer, in one call.
+  local n, v = #data
+  local p27, p28, _, _, _, _, _, _, _, p36, p37, p38, p39, p40 = byte(data, 27, 40)
+  if p27 == 75 then
+    if n == 29 then v = p28 end
+  elseif p27 == 149 then
+    if p36 == 77 and n == 39 then
+      v = p37 + 256 * p38
+    elseif p36 == 74 and n == 41 then
+      v = p37 + 256 * p38 + 65536 * p39 + 16777216 * p40
+      if p40 >= 128 then v = v - 4294967296 end
+    elseif p36 == 138 and n >= 43 and n <= 45 and p37 == n - 38 then
       local s, o = 1, 0
       if byte(data, n - 1) >= 128 then s, o = -1, 255 end
       v = 0
@@ -179,6 +178,7 @@ def _json_lua(codec: int) -> str:
     # Then, by the count of digits, the checksum of that many zero bytes after the header.
     table += [zlib.crc32(_head(codec, n) + bytes(n)) for n in range(1, _JSON_DIGITS + 1)]
     return f"""
+local sub, find, format = string.sub, string.find, string.format
 local EFFECTS = {_entries(table)}
 local function entry(i)
   local a, b, c, d = byte(EFFECTS, 4 * i + 1, 4 * i + 4)
@@ -216,9 +216,7 @@ def library(codec: int) -> str:
     the server compiles once, read four bytes at a time (``entry``).
     """
     return f"""
-local byte, char, sub, find, format = string.byte, string.char, string.sub, string.find,
-  string.format
-local bxor, LIMIT = bit.bxor, {LIMIT}
+local byte, char, bxor, LIMIT = string.byte, string.char, bit.bxor, {LIMIT}
 -- The frame of the 16 bytes head, the checksum crc (any 32-bit number) and the rest.
 local function frame(head, crc, rest)
   if crc < 0 then crc = crc + 4294967296 end

@@ -121,10 +121,10 @@ return {1, epoch .. ':' .. generation}
 # By codec id: KEYS: lock, meta, vars, gen, changes. ARGV: token, index, delta, default, '1'
 # if pickles from this server are trusted (else ''). Adds ``delta`` to the integer at ``index``
 # (``default`` if empty) and stores it in the codec's frame (shmfs.backends.redis.numbers).
-# Replies: {1, new value} written; {0, version [, frame]}: the value is not an integer the
-# script reads, or the result would leave its range (the client's general path takes it from
-# this state); {2, used, size of the new frame} it does not fit; {-1, holder} locked by
-# another.
+# Replies: the new value (an integer) written; {0, version [, frame]}: the value is not an
+# integer the script reads, or the result would leave its range (the client's general path
+# takes it from this state); {2, used, size of the new frame} it does not fit; {-1, holder}
+# locked by another.
 # The gate's wholeness check rides on calls made anyway (each call costs the server as much as
 # a page of Lua): a value found shows its hash is there, and its generation, incremented before
 # anything else is written, shows the generations' (1: they were gone; undone, and refused).
@@ -153,8 +153,9 @@ end
 redis.call('HSET', KEYS[3], ARGV[2], data)
 if new ~= old then redis.call('HINCRBY', KEYS[2], 'used', new - old) end
 redis.call('PUBLISH', KEYS[5], ARGV[2])
--- The new value as an integer reply: exact below LIMIT (formatting it would cost 1 us).
-return {1, value + delta}
+-- The new value as an integer reply: exact below LIMIT (formatting it would cost 1 us), and
+-- alone (a table costs the server and the client more).
+return value + delta
 """
 )
 ADD_INT: Final = {
