@@ -45,11 +45,13 @@ class RedisServer:
         socket_perm: str = "700",
         port: int = 0,
         timeout: float = 20.0,
+        wrapper: tuple[str, ...] = (),
     ) -> RedisServer:
         """Start a server whose socket and files live in ``directory``; return once it answers.
 
         ``persist``: an append-only file synced on every write, so a restart in the same
         directory finds the data again; else nothing is saved. ``port`` 0: no TCP listener.
+        ``wrapper``: a command the server runs under (``valgrind ...``: bench.redis_scripts).
         Started in a session of its own, so a Ctrl-C meant for the caller does not stop it under
         a running test or case; the caller stops it (:meth:`stop`).
 
@@ -69,6 +71,7 @@ class RedisServer:
             saving = ("--save", "", "--appendonly", "no")
         process = subprocess.Popen(
             [
+                *wrapper,
                 *(binary, "--port", str(port), "--bind", "127.0.0.1"),
                 *("--unixsocket", socket, "--unixsocketperm", socket_perm),
                 *saving,

@@ -276,6 +276,22 @@ def test_redis_batches_are_one_round_trip_each(redis_url: str, key: int) -> None
         seg.destroy()
 
 
+@pytest.mark.parametrize("secret", [None, "s3cret"])  # the reply read in C; in Python
+def test_a_redis_batch_read_larger_than_one_server_step(
+    redis_url: str, key: int, secret: str | None
+) -> None:
+    """The server reads 4000 indexes at a time: a batch spanning three such steps, with absent
+    and negative indexes in each, comes back whole and in order."""
+    seg = shmfs.attach(key, 1 << 22, backend="redis", root=redis_url, secret=secret)
+    try:
+        stored = {index: f"v{index}" for index in range(-5000, 5000) if index % 3}
+        seg.put_many(stored)
+        asked = [*range(-5000, 5000), 2**63 - 1, -(2**63)]
+        assert list(seg.get_many(asked).items()) == list(stored.items())
+    finally:
+        seg.destroy()
+
+
 def test_redis_batches_are_fenced_by_another_holders_lock(redis_url: str, key: int) -> None:
     seg = shmfs.attach(key, 1 << 20, backend="redis", root=redis_url)
     other = shmfs.attach(key, backend="redis", root=redis_url, lock_timeout=0.2)

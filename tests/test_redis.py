@@ -778,6 +778,7 @@ def test_a_partly_evicted_segment_is_corrupt_never_silent(
             lambda: seg.get(3),
             lambda: seg.put(3, "x"),
             lambda: seg.incr(2),
+            lambda: seg.incr(4),  # no value there: the gate asks what exists
             lambda: seg.remove(3),
             *((lambda: seg.get(1),) if lost == "vars" else ()),  # the value itself is gone
         ):

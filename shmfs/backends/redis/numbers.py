@@ -10,11 +10,18 @@ written in another form, a pickle while pickles from this server are not trusted
 the client's general path, which decodes it and raises what it always raised.
 
 Lua numbers are doubles, so only integers below ``LIMIT`` in magnitude are taken: their sums
-stay exact. CRC-32 in Lua costs about 0.4 us a byte (``bit`` calls), so the script starts from
-the checksum of the fixed part of each form, computed here, and runs it over the integer's own
-bytes only; and each codec has a script of its own, holding only its forms (building the
-tables of every codec cost each call a few microseconds), which reads integers of that codec
-alone.
+stay exact.
+
+A script keeps nothing between calls: every table and function it makes is made again on each
+call, and each call of a C function (``string.byte``, ``bit.bxor``) costs the server about as
+much as a dozen arithmetic steps. So the checksum takes as few calls as it can: CRC-32
+is linear, so a frame's checksum is that of the same frame with zero bytes for the integer's,
+a constant of its form, corrected by each of the integer's bytes by an amount that depends
+only on the byte and its distance from the frame's end. Those amounts are in one string
+constant (the server compiles a script's constants once), read four bytes at a time: an
+integer's checksum costs a lookup per byte and one ``bxor``. The old frame is checked by
+building the frame of the integer read from it and comparing the two, and each codec has a
+script of its own, holding only its forms.
 """
 
 from __future__ import annotations
@@ -55,158 +62,167 @@ def _signed32(value: int) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def _nibbles() -> list[int]:
-    """The CRC-32 of each nibble: two steps of the checksum per byte. A table of the 256 bytes
-    halves the steps, but building it costs each call more than a counter's steps take."""
-    table = []
-    for nibble in range(16):
-        crc = nibble
-        for _ in range(4):
-            crc = (crc >> 1) ^ 0xEDB88320 if crc & 1 else crc >> 1
-        table.append(_signed32(crc))
-    return table
-
-
 def _lua_bytes(data: bytes) -> str:
     return "'" + "".join(f"\\{byte}" for byte in data) + "'"
 
 
-# A pickle's forms in the order of the Lua tables: shape 0 K, 1 M, 2 J, then LONG1 of n bytes.
-_SHAPES: Final = (0, 1, 2, 5, 6, 7)
+def _effect(distance: int, value: int) -> int:
+    """What the byte ``value`` adds (by xor) to the CRC-32 of any message in which it stands
+    ``distance`` bytes before the end, against a zero byte there."""
+    return zlib.crc32(bytes([value]) + bytes(distance)) ^ zlib.crc32(bytes(distance + 1))
 
 
-def _forms(codec: int) -> list[tuple[bytes, bytes]]:
-    """The codec's forms of integers in the order of the Lua tables (json's: by the payload's
-    length): the header's first 16 bytes and the payload before the integer's bytes."""
-    if codec == _JSON:
-        return [(_head(codec, length), b"") for length in range(1, _JSON_DIGITS + 1)]
-    forms = []
-    for shape in _SHAPES:
-        prefix = _pickle_prefix(shape)
-        forms.append((_head(codec, len(prefix) + _pickle_size(shape) + 1), prefix))
-    return forms
+def _entries(values: list[int]) -> str:
+    """Checksums as a Lua string of 4 bytes each, little-endian, read by ``entry(i)``."""
+    return _lua_bytes(b"".join(struct.pack("<I", value) for value in values))
 
 
-_PICKLE_LUA: Final = """
--- A pickle's form for v (index into the tables) and v's bytes there, STOP included.
-local function form(v)
-  if v >= 0 and v < 256 then return 1, char(v, 46) end
-  if v >= 0 and v < 65536 then return 2, char(v % 256, (v - v % 256) / 256, 46) end
-  if v >= -2147483648 and v < 2147483648 then return 3, le32(v) .. '.' end
-  local n = 5
-  while not (v >= -(2 ^ (8 * n - 1)) and v < 2 ^ (8 * n - 1)) do n = n + 1 end
-  -- Two's complement: a negative v as the complement of -v - 1 (v + 2^(8n) is not exact).
-  local out, flip = {}, 0
-  if v < 0 then v, flip = -v - 1, 255 end
-  for i = 1, n do
-    local b = v % 256
-    out[i] = abs(flip - b)
-    v = (v - b) / 256
-  end
-  out[n + 1] = 46
-  return n - 1, char(unpack(out))
+# A pickle's integer takes at most 7 bytes below LIMIT (LONG1 of 5, 6 or 7 bytes).
+_MOST_BYTES: Final = 7
+# The pickle forms' shapes (see _pickle_prefix) and the integers each takes.
+_PICKLE_FORMS: Final = (
+    (0, "v >= 0 and v < 256"),
+    (1, "v >= 0 and v < 65536"),
+    (2, "v >= -2147483648 and v < 2147483648"),
+    (5, "v >= -549755813888 and v < 549755813888"),
+    (6, "v >= -140737488355328 and v < 140737488355328"),
+    (7, "true"),
+)
+
+
+def _pickle_form(codec: int, shape: int) -> str:
+    """Lua returning the frame of v (``v`` in the form's range) in the form of ``shape``."""
+    size = _pickle_size(shape)
+    prefix = _pickle_prefix(shape)
+    head = _head(codec, len(prefix) + size + 1)
+    # The checksum with zero bytes for the integer's, which each byte's effect then corrects.
+    zeros = zlib.crc32(head + prefix + bytes(size) + b".")
+    names = [f"b{j}" for j in range(1, size + 1)]
+    lines = []
+    if shape not in (0, 1):
+        # A negative v in two's complement, as the complement of -v - 1: v + 2^(8n) is not exact.
+        lines.append("local s, o = 1, 0")
+        lines.append("if v < 0 then v, s, o = -v - 1, -1, 255 end")
+    for j, name in enumerate(names):
+        last = j == size - 1
+        lines.append(f"local {name} = v % 256" + ("" if last else f"; v = (v - {name}) / 256"))
+    if shape not in (0, 1):
+        lines.append(", ".join(names) + " = " + ", ".join(f"o + s * {n}" for n in names))
+    effects = ", ".join(f"entry({(size - j - 1) * 256} + {name})" for j, name in enumerate(names))
+    lines.append(
+        f"return frame({_lua_bytes(head)}, bxor({_signed32(zeros)}, {effects}),"
+        f" {_lua_bytes(bytes(4) + prefix)} .. char({', '.join(names)}, 46))"
+    )
+    return "\n    ".join(lines)
+
+
+def _pickle_lua(codec: int) -> str:
+    """``encode`` and ``decode`` for a pickle codec: each form a branch of its own constants."""
+    table = [_effect(d, b) for d in range(1, _MOST_BYTES + 1) for b in range(256)]
+    branches = "\n  ".join(
+        f"{'if' if k == 0 else 'else' if test == 'true' else 'elseif'}"
+        f"{'' if test == 'true' else ' ' + test + ' then'}\n    {_pickle_form(codec, shape)}"
+        for k, (shape, test) in enumerate(_PICKLE_FORMS)
+    )
+    return f"""
+-- What a byte adds to the checksum, by its distance from the frame's end (1 to 7) and value.
+local EFFECTS = {_entries(table)}
+local function entry(i)
+  local a, b, c, d = byte(EFFECTS, 4 * i + 1, 4 * i + 4)
+  return a + 256 * b + 65536 * c + 16777216 * d
 end
--- The integer in a pickle's frame in the form Python writes it (its shortest), that form,
--- and the bytes after the form's prefix; nil for anything else.
-local function parse(frame)
-  local op, k, size = byte(frame, 27), 1, 1
-  if op == 149 then
-    op = byte(frame, 36)
-    if op == 77 then k, size = 2, 2 elseif op == 74 then k, size = 3, 4
-    elseif op == 138 then size = byte(frame, 37) or 0; k = size - 1
-    else return nil end
-    if k < 2 then return nil end
-  elseif op ~= 75 then
-    return nil
+-- The frame Python writes for the integer v (its shortest pickle form), or nil past LIMIT.
+local function encode(v)
+  if not (v > -LIMIT and v < LIMIT) then return nil end
+  {branches}
   end
-  local prefix = PREFIX[k]
-  if not prefix then return nil end
-  local tail = sub(frame, 25 + #prefix)
-  if #tail ~= size + 1 or byte(tail, size + 1) ~= 46 then return nil end
-  local v
-  if k == 1 then v = byte(tail, 1)
-  elseif k == 2 then
-    local b1, b2 = byte(tail, 1, 2)
-    v = b1 + 256 * b2
-  elseif k == 3 then
-    local b1, b2, b3, b4 = byte(tail, 1, 4)
-    v = bor(b1, lshift(b2, 8), lshift(b3, 16), lshift(b4, 24))
-  else
-    local flip = 0
-    if byte(tail, size) >= 128 then flip = 255 end
-    v = 0
-    for i = size, 1, -1 do v = v * 256 + abs(flip - byte(tail, i)) end
-    if flip > 0 then v = -v - 1 end
+end
+-- The integer a frame holds if it is exactly the frame encode() writes for it (so no other
+-- codec's, no damaged one), else nil; nil too unless ``pickles``. The integer is read loosely
+-- from where the shortest form keeps it, and the comparison with encode()'s frame decides.
+local function decode(data, pickles)
+  if not pickles then return nil end
+  -- The bytes where a short form keeps its opcodes and integer, in one call.
+  local n, v = #data
+  local p27, p28, _, _, _, _, _, _, _, p36, p37, p38, p39, p40 = byte(data, 27, 40)
+  if p27 == 75 then
+    if n == 29 then v = p28 end
+  elseif p27 == 149 then
+    if p36 == 77 and n == 39 then
+      v = p37 + 256 * p38
+    elseif p36 == 74 and n == 41 then
+      v = p37 + 256 * p38 + 65536 * p39 + 16777216 * p40
+      if p40 >= 128 then v = v - 4294967296 end
+    elseif p36 == 138 and n >= 43 and n <= 45 and p37 == n - 38 then
+      local s, o = 1, 0
+      if byte(data, n - 1) >= 128 then s, o = -1, 255 end
+      v = 0
+      for i = n - 1, 38, -1 do v = v * 256 + o + s * byte(data, i) end
+      if o > 0 then v = -v - 1 end
+    end
   end
-  if not (v > -LIMIT and v < LIMIT) or form(v) ~= k then return nil end
-  return v, k, tail
+  if v and encode(v) == data then return v end
+  return nil
 end
 """
 
-_JSON_LUA: Final = """
-local function form(v)
-  local digits = format('%.0f', v)
-  return #digits, digits
+
+_DIGITS: Final = b"-0123456789"  # the bytes of json's integers, from byte 45 ('-') to 57 ('9')
+_FIRST: Final = _DIGITS[0]
+_SPAN: Final = _DIGITS[-1] - _FIRST + 1
+
+
+def _json_lua(codec: int) -> str:
+    """``encode`` and ``decode`` for json: a digit's effect by its distance from the end."""
+    table = [_effect(d, _FIRST + b) for d in range(_JSON_DIGITS) for b in range(_SPAN)]
+    # Then, by the count of digits, the checksum of that many zero bytes after the header.
+    table += [zlib.crc32(_head(codec, n) + bytes(n)) for n in range(1, _JSON_DIGITS + 1)]
+    return f"""
+local sub, find, format = string.sub, string.find, string.format
+local EFFECTS = {_entries(table)}
+local function entry(i)
+  local a, b, c, d = byte(EFFECTS, 4 * i + 1, 4 * i + 4)
+  return a + 256 * b + 65536 * c + 16777216 * d
 end
--- The integer in a json frame written as Python writes it, its form and its digits; or nil.
-local function parse(frame)
-  local tail = sub(frame, 25)
-  if #tail > 17 or not (tail == '0' or find(tail, '^%-?[1-9]%d*$')) then return nil end
-  local v = tonumber(tail)
+-- The frame Python writes for the integer v (its decimal digits), or nil past LIMIT.
+local function encode(v)
   if not (v > -LIMIT and v < LIMIT) then return nil end
-  return v, #tail, tail
+  local digits = format('%.0f', v)
+  local n = #digits
+  local crc = entry({_JSON_DIGITS * _SPAN - 1} + n)
+  for i = 1, n do crc = bxor(crc, entry((n - i) * {_SPAN} + byte(digits, i) - {_FIRST})) end
+  return frame({_lua_bytes(_head(codec, 0)[:8])} .. char(n) .. '\\0\\0\\0\\0\\0\\0\\0', crc,
+               '\\0\\0\\0\\0' .. digits)
+end
+-- The integer in a json frame written as Python writes it, else nil (``pickles`` is unused).
+local function decode(data, pickles)
+  local digits = sub(data, 25)
+  if #digits > {_JSON_DIGITS} or not (digits == '0' or find(digits, '^%-?[1-9]%d*$')) then
+    return nil
+  end
+  local v = tonumber(digits)
+  if encode(v) == data then return v end
+  return nil
 end
 """
 
 
 def library(codec: int) -> str:
     """Lua defining ``encode(v)`` and ``decode(frame, pickles)`` for the codec whose id is
-    ``codec`` (one of :data:`CODECS`), for a script to include."""
-    forms = _forms(codec)
-    heads = ", ".join(_lua_bytes(head) for head, _ in forms)
-    prefixes = ", ".join(_lua_bytes(prefix) for _, prefix in forms)
-    states = ", ".join(str(_signed32(zlib.crc32(head + prefix))) for head, prefix in forms)
-    nibbles = ", ".join(str(value) for value in _nibbles())
+    ``codec`` (one of :data:`CODECS`), for a script to include.
+
+    A script keeps nothing between calls, so whatever it builds (a table, a function) is
+    built on every call: the checksums it needs are constants of the code instead, in strings
+    the server compiles once, read four bytes at a time (``entry``).
+    """
     return f"""
-local byte, char, sub = string.byte, string.char, string.sub
-local find, format = string.find, string.format
-local bnot, bxor, band, bor = bit.bnot, bit.bxor, bit.band, bit.bor
-local rshift, lshift, abs = bit.rshift, bit.lshift, math.abs
-local HEAD = {{{heads}}}
-local PREFIX = {{{prefixes}}}
-local CRC_FROM = {{{states}}}
-local NIBBLE = {{[0] = {nibbles}}}
-local LIMIT = {LIMIT}
--- The checksum of form k's fixed parts continued over s.
--- (Library functions are called through locals: a global's lookup costs 4 times the call.)
-local function crc32(k, s)
-  local crc = bnot(CRC_FROM[k])
-  for i = 1, #s do
-    crc = bxor(crc, byte(s, i))
-    crc = bxor(rshift(crc, 4), NIBBLE[band(crc, 15)])
-    crc = bxor(rshift(crc, 4), NIBBLE[band(crc, 15)])
-  end
-  return bnot(crc)
+local byte, char, bxor, LIMIT = string.byte, string.char, bit.bxor, {LIMIT}
+-- The frame of the 16 bytes head, the checksum crc (any 32-bit number) and the rest.
+local function frame(head, crc, rest)
+  if crc < 0 then crc = crc + 4294967296 end
+  local c1 = crc % 256; crc = (crc - c1) / 256
+  local c2 = crc % 256; crc = (crc - c2) / 256
+  local c3 = crc % 256
+  return head .. char(c1, c2, c3, (crc - c3) / 256) .. rest
 end
-local function le32(v)
-  return char(band(v, 255), band(rshift(v, 8), 255), band(rshift(v, 16), 255), rshift(v, 24))
-end
-{_JSON_LUA if codec == _JSON else _PICKLE_LUA}
--- The frame Python writes for the integer v, or nil past LIMIT.
-local function encode(v)
-  if not (v > -LIMIT and v < LIMIT) then return nil end
-  local k, tail = form(v)
-  return HEAD[k] .. le32(crc32(k, tail)) .. '\\0\\0\\0\\0' .. PREFIX[k] .. tail
-end
--- The integer a frame holds, or nil if it holds anything else or is not exactly the frame
--- encode() writes for it (another codec, damage included); a pickle only if ``pickles``.
-local function decode(frame, pickles)
-  if byte(frame, 6) ~= {codec} or ({codec} ~= {_JSON} and not pickles) then return nil end
-  local v, k, tail = parse(frame)
-  if not v or sub(frame, 1, 24 + #PREFIX[k]) ~=
-     HEAD[k] .. le32(crc32(k, tail)) .. '\\0\\0\\0\\0' .. PREFIX[k] then
-    return nil
-  end
-  return v
-end
-"""
+{_json_lua(codec) if codec == _JSON else _pickle_lua(codec)}"""

@@ -96,7 +96,7 @@ class Operations:
                 reply = run(
                     self._client(), self._url, script, self._keys, [token, *args], changes=changes
                 )
-            if reply[0] != -1:
+            if type(reply) is int or reply[0] != -1:  # an int: an incr's new value
                 return reply
             if waiter is None:
                 waiter = self._lease.waiter(timeout)
@@ -141,9 +141,9 @@ class Operations:
         self._seen.pop(index, None)  # the new frame is built on the server, and not sent back
         args = [index, delta, default, "1" if pickles else ""]
         reply = self._call(script, args, timeout, changes=True)
+        if type(reply) is int:
+            return reply
         status = reply[0]
-        if status == 1:
-            return int(reply[2])
         if status == 2:
             raise segment_full(self._key, index, int(reply[2]), self._size(), int(reply[1]))
         version = _bytes(reply[1]).decode()

@@ -63,22 +63,25 @@ elseif holder then
 end
 """
 
-_GATE: Final = (
-    _HOLDER
-    + """local meta = redis.call('HMGET', KEYS[2], 'size', 'used', 'epoch')
--- How many of values and generations exist: values exist only beside their generations, and
--- only while some bytes are used (a frame is never empty), so any other count is damage.
-local present = redis.call('EXISTS', KEYS[3], KEYS[4])
+# The gate's second step: the metadata, and whether the segment is whole.
+_META: Final = """local meta = redis.call('HMGET', KEYS[2], 'size', 'used', 'epoch')
 if not meta[1] then
-  if present > 0 then return redis.error_reply('EVICTED metadata') end
+  if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+    return redis.error_reply('EVICTED metadata')
+  end
   return redis.error_reply('DESTROYED')
 end
 local size, used = tonumber(meta[1]), tonumber(meta[2])
 if not size or not used then return redis.error_reply('CORRUPT') end
-if used > 0 and present < 2 then return redis.error_reply('EVICTED values or generations') end
 local epoch = meta[3] or ''
 """
-)
+# Values exist only beside their generations, and only while some bytes are used (a frame is
+# never empty): any other count of the two hashes is damage.
+_WHOLE: Final = """if used > 0 and redis.call('EXISTS', KEYS[3], KEYS[4]) < 2 then
+  return redis.error_reply('EVICTED values or generations')
+end
+"""
+_GATE: Final = _HOLDER + _META + _WHOLE
 
 # KEYS: lock, meta, vars, gen, changes. ARGV: token, index, data, mode, expected.
 # mode: 'any' (put), 'absent' (add), 'version' (the index is still at version ``expected``),
@@ -118,31 +121,46 @@ return {1, epoch .. ':' .. generation}
 # By codec id: KEYS: lock, meta, vars, gen, changes. ARGV: token, index, delta, default, '1'
 # if pickles from this server are trusted (else ''). Adds ``delta`` to the integer at ``index``
 # (``default`` if empty) and stores it in the codec's frame (shmfs.backends.redis.numbers).
-# Replies: {1, version, new value} written; {0, version [, frame]}: the value is not an integer
-# the script reads, or the result would leave its range (the client's general path takes it
-# from this state); {2, used, size of the new frame} it does not fit; {-1, holder} locked by
-# another.
-_ADD_INT: Final = """
+# Replies: the new value (an integer) written; {0, version [, frame]}: the value is not an
+# integer the script reads, or the result would leave its range (the client's general path
+# takes it from this state); {2, used, size of the new frame} it does not fit; {-1, holder}
+# locked by another.
+# The gate's wholeness check rides on calls made anyway (each call costs the server as much as
+# a page of Lua): a value found shows its hash is there, and its generation, incremented before
+# anything else is written, shows the generations' (1: they were gone; undone, and refused).
+# Only an index without a value asks the server which of the two exist.
+_ADD_INT: Final = (
+    """
 local cur = redis.call('HGET', KEYS[3], ARGV[2])
-local value = tonumber(ARGV[4])
+if not cur then
+"""
+    + _WHOLE
+    + """end
+local value, delta = tonumber(ARGV[4]), tonumber(ARGV[3])
 if cur then value = decode(cur, ARGV[5] == '1') end
-local data = value and encode(value + tonumber(ARGV[3]))
+local data = value and encode(value + delta)
 if not data then
   local found = epoch .. ':' .. (redis.call('HGET', KEYS[4], ARGV[2]) or '0')
   if cur then return {0, found, cur} end
   return {0, found}
 end
-local old, new = cur and string.len(cur) or 0, string.len(data)
+local old, new = cur and #cur or 0, #data
 if used - old + new > size then return {2, used - old, new} end
+if redis.call('HINCRBY', KEYS[4], ARGV[2], 1) == 1 and cur then
+  redis.call('HDEL', KEYS[4], ARGV[2])
+  return redis.error_reply('EVICTED generations')
+end
 redis.call('HSET', KEYS[3], ARGV[2], data)
 if new ~= old then redis.call('HINCRBY', KEYS[2], 'used', new - old) end
-local generation = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[5], ARGV[2])
--- The new value as an integer reply: exact below LIMIT (formatting it would cost 1 us).
-return {1, epoch .. ':' .. generation, value + tonumber(ARGV[3])}
+-- The new value as an integer reply: exact below LIMIT (formatting it would cost 1 us), and
+-- alone (a table costs the server and the client more).
+return value + delta
 """
+)
 ADD_INT: Final = {
-    codec: "#!lua\n" + numbers.library(codec) + _GATE + _ADD_INT for codec in sorted(numbers.CODECS)
+    codec: "#!lua\n" + numbers.library(codec) + _HOLDER + _META + _ADD_INT
+    for codec in sorted(numbers.CODECS)
 }
 # KEYS: lock, meta, vars, gen, changes. ARGV: token, then index, data for each variable of a
 # batch (each index once). Replies: {1} all written; {2, used} they do not all fit (used: the
@@ -219,28 +237,39 @@ return {version}
 # Reply {packed, absent}: one string, which a client reads in one piece (redis-py parses an
 # array of bulk strings in Python, element by element), of the values' lengths (4 bytes each,
 # little-endian; 0xFFFFFFFF: no value) followed by the values; and how many indexes hold none.
-# Built with one pack and one concat per 4000 indexes (Lua's unpack takes no more at once).
-READ_MANY: Final = """#!lua flags=no-writes
-local fields = {}
-for field in string.gmatch(ARGV[1], '%S+') do fields[#fields + 1] = field end
-local heads, bodies, absent = {}, {}, 0
-for first = 1, #fields, 4000 do
-  local last = math.min(first + 3999, #fields)
-  local values = redis.call('HMGET', KEYS[1], unpack(fields, first, last))
+# Lua's unpack takes 4000 indexes at a time. Every byte a script copies into a new string costs
+# the server (the string is made, then collected): the values are joined by one ``..`` of up to
+# _RUN of them at once, which copies each once (table.concat copies them into 8 KiB pieces,
+# then joins those), the lengths at the head of the first run.
+_RUN: Final = 100
+READ_MANY: Final = (
+    """#!lua flags=no-writes
+local fields, count = {}, 0
+for field in string.gmatch(ARGV[1], '%S+') do count = count + 1; fields[count] = field end
+local v, heads, absent = {}, {}, 0
+for first = 1, count, 4000 do
+  local values = redis.call('HMGET', KEYS[1], unpack(fields, first, math.min(first + 3999, count)))
   local lengths = {}
   for i = 1, #values do
-    if values[i] then
-      lengths[i] = #values[i]
-    else
-      lengths[i], values[i] = 4294967295, ''
-      absent = absent + 1
-    end
+    local value = values[i]
+    if value then lengths[i] = #value else lengths[i], absent = 4294967295, absent + 1 end
+    v[first + i - 1] = value
   end
   heads[#heads + 1] = struct.pack('<' .. string.rep('I4', #lengths), unpack(lengths))
-  bodies[#bodies + 1] = table.concat(values)
 end
-return {table.concat(heads) .. table.concat(bodies), absent}
+local runs, lead = {}, table.concat(heads)
+for k = 0, count - 1, """
+    + str(_RUN)
+    + """ do
+  runs[#runs + 1] = lead
 """
+    + "".join(f"    .. (v[k + {i}] or '')\n" for i in range(1, _RUN + 1))
+    + """  lead = ''
+end
+if #runs == 1 then return {runs[1], absent} end
+return {table.concat(runs), absent}
+"""
+)
 # Reads in one step that a server at its maxmemory still answers (it refuses MULTI there).
 # KEYS: meta, vars, gen. Reply {meta exists, values exist, generations exist, used or ''}.
 STATE: Final = """#!lua flags=no-writes
