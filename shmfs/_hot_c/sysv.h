@@ -60,7 +60,8 @@ typedef struct {
     int trusted;           /* whether only trusted users can write the segment */
     PyObject *where;       /* ChainIndex.hot_state(): index -> (offset, moves seen) */
     PyObject *moves;       /* [(offset, size)] */
-    PyObject *copy;        /* bytearray: [0, end) as the index last saw it; empty: none */
+    PyObject *copy;        /* bytearray: [0, end) as the last walk and our writes since left
+                            * it (ChainIndex._patch); empty: none */
     PyObject *stored;      /* ChainIndex.stored, bound */
     PyObject *native;      /* the native codec's decode (PHP's unserialize), or NULL */
     PyObject *decoders[256];
