@@ -48,6 +48,7 @@ def test_the_c_numbers_are_the_python_ones() -> None:
     assert found["J_MAGIC"] == journal._MAGIC
     assert found["J_BUFFER"] == journal._BUFFER
     assert found["J_CAPACITY"] == journal.CAPACITY
+    assert found["J_DIRECT"] == journal._DIRECT
     assert found["STAMP_EDGE"] == journal._EDGE
     for name in ("SEED", "STATE", "A_END", "A_FREE", "A_NEED", "C_POS", "C_OLD", "C_END"):
         assert found[f"J_{name}"] == getattr(journal, f"_{name}"), name

@@ -32,6 +32,7 @@
 #define J_SAVED 11
 #define J_BUFFER 128
 #define J_CAPACITY 3840
+#define J_DIRECT 128 /* journal._DIRECT: chunks cut in steps of their own size */
 #define J_IDLE 0
 #define J_APPEND 1
 #define J_CUT 2

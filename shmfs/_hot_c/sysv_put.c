@@ -28,9 +28,9 @@ sysv_append(SysvHot *self, int64_t key, const uint64_t head[3], PyObject *payloa
     return at;
 }
 
-/* journal.Journal._finish_cut, store for store: the tail moves down in steps (through the
- * buffer when a step's source and destination could overlap), then end and free, the vacated
- * bytes and the buffer zeroed, the state cleared last. */
+/* journal.Journal._finish_cut, store for store: the tail moves down in steps (of the chunk's
+ * own size, straight from the segment, or through the buffer for a chunk under J_DIRECT), then
+ * end and free, the vacated bytes and the buffer zeroed, the state cleared last. */
 static void
 finish_cut(SysvHot *self)
 {
@@ -41,7 +41,7 @@ finish_cut(SysvHot *self)
     int64_t pos = w[base + J_C_POS], old = w[base + J_C_OLD], end = w[base + J_C_END];
     int64_t tail = end - pos - old, done = w[base + J_DONE];
     while (done < tail) {
-        if (old >= J_CAPACITY) {
+        if (old >= J_DIRECT) { /* a step of old bytes never overlaps its own source */
             int64_t step = old < tail - done ? old : tail - done;
             memcpy(bytes + pos + done, bytes + pos + old + done, (size_t)step);
             done += step;
@@ -59,7 +59,7 @@ finish_cut(SysvHot *self)
     set_word(w, H_END, end - old);
     set_word(w, H_FREE, w[base + J_C_FREE] + old);
     memset(bytes + end - old, 0, (size_t)old);
-    if (tail && old < J_CAPACITY) {
+    if (tail && old < J_DIRECT) {
         memset(buffer, 0, (size_t)(tail < J_CAPACITY ? tail : J_CAPACITY));
     }
     set_word(w, base + J_SAVED, -1);
