@@ -232,15 +232,18 @@ def test_the_move_log_is_renumbered_in_c_as_python_does(
     sysv_key: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past the move log's length, the C put reads every offset afresh (ChainIndex._renumber),
-    without calling back into Python; the index then holds each chunk's true offset."""
+    without calling back into Python; the index then holds each chunk's true offset, in tuples
+    updated in place only where nothing else holds them."""
     seg = shmfs.attach(sysv_key, 1 << 16, backend="sysv", codec="pickle")
     try:
         backend: Any = seg._backend
         hot = backend.hot
-        for index in range(10):
+        for index in range(11):
             seg[index] = f"value {index}"
         seg.get(0)
         where, moves, _ = backend._chain.hot_state()
+        held = where[10]  # renumbered, never put: a tuple Python holds is not changed in place
+        values = (held[0], held[1])
         calls: list[object] = []
         renumber = chain_index.ChainIndex._renumber
         monkeypatch.setattr(
@@ -252,6 +255,7 @@ def test_the_move_log_is_renumbered_in_c_as_python_does(
             assert hot.put(index, 1, f"value {index}, round {round_no}") is None
             renumbered = renumbered or not moves
         assert renumbered and not calls
+        assert held == values
         view = memoryview(bytearray(_image(sysv_key)))
         header = layout.read_header(view)
         words, pos, offsets = layout.word_view(view), header.start, {}

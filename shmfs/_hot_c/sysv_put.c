@@ -125,6 +125,35 @@ chain_offsets(SysvHot *self, int64_t end, Py_ssize_t *count)
     return pairs;
 }
 
+/* where[key] = (pos, 0). The tuple there is updated in place when the dict alone holds it, as
+ * CPython reuses a tuple nothing else references: no code can see it change, and a renumbering
+ * then makes no tuple and no dict insert per chunk. -1 with an exception set. */
+static int
+entry_set(PyObject *where, PyObject *key, int64_t pos)
+{
+    PyObject *entry = PyDict_GetItemWithError(where, key); /* int keys: no code runs */
+    if (entry != NULL && PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2
+        && Py_REFCNT(entry) == 1) {
+        PyObject *offset = PyLong_FromLongLong(pos);
+        if (offset == NULL) {
+            return -1;
+        }
+        PyObject *was = PyTuple_GET_ITEM(entry, 0), *seen = PyTuple_GET_ITEM(entry, 1);
+        PyTuple_SET_ITEM(entry, 0, offset);
+        PyTuple_SET_ITEM(entry, 1, PyLong_FromLong(0)); /* a cached small int: never fails */
+        Py_DECREF(was); /* ints: freeing them runs no code */
+        Py_DECREF(seen);
+        return 0;
+    }
+    if (entry == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    entry = sysv_pair(pos, 0);
+    int done = entry == NULL ? -1 : PyDict_SetItem(where, key, entry);
+    Py_XDECREF(entry);
+    return done;
+}
+
 /* ChainIndex._renumber's result from chain_offsets' pairs: every offset afresh, no moves. On
  * failure the index is emptied (its lookups walk again), as forget() leaves it but for
  * ``indexed``, which alone says nothing then. */
@@ -136,10 +165,8 @@ renumbered(SysvHot *self, const int64_t *pairs, Py_ssize_t count)
     }
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *key = PyLong_FromLongLong(pairs[2 * i]);
-        PyObject *entry = key == NULL ? NULL : sysv_pair(pairs[2 * i + 1], 0);
-        int done = entry == NULL ? -1 : PyDict_SetItem(self->where, key, entry);
+        int done = key == NULL ? -1 : entry_set(self->where, key, pairs[2 * i + 1]);
         Py_XDECREF(key);
-        Py_XDECREF(entry);
         if (done < 0) {
             goto failed;
         }
@@ -223,7 +250,7 @@ copy_patched(SysvHot *self, Py_ssize_t pos, int64_t old, int64_t at, Py_ssize_t 
  * to do it (the chain did not read back whole); -1 an exception. Every read of the segment
  * comes before the first allocation that could start a collection (whose finalizers may close
  * the handle). ``quiet``: no such allocation at all (the prepared tuples are filled; ints and a
- * bytearray's resizing start none), and no renumbering, which would make a tuple for each
+ * bytearray's resizing start none), and no renumbering, which may make a tuple for a
  * chunk: a log one longer is renumbered by the next put that may. */
 static int
 index_stored(SysvHot *self, PyObject *index, Py_ssize_t pos, int64_t old, int64_t at,
