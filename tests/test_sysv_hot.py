@@ -302,3 +302,29 @@ def test_short_strs_and_bytes_are_pickled_as_pickle_does(sysv_key: int, value: A
         assert seg[1] == value
     finally:
         seg.destroy()
+
+
+def test_a_copy_that_cannot_be_resized_proves_nothing_after(sysv_key: int) -> None:
+    """A put whose chain index copy cannot be resized (an export of it held) stores the value
+    and raises; the copy then never proves an absence, so every read afterwards is right."""
+    seg = shmfs.attach(sysv_key, 1 << 15, backend="sysv", codec="pickle")
+    try:
+        backend: Any = seg._backend
+        for index in range(10):
+            seg[index] = f"value {index}"
+        seg.get(0)
+        copy = backend._chain.hot_state()[2]
+        assert copy
+        with memoryview(copy), pytest.raises(BufferError):
+            backend.hot.put(3, 1, "value 3, longer than it was")
+        assert copy[:1] != b"P"  # not PHP's magic: equal to no segment
+        assert seg.get(3) == "value 3, longer than it was"
+        assert seg.get(42, None) is None
+        seg[42] = "added"
+        assert {index: seg[index] for index in (*range(10), 42)} == {
+            **{index: f"value {index}" for index in range(10)},
+            3: "value 3, longer than it was",
+            42: "added",
+        }
+    finally:
+        seg.destroy()

@@ -237,6 +237,9 @@ copy_patched(SysvHot *self, Py_ssize_t pos, int64_t old, int64_t at, Py_ssize_t 
         memmove(bytes + pos, bytes + pos + old, (size_t)(had - pos - old));
     }
     if (PyByteArray_Resize(copy, end) < 0) {
+        /* Shifted but not resized: a first byte PHP's magic never has, so that it proves
+         * nothing from now on. */
+        PyByteArray_AS_STRING(copy)[0] = 0;
         return -1;
     }
     char *bytes = PyByteArray_AS_STRING(copy);
