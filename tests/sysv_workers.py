@@ -13,11 +13,13 @@ TAIL = {index: chr(ord("A") + index) * (900 + 291 * index) for index in range(2,
 
 
 def lengths() -> Any:
-    """The lengths index 1 cycles through: small and large, chunks under and over the
-    journal's buffer, so both kinds of compaction step are killed."""
+    """The lengths index 1 cycles through: every other one under 100 bytes (a chunk the next
+    replace cuts through the journal's buffer), the others up to 9001 (cut in steps of their
+    own size), so both kinds of compaction step are killed."""
     length = 1
     while True:
         yield length
+        yield length % 97 + 1
         length = length * 7 % 9001 + 1
 
 

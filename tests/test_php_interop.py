@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import shmfs
+from shmfs import phpserial
 from shmfs.backends.sysv import ipc
 from shmfs.backends.sysv import layout as php_layout
 from shmfs.php import shm_attach, shm_put_var, shm_remove, shm_remove_var
@@ -500,5 +501,55 @@ def test_php_changes_between_two_python_reads_are_always_seen(php_key: int) -> N
             for index in rng.sample(sorted(expected), 3):  # one get first, then all
                 assert seg[index] == expected[index]
         assert sorted(seg) == sorted(expected)
+    finally:
+        seg.destroy()
+
+
+def test_a_php_change_beside_a_python_replace_is_still_seen(php_key: int) -> None:
+    """A replace of a remembered variable proves its own chunk (and the chunk index's copy
+    there), not the whole chain. PHP removing one variable and adding another of the same
+    chunk size after it leaves the header's words as they were; after Python's replace the
+    added variable must still be found and the removed one missed, by Python and PHP."""
+    seg = shmfs.attach(php_key, 1 << 15, 0o600, backend="sysv")  # pickle frames: C's put
+    try:
+        hot = seg._backend.hot  # type: ignore[union-attr]
+        for index in range(10):
+            seg[index] = f"value {index}"
+        assert all(seg[index] == f"value {index}" for index in range(10))
+        view = _view(php_key)
+        header = php_layout.read_header(view)
+        at = php_layout.find(view, header, 5)
+        length = php_layout.chunk_at(php_layout.word_view(view), header, at)[1]
+        step = php_layout.chunk_size(length)
+        text = "a" * 10
+        while php_layout.chunk_size(len(phpserial.dumps(text))) < step:
+            text += "a"
+        assert php_layout.chunk_size(len(phpserial.dumps(text))) == step
+        php(
+            f"""
+            $sem = sem_get({php_key});
+            $shm = shm_attach({php_key});
+            sem_acquire($sem);
+            shm_remove_var($shm, 5);
+            shm_put_var($shm, 20, "{text}");
+            sem_release($sem);
+            """
+        )
+        assert php_layout.read_header(_view(php_key)) == header  # end and free as they were
+        if hot is not None:
+            assert hot.put(2, 1, "value 2, replaced") is None  # the C put took it
+        else:
+            seg[2] = "value 2, replaced"
+        assert seg.get(20, None) == text
+        assert seg.get(5, None) is None
+        seg[30] = "added after"
+        expected = {i: f"value {i}" for i in range(10) if i != 5}
+        expected |= {2: "value 2, replaced", 20: text, 30: "added after"}
+        assert {index: seg.get(index, None) for index in range(31)} == {
+            index: expected.get(index) for index in range(31)
+        }
+        out = php(f"$shm = shm_attach({php_key}); echo shm_get_var($shm, 20);")
+        assert out == text
+        assert sorted(php_layout.indices(_view(php_key))) == sorted(expected)
     finally:
         seg.destroy()

@@ -81,14 +81,16 @@ def test_segment_created_by_shmfs_declares_size_but_keeps_a_journal(
     seg.destroy()
 
 
+@pytest.mark.parametrize("codec", ["php", "pickle"])
 def test_remembered_offsets_agree_with_a_walk_through_foreign_writes(
-    key: int, cleanup: list[int]
+    key: int, cleanup: list[int], codec: str
 ) -> None:
     """Random puts and removes, ours and a foreign writer's (through php_layout on a second
     attachment, as PHP writes), big values and duplicated indices among them: after each,
-    what the backend reads equals what a fresh walk of the chain finds."""
+    what the backend reads equals what a fresh walk of the chain finds. Our puts are the
+    backend's write (php) or the segment's put (pickle: the C put where it is built)."""
     rng = random.Random(key)
-    seg = shmfs.attach(key, 1 << 16, backend="sysv", codec="php")
+    seg = shmfs.attach(key, 1 << 16, backend="sysv", codec=codec)
     shmid = ipc.shmget(key, 0, 0)
     foreign = ipc.Attachment(shmid, ipc.shm_stat(shmid).size)
     backend = seg._backend
@@ -98,29 +100,39 @@ def test_remembered_offsets_agree_with_a_walk_through_foreign_writes(
         size = rng.choice([0, 1, 8, 24, 100, 100, 100, 250]) if rng.random() > 0.02 else 5000
         return rng.randbytes(size)
 
+    # Ours: the backend's write, or the segment's put (the C put where it is built).
+    ours = backend.write if codec == "php" else seg.put
     try:
         for step in range(3000):
             index = rng.randrange(40)
             with seg.lock():
                 roll = rng.random()
                 if roll < 0.35:
-                    backend.write(index, value())
+                    ours(index, value())
                 elif roll < 0.45:
                     backend.delete(index)
                 elif roll < 0.8:
                     php_layout.put(foreign.view, index, value())
                 elif roll < 0.9:
                     php_layout.remove(foreign.view, index)
-                elif roll < 0.99:  # the same bytes again: only the chunk's place changes
+                elif roll < 0.94:  # the same bytes again: only the chunk's place changes
                     same = php_layout.get(foreign.view, index)
                     if same is not None:
                         php_layout.put(foreign.view, index, bytes(same))
+                elif roll < 0.99:  # another index in its place (end and free as they were),
+                    gone = php_layout.get(foreign.view, index)  # then a write of ours: the
+                    other = rng.randrange(40)  # added index must be found (read first)
+                    if gone is not None and php_layout.get(foreign.view, other) is None:
+                        php_layout.remove(foreign.view, index)
+                        php_layout.put(foreign.view, other, rng.randbytes(len(gone)))
+                        ours(rng.randrange(40), value())
+                        index = other
                 else:
                     _append_duplicate(foreign.view, index, value())
                 if php_layout.read_header(foreign.view).free < 12000:
                     for each in php_layout.indices(foreign.view)[::2]:
                         php_layout.remove(foreign.view, each)
-                checked = range(40) if step % 10 == 0 else [index, rng.randrange(40)]
+                checked = [index, *(range(40) if step % 10 == 0 else [rng.randrange(40)])]
                 for each in checked:
                     walked = php_layout.get(foreign.view, each)
                     expected = None if walked is None else bytes(walked)

@@ -48,6 +48,7 @@ def test_the_c_numbers_are_the_python_ones() -> None:
     assert found["J_MAGIC"] == journal._MAGIC
     assert found["J_BUFFER"] == journal._BUFFER
     assert found["J_CAPACITY"] == journal.CAPACITY
+    assert found["J_DIRECT"] == journal._DIRECT
     assert found["STAMP_EDGE"] == journal._EDGE
     for name in ("SEED", "STATE", "A_END", "A_FREE", "A_NEED", "C_POS", "C_OLD", "C_END"):
         assert found[f"J_{name}"] == getattr(journal, f"_{name}"), name
@@ -231,15 +232,18 @@ def test_the_move_log_is_renumbered_in_c_as_python_does(
     sysv_key: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past the move log's length, the C put reads every offset afresh (ChainIndex._renumber),
-    without calling back into Python; the index then holds each chunk's true offset."""
+    without calling back into Python; the index then holds each chunk's true offset, in tuples
+    updated in place only where nothing else holds them."""
     seg = shmfs.attach(sysv_key, 1 << 16, backend="sysv", codec="pickle")
     try:
         backend: Any = seg._backend
         hot = backend.hot
-        for index in range(10):
+        for index in range(11):
             seg[index] = f"value {index}"
         seg.get(0)
         where, moves, _ = backend._chain.hot_state()
+        held = where[10]  # renumbered, never put: a tuple Python holds is not changed in place
+        values = (held[0], held[1])
         calls: list[object] = []
         renumber = chain_index.ChainIndex._renumber
         monkeypatch.setattr(
@@ -251,6 +255,7 @@ def test_the_move_log_is_renumbered_in_c_as_python_does(
             assert hot.put(index, 1, f"value {index}, round {round_no}") is None
             renumbered = renumbered or not moves
         assert renumbered and not calls
+        assert held == values
         view = memoryview(bytearray(_image(sysv_key)))
         header = layout.read_header(view)
         words, pos, offsets = layout.word_view(view), header.start, {}
@@ -295,5 +300,31 @@ def test_short_strs_and_bytes_are_pickled_as_pickle_does(sysv_key: int, value: A
             stored = backend.read(1)
         assert stored[frame.HEADER.size :] == pickle.dumps(value, 5)
         assert seg[1] == value
+    finally:
+        seg.destroy()
+
+
+def test_a_copy_that_cannot_be_resized_proves_nothing_after(sysv_key: int) -> None:
+    """A put whose chain index copy cannot be resized (an export of it held) stores the value
+    and raises; the copy then never proves an absence, so every read afterwards is right."""
+    seg = shmfs.attach(sysv_key, 1 << 15, backend="sysv", codec="pickle")
+    try:
+        backend: Any = seg._backend
+        for index in range(10):
+            seg[index] = f"value {index}"
+        seg.get(0)
+        copy = backend._chain.hot_state()[2]
+        assert copy
+        with memoryview(copy), pytest.raises(BufferError):
+            backend.hot.put(3, 1, "value 3, longer than it was")
+        assert copy[:1] != b"P"  # not PHP's magic: equal to no segment
+        assert seg.get(3) == "value 3, longer than it was"
+        assert seg.get(42, None) is None
+        seg[42] = "added"
+        assert {index: seg[index] for index in (*range(10), 42)} == {
+            **{index: f"value {index}" for index in range(10)},
+            3: "value 3, longer than it was",
+            42: "added",
+        }
     finally:
         seg.destroy()

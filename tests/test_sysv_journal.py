@@ -67,9 +67,9 @@ def _marked(length: int) -> bytes:
 @pytest.mark.parametrize(
     "length",
     [
-        20,  # one small chunk
-        CAPACITY // 2,  # the tail moves through the buffer
-        CAPACITY + 500,  # a chunk bigger than the buffer: steps straight from the segment
+        20,  # a chunk under 128 bytes: the tail moves through the buffer
+        CAPACITY // 2,  # steps of the chunk's size, straight from the segment
+        CAPACITY + 500,  # a chunk bigger than the buffer
         5 * CAPACITY,
     ],
 )
@@ -252,5 +252,41 @@ def test_an_interrupted_append_is_undone_and_an_interrupted_cut_finished(sysv_ke
         assert seg.get(3, None) is None and seg[2] == b"b" * 9000
         assert (words[2], words[3]) == (end, free)
         assert b"c" * 64 not in _whole_segment(sysv_key)
+    finally:
+        seg.destroy()
+
+
+def test_a_cut_killed_copying_from_the_buffer_is_finished_from_it(sysv_key: int) -> None:
+    """A writer that cut a chunk through the buffer (one under the direct size, or any chunk
+    by a writer that buffered more) and died copying the buffer to its place left the step's
+    source overwritten: the recovery copies that step from the buffer, whatever size the
+    chunk is, then cuts the rest."""
+    seg = shmfs.attach(sysv_key, 1 << 16, backend="sysv", codec="raw")
+    try:
+        seg[1] = b"a" * 300  # a chunk of at least 128 bytes: this version cuts it directly
+        seg[2] = bytes(range(256)) * 40
+        backend: Any = seg._backend
+        journal, words, buf = backend._journal, backend._words, backend._buf
+        pos, old, end = 40, words[(40 >> 3) + 2], words[2]
+        step = min(CAPACITY, end - pos - old)
+        buffer = journal.offset + journal_module._BUFFER
+        buf[buffer : buffer + step] = buf[pos + old : pos + old + step]  # the step's source ...
+        buf[pos : pos + 1000] = buf[buffer : buffer + 1000]  # ... a third copied, over itself
+        fields = {
+            journal_module._C_POS: pos,
+            journal_module._C_OLD: old,
+            journal_module._C_END: end,
+            journal_module._C_FREE: words[3],
+            journal_module._DONE: 0,
+            journal_module._SAVED: 0,  # the buffer holds step 0's source
+            journal_module._STATE: journal_module._CUT,
+        }
+        for field, value in fields.items():
+            journal._set(field, value)
+        with seg.lock():
+            pass  # the acquire finishes the cut
+        assert seg.get(1, None) is None
+        assert seg[2] == bytes(range(256)) * 40
+        assert b"a" * 64 not in _whole_segment(sysv_key)
     finally:
         seg.destroy()

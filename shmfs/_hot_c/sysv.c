@@ -16,10 +16,12 @@
  *        most SMALL bytes that passes its checks (a pickling codec's only when the segment is
  *        trusted).
  *   put: a plain value (codecs.is_plain) of a pickling codec, framed, at most SMALL bytes; the
- *        lock as for a get; a segment with a journal, idle; the chain index proved whole (its
- *        copy equal to the segment, as a write in Python requires); room for the new chunk
- *        beside the old one. The change goes through the journal store for store as
- *        journal.py makes it, then the chain index is updated as ChainIndex.stored does.
+ *        lock as for a get; a segment with a journal, idle; the chain index's proof as a write
+ *        in Python requires it (ChainIndex.find(exact=True): a new variable's absence by the
+ *        whole copy, a remembered one's chunk by its stamp and the copy agreeing there); room
+ *        for the new chunk beside the old one. The change goes through the journal store for
+ *        store as journal.py makes it, then the chain index is updated as ChainIndex.stored
+ *        does.
  * Anything else is SLOW: absent variables, damage, a dead writer's change to finish, a lock
  * held elsewhere (Python waits, with its timeout), a fork, a closed handle.
  *

@@ -32,6 +32,7 @@
 #define J_SAVED 11
 #define J_BUFFER 128
 #define J_CAPACITY 3840
+#define J_DIRECT 128 /* journal._DIRECT: chunks cut in steps of their own size */
 #define J_IDLE 0
 #define J_APPEND 1
 #define J_CUT 2
@@ -60,7 +61,8 @@ typedef struct {
     int trusted;           /* whether only trusted users can write the segment */
     PyObject *where;       /* ChainIndex.hot_state(): index -> (offset, moves seen) */
     PyObject *moves;       /* [(offset, size)] */
-    PyObject *copy;        /* bytearray: [0, end) as the index last saw it; empty: none */
+    PyObject *copy;        /* bytearray: [0, end) as the last walk and our writes since left
+                            * it (ChainIndex._patch); empty: none */
     PyObject *stored;      /* ChainIndex.stored, bound */
     PyObject *native;      /* the native codec's decode (PHP's unserialize), or NULL */
     PyObject *decoders[256];

@@ -28,9 +28,9 @@ sysv_append(SysvHot *self, int64_t key, const uint64_t head[3], PyObject *payloa
     return at;
 }
 
-/* journal.Journal._finish_cut, store for store: the tail moves down in steps (through the
- * buffer when a step's source and destination could overlap), then end and free, the vacated
- * bytes and the buffer zeroed, the state cleared last. */
+/* journal.Journal._finish_cut, store for store: the tail moves down in steps (of the chunk's
+ * own size, straight from the segment, or through the buffer for a chunk under J_DIRECT), then
+ * end and free, the vacated bytes and the buffer zeroed, the state cleared last. */
 static void
 finish_cut(SysvHot *self)
 {
@@ -41,7 +41,7 @@ finish_cut(SysvHot *self)
     int64_t pos = w[base + J_C_POS], old = w[base + J_C_OLD], end = w[base + J_C_END];
     int64_t tail = end - pos - old, done = w[base + J_DONE];
     while (done < tail) {
-        if (old >= J_CAPACITY) {
+        if (old >= J_DIRECT) { /* a step of old bytes never overlaps its own source */
             int64_t step = old < tail - done ? old : tail - done;
             memcpy(bytes + pos + done, bytes + pos + old + done, (size_t)step);
             done += step;
@@ -59,7 +59,7 @@ finish_cut(SysvHot *self)
     set_word(w, H_END, end - old);
     set_word(w, H_FREE, w[base + J_C_FREE] + old);
     memset(bytes + end - old, 0, (size_t)old);
-    if (tail && old < J_CAPACITY) {
+    if (tail && old < J_DIRECT) {
         memset(buffer, 0, (size_t)(tail < J_CAPACITY ? tail : J_CAPACITY));
     }
     set_word(w, base + J_SAVED, -1);
@@ -125,6 +125,35 @@ chain_offsets(SysvHot *self, int64_t end, Py_ssize_t *count)
     return pairs;
 }
 
+/* where[key] = (pos, 0). The tuple there is updated in place when the dict alone holds it, as
+ * CPython reuses a tuple nothing else references: no code can see it change, and a renumbering
+ * then makes no tuple and no dict insert per chunk. -1 with an exception set. */
+static int
+entry_set(PyObject *where, PyObject *key, int64_t pos)
+{
+    PyObject *entry = PyDict_GetItemWithError(where, key); /* int keys: no code runs */
+    if (entry != NULL && PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2
+        && Py_REFCNT(entry) == 1) {
+        PyObject *offset = PyLong_FromLongLong(pos);
+        if (offset == NULL) {
+            return -1;
+        }
+        PyObject *was = PyTuple_GET_ITEM(entry, 0), *seen = PyTuple_GET_ITEM(entry, 1);
+        PyTuple_SET_ITEM(entry, 0, offset);
+        PyTuple_SET_ITEM(entry, 1, PyLong_FromLong(0)); /* a cached small int: never fails */
+        Py_DECREF(was); /* ints: freeing them runs no code */
+        Py_DECREF(seen);
+        return 0;
+    }
+    if (entry == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    entry = sysv_pair(pos, 0);
+    int done = entry == NULL ? -1 : PyDict_SetItem(where, key, entry);
+    Py_XDECREF(entry);
+    return done;
+}
+
 /* ChainIndex._renumber's result from chain_offsets' pairs: every offset afresh, no moves. On
  * failure the index is emptied (its lookups walk again), as forget() leaves it but for
  * ``indexed``, which alone says nothing then. */
@@ -136,10 +165,8 @@ renumbered(SysvHot *self, const int64_t *pairs, Py_ssize_t count)
     }
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *key = PyLong_FromLongLong(pairs[2 * i]);
-        PyObject *entry = key == NULL ? NULL : sysv_pair(pairs[2 * i + 1], 0);
-        int done = entry == NULL ? -1 : PyDict_SetItem(self->where, key, entry);
+        int done = key == NULL ? -1 : entry_set(self->where, key, pairs[2 * i + 1]);
         Py_XDECREF(key);
-        Py_XDECREF(entry);
         if (done < 0) {
             goto failed;
         }
@@ -188,44 +215,62 @@ fill_pair(PyObject *pair, long long a, long long b)
     return 0;
 }
 
-/* ChainIndex.stored, in C: the move logged, the entry set, the copy refreshed from ``first``
- * (or dropped, for big values), and when the log is full the offsets read afresh. 1 done; 0
- * Python's stored is to do it (the chain did not read back whole); -1 an exception. Every read
- * of the segment comes before the first allocation that could start a collection (whose
- * finalizers may close the handle). ``quiet``: no such allocation at all (the prepared tuples
- * are filled; ints and a bytearray's resizing start none), and no renumbering, which would
- * make a tuple for each chunk: a log one longer is renumbered by the next put that may. */
+/* ChainIndex._patch, in C: the copy gets the cut and the append the segment got (our chunk's
+ * bytes and the header from the segment, the rest moved within the copy itself), so that a
+ * difference a foreign writer made elsewhere stays one; dropped for big values, or when it was
+ * not the length the write found (the write then proved nothing with it). No Python code since
+ * the write: the words are still the segment's. -1 with an exception set. */
+static int
+copy_patched(SysvHot *self, Py_ssize_t pos, int64_t old, int64_t at, Py_ssize_t chunks)
+{
+    PyObject *copy = self->copy;
+    Py_ssize_t had = PyByteArray_GET_SIZE(copy);
+    int64_t end = self->words[H_END];
+    if (had == 0) {
+        return 0;
+    }
+    if (end > (int64_t)MAX_AVERAGE_CHUNK * chunks + PHP_HEADER || had - old != at) {
+        return PyByteArray_Resize(copy, 0);
+    }
+    if (pos >= 0) {
+        char *bytes = PyByteArray_AS_STRING(copy);
+        memmove(bytes + pos, bytes + pos + old, (size_t)(had - pos - old));
+    }
+    if (PyByteArray_Resize(copy, end) < 0) {
+        /* Shifted but not resized: a first byte PHP's magic never has, so that it proves
+         * nothing from now on. */
+        PyByteArray_AS_STRING(copy)[0] = 0;
+        return -1;
+    }
+    char *bytes = PyByteArray_AS_STRING(copy);
+    memcpy(bytes, self->words, PHP_HEADER);
+    memcpy(bytes + at, (const char *)self->words + at, (size_t)(end - at));
+    return 0;
+}
+
+/* ChainIndex.stored, in C: the move logged, the entry set, the copy patched (or dropped, for
+ * big values), and when the log is full the offsets read afresh. 1 done; 0 Python's stored is
+ * to do it (the chain did not read back whole); -1 an exception. Every read of the segment
+ * comes before the first allocation that could start a collection (whose finalizers may close
+ * the handle). ``quiet``: no such allocation at all (the prepared tuples are filled; ints and a
+ * bytearray's resizing start none), and no renumbering, which may make a tuple for a
+ * chunk: a log one longer is renumbered by the next put that may. */
 static int
 index_stored(SysvHot *self, PyObject *index, Py_ssize_t pos, int64_t old, int64_t at,
              Prepared *ready, int quiet)
 {
-    PyObject *where = self->where, *moves = self->moves, *copy = self->copy;
+    PyObject *where = self->where, *moves = self->moves;
     Py_ssize_t count = PyList_GET_SIZE(moves) + (pos >= 0);
     Py_ssize_t chunks = PyDict_GET_SIZE(where) + (PyDict_Contains(where, index) == 0);
-    int64_t end = self->words[H_END];
     int64_t *pairs = NULL;
     Py_ssize_t found = 0;
     if (!quiet && renumber_due(self, index, pos)) {
-        pairs = chain_offsets(self, end, &found);
+        pairs = chain_offsets(self, self->words[H_END], &found);
         if (pairs == NULL) {
             return PyErr_Occurred() ? -1 : 0;
         }
     }
-    Py_ssize_t first = pos >= 0 ? pos : (Py_ssize_t)at;
-    int resized = 0;
-    if (PyByteArray_GET_SIZE(copy) > 0) {
-        if (end > (int64_t)MAX_AVERAGE_CHUNK * chunks + PHP_HEADER
-            || first > PyByteArray_GET_SIZE(copy)) { /* the latter: not with a proved copy */
-            resized = PyByteArray_Resize(copy, 0);
-        }
-        else if ((resized = PyByteArray_Resize(copy, end)) == 0) {
-            /* No Python code since ``end`` was read: the words are still the segment's. */
-            char *bytes = PyByteArray_AS_STRING(copy);
-            memcpy(bytes, self->words, PHP_HEADER);
-            memcpy(bytes + first, (const char *)self->words + first, (size_t)(end - first));
-        }
-    }
-    if (resized < 0) {
+    if (copy_patched(self, pos, pos >= 0 ? old : 0, at, chunks) < 0) {
         PyMem_Free(pairs);
         return -1;
     }
@@ -302,6 +347,18 @@ told(SysvHot *self, Held *held, PyObject *index, Py_ssize_t pos, int64_t old, in
     return done;
 }
 
+/* Whether the copy is the segment's length ``end`` and holds the segment's header and bytes
+ * [from, from + size) (ChainIndex._agrees): all of it, for a new variable; the header and the
+ * chunk to be cut, for a remembered one. Lock held, ``end`` checked. */
+static int
+copy_agrees(SysvHot *self, int64_t end, int64_t from, int64_t size)
+{
+    const char *copy = PyByteArray_AS_STRING(self->copy);
+    const char *segment = (const char *)self->words;
+    return PyByteArray_GET_SIZE(self->copy) == end && memcmp(copy, segment, PHP_HEADER) == 0
+           && memcmp(copy + from, segment + from, (size_t)size) == 0;
+}
+
 const char sysv_put_doc[] =
 "put(index, codec_id, value) -> None once stored, or SLOW\n\n"
 "Pickle a plain value, frame it and store it as PHP's put does, through the journal, under\n"
@@ -363,19 +420,14 @@ sysv_put(SysvHot *self, PyObject *const *args, Py_ssize_t nargs)
         return taken < 0 ? NULL : slow();
     }
     int64_t end = sysv_checked_end(self), length = 0, old = 0, at = -1;
-    /* ChainIndex.find(exact=True): the whole index proved by its copy, then the chunk. */
-    Py_buffer copy;
-    int exact = 0;
-    if (end >= 0 && PyObject_GetBuffer(self->copy, &copy, PyBUF_SIMPLE) == 0) {
-        exact = copy.len == end && memcmp(copy.buf, self->words, (size_t)end) == 0;
-        PyBuffer_Release(&copy);
-    }
-    PyErr_Clear();
-    if (exact && (pos < 0 || sysv_proved(self, key, pos, end, &length, &old))) {
-        int64_t free = self->words[H_FREE];
-        if (free >= need) { /* beside the old chunk: the journal keeps old or new */
-            at = journalled_put(self, key, head, payload, need, pos < 0 ? -1 : pos, old);
-        }
+    /* ChainIndex.find(exact=True): a new variable's absence proved by the whole copy; a
+     * remembered one's chunk by its stamp and by the copy agreeing there (copy_agrees). */
+    int proved = end >= 0
+                 && (pos < 0 ? copy_agrees(self, end, 0, end)
+                             : sysv_proved(self, key, pos, end, &length, &old)
+                                   && copy_agrees(self, end, pos, old));
+    if (proved && self->words[H_FREE] >= need) { /* beside the old chunk: old or new */
+        at = journalled_put(self, key, head, payload, need, pos < 0 ? -1 : pos, old);
     }
     Py_DECREF(payload);
     PyObject *done = at < 0 ? Py_NewRef(SLOW) : told(self, &held, args[0], pos, old, at, &ready);

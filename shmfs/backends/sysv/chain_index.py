@@ -25,13 +25,25 @@ length and ``next`` are read afresh each time. A mismatch sends the lookup back 
 **That a variable is absent** cannot be proved by one place: PHP may have added it anywhere. The
 index keeps a copy of the bytes ``[0, end)`` as of its last walk (kept up to date through our
 own writes) and trusts its own "absent" only while the whole ``[0, end)`` is unchanged: one
-``memcmp`` (about 20 GB/s), then a full walk if a byte differs.
+``memcmp`` (about 20 GB/s), then a full walk if a byte differs. So a new variable's write is
+proved by the whole copy too.
+
+**A write to a remembered variable** (a replace, a remove) is proved by that variable's chunk
+alone: its stamp, and the copy agreeing with the segment on the header and on that chunk's
+bytes. PHP keeps one chunk per index, so the stamped chunk is the one to cut; what PHP changed
+elsewhere does not matter to the write. It matters to the copy, which must never come to equal
+the segment while the index misses a change: so the copy is not refreshed from the segment but
+given the same change (the chunk cut out, the rest moved within the copy, our new chunk and the
+header copied in). A difference PHP made elsewhere is then still a difference, shifted as the
+segment's bytes were, and the next proof of an absence walks. What such a write trusts is what
+a read trusts, the stamp (with the limit above: a value holding a verbatim copy of our chunk,
+placed where that chunk was, would be cut instead of it), and that no writer left the index
+twice in the chain (no PHP function does; a walk refuses such a chain, below).
 
 **Our own writes** move chunks too: a replaced or removed chunk shifts every later one down by its
 size. Rewriting every later offset would cost what the walk costs, so the shift is logged instead
 and applied to an offset when it is next looked up; a log longer than ``_MAX_MOVES`` (which grows
-with the chain) drops the index, and the next lookup walks again. The copy is updated from the
-changed offset on (the same bytes the ``memmove`` moved); chains whose chunks average more than
+with the chain) is emptied by reading every offset afresh. Chains whose chunks average more than
 ``_MAX_AVERAGE_CHUNK`` bytes keep no copy (comparing it would cost more than a walk).
 
 **When there is no index**: chains that hold an index twice (only a foreign writer makes those;
@@ -94,34 +106,42 @@ class ChainIndex:
     def find(self, index: int, *, exact: bool = False) -> tuple[int, int, int] | None:
         """(offset, length, next) of the first chunk holding ``index``, or ``None``.
 
-        ``exact``: for a write, which then updates the index; the whole index is proved (the
-        copy equal to the segment), not only this chunk. A chunk that a foreign writer added
-        after ours with the same index (two chunks of one index: no PHP function makes those)
-        leaves a read of ours right, since the first chunk wins; but once our write moved our
-        chunk past it, it would be the one PHP reads.
+        ``exact``: for a write, which then updates the index and patches the copy as it
+        changes the segment. A new variable's absence is proved by the whole copy; a
+        remembered one's chunk by its stamp and by the copy agreeing with the segment there
+        (:meth:`_agrees`), not by the whole copy: the write cuts that chunk out of both alike,
+        so a difference elsewhere stays a difference and the next proof of an absence walks.
 
         Raises:
             CorruptSegment: As layout's walk: the header, or a chunk before the match,
                 fails its checks.
         """
-        if exact:
-            copy = self._copy
-            if not self.indexed or not copy or copy != self._buf[: self._words[_END_WORD]]:
-                return self._walk(index)
+        if exact and (not self.indexed or not self._copy):
+            return self._walk(index)
         if self.indexed:
             entry = self._where.get(index)
             if entry is None:
                 copy = self._copy
-                if copy and copy.startswith(self._buf[: len(copy)]):
+                if copy and copy.startswith(self._buf[: len(copy)]):  # its header: end too
                     return None
             else:
                 pos, seen = entry
                 if seen != len(self._moves):
                     pos = self._catch_up(index, entry)
                 found = self._proved(index, pos)
-                if found is not None:
+                if found is not None and (not exact or self._agrees(pos, found[2])):
                     return found
         return self._walk(index)
+
+    def _agrees(self, pos: int, step: int) -> bool:
+        """Whether the copy is the segment's length and holds its header and the ``step``
+        bytes at ``pos``."""
+        copy, buf = self._copy, self._buf
+        return (
+            len(copy) == self._words[_END_WORD]
+            and copy[: layout.HEADER_SIZE] == buf[: layout.HEADER_SIZE]
+            and copy[pos : pos + step] == buf[pos : pos + step]
+        )
 
     def _proved(self, index: int, pos: int) -> tuple[int, int, int] | None:
         """(pos, length, next) if the chunk at ``pos`` is ``index``'s, by its stamp."""
@@ -211,7 +231,7 @@ class ChainIndex:
         if pos >= 0:
             moves.append((pos, old))
         where[index] = (at, len(moves))
-        self._refresh(pos if pos >= 0 else at)
+        self._patch(pos, old if pos >= 0 else 0, at)
         if len(moves) > _max_moves(len(where)):
             self._renumber()
 
@@ -221,14 +241,15 @@ class ChainIndex:
             return
         self._moves.append((pos, step))
         self._where.pop(index, None)
-        self._refresh(pos)
+        self._patch(pos, step, -1)
         if len(self._moves) > _max_moves(len(self._where)):
             self._renumber()
 
     def _renumber(self) -> None:
         """Read every chunk's offset afresh and empty the move log. Called after our own write,
-        which proved the whole index first (a write's exact find): the chain holds what the
-        index says, in the order it says, so only the offsets are read (no stamps checked)."""
+        which proved the chunk it changed: offsets only are read (no stamps checked), and an
+        entry the chain no longer holds keeps its old offset, which its stamp then refuses
+        (a foreign writer's change since the copy: the copy differs, and an absence walks)."""
         words, where = self._words, self._where
         pos, end = words[1], words[_END_WORD]
         self._moves.clear()
@@ -245,20 +266,28 @@ class ChainIndex:
         except CorruptSegment:
             self.forget()  # a foreign writer's doing: the next lookup walks and says what
 
-    def _refresh(self, first: int) -> None:
-        """Copy the header and the bytes ``[first, end)`` our write changed."""
+    def _patch(self, pos: int, old: int, at: int) -> None:
+        """Give the copy the change our write gave the segment: the ``old`` bytes at ``pos``
+        cut out (``pos`` -1: none), the chunk at ``at`` (-1: none) and the header copied. The
+        rest is moved within the copy, never read from the segment, so that the copy stays
+        the bytes our writes and the last walk vouch for, and any other change stays a
+        difference. Dropped when it was not the length the write found."""
         copy = self._copy
         if not copy:
             return
         buf = self._buf
         end = self._words[_END_WORD]
-        if end > _MAX_AVERAGE_CHUNK * len(self._where) + layout.HEADER_SIZE:
-            del copy[:]  # big values now: copying them costs more than walking past them
+        if end > _MAX_AVERAGE_CHUNK * len(self._where) + layout.HEADER_SIZE or len(copy) - old != (
+            at if at >= 0 else end
+        ):
+            del copy[:]  # big values now (copying them costs more than walking), or unproved
             return
-        # Header first: interrupted after it, the copy differs from the segment at ``first``
-        # and proves nothing (it never proves more than the segment holds).
+        # Interrupted part way, the copy is not the segment's length: it proves nothing then.
+        if pos >= 0:
+            del copy[pos : pos + old]
         copy[: layout.HEADER_SIZE] = buf[: layout.HEADER_SIZE]
-        copy[first:] = buf[first:end]
+        if at >= 0:
+            copy[at:] = buf[at:end]
 
     def forget(self) -> None:
         """Drop the index (the segment was wiped, or the caller cannot say what changed)."""

@@ -27,8 +27,9 @@ buffer first and ``saved`` says so; then they are copied to their place and ``do
 A writer killed in a step leaves either the source intact (``saved != done``: the step runs again
 from the segment) or a buffer that holds it (``saved == done``: it runs again from the buffer),
 so the next process to take the lock finishes the cut, whatever instant the writer died at.
-Steps of a chunk at least as big as the buffer copy straight from the segment: their source and
-destination cannot overlap, so the source stays intact.
+A chunk of at least ``_DIRECT`` (128) bytes is cut in steps of its own size, straight from the
+segment: a step no longer than the gap never overlaps its own source, so the source stays
+intact, and the tail is copied once instead of twice (the buffer untouched, ``saved`` -1).
 
 **A replace** that has room appends the new chunk first and then cuts the old one, so a killed
 writer leaves the old value (the append undone) or the new one (the cut finished). A replace
@@ -56,6 +57,10 @@ __all__ = ["CAPACITY", "OVERHEAD", "Journal", "Unjournalled", "stamp"]
 OVERHEAD: Final = 4096
 #: The buffer's size: what one step of a compaction copies at most.
 CAPACITY: Final = 3840
+# Chunks of at least this many bytes are cut in steps of their own size, straight from the
+# segment (one pass over the tail); smaller ones through the buffer (two passes and a zeroing,
+# but a step per 3840 bytes: a call per 64-byte step costs more than the second pass).
+_DIRECT: Final = 128
 _MAGIC: Final = int.from_bytes(b"SHMFSJN2", "little", signed=True)
 _BUFFER: Final = 128
 _NEEDS: Final = _BUFFER + CAPACITY  # at most 7 bytes of alignment + 3968 <= OVERHEAD
@@ -285,7 +290,14 @@ class Journal(Unjournalled):
         tail = end - pos - old
         done = words[base + _DONE]
         buffer = self._buffer
-        if old >= CAPACITY:  # source and destination of a step of ``old`` bytes never overlap
+        # Killed copying from the buffer (whichever way it cut: a writer with another _DIRECT
+        # may have buffered this chunk): that step runs again from the buffer, then the rest.
+        if words[base + _SAVED] == done and done < tail:
+            step = min(CAPACITY, tail - done)
+            buf[pos + done : pos + done + step] = buf[buffer : buffer + step]
+            done += step
+            words[base + _DONE] = done
+        if old >= _DIRECT:  # source and destination of a step of ``old`` bytes never overlap
             while done < tail:
                 step = min(old, tail - done)
                 buf[pos + done : pos + done + step] = buf[
@@ -294,11 +306,6 @@ class Journal(Unjournalled):
                 done += step
                 words[base + _DONE] = done
         else:
-            if words[base + _SAVED] == done and done < tail:  # killed copying from the buffer
-                step = min(CAPACITY, tail - done)
-                buf[pos + done : pos + done + step] = buf[buffer : buffer + step]
-                done += step
-                words[base + _DONE] = done
             while done < tail:
                 step = min(CAPACITY, tail - done)
                 words[base + _SAVED] = -1
@@ -311,7 +318,7 @@ class Journal(Unjournalled):
         words[_END] = end - old
         words[_FREE] = words[base + _C_FREE] + old
         buf[end - old : end] = bytes(old)
-        if tail and old < CAPACITY:
+        if tail and old < _DIRECT:
             used = min(CAPACITY, tail)
             buf[buffer : buffer + used] = bytes(used)
         words[base + _SAVED] = -1
