@@ -7,6 +7,7 @@ every batch the Python way, unnoticed."""
 from __future__ import annotations
 
 import datetime
+import gc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,6 +41,9 @@ VALUES: dict[int, Any] = {
     9: b"\x00" * 1000,
     10: "é" * 1900,  # a big slot (3,800 bytes of UTF-8)
     11: datetime.date(2020, 1, 2),  # not a plain value: pickle.loads reads it
+    12: "ü" * 30,  # a short str that is not ASCII
+    13: "y" * 256,  # the longest str copied as ASCII, and the first one past a short length
+    14: "z" * 257,
     -1: "negative",
     2**63 - 1: "largest",
     -(2**63): "smallest",
@@ -200,6 +204,57 @@ def test_a_tmpfs_write_landing_mid_batch_sends_the_batch_the_python_way(
             assert reader.get_many([0, 7, 5]) == {0: "new 0", 7: old[7], 5: "new 5" * 200}
         else:
             assert found == old
+    finally:
+        reader.detach()
+        writer.detach()
+        seg.destroy()
+
+
+@pytest.mark.parametrize("writes", [True, False])
+def test_a_tmpfs_write_landing_while_the_batch_unpickles_in_place_is_caught(
+    root: str, key: int, writes: bool
+) -> None:
+    """tmpfs's batch unpickles plain values where they lie, in the slots, and keeps what it made
+    only if STATE, GENERATION and each slot's seal are as they were before the first read. Here
+    a collection, started by unpickling 0 (a list of lists), runs a callback that replaces 1
+    and then stores 2 in the slot 1 had (the slot freed last is the next one used): read in
+    place, 1 would have 2's value. The control: the callback writes nothing."""
+    seg = shmfs.attach(key, 1 << 20, root=root)
+    writer = shmfs.attach(key, root=root)
+    reader = shmfs.attach(key, root=root)
+    first = {0: [[n] for n in range(50)], 1: "one " * 10}
+    try:
+        seg.put_many(first)
+        assert reader.get_many([0, 1]) == first  # maps the slab files: no Python code runs
+        was = location(reader, 1)  # in the call below before it unpickles
+        get_many = reader._hot.get_many
+        fired: list[bool] = []
+
+        def meddle(phase: str, info: dict[str, int]) -> None:
+            if phase == "start" and armed and not fired:
+                fired.append(True)
+                if writes:
+                    writer[1] = "new " * 10
+                    writer[2] = "two " * 10
+
+        armed = False
+        threshold = gc.get_threshold()
+        gc.callbacks.append(meddle)
+        try:
+            gc.collect()
+            gc.set_threshold(1)
+            armed = True
+            found = get_many((0, 1))  # a tuple: the call makes none of its own
+        finally:
+            gc.set_threshold(*threshold)
+            gc.callbacks.remove(meddle)
+        assert fired
+        if writes:
+            assert location(reader, 2) == was  # 2 is where 1 was read from
+            assert found is SLOW
+            assert reader.get_many([0, 1, 2]) == {0: first[0], 1: "new " * 10, 2: "two " * 10}
+        else:
+            assert found == first
     finally:
         reader.detach()
         writer.detach()

@@ -3,24 +3,31 @@
  *
  * Why it exists. A batch read in Python pays, per index, a call into the single get and the
  * loop's own steps, and around the batch the segment lock: on tmpfs that made a batch of 100
- * cost as much as 100 gets. Here the whole batch is one call, and its values are copied into
- * one scratch buffer and decoded from there, with no bytes object made per value.
+ * cost as much as 100 gets. Here the whole batch is one call, with no bytes object made per
+ * plain value: tmpfs's slots and a redis reply are read where they lie, sysv's chunks are
+ * copied into one scratch buffer under the lock and read from there.
  *
  * One consistent step, as the Python path promises:
  *   tmpfs: no lock. Every tmpfs writer sets DIRTY in the metadata's STATE word before its
  *        first change and bumps GENERATION before clearing it (backend.py's write, write_many,
  *        delete; put.c; check.py's repair); so STATE clear and GENERATION unchanged from
- *        before the first copy to after the last one (a seqlock's read side over the whole
+ *        before the first read to after the last one (a seqlock's read side over the whole
  *        segment) prove that no write landed in the middle. Otherwise the batch goes the
- *        Python way, under the lock.
+ *        Python way, under the lock. The reads include the checksums and the unpickling of
+ *        plain values, done in the slots themselves: a writer may change those bytes
+ *        meanwhile, so every length is a local checked before use (every read stays inside
+ *        the mapping, which is kept until leave()), unpickle.c reads any bytes without harm,
+ *        and what it made is dropped unless the second look (tmpfs_unchanged) passes. A
+ *        payload for a decoder that runs code is copied before that look and decoded after it.
  *   sysv: PHP's writers keep no such word, so the semaphore is taken once (or found this
  *        thread's already) around every copy, as sysv.c's get takes it around one.
  *
  * All or nothing. Anything the single C get would answer SLOW for (an index not an int in
  * range, a variable the index or the chain index does not lead to, a slot changing, a large
  * variable the handle does not map, damage, a signed or untrusted frame, a lock held
- * elsewhere) makes the whole batch SLOW, having decoded nothing: every frame is checked
- * before the first is decoded, so no decoder runs twice. The Python path then reads the batch
+ * elsewhere) makes the whole batch SLOW, having run no decoder: every frame is checked
+ * before the first is decoded, so no decoder runs twice (unpickle.c, which runs no code, may
+ * have read some plain values: they are dropped). The Python path then reads the batch
  * as it always has and reports any error, naming the index. A decoder that fails raises what
  * the single get raises (decode_with); an absent variable is left out of the result, as in
  * Python (tmpfs only: on sysv an index the chain index does not remember is SLOW).
@@ -29,20 +36,29 @@
 
 #include <string.h>
 
-/* One index of a batch: its frame's head, and its payload's place in the scratch buffer. */
+/* One index of a batch: its frame's head, where its payload is read, and its value. */
 typedef struct {
     uint64_t head[3];
-    Py_ssize_t at;      /* payload's first byte in the scratch buffer (a frame's first 16
-                         * bytes before it, which its checksum covers too); -1: absent */
-    Py_ssize_t length;  /* payload bytes */
+    const char *payload;  /* the payload's first byte: in place (a tmpfs slot, a reply), or in
+                           * the scratch buffer once every copy is made (batch_placed) */
+    Py_ssize_t at;        /* the payload's offset in the scratch buffer; IN_PLACE; or ABSENT_AT */
+    Py_ssize_t length;    /* payload bytes */
+    const uint64_t *seal_word; /* tmpfs, in place: the slot's seal, looked at again at the end */
+    uint64_t seal;
+    PyObject *value;      /* decoded; or, if pending, the payload's bytes for its decoder */
+    int pending;
     int trusted;
-    int framed;         /* sysv: 0 for PHP's bare bytes */
+    int framed;           /* sysv: 0 for PHP's bare bytes */
 } Entry;
+
+#define ABSENT_AT (-1)
+#define IN_PLACE (-2)
 
 typedef struct {
     PyObject *indexes;  /* a tuple of exact ints: held, so no code can change it under us */
     Py_ssize_t count;
     Entry *entries;
+    Py_ssize_t read;    /* the entries batch_read has been through: their values are set */
     char *scratch;
     Py_ssize_t used;
     Py_ssize_t capacity;
@@ -78,7 +94,7 @@ batch_open(Batch *batch, PyObject *indexes)
             return 0;
         }
     }
-    /* Not zeroed: every entry is filled in before a batch is checked or decoded. */
+    /* Not zeroed: every entry is filled in before it is read (batch_read's first ``read``). */
     batch->entries = PyMem_Malloc((size_t)(batch->count ? batch->count : 1) * sizeof(Entry));
     if (batch->entries == NULL) {
         PyErr_NoMemory();
@@ -90,6 +106,9 @@ batch_open(Batch *batch, PyObject *indexes)
 static void
 batch_close(Batch *batch)
 {
+    for (Py_ssize_t i = 0; i < batch->read; i++) {
+        Py_CLEAR(batch->entries[i].value);
+    }
     Py_CLEAR(batch->indexes);
     PyMem_Free(batch->entries);
     PyMem_Free(batch->scratch);
@@ -120,29 +139,52 @@ batch_room(Batch *batch, Py_ssize_t length)
 }
 
 /* A frame of ``length`` bytes (header included) copied into the batch as ``entry``: its
- * header into the entry, and its first 16 bytes and payload into the scratch buffer, where
- * one run of the checksum covers them. 0, or -1 (no memory). No Python code runs here. */
+ * header into the entry, its payload into the scratch buffer. 0, or -1 (no memory). No Python
+ * code runs here. */
 static int
 copy_frame(Batch *batch, Entry *entry, const unsigned char *frame, Py_ssize_t length)
 {
-    char *into = batch_room(batch, length - (FRAME_HEADER - 16));
+    char *into = batch_room(batch, length - FRAME_HEADER);
     if (into == NULL) {
         return -1;
     }
     memcpy(entry->head, frame, FRAME_HEADER);
-    memcpy(into, frame, 16);
-    memcpy(into + 16, frame + FRAME_HEADER, (size_t)(length - FRAME_HEADER));
-    entry->at = batch->used + 16;
+    memcpy(into, frame + FRAME_HEADER, (size_t)(length - FRAME_HEADER));
+    entry->at = batch->used;
     entry->length = length - FRAME_HEADER;
     entry->framed = 1;
-    batch->used += length - (FRAME_HEADER - 16);
+    batch->used += length - FRAME_HEADER;
     return 0;
+}
+
+/* A frame of ``length`` bytes read where it is, as ``entry``: its header copied into the
+ * entry, its payload left in place. */
+static void
+place_frame(Entry *entry, const unsigned char *frame, Py_ssize_t length)
+{
+    memcpy(entry->head, frame, FRAME_HEADER);
+    entry->payload = (const char *)frame + FRAME_HEADER;
+    entry->at = IN_PLACE;
+    entry->length = length - FRAME_HEADER;
+    entry->framed = 1;
+}
+
+/* Every copied payload's place, now that the scratch buffer no longer moves. */
+static void
+batch_placed(Batch *batch)
+{
+    for (Py_ssize_t i = 0; i < batch->count; i++) {
+        Entry *entry = &batch->entries[i];
+        if (entry->at >= 0) {
+            entry->payload = batch->scratch + entry->at;
+        }
+    }
 }
 
 /* Whether every framed entry may be decoded here: the checks decode_frame makes (the frame's
  * magic, version and flags, a known codec, its length and checksum, a pickling codec only from
- * a trusted writer). The checksums are computed together (checksum_many). 1, 0, or -1 (no
- * memory: an error set). */
+ * a trusted writer). The checksums are computed together (checksum_many), each from its
+ * header's first 16 bytes on. 1, 0, or -1 (no memory: an error set). */
 static int
 batch_checked(Batch *batch, uint64_t first_word, PyObject *const decoders[256],
               const char executes[256])
@@ -154,7 +196,7 @@ batch_checked(Batch *batch, uint64_t first_word, PyObject *const decoders[256],
     int result = data != NULL && lengths != NULL && crcs != NULL ? 1 : -1;
     for (Py_ssize_t i = 0; i < batch->count && result == 1; i++) {
         const Entry *entry = &batch->entries[i];
-        if (entry->at < 0 || !entry->framed) {
+        if (entry->at == ABSENT_AT || !entry->framed) {
             continue; /* absent (its other fields unset), or PHP's bare bytes */
         }
         unsigned codec = (unsigned)(entry->head[0] >> CODEC_SHIFT) & 0xFF;
@@ -162,15 +204,16 @@ batch_checked(Batch *batch, uint64_t first_word, PyObject *const decoders[256],
             || entry->head[1] != (uint64_t)entry->length || (executes[codec] && !entry->trusted)) {
             result = 0; /* damage, a signature, an untrusted writer: Python says which */
         }
-        data[count] = (const unsigned char *)batch->scratch + entry->at - 16;
-        lengths[count++] = (size_t)entry->length + 16;
+        crcs[count] = checksum(0, (const unsigned char *)entry->head, 16);
+        data[count] = (const unsigned char *)entry->payload;
+        lengths[count++] = (size_t)entry->length;
     }
     if (result == 1) {
         checksum_many(count, data, lengths, crcs);
         count = 0;
         for (Py_ssize_t i = 0; i < batch->count && result == 1; i++) {
             const Entry *entry = &batch->entries[i];
-            if (entry->at >= 0 && entry->framed && entry->head[2] != crcs[count++]) {
+            if (entry->at != ABSENT_AT && entry->framed && entry->head[2] != crcs[count++]) {
                 result = 0;
             }
         }
@@ -184,36 +227,57 @@ batch_checked(Batch *batch, uint64_t first_word, PyObject *const decoders[256],
     return result;
 }
 
-/* One payload decoded by ``decode`` (a plain pickle by unpickle.c, without a bytes object);
- * SLOW only when a decoder without a failure to raise as (PHP's bare values) failed. */
-static PyObject *
-decode_raw(PyObject *decode, PyObject *failed, const char *payload, Py_ssize_t length)
+/* Each entry read as far as no code runs: a plain pickle's value made by unpickle.c, straight
+ * from its payload; any other payload copied into a bytes object, left pending for its decoder
+ * (batch_result), which may run code. Where the payloads are still shared memory (tmpfs), a
+ * writer may change them meanwhile: unpickle.c reads any bytes safely (every length it reads is
+ * checked against the payload's, which was checked before), and what it made is kept only if
+ * the caller finds afterwards that no write landed; a pending copy is decoded only then.
+ * 0, or -1 with an error set. */
+static int
+batch_read(Batch *batch, PyObject *const decoders[256], PyObject *native)
 {
-    if (decode == pickle_loads) {
-        PyObject *value = plain_loads(payload, length);
-        if (value != NULL || (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception))) {
-            return value;
+    for (Py_ssize_t i = 0; i < batch->count; i++) {
+        Entry *entry = &batch->entries[i];
+        entry->value = NULL;
+        entry->pending = 0;
+        batch->read = i + 1;
+        if (entry->at == ABSENT_AT) {
+            continue;
         }
-        PyErr_Clear(); /* declined: pickle.loads reads it (decode_with tries unpickle.c again) */
+        PyObject *decode = native;
+        if (entry->framed) {
+            decode = decoders[(entry->head[0] >> CODEC_SHIFT) & 0xFF];
+        }
+        if (decode == pickle_loads) {
+            entry->value = plain_loads(entry->payload, entry->length);
+            if (entry->value != NULL) {
+                continue;
+            }
+            if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
+                return -1;
+            }
+            PyErr_Clear(); /* declined: pickle.loads reads it (decode_with tries unpickle.c again) */
+        }
+        entry->value = PyBytes_FromStringAndSize(entry->payload, entry->length);
+        if (entry->value == NULL) {
+            return -1;
+        }
+        entry->pending = 1;
     }
-    PyObject *bytes = PyBytes_FromStringAndSize(payload, length);
-    return bytes != NULL ? decode_with(decode, failed, bytes) : NULL;
+    return 0;
 }
 
-/* The batch's values decoded in order into a new dict; SLOW (nothing returned) if a decoder
- * declined. Code runs here: the scratch buffer and the tables are the caller's to keep. */
+/* The batch's values into a new dict, in order, the pending ones decoded first; SLOW (nothing
+ * returned) if a decoder declined. Code runs here: the tables are the caller's to keep. */
 static PyObject *
-batch_decode(Batch *batch, PyObject *const decoders[256], PyObject *const failures[256],
+batch_result(Batch *batch, PyObject *const decoders[256], PyObject *const failures[256],
              PyObject *native)
 {
-    PyObject *found = PyDict_New();
-    if (found == NULL) {
-        return NULL;
-    }
     for (Py_ssize_t i = 0; i < batch->count; i++) {
-        const Entry *entry = &batch->entries[i];
-        if (entry->at < 0) {
-            continue; /* absent */
+        Entry *entry = &batch->entries[i];
+        if (!entry->pending) {
+            continue;
         }
         PyObject *decode = native, *failed = NULL;
         if (entry->framed) {
@@ -221,14 +285,23 @@ batch_decode(Batch *batch, PyObject *const decoders[256], PyObject *const failur
             decode = decoders[codec];
             failed = failures[codec];
         }
-        PyObject *value = decode_raw(decode, failed, batch->scratch + entry->at, entry->length);
+        PyObject *payload = entry->value;
+        entry->value = NULL;
+        entry->pending = 0;
+        PyObject *value = decode_with(decode, failed, payload); /* steals the payload */
         if (value == NULL || value == SLOW) {
-            Py_DECREF(found);
             return value; /* NULL: the decoder's error; SLOW (a new reference): Python's way */
         }
-        int stored = PyDict_SetItem(found, PyTuple_GET_ITEM(batch->indexes, i), value);
-        Py_DECREF(value);
-        if (stored < 0) {
+        entry->value = value;
+    }
+    PyObject *found = PyDict_New();
+    if (found == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < batch->count; i++) {
+        const Entry *entry = &batch->entries[i];
+        if (entry->value != NULL
+            && PyDict_SetItem(found, PyTuple_GET_ITEM(batch->indexes, i), entry->value) < 0) {
             Py_DECREF(found);
             return NULL;
         }
@@ -236,11 +309,31 @@ batch_decode(Batch *batch, PyObject *const decoders[256], PyObject *const failur
     return found;
 }
 
+/* The batch read and decoded, its entries all found (1 from ``found``), for a batch whose
+ * payloads no longer change (copied, or in bytes that are never written). */
+static PyObject *
+batch_finish(Batch *batch, int found, uint64_t first_word, PyObject *const decoders[256],
+             PyObject *const failures[256], const char executes[256], PyObject *native)
+{
+    if (found > 0) {
+        batch_placed(batch);
+        found = batch_checked(batch, first_word, decoders, executes);
+    }
+    if (found > 0) {
+        found = batch_read(batch, decoders, native) < 0 ? -1 : 1;
+    }
+    if (found > 0) {
+        return batch_result(batch, decoders, failures, native);
+    }
+    return found == 0 ? slow() : NULL;
+}
+
 /* ------------------------------------------------------------------------------ tmpfs */
 
-/* One slot's frame copied into the batch (slab_get's checks and copy): 1, 0 SLOW, -1 error. */
+/* One slot's frame found for the batch, in place (slab_get's checks, without its copy):
+ * 1, 0 SLOW. Its seal is kept, to be looked at again once the batch is read. */
 static int
-copy_slot(Hot *self, Batch *batch, Entry *entry, uint64_t loc, uint64_t key)
+place_slot(Hot *self, Entry *entry, uint64_t loc, uint64_t key)
 {
     Slot slot;
     if (open_slot(self, loc, &slot, 1) < 0) {
@@ -252,14 +345,11 @@ copy_slot(Hot *self, Batch *batch, Entry *entry, uint64_t loc, uint64_t key)
         || length + SLOT_HEADER > slot.slot_size) {
         return 0;
     }
-    const unsigned char *frame = (const unsigned char *)&slot.words[slot.at] + SLOT_HEADER;
-    if (copy_frame(batch, entry, frame, (Py_ssize_t)length) < 0) {
-        return -1;
-    }
-    __atomic_thread_fence(__ATOMIC_ACQUIRE); /* the copies before the seal is read again */
-    if (load(&slot.words[slot.at]) != seal) {
-        return 0;
-    }
+    /* The length is a local, checked against the slot's size: whatever a writer does to the
+     * slot meanwhile, every read of the frame stays inside the mapping (kept until leave()). */
+    place_frame(entry, (const unsigned char *)&slot.words[slot.at] + SLOT_HEADER, (Py_ssize_t)length);
+    entry->seal_word = &slot.words[slot.at];
+    entry->seal = seal;
     entry->trusted = slot.trusted;
     return 1;
 }
@@ -313,17 +403,17 @@ copy_large(Hot *self, Batch *batch, Entry *entry, PyObject *index)
     return result;
 }
 
-/* Every index's frame copied, between two looks at STATE and GENERATION: 1 a consistent
- * copy, 0 SLOW, -1 error. */
+/* Every index's frame found (a slot's in place, a large variable's copied), after a look at
+ * STATE and GENERATION (``generation``: what it was): 1, 0 SLOW, -1 error. */
 static int
-tmpfs_copy(Hot *self, Batch *batch)
+tmpfs_find(Hot *self, Batch *batch, uint64_t *generation)
 {
     uint64_t *meta = meta_words(self), *index = self->index_words;
     if (self->closing || meta == NULL || index == NULL || self->epoch != fork_epoch) {
         return 0;
     }
     uint64_t gen = self->index_gen;
-    uint64_t generation = load(&meta[M_GENERATION]);
+    *generation = load(&meta[M_GENERATION]);
     if (load(&meta[M_STATE]) != 0 || load(&meta[M_RECOVERIES]) != self->recoveries
         || load(&meta[M_INDEX_GEN]) != gen) {
         return 0; /* DIRTY or destroyed, recovered, or another index: Python's way */
@@ -339,46 +429,73 @@ tmpfs_copy(Hot *self, Batch *batch)
         Entry *entry = &batch->entries[i];
         uint64_t key = PyLong_AsUnsignedLongLongMask(object), word = 0;
         uint64_t loc = find(index, index_length, key, &word);
-        int copied;
+        int found;
         if (loc == ~0ULL) {
             return 0; /* damage: Python says so */
         }
         if (loc <= LOC_TOMB) {
-            entry->at = -1; /* absent, if the generation holds till the end */
+            entry->at = ABSENT_AT; /* absent, if the generation holds till the end */
             continue;
         }
-        copied = loc == LOC_LARGE ? copy_large(self, batch, entry, object)
-                                  : copy_slot(self, batch, entry, loc, key);
-        if (copied <= 0) {
-            return copied;
+        found = loc == LOC_LARGE ? copy_large(self, batch, entry, object)
+                                 : place_slot(self, entry, loc, key);
+        if (found <= 0) {
+            return found;
         }
-    }
-    __atomic_thread_fence(__ATOMIC_ACQUIRE); /* every copy before STATE and GENERATION again */
-    if (self->closing || load(&meta[M_STATE]) != 0 || load(&meta[M_GENERATION]) != generation
-        || load(&meta[M_RECOVERIES]) != self->recoveries || load(&meta[M_INDEX_GEN]) != gen) {
-        return 0; /* a write landed meanwhile */
     }
     return 1;
 }
 
+/* Whether no write landed since tmpfs_find's look: STATE clear and GENERATION as it was then,
+ * every slot read in place still sealed as it was, the handle open. Every read of the batch
+ * (checksums, unpickling in place, pending copies) comes before this. */
+static int
+tmpfs_unchanged(Hot *self, const Batch *batch, uint64_t generation)
+{
+    uint64_t *meta = meta_words(self);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE); /* every read of the batch before these loads */
+    if (self->closing || meta == NULL || load(&meta[M_STATE]) != 0
+        || load(&meta[M_GENERATION]) != generation || load(&meta[M_RECOVERIES]) != self->recoveries
+        || load(&meta[M_INDEX_GEN]) != self->index_gen) {
+        return 0; /* a write landed meanwhile, or the handle was closed */
+    }
+    for (Py_ssize_t i = 0; i < batch->count; i++) {
+        const Entry *entry = &batch->entries[i];
+        if (entry->at == IN_PLACE && load(entry->seal_word) != entry->seal) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The batch, read without a lock and without copying a slot's frame: found, checked and
+ * unpickled where it lies, then kept only if tmpfs_unchanged finds that no write landed since
+ * the first look (a seqlock's read side over the whole segment); a payload for a decoder that
+ * runs code is copied, and decoded only after that. */
 static PyObject *
 tmpfs_get_many(Hot *self, PyObject *indexes)
 {
     Batch batch;
-    int opened = batch_open(&batch, indexes);
-    if (opened <= 0) {
-        batch_close(&batch);
-        return opened < 0 ? NULL : slow();
+    int found = batch_open(&batch, indexes);
+    uint64_t generation = 0;
+    if (found > 0) {
+        found = tmpfs_find(self, &batch, &generation);
     }
-    int copied = tmpfs_copy(self, &batch);
+    if (found > 0) {
+        batch_placed(&batch);
+        found = batch_checked(&batch, self->first_word, self->decoders, self->executes);
+    }
+    if (found > 0) {
+        found = batch_read(&batch, self->decoders, NULL) < 0 ? -1 : 1;
+    }
+    if (found > 0) {
+        found = tmpfs_unchanged(self, &batch, generation);
+    }
     PyObject *result = NULL;
-    if (copied > 0) {
-        copied = batch_checked(&batch, self->first_word, self->decoders, self->executes);
+    if (found > 0) {
+        result = batch_result(&batch, self->decoders, self->failures, NULL);
     }
-    if (copied > 0) {
-        result = batch_decode(&batch, self->decoders, self->failures, NULL);
-    }
-    else if (copied == 0) {
+    else if (found == 0) {
         result = slow();
     }
     batch_close(&batch);
@@ -474,17 +591,8 @@ sysv_batch(SysvHot *self, PyObject *indexes)
         batch_close(&batch);
         return opened < 0 ? NULL : slow();
     }
-    int copied = sysv_copy(self, &batch);
-    PyObject *result = NULL;
-    if (copied > 0) {
-        copied = batch_checked(&batch, self->first_word, self->decoders, self->executes);
-    }
-    if (copied > 0) {
-        result = batch_decode(&batch, self->decoders, self->failures, self->native);
-    }
-    else if (copied == 0) {
-        result = slow();
-    }
+    PyObject *result = batch_finish(&batch, sysv_copy(self, &batch), self->first_word,
+                                    self->decoders, self->failures, self->executes, self->native);
     batch_close(&batch);
     return result;
 }
@@ -521,10 +629,10 @@ typedef struct {
 
 #define ABSENT 0xFFFFFFFFU
 
-/* Every frame of ``reply`` copied into the batch: 1, 0 SLOW (a malformed reply, a frame too
- * short or too long for here), -1 error. */
+/* Every frame of ``reply`` found for the batch, read where it is (the reply is held, and
+ * bytes never change): 1, 0 SLOW (a malformed reply, a frame too short or too long for here). */
 static int
-frames_copy(Batch *batch, const unsigned char *reply, Py_ssize_t size, int trusted)
+frames_place(Batch *batch, const unsigned char *reply, Py_ssize_t size, int trusted)
 {
     if (batch->count > size / 4) {
         return 0;
@@ -535,15 +643,13 @@ frames_copy(Batch *batch, const unsigned char *reply, Py_ssize_t size, int trust
         uint32_t length;
         memcpy(&length, reply + 4 * i, 4); /* little-endian, checked in hot.h */
         if (length == ABSENT) {
-            entry->at = -1;
+            entry->at = ABSENT_AT;
             continue;
         }
         if (length < FRAME_HEADER || length > SMALL || (Py_ssize_t)length > size - at) {
             return 0;
         }
-        if (copy_frame(batch, entry, reply + at, (Py_ssize_t)length) < 0) {
-            return -1;
-        }
+        place_frame(entry, reply + at, (Py_ssize_t)length);
         entry->trusted = trusted;
         at += length;
     }
@@ -574,23 +680,15 @@ frames_decode(Frames *self, PyObject *const *args, Py_ssize_t nargs)
         batch_close(&batch);
         return opened < 0 ? NULL : slow();
     }
-    PyObject *reply = Py_NewRef(args[1]);
-    int copied = frames_copy(&batch, (const unsigned char *)PyBytes_AS_STRING(reply),
+    PyObject *reply = Py_NewRef(args[1]); /* read in place until the end */
+    int found = frames_place(&batch, (const unsigned char *)PyBytes_AS_STRING(reply),
                              PyBytes_GET_SIZE(reply), trusted);
-    Py_DECREF(reply);
-    if (copied > 0) {
-        copied = batch_checked(&batch, self->first_word, self->decoders, self->executes);
-    }
-    PyObject *result = NULL;
-    if (copied > 0) {
-        Py_INCREF(self); /* its tables, across the decoders' code */
-        result = batch_decode(&batch, self->decoders, self->failures, NULL);
-        Py_DECREF(self);
-    }
-    else if (copied == 0) {
-        result = slow();
-    }
+    Py_INCREF(self); /* its tables, across the decoders' code */
+    PyObject *result = batch_finish(&batch, found, self->first_word, self->decoders,
+                                    self->failures, self->executes, NULL);
+    Py_DECREF(self);
     batch_close(&batch);
+    Py_DECREF(reply);
     return result;
 }
 
