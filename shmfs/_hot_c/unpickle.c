@@ -43,13 +43,12 @@ take(Reader *r, Py_ssize_t count)
     return bytes;
 }
 
+/* ``count`` (at most 8) little-endian bytes: the host's order (hot.h), so one load. */
 static uint64_t
 little(const unsigned char *bytes, int count)
 {
     uint64_t value = 0;
-    for (int i = count - 1; i >= 0; i--) {
-        value = value << 8 | bytes[i];
-    }
+    memcpy(&value, bytes, (size_t)count);
     return value;
 }
 
