@@ -210,6 +210,48 @@ def test_a_tmpfs_write_landing_mid_batch_sends_the_batch_the_python_way(
         seg.destroy()
 
 
+def test_a_batch_asked_again_answers_as_the_first_time(
+    pair: tuple[shmfs.Segment, shmfs.Segment],
+) -> None:
+    """The keys of a batch asked twice in a row are kept, and the dicts of the batches asking
+    the same keys again are copies of them with the values replaced (batch.c's result_dict):
+    each answer is still this batch's values, in the order asked, whatever changed meanwhile
+    and whatever the caller did with an earlier answer."""
+    seg, pure = pair
+    big = 10**12  # ints made anew compare equal but are not the same objects
+    values = {big + n: f"value {n}" for n in range(20)}
+    seg.put_many(values)
+    asked = [big + n for n in (5, 3, 9, 0, 17)]
+
+    def check(indexes: list[int]) -> dict[int, Any]:
+        found = c_batch(seg, indexes)
+        if found is SLOW and seg.backend == "sysv":  # an absent index: sysv's C call declines
+            assert not set(indexes) <= set(pure.get_many(indexes))
+            found = seg.get_many(indexes)
+        assert found is not SLOW
+        expected = pure.get_many(indexes)
+        assert found == expected and list(found) == list(expected), indexes
+        return dict(found)
+
+    for _ in range(3):
+        answer = c_batch(seg, asked)
+        assert answer == {index: values[index] for index in asked}
+        answer[big + 99] = "the caller's own"  # a dict of the caller's: not the kept keys
+        del answer[asked[0]]
+    check([int(str(index)) for index in asked])  # equal ints, other objects
+    seg[asked[1]] = ["changed", 1]
+    assert check(asked)[asked[1]] == ["changed", 1]
+    check(asked[::-1])  # the same keys in another order
+    check(asked[:-1])
+    check([*asked[:-1], big + 18])  # as many keys, one other
+    check([*asked, asked[0]])  # one twice
+    del seg[asked[2]]
+    assert asked[2] not in check(asked)
+    seg[asked[2]] = "back"
+    for _ in range(3):
+        assert check(asked)[asked[2]] == "back"
+
+
 @pytest.mark.parametrize("writes", [True, False])
 def test_a_tmpfs_write_landing_while_the_batch_unpickles_in_place_is_caught(
     root: str, key: int, writes: bool

@@ -39,6 +39,7 @@
 /* One index of a batch: its frame's head, where its payload is read, and its value. */
 typedef struct {
     uint64_t head[3];
+    int64_t key;          /* the index */
     const char *payload;  /* the payload's first byte: in place (a tmpfs slot, a reply), or in
                            * the scratch buffer once every copy is made (batch_placed) */
     Py_ssize_t at;        /* the payload's offset in the scratch buffer; IN_PLACE; or ABSENT_AT */
@@ -83,22 +84,22 @@ batch_open(Batch *batch, PyObject *indexes)
         return 0;
     }
     batch->count = PyTuple_GET_SIZE(batch->indexes);
+    /* Not zeroed: every entry is filled in before it is read (batch_read's first ``read``). */
+    batch->entries = PyMem_Malloc((size_t)(batch->count ? batch->count : 1) * sizeof(Entry));
+    if (batch->entries == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     for (Py_ssize_t i = 0; i < batch->count; i++) {
         PyObject *index = PyTuple_GET_ITEM(batch->indexes, i);
         int overflow = 0;
         if (!PyLong_CheckExact(index)) {
             return 0;
         }
-        (void)PyLong_AsLongLongAndOverflow(index, &overflow);
+        batch->entries[i].key = PyLong_AsLongLongAndOverflow(index, &overflow);
         if (overflow != 0) {
             return 0;
         }
-    }
-    /* Not zeroed: every entry is filled in before it is read (batch_read's first ``read``). */
-    batch->entries = PyMem_Malloc((size_t)(batch->count ? batch->count : 1) * sizeof(Entry));
-    if (batch->entries == NULL) {
-        PyErr_NoMemory();
-        return -1;
     }
     return 1;
 }
@@ -190,6 +191,9 @@ batch_checked(Batch *batch, uint64_t first_word, PyObject *const decoders[256],
               const char executes[256])
 {
     Py_ssize_t count = 0;
+    uint64_t word = 0, length = 0; /* the last header's first 16 bytes, and their crc: most */
+    uint32_t head_crc = checksum(0, (const unsigned char *)&word, 8); /* batches repeat them */
+    head_crc = checksum(head_crc, (const unsigned char *)&length, 8);
     const unsigned char **data = PyMem_Malloc((size_t)(batch->count + 1) * sizeof(*data));
     size_t *lengths = PyMem_Malloc((size_t)(batch->count + 1) * sizeof(*lengths));
     uint32_t *crcs = PyMem_Malloc((size_t)(batch->count + 1) * sizeof(*crcs));
@@ -204,7 +208,12 @@ batch_checked(Batch *batch, uint64_t first_word, PyObject *const decoders[256],
             || entry->head[1] != (uint64_t)entry->length || (executes[codec] && !entry->trusted)) {
             result = 0; /* damage, a signature, an untrusted writer: Python says which */
         }
-        crcs[count] = checksum(0, (const unsigned char *)entry->head, 16);
+        if (entry->head[0] != word || entry->head[1] != length) {
+            word = entry->head[0];
+            length = entry->head[1];
+            head_crc = checksum(0, (const unsigned char *)entry->head, 16);
+        }
+        crcs[count] = head_crc;
         data[count] = (const unsigned char *)entry->payload;
         lengths[count++] = (size_t)entry->length;
     }
@@ -268,6 +277,91 @@ batch_read(Batch *batch, PyObject *const decoders[256], PyObject *native)
     return 0;
 }
 
+/* The dict of a batch's keys, None for values, kept from an earlier batch (see result_dict),
+ * with that batch's indexes; and a fingerprint of the last batch that did not match them. */
+static PyObject *kept_keys;
+static PyObject *kept_indexes;
+static uint64_t missed_print;
+
+/* Batches up to this many keys keep their dict of keys (the ints it holds stay alive). */
+#define KEPT_KEYS_MAX 4096
+
+/* Whether every entry has a value and ``indexes`` (a kept batch's) are the batch's, in order
+ * (the same ints, or equal ones: no code runs). */
+static int
+keys_match(const Batch *batch, PyObject *indexes)
+{
+    if (PyTuple_GET_SIZE(indexes) != batch->count) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < batch->count; i++) {
+        PyObject *kept = PyTuple_GET_ITEM(indexes, i), *index = PyTuple_GET_ITEM(batch->indexes, i);
+        if (batch->entries[i].value == NULL
+            || (kept != index && PyObject_RichCompareBool(kept, index, Py_EQ) != 1)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The batch's values into a new dict, in the order asked. A dict grown key by key is resized
+ * on the way (five times for 100 keys) and each key is inserted anew, which costs about as
+ * much as finding and unpickling a short value; a copy of a dict of the same keys is made at
+ * its size at once (CPython copies its table whole), and only its values are replaced. So the
+ * keys of a batch asked twice in a row (a fingerprint of its indexes tells) are kept, as a
+ * dict with None for values, and used while batches ask for the same keys: the common case
+ * of a page or a job reading the same variables again and again. */
+static PyObject *
+result_dict(Batch *batch)
+{
+    PyObject *found = NULL;
+    if (kept_keys != NULL && keys_match(batch, kept_indexes)) {
+        PyObject *keys = Py_NewRef(kept_keys); /* held: a collection may replace it meanwhile */
+        found = PyDict_Copy(keys);
+        Py_DECREF(keys);
+        for (Py_ssize_t i = 0; found != NULL && i < batch->count; i++) {
+            if (PyDict_SetItem(found, PyTuple_GET_ITEM(batch->indexes, i), batch->entries[i].value) < 0) {
+                Py_CLEAR(found);
+            }
+        }
+        return found;
+    }
+    found = PyDict_New();
+    uint64_t print = (uint64_t)batch->count;
+    for (Py_ssize_t i = 0; found != NULL && i < batch->count; i++) {
+        const Entry *entry = &batch->entries[i];
+        PyObject *index = PyTuple_GET_ITEM(batch->indexes, i);
+        print = (print ^ (uint64_t)entry->key) * 0x9E3779B97F4A7C15ULL;
+        if (entry->value != NULL && PyDict_SetItem(found, index, entry->value) < 0) {
+            Py_CLEAR(found);
+        }
+    }
+    if (found == NULL || PyDict_GET_SIZE(found) != batch->count || batch->count > KEPT_KEYS_MAX) {
+        return found; /* an index absent or asked twice: no keys kept */
+    }
+    if (print != missed_print) {
+        missed_print = print; /* seen once: kept if the next batch asks the same */
+        return found;
+    }
+    PyObject *keys = PyDict_New();
+    for (Py_ssize_t i = 0; keys != NULL && i < batch->count; i++) {
+        if (PyDict_SetItem(keys, PyTuple_GET_ITEM(batch->indexes, i), Py_None) < 0) {
+            Py_CLEAR(keys);
+        }
+    }
+    if (keys == NULL) {
+        PyErr_Clear(); /* (no memory: the result stands, without kept keys) */
+        return found;
+    }
+    /* Both set before either old one is let go (which can run code that batches again). */
+    PyObject *old_keys = kept_keys, *old_indexes = kept_indexes;
+    kept_keys = keys;
+    kept_indexes = Py_NewRef(batch->indexes);
+    Py_XDECREF(old_keys);
+    Py_XDECREF(old_indexes);
+    return found;
+}
+
 /* The batch's values into a new dict, in order, the pending ones decoded first; SLOW (nothing
  * returned) if a decoder declined. Code runs here: the tables are the caller's to keep. */
 static PyObject *
@@ -294,19 +388,7 @@ batch_result(Batch *batch, PyObject *const decoders[256], PyObject *const failur
         }
         entry->value = value;
     }
-    PyObject *found = PyDict_New();
-    if (found == NULL) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < batch->count; i++) {
-        const Entry *entry = &batch->entries[i];
-        if (entry->value != NULL
-            && PyDict_SetItem(found, PyTuple_GET_ITEM(batch->indexes, i), entry->value) < 0) {
-            Py_DECREF(found);
-            return NULL;
-        }
-    }
-    return found;
+    return result_dict(batch);
 }
 
 /* The batch read and decoded, its entries all found (1 from ``found``), for a batch whose
@@ -427,7 +509,7 @@ tmpfs_find(Hot *self, Batch *batch, uint64_t *generation)
         }
         PyObject *object = PyTuple_GET_ITEM(batch->indexes, i);
         Entry *entry = &batch->entries[i];
-        uint64_t key = PyLong_AsUnsignedLongLongMask(object), word = 0;
+        uint64_t key = (uint64_t)entry->key, word = 0;
         uint64_t loc = find(index, index_length, key, &word);
         int found;
         if (loc == ~0ULL) {
@@ -544,7 +626,7 @@ sysv_copy(SysvHot *self, Batch *batch)
     int64_t end = sysv_checked_end(self);
     for (Py_ssize_t i = 0; i < batch->count && result == 1; i++) {
         Entry *entry = &batch->entries[i];
-        int64_t key = PyLong_AsLongLong(PyTuple_GET_ITEM(batch->indexes, i)); /* checked */
+        int64_t key = entry->key;
         int64_t length, step;
         if (end < 0 || !sysv_proved(self, key, entry->at, end, &length, &step)) {
             result = 0;
