@@ -412,15 +412,31 @@ batch_finish(Batch *batch, int found, uint64_t first_word, PyObject *const decod
 
 /* ------------------------------------------------------------------------------ tmpfs */
 
+/* The last slot a batch found: its file's mapping serves the next slot in the same file (the
+ * mappings are kept until leave(), and this lives no longer than the call). */
+typedef struct {
+    uint64_t loc; /* its location; 0: none yet */
+    Slot slot;
+} Near;
+
 /* One slot's frame found for the batch, in place (slab_get's checks, without its copy):
  * 1, 0 SLOW. Its seal is kept, to be looked at again once the batch is read. */
 static int
-place_slot(Hot *self, Entry *entry, uint64_t loc, uint64_t key)
+place_slot(Hot *self, Entry *entry, uint64_t loc, uint64_t key, Near *near)
 {
-    Slot slot;
-    if (open_slot(self, loc, &slot, 1) < 0) {
+    Slot slot = near->slot;
+    uint64_t index = loc & (LOC_SLOTS - 1);
+    if (near->loc == 0 || (loc ^ near->loc) >> LOC_FILE_SHIFT != 0) {
+        if (open_slot(self, loc, &slot, 1) < 0) {
+            return 0;
+        }
+        near->loc = loc;
+        near->slot = slot;
+    }
+    else if (index >= slot.slots) {
         return 0;
     }
+    slot.at = (SLAB_HEADER + index * slot.slot_size) / WORD;
     uint64_t seal = load(&slot.words[slot.at]);
     uint64_t length = seal & SEAL_LENGTH_MASK;
     if (seal == 0 || load(&slot.words[slot.at + 1]) != key || length < FRAME_HEADER
@@ -501,6 +517,7 @@ tmpfs_find(Hot *self, Batch *batch, uint64_t *generation)
         return 0; /* DIRTY or destroyed, recovered, or another index: Python's way */
     }
     Py_ssize_t index_length = self->index_buffer.len;
+    Near near = {0};
     for (Py_ssize_t i = 0; i < batch->count; i++) {
         /* What a call below ran (mapping a file) may have closed the handle or set another
          * index: the kept mappings stay until leave(), and a new index is taken only then. */
@@ -520,7 +537,7 @@ tmpfs_find(Hot *self, Batch *batch, uint64_t *generation)
             continue;
         }
         found = loc == LOC_LARGE ? copy_large(self, batch, entry, object)
-                                 : place_slot(self, entry, loc, key);
+                                 : place_slot(self, entry, loc, key, &near);
         if (found <= 0) {
             return found;
         }

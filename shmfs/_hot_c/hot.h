@@ -110,6 +110,7 @@ typedef struct {
     uint64_t *words;
     uint64_t at;        /* the slot's first word */
     uint64_t slot_size;
+    uint64_t slots;     /* its file's */
     int trusted;
     int writable;
 } Slot;

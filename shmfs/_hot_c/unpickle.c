@@ -15,6 +15,9 @@
 #include "hot.h"
 
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define STACK 256  /* deeper or wider pickles are declined: plain values are small */
 #define MARKS 64
@@ -143,6 +146,15 @@ text_of(const unsigned char *body, Py_ssize_t count)
         unsigned char *into = PyUnicode_DATA(text);
         uint64_t high = 0, one, two;
         Py_ssize_t i = 0;
+#ifdef __SSE2__
+        __m128i wide = _mm_setzero_si128();
+        for (; i + 16 <= count; i += 16) {
+            __m128i block = _mm_loadu_si128((const __m128i *)(body + i));
+            wide = _mm_or_si128(wide, block);
+            _mm_storeu_si128((__m128i *)(into + i), block);
+        }
+        high = _mm_movemask_epi8(wide) != 0 ? 0x80 : 0;
+#endif
         for (; i + 16 <= count; i += 16) {
             memcpy(&one, body + i, 8);
             memcpy(&two, body + i + 8, 8);
