@@ -258,13 +258,14 @@ def test_a_tmpfs_write_landing_while_the_batch_unpickles_in_place_is_caught(
 ) -> None:
     """tmpfs's batch unpickles plain values where they lie, in the slots, and keeps what it made
     only if STATE, GENERATION and each slot's seal are as they were before the first read. Here
-    a collection, started by unpickling 0 (a list of lists), runs a callback that replaces 1
-    and then stores 2 in the slot 1 had (the slot freed last is the next one used): read in
-    place, 1 would have 2's value. The control: the callback writes nothing."""
+    a collection, started by unpickling 1 (a list of lists) after its header and checksum were
+    checked, runs a callback that replaces 1 and then stores 2 in the slot 1 had (the slot
+    freed last is the next one used): the rest of 1 would be read from 2's bytes. The control:
+    the callback writes nothing."""
     seg = shmfs.attach(key, 1 << 20, root=root)
     writer = shmfs.attach(key, root=root)
     reader = shmfs.attach(key, root=root)
-    first = {0: [[n] for n in range(50)], 1: "one " * 10}
+    first = {0: "zero", 1: [[n] for n in range(50)]}
     try:
         seg.put_many(first)
         assert reader.get_many([0, 1]) == first  # maps the slab files: no Python code runs
@@ -276,8 +277,8 @@ def test_a_tmpfs_write_landing_while_the_batch_unpickles_in_place_is_caught(
             if phase == "start" and armed and not fired:
                 fired.append(True)
                 if writes:
-                    writer[1] = "new " * 10
-                    writer[2] = "two " * 10
+                    writer[1] = "new"
+                    writer[2] = [[n + 100] for n in range(50)]
 
         armed = False
         threshold = gc.get_threshold()
@@ -292,9 +293,9 @@ def test_a_tmpfs_write_landing_while_the_batch_unpickles_in_place_is_caught(
             gc.callbacks.remove(meddle)
         assert fired
         if writes:
-            assert location(reader, 2) == was  # 2 is where 1 was read from
+            assert location(reader, 2) == was  # 2 is where 1 was being read from
             assert found is SLOW
-            assert reader.get_many([0, 1, 2]) == {0: first[0], 1: "new " * 10, 2: "two " * 10}
+            assert reader.get_many([0, 1, 2]) == {0: "zero", 1: "new", 2: seg[2]}
         else:
             assert found == first
     finally:

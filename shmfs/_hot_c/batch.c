@@ -26,8 +26,8 @@
  * range, a variable the index or the chain index does not lead to, a slot changing, a large
  * variable the handle does not map, damage, a signed or untrusted frame, a lock held
  * elsewhere) makes the whole batch SLOW, having run no decoder: every frame is checked
- * before the first is decoded, so no decoder runs twice (unpickle.c, which runs no code, may
- * have read some plain values: they are dropped). The Python path then reads the batch
+ * before the first decoder runs, so no decoder runs twice (unpickle.c, which runs no code, may
+ * have read some plain values by then: they are dropped). The Python path then reads the batch
  * as it always has and reports any error, naming the index. A decoder that fails raises what
  * the single get raises (decode_with); an absent variable is left out of the result, as in
  * Python (tmpfs only: on sysv an index the chain index does not remember is SLOW).
@@ -182,18 +182,48 @@ batch_placed(Batch *batch)
     }
 }
 
-/* Whether every framed entry may be decoded here: the checks decode_frame makes (the frame's
- * magic, version and flags, a known codec, its length and checksum, a pickling codec only from
- * a trusted writer). The checksums are computed together (checksum_many), each from its
- * header's first 16 bytes on. 1, 0, or -1 (no memory: an error set). */
+/* The crc of the last frame header's first 16 bytes, kept for the next one: most batches
+ * repeat them (one codec, values of one length). */
+typedef struct {
+    uint64_t word;
+    uint64_t length;
+    uint32_t crc;
+    int set;
+} HeadCrc;
+
+static uint32_t
+head_crc(HeadCrc *kept, const uint64_t head[3])
+{
+    if (!kept->set || head[0] != kept->word || head[1] != kept->length) {
+        kept->word = head[0];
+        kept->length = head[1];
+        kept->crc = checksum(0, (const unsigned char *)head, 16);
+        kept->set = 1;
+    }
+    return kept->crc;
+}
+
+/* Whether a framed entry's header passes the checks decode_frame makes (the frame's magic,
+ * version and flags, a known codec, its length, a pickling codec only from a trusted writer);
+ * its checksum is the caller's to check. */
+static int
+frame_fits(const Entry *entry, uint64_t first_word, PyObject *const decoders[256],
+           const char executes[256])
+{
+    unsigned codec = (unsigned)(entry->head[0] >> CODEC_SHIFT) & 0xFF;
+    return (entry->head[0] & ~(0xFFULL << CODEC_SHIFT)) == first_word && decoders[codec] != NULL
+           && entry->head[1] == (uint64_t)entry->length && (!executes[codec] || entry->trusted);
+}
+
+/* Whether every framed entry may be decoded here: frame_fits, and its checksum. The checksums
+ * are computed together (checksum_many), each from its header's first 16 bytes on. 1, 0
+ * (damage, a signature, an untrusted writer: Python says which), or -1 (no memory). */
 static int
 batch_checked(Batch *batch, uint64_t first_word, PyObject *const decoders[256],
               const char executes[256])
 {
     Py_ssize_t count = 0;
-    uint64_t word = 0, length = 0; /* the last header's first 16 bytes, and their crc: most */
-    uint32_t head_crc = checksum(0, (const unsigned char *)&word, 8); /* batches repeat them */
-    head_crc = checksum(head_crc, (const unsigned char *)&length, 8);
+    HeadCrc kept = {0};
     const unsigned char **data = PyMem_Malloc((size_t)(batch->count + 1) * sizeof(*data));
     size_t *lengths = PyMem_Malloc((size_t)(batch->count + 1) * sizeof(*lengths));
     uint32_t *crcs = PyMem_Malloc((size_t)(batch->count + 1) * sizeof(*crcs));
@@ -203,17 +233,10 @@ batch_checked(Batch *batch, uint64_t first_word, PyObject *const decoders[256],
         if (entry->at == ABSENT_AT || !entry->framed) {
             continue; /* absent (its other fields unset), or PHP's bare bytes */
         }
-        unsigned codec = (unsigned)(entry->head[0] >> CODEC_SHIFT) & 0xFF;
-        if ((entry->head[0] & ~(0xFFULL << CODEC_SHIFT)) != first_word || decoders[codec] == NULL
-            || entry->head[1] != (uint64_t)entry->length || (executes[codec] && !entry->trusted)) {
-            result = 0; /* damage, a signature, an untrusted writer: Python says which */
+        if (!frame_fits(entry, first_word, decoders, executes)) {
+            result = 0;
         }
-        if (entry->head[0] != word || entry->head[1] != length) {
-            word = entry->head[0];
-            length = entry->head[1];
-            head_crc = checksum(0, (const unsigned char *)entry->head, 16);
-        }
-        crcs[count] = head_crc;
+        crcs[count] = head_crc(&kept, entry->head);
         data[count] = (const unsigned char *)entry->payload;
         lengths[count++] = (size_t)entry->length;
     }
@@ -236,43 +259,53 @@ batch_checked(Batch *batch, uint64_t first_word, PyObject *const decoders[256],
     return result;
 }
 
-/* Each entry read as far as no code runs: a plain pickle's value made by unpickle.c, straight
- * from its payload; any other payload copied into a bytes object, left pending for its decoder
- * (batch_result), which may run code. Where the payloads are still shared memory (tmpfs), a
- * writer may change them meanwhile: unpickle.c reads any bytes safely (every length it reads is
- * checked against the payload's, which was checked before), and what it made is kept only if
- * the caller finds afterwards that no write landed; a pending copy is decoded only then.
- * 0, or -1 with an error set. */
+/* The batch's ``i``th entry read as far as no code runs: a plain pickle's value made by
+ * unpickle.c, straight from its payload; any other payload copied into a bytes object, left
+ * pending for its decoder (batch_result), which may run code. Where the payload is still shared
+ * memory (tmpfs), a writer may change it meanwhile: unpickle.c reads any bytes safely (every
+ * length it reads is checked against the payload's, which was checked before), and what it made
+ * is kept only if the caller finds afterwards that no write landed; a pending copy is decoded
+ * only then. 0, or -1 with an error set. */
+static int
+entry_read(Batch *batch, Py_ssize_t i, PyObject *const decoders[256], PyObject *native)
+{
+    Entry *entry = &batch->entries[i];
+    entry->value = NULL;
+    entry->pending = 0;
+    batch->read = i + 1;
+    if (entry->at == ABSENT_AT) {
+        return 0;
+    }
+    PyObject *decode = native;
+    if (entry->framed) {
+        decode = decoders[(entry->head[0] >> CODEC_SHIFT) & 0xFF];
+    }
+    if (decode == pickle_loads) {
+        entry->value = plain_loads(entry->payload, entry->length);
+        if (entry->value != NULL) {
+            return 0;
+        }
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
+            return -1;
+        }
+        PyErr_Clear(); /* declined: pickle.loads reads it (decode_with tries unpickle.c again) */
+    }
+    entry->value = PyBytes_FromStringAndSize(entry->payload, entry->length);
+    if (entry->value == NULL) {
+        return -1;
+    }
+    entry->pending = 1;
+    return 0;
+}
+
+/* Every entry read (entry_read). 0, or -1 with an error set. */
 static int
 batch_read(Batch *batch, PyObject *const decoders[256], PyObject *native)
 {
     for (Py_ssize_t i = 0; i < batch->count; i++) {
-        Entry *entry = &batch->entries[i];
-        entry->value = NULL;
-        entry->pending = 0;
-        batch->read = i + 1;
-        if (entry->at == ABSENT_AT) {
-            continue;
-        }
-        PyObject *decode = native;
-        if (entry->framed) {
-            decode = decoders[(entry->head[0] >> CODEC_SHIFT) & 0xFF];
-        }
-        if (decode == pickle_loads) {
-            entry->value = plain_loads(entry->payload, entry->length);
-            if (entry->value != NULL) {
-                continue;
-            }
-            if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) {
-                return -1;
-            }
-            PyErr_Clear(); /* declined: pickle.loads reads it (decode_with tries unpickle.c again) */
-        }
-        entry->value = PyBytes_FromStringAndSize(entry->payload, entry->length);
-        if (entry->value == NULL) {
+        if (entry_read(batch, i, decoders, native) < 0) {
             return -1;
         }
-        entry->pending = 1;
     }
     return 0;
 }
@@ -501,10 +534,12 @@ copy_large(Hot *self, Batch *batch, Entry *entry, PyObject *index)
     return result;
 }
 
-/* Every index's frame found (a slot's in place, a large variable's copied), after a look at
- * STATE and GENERATION (``generation``: what it was): 1, 0 SLOW, -1 error. */
+/* Every index's frame found (a slot's in place, a large variable's copied), checked (its
+ * header and checksum) and read (entry_read), one index after the other while its bytes are
+ * at hand, after a look at STATE and GENERATION (``generation``: what it was). Nothing that
+ * runs code is decoded here. 1, 0 SLOW, -1 error. */
 static int
-tmpfs_find(Hot *self, Batch *batch, uint64_t *generation)
+tmpfs_read(Hot *self, Batch *batch, uint64_t *generation)
 {
     uint64_t *meta = meta_words(self), *index = self->index_words;
     if (self->closing || meta == NULL || index == NULL || self->epoch != fork_epoch) {
@@ -518,9 +553,11 @@ tmpfs_find(Hot *self, Batch *batch, uint64_t *generation)
     }
     Py_ssize_t index_length = self->index_buffer.len;
     Near near = {0};
+    HeadCrc kept = {0};
     for (Py_ssize_t i = 0; i < batch->count; i++) {
-        /* What a call below ran (mapping a file) may have closed the handle or set another
-         * index: the kept mappings stay until leave(), and a new index is taken only then. */
+        /* What a call below ran (mapping a file, a collection's finalizers) may have closed the
+         * handle or set another index: the kept mappings stay until leave(), and a new index
+         * is taken only then. */
         if (self->closing) {
             return 0;
         }
@@ -528,24 +565,41 @@ tmpfs_find(Hot *self, Batch *batch, uint64_t *generation)
         Entry *entry = &batch->entries[i];
         uint64_t key = (uint64_t)entry->key, word = 0;
         uint64_t loc = find(index, index_length, key, &word);
-        int found;
+        int found = 1;
         if (loc == ~0ULL) {
             return 0; /* damage: Python says so */
         }
         if (loc <= LOC_TOMB) {
             entry->at = ABSENT_AT; /* absent, if the generation holds till the end */
-            continue;
         }
-        found = loc == LOC_LARGE ? copy_large(self, batch, entry, object)
-                                 : place_slot(self, entry, loc, key, &near);
+        else if (loc == LOC_LARGE) {
+            batch->used = 0; /* the last copy is read: its room serves this one */
+            found = copy_large(self, batch, entry, object);
+            if (found > 0) {
+                entry->payload = batch->scratch + entry->at;
+            }
+        }
+        else {
+            found = place_slot(self, entry, loc, key, &near);
+        }
         if (found <= 0) {
             return found;
+        }
+        if (entry->at != ABSENT_AT
+            && (!frame_fits(entry, self->first_word, self->decoders, self->executes)
+                || entry->head[2] != checksum(head_crc(&kept, entry->head),
+                                              (const unsigned char *)entry->payload,
+                                              (size_t)entry->length))) {
+            return 0; /* damage, a signature, an untrusted writer, or a writer meanwhile */
+        }
+        if (entry_read(batch, i, self->decoders, NULL) < 0) {
+            return -1;
         }
     }
     return 1;
 }
 
-/* Whether no write landed since tmpfs_find's look: STATE clear and GENERATION as it was then,
+/* Whether no write landed since tmpfs_read's look: STATE clear and GENERATION as it was then,
  * every slot read in place still sealed as it was, the handle open. Every read of the batch
  * (checksums, unpickling in place, pending copies) comes before this. */
 static int
@@ -578,14 +632,7 @@ tmpfs_get_many(Hot *self, PyObject *indexes)
     int found = batch_open(&batch, indexes);
     uint64_t generation = 0;
     if (found > 0) {
-        found = tmpfs_find(self, &batch, &generation);
-    }
-    if (found > 0) {
-        batch_placed(&batch);
-        found = batch_checked(&batch, self->first_word, self->decoders, self->executes);
-    }
-    if (found > 0) {
-        found = batch_read(&batch, self->decoders, NULL) < 0 ? -1 : 1;
+        found = tmpfs_read(self, &batch, &generation);
     }
     if (found > 0) {
         found = tmpfs_unchanged(self, &batch, generation);
