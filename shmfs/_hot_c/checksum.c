@@ -34,11 +34,18 @@ crc32_folded(uint32_t crc, const unsigned char *bytes, size_t length)
     const __m128i k5 = _mm_set_epi64x(0, 0x0163cd6124LL);
     const __m128i poly = _mm_set_epi64x(0x01f7011641LL, 0x01db710641LL);
     const __m128i low32 = _mm_setr_epi32(~0, 0, ~0, 0);
-    __m128i x1 = _mm_loadu_si128((const __m128i *)bytes);
-    __m128i x2 = _mm_loadu_si128((const __m128i *)(bytes + 16));
+    __m128i x1 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)bytes), _mm_cvtsi32_si128((int)crc));
+    __m128i x2;
+    if (length < 128) {
+        /* One lane: on a short buffer (a small value's frame) setting up and joining four costs
+         * more than their parallel folds save. */
+        bytes += 16;
+        length -= 16;
+        goto one_lane;
+    }
+    x2 = _mm_loadu_si128((const __m128i *)(bytes + 16));
     __m128i x3 = _mm_loadu_si128((const __m128i *)(bytes + 32));
     __m128i x4 = _mm_loadu_si128((const __m128i *)(bytes + 48));
-    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
     bytes += 64;
     length -= 64;
     for (; length >= 64; bytes += 64, length -= 64) { /* four lanes, 64 bytes a step */
@@ -61,6 +68,7 @@ crc32_folded(uint32_t crc, const unsigned char *bytes, size_t length)
         __m128i y = _mm_clmulepi64_si128(x1, k3k4, 0x00);
         x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), lanes[i]), y);
     }
+one_lane:
     for (; length >= 16; bytes += 16, length -= 16) {
         __m128i y = _mm_clmulepi64_si128(x1, k3k4, 0x00);
         x1 = _mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), y);
