@@ -19,13 +19,20 @@ static uint32_t crc_table[8][256];
  * at a time (Intel's "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ", with zlib's
  * reflected polynomial; the constants are the paper's, as Linux's crc32-pclmul uses them): the
  * two crcs of a small value's get (its stamp and its frame, ~130 bytes each) drop from ~65 ns
- * to ~15 each. Below it, and for the last 0..15 bytes, the tables. Checked against zlib.crc32
+ * to ~15 each. Below it, the tables. Checked against zlib.crc32
  * at every length up to 1 KiB and more (tests/test_hotpath.py). */
 #define FOLD_MIN 64
 static int folding;
 
-/* The crc register (pre- and post-inverted by the caller) over ``length`` bytes: a multiple of
- * 16, at least FOLD_MIN. */
+/* pshufb masks (from ``length`` on, for the last 1 to 15 bytes): byte i of the state moved to
+ * i + 16 - length, the bytes below cleared (their high bit set). */
+static const signed char shift_table[32] = {
+    -16, -15, -14, -13, -12, -11, -10, -9, -8, -7, -6, -5, -4, -3, -2, -1,
+    0,   1,   2,   3,   4,   5,   6,   7,  8,  9,  10, 11, 12, 13, 14, 15,
+};
+
+/* The crc register (pre- and post-inverted by the caller) over ``length`` bytes, at least
+ * FOLD_MIN. */
 __attribute__((target("pclmul,sse4.1"))) static uint32_t
 crc32_folded(uint32_t crc, const unsigned char *bytes, size_t length)
 {
@@ -73,6 +80,18 @@ one_lane:
         __m128i y = _mm_clmulepi64_si128(x1, k3k4, 0x00);
         x1 = _mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), y);
         x1 = _mm_xor_si128(x1, _mm_loadu_si128((const __m128i *)bytes));
+    }
+    if (length > 0) {
+        /* The last 1 to 15 bytes folded too (zlib-ng's partial fold): the message read as zeros,
+         * the state and the rest, cut into two blocks at 16 bytes from its end, the state's
+         * first ``length`` bytes in the first one (after zeros, which change no crc), its other
+         * bytes and the rest (the last 16 bytes of the buffer, loaded whole) in the second. */
+        __m128i back = _mm_loadu_si128((const __m128i *)(shift_table + length));
+        __m128i first = _mm_shuffle_epi8(x1, back);
+        __m128i down = _mm_shuffle_epi8(x1, _mm_add_epi8(back, _mm_set1_epi8(16)));
+        __m128i second = _mm_blendv_epi8(_mm_loadu_si128((const __m128i *)(bytes + length - 16)), down, back);
+        __m128i y = _mm_clmulepi64_si128(first, k3k4, 0x00);
+        x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(first, k3k4, 0x11), y), second);
     }
     /* 128 bits to 64, then Barrett's reduction to 32. */
     x2 = _mm_clmulepi64_si128(x1, k3k4, 0x10);
@@ -189,9 +208,7 @@ checksum(uint32_t crc, const unsigned char *bytes, size_t length)
 {
 #ifdef FOLDING
     if (folding && length >= FOLD_MIN) {
-        size_t folded = length & ~(size_t)15;
-        crc = ~crc32_folded(~crc, bytes, folded);
-        return crc32_sliced(crc, bytes + folded, length - folded);
+        return ~crc32_folded(~crc, bytes, length);
     }
 #endif
     if (length < SHORT_CRC) {
