@@ -69,6 +69,22 @@ class Counted:
         return _count, (self.name,)
 
 
+#: The handle that DetachingOnLoad's unpickling detaches.
+DETACHING: list[shmfs.Segment] = []
+
+
+def _detach_then_fail(name: str) -> str:
+    DETACHING.pop().detach()
+    raise ValueError(f"{name} detached its handle")
+
+
+class DetachingOnLoad:
+    """Unpickling it detaches a handle (``DETACHING``), then raises."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return _detach_then_fail, ("detaching",)
+
+
 class Exploding:
     """Unpickling it raises."""
 
@@ -368,6 +384,30 @@ def test_a_decoder_that_fails_raises_as_a_get_does_and_nothing_decodes_twice(
         DECODED.clear()
         assert handle.get_many([3, 1]) == {3: "third", 1: "first"}
         assert DECODED == ["third", "first"]
+
+
+def test_a_handle_detached_while_its_batch_decodes_says_so(root: str, key: int) -> None:
+    """A decoder that detaches the handle and fails: the batch raises what a call after it
+    would (SegmentDetached), not the decoder's failure, on the C path as on Python's."""
+    seg = shmfs.attach(key, 1 << 20, root=root)
+    try:
+        seg.put_many({1: "one", 2: DetachingOnLoad()})
+        for c_module in (True, False):
+            with pytest.MonkeyPatch.context() as patch:
+                if not c_module:
+                    patch.setattr(hotpath, "_hot", None)
+                reader = shmfs.attach(key, root=root)
+            assert (reader._hot is not None) is c_module
+            backend: Any = reader._backend
+            assert backend.read(1) is not None and backend.read(2) is not None  # maps the files
+            if c_module:
+                assert reader._hot.get_many([1]) == {1: "one"}  # (the C call reads the batch)
+            DETACHING.append(reader)
+            with pytest.raises(shmfs.SegmentDetached):
+                reader.get_many([1, 2])
+            assert not DETACHING
+    finally:
+        seg.destroy()
 
 
 def test_a_secret_handle_reads_its_batch_the_python_way(
