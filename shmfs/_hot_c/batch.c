@@ -266,7 +266,7 @@ batch_checked(Batch *batch, uint64_t first_word, PyObject *const decoders[256],
  * length it reads is checked against the payload's, which was checked before), and what it made
  * is kept only if the caller finds afterwards that no write landed; a pending copy is decoded
  * only then. 0, or -1 with an error set. */
-static int
+static inline int
 entry_read(Batch *batch, Py_ssize_t i, PyObject *const decoders[256], PyObject *native)
 {
     Entry *entry = &batch->entries[i];
