@@ -19,8 +19,8 @@ static uint32_t crc_table[8][256];
  * at a time (Intel's "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ", with zlib's
  * reflected polynomial; the constants are the paper's, as Linux's crc32-pclmul uses them): the
  * two crcs of a small value's get (its stamp and its frame, ~130 bytes each) drop from ~65 ns
- * to ~15 each. Below it, the tables. Checked against zlib.crc32
- * at every length up to 1 KiB and more (tests/test_hotpath.py). */
+ * to ~15 each. Below it, the tables. Checked against zlib.crc32 at every length up to 1 KiB
+ * and more (tests/test_hotpath.py). */
 #define FOLD_MIN 64
 static int folding;
 
