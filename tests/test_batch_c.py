@@ -7,6 +7,7 @@ every batch the Python way, unnoticed."""
 from __future__ import annotations
 
 import datetime
+import gc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,6 +41,9 @@ VALUES: dict[int, Any] = {
     9: b"\x00" * 1000,
     10: "é" * 1900,  # a big slot (3,800 bytes of UTF-8)
     11: datetime.date(2020, 1, 2),  # not a plain value: pickle.loads reads it
+    12: "ü" * 30,  # a short str that is not ASCII
+    13: "y" * 256,  # the longest str copied as ASCII, and the first one past a short length
+    14: "z" * 257,
     -1: "negative",
     2**63 - 1: "largest",
     -(2**63): "smallest",
@@ -63,6 +67,22 @@ class Counted:
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return _count, (self.name,)
+
+
+#: The handle that DetachingOnLoad's unpickling detaches.
+DETACHING: list[shmfs.Segment] = []
+
+
+def _detach_then_fail(name: str) -> str:
+    DETACHING.pop().detach()
+    raise ValueError(f"{name} detached its handle")
+
+
+class DetachingOnLoad:
+    """Unpickling it detaches a handle (``DETACHING``), then raises."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return _detach_then_fail, ("detaching",)
 
 
 class Exploding:
@@ -206,6 +226,100 @@ def test_a_tmpfs_write_landing_mid_batch_sends_the_batch_the_python_way(
         seg.destroy()
 
 
+def test_a_batch_asked_again_answers_as_the_first_time(
+    pair: tuple[shmfs.Segment, shmfs.Segment],
+) -> None:
+    """The keys of a batch asked twice in a row are kept, and the dicts of the batches asking
+    the same keys again are copies of them with the values replaced (batch.c's result_dict):
+    each answer is still this batch's values, in the order asked, whatever changed meanwhile
+    and whatever the caller did with an earlier answer."""
+    seg, pure = pair
+    big = 10**12  # ints made anew compare equal but are not the same objects
+    values = {big + n: f"value {n}" for n in range(20)}
+    seg.put_many(values)
+    asked = [big + n for n in (5, 3, 9, 0, 17)]
+
+    def check(indexes: list[int]) -> dict[int, Any]:
+        found = c_batch(seg, indexes)
+        if found is SLOW and seg.backend == "sysv":  # an absent index: sysv's C call declines
+            assert not set(indexes) <= set(pure.get_many(indexes))
+            found = seg.get_many(indexes)
+        assert found is not SLOW
+        expected = pure.get_many(indexes)
+        assert found == expected and list(found) == list(expected), indexes
+        return dict(found)
+
+    for _ in range(3):
+        answer = c_batch(seg, asked)
+        assert answer == {index: values[index] for index in asked}
+        answer[big + 99] = "the caller's own"  # a dict of the caller's: not the kept keys
+        del answer[asked[0]]
+    check([int(str(index)) for index in asked])  # equal ints, other objects
+    seg[asked[1]] = ["changed", 1]
+    assert check(asked)[asked[1]] == ["changed", 1]
+    check(asked[::-1])  # the same keys in another order
+    check(asked[:-1])
+    check([*asked[:-1], big + 18])  # as many keys, one other
+    check([*asked, asked[0]])  # one twice
+    del seg[asked[2]]
+    assert asked[2] not in check(asked)
+    seg[asked[2]] = "back"
+    for _ in range(3):
+        assert check(asked)[asked[2]] == "back"
+
+
+@pytest.mark.parametrize("writes", [True, False])
+def test_a_tmpfs_write_landing_while_the_batch_unpickles_in_place_is_caught(
+    root: str, key: int, writes: bool
+) -> None:
+    """tmpfs's batch unpickles plain values where they lie, in the slots, and keeps what it made
+    only if STATE, GENERATION and each slot's seal are as they were before the first read. Here
+    a collection, started by unpickling 1 (a list of lists) after its header and checksum were
+    checked, runs a callback that replaces 1 and then stores 2 in the slot 1 had (the slot
+    freed last is the next one used): the rest of 1 would be read from 2's bytes. The control:
+    the callback writes nothing."""
+    seg = shmfs.attach(key, 1 << 20, root=root)
+    writer = shmfs.attach(key, root=root)
+    reader = shmfs.attach(key, root=root)
+    first = {0: "zero", 1: [[n] for n in range(50)]}
+    try:
+        seg.put_many(first)
+        assert reader.get_many([0, 1]) == first  # maps the slab files: no Python code runs
+        was = location(reader, 1)  # in the call below before it unpickles
+        get_many = reader._hot.get_many
+        fired: list[bool] = []
+
+        def meddle(phase: str, info: dict[str, int]) -> None:
+            if phase == "start" and armed and not fired:
+                fired.append(True)
+                if writes:
+                    writer[1] = "new"
+                    writer[2] = [[n + 100] for n in range(50)]
+
+        armed = False
+        threshold = gc.get_threshold()
+        gc.callbacks.append(meddle)
+        try:
+            gc.collect()
+            gc.set_threshold(1)
+            armed = True
+            found = get_many((0, 1))  # a tuple: the call makes none of its own
+        finally:
+            gc.set_threshold(*threshold)
+            gc.callbacks.remove(meddle)
+        assert fired
+        if writes:
+            assert location(reader, 2) == was  # 2 is where 1 was being read from
+            assert found is SLOW
+            assert reader.get_many([0, 1, 2]) == {0: "zero", 1: "new", 2: seg[2]}
+        else:
+            assert found == first
+    finally:
+        reader.detach()
+        writer.detach()
+        seg.destroy()
+
+
 def _damage(seg: shmfs.Segment, index: int) -> None:
     """Flip a payload byte of ``index``'s stored frame, behind the segment's back."""
     if seg.backend == "sysv":
@@ -270,6 +384,30 @@ def test_a_decoder_that_fails_raises_as_a_get_does_and_nothing_decodes_twice(
         DECODED.clear()
         assert handle.get_many([3, 1]) == {3: "third", 1: "first"}
         assert DECODED == ["third", "first"]
+
+
+def test_a_handle_detached_while_its_batch_decodes_says_so(root: str, key: int) -> None:
+    """A decoder that detaches the handle and fails: the batch raises what a call after it
+    would (SegmentDetached), not the decoder's failure, on the C path as on Python's."""
+    seg = shmfs.attach(key, 1 << 20, root=root)
+    try:
+        seg.put_many({1: "one", 2: DetachingOnLoad()})
+        for c_module in (True, False):
+            with pytest.MonkeyPatch.context() as patch:
+                if not c_module:
+                    patch.setattr(hotpath, "_hot", None)
+                reader = shmfs.attach(key, root=root)
+            assert (reader._hot is not None) is c_module
+            backend: Any = reader._backend
+            assert backend.read(1) is not None and backend.read(2) is not None  # maps the files
+            if c_module:
+                assert reader._hot.get_many([1]) == {1: "one"}  # (the C call reads the batch)
+            DETACHING.append(reader)
+            with pytest.raises(shmfs.SegmentDetached):
+                reader.get_many([1, 2])
+            assert not DETACHING
+    finally:
+        seg.destroy()
 
 
 def test_a_secret_handle_reads_its_batch_the_python_way(

@@ -136,3 +136,37 @@ def test_damaged_and_hostile_bytes_are_declined_and_nothing_else() -> None:
 def test_it_needs_bytes() -> None:
     with pytest.raises(TypeError):
         loads(memoryview(b"N."))
+
+
+def test_a_lone_str_of_every_length_and_high_byte_position_reads_as_pickle_reads() -> None:
+    """A str alone is read without the reader (unpickle.c's lone_text), and a short ASCII one
+    copied eight bytes at a time, each word checked for a byte over 0x7F as it is stored: at
+    every length around the word and opcode boundaries, and with a non-ASCII char at every
+    position, what it makes is pickle.loads's str."""
+    for length in range(300):
+        texts = ["a" * length] + ["a" * at + "é" + "a" * (length - at - 1) for at in range(length)]
+        for text in texts:
+            for protocol in (4, 5):  # (2 and 3 memoize by BINPUT: declined)
+                data = pickle.dumps(text, protocol)
+                got = loads(data)
+                assert type(got) is str and got == text, (length, protocol)
+        for at in range(length):  # one byte over 0x7F, alone: no UTF-8, so no str
+            body = b"a" * at + b"\xff" + b"a" * (length - at - 1)
+            op = b"\x8c" + bytes([length]) if length < 256 else b"X" + length.to_bytes(4, "little")
+            assert loads(b"\x80\x05" + op + body + b"\x94.") is SLOW, (length, at)
+
+
+def test_a_damaged_lone_str_is_declined_or_read_as_pickle_reads() -> None:
+    rng = random.Random(12)
+    for text in ("", "ab", "x" * 100, "y" * 300, "é" * 40, "\ud800" * 3):
+        for protocol in (2, 4, 5):
+            data = pickle.dumps(text, protocol)
+            variants = [data[:cut] for cut in range(len(data))] + [data + b"."]
+            for _ in range(200):
+                damaged = bytearray(data)
+                damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+                variants.append(bytes(damaged))
+            for variant in variants:
+                got = loads(variant)
+                if got is not SLOW:
+                    assert shape(got) == shape(pickle.loads(variant)), variant

@@ -19,13 +19,20 @@ static uint32_t crc_table[8][256];
  * at a time (Intel's "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ", with zlib's
  * reflected polynomial; the constants are the paper's, as Linux's crc32-pclmul uses them): the
  * two crcs of a small value's get (its stamp and its frame, ~130 bytes each) drop from ~65 ns
- * to ~15 each. Below it, and for the last 0..15 bytes, the tables. Checked against zlib.crc32
- * at every length up to 1 KiB and more (tests/test_hotpath.py). */
+ * to ~15 each. Below it, the tables. Checked against zlib.crc32 at every length up to 1 KiB
+ * and more (tests/test_hotpath.py). */
 #define FOLD_MIN 64
 static int folding;
 
-/* The crc register (pre- and post-inverted by the caller) over ``length`` bytes: a multiple of
- * 16, at least FOLD_MIN. */
+/* pshufb masks (from ``length`` on, for the last 1 to 15 bytes): byte i of the state moved to
+ * i + 16 - length, the bytes below cleared (their high bit set). */
+static const signed char shift_table[32] = {
+    -16, -15, -14, -13, -12, -11, -10, -9, -8, -7, -6, -5, -4, -3, -2, -1,
+    0,   1,   2,   3,   4,   5,   6,   7,  8,  9,  10, 11, 12, 13, 14, 15,
+};
+
+/* The crc register (pre- and post-inverted by the caller) over ``length`` bytes, at least
+ * FOLD_MIN. */
 __attribute__((target("pclmul,sse4.1"))) static uint32_t
 crc32_folded(uint32_t crc, const unsigned char *bytes, size_t length)
 {
@@ -34,11 +41,18 @@ crc32_folded(uint32_t crc, const unsigned char *bytes, size_t length)
     const __m128i k5 = _mm_set_epi64x(0, 0x0163cd6124LL);
     const __m128i poly = _mm_set_epi64x(0x01f7011641LL, 0x01db710641LL);
     const __m128i low32 = _mm_setr_epi32(~0, 0, ~0, 0);
-    __m128i x1 = _mm_loadu_si128((const __m128i *)bytes);
-    __m128i x2 = _mm_loadu_si128((const __m128i *)(bytes + 16));
+    __m128i x1 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)bytes), _mm_cvtsi32_si128((int)crc));
+    __m128i x2;
+    if (length < 128) {
+        /* One lane: on a short buffer (a small value's frame) setting up and joining four costs
+         * more than their parallel folds save. */
+        bytes += 16;
+        length -= 16;
+        goto one_lane;
+    }
+    x2 = _mm_loadu_si128((const __m128i *)(bytes + 16));
     __m128i x3 = _mm_loadu_si128((const __m128i *)(bytes + 32));
     __m128i x4 = _mm_loadu_si128((const __m128i *)(bytes + 48));
-    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)crc));
     bytes += 64;
     length -= 64;
     for (; length >= 64; bytes += 64, length -= 64) { /* four lanes, 64 bytes a step */
@@ -61,10 +75,23 @@ crc32_folded(uint32_t crc, const unsigned char *bytes, size_t length)
         __m128i y = _mm_clmulepi64_si128(x1, k3k4, 0x00);
         x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), lanes[i]), y);
     }
+one_lane:
     for (; length >= 16; bytes += 16, length -= 16) {
         __m128i y = _mm_clmulepi64_si128(x1, k3k4, 0x00);
         x1 = _mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), y);
         x1 = _mm_xor_si128(x1, _mm_loadu_si128((const __m128i *)bytes));
+    }
+    if (length > 0) {
+        /* The last 1 to 15 bytes folded too (zlib-ng's partial fold): the message read as zeros,
+         * the state and the rest, cut into two blocks at 16 bytes from its end, the state's
+         * first ``length`` bytes in the first one (after zeros, which change no crc), its other
+         * bytes and the rest (the last 16 bytes of the buffer, loaded whole) in the second. */
+        __m128i back = _mm_loadu_si128((const __m128i *)(shift_table + length));
+        __m128i first = _mm_shuffle_epi8(x1, back);
+        __m128i down = _mm_shuffle_epi8(x1, _mm_add_epi8(back, _mm_set1_epi8(16)));
+        __m128i second = _mm_blendv_epi8(_mm_loadu_si128((const __m128i *)(bytes + length - 16)), down, back);
+        __m128i y = _mm_clmulepi64_si128(first, k3k4, 0x00);
+        x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(first, k3k4, 0x11), y), second);
     }
     /* 128 bits to 64, then Barrett's reduction to 32. */
     x2 = _mm_clmulepi64_si128(x1, k3k4, 0x10);
@@ -133,10 +160,11 @@ crc32_sliced(uint32_t crc, const unsigned char *bytes, size_t length)
               ^ crc_table[1][(high_ >> 16) & 0xFF] ^ crc_table[0][high_ >> 24];                  \
     } while (0)
 
-/* Each of ``count`` buffers' checksum (zlib.crc32 from 0), four at a time: a short buffer's
- * crc waits on its own table lookups, eight bytes after eight, and interleaving independent
- * ones fills those waits (measured here on 131-byte frames: 63 ns each one after another,
- * 37 to 42 four at a time; checked against zlib.crc32 by tests/test_batch_c.py). */
+/* Each of ``count`` buffers' checksum (zlib.crc32 continued from crc[i], and left there), four
+ * at a time: a short buffer's crc waits on its own table lookups, eight bytes after eight, and
+ * interleaving independent ones fills those waits (measured here on 131-byte frames: 63 ns
+ * each one after another, 37 to 42 four at a time; checked against zlib.crc32 by
+ * tests/test_batch_c.py). */
 void
 checksum_many(Py_ssize_t count, const unsigned char *const *data, const size_t *length,
               uint32_t *crc)
@@ -146,13 +174,13 @@ checksum_many(Py_ssize_t count, const unsigned char *const *data, const size_t *
     if (folding) {
         i = count; /* folding one buffer at a time beats four interleaved table walks */
         for (Py_ssize_t j = 0; j < count; j++) {
-            crc[j] = checksum(0, data[j], length[j]);
+            crc[j] = checksum(crc[j], data[j], length[j]);
         }
     }
 #endif
     for (; i + 3 < count; i += 4) {
         const unsigned char *a = data[i], *b = data[i + 1], *c = data[i + 2], *d = data[i + 3];
-        uint32_t ca = ~0U, cb = ~0U, cc = ~0U, cd = ~0U;
+        uint32_t ca = ~crc[i], cb = ~crc[i + 1], cc = ~crc[i + 2], cd = ~crc[i + 3];
         size_t common = length[i];
         for (int k = 1; k < 4; k++) {
             common = length[i + k] < common ? length[i + k] : common;
@@ -171,7 +199,7 @@ checksum_many(Py_ssize_t count, const unsigned char *const *data, const size_t *
         crc[i + 3] = checksum(~cd, d, length[i + 3] - blocks * 8);
     }
     for (; i < count; i++) {
-        crc[i] = checksum(0, data[i], length[i]);
+        crc[i] = checksum(crc[i], data[i], length[i]);
     }
 }
 
@@ -180,9 +208,7 @@ checksum(uint32_t crc, const unsigned char *bytes, size_t length)
 {
 #ifdef FOLDING
     if (folding && length >= FOLD_MIN) {
-        size_t folded = length & ~(size_t)15;
-        crc = ~crc32_folded(~crc, bytes, folded);
-        return crc32_sliced(crc, bytes + folded, length - folded);
+        return ~crc32_folded(~crc, bytes, length);
     }
 #endif
     if (length < SHORT_CRC) {

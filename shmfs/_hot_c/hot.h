@@ -63,6 +63,7 @@ extern PyObject *str_hot;
 /* checksum.c */
 void crc_init(void);
 uint32_t checksum(uint32_t crc, const unsigned char *bytes, size_t length);
+/* each data[i]'s checksum continued from crc[i], into crc[i] */
 void checksum_many(Py_ssize_t count, const unsigned char *const *data, const size_t *length,
                    uint32_t *crc);
 PyObject *hot_crc32(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
@@ -109,6 +110,7 @@ typedef struct {
     uint64_t *words;
     uint64_t at;        /* the slot's first word */
     uint64_t slot_size;
+    uint64_t slots;     /* its file's */
     int trusted;
     int writable;
 } Slot;

@@ -193,6 +193,7 @@ open_slot(Hot *self, uint64_t loc, Slot *slot, int may_map)
     }
     slot->words = map->words;
     slot->slot_size = map->slot_size;
+    slot->slots = map->slots;
     slot->trusted = map->trusted;
     slot->writable = map->writable;
     slot->at = (SLAB_HEADER + index * map->slot_size) / WORD;

@@ -15,6 +15,9 @@
 #include "hot.h"
 
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define STACK 256  /* deeper or wider pickles are declined: plain values are small */
 #define MARKS 64
@@ -43,13 +46,12 @@ take(Reader *r, Py_ssize_t count)
     return bytes;
 }
 
+/* ``count`` (at most 8) little-endian bytes: the host's order (hot.h), so one load. */
 static uint64_t
 little(const unsigned char *bytes, int count)
 {
     uint64_t value = 0;
-    for (int i = count - 1; i >= 0; i--) {
-        value = value << 8 | bytes[i];
-    }
+    memcpy(&value, bytes, (size_t)count);
     return value;
 }
 
@@ -129,23 +131,58 @@ fill(Reader *r, Py_ssize_t from, int kind)
 }
 
 /* A pickled str: UTF-8 with surrogatepass, as pickle.loads decodes it. Most are ASCII, which
- * is copied as it is (half of a short str's decoding goes to the decoder's set-up); strs of
- * no or one char are the decoder's, which hands out the interpreter's shared ones. */
+ * is copied as it is (half of a short str's decoding goes to the decoder's set-up), eight bytes
+ * at a time, each word checked as it is stored: the copy is what is checked, even when the
+ * bytes are shared memory a writer changes meanwhile (batch.c reads them in place). Strs of no
+ * or one char are the decoder's, which hands out the interpreter's shared ones. */
 static PyObject *
 text_of(const unsigned char *body, Py_ssize_t count)
 {
     if (count >= 2 && count <= 256) {
-        unsigned char high = 0;
-        for (Py_ssize_t i = 0; i < count; i++) {
-            high |= body[i];
+        PyObject *text = PyUnicode_New(count, 127);
+        if (text == NULL) {
+            return NULL;
         }
-        if (high < 0x80) {
-            PyObject *text = PyUnicode_New(count, 127);
-            if (text != NULL) {
-                memcpy(PyUnicode_DATA(text), body, (size_t)count);
+        unsigned char *into = PyUnicode_DATA(text);
+        uint64_t high = 0, one, two;
+        Py_ssize_t i = 0;
+#ifdef __SSE2__
+        __m128i wide = _mm_setzero_si128();
+        for (; i + 16 <= count; i += 16) {
+            __m128i block = _mm_loadu_si128((const __m128i *)(body + i));
+            wide = _mm_or_si128(wide, block);
+            _mm_storeu_si128((__m128i *)(into + i), block);
+        }
+        high = _mm_movemask_epi8(wide) != 0 ? 0x80 : 0;
+#endif
+        for (; i + 16 <= count; i += 16) {
+            memcpy(&one, body + i, 8);
+            memcpy(&two, body + i + 8, 8);
+            high |= one | two;
+            memcpy(into + i, &one, 8);
+            memcpy(into + i + 8, &two, 8);
+        }
+        if (i + 8 <= count) {
+            memcpy(&one, body + i, 8);
+            high |= one;
+            memcpy(into + i, &one, 8);
+            i += 8;
+        }
+        if (i < count && count >= 8) { /* the last eight bytes, over some already copied */
+            memcpy(&one, body + count - 8, 8);
+            high |= one;
+            memcpy(into + count - 8, &one, 8);
+        }
+        else {
+            for (; i < count; i++) {
+                into[i] = body[i];
+                high |= into[i];
             }
+        }
+        if ((high & 0x8080808080808080ULL) == 0) {
             return text;
         }
+        Py_DECREF(text); /* never seen: its maxchar's promise broken only here */
     }
     return PyUnicode_DecodeUTF8((const char *)body, count, "surrogatepass");
 }
@@ -286,9 +323,53 @@ step(Reader *r)
     }
 }
 
+/* The commonest value, a str alone: PROTO, FRAME (if there), SHORT_BINUNICODE or BINUNICODE,
+ * MEMOIZE (if there), STOP at the end; read without the reader's set-up and dispatch, checked
+ * as the reader checks each of those opcodes. 0: another pickle (the reader reads it); 1: this
+ * one, its str (or NULL with an error set, as the reader would fail) in ``text``. */
+static int
+lone_text(const unsigned char *at, const unsigned char *end, PyObject **text)
+{
+    if (end - at < 2 || at[0] != 0x80 || at[1] < 2 || at[1] > 5) {
+        return 0;
+    }
+    at += 2;
+    if (end - at >= 9 && at[0] == 0x95) {
+        if (little(at + 1, 8) > (uint64_t)(end - at - 9)) {
+            return 0;
+        }
+        at += 9;
+    }
+    uint64_t count;
+    if (end - at >= 2 && at[0] == 0x8c) {
+        count = at[1];
+        at += 2;
+    }
+    else if (end - at >= 5 && at[0] == 'X') {
+        count = little(at + 1, 4);
+        at += 5;
+    }
+    else {
+        return 0;
+    }
+    if (count > (uint64_t)(end - at)) {
+        return 0;
+    }
+    const unsigned char *tail = at + count;
+    if (!(end - tail == 1 && tail[0] == '.') && !(end - tail == 2 && tail[0] == 0x94 && tail[1] == '.')) {
+        return 0;
+    }
+    *text = text_of(at, (Py_ssize_t)count);
+    return 1;
+}
+
 PyObject *
 plain_loads(const char *data, Py_ssize_t length)
 {
+    PyObject *text;
+    if (lone_text((const unsigned char *)data, (const unsigned char *)data + length, &text)) {
+        return text;
+    }
     Reader r;  /* about 6 KiB: on the stack, as a call's worth of the interpreter's own */
     r.at = (const unsigned char *)data;
     r.end = r.at + length;
