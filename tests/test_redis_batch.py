@@ -286,3 +286,16 @@ def test_the_scanner_checks_its_state_and_lengths() -> None:
     with pytest.raises(TypeError):
         scan(b"*2\r\n", 4, 2, [0, -1, 0])
     assert scan(bytearray(b"*1\r\n$2\r\nok\r\n"), 12, 1, (0, -1, 0)) == (b"\x02\0\0\0ok", 0)
+
+
+@needs_c
+def test_an_hmget_is_packed_in_c_as_in_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = [0, -1, 9, 10, -10, 99, 2**63 - 1, -(2**63), *range(-3000, 3000, 7)]
+    for indexes in ([], asked, tuple(asked)):
+        in_c = reply.hmget("shmfs:{12}:vars", list(indexes))
+        with monkeypatch.context() as patched:
+            patched.setattr(hotpath, "resp_hmget", lambda: None)
+            assert reply.hmget("shmfs:{12}:vars", list(indexes)) == in_c
+    pack = hotpath.resp_hmget()
+    assert pack is not None and pack(b"k", tuple(asked)) == reply.hmget("k", asked)
+    assert pack(b"k", [1, True]) is None and pack(b"k", [2**64]) is None

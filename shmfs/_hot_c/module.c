@@ -58,6 +58,7 @@ static PyMethodDef module_methods[] = {
     {"plain_loads", hot_plain_loads, METH_O, plain_loads_doc},
     {"tuple_head", hot_tuple_head, METH_O, tuple_head_doc},
     {"resp_many", (PyCFunction)(void (*)(void))hot_resp_many, METH_FASTCALL, resp_many_doc},
+    {"resp_hmget", (PyCFunction)(void (*)(void))hot_resp_hmget, METH_FASTCALL, resp_hmget_doc},
     {NULL, NULL, 0, NULL},
 };
 
