@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -87,12 +88,49 @@ def _same_on_every_path(path: Path, call: Any) -> Any:
     return found
 
 
+def test_bytes_left_in_redis_pys_reader_send_the_reply_its_way(redis_url: str, key: int) -> None:
+    """A reply redis-py's reader already holds (part of) is read by it, not off the socket:
+    here a ``PING`` and the ``HMGET`` sent together, and both replies arrived before the
+    ``PING``'s was read."""
+    seg = shmfs.attach(key, 1 << 20, backend="redis", root=redis_url)
+    client = _server(seg)
+    conn = client.connection_pool.get_connection()
+    try:
+        seg.put_many({index: f"value {index}" for index in range(20)})
+        name = f"shmfs:{{{key}}}:vars"
+        asked = list(range(25))
+        request = reply.hmget(name, asked)
+        conn.send_packed_command([request])
+        expected = reply.read_many(conn, len(asked))
+        values = client.hmget(name, asked)
+        null = b"_\r\n" if str(conn.protocol) == "3" else b"$-1\r\n"
+        answer = b"*%d\r\n" % len(values) + b"".join(
+            null if value is None else b"$%d\r\n%b\r\n" % (len(value), value)
+            for value in values
+        )
+        conn.send_packed_command([b"*1\r\n$4\r\nPING\r\n" + request])
+        deadline = time.monotonic() + 10
+        while len(conn._sock.recv(1 << 20, socket.MSG_PEEK)) < len(b"+PONG\r\n" + answer):
+            assert time.monotonic() < deadline, "the replies did not arrive"
+        assert conn.read_response() in (b"PONG", "PONG")
+        assert conn._parser._buffer.unread_bytes() > 0
+        assert reply.read_many(conn, len(asked)) == expected
+    finally:
+        client.connection_pool.release(conn)
+        client.close()
+        seg.destroy()
+
+
 def _server(seg: shmfs.Segment) -> Any:
     return redis.Redis.from_url(str(seg._spec["root"]))
 
 
-def test_present_absent_and_odd_values_read_alike(path: Path, redis_url: str, key: int) -> None:
-    seg = shmfs.attach(key, 1 << 22, backend="redis", root=redis_url)
+# redis-py's default (RESP3 from redis-py 8: its null is ``_``), and RESP2 (``$-1``).
+@pytest.mark.parametrize("protocol", ["", "?protocol=2"])
+def test_present_absent_and_odd_values_read_alike(
+    path: Path, redis_url: str, key: int, protocol: str
+) -> None:
+    seg = shmfs.attach(key, 1 << 22, backend="redis", root=redis_url + protocol)
     try:
         stored: dict[int, Any] = {i: f"value {i}" * (i % 7) for i in range(0, 300, 2)}
         stored |= {301: b"", 303: 0, 305: [1, "two", None], 307: "x" * 70_000, -9: 2**70}
