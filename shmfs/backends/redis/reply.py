@@ -17,8 +17,8 @@ reply is read by ``read_response`` and packed here. The socket's timeout applies
 connection closed mid-reply or a reply that is not an array of values raises redis-py's
 ``TimeoutError`` or ``ConnectionError``, so :func:`~shmfs.backends.redis.call.command` drops
 the connection and sends the read once more, as for any read. An error reply (``MOVED``,
-``ASK``, ``TRYAGAIN``, ``READONLY``, ...) becomes the exception redis-py would raise for it,
-for the same handling.
+``ASK``, ``TRYAGAIN``, ...) becomes the exception redis-py's parser makes of it, for the same
+handling.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from typing import Any, Final
 
 import redis
 from redis._parsers import _RESP2Parser, _RESP3Parser
-from redis.exceptions import ReadOnlyError
 
 from shmfs import hotpath
 from shmfs.packed import ABSENT
@@ -94,10 +93,8 @@ def read_many(conn: Any, count: int) -> tuple[bytes, int]:
     if conn.health_check_interval:
         conn.next_health_check = time.monotonic() + conn.health_check_interval
     if isinstance(reply, str):
-        error = parser.parse_error(reply)
-        if isinstance(error, ReadOnlyError) and hasattr(conn, "demoted"):
-            error = conn.demoted(error)  # a Sentinel's master, demoted (sentinel.py)
-        raise error
+        # An HMGET is served by a replica too: no READONLY (sentinel.py's Demoted) comes here.
+        raise parser.parse_error(reply)
     return reply
 
 

@@ -47,13 +47,8 @@ class _MasterConnection(SentinelManagedConnection):
             # ConnectionError, which reads as "lost mid-call".
             return Connection.read_response(self, *args, **kwargs)
         except ReadOnlyError as exc:
-            raise self.demoted(exc) from exc
-
-    def demoted(self, exc: ReadOnlyError) -> Demoted:
-        """What a ``READONLY`` reply says, the connection dropped (a reply read without
-        :meth:`read_response` is said the same way: ``reply.py``)."""
-        self.disconnect()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated; the next connect asks the Sentinels again
-        return Demoted(f"{self.host}:{self.port} is no longer the master: {exc}")
+            self.disconnect()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated; the next connect asks the Sentinels again
+            raise Demoted(f"{self.host}:{self.port} is no longer the master: {exc}") from exc
 
 
 class _MasterSSLConnection(_MasterConnection, SSLConnection):
