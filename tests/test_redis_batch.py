@@ -105,8 +105,7 @@ def test_bytes_left_in_redis_pys_reader_send_the_reply_its_way(redis_url: str, k
         values = client.hmget(name, asked)
         null = b"_\r\n" if str(conn.protocol) == "3" else b"$-1\r\n"
         answer = b"*%d\r\n" % len(values) + b"".join(
-            null if value is None else b"$%d\r\n%b\r\n" % (len(value), value)
-            for value in values
+            null if value is None else b"$%d\r\n%b\r\n" % (len(value), value) for value in values
         )
         conn.send_packed_command([b"*1\r\n$4\r\nPING\r\n" + request])
         deadline = time.monotonic() + 10
