@@ -263,7 +263,7 @@ def frames() -> Frames | None:
     return _FRAMES if _hot is not None else None
 
 
-def resp_many() -> Callable[[Any, int, int, tuple[int, int, int]], Any] | None:
+def resp_many() -> Callable[[Any, int, int, tuple[int, int]], Any] | None:
     """The C module's ``resp_many`` (an HMGET's raw reply scanned, ``shmfs/_hot_c/resp.c``),
     or ``None`` without it (or inside :func:`pure_python`)."""
     return _hot.resp_many if _hot is not None else None

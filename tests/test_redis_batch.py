@@ -261,10 +261,10 @@ needs_c = pytest.mark.skipif(scan is None, reason="the C module is not in use")
 def _scanned(reply_bytes: bytes, count: int, step: int) -> Any:
     """``reply_bytes`` scanned as if it arrived ``step`` bytes at a time."""
     assert scan is not None
-    state: Any = (0, -1, 0)
+    state: Any = (0, -1)
     for used in [*range(step, len(reply_bytes), step), len(reply_bytes)]:
         state = scan(reply_bytes, used, count, state)
-        if not (type(state) is tuple and len(state) == 3):
+        if not (type(state) is tuple and type(state[0]) is int):
             assert used == len(reply_bytes), "whole before its last byte"
             return state
     return state
@@ -317,13 +317,28 @@ def test_the_scanner_checks_its_state_and_lengths() -> None:
     # Bytes past the reply, read with its end (nothing else was asked on the connection).
     for bad in [b"*1\r\n$1\r\na\r\n+PONG\r\n", b"-ERR one\r\n-ERR two\r\n"]:
         with pytest.raises(ValueError):
-            scan(bad, len(bad), 1, (0, -1, 0))
-    for used, state in [(0, (0, -1, 0)), (5, (0, -1, 0)), (3, (4, 0, 0)), (3, (0, 3, 0))]:
+            scan(bad, len(bad), 1, (0, -1))
+    for used, state in [(0, (0, -1)), (5, (0, -1)), (3, (4, 0)), (3, (0, 3)), (3, (0, -2))]:
         with pytest.raises(ValueError):
             scan(b"*2\r\n", used, 2, state)
     with pytest.raises(TypeError):
-        scan(b"*2\r\n", 4, 2, [0, -1, 0])
-    assert scan(bytearray(b"*1\r\n$2\r\nok\r\n"), 12, 1, (0, -1, 0)) == (b"\x02\0\0\0ok", 0)
+        scan(b"*2\r\n", 4, 2, [0, -1])
+    assert scan(bytearray(b"*1\r\n$2\r\nok\r\n"), 12, 1, (0, -1)) == (b"\x02\0\0\0ok", 0)
+    # A state that skips elements, or never read the header: every element is read again.
+    whole = b"*3\r\n$2\r\nok\r\n$5000\r\n" + b"x" * 5000 + b"\r\n$1\r\nz\r\n"
+    broken = whole[:9] + b"\r\n" + whole[11:]  # its first value's length lies
+    for state in [(len(whole) - 7, 2), (4, 2), (0, 2), (len(whole) - 7, 0)]:
+        for reply_bytes in (whole, broken):
+            try:
+                found = scan(reply_bytes, len(reply_bytes), 3, state)
+            except ValueError:
+                continue
+            # Not whole yet, or the reply's true values: never the broken one's.
+            assert type(found[0]) is int or (
+                reply_bytes is whole and found == scan(whole, len(whole), 3, (0, -1))
+            ), (state, found)
+    with pytest.raises(ValueError):
+        scan(b"$1\r\nz\r\n", 7, 1, (0, 0))
 
 
 @needs_c

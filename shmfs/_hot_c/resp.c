@@ -139,10 +139,23 @@ malformed(void)
 }
 
 /* The values of a whole reply of ``count`` elements (its first element at ``first``) packed
- * as READ_MANY packs them, with how many were null: (bytes, absent). */
+ * as READ_MANY packs them, with how many were null: (bytes, absent). Every element is read
+ * again here, its length checked: the state a scan resumed from is the caller's, not ours. */
 static PyObject *
-pack(const char *start, const char *end, Py_ssize_t first, Py_ssize_t count, Py_ssize_t payload)
+pack(const char *start, const char *end, Py_ssize_t first, Py_ssize_t count)
 {
+    Py_ssize_t at = first, payload = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        long long length;
+        const char *value = NULL;
+        if (read_element(start, end, &at, &length, &value) <= 0) {
+            return malformed();
+        }
+        payload += length > 0 ? (Py_ssize_t)length : 0; /* below the reply's size */
+    }
+    if (at != end - start) {
+        return malformed();
+    }
     if (count > (PY_SSIZE_T_MAX - payload) / 4) {
         return PyErr_NoMemory();
     }
@@ -151,12 +164,12 @@ pack(const char *start, const char *end, Py_ssize_t first, Py_ssize_t count, Py_
         return NULL;
     }
     char *heads = PyBytes_AS_STRING(packed), *into = heads + 4 * count;
-    Py_ssize_t at = first, absent = 0;
+    Py_ssize_t absent = 0;
+    at = first;
     for (Py_ssize_t i = 0; i < count; i++) {
         long long length;
         const char *value = NULL;
-        /* Scanned whole already: every element reads. */
-        (void)read_element(start, end, &at, &length, &value);
+        (void)read_element(start, end, &at, &length, &value); /* read whole just above */
         uint32_t head = length < 0 ? ABSENT_LENGTH : (uint32_t)length;
         memcpy(heads + 4 * i, &head, 4); /* little-endian, checked in hot.h */
         if (length < 0) {
@@ -173,8 +186,8 @@ pack(const char *start, const char *end, Py_ssize_t first, Py_ssize_t count, Py_
 const char resp_many_doc[] =
 "resp_many(buffer, used, count, state) -> state, (packed, absent), or an error's text\n\n"
 "Scan the first ``used`` bytes of ``buffer``, a reply to an HMGET of ``count`` fields, from\n"
-"``state`` (``(0, -1, 0)`` at first). Not whole yet: the state to resume from, a tuple of three\n"
-"ints. Whole: the values packed as the READ_MANY script packs them (shmfs/packed.py) and how\n"
+"``state`` (``(0, -1)`` at first). Not whole yet: the state to resume from, a tuple of two\n"
+"ints (a byte offset, the elements scanned before it). Whole: the values packed as the READ_MANY script packs them (shmfs/packed.py) and how\n"
 "many are null. An error reply: its text (a str). ValueError for anything else, or for bytes\n"
 "past the reply's end.";
 
@@ -182,9 +195,9 @@ PyObject *
 hot_resp_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    Py_ssize_t used, count, at, seen, payload;
+    Py_ssize_t used, count, at, seen;
     if (nargs != 4 || !PyTuple_CheckExact(args[3])
-        || !PyArg_ParseTuple(args[3], "nnn", &at, &seen, &payload)) {
+        || !PyArg_ParseTuple(args[3], "nn", &at, &seen)) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_TypeError, "resp_many(buffer, used, count, state)");
         }
@@ -201,7 +214,7 @@ hot_resp_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *result = NULL;
     if (used < 1 || used > view.len || count < 0 || at < 0 || at > used || seen < -1
-        || seen > count || payload < 0) {
+        || seen > count) {
         PyErr_SetString(PyExc_ValueError, "resp_many: a state or length out of range");
         goto done;
     }
@@ -211,8 +224,7 @@ hot_resp_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             int whole, bad;
             result = error_text(start, end, &whole, &bad);
             if (result == NULL && !PyErr_Occurred()) {
-                result = bad ? malformed() : Py_BuildValue("(nnn)", (Py_ssize_t)0, (Py_ssize_t)-1,
-                                                            (Py_ssize_t)0);
+                result = bad ? malformed() : Py_BuildValue("(nn)", (Py_ssize_t)0, (Py_ssize_t)-1);
             }
             goto done;
         }
@@ -228,7 +240,7 @@ hot_resp_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
         if (read == 0) {
-            result = Py_BuildValue("(nnn)", (Py_ssize_t)0, (Py_ssize_t)-1, (Py_ssize_t)0);
+            result = Py_BuildValue("(nn)", (Py_ssize_t)0, (Py_ssize_t)-1);
             goto done;
         }
         at = next - start;
@@ -247,24 +259,16 @@ hot_resp_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             at = before;
             break;
         }
-        if (length > 0) {
-            if (length > PY_SSIZE_T_MAX / 2 - payload) {
-                result = PyErr_NoMemory();
-                goto done;
-            }
-            payload += (Py_ssize_t)length;
-        }
     }
     if (seen < count) {
-        result = Py_BuildValue("(nnn)", at, seen, payload);
-    }
-    else if (at != used) {
-        result = malformed(); /* bytes past the reply: nothing else was asked */
+        result = Py_BuildValue("(nn)", at, seen);
     }
     else {
         /* The first element's place: after the array's header line. */
         const char *header_end = memchr(start, '\n', (size_t)used);
-        result = pack(start, end, header_end + 1 - start, count, payload);
+        result = *start == '*' && header_end != NULL
+                     ? pack(start, end, header_end + 1 - start, count)
+                     : malformed();
     }
 done:
     PyBuffer_Release(&view);

@@ -42,7 +42,7 @@ RAW = True
 # The first read's room: a batch of 100 small values fits, and a buffer this size costs little
 # to make. A longer reply doubles it as it comes.
 _FIRST_ROOM: Final = 16384
-_START: Final = (0, -1, 0)
+_START: Final = (0, -1)
 _PARSERS: Final = (_RESP2Parser, _RESP3Parser)
 
 
@@ -114,7 +114,7 @@ def _raw(sock: socket.socket, scan: Any, count: int) -> tuple[bytes, int] | str:
                 raise ConnectionError("the server closed the connection mid-reply")
             used += got
             found = scan(room, used, count, state)
-            if type(found) is tuple and len(found) == 3:
+            if type(found) is tuple and type(found[0]) is int:
                 state = found
                 continue
             return found  # type: ignore[no-any-return]  # (packed, absent), or an error's text
