@@ -29,25 +29,31 @@ PATHS = ["raw", "parsed", "script"]
 
 
 class Path:
-    """Which way a test's batch reads go, and how many raw reads were made."""
+    """Which way a test's batch reads go, and how many replies each reader read."""
 
     def __init__(self, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.name, self.raw_reads, self._monkeypatch = name, 0, monkeypatch
-        real = reply._raw
+        self.name, self._monkeypatch = name, monkeypatch
+        self.reads = {"_raw": 0, "_parsed": 0}
+        for reader in self.reads:
+            real = getattr(reply, reader)
 
-        def counted(*args: Any) -> Any:
-            self.raw_reads += 1
-            return real(*args)
+            def counted(*args: Any, _real: Any = real, _reader: str = reader) -> Any:
+                self.reads[_reader] += 1
+                return _real(*args)
 
-        monkeypatch.setattr(reply, "_raw", counted)
+            monkeypatch.setattr(reply, reader, counted)
         if name == "parsed":
             monkeypatch.setattr(reply, "RAW", False)
         elif name == "script":
             monkeypatch.setattr(hotpath, "resp_many", lambda: None)
 
     def check(self) -> None:
-        """The reads went the way named (a raw read made only on the raw path)."""
-        assert (self.raw_reads > 0) == (self.name == "raw"), (self.name, self.raw_reads)
+        """The reads went the way named, and no other way."""
+        expected = {"_raw": self.name == "raw", "_parsed": self.name == "parsed"}
+        assert {reader: count > 0 for reader, count in self.reads.items()} == expected, (
+            self.name,
+            self.reads,
+        )
 
     def by_script(self, call: Any) -> Any:
         """``call()``'s outcome on the script path: its result, or its error's type and text."""

@@ -300,7 +300,7 @@ class RedisBackend(HoldsSegmentLock):
         value."""
         client = self.client
         with self._guard:
-            if reply.RAW and hotpath.resp_many() is not None:
+            if hotpath.resp_many() is not None:
                 packed, absent = command(
                     client,
                     self._guard.url,
