@@ -289,7 +289,7 @@ class RedisBackend(HoldsSegmentLock):
         return data if data is None or isinstance(data, bytes) else bytes(data)
 
     def read_many(self, indexes: list[int]) -> list[bytes | None]:
-        """The frames of ``indexes`` (``None``: absent) in one step: one script call."""
+        """The frames of ``indexes`` (``None``: absent) in one step: one ``HMGET``."""
         return unpack_many(self.read_packed(indexes), len(indexes), self.key)
 
     def read_packed(self, indexes: list[int]) -> bytes:
