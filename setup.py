@@ -47,6 +47,7 @@ PARTS = (
     "sysv",
     "sysv_put",
     "batch",
+    "resp",
 )
 
 setup(

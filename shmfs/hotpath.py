@@ -59,6 +59,8 @@ __all__ = [
     "new_sysv_hot",
     "pure_python",
     "rehash",
+    "resp_hmget",
+    "resp_many",
     "tuple_head",
     "why_unavailable",
 ]
@@ -259,6 +261,18 @@ _FRAMES: Final[Frames | None] = _hot.Frames(_DECODERS, _FIRST_WORD) if _hot is n
 def frames() -> Frames | None:
     """The C module's :class:`Frames`, or ``None`` without it (or inside :func:`pure_python`)."""
     return _FRAMES if _hot is not None else None
+
+
+def resp_many() -> Callable[[Any, int, int, tuple[int, int]], Any] | None:
+    """The C module's ``resp_many`` (an HMGET's raw reply scanned, ``shmfs/_hot_c/resp.c``),
+    or ``None`` without it (or inside :func:`pure_python`)."""
+    return _hot.resp_many if _hot is not None else None
+
+
+def resp_hmget() -> Callable[[bytes, list[int]], bytes | None] | None:
+    """The C module's ``resp_hmget`` (an ``HMGET`` packed, ``shmfs/_hot_c/resp.c``), or
+    ``None`` without it (or inside :func:`pure_python`)."""
+    return _hot.resp_hmget if _hot is not None else None
 
 
 def new_hot(vars_: dict[int, Any], slabs: dict[int, Any], meta: memoryview) -> TmpfsHot | None:

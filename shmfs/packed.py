@@ -5,7 +5,8 @@ that costs five times the round trip of one ``HGET``. ``READ_MANY`` packs the va
 bulk string instead, which the client reads in one piece: each index's length (4 bytes,
 little-endian; ``0xFFFFFFFF`` for no value), then the values, in order. :func:`unpack_many`
 splits it, and the C module's ``Frames.decode`` (``shmfs/_hot_c/batch.c``) reads the same
-layout without splitting.
+layout without splitting. With the C module, the batch is an ``HMGET`` instead, whose raw reply
+the C module packs in this layout (``shmfs/backends/redis/reply.py``).
 """
 
 from __future__ import annotations

@@ -360,7 +360,7 @@ class Segment(MutableMapping[int, Any]):
 
         No write lands in the middle of the batch: tmpfs reads it between two looks at the
         segment's change counter (else under the lock), sysv under one hold of the segment
-        lock, redis in one script call. Absent indices are left out of the result.
+        lock, redis in one ``HMGET``. Absent indices are left out of the result.
 
         Args:
             indexes: The indices to read (a repeat comes once in the result).

@@ -3,6 +3,11 @@
 It forwards bytes both ways until a request carrying ``marker`` passes: that request reaches the
 server, and then the proxy cuts every connection and refuses new ones (an outage that begins
 after the server got the change and before the client got its reply) until ``heal()``.
+
+Or, with ``cut_reply(marker, keep, times)``, the next ``times`` requests carrying ``marker`` each
+get the first ``keep`` bytes of their reply and then that connection alone is cut (a reply cut
+mid-way), or, with ``stall=True``, left open with nothing more sent (a server that stalls);
+other connections, and new ones, are forwarded as ever.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ class Proxy:
         self.path = path
         self._target = target
         self.marker: bytes | None = None
+        self._cut: tuple[bytes, int, bool] | None = None
+        self.cuts_left = 0
         self.tripped = threading.Event()
         self._down = False
         self._stop = False
@@ -64,6 +71,9 @@ class Proxy:
                         return
                     if sock is client:
                         server.sendall(data)
+                        if self._cutting(data):
+                            self._cut_reply(client, server)
+                            return
                         if self.marker is not None and self.marker in data:
                             self._trip()
                             # The server runs it: its reply comes back, and is dropped.
@@ -82,6 +92,34 @@ class Proxy:
         self._down = True
         self.marker = None
         self.tripped.set()
+
+    def cut_reply(self, marker: bytes, keep: int, times: int = 1, *, stall: bool = False) -> None:
+        """Cut (or stall) the replies to the next ``times`` requests carrying ``marker`` after
+        ``keep`` bytes."""
+        with self._lock:
+            self._cut, self.cuts_left = (marker, keep, stall), times
+
+    def _cutting(self, data: bytes) -> bool:
+        with self._lock:
+            if self._cut is None or self.cuts_left <= 0 or self._cut[0] not in data:
+                return False
+            self.cuts_left -= 1
+            return True
+
+    def _cut_reply(self, client: socket.socket, server: socket.socket) -> None:
+        assert self._cut is not None
+        _, keep, stall = self._cut
+        reply = b""
+        while len(reply) < keep and select.select([server], [], [], 10)[0]:
+            got = server.recv(keep - len(reply))
+            if not got:
+                break
+            reply += got
+        client.sendall(reply)
+        # Stalled: nothing more until the client gives up and closes its end.
+        while stall and not self._stop and select.select([client], [], [], 10)[0]:
+            if not client.recv(65536):
+                break
 
     def heal(self) -> None:
         """End the outage: new connections are forwarded again."""

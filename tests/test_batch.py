@@ -270,7 +270,8 @@ def test_redis_batches_are_one_round_trip_each(redis_url: str, key: int) -> None
             seg.put_many(batch)
             seg.get_many(range(100))
             commands = client_commands(client, m)
-        assert commands == ["EVALSHA", "EVALSHA"]  # WRITE_MANY, READ_MANY
+        # WRITE_MANY; the read, the READ_MANY script without the C module (test_redis_batch.py)
+        assert commands == ["EVALSHA", "HMGET" if shmfs.hotpath.available() else "EVALSHA"]
     finally:
         client.close()
         seg.destroy()

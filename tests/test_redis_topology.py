@@ -563,6 +563,49 @@ def test_a_segment_keeps_working_while_its_slot_moves(cluster: list[int], key: i
         seg.destroy()
 
 
+def test_a_batch_read_follows_its_segment_while_its_slot_moves(
+    cluster: list[int], key: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch read's reply read off the socket (shmfs/backends/redis/reply.py) hands ``ASK``
+    and ``MOVED`` to the same handling as any reply: mid-move, from the target after
+    ``ASKING``; after it, from the new owner once the layout is learnt again."""
+    from shmfs.backends.redis import call, reply  # noqa: PLC0415  # this test alone
+
+    refused: list[str] = []
+    raw_reads: list[int] = []
+    real_refused, real_raw = call._refused, reply._raw
+
+    def counted_refused(client: Any, exc: Exception, *args: Any) -> Any:
+        refused.append(type(exc).__name__)
+        return real_refused(client, exc, *args)
+
+    def counted_raw(*args: Any) -> Any:
+        raw_reads.append(1)
+        return real_raw(*args)
+
+    monkeypatch.setattr(call, "_refused", counted_refused)
+    monkeypatch.setattr(reply, "_raw", counted_raw)
+    seg = shmfs.attach(key, 4096, backend="redis", root=_url(cluster), codec="json")
+    try:
+        stored = {index: f"value {index}" for index in range(50)}
+        seg.put_many(stored)
+        assert seg.get_many(list(range(50))) == stored and raw_reads
+        with contextlib.ExitStack() as stack:
+            move = SlotMove(stack, cluster, key)
+            move.begin()
+            move.migrate("vars")
+            assert seg.get_many(list(range(50))) == stored
+            assert refused == ["AskError"]
+            move.migrate("meta")
+            move.migrate("gen")
+            move.end()
+        refused.clear()
+        assert seg.get_many(list(range(60))) == stored  # absent ones: the segment checked too
+        assert refused == ["MovedError"]
+    finally:
+        seg.destroy()
+
+
 def test_a_plain_url_of_a_node_says_when_the_segment_moved_away(
     cluster: list[int], key: int
 ) -> None:
@@ -576,7 +619,12 @@ def test_a_plain_url_of_a_node_says_when_the_segment_moved_away(
             for name in ("meta", "vars", "gen"):
                 move.migrate(name)
             move.end()
-        for call in (lambda: seg.put(1, "there"), lambda: seg.get(1), seg.lock().__enter__):
+        for call in (
+            lambda: seg.put(1, "there"),
+            lambda: seg.get(1),
+            lambda: seg.get_many([1, 2]),
+            seg.lock().__enter__,
+        ):
             with pytest.raises(shmfs.ShmfsError, match=r"does not serve .* redis\+cluster://"):
                 call()
         with pytest.raises(shmfs.ShmfsError, match=r"does not serve .* redis\+cluster://"):

@@ -90,6 +90,11 @@ extern PyTypeObject CacheHitsType;
 extern PyTypeObject CacheSetsType;
 PyObject *hot_tuple_head(PyObject *module, PyObject *text);
 extern const char tuple_head_doc[];
+/* resp.c */
+PyObject *hot_resp_many(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+extern const char resp_many_doc[];
+PyObject *hot_resp_hmget(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+extern const char resp_hmget_doc[];
 
 /* plain.c */
 int plain(PyObject *value, int depth, Py_ssize_t *budget);

@@ -31,7 +31,7 @@
  * The parts: hot.c (the Hot type, its get, the large-file get), slab.c (the index lookup, the
  * slot get and put), put.c (its put), plain.c (which values a put takes), checksum.c (the frame's crc32), unpickle.c (plain values' pickles read), keyhash.c (a Cache key's index), cachehits.c (a Cache's hit), cacheset.c (a Cache's set), mapping.c (Mapping: a file mapped without keeping
  * its descriptor, for largefile.py before Python 3.13), batch.c (get_many of Hot and SysvHot, and
- * Frames: a redis batch reply decoded), and this file (the module).
+ * Frames: a redis batch reply decoded), resp.c (a redis HMGET's raw reply scanned), and this file (the module).
  */
 #include "hot.h"
 #include "sysv.h"
@@ -57,6 +57,8 @@ static PyMethodDef module_methods[] = {
     {"key_slot", hot_key_slot, METH_O, key_slot_doc},
     {"plain_loads", hot_plain_loads, METH_O, plain_loads_doc},
     {"tuple_head", hot_tuple_head, METH_O, tuple_head_doc},
+    {"resp_many", (PyCFunction)(void (*)(void))hot_resp_many, METH_FASTCALL, resp_many_doc},
+    {"resp_hmget", (PyCFunction)(void (*)(void))hot_resp_hmget, METH_FASTCALL, resp_hmget_doc},
     {NULL, NULL, 0, NULL},
 };
 

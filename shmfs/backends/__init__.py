@@ -388,8 +388,9 @@ class Capabilities:
             absent) read in one step without the segment lock (redis: one ``HMGET``).
             Default ``None``: the segment reads them one by one under one lock.
         read_packed: The method ``read_packed(indexes)``: what ``read_many`` reads, packed
-            in one string as :mod:`shmfs.packed` says (redis: one script reply, read by the
-            client in one piece), for the C module to decode in one call; its backend's
+            in one string as :mod:`shmfs.packed` says (redis: one ``HMGET`` whose reply the C
+            module reads off the socket and packs so, or one script reply packed so by the
+            server), for the C module to decode in one call; its backend's
             ``trusted`` must not depend on the index. Default ``None``.
     """
 

@@ -19,6 +19,7 @@ connection: when the client connects, and again on each reconnection and at leas
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import secrets
@@ -30,8 +31,9 @@ from typing import Any, Final, Self
 
 import redis
 
+from shmfs import hotpath
 from shmfs.backends import SegmentInfo, refuse_options
-from shmfs.backends.redis import listing, scripts
+from shmfs.backends.redis import listing, reply, scripts
 from shmfs.backends.redis.call import Script, command, run
 from shmfs.backends.redis.connection import (
     client as make_client,
@@ -287,23 +289,35 @@ class RedisBackend(HoldsSegmentLock):
         return data if data is None or isinstance(data, bytes) else bytes(data)
 
     def read_many(self, indexes: list[int]) -> list[bytes | None]:
-        """The frames of ``indexes`` (``None``: absent) in one step: one script call."""
+        """The frames of ``indexes`` (``None``: absent) in one step: one ``HMGET``."""
         return unpack_many(self.read_packed(indexes), len(indexes), self.key)
 
     def read_packed(self, indexes: list[int]) -> bytes:
         """The frames of ``indexes`` in one step, packed in one string as ``READ_MANY`` packs
-        them (:func:`unpack_many` reads it): one script call, whose one bulk string costs the
-        client one read, where an ``HMGET``'s reply is parsed value by value."""
+        them (:func:`unpack_many` reads it): one ``HMGET`` whose reply the C module reads off
+        the socket (:mod:`.reply`); without the C module, one script call, whose one bulk
+        string costs redis-py's parser one read, where an ``HMGET``'s reply is parsed value by
+        value."""
         client = self.client
         with self._guard:
-            packed, absent = run(
-                client,
-                self._guard.url,
-                _READ_MANY,
-                [self._vars],
-                [" ".join(map(str, indexes))],
-                changes=False,
-            )
+            if hotpath.resp_many() is not None:
+                packed, absent = command(
+                    client,
+                    self._guard.url,
+                    changes=False,
+                    key=self._vars,
+                    packed=reply.hmget(self._vars, indexes),
+                    reader=functools.partial(reply.read_many, count=len(indexes)),
+                )
+            else:
+                packed, absent = run(
+                    client,
+                    self._guard.url,
+                    _READ_MANY,
+                    [self._vars],
+                    [" ".join(map(str, indexes))],
+                    changes=False,
+                )
             if absent:
                 listing.check_whole(client, self.key)
         return packed if isinstance(packed, bytes) else bytes(packed)

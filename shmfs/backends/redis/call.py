@@ -207,9 +207,11 @@ def command(
     changes: bool,
     key: str | None = None,
     packed: bytes | None = None,
+    reader: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Send ``args`` (or ``packed``, the same command already in the wire protocol) on a
-    pooled connection and return the reply (see the module docstring).
+    pooled connection and return the reply (see the module docstring), read by ``reader``
+    if given (called with the connection; it raises what ``read_response`` would raise).
 
     Raises:
         BackendUnavailable: the server could not be reached, or was lost mid-call (then
@@ -238,7 +240,7 @@ def command(
                 # sendall() failed: the server did not get the whole command, so it ran nothing.
                 raise _unavailable(url, exc, False) from exc
             try:
-                return conn.read_response()
+                return conn.read_response() if reader is None else reader(conn)
             except (MovedError, AskError, TryAgainError, Demoted) as exc:
                 # Refused unrun: a cluster node's redirection (its reply was read whole), or a
                 # master turned replica (the next connection asks the Sentinels again).
