@@ -48,7 +48,9 @@ def _child(op: str, root: str, keys: int, ops: int) -> None:
     cache.close()
 
 
-def _count(op: str, root: str, keys: int, ops: int) -> int:
+def callgrind_total(child: list[str], *, annotate: bool = False) -> int:
+    """The instructions callgrind counts inside ``map()``'s calls of ``python -m <child...>``
+    (the toggle: ``map_next``); ``annotate``: print its heaviest functions too."""
     with tempfile.TemporaryDirectory() as scratch:
         out = os.path.join(scratch, "callgrind.out")
         subprocess.run(
@@ -59,24 +61,30 @@ def _count(op: str, root: str, keys: int, ops: int) -> int:
                 f"--callgrind-out-file={out}",
                 sys.executable,
                 "-m",
-                "bench.instructions",
-                "--child",
-                op,
-                root,
-                "--keys",
-                str(keys),
-                "--ops",
-                str(ops),
+                *child,
             ],
             check=True,
             env={**os.environ, "PYTHONHASHSEED": "0"},  # str hashes place dict entries
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        if annotate:
+            shown = subprocess.run(
+                ["callgrind_annotate", "--inclusive=no", out],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            print("\n".join(shown.stdout.splitlines()[:40]))
         with open(out, encoding="utf-8") as counts:
             total = re.search(r"^(?:summary|totals): (\d+)", counts.read(), re.MULTILINE)
         assert total is not None, "callgrind wrote no total"
-        return int(total.group(1)) // ops
+        return int(total.group(1))
+
+
+def _count(op: str, root: str, keys: int, ops: int) -> int:
+    child = ["bench.instructions", "--child", op, root, "--keys", str(keys), "--ops", str(ops)]
+    return callgrind_total(child) // ops
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import random
-import re
 import shutil
-import subprocess
 import sys
-import tempfile
 
 import shmfs
+from bench.instructions import callgrind_total
 
 _KEY = 0x5EB3_0001
 _VARIABLES = 100
@@ -44,38 +41,8 @@ def _child(ops: int) -> None:
 
 def count(ops: int, *, annotate: bool = False) -> int:
     """Instructions per put; ``annotate``: print callgrind's heaviest functions too."""
-    with tempfile.TemporaryDirectory() as scratch:
-        out = os.path.join(scratch, "callgrind.out")
-        subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--toggle-collect=map_next",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                "-m",
-                "bench.sysv_instructions",
-                "--child",
-                "--ops",
-                str(ops),
-            ],
-            check=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if annotate:
-            shown = subprocess.run(
-                ["callgrind_annotate", "--inclusive=no", out],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            print("\n".join(shown.stdout.splitlines()[:40]))
-        with open(out, encoding="utf-8") as counts:
-            total = re.search(r"^(?:summary|totals): (\d+)", counts.read(), re.MULTILINE)
-        assert total is not None, "callgrind wrote no total"
-        return int(total.group(1)) // ops
+    child = ["bench.sysv_instructions", "--child", "--ops", str(ops)]
+    return callgrind_total(child, annotate=annotate) // ops
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ import pytest
 import shmfs
 from bench.redis_server import RedisServer, ServerError
 from shmfs import hotpath
+from tests.redis_proxy import Proxy
 
 
 def _redis_available() -> bool:
@@ -120,6 +121,18 @@ def redis_url() -> Iterator[str]:
         finally:
             server.stop()
     finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[Proxy]:
+    """A fault-injecting proxy in front of the test server (see tests/redis_proxy.py)."""
+    directory = tempfile.mkdtemp(prefix="shmfs-redis-proxy-")
+    made = Proxy(os.path.join(directory, "proxy.sock"), redis_url.removeprefix("unix://"))
+    try:
+        yield made
+    finally:
+        made.close()
         shutil.rmtree(directory, ignore_errors=True)
 
 

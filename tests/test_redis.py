@@ -537,18 +537,6 @@ def test_async_waiters_sleep_on_the_subscription_socket(redis_url: str, key: int
 # ------------------------------------------------------------------- single operations' outcome
 
 
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[Proxy]:
-    """A fault-injecting proxy in front of the test server (see tests/redis_proxy.py)."""
-    directory = tempfile.mkdtemp(prefix="shmfs-redis-proxy-")
-    made = Proxy(os.path.join(directory, "proxy.sock"), redis_url.removeprefix("unix://"))
-    try:
-        yield made
-    finally:
-        made.close()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def _incr_retrying_when_not_made(seg: shmfs.Segment, proxy: Proxy) -> None:
     """A careful caller: retries an ``incr`` only when the error says it was not made."""
     try:

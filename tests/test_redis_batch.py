@@ -8,12 +8,8 @@ Every case runs on each of the three paths (``path``), and compares with the scr
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -74,18 +70,6 @@ def outcome(call: Any) -> Any:
 @pytest.fixture(params=PATHS)
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Path:
     return Path(str(request.param), monkeypatch)
-
-
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[Proxy]:
-    """A fault-injecting proxy in front of the test server (see tests/redis_proxy.py)."""
-    directory = tempfile.mkdtemp(prefix="shmfs-redis-proxy-")
-    made = Proxy(os.path.join(directory, "proxy.sock"), redis_url.removeprefix("unix://"))
-    try:
-        yield made
-    finally:
-        made.close()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _same_on_every_path(path: Path, call: Any) -> Any:
