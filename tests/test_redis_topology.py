@@ -515,6 +515,37 @@ class SlotMove:
             )
 
 
+class _Incrementer:
+    """Another process incrementing index 2 of segment ``key`` at ``url`` until told to stop
+    (tests.redis_workers.incr_until), whose count says how many increments it made."""
+
+    def __init__(self, url: str, key: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.started, self.stop, self.results = context.Event(), context.Event(), context.Queue()
+        args = (url, key, 2, self.started, self.stop, self.results)
+        self.process = context.Process(target=incr_until, args=args)
+
+    def start(self) -> None:
+        self.process.start()
+        assert self.started.wait(WAIT)
+
+    def made_after_ten_more(self, seg: shmfs.Segment) -> int:
+        """Let it increment ten more times (wherever the segment now is), stop it, and return
+        how many increments it made."""
+        moved = seg[2]
+        while seg[2] < moved + 10:
+            assert self.process.is_alive(), self.results.get(timeout=WAIT)
+        self.stop.set()
+        made = self.results.get(timeout=WAIT)
+        assert isinstance(made, int), made
+        return made
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.process.pid is not None:
+            self.process.join(WAIT)
+
+
 def test_a_segment_keeps_working_while_its_slot_moves(cluster: list[int], key: int) -> None:
     """The slot of an attached segment's keys moves to another node, key by key, while this
     handle and another process write: reads are served throughout (following ``ASK`` once a
@@ -522,16 +553,13 @@ def test_a_segment_keeps_working_while_its_slot_moves(cluster: list[int], key: i
     increment is lost or made twice."""
     url = _url(cluster)
     seg = shmfs.attach(key, 4096, backend="redis", root=url, codec="json")
-    context = multiprocessing.get_context("spawn")
-    started, stop, results = context.Event(), context.Event(), context.Queue()
-    worker = context.Process(target=incr_until, args=(url, key, 2, started, stop, results))
+    worker = _Incrementer(url, key)
     try:
         seg[1] = "kept"
         seg[2] = 0
         with contextlib.ExitStack() as stack:
             move = SlotMove(stack, cluster, key)
             worker.start()
-            assert started.wait(WAIT)
             move.begin()
             # The worker's changes wait out the move from now on (TRYAGAIN): a script's keys
             # include the lock's, absent, so they are never all on one node until it ends.
@@ -543,12 +571,7 @@ def test_a_segment_keeps_working_while_its_slot_moves(cluster: list[int], key: i
             changer.start()
             move.end()
             changer.join(WAIT)
-            moved = seg[2]
-            while seg[2] < moved + 10:  # the worker, too, writes on the new node
-                assert worker.is_alive(), results.get(timeout=WAIT)
-            stop.set()
-            made = results.get(timeout=WAIT)
-            assert isinstance(made, int), made
+            made = worker.made_after_ten_more(seg)  # the worker, too, writes on the new node
         assert seg[2] == made + 1  # every increment counted once
         assert _owner(cluster, key) == move.target
         assert seg[1] == "kept"
@@ -557,9 +580,7 @@ def test_a_segment_keeps_working_while_its_slot_moves(cluster: list[int], key: i
         seg.remove(3)
         assert seg.stats()["variables"] == 2
     finally:
-        stop.set()
-        if worker.pid is not None:
-            worker.join(WAIT)
+        worker.close()
         seg.destroy()
 
 
@@ -671,14 +692,11 @@ def test_redis_cli_reshards_under_writes_without_losing_or_doubling_one(
     key = next(k for k in range(10_000, 100_000) if redis.crc.key_slot(f"{{{k}}}".encode()) < 8)
     url = _url(cluster)
     seg = shmfs.attach(key, 4096, backend="redis", root=url, codec="json")
-    context = multiprocessing.get_context("spawn")
-    started, stop, results = context.Event(), context.Event(), context.Queue()
-    worker = context.Process(target=incr_until, args=(url, key, 2, started, stop, results))
+    worker = _Incrementer(url, key)
     try:
         seg[1] = "kept"
         seg[2] = 0
         worker.start()
-        assert started.wait(WAIT)
         subprocess.run(
             [
                 *("redis-cli", "--cluster", "reshard", f"127.0.0.1:{cluster[0]}"),
@@ -691,17 +709,10 @@ def test_redis_cli_reshards_under_writes_without_losing_or_doubling_one(
         )
         target = int(next(r for r in ranges if r[2][2] == target_id)[2][1])
         assert _owner(cluster, key) == target
-        moved = seg[2]
-        while seg[2] < moved + 10:  # the worker goes on, on the new node
-            assert worker.is_alive(), results.get(timeout=WAIT)
-        stop.set()
-        made = results.get(timeout=WAIT)
-        assert isinstance(made, int), made
+        made = worker.made_after_ten_more(seg)  # the worker goes on, on the new node
         assert seg[2] == made and seg[1] == "kept"
     finally:
-        stop.set()
-        if worker.pid is not None:
-            worker.join(WAIT)
+        worker.close()
         seg.destroy()
 
 
